@@ -1,0 +1,27 @@
+-- The diff stage: classify every model row and every previously synced key in one join.
+--
+-- Inputs (registered by src/sync/diff.rs):
+--   bf_mapped  the mapped model rows: the destination fields, plus
+--              __bf_key (the key), __bf_hash (the row hash of the mapped fields),
+--              __bf_cursor (the cursor value, NULL without a cursor) and
+--              __bf_present (always TRUE: tells model rows from state-only rows after the join)
+--   bf_prev    the sync's last committed state: __bf_key, __bf_hash
+--              (a full resync gives every hash as NULL, so every row counts as changed)
+--
+-- __bf_op:  0 unchanged   1 new   2 changed   3 gone (synced before, no longer in the model)
+--           4 invalid: NULL key   5 invalid: the key appears more than once in this run
+--
+-- {join} is FULL for a run that reads the whole model and LEFT for a cursor run, which reads
+-- only part of the model and so cannot tell which keys are gone.
+SELECT m.*,
+       p.__bf_key AS __bf_prev_key,
+       CAST(CASE
+         WHEN m.__bf_present IS NULL THEN 3
+         WHEN m.__bf_key IS NULL THEN 4
+         WHEN m.__bf_key_count > 1 THEN 5
+         WHEN p.__bf_key IS NULL THEN 1
+         WHEN m.__bf_hash IS DISTINCT FROM p.__bf_hash THEN 2
+         ELSE 0
+       END AS TINYINT) AS __bf_op
+FROM (SELECT *, COUNT(*) OVER (PARTITION BY __bf_key) AS __bf_key_count FROM bf_mapped) m
+{join} JOIN bf_prev p ON m.__bf_key = p.__bf_key

@@ -1,0 +1,455 @@
+//! The command line: parse arguments, call the library, print for people or as JSON.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::history::{self, RunRecord, RunStatus};
+use crate::project::Project;
+use crate::sync::{self, PlanReport, Progress, RunOptions, SyncReport};
+
+/// backflow keeps the tools your teams use in sync with data defined in SQL.
+///
+/// A project is a folder with `backflow.toml` (sources, segments, destinations and syncs) and
+/// `models/*.sql` (one SELECT per file, named after the file). Each run sends only what changed
+/// since the last one: new and changed rows, and for mirror syncs the rows that left the model.
+///
+/// Start with `backflow init my-project`, then `backflow run --project my-project`.
+#[derive(Debug, Parser)]
+#[command(name = "backflow", version, about, long_about)]
+pub struct Cli {
+    /// The project folder (holding backflow.toml).
+    #[arg(long, short = 'p', global = true, default_value = ".", value_name = "DIR")]
+    pub project: PathBuf,
+
+    /// Log detail: -v for info, -vv for debug (or set RUST_LOG).
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a working starter project in DIR (a CSV source, a model, a segment, an SQLite
+    /// destination and a sync), ready for `backflow run --project DIR`.
+    Init {
+        /// The folder to create (must be empty or missing).
+        dir: PathBuf,
+    },
+    /// Validate the configuration, models, field mappings and keys against the real source
+    /// schemas, without writing anything.
+    Check,
+    /// Dry run: show what `run` would create, update and delete, with a sample of each.
+    Plan {
+        /// Syncs to plan (default: all).
+        syncs: Vec<String>,
+        /// Plan as if the stored state were ignored (see `run --full-resync`).
+        #[arg(long)]
+        full_resync: bool,
+        /// Print one JSON object per sync instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run syncs: send new, changed and removed rows to their destinations and commit the state.
+    Run {
+        /// Syncs to run (default: all, in the order of backflow.toml).
+        syncs: Vec<String>,
+        /// Send every row again, ignoring the stored row hashes and watermark (deletions are
+        /// still computed from the stored keys).
+        #[arg(long)]
+        full_resync: bool,
+        /// Print one JSON object per sync instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show past runs, newest first, with their counts and errors.
+    History {
+        /// Only this sync.
+        sync: Option<String>,
+        /// How many runs per sync.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        /// Also show the invalid and rejected records kept for each run, with reasons.
+        #[arg(long)]
+        samples: bool,
+        /// Print one JSON object per run instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,datafusion=warn",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Run a parsed command. `Err` is a problem before any sync ran (exit 2).
+pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Init { dir } => init(&dir).map(|_| ExitCode::SUCCESS),
+        Command::Check => check(&cli.project).await,
+        Command::Plan {
+            syncs,
+            full_resync,
+            json,
+        } => {
+            let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
+            let names = project.select_syncs(&syncs).map_err(|e| e.to_string())?;
+            let ctx = project.session().await.map_err(|e| e.to_string())?;
+            let mut ok = true;
+            for name in names {
+                let report = sync::plan(&project, &ctx, &name, RunOptions { full_resync }).await;
+                ok &= report.status == RunStatus::Succeeded;
+                print_plan(&report, json);
+            }
+            Ok(exit(ok))
+        }
+        Command::Run {
+            syncs,
+            full_resync,
+            json,
+        } => {
+            let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
+            let names = project.select_syncs(&syncs).map_err(|e| e.to_string())?;
+            let ctx = project.session().await.map_err(|e| e.to_string())?;
+            let progress = TerminalProgress::new(!json && std::io::stderr().is_terminal());
+            let mut ok = true;
+            for name in names {
+                let report =
+                    sync::run(&project, &ctx, &name, RunOptions { full_resync }, &progress).await;
+                progress.done();
+                ok &= report.status == RunStatus::Succeeded;
+                print_run(&report, json);
+            }
+            Ok(exit(ok))
+        }
+        Command::History {
+            sync,
+            limit,
+            samples,
+            json,
+        } => {
+            let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
+            history_cmd(&project, sync, limit, samples, json).await
+        }
+    }
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// A spinner with a row count on a terminal; nothing otherwise.
+struct TerminalProgress {
+    bar: Option<Mutex<Option<indicatif::ProgressBar>>>,
+}
+
+impl TerminalProgress {
+    fn new(enabled: bool) -> Self {
+        TerminalProgress {
+            bar: enabled.then(|| Mutex::new(None)),
+        }
+    }
+    fn done(&self) {
+        if let Some(m) = &self.bar
+            && let Ok(mut b) = m.lock()
+            && let Some(bar) = b.take()
+        {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for TerminalProgress {
+    fn rows(&self, sync: &str, processed: u64) {
+        let Some(m) = &self.bar else { return };
+        let Ok(mut b) = m.lock() else { return };
+        let bar = b.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{spinner} {prefix}: {human_pos} rows diffed ({per_sec}, {elapsed})",
+            ) {
+                bar.set_style(style);
+            }
+            bar.set_prefix(sync.to_string());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        bar.set_position(processed);
+    }
+}
+
+fn print_run(r: &SyncReport, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        return;
+    }
+    let c = &r.counts;
+    let mark = if r.status == RunStatus::Succeeded { "✓" } else { "✗" };
+    println!(
+        "{mark} {}  ({} → {}/{})  read {}  created {}  updated {}  deleted {}  unchanged {}  invalid {}  rejected {}{}  [{:.1}s]",
+        r.sync,
+        r.behavior,
+        r.destination,
+        r.object,
+        c.read,
+        c.created,
+        c.updated,
+        c.deleted,
+        c.unchanged,
+        c.invalid,
+        c.rejected,
+        if c.skipped > 0 {
+            format!("  skipped {}", c.skipped)
+        } else {
+            String::new()
+        },
+        r.duration_ms as f64 / 1000.0
+    );
+    for s in r.samples.iter().take(5) {
+        let kind = match s.kind {
+            history::RecordKind::Invalid => "invalid",
+            history::RecordKind::Rejected => "rejected",
+        };
+        println!(
+            "    {kind}: key {} — {}",
+            s.key.as_deref().unwrap_or("NULL"),
+            s.reason
+        );
+    }
+    if r.samples.len() > 5 {
+        println!(
+            "    … {} more in `backflow history {} --samples`",
+            r.samples.len() - 5,
+            r.sync
+        );
+    }
+    if let Some(e) = &r.error {
+        println!("    error: {e}");
+    }
+}
+
+fn print_plan(r: &PlanReport, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        return;
+    }
+    let c = &r.counts;
+    let mark = if r.status == RunStatus::Succeeded { "•" } else { "✗" };
+    println!(
+        "{mark} {}  ({} → {}/{})  would create {}  update {}  delete {}; unchanged {}  invalid {}  (read {})",
+        r.sync, r.behavior, r.destination, r.object, c.created, c.updated, c.deleted, c.unchanged, c.invalid, c.read
+    );
+    for (label, list) in [
+        ("create", &r.samples.create),
+        ("update", &r.samples.update),
+        ("delete", &r.samples.delete),
+    ] {
+        for v in list {
+            println!("    {label}: {v}");
+        }
+    }
+    for s in r.samples.invalid.iter().take(5) {
+        println!(
+            "    invalid: key {} — {}",
+            s.key.as_deref().unwrap_or("NULL"),
+            s.reason
+        );
+    }
+    if let Some(e) = &r.error {
+        println!("    error: {e}");
+    }
+}
+
+async fn check(dir: &Path) -> Result<ExitCode, String> {
+    let project = Project::load(dir).map_err(|e| e.to_string())?;
+    let ctx = project.session().await.map_err(|e| e.to_string())?;
+    let mut problems = Vec::new();
+    for name in project.config.syncs.keys() {
+        if let Err(e) = sync::check(&project, &ctx, name).await {
+            problems.push(e.to_string());
+        }
+    }
+    let c = &project.config;
+    if problems.is_empty() {
+        println!(
+            "✓ {} is valid: {} source(s), {} model(s), {} segment(s), {} destination(s), {} sync(s)",
+            project.dir.display(),
+            c.sources.len(),
+            project.models.len(),
+            c.segments.len(),
+            c.destinations.len(),
+            c.syncs.len()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for p in &problems {
+            println!("✗ {p}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+async fn history_cmd(
+    project: &Project,
+    sync: Option<String>,
+    limit: usize,
+    with_samples: bool,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let names = match sync {
+        Some(s) => {
+            project.select_syncs(std::slice::from_ref(&s)).map_err(|e| e.to_string())?;
+            vec![s]
+        }
+        None => history::syncs(&project.state)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    let mut runs: Vec<RunRecord> = Vec::new();
+    for name in &names {
+        runs.extend(
+            history::runs(&project.state, name, limit)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    runs.sort_by(|a, b| b.started_at_ms.cmp(&a.started_at_ms));
+    if runs.is_empty() && !json {
+        println!("no runs yet");
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    table.set_header(vec![
+        "started (UTC)", "sync", "status", "read", "created", "updated", "deleted", "unchanged",
+        "invalid", "rejected", "secs", "error",
+    ]);
+    for run in &runs {
+        let samples = if with_samples {
+            history::samples(&project.state, &run.sync, run)
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            Vec::new()
+        };
+        if json {
+            let mut v = serde_json::to_value(run).unwrap_or_default();
+            if with_samples && let Some(o) = v.as_object_mut() {
+                o.insert(
+                    "samples".into(),
+                    serde_json::to_value(&samples).unwrap_or_default(),
+                );
+            }
+            println!("{v}");
+            continue;
+        }
+        let c = &run.counts;
+        let started = chrono::DateTime::from_timestamp_millis(run.started_at_ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        table.add_row(vec![
+            started,
+            run.sync.clone(),
+            run.status.as_str().to_string(),
+            c.read.to_string(),
+            c.created.to_string(),
+            c.updated.to_string(),
+            c.deleted.to_string(),
+            c.unchanged.to_string(),
+            c.invalid.to_string(),
+            c.rejected.to_string(),
+            format!("{:.1}", (run.finished_at_ms - run.started_at_ms) as f64 / 1000.0),
+            run.error.clone().unwrap_or_default(),
+        ]);
+        for s in &samples {
+            let kind = match s.kind {
+                history::RecordKind::Invalid => "invalid",
+                history::RecordKind::Rejected => "rejected",
+            };
+            table.add_row(vec![
+                String::new(),
+                format!("  {kind}"),
+                s.key.clone().unwrap_or_else(|| "NULL".into()),
+                s.reason.clone(),
+                s.record.clone(),
+            ]);
+        }
+    }
+    if !json && !runs.is_empty() {
+        println!("{table}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The starter project `init` writes.
+const STARTER: &[(&str, &str)] = &[
+    ("backflow.toml", include_str!("../data/starter/backflow.toml")),
+    ("people.csv", include_str!("../data/starter/people.csv")),
+    ("models/customers.sql", include_str!("../data/starter/models/customers.sql")),
+    (".gitignore", ".backflow/\nout/\n"),
+];
+
+fn init(dir: &Path) -> Result<(), String> {
+    if dir.exists() {
+        let mut entries = std::fs::read_dir(dir)
+            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        if entries.next().is_some() {
+            return Err(format!(
+                "{} is not empty; init only writes into a new or empty folder",
+                dir.display()
+            ));
+        }
+    }
+    for (rel, text) in STARTER {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    println!(
+        "Created a starter project in {0}.\n\nNext:\n  backflow check --project {0}\n  backflow plan  --project {0}\n  backflow run   --project {0}\n\nEdit {0}/backflow.toml and {0}/models/*.sql to point it at your data.",
+        dir.display()
+    );
+    Ok(())
+}

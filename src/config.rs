@@ -1,0 +1,514 @@
+//! Project configuration: `backflow.toml` parsed strictly, then validated without any I/O.
+//!
+//! Parsing rejects unknown keys and types with the line they sit on (the `toml` crate reports
+//! spans). Validation then checks every cross-reference (a sync's `from` and `to`, a segment's
+//! model, name clashes, behaviours that cannot work together) and reports *all* problems at once,
+//! each naming the table it belongs to and its line in the file.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+use crate::destinations::DestinationConfig;
+use crate::sources::SourceConfig;
+
+/// The file every project has at its root.
+pub const CONFIG_FILE: &str = "backflow.toml";
+
+/// Errors in reading or validating the project configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not valid: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{} has {} problem(s):\n{}", path.display(), problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+/// `backflow.toml`, as written by the user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// Where the sync state and run history live.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Named data sources: files or tables that models read by name.
+    #[serde(default)]
+    pub sources: IndexMap<String, SourceConfig>,
+    /// Named segments: a model narrowed by a SQL filter.
+    #[serde(default)]
+    pub segments: IndexMap<String, SegmentConfig>,
+    /// Named destinations: where syncs write.
+    #[serde(default)]
+    pub destinations: IndexMap<String, DestinationConfig>,
+    /// Named syncs: a model or segment kept in sync with a destination object.
+    #[serde(default)]
+    pub syncs: IndexMap<String, SyncConfig>,
+}
+
+/// `[state]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// A directory relative to the project, an absolute path, or an object-store URL
+    /// (`s3://bucket/prefix`). Default: `.backflow` in the project directory.
+    pub path: Option<String>,
+}
+
+/// `[segments.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentConfig {
+    /// The model (or source) this segment narrows.
+    pub model: String,
+    /// A SQL boolean expression over the model's columns, e.g. `plan <> 'free'`.
+    pub filter: String,
+}
+
+/// `[syncs.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// The model, segment or source whose rows are synced.
+    pub from: String,
+    /// The destination name.
+    pub to: String,
+    /// The destination object: a table name for databases, a file name for file destinations.
+    pub object: String,
+    /// What the sync does with new, changed and removed rows.
+    pub behavior: Behavior,
+    /// The matching identifier.
+    pub key: KeyConfig,
+    /// Which fields are sent and under which names.
+    #[serde(default)]
+    pub fields: FieldsConfig,
+    /// A column whose value only grows (an `updated_at`): when set, a run reads only rows at or
+    /// past the stored watermark.
+    pub cursor: Option<String>,
+}
+
+/// Sync behaviours, with the meaning reverse-ETL users know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Behavior {
+    /// Update the record when the key matches, else create it.
+    #[serde(alias = "update-or-create")]
+    Upsert,
+    /// Only update records that already exist in the destination.
+    #[serde(alias = "update_only")]
+    UpdateOnly,
+    /// Only create records that do not exist yet; never update.
+    #[serde(alias = "create_only")]
+    CreateOnly,
+    /// Upsert, and delete records that left the model.
+    Mirror,
+    /// Append every new or changed row, as an event log.
+    #[serde(alias = "append_only", alias = "append")]
+    AppendOnly,
+    /// The model lists keys to delete from the destination.
+    Delete,
+}
+
+impl Behavior {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Behavior::Upsert => "upsert",
+            Behavior::UpdateOnly => "update-only",
+            Behavior::CreateOnly => "create-only",
+            Behavior::Mirror => "mirror",
+            Behavior::AppendOnly => "append-only",
+            Behavior::Delete => "delete",
+        }
+    }
+}
+
+impl std::fmt::Display for Behavior {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The matching identifier: `key = "email"` or `key = { source = "email", destination = "Email" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged, expecting = "a column name, or a table { source = \"col\", destination = \"col\" }")]
+pub enum KeyConfig {
+    Column(String),
+    Pair {
+        source: String,
+        destination: String,
+    },
+}
+
+impl KeyConfig {
+    /// The key column in the model.
+    pub fn source(&self) -> &str {
+        match self {
+            KeyConfig::Column(c) => c,
+            KeyConfig::Pair { source, .. } => source,
+        }
+    }
+    /// The key column in the destination.
+    pub fn destination(&self) -> &str {
+        match self {
+            KeyConfig::Column(c) => c,
+            KeyConfig::Pair { destination, .. } => destination,
+        }
+    }
+}
+
+/// `fields = { ... }`: the field mapping.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldsConfig {
+    /// Send every model column under its own name (default true).
+    #[serde(default = "default_true")]
+    pub auto: bool,
+    /// Model column → destination field, for columns sent under another name.
+    #[serde(default)]
+    pub rename: IndexMap<String, String>,
+    /// Model columns never sent (with `auto`).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Destination field → SQL expression over the model's columns.
+    #[serde(default)]
+    pub computed: IndexMap<String, String>,
+}
+
+impl Default for FieldsConfig {
+    fn default() -> Self {
+        FieldsConfig {
+            auto: true,
+            rename: IndexMap::new(),
+            exclude: Vec::new(),
+            computed: IndexMap::new(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl ProjectConfig {
+    /// Read and parse `backflow.toml` in `dir`. Unknown keys and wrong types are errors with a
+    /// line number.
+    pub fn load(dir: &Path) -> Result<(ProjectConfig, ConfigText), ConfigError> {
+        let path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let config = Self::parse(&text, &path)?;
+        Ok((config, ConfigText { path, text }))
+    }
+
+    /// Parse configuration text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<ProjectConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: describe_toml_error(text, &e),
+        })
+    }
+}
+
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let snippet = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line}: {message}\n    | {snippet}")
+        }
+        None => message,
+    }
+}
+
+/// The raw text of the config file, kept to point problems at lines.
+#[derive(Debug, Clone)]
+pub struct ConfigText {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl ConfigText {
+    /// `backflow.toml line N, [syncs.NAME]` for messages (the line is left out when not found).
+    pub fn locate(&self, section: &str, name: &str) -> String {
+        let headers = [
+            format!("[{section}.{name}]"),
+            format!("[{section}.\"{name}\"]"),
+            format!("{section}.{name}"),
+        ];
+        let line = self.text.lines().position(|l| {
+            let l = l.trim_start();
+            headers.iter().any(|h| l.starts_with(h.as_str()))
+        });
+        match line {
+            Some(n) => format!("[{section}.{name}] (line {})", n + 1),
+            None => format!("[{section}.{name}]"),
+        }
+    }
+}
+
+/// Names that models, sources and segments may take: they are SQL table names.
+pub fn is_plain_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Validate cross references, with the names of the models found on disk. Returns every problem.
+pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut relations: BTreeSet<&str> = BTreeSet::new();
+    let named = config
+        .sources
+        .keys()
+        .map(|n| ("source", n.as_str()))
+        .chain(models.iter().map(|n| ("model", n.as_str())))
+        .chain(config.segments.keys().map(|n| ("segment", n.as_str())));
+    for (kind, name) in named {
+        if !is_plain_identifier(name) {
+            problems.push(format!(
+                "{kind} \"{name}\": names of sources, models and segments are SQL table names; \
+                 use lowercase letters, digits and '_' (starting with a letter or '_')"
+            ));
+        }
+        if !relations.insert(name) {
+            problems.push(format!(
+                "{kind} \"{name}\": another source, model or segment already has this name"
+            ));
+        }
+    }
+
+    for (name, segment) in &config.segments {
+        let at = text.locate("segments", name);
+        if !relations.contains(segment.model.as_str()) {
+            problems.push(format!(
+                "{at}: segment \"{name}\" filters unknown model \"{}\"{}",
+                segment.model,
+                suggest(&segment.model, relations.iter().copied())
+            ));
+        } else if config.segments.contains_key(&segment.model) && segment.model == *name {
+            problems.push(format!("{at}: segment \"{name}\" filters itself"));
+        }
+        if segment.filter.trim().is_empty() {
+            problems.push(format!("{at}: segment \"{name}\" has an empty filter"));
+        }
+    }
+
+    for (name, dest) in &config.destinations {
+        let at = text.locate("destinations", name);
+        for p in dest.validate() {
+            problems.push(format!("{at}: destination \"{name}\": {p}"));
+        }
+    }
+    for (name, source) in &config.sources {
+        let at = text.locate("sources", name);
+        for p in source.validate() {
+            problems.push(format!("{at}: source \"{name}\": {p}"));
+        }
+    }
+
+    for (name, sync) in &config.syncs {
+        let at = text.locate("syncs", name);
+        if !is_safe_name(name) {
+            problems.push(format!(
+                "{at}: sync name \"{name}\" may only use letters, digits, '_' and '-'"
+            ));
+        }
+        if !relations.contains(sync.from.as_str()) {
+            problems.push(format!(
+                "{at}: sync \"{name}\" reads from unknown model or segment \"{}\"{}",
+                sync.from,
+                suggest(&sync.from, relations.iter().copied())
+            ));
+        }
+        match config.destinations.get(&sync.to) {
+            None => problems.push(format!(
+                "{at}: sync \"{name}\" writes to unknown destination \"{}\"{}",
+                sync.to,
+                suggest(&sync.to, config.destinations.keys().map(String::as_str))
+            )),
+            Some(dest) => {
+                for p in dest.validate_object(&sync.object) {
+                    problems.push(format!("{at}: sync \"{name}\": object \"{}\": {p}", sync.object));
+                }
+            }
+        }
+        if sync.behavior == Behavior::Mirror && sync.cursor.is_some() {
+            problems.push(format!(
+                "{at}: sync \"{name}\" is a mirror with a cursor: a mirror must read the whole model \
+                 to see which rows left it; remove `cursor` or use behavior = \"upsert\""
+            ));
+        }
+        if sync.key.source().is_empty() || sync.key.destination().is_empty() {
+            problems.push(format!("{at}: sync \"{name}\" has an empty key"));
+        }
+        let mut dest_fields = BTreeSet::new();
+        dest_fields.insert(sync.key.destination().to_string());
+        for (from, to) in &sync.fields.rename {
+            if from == sync.key.source() {
+                problems.push(format!(
+                    "{at}: sync \"{name}\" renames the key column \"{from}\"; use key = {{ source = \"{from}\", destination = \"{to}\" }}"
+                ));
+            }
+            if !dest_fields.insert(to.clone()) {
+                problems.push(format!(
+                    "{at}: sync \"{name}\" maps two fields to destination field \"{to}\""
+                ));
+            }
+        }
+        for to in sync.fields.computed.keys() {
+            if !dest_fields.insert(to.clone()) {
+                problems.push(format!(
+                    "{at}: sync \"{name}\" maps two fields to destination field \"{to}\""
+                ));
+            }
+        }
+        for field in dest_fields.iter() {
+            if field.starts_with("__bf_") {
+                problems.push(format!(
+                    "{at}: sync \"{name}\": field names starting with __bf_ are reserved for backflow"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// Names used in state paths (syncs): no separators, no dots.
+pub fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// ` (did you mean "x"?)` when a known name is close to the unknown one.
+pub fn suggest<'a>(unknown: &str, known: impl Iterator<Item = &'a str>) -> String {
+    let best = known
+        .map(|k| (edit_distance(unknown, k), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min();
+    match best {
+        Some((_, k)) => format!(" (did you mean \"{k}\"?)"),
+        None => String::new(),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[sources.people]
+type = "csv"
+path = "people.csv"
+
+[segments.paying]
+model = "customers"          # models/customers.sql
+filter = "plan <> 'free'"
+
+[destinations.app]
+type = "sqlite"
+path = "out/app.db"
+
+[syncs.paying_to_app]
+from = "paying"
+to = "app"
+object = "customers"
+behavior = "mirror"
+key = "email"
+fields = { auto = true }
+"#;
+
+    fn text(t: &str) -> ConfigText {
+        ConfigText {
+            path: PathBuf::from("backflow.toml"),
+            text: t.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_documented_example_parses_and_validates() {
+        let config = ProjectConfig::parse(EXAMPLE, Path::new("backflow.toml")).unwrap();
+        let problems = validate(&config, &["customers".to_string()], &text(EXAMPLE));
+        assert!(problems.is_empty(), "{problems:?}");
+        let sync = &config.syncs["paying_to_app"];
+        assert_eq!(sync.behavior, Behavior::Mirror);
+        assert_eq!(sync.key.source(), "email");
+        assert!(sync.fields.auto);
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_line() {
+        let bad = EXAMPLE.replace("behavior = \"mirror\"", "behaviour = \"mirror\"");
+        let err = ProjectConfig::parse(&bad, Path::new("backflow.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("behaviour"), "{msg}");
+        assert!(msg.contains("line 19"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_type_is_reported() {
+        let bad = EXAMPLE.replace("type = \"csv\"", "type = \"xlsx\"");
+        let msg = ProjectConfig::parse(&bad, Path::new("backflow.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("xlsx") && msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_references_are_all_reported_with_suggestions() {
+        let bad = EXAMPLE
+            .replace("to = \"app\"", "to = \"apq\"")
+            .replace("model = \"customers\"", "model = \"custmers\"");
+        let config = ProjectConfig::parse(&bad, Path::new("backflow.toml")).unwrap();
+        let problems = validate(&config, &["customers".to_string()], &text(&bad));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("custmers") && problems[0].contains("did you mean \"customers\""));
+        assert!(problems[1].contains("apq") && problems[1].contains("line 15"));
+    }
+
+    #[test]
+    fn mirror_with_cursor_is_refused() {
+        let bad = EXAMPLE.replace("key = \"email\"", "key = \"email\"\ncursor = \"updated_at\"");
+        let config = ProjectConfig::parse(&bad, Path::new("backflow.toml")).unwrap();
+        let problems = validate(&config, &["customers".to_string()], &text(&bad));
+        assert!(problems.iter().any(|p| p.contains("mirror with a cursor")));
+    }
+
+    #[test]
+    fn key_pair_and_behaviors_parse() {
+        let t = EXAMPLE
+            .replace("key = \"email\"", "key = { source = \"email\", destination = \"Email\" }")
+            .replace("\"mirror\"", "\"update-only\"");
+        let config = ProjectConfig::parse(&t, Path::new("backflow.toml")).unwrap();
+        let sync = &config.syncs["paying_to_app"];
+        assert_eq!(sync.key.destination(), "Email");
+        assert_eq!(sync.behavior, Behavior::UpdateOnly);
+    }
+}

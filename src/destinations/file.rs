@@ -1,0 +1,582 @@
+//! File destination: one file per object (CSV, Parquet or JSON lines) in a local folder or an
+//! object-store prefix, always holding the object's complete current contents.
+//!
+//! Files cannot be updated in place, so the writer stages the run's changes in a local Parquet
+//! file and, in `finish`, rewrites the object with one DataFusion plan:
+//!
+//! ```text
+//!   existing file ──cast to the sync's types──┐
+//!                                             ├─ FULL JOIN on key ─ keep / replace / drop ─ sort by key ─► new file
+//!   staged changes (fields + op) ─────────────┘
+//! ```
+//!
+//! (append-only is a UNION ALL instead). The new file is uploaded whole and replaces the old one
+//! atomically (a local rename, or an object store's atomic multipart completion). Fields the
+//! existing file has that the sync no longer sends are kept, never dropped. A run with no
+//! changes does not touch the file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Int8Array, RecordBatch, new_null_array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::common::{JoinType, ScalarValue};
+use datafusion::logical_expr::{cast, lit, when};
+use datafusion::prelude::{
+    CsvReadOptions, DataFrame, Expr, JsonReadOptions, ParquetReadOptions, SessionContext, ident,
+};
+use futures::StreamExt;
+use object_store::buffered::BufWriter;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::{ArrowWriter, AsyncArrowWriter};
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+
+use super::{
+    BatchOutcome, Destination, DestinationError, LateRejection, ObjectWriter, WriteOp, WriteTarget,
+};
+use crate::storage::Location;
+
+/// `type = "file"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDestinationConfig {
+    /// The folder (relative to the project, absolute, or an object-store URL prefix) objects are
+    /// written into.
+    pub path: String,
+    /// `csv`, `parquet` or `jsonl`.
+    pub format: FileFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    Csv,
+    Parquet,
+    #[serde(alias = "json", alias = "ndjson")]
+    Jsonl,
+}
+
+impl FileFormat {
+    fn extension(self) -> &'static str {
+        match self {
+            FileFormat::Csv => "csv",
+            FileFormat::Parquet => "parquet",
+            FileFormat::Jsonl => "jsonl",
+        }
+    }
+}
+
+impl FileDestinationConfig {
+    pub fn validate(&self) -> Vec<String> {
+        if self.path.trim().is_empty() {
+            vec!["path is empty".into()]
+        } else if self.path.contains('\0') {
+            vec!["path contains a NUL character".into()]
+        } else {
+            vec![]
+        }
+    }
+}
+
+pub(super) fn validate_object(object: &str) -> Vec<String> {
+    super::check_relative_name(object)
+}
+
+#[derive(Debug)]
+pub struct FileDestination {
+    name: String,
+    config: FileDestinationConfig,
+    project_dir: PathBuf,
+}
+
+impl FileDestination {
+    pub fn new(name: &str, config: &FileDestinationConfig, project_dir: &Path) -> Self {
+        FileDestination {
+            name: name.to_string(),
+            config: config.clone(),
+            project_dir: project_dir.to_path_buf(),
+        }
+    }
+
+    /// The object's file: `<path>/<object>`, with the format's extension when it has none.
+    fn object_location(&self, object: &str) -> Result<Location, DestinationError> {
+        let mut file = object.to_string();
+        if Path::new(object).extension().is_none() {
+            file = format!("{object}.{}", self.config.format.extension());
+        }
+        let base = self.config.path.trim_end_matches('/');
+        Location::resolve(&format!("{base}/{file}"), &self.project_dir).map_err(|source| {
+            DestinationError::Storage {
+                destination: self.name.clone(),
+                source,
+            }
+        })
+    }
+
+    fn unwritable(&self, location: &Location, reason: impl ToString) -> DestinationError {
+        DestinationError::Unwritable {
+            destination: self.name.clone(),
+            location: location
+                .local
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| location.url.to_string()),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl Destination for FileDestination {
+    async fn check(&self, target: &WriteTarget) -> Result<(), DestinationError> {
+        let location = self.object_location(&target.object)?;
+        if let Some(path) = &location.local {
+            let mut dir = path.parent().map(Path::to_path_buf);
+            while let Some(d) = dir {
+                if d.exists() {
+                    if !d.is_dir() {
+                        return Err(
+                            self.unwritable(&location, format!("{} is not a folder", d.display()))
+                        );
+                    }
+                    break;
+                }
+                dir = d.parent().map(Path::to_path_buf);
+            }
+            if path.is_dir() {
+                return Err(self.unwritable(&location, "a folder has that name"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn open(&self, target: &WriteTarget) -> Result<Box<dyn ObjectWriter>, DestinationError> {
+        self.check(target).await?;
+        let location = self.object_location(&target.object)?;
+        if let Some(path) = &location.local
+            && let Some(parent) = path.parent()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| self.unwritable(&location, e))?;
+        }
+        let store = location.store().map_err(|source| DestinationError::Storage {
+            destination: self.name.clone(),
+            source,
+        })?;
+        let staging_dir = tempfile::tempdir().map_err(|e| {
+            self.unwritable(&location, format!("cannot create a local staging folder: {e}"))
+        })?;
+        let mut fields: Vec<Field> = target
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        fields.push(Field::new(OP, DataType::Int8, false));
+        let staged_schema = Arc::new(Schema::new(fields));
+        let staged_path = staging_dir.path().join("changes.parquet");
+        let file = std::fs::File::create(&staged_path)
+            .map_err(|e| self.unwritable(&location, format!("staging file: {e}")))?;
+        let staging = ArrowWriter::try_new(file, staged_schema.clone(), None)
+            .map_err(|e| self.unwritable(&location, format!("staging file: {e}")))?;
+        Ok(Box::new(FileWriter {
+            object: FileObject {
+                destination: self.name.clone(),
+                format: self.config.format,
+                target: target.clone(),
+                location,
+                store,
+                staged_path,
+            },
+            staged_schema,
+            staging: Some(staging),
+            staged_rows: 0,
+            _staging_dir: staging_dir,
+        }))
+    }
+}
+
+const OP: &str = "__bf_op";
+const PRESENT: &str = "__bf_present";
+const CHANGE_PREFIX: &str = "__bf_c_";
+
+/// The object being written: everything `finish` needs once staging is closed.
+struct FileObject {
+    destination: String,
+    format: FileFormat,
+    target: WriteTarget,
+    location: Location,
+    store: Arc<dyn ObjectStore>,
+    staged_path: PathBuf,
+}
+
+/// Stages a run's changes locally, then rewrites the object in `finish`.
+struct FileWriter {
+    object: FileObject,
+    staged_schema: SchemaRef,
+    staging: Option<ArrowWriter<std::fs::File>>,
+    staged_rows: usize,
+    // Dropped (and removed) last.
+    _staging_dir: tempfile::TempDir,
+}
+
+impl FileObject {
+    fn fail(&self, reason: impl ToString) -> DestinationError {
+        DestinationError::Write {
+            destination: self.destination.clone(),
+            object: self.target.object.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Register the existing object as `bf_existing`; false when there is none.
+    async fn register_existing(&self, ctx: &SessionContext) -> Result<bool, DestinationError> {
+        let path = self.location.object_path().map_err(|e| self.fail(e))?;
+        let meta = match self.store.head(&path).await {
+            Ok(m) => m,
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(self.fail(format!("cannot read the existing file: {e}"))),
+        };
+        let url = match &self.location.local {
+            Some(p) => p.display().to_string(),
+            None => {
+                ctx.register_object_store(&self.location.store_url(), self.store.clone());
+                self.location.url.to_string()
+            }
+        };
+        let read_err = |e: datafusion::error::DataFusionError| {
+            self.fail(format!("cannot read the existing file {url}: {e}"))
+        };
+        match self.format {
+            FileFormat::Parquet => {
+                let opts = ParquetReadOptions::default().file_extension("");
+                ctx.register_parquet("bf_existing", &url, opts)
+                    .await
+                    .map_err(read_err)?;
+            }
+            FileFormat::Csv => {
+                // Read every column as text (no type guessing: "007" stays "007"), then cast to
+                // the sync's types below.
+                let head = self
+                    .store
+                    .get_range(&path, 0..meta.size.min(1 << 20))
+                    .await
+                    .map_err(|e| self.fail(format!("cannot read the existing file: {e}")))?;
+                let (schema, _) = arrow::csv::reader::Format::default()
+                    .with_header(true)
+                    .infer_schema(&head[..], Some(0))
+                    .map_err(|e| self.fail(format!("the existing file is not CSV: {e}")))?;
+                let text_schema = Schema::new(
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| Field::new(f.name(), DataType::Utf8, true))
+                        .collect::<Vec<_>>(),
+                );
+                let opts = CsvReadOptions::new()
+                    .has_header(true)
+                    .file_extension("")
+                    .schema(&text_schema);
+                ctx.register_csv("bf_existing", &url, opts)
+                    .await
+                    .map_err(read_err)?;
+            }
+            FileFormat::Jsonl => {
+                let opts = JsonReadOptions::default().file_extension("");
+                ctx.register_json("bf_existing", &url, opts)
+                    .await
+                    .map_err(read_err)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// The existing rows with the sync's fields cast to the sync's types, plus a presence flag.
+    async fn existing(&self, ctx: &SessionContext) -> Result<DataFrame, DestinationError> {
+        let df = ctx.table("bf_existing").await.map_err(|e| self.fail(e))?;
+        let mut exprs = Vec::new();
+        for field in df.schema().fields() {
+            let name = field.name();
+            let e = match self.target.schema.field_with_name(name) {
+                Ok(t) if t.data_type() != field.data_type() => {
+                    cast(ident(name), t.data_type().clone()).alias(name)
+                }
+                _ => ident(name),
+            };
+            exprs.push(e);
+        }
+        for t in self.target.schema.fields() {
+            if df.schema().field_with_unqualified_name(t.name()).is_err() {
+                exprs.push(cast(lit(ScalarValue::Null), t.data_type().clone()).alias(t.name()));
+            }
+        }
+        exprs.push(lit(true).alias(PRESENT));
+        df.select(exprs).map_err(|e| self.fail(e))
+    }
+
+    /// The merged contents: the plan described in the module docs.
+    async fn merged(&self, ctx: &SessionContext, has_existing: bool) -> Result<DataFrame, DestinationError> {
+        let changes = ctx.table("bf_changes").await.map_err(|e| self.fail(e))?;
+        let target_cols: Vec<String> = self
+            .target
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        if !has_existing {
+            let keep = ident(OP).in_list(vec![lit(1i8), lit(3i8), lit(5i8)], false);
+            let cols: Vec<Expr> = target_cols.iter().map(ident).collect();
+            return changes.filter(keep).map_err(|e| self.fail(e))?.select(cols).map_err(|e| self.fail(e));
+        }
+        let existing = self.existing(ctx).await?;
+        let existing_cols: Vec<String> = existing
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| n != PRESENT)
+            .collect();
+        if self.target.behavior == crate::config::Behavior::AppendOnly {
+            let new_rows = changes
+                .select(
+                    existing_cols
+                        .iter()
+                        .map(|c| {
+                            if target_cols.contains(c) {
+                                ident(c)
+                            } else {
+                                cast(lit(ScalarValue::Null), existing_field_type(&existing, c))
+                                    .alias(c)
+                            }
+                        })
+                        .collect::<Vec<_>>(),
+                )
+                .map_err(|e| self.fail(e))?;
+            let old_rows = existing
+                .select(existing_cols.iter().map(ident).collect::<Vec<_>>())
+                .map_err(|e| self.fail(e))?;
+            return old_rows.union(new_rows).map_err(|e| self.fail(e));
+        }
+        let renamed: Vec<Expr> = changes
+            .schema()
+            .fields()
+            .iter()
+            .map(|fl| ident(fl.name()).alias(format!("{CHANGE_PREFIX}{}", fl.name())))
+            .collect();
+        let changes = changes.select(renamed).map_err(|e| self.fail(e))?;
+        let key = &self.target.key;
+        let ckey = format!("{CHANGE_PREFIX}{key}");
+        let joined = existing
+            .join(changes, JoinType::Full, &[key.as_str()], &[ckey.as_str()], None)
+            .map_err(|e| self.fail(e))?;
+        let op = ident(format!("{CHANGE_PREFIX}{OP}"));
+        let present = ident(PRESENT);
+        let take_change = present
+            .clone()
+            .is_null()
+            .or(op.clone().in_list(vec![lit(1i8), lit(2i8)], false));
+        let mut out = Vec::new();
+        for c in &existing_cols {
+            if target_cols.contains(c) {
+                out.push(
+                    when(take_change.clone(), ident(format!("{CHANGE_PREFIX}{c}")))
+                        .otherwise(ident(c))
+                        .map_err(|e| self.fail(e))?
+                        .alias(c),
+                );
+            } else {
+                out.push(ident(c));
+            }
+        }
+        let keep_existing = present.clone().is_not_null().and(
+            op.clone()
+                .is_null()
+                .or(op.clone().not_eq(lit(WriteOp::Delete.code()))),
+        );
+        let add_new = present
+            .is_null()
+            .and(op.in_list(vec![lit(1i8), lit(3i8)], false));
+        joined
+            .filter(keep_existing.or(add_new))
+            .map_err(|e| self.fail(e))?
+            .select(out)
+            .map_err(|e| self.fail(e))?
+            .sort(vec![ident(key).sort(true, true)])
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Updates whose key the existing file does not have.
+    async fn missing_updates(
+        &self,
+        ctx: &SessionContext,
+        has_existing: bool,
+    ) -> Result<Vec<LateRejection>, DestinationError> {
+        let key = &self.target.key;
+        let updates = ctx
+            .table("bf_changes")
+            .await
+            .map_err(|e| self.fail(e))?
+            .filter(ident(OP).eq(lit(WriteOp::Update.code())))
+            .map_err(|e| self.fail(e))?
+            .select(vec![ident(key)])
+            .map_err(|e| self.fail(e))?;
+        let missing = if has_existing {
+            let existing = self
+                .existing(ctx)
+                .await?
+                .select(vec![ident(key).alias("__bf_existing_key")])
+                .map_err(|e| self.fail(e))?;
+            updates
+                .join(existing, JoinType::LeftAnti, &[key.as_str()], &["__bf_existing_key"], None)
+                .map_err(|e| self.fail(e))?
+        } else {
+            updates
+        };
+        let mut out = Vec::new();
+        let mut stream = missing.execute_stream().await.map_err(|e| self.fail(e))?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| self.fail(e))?;
+            for row in 0..batch.num_rows() {
+                let key = ScalarValue::try_from_array(batch.column(0), row).map_err(|e| self.fail(e))?;
+                out.push(LateRejection {
+                    key,
+                    reason: "no record with this key in the destination file (update-only never creates records)".into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stream `df` into the object, replacing it atomically.
+    async fn write_object(&self, df: DataFrame) -> Result<(), DestinationError> {
+        let path = self.location.object_path().map_err(|e| self.fail(e))?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let mut stream = df.execute_stream().await.map_err(|e| self.fail(e))?;
+        match self.format {
+            FileFormat::Parquet => {
+                let writer = BufWriter::new(self.store.clone(), path);
+                let mut w = AsyncArrowWriter::try_new(
+                    writer,
+                    schema,
+                    Some(crate::state::writer_properties()),
+                )
+                .map_err(|e| self.fail(e))?;
+                while let Some(batch) = stream.next().await {
+                    w.write(&batch.map_err(|e| self.fail(e))?).await.map_err(|e| self.fail(e))?;
+                }
+                w.close().await.map_err(|e| self.fail(e))?;
+            }
+            FileFormat::Csv | FileFormat::Jsonl => {
+                let mut out = BufWriter::new(self.store.clone(), path);
+                let mut first = true;
+                let mut wrote_any = false;
+                while let Some(batch) = stream.next().await {
+                    let batch = batch.map_err(|e| self.fail(e))?;
+                    let bytes = self.encode_text(&batch, first)?;
+                    first = false;
+                    wrote_any = true;
+                    out.write_all(&bytes).await.map_err(|e| self.fail(e))?;
+                }
+                if !wrote_any && self.format == FileFormat::Csv {
+                    let empty = RecordBatch::new_empty(schema);
+                    let bytes = self.encode_text(&empty, true)?;
+                    out.write_all(&bytes).await.map_err(|e| self.fail(e))?;
+                }
+                out.shutdown().await.map_err(|e| self.fail(e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn encode_text(&self, batch: &RecordBatch, header: bool) -> Result<Vec<u8>, DestinationError> {
+        let mut buf = Vec::new();
+        match self.format {
+            FileFormat::Csv => {
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(header)
+                    .build(&mut buf);
+                w.write(batch).map_err(|e| self.fail(e))?;
+            }
+            _ => {
+                let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+                w.write(batch).map_err(|e| self.fail(e))?;
+                w.finish().map_err(|e| self.fail(e))?;
+            }
+        }
+        Ok(buf)
+    }
+}
+
+fn existing_field_type(df: &DataFrame, name: &str) -> DataType {
+    df.schema()
+        .field_with_unqualified_name(name)
+        .map(|f| f.data_type().clone())
+        .unwrap_or(DataType::Utf8)
+}
+
+#[async_trait]
+impl ObjectWriter for FileWriter {
+    async fn write(
+        &mut self,
+        op: WriteOp,
+        batch: RecordBatch,
+    ) -> Result<BatchOutcome, DestinationError> {
+        let rows = batch.num_rows();
+        let mut columns = Vec::with_capacity(self.staged_schema.fields().len());
+        for field in self.staged_schema.fields() {
+            if field.name() == OP {
+                columns.push(Arc::new(Int8Array::from(vec![op.code(); rows])) as _);
+            } else {
+                match batch.column_by_name(field.name()) {
+                    Some(c) => columns.push(c.clone()),
+                    None => columns.push(new_null_array(field.data_type(), rows)),
+                }
+            }
+        }
+        let object = &self.object;
+        let staged = RecordBatch::try_new(self.staged_schema.clone(), columns)
+            .map_err(|e| object.fail(e))?;
+        let Some(writer) = self.staging.as_mut() else {
+            return Err(object.fail("write after finish (this is a bug in backflow)"));
+        };
+        writer.write(&staged).map_err(|e| object.fail(e))?;
+        self.staged_rows += rows;
+        Ok(BatchOutcome::default())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<Vec<LateRejection>, DestinationError> {
+        let FileWriter {
+            object,
+            staging,
+            staged_rows,
+            _staging_dir,
+            ..
+        } = *self;
+        if let Some(w) = staging {
+            w.close().map_err(|e| object.fail(e))?;
+        }
+        let ctx = SessionContext::new();
+        let has_existing = object.register_existing(&ctx).await?;
+        if staged_rows == 0 && has_existing {
+            return Ok(Vec::new());
+        }
+        ctx.register_parquet(
+            "bf_changes",
+            &object.staged_path.display().to_string(),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .map_err(|e| object.fail(e))?;
+        let rejected = if object.target.behavior == crate::config::Behavior::UpdateOnly {
+            object.missing_updates(&ctx, has_existing).await?
+        } else {
+            Vec::new()
+        };
+        let merged = object.merged(&ctx, has_existing).await?;
+        object.write_object(merged).await?;
+        drop(_staging_dir);
+        Ok(rejected)
+    }
+}

@@ -1,0 +1,199 @@
+//! Destinations: where syncs write. Each kind lives in its own file and implements
+//! [`Destination`]; [`build`] is the one place that lists them. The pipeline only ever talks to
+//! the traits here, so a new destination (PostgreSQL, an HTTP API) is one file and one line in
+//! [`build`] and [`DestinationConfig`].
+//!
+//! The contract:
+//! - [`Destination::open`] prepares one object for one run (creates a missing table, checks an
+//!   existing one) and returns an [`ObjectWriter`].
+//! - [`ObjectWriter::write`] is called once per batch of one [`WriteOp`]. It applies what it can
+//!   and returns, per row, what it refused ([`Rejection`], with the destination's reason) and
+//!   how many rows it found already there and left alone (create-only). An `Err` means the
+//!   destination as a whole failed: the run stops and no state is committed.
+//! - [`ObjectWriter::finish`] is called once after the last batch; it may apply the writes (file
+//!   destinations rewrite the object here) and report rejections it could only find then.
+//! - Only rows that were neither rejected nor failed are marked synced, so a rejected row is
+//!   retried on the next run.
+
+mod file;
+mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::common::ScalarValue;
+use serde::Deserialize;
+
+pub use file::{FileDestination, FileDestinationConfig, FileFormat};
+pub use sqlite::{SqliteDestination, SqliteDestinationConfig};
+
+use crate::config::Behavior;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationError {
+    #[error("destination \"{destination}\": cannot write {location}: {reason}")]
+    Unwritable {
+        destination: String,
+        location: String,
+        reason: String,
+    },
+    #[error("destination \"{destination}\", object \"{object}\": {reason}")]
+    Incompatible {
+        destination: String,
+        object: String,
+        reason: String,
+    },
+    #[error("destination \"{destination}\", object \"{object}\": write failed: {reason}")]
+    Write {
+        destination: String,
+        object: String,
+        reason: String,
+    },
+    #[error("destination \"{destination}\": {source}")]
+    Storage {
+        destination: String,
+        source: crate::storage::StorageError,
+    },
+}
+
+/// `[destinations.NAME]`, tagged by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DestinationConfig {
+    /// A SQLite database file; objects are tables.
+    Sqlite(SqliteDestinationConfig),
+    /// Files (CSV, Parquet, JSON lines) in a local folder or an object-store prefix; objects are
+    /// file names.
+    File(FileDestinationConfig),
+}
+
+impl DestinationConfig {
+    /// Problems found without I/O.
+    pub fn validate(&self) -> Vec<String> {
+        match self {
+            DestinationConfig::Sqlite(c) => c.validate(),
+            DestinationConfig::File(c) => c.validate(),
+        }
+    }
+
+    /// Problems with an object name, found without I/O.
+    pub fn validate_object(&self, object: &str) -> Vec<String> {
+        match self {
+            DestinationConfig::Sqlite(_) => sqlite::validate_object(object),
+            DestinationConfig::File(_) => file::validate_object(object),
+        }
+    }
+}
+
+/// Build the destination declared by `config`; relative paths resolve against `project_dir`.
+pub fn build(name: &str, config: &DestinationConfig, project_dir: &Path) -> Arc<dyn Destination> {
+    match config {
+        DestinationConfig::Sqlite(c) => Arc::new(SqliteDestination::new(name, c, project_dir)),
+        DestinationConfig::File(c) => Arc::new(FileDestination::new(name, c, project_dir)),
+    }
+}
+
+/// What one sync run writes into.
+#[derive(Debug, Clone)]
+pub struct WriteTarget {
+    pub sync: String,
+    pub object: String,
+    /// The key field, in destination names.
+    pub key: String,
+    /// Every field the sync sends (key included), in destination names and Arrow types.
+    pub schema: SchemaRef,
+    pub behavior: Behavior,
+}
+
+/// The operation a batch carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WriteOp {
+    /// Update the record with this key, or create it.
+    Upsert,
+    /// Update the record with this key; reject the row when there is none.
+    Update,
+    /// Create the record; leave an existing one with this key alone (counted as skipped).
+    Create,
+    /// Delete the record with this key (the batch holds only the key column); a missing
+    /// record is not an error.
+    Delete,
+    /// Add the row, whatever is there already.
+    Append,
+}
+
+impl WriteOp {
+    pub fn code(self) -> i8 {
+        match self {
+            WriteOp::Upsert => 1,
+            WriteOp::Update => 2,
+            WriteOp::Create => 3,
+            WriteOp::Delete => 4,
+            WriteOp::Append => 5,
+        }
+    }
+}
+
+/// A row the destination refused, by its index in the batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub row: usize,
+    pub reason: String,
+}
+
+/// A row the destination refused when the run finished, by key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LateRejection {
+    pub key: ScalarValue,
+    pub reason: String,
+}
+
+/// The outcome of one batch.
+#[derive(Debug, Clone, Default)]
+pub struct BatchOutcome {
+    pub rejected: Vec<Rejection>,
+    /// Rows left alone because the record already existed (create).
+    pub skipped: usize,
+}
+
+/// A destination kind.
+#[async_trait]
+pub trait Destination: Send + Sync + std::fmt::Debug {
+    /// Check, without writing anything, that the target could be written.
+    async fn check(&self, target: &WriteTarget) -> Result<(), DestinationError>;
+
+    /// Prepare the target for one run.
+    async fn open(&self, target: &WriteTarget) -> Result<Box<dyn ObjectWriter>, DestinationError>;
+}
+
+/// Writes one object during one run.
+#[async_trait]
+pub trait ObjectWriter: Send {
+    async fn write(
+        &mut self,
+        op: WriteOp,
+        batch: RecordBatch,
+    ) -> Result<BatchOutcome, DestinationError>;
+
+    async fn finish(self: Box<Self>) -> Result<Vec<LateRejection>, DestinationError>;
+}
+
+/// Reject object names that would escape the destination (`..`, absolute paths, NUL).
+fn check_relative_name(object: &str) -> Vec<String> {
+    let mut p = Vec::new();
+    if object.is_empty() {
+        p.push("the object name is empty".to_string());
+    }
+    if object.contains('\0') {
+        p.push("the object name contains a NUL character".to_string());
+    }
+    if object.starts_with('/') || object.starts_with('\\') || object.contains(':') {
+        p.push("the object name must be relative to the destination".to_string());
+    }
+    if object.split(['/', '\\']).any(|part| part == ".." || part == ".") {
+        p.push("the object name may not contain '.' or '..' segments".to_string());
+    }
+    p
+}

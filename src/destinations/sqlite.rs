@@ -1,0 +1,449 @@
+//! SQLite destination: a database file; each object is a table keyed by the sync's key.
+//!
+//! The table is created when missing (key as primary key, except for append-only logs); fields
+//! the sync sends that the table lacks are added as columns; nothing is ever dropped. Each batch
+//! is one transaction; a row SQLite refuses (a constraint, a type check) is a rejection with
+//! SQLite's message and the other rows of the batch still land.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use async_trait::async_trait;
+use rusqlite::types::Value;
+use rusqlite::{Connection, ErrorCode, params_from_iter};
+use serde::Deserialize;
+
+use super::{
+    BatchOutcome, Destination, DestinationError, LateRejection, ObjectWriter, Rejection, WriteOp,
+    WriteTarget,
+};
+use crate::config::Behavior;
+
+/// `type = "sqlite"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteDestinationConfig {
+    /// The database file, relative to the project; created when missing.
+    pub path: String,
+}
+
+impl SqliteDestinationConfig {
+    pub fn validate(&self) -> Vec<String> {
+        if self.path.trim().is_empty() {
+            vec!["path is empty".into()]
+        } else if self.path.contains('\0') {
+            vec!["path contains a NUL character".into()]
+        } else {
+            vec![]
+        }
+    }
+}
+
+pub(super) fn validate_object(object: &str) -> Vec<String> {
+    let mut p = Vec::new();
+    if object.trim().is_empty() {
+        p.push("the table name is empty".to_string());
+    }
+    if object.contains('\0') {
+        p.push("the table name contains a NUL character".to_string());
+    }
+    p
+}
+
+/// Quote an SQLite identifier.
+pub fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+#[derive(Debug)]
+pub struct SqliteDestination {
+    name: String,
+    path: PathBuf,
+}
+
+impl SqliteDestination {
+    pub fn new(name: &str, config: &SqliteDestinationConfig, project_dir: &Path) -> Self {
+        let p = Path::new(&config.path);
+        SqliteDestination {
+            name: name.to_string(),
+            path: if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                project_dir.join(p)
+            },
+        }
+    }
+
+    fn unwritable(&self, reason: impl ToString) -> DestinationError {
+        DestinationError::Unwritable {
+            destination: self.name.clone(),
+            location: self.path.display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn incompatible(&self, target: &WriteTarget, reason: impl ToString) -> DestinationError {
+        DestinationError::Incompatible {
+            destination: self.name.clone(),
+            object: target.object.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The table's columns and whether `key` is its sole primary key, or None when missing.
+    fn table_info(
+        conn: &Connection,
+        table: &str,
+        key: &str,
+    ) -> rusqlite::Result<Option<(Vec<String>, bool)>> {
+        let mut stmt = conn.prepare("SELECT name, pk FROM pragma_table_info(?1)")?;
+        let rows: Vec<(String, i64)> = stmt
+            .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let pks: Vec<&str> = rows
+            .iter()
+            .filter(|(_, pk)| *pk > 0)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let key_is_pk = pks == [key];
+        Ok(Some((rows.into_iter().map(|(n, _)| n).collect(), key_is_pk)))
+    }
+
+    fn prepare(&self, target: &WriteTarget) -> Result<Connection, DestinationError> {
+        if let Some(parent) = self.path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| self.unwritable(e))?;
+        }
+        let conn = Connection::open(&self.path).map_err(|e| self.unwritable(e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| self.unwritable(e))?;
+        let table = quote(&target.object);
+        let info = Self::table_info(&conn, &target.object, &target.key)
+            .map_err(|e| self.unwritable(e))?;
+        match info {
+            None => {
+                let mut cols: Vec<String> = target
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| format!("{} {}", quote(f.name()), sql_type(f.data_type())))
+                    .collect();
+                if target.behavior != Behavior::AppendOnly {
+                    cols.push(format!("PRIMARY KEY ({})", quote(&target.key)));
+                }
+                conn.execute_batch(&format!("CREATE TABLE {table} ({})", cols.join(", ")))
+                    .map_err(|e| self.unwritable(e))?;
+            }
+            Some((columns, key_is_pk)) => {
+                if !columns.iter().any(|c| c == &target.key) {
+                    return Err(self.incompatible(
+                        target,
+                        format!(
+                            "the table has no key column \"{}\" (it has: {})",
+                            target.key,
+                            columns.join(", ")
+                        ),
+                    ));
+                }
+                for f in target.schema.fields() {
+                    if !columns.iter().any(|c| c == f.name()) {
+                        conn.execute_batch(&format!(
+                            "ALTER TABLE {table} ADD COLUMN {} {}",
+                            quote(f.name()),
+                            sql_type(f.data_type())
+                        ))
+                        .map_err(|e| self.unwritable(e))?;
+                    }
+                }
+                if target.behavior != Behavior::AppendOnly && !key_is_pk {
+                    let index = quote(&format!("backflow_{}_{}_key", target.object, target.key));
+                    conn.execute_batch(&format!(
+                        "CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {table} ({})",
+                        quote(&target.key)
+                    ))
+                    .map_err(|e| {
+                        self.incompatible(
+                            target,
+                            format!(
+                                "key column \"{}\" is not unique in the existing table and a unique index cannot be created ({e})",
+                                target.key
+                            ),
+                        )
+                    })?;
+                }
+            }
+        }
+        Ok(conn)
+    }
+}
+
+/// The SQLite column type for an Arrow type.
+fn sql_type(dt: &DataType) -> &'static str {
+    use DataType::*;
+    match dt {
+        Boolean | Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 => "INTEGER",
+        Float16 | Float32 | Float64 => "REAL",
+        Binary | LargeBinary | BinaryView | FixedSizeBinary(_) => "BLOB",
+        _ => "TEXT",
+    }
+}
+
+#[async_trait]
+impl Destination for SqliteDestination {
+    async fn check(&self, target: &WriteTarget) -> Result<(), DestinationError> {
+        // Without writing: the folder must exist or be creatable, and an existing table must
+        // have the key column.
+        let mut dir = self.path.parent().map(Path::to_path_buf);
+        while let Some(d) = dir {
+            if d.exists() {
+                if !d.is_dir() {
+                    return Err(self.unwritable(format!("{} is not a folder", d.display())));
+                }
+                break;
+            }
+            dir = d.parent().map(Path::to_path_buf);
+        }
+        if self.path.exists() {
+            let conn = Connection::open_with_flags(
+                &self.path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .map_err(|e| self.unwritable(e))?;
+            if let Some((columns, _)) = Self::table_info(&conn, &target.object, &target.key)
+                .map_err(|e| self.unwritable(e))?
+                && !columns.iter().any(|c| c == &target.key)
+            {
+                return Err(self.incompatible(
+                    target,
+                    format!("the table has no key column \"{}\"", target.key),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn open(&self, target: &WriteTarget) -> Result<Box<dyn ObjectWriter>, DestinationError> {
+        let conn = self.prepare(target)?;
+        Ok(Box::new(SqliteWriter {
+            destination: self.name.clone(),
+            target: target.clone(),
+            conn: Arc::new(Mutex::new(conn)),
+        }))
+    }
+}
+
+struct SqliteWriter {
+    destination: String,
+    target: WriteTarget,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteWriter {
+    fn statement(&self, op: WriteOp, columns: &[String]) -> String {
+        let table = quote(&self.target.object);
+        let key = quote(&self.target.key);
+        let cols = columns.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
+        let params = (1..=columns.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let non_key: Vec<&String> = columns.iter().filter(|c| **c != self.target.key).collect();
+        match op {
+            WriteOp::Append => format!("INSERT INTO {table} ({cols}) VALUES ({params})"),
+            WriteOp::Create => format!(
+                "INSERT INTO {table} ({cols}) VALUES ({params}) ON CONFLICT ({key}) DO NOTHING"
+            ),
+            WriteOp::Upsert => {
+                if non_key.is_empty() {
+                    format!(
+                        "INSERT INTO {table} ({cols}) VALUES ({params}) ON CONFLICT ({key}) DO NOTHING"
+                    )
+                } else {
+                    let set = non_key
+                        .iter()
+                        .map(|c| format!("{0} = excluded.{0}", quote(c)))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    format!(
+                        "INSERT INTO {table} ({cols}) VALUES ({params}) ON CONFLICT ({key}) DO UPDATE SET {set}"
+                    )
+                }
+            }
+            WriteOp::Update => {
+                let key_pos = columns
+                    .iter()
+                    .position(|c| *c == self.target.key)
+                    .map(|i| i + 1)
+                    .unwrap_or(1);
+                let set = if non_key.is_empty() {
+                    format!("{key} = {key}")
+                } else {
+                    columns
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| **c != self.target.key)
+                        .map(|(i, c)| format!("{} = ?{}", quote(c), i + 1))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                format!("UPDATE {table} SET {set} WHERE {key} = ?{key_pos}")
+            }
+            WriteOp::Delete => format!("DELETE FROM {table} WHERE {key} = ?1"),
+        }
+    }
+}
+
+/// Whether an SQLite error is about the row (reject it) rather than the database (fail).
+fn is_row_error(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => matches!(
+            f.code,
+            ErrorCode::ConstraintViolation | ErrorCode::TypeMismatch | ErrorCode::TooBig
+        ),
+        rusqlite::Error::ToSqlConversionFailure(_) => true,
+        _ => false,
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for SqliteWriter {
+    async fn write(
+        &mut self,
+        op: WriteOp,
+        batch: RecordBatch,
+    ) -> Result<BatchOutcome, DestinationError> {
+        let columns: Vec<String> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let sql = self.statement(op, &columns);
+        let conn = self.conn.clone();
+        let key = self.target.key.clone();
+        let fail = {
+            let destination = self.destination.clone();
+            let object = self.target.object.clone();
+            move |reason: String| DestinationError::Write {
+                destination: destination.clone(),
+                object: object.clone(),
+                reason,
+            }
+        };
+        let fail2 = fail.clone();
+        tokio::task::spawn_blocking(move || -> Result<BatchOutcome, DestinationError> {
+            let mut conn = conn.lock().map_err(|_| fail("connection lock poisoned".into()))?;
+            let tx = conn.transaction().map_err(|e| fail(e.to_string()))?;
+            let mut outcome = BatchOutcome::default();
+            {
+                let mut stmt = tx.prepare_cached(&sql).map_err(|e| fail(e.to_string()))?;
+                let cells = batch
+                    .columns()
+                    .iter()
+                    .map(Cells::new)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| fail(e.to_string()))?;
+                let key_col = columns.iter().position(|c| *c == key);
+                for row in 0..batch.num_rows() {
+                    let values: Vec<Value> = cells.iter().map(|c| c.value(row)).collect();
+                    match stmt.execute(params_from_iter(values.iter())) {
+                        Ok(0) if op == WriteOp::Update => outcome.rejected.push(Rejection {
+                            row,
+                            reason: "no record with this key in the destination (update-only never creates records)".into(),
+                        }),
+                        Ok(0) if op == WriteOp::Create => outcome.skipped += 1,
+                        Ok(_) => {}
+                        Err(e) if is_row_error(&e) => outcome.rejected.push(Rejection {
+                            row,
+                            reason: e.to_string(),
+                        }),
+                        Err(e) => {
+                            let at = key_col
+                                .map(|k| format!(" (at key {:?})", values[k]))
+                                .unwrap_or_default();
+                            return Err(fail(format!("{e}{at}")));
+                        }
+                    }
+                }
+            }
+
+            tx.commit().map_err(|e| fail(e.to_string()))?;
+            Ok(outcome)
+        })
+        .await
+        .map_err(|e| fail2(format!("writer task failed: {e}")))?
+    }
+
+    async fn finish(self: Box<Self>) -> Result<Vec<LateRejection>, DestinationError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Converts one Arrow column to SQLite values.
+enum Cells {
+    Int(ArrayRef),
+    UInt(ArrayRef),
+    Real(ArrayRef),
+    Bool(ArrayRef),
+    Text(ArrayRef),
+    Blob(ArrayRef),
+    Formatted(ArrayRef),
+}
+
+impl Cells {
+    fn new(array: &ArrayRef) -> Result<Cells, arrow::error::ArrowError> {
+        use DataType::*;
+        let cast = arrow::compute::cast;
+        Ok(match array.data_type() {
+            Int8 | Int16 | Int32 | Int64 => Cells::Int(cast(array, &Int64)?),
+            UInt8 | UInt16 | UInt32 | UInt64 => Cells::UInt(cast(array, &UInt64)?),
+            Float16 | Float32 | Float64 => Cells::Real(cast(array, &Float64)?),
+            Boolean => Cells::Bool(array.clone()),
+            Utf8 | LargeUtf8 | Utf8View => Cells::Text(cast(array, &LargeUtf8)?),
+            Binary | LargeBinary | BinaryView | FixedSizeBinary(_) => {
+                Cells::Blob(cast(array, &LargeBinary)?)
+            }
+            _ => Cells::Formatted(array.clone()),
+        })
+    }
+
+    fn value(&self, row: usize) -> Value {
+        let array = match self {
+            Cells::Int(a)
+            | Cells::UInt(a)
+            | Cells::Real(a)
+            | Cells::Bool(a)
+            | Cells::Text(a)
+            | Cells::Blob(a)
+            | Cells::Formatted(a) => a,
+        };
+        if array.is_null(row) {
+            return Value::Null;
+        }
+        match self {
+            Cells::Int(a) => Value::Integer(a.as_primitive::<Int64Type>().value(row)),
+            Cells::UInt(a) => {
+                let v = a.as_primitive::<UInt64Type>().value(row);
+                i64::try_from(v)
+                    .map(Value::Integer)
+                    .unwrap_or_else(|_| Value::Text(v.to_string()))
+            }
+            Cells::Real(a) => Value::Real(a.as_primitive::<Float64Type>().value(row)),
+            Cells::Bool(a) => Value::Integer(i64::from(a.as_boolean().value(row))),
+            Cells::Text(a) => Value::Text(a.as_string::<i64>().value(row).to_string()),
+            Cells::Blob(a) => Value::Blob(a.as_binary::<i64>().value(row).to_vec()),
+            Cells::Formatted(a) => {
+                let options = FormatOptions::default();
+                match ArrayFormatter::try_new(a.as_ref(), &options) {
+                    Ok(f) => Value::Text(f.value(row).to_string()),
+                    Err(_) => Value::Null,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! backflow: keep operational tools in sync with SQL-defined data.
+//!
+//! A project (`backflow.toml` + `models/*.sql`) is loaded and validated by [`project`], turned
+//! into a DataFusion session where sources, models and segments are tables, and each sync runs
+//! as the cycle drawn in [`sync`]: read → map → diff → apply → state → commit. Destinations sit
+//! behind the traits in [`destinations`]; all state and run history is Parquet under the state
+//! path ([`state`], [`history`]).
+
+pub mod cli;
+pub mod config;
+pub mod destinations;
+pub mod hash;
+pub mod history;
+pub mod models;
+pub mod project;
+pub mod sources;
+pub mod state;
+pub mod storage;
+pub mod sync;
+
+pub use config::Behavior;
+pub use project::{Project, ProjectError};
+pub use sync::{PlanReport, RunOptions, SyncReport};

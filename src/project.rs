@@ -1,0 +1,196 @@
+//! A project: `backflow.toml` plus `models/*.sql`, loaded and validated without touching any data
+//! ([`Project::load`]), then turned into a DataFusion session where every source, model and
+//! segment is a table ([`Project::session`]).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::config::{ConfigError, ConfigText, ProjectConfig};
+use crate::destinations::{self, Destination};
+use crate::models::{self, Model, ModelError, Node};
+use crate::sources::{self, SourceError};
+use crate::state::{StateError, StateStore};
+use crate::storage::Location;
+
+/// The state folder when `[state] path` is not set.
+pub const DEFAULT_STATE_DIR: &str = ".backflow";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    #[error("no project at {}: {CONFIG_FILE} not found (create one with `backflow init {}`)", dir.display(), dir.display(), CONFIG_FILE = crate::config::CONFIG_FILE)]
+    NotFound { dir: PathBuf },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Models(Vec<ModelError>),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("{}: {source}", path.display())]
+    ModelPlan {
+        path: PathBuf,
+        source: DataFusionError,
+    },
+    #[error("segment \"{segment}\": filter `{filter}` is not a valid SQL condition over \"{model}\": {source}")]
+    SegmentFilter {
+        segment: String,
+        model: String,
+        filter: String,
+        source: DataFusionError,
+    },
+    #[error("unknown sync \"{name}\"{suggestion}; the project's syncs are: {known}")]
+    UnknownSync {
+        name: String,
+        suggestion: String,
+        known: String,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// A loaded, validated project.
+#[derive(Debug)]
+pub struct Project {
+    pub dir: PathBuf,
+    pub config: ProjectConfig,
+    pub config_text: ConfigText,
+    pub models: Vec<Model>,
+    /// Models and segments, each after what it reads.
+    pub order: Vec<String>,
+    pub state: StateStore,
+}
+
+impl Project {
+    /// Read `backflow.toml` and `models/`, and check every reference. No data is read.
+    pub fn load(dir: &Path) -> Result<Project, ProjectError> {
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        if !dir.join(crate::config::CONFIG_FILE).is_file() {
+            return Err(ProjectError::NotFound { dir });
+        }
+        let (config, config_text) = ProjectConfig::load(&dir)?;
+        let models = models::discover(&dir).map_err(|e| ProjectError::Models(vec![e]))?;
+        let model_names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+        let problems = crate::config::validate(&config, &model_names, &config_text);
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: config_text.path.clone(),
+                problems,
+            }
+            .into());
+        }
+        let mut nodes: Vec<Node> = models
+            .iter()
+            .map(|m| Node {
+                name: &m.name,
+                path: Some(&m.path),
+                dependencies: m.dependencies.iter().map(String::as_str).collect(),
+            })
+            .collect();
+        for (name, seg) in &config.segments {
+            nodes.push(Node {
+                name,
+                path: None,
+                dependencies: vec![seg.model.as_str()],
+            });
+        }
+        let sources: BTreeSet<&str> = config.sources.keys().map(String::as_str).collect();
+        let order = models::order(&nodes, &sources)
+            .map_err(ProjectError::Models)?
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let state_path = config.state.path.as_deref().unwrap_or(DEFAULT_STATE_DIR);
+        let state = StateStore::open(
+            Location::resolve(state_path, &dir).map_err(StateError::from)?,
+        )?;
+        Ok(Project {
+            dir,
+            config,
+            config_text,
+            models,
+            order,
+            state,
+        })
+    }
+
+    /// A DataFusion session in which every source, model and segment is a table.
+    pub async fn session(&self) -> Result<SessionContext, ProjectError> {
+        let ctx = new_session_context();
+        self.state.register(&ctx)?;
+        for (name, config) in &self.config.sources {
+            sources::build(config, &self.dir).register(&ctx, name).await?;
+        }
+        for name in &self.order {
+            if let Some(model) = self.models.iter().find(|m| &m.name == name) {
+                let plan_err = |source| ProjectError::ModelPlan {
+                    path: model.path.clone(),
+                    source,
+                };
+                let df = ctx.sql(&model.sql).await.map_err(plan_err)?;
+                ctx.register_table(name.as_str(), df.into_view())
+                    .map_err(plan_err)?;
+            } else if let Some(segment) = self.config.segments.get(name) {
+                let filter_err = |source| ProjectError::SegmentFilter {
+                    segment: name.clone(),
+                    model: segment.model.clone(),
+                    filter: segment.filter.clone(),
+                    source,
+                };
+                let df = ctx.table(segment.model.as_str()).await.map_err(filter_err)?;
+                let expr = df.parse_sql_expr(&segment.filter).map_err(filter_err)?;
+                let df = df.filter(expr).map_err(filter_err)?;
+                // Plan it now so a bad column or type shows up here, naming the segment.
+                df.clone().into_optimized_plan().map_err(filter_err)?;
+                ctx.register_table(name.as_str(), df.into_view())
+                    .map_err(filter_err)?;
+            }
+        }
+        Ok(ctx)
+    }
+
+    /// The destination a sync writes to.
+    pub fn destination(&self, name: &str) -> Option<Arc<dyn Destination>> {
+        self.config
+            .destinations
+            .get(name)
+            .map(|c| destinations::build(name, c, &self.dir))
+    }
+
+    /// The syncs to act on: all of them when `requested` is empty; unknown names are an error.
+    pub fn select_syncs(&self, requested: &[String]) -> Result<Vec<String>, ProjectError> {
+        if requested.is_empty() {
+            return Ok(self.config.syncs.keys().cloned().collect());
+        }
+        let known: Vec<&str> = self.config.syncs.keys().map(String::as_str).collect();
+        for name in requested {
+            if !self.config.syncs.contains_key(name) {
+                return Err(ProjectError::UnknownSync {
+                    name: name.clone(),
+                    suggestion: crate::config::suggest(name, known.iter().copied()),
+                    known: if known.is_empty() {
+                        "(none)".into()
+                    } else {
+                        known.join(", ")
+                    },
+                });
+            }
+        }
+        Ok(requested.to_vec())
+    }
+}
+
+/// The session every stage runs in: backflow's functions registered.
+pub fn new_session_context() -> SessionContext {
+    let config = SessionConfig::new().with_information_schema(false);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    ctx.register_udf(crate::hash::row_hash_udf());
+    ctx
+}

@@ -1,0 +1,160 @@
+//! CSV and Parquet file sources, through DataFusion listing tables (local or object store).
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
+use serde::Deserialize;
+
+use super::{Source, SourceError};
+use crate::storage::Location;
+
+/// `type = "csv"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSourceConfig {
+    /// A file, a directory (all `*.csv` in it) or a glob; relative to the project, or a URL.
+    pub path: String,
+    /// Whether the first line holds column names (default true).
+    #[serde(default = "yes")]
+    pub has_header: bool,
+    /// The field separator, one character (default `,`).
+    #[serde(default = "comma")]
+    pub delimiter: char,
+}
+
+/// `type = "parquet"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetSourceConfig {
+    /// A file, a directory (all `*.parquet` in it) or a glob; relative to the project, or a URL.
+    pub path: String,
+}
+
+fn yes() -> bool {
+    true
+}
+fn comma() -> char {
+    ','
+}
+
+impl CsvSourceConfig {
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !self.delimiter.is_ascii() {
+            p.push(format!("delimiter '{}' must be a single ASCII character", self.delimiter));
+        }
+        if self.path.trim().is_empty() {
+            p.push("path is empty".into());
+        }
+        p
+    }
+}
+
+impl ParquetSourceConfig {
+    pub fn validate(&self) -> Vec<String> {
+        if self.path.trim().is_empty() {
+            vec!["path is empty".into()]
+        } else {
+            vec![]
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Format {
+    Csv(CsvSourceConfig),
+    Parquet,
+}
+
+/// A CSV or Parquet source.
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    format: Format,
+    path: String,
+    project_dir: PathBuf,
+}
+
+impl FileSource {
+    pub fn csv(config: CsvSourceConfig, project_dir: &Path) -> Self {
+        FileSource {
+            path: config.path.clone(),
+            format: Format::Csv(config),
+            project_dir: project_dir.to_path_buf(),
+        }
+    }
+    pub fn parquet(config: ParquetSourceConfig, project_dir: &Path) -> Self {
+        FileSource {
+            path: config.path,
+            format: Format::Parquet,
+            project_dir: project_dir.to_path_buf(),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for FileSource {
+    async fn register(&self, ctx: &SessionContext, name: &str) -> Result<(), SourceError> {
+        let location =
+            Location::resolve(&self.path, &self.project_dir).map_err(|source| SourceError::Storage {
+                name: name.to_string(),
+                source,
+            })?;
+        location.register(ctx).map_err(|source| SourceError::Storage {
+            name: name.to_string(),
+            source,
+        })?;
+        // A single named file is read whatever its extension; a directory only yields files
+        // with the format's extension.
+        let single_file;
+        let table_path = match &location.local {
+            Some(p) => {
+                if !location.is_glob() && !p.exists() {
+                    return Err(SourceError::Missing {
+                        name: name.to_string(),
+                        location: p.display().to_string(),
+                    });
+                }
+                single_file = p.is_file();
+                p.display().to_string()
+            }
+            None => {
+                single_file = !location.is_glob() && !self.path.ends_with('/');
+                location.url.to_string()
+            }
+        };
+        let ext_override = if single_file || location.is_glob() {
+            Some("")
+        } else {
+            None
+        };
+        let read_err = |source| SourceError::Read {
+            name: name.to_string(),
+            location: location.display.clone(),
+            source,
+        };
+        match &self.format {
+            Format::Csv(c) => {
+                let mut options = CsvReadOptions::new()
+                    .has_header(c.has_header)
+                    .delimiter(c.delimiter as u8);
+                if let Some(ext) = ext_override {
+                    options = options.file_extension(ext);
+                }
+                ctx.register_csv(name, &table_path, options)
+                    .await
+                    .map_err(read_err)?;
+            }
+            Format::Parquet => {
+                let mut options = ParquetReadOptions::default();
+                if let Some(ext) = ext_override {
+                    options = options.file_extension(ext);
+                }
+                ctx.register_parquet(name, &table_path, options)
+                    .await
+                    .map_err(read_err)?;
+            }
+        }
+        Ok(())
+    }
+}

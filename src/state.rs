@@ -1,0 +1,519 @@
+//! The state store: each sync's last-synced snapshot and watermark, committed atomically.
+//!
+//! ```text
+//! <state>/
+//!   syncs/<sync>/_manifests/00000000000000000007.json   one per committed version, never rewritten
+//!   syncs/<sync>/data/v00000000000000000007-<uuid>/
+//!       snapshot.parquet    (__bf_key, __bf_hash): every key in sync, with its row hash
+//!       sent.parquet        (__bf_key, __bf_hash, __bf_keep): what this run's destination accepted
+//!   history/<sync>/runs/<start>-<run>.parquet      one row per run (see history.rs)
+//!   history/<sync>/records/<start>-<run>.parquet   invalid and rejected samples of that run
+//!   locks/<sync>.lock                              held while a run of <sync> is going (local state)
+//! ```
+//!
+//! The commit protocol:
+//!
+//! ```text
+//!  run ──► write data/v{N+1}-<uuid>/*.parquet ──► put _manifests/{N+1}.json (create-if-absent) ──► vacuum
+//!           (new files, unique names;             (the one atomic step: it either exists,           (drop versions
+//!            a crash leaves orphans only)          complete, or it does not; a second writer         older than
+//!                                                  of N+1 gets AlreadyExists)                        N-1)
+//! ```
+//!
+//! Readers load the newest manifest and exactly the files it names; they never scan `data/`.
+//! A crash before the manifest put leaves version N as it was, and the next run redoes the work.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+use parquet::arrow::AsyncArrowWriter;
+use object_store::buffered::BufWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{Location, StorageError};
+
+/// The manifest format this release writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Committed versions kept per sync (older ones and their files are removed after a commit).
+const KEEP_VERSIONS: u64 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("state store {location}: {op} {path}: {source}")]
+    Io {
+        location: String,
+        op: &'static str,
+        path: String,
+        source: object_store::Error,
+    },
+    #[error("state of sync \"{sync}\": manifest {path} is unreadable ({reason}); the state was not changed")]
+    Corrupt {
+        sync: String,
+        path: String,
+        reason: String,
+    },
+    #[error("state of sync \"{sync}\" was written by a newer backflow (state format {found}, this release reads {FORMAT_VERSION}); upgrade backflow — the state was left untouched")]
+    NewerFormat { sync: String, found: u32 },
+    #[error("sync \"{sync}\" is already running (lock {path} is held by another backflow process); wait for it to finish")]
+    Locked { sync: String, path: String },
+    #[error("sync \"{sync}\": another run committed state version {version} first; this run's changes were sent but its state was not committed, and the next run will re-check them")]
+    Conflict { sync: String, version: u64 },
+    #[error("cannot create lock file {path}: {source}")]
+    Lock {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("state store: cannot write {path}: {source}")]
+    Parquet {
+        path: String,
+        source: parquet::errors::ParquetError,
+    },
+}
+
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+/// The watermark of a sync with a cursor: the cursor value up to which rows are in sync.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Watermark {
+    /// The cursor column in the model.
+    pub column: String,
+    /// The Arrow data type of the value, as Arrow writes it (`Timestamp(µs)`, `Int64`, …).
+    pub data_type: String,
+    /// The value, as Arrow casts it to text.
+    pub value: String,
+}
+
+/// One committed version of a sync's state. Stored as JSON in `_manifests/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub sync: String,
+    pub version: u64,
+    pub run_id: String,
+    pub committed_at: String,
+    /// The snapshot file, relative to the state root.
+    pub snapshot: String,
+    /// Number of keys in the snapshot.
+    pub rows: u64,
+    pub destination: String,
+    pub object: String,
+    pub behavior: String,
+    /// The destination key field.
+    pub key: String,
+    /// The key's Arrow type.
+    pub key_type: String,
+    pub watermark: Option<Watermark>,
+}
+
+/// Where state lives.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    store: Arc<dyn ObjectStore>,
+    location: Location,
+    root: ObjectPath,
+}
+
+/// Held while a sync runs; released on drop.
+#[derive(Debug)]
+pub struct SyncLock {
+    _file: Option<std::fs::File>,
+}
+
+impl StateStore {
+    pub fn open(location: Location) -> Result<StateStore> {
+        let store = location.store()?;
+        let root = location.object_path()?;
+        Ok(StateStore {
+            store,
+            location,
+            root,
+        })
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// Make state files readable by DataFusion in `ctx`.
+    pub fn register(&self, ctx: &datafusion::prelude::SessionContext) -> Result<()> {
+        self.location.register(ctx)?;
+        Ok(())
+    }
+
+    /// The object path of `rel` (a path relative to the state root).
+    pub fn path(&self, rel: &str) -> ObjectPath {
+        let mut p = self.root.clone();
+        for part in rel.split('/').filter(|s| !s.is_empty()) {
+            p = p.join(part);
+        }
+        p
+    }
+
+    /// A URL (or absolute local path) DataFusion can read `rel` from.
+    pub fn table_url(&self, rel: &str) -> String {
+        match &self.location.local {
+            Some(dir) => {
+                let mut p = dir.clone();
+                for part in rel.split('/').filter(|s| !s.is_empty()) {
+                    p.push(part);
+                }
+                p.display().to_string()
+            }
+            None => {
+                let base = self.location.url.as_str().trim_end_matches('/');
+                format!("{base}/{rel}")
+            }
+        }
+    }
+
+    fn io(&self, op: &'static str, path: &ObjectPath) -> impl FnOnce(object_store::Error) -> StateError {
+        let location = self.location.display.clone();
+        let path = path.to_string();
+        move |source| StateError::Io {
+            location,
+            op,
+            path,
+            source,
+        }
+    }
+
+    /// Take the sync's run lock. On a local state directory this is an OS file lock, released
+    /// when the process ends however it ends; object-store state relies on the conditional
+    /// manifest put alone.
+    pub fn lock(&self, sync: &str) -> Result<SyncLock> {
+        let Some(dir) = &self.location.local else {
+            return Ok(SyncLock { _file: None });
+        };
+        let dir = dir.join("locks");
+        let path = dir.join(format!("{sync}.lock"));
+        let lock_err = |source| StateError::Lock {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(lock_err)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(lock_err)?;
+        match file.try_lock() {
+            Ok(()) => Ok(SyncLock { _file: Some(file) }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked {
+                sync: sync.to_string(),
+                path: path.display().to_string(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
+        }
+    }
+
+    fn manifests_dir(&self, sync: &str) -> ObjectPath {
+        self.path(&format!("syncs/{sync}/_manifests"))
+    }
+
+    /// All committed versions of a sync, ascending.
+    async fn versions(&self, sync: &str) -> Result<Vec<u64>> {
+        let dir = self.manifests_dir(sync);
+        let metas: Vec<_> = match self.store.list(Some(&dir)).try_collect().await {
+            Ok(m) => m,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(self.io("list", &dir)(e)),
+        };
+        let mut versions: Vec<u64> = metas
+            .iter()
+            .filter_map(|m| m.location.filename())
+            .filter_map(|f| f.strip_suffix(".json"))
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        versions.sort_unstable();
+        Ok(versions)
+    }
+
+    /// The newest committed manifest of a sync, if any.
+    pub async fn latest(&self, sync: &str) -> Result<Option<Manifest>> {
+        let Some(version) = self.versions(sync).await?.pop() else {
+            return Ok(None);
+        };
+        let path = self.manifests_dir(sync).clone().join(format!("{version:020}.json"));
+        let bytes = self
+            .store
+            .get(&path)
+            .await
+            .map_err(self.io("read", &path))?
+            .bytes()
+            .await
+            .map_err(self.io("read", &path))?;
+        let corrupt = |reason: String| StateError::Corrupt {
+            sync: sync.to_string(),
+            path: path.to_string(),
+            reason,
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let format = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0) as u32;
+        if format > FORMAT_VERSION {
+            return Err(StateError::NewerFormat {
+                sync: sync.to_string(),
+                found: format,
+            });
+        }
+        let manifest: Manifest =
+            serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+        if manifest.version != version {
+            return Err(corrupt(format!(
+                "it says version {} but is named {version}",
+                manifest.version
+            )));
+        }
+        Ok(Some(manifest))
+    }
+
+    /// A fresh directory (relative to the root) for the files of version `version`.
+    pub fn new_data_dir(&self, sync: &str, version: u64) -> String {
+        format!("syncs/{sync}/data/v{version:020}-{}", uuid::Uuid::new_v4().simple())
+    }
+
+    /// A Parquet writer for a new state file `rel`.
+    pub fn parquet_writer(
+        &self,
+        rel: &str,
+        schema: SchemaRef,
+    ) -> Result<AsyncArrowWriter<BufWriter>> {
+        let path = self.path(rel);
+        let writer = BufWriter::new(self.store.clone(), path);
+        AsyncArrowWriter::try_new(writer, schema, Some(writer_properties())).map_err(|source| {
+            StateError::Parquet {
+                path: rel.to_string(),
+                source,
+            }
+        })
+    }
+
+    /// Commit `manifest` as the sync's next version: the single atomic step of a cycle.
+    pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
+        let path = self
+            .manifests_dir(&manifest.sync)
+            .clone().join(format!("{:020}.json", manifest.version));
+        let json = serde_json::to_vec_pretty(manifest).map_err(|e| StateError::Corrupt {
+            sync: manifest.sync.clone(),
+            path: path.to_string(),
+            reason: format!("cannot encode manifest: {e} (this is a bug in backflow)"),
+        })?;
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(json), PutMode::Create.into())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(StateError::Conflict {
+                sync: manifest.sync.clone(),
+                version: manifest.version,
+            }),
+            Err(e) => Err(self.io("commit", &path)(e)),
+        }
+    }
+
+    /// Remove manifests older than the newest [`KEEP_VERSIONS`] and every data directory that
+    /// none of the kept manifests names (including orphans of crashed runs). Best effort:
+    /// failures are logged, never fatal, as the committed state is already safe.
+    pub async fn vacuum(&self, sync: &str) {
+        if let Err(e) = self.try_vacuum(sync).await {
+            tracing::warn!(sync, error = %e, "could not remove old state versions");
+        }
+    }
+
+    async fn try_vacuum(&self, sync: &str) -> Result<()> {
+        let versions = self.versions(sync).await?;
+        let Some(&newest) = versions.last() else {
+            return Ok(());
+        };
+        let oldest_kept = newest.saturating_sub(KEEP_VERSIONS - 1);
+        let mut keep_dirs = Vec::new();
+        for v in versions.iter().filter(|v| **v >= oldest_kept) {
+            let path = self.manifests_dir(sync).clone().join(format!("{v:020}.json"));
+            let bytes = self.store.get(&path).await.map_err(self.io("read", &path))?;
+            let bytes = bytes.bytes().await.map_err(self.io("read", &path))?;
+            if let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) {
+                if let Some((dir, _)) = m.snapshot.rsplit_once('/') {
+                    keep_dirs.push(dir.to_string());
+                }
+            }
+        }
+        let data = self.path(&format!("syncs/{sync}/data"));
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&data))
+            .await
+            .map_err(self.io("list", &data))?;
+        for dir in listing.common_prefixes {
+            let Some(name) = dir.filename() else { continue };
+            // Keep anything at or above the newest version: a directory of a run in flight.
+            let version: Option<u64> = name
+                .strip_prefix('v')
+                .and_then(|s| s.split('-').next())
+                .and_then(|s| s.parse().ok());
+            let rel = format!("syncs/{sync}/data/{name}");
+            if keep_dirs.contains(&rel) || version.is_none_or(|v| v > newest) {
+                continue;
+            }
+            let files: Vec<_> = self
+                .store
+                .list(Some(&dir))
+                .try_collect()
+                .await
+                .map_err(self.io("list", &dir))?;
+            for f in files {
+                self.store
+                    .delete(&f.location)
+                    .await
+                    .map_err(self.io("delete", &f.location))?;
+            }
+            if let Some(local) = &self.location.local {
+                let _ = std::fs::remove_dir(local.join(&rel));
+            }
+        }
+        for v in versions.iter().filter(|v| **v < oldest_kept) {
+            let path = self.manifests_dir(sync).clone().join(format!("{v:020}.json"));
+            self.store
+                .delete(&path)
+                .await
+                .map_err(self.io("delete", &path))?;
+        }
+        Ok(())
+    }
+
+    /// Write a whole small object that must not exist yet (history files).
+    pub async fn put_new(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
+        let path = self.path(rel);
+        self.store
+            .put_opts(&path, PutPayload::from(bytes), PutMode::Create.into())
+            .await
+            .map_err(self.io("write", &path))?;
+        Ok(())
+    }
+
+    /// Names (relative to `rel`) of the objects directly under `rel`, sorted.
+    pub async fn list_files(&self, rel: &str) -> Result<Vec<String>> {
+        let dir = self.path(rel);
+        let listing = match self.store.list_with_delimiter(Some(&dir)).await {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(self.io("list", &dir)(e)),
+        };
+        let mut names: Vec<String> = listing
+            .objects
+            .iter()
+            .filter_map(|o| o.location.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Names of the folders directly under `rel`, sorted.
+    pub async fn list_dirs(&self, rel: &str) -> Result<Vec<String>> {
+        let dir = self.path(rel);
+        let listing = match self.store.list_with_delimiter(Some(&dir)).await {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(self.io("list", &dir)(e)),
+        };
+        let mut names: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|o| o.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Read a whole object.
+    pub async fn read(&self, rel: &str) -> Result<bytes::Bytes> {
+        let path = self.path(rel);
+        let got = self.store.get(&path).await.map_err(self.io("read", &path))?;
+        got.bytes().await.map_err(self.io("read", &path))
+    }
+
+    /// The local directory of the state, when it is on this machine.
+    pub fn local_dir(&self) -> Option<&PathBuf> {
+        self.location.local.as_ref()
+    }
+}
+
+/// Parquet settings for state files: zstd, statistics on (readers prune by key).
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn manifest(version: u64) -> Manifest {
+        Manifest {
+            format: FORMAT_VERSION,
+            sync: "s".into(),
+            version,
+            run_id: "r".into(),
+            committed_at: "now".into(),
+            snapshot: format!("syncs/s/data/v{version:020}-x/snapshot.parquet"),
+            rows: 0,
+            destination: "d".into(),
+            object: "o".into(),
+            behavior: "upsert".into(),
+            key: "id".into(),
+            key_type: "Int64".into(),
+            watermark: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_are_create_if_absent_and_latest_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(Location::resolve(".backflow", dir.path()).unwrap()).unwrap();
+        assert!(store.latest("s").await.unwrap().is_none());
+        store.commit(&manifest(1)).await.unwrap();
+        store.commit(&manifest(2)).await.unwrap();
+        assert!(matches!(
+            store.commit(&manifest(2)).await,
+            Err(StateError::Conflict { version: 2, .. })
+        ));
+        assert_eq!(store.latest("s").await.unwrap().unwrap().version, 2);
+    }
+
+    #[tokio::test]
+    async fn newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(Location::resolve(".backflow", dir.path()).unwrap()).unwrap();
+        let mut m = manifest(1);
+        m.format = FORMAT_VERSION + 1;
+        store.commit(&m).await.unwrap();
+        let err = store.latest("s").await.unwrap_err();
+        assert!(matches!(err, StateError::NewerFormat { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_second_lock_fails_fast() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(Location::resolve(".backflow", dir.path()).unwrap()).unwrap();
+        let held = store.lock("s").unwrap();
+        assert!(matches!(store.lock("s"), Err(StateError::Locked { .. })));
+        drop(held);
+        store.lock("s").unwrap();
+        assert!(Path::new(&dir.path().join(".backflow/locks/s.lock")).exists());
+    }
+}

@@ -1,0 +1,195 @@
+//! Locations: local paths (relative to the project), `file://` URLs and object-store URLs
+//! (`s3://`, `gs://`, `az://`, `abfss://`, `http(s)://`), resolved to an [`ObjectStore`] and a
+//! path inside it. Cloud credentials come from the usual environment variables
+//! (`AWS_ACCESS_KEY_ID`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, ...).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::prelude::SessionContext;
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("\"{location}\" is not a valid location: {reason}")]
+    BadLocation { location: String, reason: String },
+    #[error("cannot set up storage for \"{location}\": {source}")]
+    Store {
+        location: String,
+        source: object_store::Error,
+    },
+}
+
+/// A resolved location: the store, the store's base URL and the path of the object or prefix.
+#[derive(Debug, Clone)]
+pub struct Location {
+    /// What the user wrote, for messages.
+    pub display: String,
+    /// Full URL (`file:///abs/path` or `s3://bucket/key`), globs kept as written.
+    pub url: Url,
+    /// The local path when the location is on this machine.
+    pub local: Option<PathBuf>,
+}
+
+impl Location {
+    /// Resolve `raw` (a path relative to `base`, an absolute path or a URL).
+    pub fn resolve(raw: &str, base: &Path) -> Result<Location, StorageError> {
+        let bad = |reason: &str| StorageError::BadLocation {
+            location: raw.to_string(),
+            reason: reason.to_string(),
+        };
+        if raw.trim().is_empty() {
+            return Err(bad("it is empty"));
+        }
+        if raw.contains('\0') {
+            return Err(bad("it contains a NUL character"));
+        }
+        if let Some((scheme, _)) = raw.split_once("://") {
+            if scheme.eq_ignore_ascii_case("file") {
+                let url = Url::parse(raw).map_err(|e| bad(&e.to_string()))?;
+                let local = url
+                    .to_file_path()
+                    .map_err(|_| bad("a file:// URL must hold an absolute path"))?;
+                return Ok(Location {
+                    display: raw.to_string(),
+                    url,
+                    local: Some(local),
+                });
+            }
+            let url = Url::parse(raw).map_err(|e| bad(&e.to_string()))?;
+            return Ok(Location {
+                display: raw.to_string(),
+                url,
+                local: None,
+            });
+        }
+        let path = Path::new(raw);
+        let abs = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            base.join(path)
+        };
+        let abs = normalize(&abs);
+        let url = Url::from_file_path(&abs).map_err(|_| bad("cannot turn it into an absolute path"))?;
+        Ok(Location {
+            display: raw.to_string(),
+            url,
+            local: Some(abs),
+        })
+    }
+
+    /// Whether the last segment holds glob characters.
+    pub fn is_glob(&self) -> bool {
+        self.display.contains(['*', '?', '['])
+    }
+
+    /// `scheme://authority/`: the URL an object store is registered under.
+    pub fn store_url(&self) -> Url {
+        let mut u = self.url.clone();
+        u.set_path("/");
+        u.set_query(None);
+        u.set_fragment(None);
+        u
+    }
+
+    /// The object path inside the store.
+    pub fn object_path(&self) -> Result<ObjectPath, StorageError> {
+        match &self.local {
+            Some(p) => ObjectPath::from_filesystem_path(p).map_err(|e| StorageError::BadLocation {
+                location: self.display.clone(),
+                reason: e.to_string(),
+            }),
+            None => ObjectPath::from_url_path(self.url.path()).map_err(|e| {
+                StorageError::BadLocation {
+                    location: self.display.clone(),
+                    reason: e.to_string(),
+                }
+            }),
+        }
+    }
+
+    /// Build the object store for this location.
+    pub fn store(&self) -> Result<Arc<dyn ObjectStore>, StorageError> {
+        if self.local.is_some() {
+            return Ok(Arc::new(LocalFileSystem::new()));
+        }
+        let err = |source| StorageError::Store {
+            location: self.display.clone(),
+            source,
+        };
+        let (store, _) = object_store::parse_url_opts(&self.url, env_options(self.url.scheme()))
+            .map_err(err)?;
+        Ok(Arc::from(store))
+    }
+
+    /// Make the location readable by DataFusion in `ctx` (registers remote stores).
+    pub fn register(&self, ctx: &SessionContext) -> Result<Arc<dyn ObjectStore>, StorageError> {
+        let store = self.store()?;
+        if self.local.is_none() {
+            ctx.register_object_store(&self.store_url(), store.clone());
+        }
+        Ok(store)
+    }
+}
+
+/// Store options from the environment for a URL scheme (credentials, region, endpoint).
+fn env_options(scheme: &str) -> Vec<(String, String)> {
+    let prefixes: &[&str] = match scheme {
+        "s3" | "s3a" => &["AWS_"],
+        "gs" => &["GOOGLE_"],
+        "az" | "adl" | "azure" | "abfs" | "abfss" => &["AZURE_"],
+        _ => &[],
+    };
+    std::env::vars()
+        .filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p)))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect()
+}
+
+/// Lexically remove `.` and `..` so messages and URLs show the real path.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_resolve_against_the_project() {
+        let loc = Location::resolve("data/people.csv", Path::new("/proj")).unwrap();
+        assert_eq!(loc.url.as_str(), "file:///proj/data/people.csv");
+        assert_eq!(loc.local.as_deref(), Some(Path::new("/proj/data/people.csv")));
+        let loc = Location::resolve("../x/./y.csv", Path::new("/proj/sub")).unwrap();
+        assert_eq!(loc.local.as_deref(), Some(Path::new("/proj/x/y.csv")));
+    }
+
+    #[test]
+    fn urls_keep_their_scheme() {
+        let loc = Location::resolve("s3://bucket/a/b.parquet", Path::new("/proj")).unwrap();
+        assert!(loc.local.is_none());
+        assert_eq!(loc.store_url().as_str(), "s3://bucket/");
+        assert_eq!(loc.object_path().unwrap().as_ref(), "a/b.parquet");
+        let loc = Location::resolve("file:///tmp/x.csv", Path::new("/proj")).unwrap();
+        assert_eq!(loc.local.as_deref(), Some(Path::new("/tmp/x.csv")));
+    }
+
+    #[test]
+    fn nul_and_empty_are_refused() {
+        assert!(Location::resolve("a\0b", Path::new("/p")).is_err());
+        assert!(Location::resolve(" ", Path::new("/p")).is_err());
+    }
+}

@@ -1,0 +1,174 @@
+//! The map stage: model rows → destination fields, plus the columns the diff needs.
+//!
+//! Output columns: every destination field (key first), then `__bf_key`, `__bf_hash`,
+//! `__bf_cursor` and `__bf_present`. The hash covers the destination fields in name order (see
+//! `hash.rs`), so reordering the mapping changes nothing while renaming, adding or removing a
+//! field re-sends rows (with only the fields still mapped: values of a removed field stay in the
+//! destination untouched).
+
+use std::collections::BTreeMap;
+
+use datafusion::prelude::{DataFrame, Expr, ident, lit};
+
+use crate::config::{Behavior, SyncConfig};
+use crate::hash::{ROW_HASH, type_family};
+
+pub const KEY: &str = "__bf_key";
+pub const HASH: &str = "__bf_hash";
+pub const CURSOR: &str = "__bf_cursor";
+pub const PRESENT: &str = "__bf_present";
+
+/// The mapped relation and what it sends.
+pub struct Mapped {
+    pub df: DataFrame,
+    /// Destination field names, key first.
+    pub fields: Vec<String>,
+}
+
+/// Problems with a sync's mapping against the actual columns of its `from`.
+#[derive(Debug)]
+pub struct MappingProblems(pub Vec<String>);
+
+/// Build the mapped relation for `sync` over `relation` (the model, segment or source rows).
+pub fn map(sync: &SyncConfig, relation: DataFrame) -> Result<Mapped, MappingProblems> {
+    let columns: Vec<String> = relation
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let mut problems = Vec::new();
+    let has = |c: &str| columns.iter().any(|x| x == c);
+    let listing = || columns.join(", ");
+
+    let key_src = sync.key.source();
+    if !has(key_src) {
+        problems.push(format!(
+            "key column \"{key_src}\" is not a column of \"{}\"{} (its columns: {})",
+            sync.from,
+            crate::config::suggest(key_src, columns.iter().map(String::as_str)),
+            listing()
+        ));
+    }
+    if let Some(cursor) = &sync.cursor
+        && !has(cursor)
+    {
+        problems.push(format!(
+            "cursor column \"{cursor}\" is not a column of \"{}\" (its columns: {})",
+            sync.from,
+            listing()
+        ));
+    }
+    for from in sync.fields.rename.keys() {
+        if !has(from) {
+            problems.push(format!(
+                "fields.rename maps \"{from}\", which is not a column of \"{}\"{} (its columns: {})",
+                sync.from,
+                crate::config::suggest(from, columns.iter().map(String::as_str)),
+                listing()
+            ));
+        }
+    }
+    for ex in &sync.fields.exclude {
+        if !has(ex) {
+            problems.push(format!(
+                "fields.exclude names \"{ex}\", which is not a column of \"{}\" (its columns: {})",
+                sync.from,
+                listing()
+            ));
+        }
+        if ex == key_src {
+            problems.push(format!("fields.exclude names the key column \"{ex}\""));
+        }
+    }
+
+    // (destination name, expression), key first.
+    let mut fields: Vec<(String, Expr)> = vec![(
+        sync.key.destination().to_string(),
+        ident(key_src).alias(sync.key.destination()),
+    )];
+    if sync.behavior != Behavior::Delete {
+        if sync.fields.auto {
+            for c in &columns {
+                if c == key_src
+                    || sync.fields.exclude.contains(c)
+                    || sync.fields.rename.contains_key(c)
+                {
+                    continue;
+                }
+                fields.push((c.clone(), ident(c)));
+            }
+        }
+        for (from, to) in &sync.fields.rename {
+            fields.push((to.clone(), ident(from).alias(to)));
+        }
+        for (to, sql) in &sync.fields.computed {
+            match relation.parse_sql_expr(sql) {
+                Ok(e) => fields.push((to.clone(), e.alias(to))),
+                Err(e) => problems.push(format!(
+                    "computed field \"{to}\" = `{sql}` is not a valid SQL expression over \"{}\": {e}",
+                    sync.from
+                )),
+            }
+        }
+    }
+    let mut seen = BTreeMap::new();
+    for (name, _) in &fields {
+        *seen.entry(name.clone()).or_insert(0) += 1;
+    }
+    for (name, n) in seen {
+        if n > 1 {
+            problems.push(format!(
+                "destination field \"{name}\" is mapped {n} times (an auto-mapped column, a rename or a computed field share the name; exclude or rename one)"
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(MappingProblems(problems));
+    }
+
+    let names: Vec<String> = fields.iter().map(|(n, _)| n.clone()).collect();
+    let mut exprs: Vec<Expr> = fields.into_iter().map(|(_, e)| e).collect();
+    exprs.push(match &sync.cursor {
+        Some(c) => ident(c).alias(CURSOR),
+        None => lit(datafusion::common::ScalarValue::Null).alias(CURSOR),
+    });
+    let projected = relation
+        .select(exprs)
+        .map_err(|e| MappingProblems(vec![e.to_string()]))?;
+
+    // The hash covers the destination fields in name order, with a header of names and type
+    // families.
+    let schema = projected.schema().clone();
+    let mut sorted: Vec<&String> = names.iter().collect();
+    sorted.sort();
+    let header = sorted
+        .iter()
+        .map(|n| {
+            let family = schema
+                .field_with_unqualified_name(n)
+                .map(|f| type_family(f.data_type()))
+                .unwrap_or_default();
+            format!("{n}:{family}")
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut hash_args = vec![lit(header)];
+    hash_args.extend(sorted.iter().map(|n| ident(n.as_str())));
+    let hash = Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+        std::sync::Arc::new(crate::hash::row_hash_udf()),
+        hash_args,
+    ))
+    .alias(HASH);
+    debug_assert_eq!(crate::hash::row_hash_udf().name(), ROW_HASH);
+
+    let mut out: Vec<Expr> = names.iter().map(ident).collect();
+    out.push(ident(sync.key.destination()).alias(KEY));
+    out.push(hash);
+    out.push(ident(CURSOR));
+    out.push(lit(true).alias(PRESENT));
+    let df = projected
+        .select(out)
+        .map_err(|e| MappingProblems(vec![e.to_string()]))?;
+    Ok(Mapped { df, fields: names })
+}

@@ -1,0 +1,608 @@
+//! A sync cycle, as a one-way flow of DataFusion plans and Arrow batches:
+//!
+//! ```text
+//!  read ──► map ──► diff ──────────────► apply ──────────────► state ───────────► commit
+//!  model    fields,  FULL/LEFT JOIN       batches to the        next snapshot =    manifest v+1
+//!  rows     key,     with last state:     destination by op;    old ANTI JOIN      (create-if-
+//!  (cursor  hash     new / changed /      accepted rows to      sent ∪ sent kept   absent), then
+//!  ≥ wm)             gone / invalid       sent.parquet                             watermark moves
+//! ```
+//!
+//! Nothing is marked synced that the destination did not accept; the watermark and the
+//! snapshot move together, only when the manifest commits. A crash anywhere before that leaves
+//! the previous state, and the next run sends again whatever was not committed
+//! (at-least-once).
+
+mod apply;
+pub mod mapping;
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::cast;
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, ident, lit};
+use serde::Serialize;
+
+use crate::config::{Behavior, SyncConfig};
+use crate::destinations::{DestinationError, WriteTarget};
+use crate::history::{self, RunCounts, RunRecord, RunStatus, SampleRecord};
+use crate::project::Project;
+use crate::state::{FORMAT_VERSION, Manifest, StateError, Watermark};
+use mapping::{HASH, KEY};
+
+pub use apply::{NoProgress, Progress};
+
+const DIFF_SQL: &str = include_str!("../../sql/diff.sql");
+const NEXT_STATE_SQL: &str = include_str!("../../sql/next_state.sql");
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("sync \"{sync}\": {}", problems.join("; "))]
+    Mapping { sync: String, problems: Vec<String> },
+    #[error("sync \"{sync}\": {stage}: {source}")]
+    Engine {
+        sync: String,
+        stage: &'static str,
+        source: DataFusionError,
+    },
+    #[error("sync \"{sync}\": {message}")]
+    StateMismatch { sync: String, message: String },
+    #[error("sync \"{sync}\": {source}")]
+    Destination {
+        sync: String,
+        source: DestinationError,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("sync \"{sync}\": injected failure at {point}")]
+    Failpoint { sync: String, point: &'static str },
+}
+
+/// Stop here when the failpoint `point` is configured with this sync's name (or `*`). Compiled
+/// in only with the `failpoints` feature (tests).
+macro_rules! failpoint {
+    ($point:expr, $sync:expr) => {
+        #[cfg(feature = "failpoints")]
+        {
+            // `return(<sync>)` fails this sync here; `return(panic:<sync>)` panics.
+            if let Some(Some(target)) = fail::eval($point, |arg| arg) {
+                if target == format!("panic:{}", $sync) {
+                    panic!("failpoint {} for sync {}", $point, $sync);
+                }
+                if target == $sync || target == "*" {
+                    return Err(SyncError::Failpoint {
+                        sync: $sync.to_string(),
+                        point: $point,
+                    });
+                }
+            }
+        }
+    };
+}
+pub(crate) use failpoint;
+
+/// How a run treats its state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Ignore the stored row hashes and watermark: send every row again. Deletions are still
+    /// computed against the stored keys.
+    pub full_resync: bool,
+}
+
+/// The outcome of one sync's run, as printed and stored in history.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncReport {
+    pub sync: String,
+    pub status: RunStatus,
+    #[serde(flatten)]
+    pub counts: RunCounts,
+    pub behavior: Behavior,
+    pub destination: String,
+    pub object: String,
+    pub run_id: String,
+    pub duration_ms: i64,
+    pub state_version: Option<u64>,
+    pub watermark: Option<String>,
+    pub error: Option<String>,
+    /// Up to 100 invalid and 100 rejected records, with reasons.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<SampleRecord>,
+}
+
+/// What a run would do, from `plan`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub sync: String,
+    pub status: RunStatus,
+    #[serde(flatten)]
+    pub counts: RunCounts,
+    pub behavior: Behavior,
+    pub destination: String,
+    pub object: String,
+    pub error: Option<String>,
+    /// Up to 5 records per action (create, update, delete) and the invalid ones.
+    pub samples: apply::PlanSamples,
+}
+
+/// Everything a cycle needs once the plans are built.
+struct Prepared {
+    diff: DataFrame,
+    target: WriteTarget,
+    key_type: DataType,
+    cursor_type: Option<DataType>,
+    previous: Option<Manifest>,
+}
+
+fn engine(sync: &str, stage: &'static str) -> impl Fn(DataFusionError) -> SyncError {
+    let sync = sync.to_string();
+    move |source| SyncError::Engine {
+        sync: sync.clone(),
+        stage,
+        source,
+    }
+}
+
+/// Table names a cycle registers; removed before each cycle.
+const CYCLE_TABLES: [&str; 6] = [
+    "bf_mapped",
+    "bf_state_file",
+    "bf_state",
+    "bf_prev",
+    "bf_sent_file",
+    "bf_sent",
+];
+
+fn clear_cycle_tables(ctx: &SessionContext) {
+    for t in CYCLE_TABLES {
+        let _ = ctx.deregister_table(t);
+    }
+}
+
+/// Parse a stored watermark back into a value of the cursor's current type.
+fn watermark_value(sync: &str, wm: &Watermark, current: &DataType) -> Result<ScalarValue, SyncError> {
+    let stored: DataType = wm.data_type.parse().map_err(|e| SyncError::StateMismatch {
+        sync: sync.to_string(),
+        message: format!("stored watermark type {} is unreadable: {e}", wm.data_type),
+    })?;
+    let v = ScalarValue::try_from_string(wm.value.clone(), &stored)
+        .and_then(|v| v.cast_to(current))
+        .map_err(|e| SyncError::StateMismatch {
+            sync: sync.to_string(),
+            message: format!(
+                "stored watermark {} ({}) does not fit cursor column \"{}\" of type {current}: {e}; run with --full-resync",
+                wm.value, wm.data_type, wm.column
+            ),
+        })?;
+    Ok(v)
+}
+
+/// Build the read → map → diff plans for one sync.
+async fn prepare(
+    project: &Project,
+    ctx: &SessionContext,
+    name: &str,
+    options: RunOptions,
+) -> Result<Prepared, SyncError> {
+    let sync = &project.config.syncs[name];
+    clear_cycle_tables(ctx);
+    let df_err = engine(name, "read");
+    let mut previous = project.state.latest(name).await?;
+
+    let mut relation = ctx.table(sync.from.as_str()).await.map_err(&df_err)?;
+    let cursor_type = match &sync.cursor {
+        Some(c) => relation
+            .schema()
+            .field_with_unqualified_name(c)
+            .ok()
+            .map(|f| f.data_type().clone()),
+        None => None,
+    };
+
+    let mapped = mapping::map(sync, relation.clone()).map_err(|p| SyncError::Mapping {
+        sync: name.to_string(),
+        problems: p.0,
+    })?;
+    let mapped_schema = mapped.df.schema().clone();
+    let dest_fields: Vec<Field> = mapped
+        .fields
+        .iter()
+        .filter_map(|f| mapped_schema.field_with_unqualified_name(f).ok())
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    let dest_schema: SchemaRef = Arc::new(Schema::new(dest_fields));
+    let key_type = dest_schema.field(0).data_type().clone();
+
+    if let Some(prev) = &previous {
+        let mut changed = Vec::new();
+        if prev.destination != sync.to || prev.object != sync.object {
+            changed.push(format!(
+                "it now writes to {}/{} but its state is about {}/{}",
+                sync.to, sync.object, prev.destination, prev.object
+            ));
+        }
+        if prev.key != sync.key.destination() {
+            changed.push(format!(
+                "its key is now \"{}\" but its state is keyed by \"{}\"",
+                sync.key.destination(),
+                prev.key
+            ));
+        }
+        if !changed.is_empty() {
+            if options.full_resync {
+                tracing::warn!(sync = name, "discarding state: {}", changed.join("; "));
+                previous = None;
+            } else {
+                return Err(SyncError::StateMismatch {
+                    sync: name.to_string(),
+                    message: format!(
+                        "{}; run it once with --full-resync to start over from the current model (rows synced under the old settings are not deleted)",
+                        changed.join("; ")
+                    ),
+                });
+            }
+        }
+    }
+
+    // Incremental read: rows at or past the watermark (ties at the watermark are re-read and
+    // dropped by the diff when unchanged).
+    if let (Some(cursor), Some(ct), Some(wm), false) = (
+        &sync.cursor,
+        &cursor_type,
+        previous.as_ref().and_then(|p| p.watermark.as_ref()),
+        options.full_resync,
+    ) {
+        let value = watermark_value(name, wm, ct)?;
+        relation = relation
+            .filter(ident(cursor).gt_eq(lit(value)))
+            .map_err(&df_err)?;
+    }
+    let mapped = mapping::map(sync, relation).map_err(|p| SyncError::Mapping {
+        sync: name.to_string(),
+        problems: p.0,
+    })?;
+    ctx.register_table("bf_mapped", mapped.df.into_view())
+        .map_err(&df_err)?;
+
+    register_state(project, ctx, name, previous.as_ref(), &key_type, options).await?;
+
+    let join = if sync.cursor.is_some() { "LEFT" } else { "FULL" };
+    let diff = ctx
+        .sql(&DIFF_SQL.replace("{join}", join))
+        .await
+        .map_err(engine(name, "diff"))?;
+    Ok(Prepared {
+        diff,
+        target: WriteTarget {
+            sync: name.to_string(),
+            object: sync.object.clone(),
+            key: sync.key.destination().to_string(),
+            schema: dest_schema,
+            behavior: sync.behavior,
+        },
+        key_type,
+        cursor_type,
+        previous,
+    })
+}
+
+/// Register `bf_state` (the last snapshot, key cast to the current key type) and `bf_prev`
+/// (what the diff compares with).
+async fn register_state(
+    project: &Project,
+    ctx: &SessionContext,
+    name: &str,
+    previous: Option<&Manifest>,
+    key_type: &DataType,
+    options: RunOptions,
+) -> Result<(), SyncError> {
+    let df_err = engine(name, "state");
+    let state_df = match previous {
+        Some(m) => {
+            ctx.register_parquet(
+                "bf_state_file",
+                &project.state.table_url(&m.snapshot),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .map_err(&df_err)?;
+            ctx.table("bf_state_file")
+                .await
+                .map_err(&df_err)?
+                .select(vec![
+                    cast(ident(KEY), key_type.clone()).alias(KEY),
+                    ident(HASH),
+                ])
+                .map_err(&df_err)?
+        }
+        None => {
+            let schema = state_schema(key_type);
+            let empty = MemTable::try_new(schema, vec![vec![]]).map_err(&df_err)?;
+            ctx.read_table(Arc::new(empty)).map_err(&df_err)?
+        }
+    };
+    let prev_df = if options.full_resync {
+        state_df
+            .clone()
+            .select(vec![
+                ident(KEY),
+                cast(lit(ScalarValue::Null), DataType::UInt64).alias(HASH),
+            ])
+            .map_err(&df_err)?
+    } else {
+        state_df.clone()
+    };
+    ctx.register_table("bf_state", state_df.into_view())
+        .map_err(&df_err)?;
+    ctx.register_table("bf_prev", prev_df.into_view())
+        .map_err(&df_err)?;
+    Ok(())
+}
+
+/// The snapshot schema: every key in sync with its row hash.
+pub fn state_schema(key_type: &DataType) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(KEY, key_type.clone(), true),
+        Field::new(HASH, DataType::UInt64, true),
+    ]))
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Run one sync: diff, write the changes, commit the state, record history.
+pub async fn run(
+    project: &Project,
+    ctx: &SessionContext,
+    name: &str,
+    options: RunOptions,
+    progress: &dyn Progress,
+) -> SyncReport {
+    let started = now_ms();
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let sync = &project.config.syncs[name];
+    let mut tally = apply::Tally::default();
+    let result = run_cycle(project, ctx, name, sync, options, &run_id, &mut tally, progress).await;
+    clear_cycle_tables(ctx);
+    let (status, version, watermark, error) = match result {
+        Ok((v, wm)) => (RunStatus::Succeeded, Some(v), wm, None),
+        Err(e) => (RunStatus::Failed, None, None, Some(e.to_string())),
+    };
+    let finished = now_ms();
+    let record = RunRecord {
+        run_id: run_id.clone(),
+        sync: name.to_string(),
+        status,
+        started_at_ms: started,
+        finished_at_ms: finished,
+        full_resync: options.full_resync,
+        counts: tally.counts.clone(),
+        state_version: version,
+        error: error.clone(),
+    };
+    let mut error = error;
+    if let Err(e) = history::record(&project.state, &record, &tally.samples).await {
+        tracing::warn!(sync = name, error = %e, "could not record run history");
+        let note = format!("run history was not recorded: {e}");
+        error = Some(match error {
+            Some(prev) => format!("{prev}; {note}"),
+            None => note,
+        });
+    }
+    SyncReport {
+        sync: name.to_string(),
+        status,
+        counts: tally.counts,
+        behavior: sync.behavior,
+        destination: sync.to.clone(),
+        object: sync.object.clone(),
+        run_id,
+        duration_ms: finished - started,
+        state_version: version,
+        watermark,
+        error,
+        samples: tally.samples,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_cycle(
+    project: &Project,
+    ctx: &SessionContext,
+    name: &str,
+    sync: &SyncConfig,
+    options: RunOptions,
+    run_id: &str,
+    tally: &mut apply::Tally,
+    progress: &dyn Progress,
+) -> Result<(u64, Option<String>), SyncError> {
+    let destination = project.destination(&sync.to).ok_or_else(|| SyncError::Mapping {
+        sync: name.to_string(),
+        problems: vec![format!("unknown destination \"{}\"", sync.to)],
+    })?;
+    let _lock = project.state.lock(name)?;
+    let prepared = prepare(project, ctx, name, options).await?;
+    failpoint!("after_diff", name);
+
+    let version = prepared.previous.as_ref().map_or(0, |m| m.version) + 1;
+    let data_dir = project.state.new_data_dir(name, version);
+    let dest_err = |source| SyncError::Destination {
+        sync: name.to_string(),
+        source,
+    };
+    let mut writer = destination.open(&prepared.target).await.map_err(dest_err)?;
+    let sent_rel = format!("{data_dir}/sent.parquet");
+    let sent_schema = apply::sent_schema(&prepared.key_type);
+    let mut sent = project.state.parquet_writer(&sent_rel, sent_schema.clone())?;
+
+    let stream = prepared
+        .diff
+        .clone()
+        .execute_stream()
+        .await
+        .map_err(engine(name, "diff"))?;
+    let cursors = apply::apply(
+        name,
+        &prepared.target,
+        prepared.cursor_type.as_ref(),
+        stream,
+        writer.as_mut(),
+        &mut sent,
+        &sent_schema,
+        tally,
+        progress,
+    )
+    .await?;
+    failpoint!("before_finish", name);
+    let late = writer.finish().await.map_err(dest_err)?;
+    failpoint!("after_destination_write", name);
+    tally.late_rejections(&late);
+    sent.close().await.map_err(|source| StateError::Parquet {
+        path: sent_rel.clone(),
+        source,
+    })?;
+
+    // The next snapshot: a plan over the last one and what was accepted.
+    let df_err = engine(name, "state");
+    ctx.register_parquet(
+        "bf_sent_file",
+        &project.state.table_url(&sent_rel),
+        ParquetReadOptions::default(),
+    )
+    .await
+    .map_err(&df_err)?;
+    let mut sent_df = ctx.table("bf_sent_file").await.map_err(&df_err)?;
+    if !late.is_empty() {
+        let keys: Vec<ScalarValue> = late.iter().map(|l| l.key.clone()).collect();
+        let keys = ScalarValue::iter_to_array(keys).map_err(&df_err)?;
+        let keys = arrow::compute::cast(&keys, &prepared.key_type).map_err(|e| df_err(e.into()))?;
+        let batch = arrow::array::RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("__bf_late_key", prepared.key_type.clone(), true)])),
+            vec![keys],
+        )
+        .map_err(|e| df_err(e.into()))?;
+        let late_df = ctx.read_batch(batch).map_err(&df_err)?;
+        sent_df = sent_df
+            .join(
+                late_df,
+                datafusion::common::JoinType::LeftAnti,
+                &[KEY],
+                &["__bf_late_key"],
+                None,
+            )
+            .map_err(&df_err)?;
+    }
+    ctx.register_table("bf_sent", sent_df.into_view())
+        .map_err(&df_err)?;
+    let next = ctx.sql(NEXT_STATE_SQL).await.map_err(&df_err)?;
+    let snapshot_rel = format!("{data_dir}/snapshot.parquet");
+    let rows = apply::write_snapshot(
+        name,
+        next,
+        project
+            .state
+            .parquet_writer(&snapshot_rel, state_schema(&prepared.key_type))?,
+        state_schema(&prepared.key_type),
+        &snapshot_rel,
+    )
+    .await?;
+
+    let watermark = match (&sync.cursor, cursors.next_watermark()) {
+        (Some(column), Some(value)) => Some(Watermark {
+            column: column.clone(),
+            data_type: value.data_type().to_string(),
+            value: apply::scalar_text(&value),
+        }),
+        (Some(_), None) => prepared
+            .previous
+            .as_ref()
+            .and_then(|p| p.watermark.clone())
+            .filter(|_| !options.full_resync),
+        (None, _) => None,
+    };
+    let manifest = Manifest {
+        format: FORMAT_VERSION,
+        sync: name.to_string(),
+        version,
+        run_id: run_id.to_string(),
+        committed_at: chrono::Utc::now().to_rfc3339(),
+        snapshot: snapshot_rel,
+        rows,
+        destination: sync.to.clone(),
+        object: sync.object.clone(),
+        behavior: sync.behavior.to_string(),
+        key: sync.key.destination().to_string(),
+        key_type: prepared.key_type.to_string(),
+        watermark: watermark.clone(),
+    };
+    failpoint!("before_commit", name);
+    project.state.commit(&manifest).await?;
+    failpoint!("after_commit", name);
+    project.state.vacuum(name).await;
+    Ok((version, watermark.map(|w| w.value)))
+}
+
+/// Dry run: what a run would create, update and delete, with samples. Writes nothing.
+pub async fn plan(
+    project: &Project,
+    ctx: &SessionContext,
+    name: &str,
+    options: RunOptions,
+) -> PlanReport {
+    let sync = &project.config.syncs[name];
+    let mut tally = apply::Tally::default();
+    let mut samples = apply::PlanSamples::default();
+    let result = async {
+        let prepared = prepare(project, ctx, name, options).await?;
+        let stream = prepared
+            .diff
+            .execute_stream()
+            .await
+            .map_err(engine(name, "diff"))?;
+        apply::plan(name, &prepared.target, stream, &mut tally, &mut samples).await
+    }
+    .await;
+    clear_cycle_tables(ctx);
+    let (status, error) = match result {
+        Ok(()) => (RunStatus::Succeeded, None),
+        Err(e) => (RunStatus::Failed, Some(e.to_string())),
+    };
+    PlanReport {
+        sync: name.to_string(),
+        status,
+        counts: tally.counts,
+        behavior: sync.behavior,
+        destination: sync.to.clone(),
+        object: sync.object.clone(),
+        error,
+        samples,
+    }
+}
+
+/// Validate one sync against the real schemas (reads source metadata, writes nothing):
+/// key, cursor and mapped columns exist, computed fields parse, the destination could be
+/// written, and the stored state (if any) is readable and matches.
+pub async fn check(project: &Project, ctx: &SessionContext, name: &str) -> Result<(), SyncError> {
+    let prepared = prepare(project, ctx, name, RunOptions::default()).await;
+    clear_cycle_tables(ctx);
+    let prepared = prepared?;
+    let sync = &project.config.syncs[name];
+    if let Some(dest) = project.destination(&sync.to) {
+        dest.check(&prepared.target)
+            .await
+            .map_err(|source| SyncError::Destination {
+                sync: name.to_string(),
+                source,
+            })?;
+    }
+    // Building the physical plan catches type errors in computed fields and filters.
+    prepared
+        .diff
+        .create_physical_plan()
+        .await
+        .map_err(engine(name, "plan"))?;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Helpers: a project in a temporary folder, runs through the library, and readers for what
+//! destinations hold.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use backflow::history::RunStatus;
+use backflow::sync::{self, NoProgress, RunOptions};
+use backflow::{PlanReport, Project, SyncReport};
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        Fixture {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> &Self {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+        self
+    }
+
+    pub fn load(&self) -> Result<Project, backflow::ProjectError> {
+        Project::load(self.path())
+    }
+
+    /// Run syncs through the library (all when `names` is empty).
+    pub async fn run_with(&self, names: &[&str], options: RunOptions) -> Vec<SyncReport> {
+        let project = self.load().expect("project loads");
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let names = project.select_syncs(&names).expect("known syncs");
+        let ctx = project.session().await.expect("session");
+        let mut out = Vec::new();
+        for n in names {
+            out.push(sync::run(&project, &ctx, &n, options, &NoProgress).await);
+        }
+        out
+    }
+
+    /// Run one sync and insist that it succeeded.
+    pub async fn run_ok(&self, name: &str) -> SyncReport {
+        let r = self.run_with(&[name], RunOptions::default()).await.remove(0);
+        assert_eq!(r.status, RunStatus::Succeeded, "run failed: {:?}", r.error);
+        r
+    }
+
+    pub async fn plan(&self, name: &str) -> PlanReport {
+        let project = self.load().expect("project loads");
+        let ctx = project.session().await.expect("session");
+        sync::plan(&project, &ctx, name, RunOptions::default()).await
+    }
+
+    /// Rows of an SQLite table as sorted `col=value` maps (values as text, NULL as "NULL").
+    pub fn sqlite(&self, db: &str, table: &str) -> Vec<BTreeMap<String, String>> {
+        sqlite_rows(&self.path().join(db), table)
+    }
+
+    /// Every manifest file of the state folder (to prove state was not touched).
+    pub fn manifests(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let root = self.path().join(".backflow/syncs");
+        if let Ok(syncs) = std::fs::read_dir(root) {
+            for s in syncs.flatten() {
+                if let Ok(m) = std::fs::read_dir(s.path().join("_manifests")) {
+                    out.extend(m.flatten().map(|e| e.path()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Run the CLI binary; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_backflow"))
+            .args(args)
+            .arg("--project")
+            .arg(self.path())
+            .output()
+            .expect("run backflow");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+pub fn sqlite_rows(db: &Path, table: &str) -> Vec<BTreeMap<String, String>> {
+    let conn = rusqlite::Connection::open(db).expect("open sqlite");
+    let mut stmt = conn
+        .prepare(&format!("SELECT * FROM \"{}\"", table.replace('"', "\"\"")))
+        .expect("select");
+    let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
+    let mut rows: Vec<BTreeMap<String, String>> = stmt
+        .query_map([], |r| {
+            let mut m = BTreeMap::new();
+            for (i, n) in names.iter().enumerate() {
+                let v: rusqlite::types::Value = r.get(i)?;
+                let s = match v {
+                    rusqlite::types::Value::Null => "NULL".to_string(),
+                    rusqlite::types::Value::Integer(i) => i.to_string(),
+                    rusqlite::types::Value::Real(f) => f.to_string(),
+                    rusqlite::types::Value::Text(t) => t,
+                    rusqlite::types::Value::Blob(b) => format!("{b:?}"),
+                };
+                m.insert(n.clone(), s);
+            }
+            Ok(m)
+        })
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    rows.sort();
+    rows
+}
+
+/// `(key, value)` pairs of two columns of a table, sorted.
+pub fn pairs(rows: &[BTreeMap<String, String>], k: &str, v: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r[k].clone(), r[v].clone()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// A one-sync project reading `people.csv` (id,email,name,plan) into SQLite with `behavior`.
+pub fn people_project(f: &Fixture, behavior: &str, extra: &str) {
+    f.write(
+        "backflow.toml",
+        &format!(
+            r#"
+[sources.people]
+type = "csv"
+path = "people.csv"
+
+[destinations.app]
+type = "sqlite"
+path = "out/app.db"
+
+[syncs.people_sync]
+from = "people"
+to = "app"
+object = "people"
+behavior = "{behavior}"
+key = "id"
+{extra}
+"#
+        ),
+    );
+}

@@ -1,0 +1,100 @@
+//! A crash between the destination write and the state commit loses nothing: the next run
+//! sends again what was not committed (at-least-once) and the destination ends equal to the
+//! model. Needs the `failpoints` feature (the README's test command turns it on).
+
+#![cfg(feature = "failpoints")]
+
+use crate::common::*;
+use backflow::history::RunStatus;
+
+const V1: &str = "id,email,name,plan\n1,a,Ada,pro\n2,b,Bob,free\n3,c,Cy,pro\n";
+const V2: &str = "id,email,name,plan\n1,a,Ada L.,pro\n3,c,Cy,pro\n4,d,Di,pro\n";
+
+fn expected_v2() -> Vec<(String, String)> {
+    vec![("1".into(), "Ada L.".into()), ("3".into(), "Cy".into()), ("4".into(), "Di".into())]
+}
+
+async fn crash_then_recover(point: &str, sync: &str, panic: bool) {
+    let f = Fixture::new();
+    let t = {
+        people_project(&f, "mirror", "");
+        std::fs::read_to_string(f.path().join("backflow.toml")).unwrap()
+    };
+    f.write("backflow.toml", &t.replace("people_sync", sync));
+    f.write("people.csv", V1);
+    f.run_ok(sync).await;
+    let manifests_before = f.manifests();
+
+    f.write("people.csv", V2);
+    let arg = if panic { format!("panic:{sync}") } else { sync.to_string() };
+    fail::cfg(point, &format!("return({arg})")).unwrap();
+    let outcome = {
+        let path = f.path().to_path_buf();
+        let sync = sync.to_string();
+        tokio::spawn(async move {
+            let project = backflow::Project::load(&path).unwrap();
+            let ctx = project.session().await.unwrap();
+            backflow::sync::run(&project, &ctx, &sync, Default::default(), &backflow::sync::NoProgress).await
+        })
+        .await
+    };
+    fail::remove(point);
+    match outcome {
+        Ok(report) => {
+            assert!(!panic);
+            assert_eq!(report.status, RunStatus::Failed, "{report:?}");
+            assert!(report.error.unwrap().contains(point));
+        }
+        Err(join) => assert!(panic && join.is_panic()),
+    }
+    // The state did not move.
+    assert_eq!(f.manifests(), manifests_before);
+
+    let r = f.run_ok(sync).await;
+    assert_eq!(pairs(&f.sqlite("out/app.db", "people"), "id", "name"), expected_v2());
+    assert_eq!(r.counts.read, 3);
+    // And the run after is clean.
+    let r = f.run_ok(sync).await;
+    assert_eq!((r.counts.created, r.counts.updated, r.counts.deleted, r.counts.unchanged), (0, 0, 0, 3));
+}
+
+#[tokio::test]
+async fn crash_after_destination_write_before_commit() {
+    crash_then_recover("before_commit", "crash_before_commit", false).await;
+}
+
+#[tokio::test]
+async fn panic_after_destination_write_before_commit() {
+    crash_then_recover("before_commit", "panic_before_commit", true).await;
+}
+
+#[tokio::test]
+async fn crash_after_first_batch() {
+    crash_then_recover("after_batch", "crash_after_batch", false).await;
+}
+
+#[tokio::test]
+async fn panic_after_first_batch() {
+    crash_then_recover("after_batch", "panic_after_batch", true).await;
+}
+
+#[tokio::test]
+async fn crash_after_diff() {
+    crash_then_recover("after_diff", "crash_after_diff", false).await;
+}
+
+#[tokio::test]
+async fn crash_after_commit_is_already_durable() {
+    let f = Fixture::new();
+    people_project(&f, "mirror", "");
+    let t = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write("backflow.toml", &t.replace("people_sync", "crash_after_commit"));
+    f.write("people.csv", V1);
+    fail::cfg("after_commit", "return(crash_after_commit)").unwrap();
+    let r = f.run_with(&["crash_after_commit"], Default::default()).await.remove(0);
+    fail::remove("after_commit");
+    assert_eq!(r.status, RunStatus::Failed);
+    assert_eq!(f.manifests().len(), 1);
+    let r = f.run_ok("crash_after_commit").await;
+    assert_eq!(r.counts.unchanged, 3);
+}

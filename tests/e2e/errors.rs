@@ -1,0 +1,210 @@
+//! Bad input gets a clear error, a non-zero exit, and leaves state untouched.
+
+use crate::common::*;
+
+const PEOPLE: &str = "id,email,name,plan\n1,a@x.io,Ada,pro\n";
+
+fn assert_untouched(f: &Fixture) {
+    assert!(f.manifests().is_empty(), "state was written: {:?}", f.manifests());
+}
+
+#[test]
+fn unknown_config_key_names_key_and_line() {
+    let f = Fixture::new();
+    people_project(&f, "mirror", "behaviour = \"upsert\"");
+    f.write("people.csv", PEOPLE);
+    let (code, _, err) = f.cli(&["run"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("behaviour") && err.contains("line 16"), "{err}");
+    assert_untouched(&f);
+}
+
+#[test]
+fn unknown_destination_type_is_an_error() {
+    let f = Fixture::new();
+    people_project(&f, "mirror", "");
+    let text = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write("backflow.toml", &text.replace("type = \"sqlite\"", "type = \"oracle\""));
+    let (code, _, err) = f.cli(&["check"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("oracle") && err.contains("line 7"), "{err}");
+}
+
+#[test]
+fn unknown_behavior_and_references_are_reported_together() {
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        r#"
+[sources.people]
+type = "csv"
+path = "people.csv"
+
+[destinations.app]
+type = "sqlite"
+path = "out/app.db"
+
+[syncs.a]
+from = "peeple"
+to = "ap"
+object = "people"
+behavior = "upsert"
+key = "id"
+"#,
+    );
+    let (code, _, err) = f.cli(&["check"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("\"peeple\"") && err.contains("did you mean \"people\""), "{err}");
+    assert!(err.contains("\"ap\"") && err.contains("did you mean \"app\""), "{err}");
+    assert!(err.contains("line 10"), "{err}");
+}
+
+#[test]
+fn model_with_a_sql_error_names_the_file() {
+    let f = Fixture::new();
+    people_project(&f, "mirror", "");
+    let text = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write("backflow.toml", &text.replace("from = \"people\"", "from = \"broken\""));
+    f.write("people.csv", PEOPLE);
+    f.write("models/broken.sql", "SELECT id, no_such_column FROM people");
+    let (code, _, err) = f.cli(&["run"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("broken.sql") && err.contains("no_such_column"), "{err}");
+    f.write("models/broken.sql", "SELEC id FROM people");
+    let (code, _, err) = f.cli(&["check"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("broken.sql") && err.contains("syntax"), "{err}");
+    f.write("models/broken.sql", "DELETE FROM people");
+    let (_, _, err) = f.cli(&["check"]);
+    assert!(err.contains("exactly one SELECT"), "{err}");
+    assert_untouched(&f);
+}
+
+#[test]
+fn model_cycles_and_unknown_tables_are_errors() {
+    let f = Fixture::new();
+    people_project(&f, "mirror", "");
+    f.write("people.csv", PEOPLE);
+    f.write("models/a.sql", "SELECT * FROM b");
+    f.write("models/b.sql", "SELECT * FROM a");
+    let (code, _, err) = f.cli(&["check"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cycle: a → b → a"), "{err}");
+    f.write("models/b.sql", "SELECT * FROM peple");
+    let (_, _, err) = f.cli(&["check"]);
+    assert!(err.contains("b.sql") && err.contains("\"peple\"") && err.contains("did you mean \"people\""), "{err}");
+}
+
+#[test]
+fn missing_source_file_is_named() {
+    let f = Fixture::new();
+    people_project(&f, "mirror", "");
+    let (code, _, err) = f.cli(&["run"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("source \"people\"") && err.contains("people.csv") && err.contains("does not exist"), "{err}");
+    assert_untouched(&f);
+}
+
+#[test]
+fn missing_key_column_is_reported_before_anything_is_written() {
+    let f = Fixture::new();
+    people_project(&f, "mirror", "");
+    let text = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write("backflow.toml", &text.replace("key = \"id\"", "key = \"idd\""));
+    f.write("people.csv", PEOPLE);
+    let (code, out, _) = f.cli(&["run"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("key column \"idd\"") && out.contains("did you mean \"id\""), "{out}");
+    assert!(!f.path().join("out/app.db").exists());
+    assert_untouched(&f);
+    let (code, out, _) = f.cli(&["check"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("idd"), "{out}");
+}
+
+#[test]
+fn mapping_an_unknown_column_is_reported() {
+    let f = Fixture::new();
+    people_project(&f, "mirror", "fields = { rename = { nam = \"full_name\" }, computed = { x = \"no_col + 1\" } }");
+    f.write("people.csv", PEOPLE);
+    let (code, out, _) = f.cli(&["run"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("\"nam\"") && out.contains("did you mean \"name\""), "{out}");
+    assert!(out.contains("computed field \"x\""), "{out}");
+    assert_untouched(&f);
+}
+
+#[test]
+fn unwritable_destination_fails_and_keeps_state() {
+    let f = Fixture::new();
+    people_project(&f, "mirror", "");
+    f.write("people.csv", PEOPLE);
+    f.write("out", "a file where a folder should be");
+    let (code, out, _) = f.cli(&["run"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("destination \"app\"") && out.contains("cannot write"), "{out}");
+    assert_untouched(&f);
+    let (code, out, _) = f.cli(&["check"]);
+    assert_eq!(code, 1, "{out}");
+}
+
+#[test]
+fn segment_filter_cannot_inject_a_statement() {
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        r#"
+[sources.people]
+type = "csv"
+path = "people.csv"
+
+[segments.paying]
+model = "people"
+filter = "plan <> 'free'; DROP TABLE people"
+
+[destinations.app]
+type = "sqlite"
+path = "out/app.db"
+
+[syncs.s]
+from = "paying"
+to = "app"
+object = "people"
+behavior = "upsert"
+key = "id"
+"#,
+    );
+    f.write("people.csv", PEOPLE);
+    let (code, _, err) = f.cli(&["run"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("segment \"paying\""), "{err}");
+    assert_untouched(&f);
+}
+
+#[tokio::test]
+async fn a_second_run_of_the_same_sync_fails_fast() {
+    let f = Fixture::new();
+    people_project(&f, "mirror", "");
+    f.write("people.csv", PEOPLE);
+    let project = f.load().unwrap();
+    let _held = project.state.lock("people_sync").unwrap();
+    let (code, out, _) = f.cli(&["run"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("already running"), "{out}");
+    assert_untouched(&f);
+}
+
+#[tokio::test]
+async fn changing_the_key_requires_a_full_resync() {
+    let f = Fixture::new();
+    people_project(&f, "mirror", "");
+    f.write("people.csv", PEOPLE);
+    f.run_ok("people_sync").await;
+    let text = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write("backflow.toml", &text.replace("key = \"id\"", "key = \"email\"").replace("object = \"people\"", "object = \"people2\""));
+    let r = f.run_with(&["people_sync"], Default::default()).await.remove(0);
+    assert!(r.error.as_deref().unwrap_or("").contains("--full-resync"), "{r:?}");
+    let r = f.run_with(&["people_sync"], backflow::RunOptions { full_resync: true }).await.remove(0);
+    assert!(r.error.is_none(), "{r:?}");
+    assert_eq!(f.sqlite("out/app.db", "people2").len(), 1);
+}

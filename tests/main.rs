@@ -1,0 +1,5 @@
+//! One integration test binary (link time on 2 cores): each module is a group of end-to-end
+//! tests that run real projects on real files.
+
+mod common;
+mod e2e;
