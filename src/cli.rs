@@ -23,7 +23,13 @@ use crate::sync::{self, PlanReport, Progress, RunOptions, SyncReport};
 #[command(name = "backflow", version, about, long_about)]
 pub struct Cli {
     /// The project folder (holding backflow.toml).
-    #[arg(long, short = 'p', global = true, default_value = ".", value_name = "DIR")]
+    #[arg(
+        long,
+        short = 'p',
+        global = true,
+        default_value = ".",
+        value_name = "DIR"
+    )]
     pub project: PathBuf,
 
     /// Log detail: -v for info, -vv for debug (or set RUST_LOG).
@@ -88,7 +94,10 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -224,7 +233,11 @@ fn print_run(r: &SyncReport, json: bool) {
         return;
     }
     let c = &r.counts;
-    let mark = if r.status == RunStatus::Succeeded { "✓" } else { "✗" };
+    let mark = if r.status == RunStatus::Succeeded {
+        "✓"
+    } else {
+        "✗"
+    };
     println!(
         "{mark} {}  ({} → {}/{})  read {}  created {}  updated {}  deleted {}  unchanged {}  invalid {}  rejected {}{}  [{:.1}s]",
         r.sync,
@@ -274,10 +287,23 @@ fn print_plan(r: &PlanReport, json: bool) {
         return;
     }
     let c = &r.counts;
-    let mark = if r.status == RunStatus::Succeeded { "•" } else { "✗" };
+    let mark = if r.status == RunStatus::Succeeded {
+        "•"
+    } else {
+        "✗"
+    };
     println!(
         "{mark} {}  ({} → {}/{})  would create {}  update {}  delete {}; unchanged {}  invalid {}  (read {})",
-        r.sync, r.behavior, r.destination, r.object, c.created, c.updated, c.deleted, c.unchanged, c.invalid, c.read
+        r.sync,
+        r.behavior,
+        r.destination,
+        r.object,
+        c.created,
+        c.updated,
+        c.deleted,
+        c.unchanged,
+        c.invalid,
+        c.read
     );
     for (label, list) in [
         ("create", &r.samples.create),
@@ -338,7 +364,9 @@ async fn history_cmd(
 ) -> Result<ExitCode, String> {
     let names = match sync {
         Some(s) => {
-            project.select_syncs(std::slice::from_ref(&s)).map_err(|e| e.to_string())?;
+            project
+                .select_syncs(std::slice::from_ref(&s))
+                .map_err(|e| e.to_string())?;
             vec![s]
         }
         None => history::syncs(&project.state)
@@ -360,8 +388,18 @@ async fn history_cmd(
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
     table.set_header(vec![
-        "started (UTC)", "sync", "status", "read", "created", "updated", "deleted", "unchanged",
-        "invalid", "rejected", "secs", "error",
+        "started (UTC)",
+        "sync",
+        "status",
+        "read",
+        "created",
+        "updated",
+        "deleted",
+        "unchanged",
+        "invalid",
+        "rejected",
+        "secs",
+        "error",
     ]);
     for run in &runs {
         let samples = if with_samples {
@@ -397,7 +435,10 @@ async fn history_cmd(
             c.unchanged.to_string(),
             c.invalid.to_string(),
             c.rejected.to_string(),
-            format!("{:.1}", (run.finished_at_ms - run.started_at_ms) as f64 / 1000.0),
+            format!(
+                "{:.1}",
+                (run.finished_at_ms - run.started_at_ms) as f64 / 1000.0
+            ),
             run.error.clone().unwrap_or_default(),
         ]);
         for s in &samples {
@@ -422,16 +463,22 @@ async fn history_cmd(
 
 /// The starter project `init` writes.
 const STARTER: &[(&str, &str)] = &[
-    ("backflow.toml", include_str!("../data/starter/backflow.toml")),
+    (
+        "backflow.toml",
+        include_str!("../data/starter/backflow.toml"),
+    ),
     ("people.csv", include_str!("../data/starter/people.csv")),
-    ("models/customers.sql", include_str!("../data/starter/models/customers.sql")),
+    (
+        "models/customers.sql",
+        include_str!("../data/starter/models/customers.sql"),
+    ),
     (".gitignore", ".backflow/\nout/\n"),
 ];
 
 fn init(dir: &Path) -> Result<(), String> {
     if dir.exists() {
-        let mut entries = std::fs::read_dir(dir)
-            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        let mut entries =
+            std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
         if entries.next().is_some() {
             return Err(format!(
                 "{} is not empty; init only writes into a new or empty folder",

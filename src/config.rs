@@ -139,13 +139,13 @@ impl std::fmt::Display for Behavior {
 
 /// The matching identifier: `key = "email"` or `key = { source = "email", destination = "Email" }`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged, expecting = "a column name, or a table { source = \"col\", destination = \"col\" }")]
+#[serde(
+    untagged,
+    expecting = "a column name, or a table { source = \"col\", destination = \"col\" }"
+)]
 pub enum KeyConfig {
     Column(String),
-    Pair {
-        source: String,
-        destination: String,
-    },
+    Pair { source: String, destination: String },
 }
 
 impl KeyConfig {
@@ -340,7 +340,10 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
             )),
             Some(dest) => {
                 for p in dest.validate_object(&sync.object) {
-                    problems.push(format!("{at}: sync \"{name}\": object \"{}\": {p}", sync.object));
+                    problems.push(format!(
+                        "{at}: sync \"{name}\": object \"{}\": {p}",
+                        sync.object
+                    ));
                 }
             }
         }
@@ -469,7 +472,7 @@ fields = { auto = true }
         let err = ProjectConfig::parse(&bad, Path::new("backflow.toml")).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("behaviour"), "{msg}");
-        assert!(msg.contains("line 19"), "{msg}");
+        assert!(msg.contains("line 18"), "{msg}");
     }
 
     #[test]
@@ -489,13 +492,18 @@ fields = { auto = true }
         let config = ProjectConfig::parse(&bad, Path::new("backflow.toml")).unwrap();
         let problems = validate(&config, &["customers".to_string()], &text(&bad));
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].contains("custmers") && problems[0].contains("did you mean \"customers\""));
-        assert!(problems[1].contains("apq") && problems[1].contains("line 15"));
+        assert!(
+            problems[0].contains("custmers") && problems[0].contains("did you mean \"customers\"")
+        );
+        assert!(problems[1].contains("apq") && problems[1].contains("line 14"));
     }
 
     #[test]
     fn mirror_with_cursor_is_refused() {
-        let bad = EXAMPLE.replace("key = \"email\"", "key = \"email\"\ncursor = \"updated_at\"");
+        let bad = EXAMPLE.replace(
+            "key = \"email\"",
+            "key = \"email\"\ncursor = \"updated_at\"",
+        );
         let config = ProjectConfig::parse(&bad, Path::new("backflow.toml")).unwrap();
         let problems = validate(&config, &["customers".to_string()], &text(&bad));
         assert!(problems.iter().any(|p| p.contains("mirror with a cursor")));
@@ -504,7 +512,10 @@ fields = { auto = true }
     #[test]
     fn key_pair_and_behaviors_parse() {
         let t = EXAMPLE
-            .replace("key = \"email\"", "key = { source = \"email\", destination = \"Email\" }")
+            .replace(
+                "key = \"email\"",
+                "key = { source = \"email\", destination = \"Email\" }",
+            )
             .replace("\"mirror\"", "\"update-only\"");
         let config = ProjectConfig::parse(&t, Path::new("backflow.toml")).unwrap();
         let sync = &config.syncs["paying_to_app"];

@@ -104,8 +104,16 @@ impl Encoder {
         Ok(match dt {
             Null => Encoder::Null,
             Boolean => Encoder::Bool(array.clone()),
-            Int8 | Int16 | Int32 | Int64 | Date32 | Date64 | Time32(_) | Time64(_)
-            | Timestamp(_, _) | Duration(_) => Encoder::I64(cast(array, &Int64)?),
+            Int8
+            | Int16
+            | Int32
+            | Int64
+            | Date32
+            | Date64
+            | Time32(_)
+            | Time64(_)
+            | Timestamp(_, _)
+            | Duration(_) => Encoder::I64(cast(array, &Int64)?),
             UInt8 | UInt16 | UInt32 | UInt64 => Encoder::U64(cast(array, &UInt64)?),
             Float16 | Float32 | Float64 => Encoder::F64(cast(array, &Float64)?),
             Decimal32(p, s) | Decimal64(p, s) => {
@@ -175,12 +183,12 @@ impl Encoder {
         match self {
             Encoder::Null => {}
             Encoder::Bool(a) => buf.push(u8::from(a.as_boolean().value(row))),
-            Encoder::I64(a) => buf.extend_from_slice(
-                &a.as_primitive::<Int64Type>().value(row).to_le_bytes(),
-            ),
-            Encoder::U64(a) => buf.extend_from_slice(
-                &a.as_primitive::<UInt64Type>().value(row).to_le_bytes(),
-            ),
+            Encoder::I64(a) => {
+                buf.extend_from_slice(&a.as_primitive::<Int64Type>().value(row).to_le_bytes())
+            }
+            Encoder::U64(a) => {
+                buf.extend_from_slice(&a.as_primitive::<UInt64Type>().value(row).to_le_bytes())
+            }
             Encoder::F64(a) => {
                 let v = a.as_primitive::<Float64Type>().value(row);
                 let v = if v == 0.0 {
@@ -215,7 +223,10 @@ impl Encoder {
 
 /// Hash `columns` row by row, starting each row with `header`.
 pub fn hash_rows(header: &[u8], columns: &[ArrayRef], rows: usize) -> Result<ArrayRef> {
-    let encoders = columns.iter().map(Encoder::new).collect::<Result<Vec<_>>>()?;
+    let encoders = columns
+        .iter()
+        .map(Encoder::new)
+        .collect::<Result<Vec<_>>>()?;
     let mut out = UInt64Builder::with_capacity(rows);
     let mut buf = Vec::with_capacity(256);
     for row in 0..rows {
@@ -256,7 +267,11 @@ impl ScalarUDFImpl for RowHash {
         let columns = iter
             .map(|c| c.into_array(rows))
             .collect::<Result<Vec<_>>>()?;
-        Ok(ColumnarValue::Array(hash_rows(header.as_bytes(), &columns, rows)?))
+        Ok(ColumnarValue::Array(hash_rows(
+            header.as_bytes(),
+            &columns,
+            rows,
+        )?))
     }
 }
 
@@ -268,13 +283,27 @@ mod tests {
     fn h(cols: Vec<ArrayRef>) -> Vec<u64> {
         let rows = cols[0].len();
         let out = hash_rows(b"h", &cols, rows).unwrap();
-        out.as_any().downcast_ref::<UInt64Array>().unwrap().values().to_vec()
+        out.as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap()
+            .values()
+            .to_vec()
     }
 
     #[test]
     fn null_and_boundaries_are_distinguished() {
-        let a: ArrayRef = Arc::new(StringArray::from(vec![None, Some("a"), Some("ab"), Some("a")]));
-        let b: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), None, Some("c"), Some("bc")]));
+        let a: ArrayRef = Arc::new(StringArray::from(vec![
+            None,
+            Some("a"),
+            Some("ab"),
+            Some("a"),
+        ]));
+        let b: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("a"),
+            None,
+            Some("c"),
+            Some("bc"),
+        ]));
         let hashes = h(vec![a, b]);
         let mut unique = hashes.clone();
         unique.sort();
@@ -307,5 +336,5 @@ mod tests {
         assert_eq!(v.value(0), PINNED_ROW0);
     }
 
-    const PINNED_ROW0: u64 = 0;
+    const PINNED_ROW0: u64 = 14_016_058_855_524_370_567;
 }

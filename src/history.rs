@@ -147,7 +147,9 @@ pub async fn record(
             Arc::new(StringArray::from(vec![run.sync.as_str()])),
             Arc::new(StringArray::from(vec![run.status.as_str()])),
             Arc::new(TimestampMillisecondArray::from(vec![run.started_at_ms]).with_timezone("UTC")),
-            Arc::new(TimestampMillisecondArray::from(vec![run.finished_at_ms]).with_timezone("UTC")),
+            Arc::new(
+                TimestampMillisecondArray::from(vec![run.finished_at_ms]).with_timezone("UTC"),
+            ),
             Arc::new(BooleanArray::from(vec![run.full_resync])),
             u(c.read),
             u(c.invalid),
@@ -183,10 +185,16 @@ pub async fn record(
                     samples.iter().map(|s| s.key.as_deref()).collect::<Vec<_>>(),
                 )),
                 Arc::new(StringArray::from(
-                    samples.iter().map(|s| s.reason.as_str()).collect::<Vec<_>>(),
+                    samples
+                        .iter()
+                        .map(|s| s.reason.as_str())
+                        .collect::<Vec<_>>(),
                 )),
                 Arc::new(StringArray::from(
-                    samples.iter().map(|s| s.record.as_str()).collect::<Vec<_>>(),
+                    samples
+                        .iter()
+                        .map(|s| s.record.as_str())
+                        .collect::<Vec<_>>(),
                 )),
             ],
         )
@@ -273,16 +281,21 @@ fn read_batches(bytes: bytes::Bytes) -> Result<Vec<RecordBatch>, parquet::errors
 }
 
 fn decode_runs(batch: &RecordBatch) -> Vec<RunRecord> {
-    let s = |name: &str| batch.column_by_name(name).map(|c| c.as_string::<i32>().clone());
+    let s = |name: &str| {
+        batch
+            .column_by_name(name)
+            .map(|c| c.as_string::<i32>().clone())
+    };
     let u = |name: &str| {
         batch
             .column_by_name(name)
             .map(|c| c.as_primitive::<arrow::datatypes::UInt64Type>().clone())
     };
     let ts = |name: &str| {
-        batch
-            .column_by_name(name)
-            .map(|c| c.as_primitive::<arrow::datatypes::TimestampMillisecondType>().clone())
+        batch.column_by_name(name).map(|c| {
+            c.as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+                .clone()
+        })
     };
     let (Some(run_id), Some(sync), Some(status), Some(started), Some(finished)) = (
         s("run_id"),
@@ -298,7 +311,9 @@ fn decode_runs(batch: &RecordBatch) -> Vec<RunRecord> {
     let version = batch
         .column_by_name("state_version")
         .map(|c| c.as_primitive::<arrow::datatypes::Int64Type>().clone());
-    let full = batch.column_by_name("full_resync").map(|c| c.as_boolean().clone());
+    let full = batch
+        .column_by_name("full_resync")
+        .map(|c| c.as_boolean().clone());
     (0..batch.num_rows())
         .map(|r| RunRecord {
             run_id: run_id.value(r).to_string(),

@@ -222,15 +222,19 @@ mod tests {
 
     #[test]
     fn references_skip_ctes_and_lowercase() {
-        let refs = references("WITH x AS (SELECT * FROM People) SELECT * FROM x JOIN orders o ON true")
-            .ok()
-            .unwrap();
+        let refs =
+            references("WITH x AS (SELECT * FROM People) SELECT * FROM x JOIN orders o ON true")
+                .ok()
+                .unwrap();
         assert_eq!(refs, vec!["orders", "people"]);
     }
 
     #[test]
     fn non_select_and_multiple_statements_are_refused() {
-        assert!(matches!(references("DROP TABLE x"), Err(RefError::NotASelect(_))));
+        assert!(matches!(
+            references("DROP TABLE x"),
+            Err(RefError::NotASelect(_))
+        ));
         assert!(matches!(
             references("SELECT 1; SELECT 2"),
             Err(RefError::NotASelect(_))
@@ -240,7 +244,11 @@ mod tests {
 
     #[test]
     fn order_puts_dependencies_first() {
-        let nodes = vec![node("c", &["b"]), node("b", &["a", "src"]), node("a", &["src"])];
+        let nodes = vec![
+            node("c", &["b"]),
+            node("b", &["a", "src"]),
+            node("a", &["src"]),
+        ];
         let sources = BTreeSet::from(["src"]);
         assert_eq!(order(&nodes, &sources).unwrap(), vec!["a", "b", "c"]);
     }
@@ -249,7 +257,10 @@ mod tests {
     fn cycles_and_unknown_names_are_reported() {
         let nodes = vec![node("a", &["b"]), node("b", &["c"]), node("c", &["a"])];
         let err = order(&nodes, &BTreeSet::new()).unwrap_err();
-        assert_eq!(err[0].to_string(), "models depend on each other in a cycle: a → b → c → a");
+        assert_eq!(
+            err[0].to_string(),
+            "models depend on each other in a cycle: a → b → c → a"
+        );
         let nodes = vec![node("a", &["peple"])];
         let err = order(&nodes, &BTreeSet::from(["people"])).unwrap_err();
         assert!(err[0].to_string().contains("did you mean \"people\""));

@@ -35,7 +35,9 @@ pub enum ProjectError {
         path: PathBuf,
         source: DataFusionError,
     },
-    #[error("segment \"{segment}\": filter `{filter}` is not a valid SQL condition over \"{model}\": {source}")]
+    #[error(
+        "segment \"{segment}\": filter `{filter}` is not a valid SQL condition over \"{model}\": {source}"
+    )]
     SegmentFilter {
         segment: String,
         model: String,
@@ -104,9 +106,8 @@ impl Project {
             .map(str::to_string)
             .collect();
         let state_path = config.state.path.as_deref().unwrap_or(DEFAULT_STATE_DIR);
-        let state = StateStore::open(
-            Location::resolve(state_path, &dir).map_err(StateError::from)?,
-        )?;
+        let state =
+            StateStore::open(Location::resolve(state_path, &dir).map_err(StateError::from)?)?;
         Ok(Project {
             dir,
             config,
@@ -122,7 +123,9 @@ impl Project {
         let ctx = new_session_context();
         self.state.register(&ctx)?;
         for (name, config) in &self.config.sources {
-            sources::build(config, &self.dir).register(&ctx, name).await?;
+            sources::build(config, &self.dir)
+                .register(&ctx, name)
+                .await?;
         }
         for name in &self.order {
             if let Some(model) = self.models.iter().find(|m| &m.name == name) {
@@ -140,7 +143,10 @@ impl Project {
                     filter: segment.filter.clone(),
                     source,
                 };
-                let df = ctx.table(segment.model.as_str()).await.map_err(filter_err)?;
+                let df = ctx
+                    .table(segment.model.as_str())
+                    .await
+                    .map_err(filter_err)?;
                 let expr = df.parse_sql_expr(&segment.filter).map_err(filter_err)?;
                 let df = df.filter(expr).map_err(filter_err)?;
                 // Plan it now so a bad column or type shows up here, naming the segment.

@@ -28,10 +28,10 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use futures::TryStreamExt;
+use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use parquet::arrow::AsyncArrowWriter;
-use object_store::buffered::BufWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
@@ -54,17 +54,25 @@ pub enum StateError {
         path: String,
         source: object_store::Error,
     },
-    #[error("state of sync \"{sync}\": manifest {path} is unreadable ({reason}); the state was not changed")]
+    #[error(
+        "state of sync \"{sync}\": manifest {path} is unreadable ({reason}); the state was not changed"
+    )]
     Corrupt {
         sync: String,
         path: String,
         reason: String,
     },
-    #[error("state of sync \"{sync}\" was written by a newer backflow (state format {found}, this release reads {FORMAT_VERSION}); upgrade backflow — the state was left untouched")]
+    #[error(
+        "state of sync \"{sync}\" was written by a newer backflow (state format {found}, this release reads {FORMAT_VERSION}); upgrade backflow — the state was left untouched"
+    )]
     NewerFormat { sync: String, found: u32 },
-    #[error("sync \"{sync}\" is already running (lock {path} is held by another backflow process); wait for it to finish")]
+    #[error(
+        "sync \"{sync}\" is already running (lock {path} is held by another backflow process); wait for it to finish"
+    )]
     Locked { sync: String, path: String },
-    #[error("sync \"{sync}\": another run committed state version {version} first; this run's changes were sent but its state was not committed, and the next run will re-check them")]
+    #[error(
+        "sync \"{sync}\": another run committed state version {version} first; this run's changes were sent but its state was not committed, and the next run will re-check them"
+    )]
     Conflict { sync: String, version: u64 },
     #[error("cannot create lock file {path}: {source}")]
     Lock {
@@ -178,7 +186,11 @@ impl StateStore {
         }
     }
 
-    fn io(&self, op: &'static str, path: &ObjectPath) -> impl FnOnce(object_store::Error) -> StateError {
+    fn io(
+        &self,
+        op: &'static str,
+        path: &ObjectPath,
+    ) -> impl FnOnce(object_store::Error) -> StateError {
         let location = self.location.display.clone();
         let path = path.to_string();
         move |source| StateError::Io {
@@ -246,7 +258,10 @@ impl StateStore {
         let Some(version) = self.versions(sync).await?.pop() else {
             return Ok(None);
         };
-        let path = self.manifests_dir(sync).clone().join(format!("{version:020}.json"));
+        let path = self
+            .manifests_dir(sync)
+            .clone()
+            .join(format!("{version:020}.json"));
         let bytes = self
             .store
             .get(&path)
@@ -282,7 +297,10 @@ impl StateStore {
 
     /// A fresh directory (relative to the root) for the files of version `version`.
     pub fn new_data_dir(&self, sync: &str, version: u64) -> String {
-        format!("syncs/{sync}/data/v{version:020}-{}", uuid::Uuid::new_v4().simple())
+        format!(
+            "syncs/{sync}/data/v{version:020}-{}",
+            uuid::Uuid::new_v4().simple()
+        )
     }
 
     /// A Parquet writer for a new state file `rel`.
@@ -305,7 +323,8 @@ impl StateStore {
     pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
         let path = self
             .manifests_dir(&manifest.sync)
-            .clone().join(format!("{:020}.json", manifest.version));
+            .clone()
+            .join(format!("{:020}.json", manifest.version));
         let json = serde_json::to_vec_pretty(manifest).map_err(|e| StateError::Corrupt {
             sync: manifest.sync.clone(),
             path: path.to_string(),
@@ -342,8 +361,15 @@ impl StateStore {
         let oldest_kept = newest.saturating_sub(KEEP_VERSIONS - 1);
         let mut keep_dirs = Vec::new();
         for v in versions.iter().filter(|v| **v >= oldest_kept) {
-            let path = self.manifests_dir(sync).clone().join(format!("{v:020}.json"));
-            let bytes = self.store.get(&path).await.map_err(self.io("read", &path))?;
+            let path = self
+                .manifests_dir(sync)
+                .clone()
+                .join(format!("{v:020}.json"));
+            let bytes = self
+                .store
+                .get(&path)
+                .await
+                .map_err(self.io("read", &path))?;
             let bytes = bytes.bytes().await.map_err(self.io("read", &path))?;
             if let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) {
                 if let Some((dir, _)) = m.snapshot.rsplit_once('/') {
@@ -385,7 +411,10 @@ impl StateStore {
             }
         }
         for v in versions.iter().filter(|v| **v < oldest_kept) {
-            let path = self.manifests_dir(sync).clone().join(format!("{v:020}.json"));
+            let path = self
+                .manifests_dir(sync)
+                .clone()
+                .join(format!("{v:020}.json"));
             self.store
                 .delete(&path)
                 .await
@@ -441,7 +470,11 @@ impl StateStore {
     /// Read a whole object.
     pub async fn read(&self, rel: &str) -> Result<bytes::Bytes> {
         let path = self.path(rel);
-        let got = self.store.get(&path).await.map_err(self.io("read", &path))?;
+        let got = self
+            .store
+            .get(&path)
+            .await
+            .map_err(self.io("read", &path))?;
         got.bytes().await.map_err(self.io("read", &path))
     }
 

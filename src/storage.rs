@@ -73,7 +73,8 @@ impl Location {
             base.join(path)
         };
         let abs = normalize(&abs);
-        let url = Url::from_file_path(&abs).map_err(|_| bad("cannot turn it into an absolute path"))?;
+        let url =
+            Url::from_file_path(&abs).map_err(|_| bad("cannot turn it into an absolute path"))?;
         Ok(Location {
             display: raw.to_string(),
             url,
@@ -98,16 +99,16 @@ impl Location {
     /// The object path inside the store.
     pub fn object_path(&self) -> Result<ObjectPath, StorageError> {
         match &self.local {
-            Some(p) => ObjectPath::from_filesystem_path(p).map_err(|e| StorageError::BadLocation {
+            Some(p) => ObjectPath::from_absolute_path(p).map_err(|e| StorageError::BadLocation {
                 location: self.display.clone(),
                 reason: e.to_string(),
             }),
-            None => ObjectPath::from_url_path(self.url.path()).map_err(|e| {
-                StorageError::BadLocation {
+            None => {
+                ObjectPath::from_url_path(self.url.path()).map_err(|e| StorageError::BadLocation {
                     location: self.display.clone(),
                     reason: e.to_string(),
-                }
-            }),
+                })
+            }
         }
     }
 
@@ -120,8 +121,8 @@ impl Location {
             location: self.display.clone(),
             source,
         };
-        let (store, _) = object_store::parse_url_opts(&self.url, env_options(self.url.scheme()))
-            .map_err(err)?;
+        let (store, _) =
+            object_store::parse_url_opts(&self.url, env_options(self.url.scheme())).map_err(err)?;
         Ok(Arc::from(store))
     }
 
@@ -172,7 +173,10 @@ mod tests {
     fn relative_paths_resolve_against_the_project() {
         let loc = Location::resolve("data/people.csv", Path::new("/proj")).unwrap();
         assert_eq!(loc.url.as_str(), "file:///proj/data/people.csv");
-        assert_eq!(loc.local.as_deref(), Some(Path::new("/proj/data/people.csv")));
+        assert_eq!(
+            loc.local.as_deref(),
+            Some(Path::new("/proj/data/people.csv"))
+        );
         let loc = Location::resolve("../x/./y.csv", Path::new("/proj/sub")).unwrap();
         assert_eq!(loc.local.as_deref(), Some(Path::new("/proj/x/y.csv")));
     }

@@ -160,12 +160,17 @@ impl Destination for FileDestination {
         {
             std::fs::create_dir_all(parent).map_err(|e| self.unwritable(&location, e))?;
         }
-        let store = location.store().map_err(|source| DestinationError::Storage {
-            destination: self.name.clone(),
-            source,
-        })?;
+        let store = location
+            .store()
+            .map_err(|source| DestinationError::Storage {
+                destination: self.name.clone(),
+                source,
+            })?;
         let staging_dir = tempfile::tempdir().map_err(|e| {
-            self.unwritable(&location, format!("cannot create a local staging folder: {e}"))
+            self.unwritable(
+                &location,
+                format!("cannot create a local staging folder: {e}"),
+            )
         })?;
         let mut fields: Vec<Field> = target
             .schema
@@ -316,7 +321,11 @@ impl FileObject {
     }
 
     /// The merged contents: the plan described in the module docs.
-    async fn merged(&self, ctx: &SessionContext, has_existing: bool) -> Result<DataFrame, DestinationError> {
+    async fn merged(
+        &self,
+        ctx: &SessionContext,
+        has_existing: bool,
+    ) -> Result<DataFrame, DestinationError> {
         let changes = ctx.table("bf_changes").await.map_err(|e| self.fail(e))?;
         let target_cols: Vec<String> = self
             .target
@@ -328,7 +337,11 @@ impl FileObject {
         if !has_existing {
             let keep = ident(OP).in_list(vec![lit(1i8), lit(3i8), lit(5i8)], false);
             let cols: Vec<Expr> = target_cols.iter().map(ident).collect();
-            return changes.filter(keep).map_err(|e| self.fail(e))?.select(cols).map_err(|e| self.fail(e));
+            return changes
+                .filter(keep)
+                .map_err(|e| self.fail(e))?
+                .select(cols)
+                .map_err(|e| self.fail(e));
         }
         let existing = self.existing(ctx).await?;
         let existing_cols: Vec<String> = existing
@@ -369,7 +382,13 @@ impl FileObject {
         let key = &self.target.key;
         let ckey = format!("{CHANGE_PREFIX}{key}");
         let joined = existing
-            .join(changes, JoinType::Full, &[key.as_str()], &[ckey.as_str()], None)
+            .join(
+                changes,
+                JoinType::Full,
+                &[key.as_str()],
+                &[ckey.as_str()],
+                None,
+            )
             .map_err(|e| self.fail(e))?;
         let op = ident(format!("{CHANGE_PREFIX}{OP}"));
         let present = ident(PRESENT);
@@ -429,7 +448,13 @@ impl FileObject {
                 .select(vec![ident(key).alias("__bf_existing_key")])
                 .map_err(|e| self.fail(e))?;
             updates
-                .join(existing, JoinType::LeftAnti, &[key.as_str()], &["__bf_existing_key"], None)
+                .join(
+                    existing,
+                    JoinType::LeftAnti,
+                    &[key.as_str()],
+                    &["__bf_existing_key"],
+                    None,
+                )
                 .map_err(|e| self.fail(e))?
         } else {
             updates
@@ -439,7 +464,8 @@ impl FileObject {
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| self.fail(e))?;
             for row in 0..batch.num_rows() {
-                let key = ScalarValue::try_from_array(batch.column(0), row).map_err(|e| self.fail(e))?;
+                let key =
+                    ScalarValue::try_from_array(batch.column(0), row).map_err(|e| self.fail(e))?;
                 out.push(LateRejection {
                     key,
                     reason: "no record with this key in the destination file (update-only never creates records)".into(),
@@ -464,7 +490,9 @@ impl FileObject {
                 )
                 .map_err(|e| self.fail(e))?;
                 while let Some(batch) = stream.next().await {
-                    w.write(&batch.map_err(|e| self.fail(e))?).await.map_err(|e| self.fail(e))?;
+                    w.write(&batch.map_err(|e| self.fail(e))?)
+                        .await
+                        .map_err(|e| self.fail(e))?;
                 }
                 w.close().await.map_err(|e| self.fail(e))?;
             }

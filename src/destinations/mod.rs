@@ -192,7 +192,10 @@ fn check_relative_name(object: &str) -> Vec<String> {
     if object.starts_with('/') || object.starts_with('\\') || object.contains(':') {
         p.push("the object name must be relative to the destination".to_string());
     }
-    if object.split(['/', '\\']).any(|part| part == ".." || part == ".") {
+    if object
+        .split(['/', '\\'])
+        .any(|part| part == ".." || part == ".")
+    {
         p.push("the object name may not contain '.' or '..' segments".to_string());
     }
     p

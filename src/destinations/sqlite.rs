@@ -112,7 +112,10 @@ impl SqliteDestination {
             .map(|(n, _)| n.as_str())
             .collect();
         let key_is_pk = pks == [key];
-        Ok(Some((rows.into_iter().map(|(n, _)| n).collect(), key_is_pk)))
+        Ok(Some((
+            rows.into_iter().map(|(n, _)| n).collect(),
+            key_is_pk,
+        )))
     }
 
     fn prepare(&self, target: &WriteTarget) -> Result<Connection, DestinationError> {
@@ -123,8 +126,8 @@ impl SqliteDestination {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(|e| self.unwritable(e))?;
         let table = quote(&target.object);
-        let info = Self::table_info(&conn, &target.object, &target.key)
-            .map_err(|e| self.unwritable(e))?;
+        let info =
+            Self::table_info(&conn, &target.object, &target.key).map_err(|e| self.unwritable(e))?;
         match info {
             None => {
                 let mut cols: Vec<String> = target
@@ -209,11 +212,9 @@ impl Destination for SqliteDestination {
             dir = d.parent().map(Path::to_path_buf);
         }
         if self.path.exists() {
-            let conn = Connection::open_with_flags(
-                &self.path,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-            )
-            .map_err(|e| self.unwritable(e))?;
+            let conn =
+                Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    .map_err(|e| self.unwritable(e))?;
             if let Some((columns, _)) = Self::table_info(&conn, &target.object, &target.key)
                 .map_err(|e| self.unwritable(e))?
                 && !columns.iter().any(|c| c == &target.key)
@@ -247,7 +248,11 @@ impl SqliteWriter {
     fn statement(&self, op: WriteOp, columns: &[String]) -> String {
         let table = quote(&self.target.object);
         let key = quote(&self.target.key);
-        let cols = columns.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
+        let cols = columns
+            .iter()
+            .map(|c| quote(c))
+            .collect::<Vec<_>>()
+            .join(", ");
         let params = (1..=columns.len())
             .map(|i| format!("?{i}"))
             .collect::<Vec<_>>()

@@ -42,7 +42,10 @@ impl CsvSourceConfig {
     pub fn validate(&self) -> Vec<String> {
         let mut p = Vec::new();
         if !self.delimiter.is_ascii() {
-            p.push(format!("delimiter '{}' must be a single ASCII character", self.delimiter));
+            p.push(format!(
+                "delimiter '{}' must be a single ASCII character",
+                self.delimiter
+            ));
         }
         if self.path.trim().is_empty() {
             p.push("path is empty".into());
@@ -95,15 +98,18 @@ impl FileSource {
 #[async_trait]
 impl Source for FileSource {
     async fn register(&self, ctx: &SessionContext, name: &str) -> Result<(), SourceError> {
-        let location =
-            Location::resolve(&self.path, &self.project_dir).map_err(|source| SourceError::Storage {
+        let location = Location::resolve(&self.path, &self.project_dir).map_err(|source| {
+            SourceError::Storage {
+                name: name.to_string(),
+                source,
+            }
+        })?;
+        location
+            .register(ctx)
+            .map_err(|source| SourceError::Storage {
                 name: name.to_string(),
                 source,
             })?;
-        location.register(ctx).map_err(|source| SourceError::Storage {
-            name: name.to_string(),
-            source,
-        })?;
         // A single named file is read whatever its extension; a directory only yields files
         // with the format's extension.
         let single_file;

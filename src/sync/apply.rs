@@ -14,8 +14,8 @@ use datafusion::logical_expr::Accumulator;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::DataFrame;
 use futures::StreamExt;
-use parquet::arrow::AsyncArrowWriter;
 use object_store::buffered::BufWriter;
+use parquet::arrow::AsyncArrowWriter;
 use serde::Serialize;
 
 use super::mapping::{CURSOR, HASH, KEY};
@@ -208,9 +208,9 @@ fn destination_batch(
         .fields()
         .iter()
         .map(|f| {
-            rows.column_by_name(f.name())
-                .cloned()
-                .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("missing {}", f.name())))
+            rows.column_by_name(f.name()).cloned().ok_or_else(|| {
+                arrow::error::ArrowError::SchemaError(format!("missing {}", f.name()))
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new(target.schema.clone(), columns)
@@ -236,12 +236,20 @@ fn key_text(array: &ArrayRef, row: usize) -> Option<String> {
 }
 
 /// Count and sample the invalid rows of a diff batch.
-fn tally_invalid(target: &WriteTarget, batch: &RecordBatch, ops: &arrow::array::Int8Array, tally: &mut Tally) {
+fn tally_invalid(
+    target: &WriteTarget,
+    batch: &RecordBatch,
+    ops: &arrow::array::Int8Array,
+    tally: &mut Tally,
+) {
     for (class, reason) in [
         (NULL_KEY, format!("the key \"{}\" is NULL", target.key)),
         (
             DUPLICATE_KEY,
-            format!("the key \"{}\" appears more than once in this run; none of its rows is sent", target.key),
+            format!(
+                "the key \"{}\" appears more than once in this run; none of its rows is sent",
+                target.key
+            ),
         ),
     ] {
         let m = mask(ops, class);
@@ -292,7 +300,8 @@ pub async fn apply(
         let model_rows = arrow::compute::kernels::boolean::not(&mask(&ops, GONE))
             .map_err(|e| df_err(e.into()))?;
         tally.counts.read += model_rows.true_count() as u64;
-        if let (Some(acc), Some(cursor)) = (cursors.max_read.as_mut(), batch.column_by_name(CURSOR)) {
+        if let (Some(acc), Some(cursor)) = (cursors.max_read.as_mut(), batch.column_by_name(CURSOR))
+        {
             let seen = arrow::compute::filter(cursor, &model_rows).map_err(|e| df_err(e.into()))?;
             acc.update_batch(&[seen]).map_err(&df_err)?;
         }
@@ -314,22 +323,22 @@ pub async fn apply(
             };
             let rows = filter_record_batch(&batch, &m).map_err(|e| df_err(e.into()))?;
             let key_col = if class == GONE { PREV_KEY } else { KEY };
-            let keys = rows
-                .column_by_name(key_col)
-                .cloned()
-                .ok_or_else(|| df_err(datafusion::error::DataFusionError::Internal(format!("diff output lacks {key_col}"))))?;
+            let keys = rows.column_by_name(key_col).cloned().ok_or_else(|| {
+                df_err(datafusion::error::DataFusionError::Internal(format!(
+                    "diff output lacks {key_col}"
+                )))
+            })?;
             let mut accepted = vec![true; rows.num_rows()];
             let mut skipped = 0usize;
             if let Some(op) = op {
                 let view = destination_batch(target, &rows, op, class == GONE)
                     .map_err(|e| df_err(e.into()))?;
-                let outcome = writer
-                    .write(op, view.clone())
-                    .await
-                    .map_err(|source| SyncError::Destination {
+                let outcome = writer.write(op, view.clone()).await.map_err(|source| {
+                    SyncError::Destination {
                         sync: sync.to_string(),
                         source,
-                    })?;
+                    }
+                })?;
                 skipped = outcome.skipped;
                 for r in &outcome.rejected {
                     if let Some(a) = accepted.get_mut(r.row) {
@@ -338,14 +347,18 @@ pub async fn apply(
                     tally.counts.rejected += 1;
                     cursors.any_rejected = true;
                     let record = row_json(&view, r.row);
-                    tally.sample(RecordKind::Rejected, key_text(view.column(0), r.row), r.reason.clone(), record);
+                    tally.sample(
+                        RecordKind::Rejected,
+                        key_text(view.column(0), r.row),
+                        r.reason.clone(),
+                        record,
+                    );
                 }
                 if !outcome.rejected.is_empty()
                     && let (Some(acc), Some(cursor)) =
                         (cursors.min_rejected.as_mut(), rows.column_by_name(CURSOR))
                 {
-                    let rejected_mask: BooleanArray =
-                        accepted.iter().map(|a| Some(!a)).collect();
+                    let rejected_mask: BooleanArray = accepted.iter().map(|a| Some(!a)).collect();
                     let c = arrow::compute::filter(cursor, &rejected_mask)
                         .map_err(|e| df_err(e.into()))?;
                     acc.update_batch(&[c]).map_err(&df_err)?;
@@ -363,9 +376,16 @@ pub async fn apply(
 
             // What is now in sync: accepted rows keep their new hash; deleted and forgotten
             // keys leave the state.
-            let keep = !matches!(op, Some(WriteOp::Delete)) && counter != Counter::Forgotten;
+            // A delete sync keeps the keys it deleted (so they are not sent again); a mirror's
+            // deleted keys leave the state.
+            let keep = match (op, counter) {
+                (_, Counter::Forgotten) => false,
+                (Some(WriteOp::Delete), _) => target.behavior == Behavior::Delete,
+                _ => true,
+            };
             let accepted_mask = BooleanArray::from(accepted);
-            let keys = arrow::compute::filter(&keys, &accepted_mask).map_err(|e| df_err(e.into()))?;
+            let keys =
+                arrow::compute::filter(&keys, &accepted_mask).map_err(|e| df_err(e.into()))?;
             let hashes: ArrayRef = if keep {
                 let h = rows
                     .column_by_name(HASH)
@@ -449,7 +469,8 @@ pub async fn plan(
                     .map_err(|e| df_err(e.into()))?;
                 for r in 0..view.num_rows().min(PLAN_SAMPLE - list.len()) {
                     list.push(
-                        serde_json::from_str(&row_json(&view, r)).unwrap_or(serde_json::Value::Null),
+                        serde_json::from_str(&row_json(&view, r))
+                            .unwrap_or(serde_json::Value::Null),
                     );
                 }
             }
@@ -477,9 +498,16 @@ pub async fn write_snapshot(
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(&df_err)?;
         rows += batch.num_rows() as u64;
-        // The plan may widen nullability; the file keeps the state schema.
-        let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
+        // The plan may read strings back as views or widen nullability; the file keeps the
+        // state schema.
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| df_err(e.into()))?;
+        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| df_err(e.into()))?;
         writer.write(&batch).await.map_err(parquet_err)?;
     }
     writer.close().await.map_err(parquet_err)?;

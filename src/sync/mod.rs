@@ -133,7 +133,11 @@ struct Prepared {
     target: WriteTarget,
     key_type: DataType,
     cursor_type: Option<DataType>,
+    /// The state the diff compares with (None on a first run, or when a full resync discarded
+    /// a state that no longer fits).
     previous: Option<Manifest>,
+    /// The newest committed version, discarded or not: the next commit is this plus one.
+    latest_version: u64,
 }
 
 fn engine(sync: &str, stage: &'static str) -> impl Fn(DataFusionError) -> SyncError {
@@ -162,7 +166,11 @@ fn clear_cycle_tables(ctx: &SessionContext) {
 }
 
 /// Parse a stored watermark back into a value of the cursor's current type.
-fn watermark_value(sync: &str, wm: &Watermark, current: &DataType) -> Result<ScalarValue, SyncError> {
+fn watermark_value(
+    sync: &str,
+    wm: &Watermark,
+    current: &DataType,
+) -> Result<ScalarValue, SyncError> {
     let stored: DataType = wm.data_type.parse().map_err(|e| SyncError::StateMismatch {
         sync: sync.to_string(),
         message: format!("stored watermark type {} is unreadable: {e}", wm.data_type),
@@ -190,6 +198,7 @@ async fn prepare(
     clear_cycle_tables(ctx);
     let df_err = engine(name, "read");
     let mut previous = project.state.latest(name).await?;
+    let latest_version = previous.as_ref().map_or(0, |m| m.version);
 
     let mut relation = ctx.table(sync.from.as_str()).await.map_err(&df_err)?;
     let cursor_type = match &sync.cursor {
@@ -212,8 +221,17 @@ async fn prepare(
         .filter_map(|f| mapped_schema.field_with_unqualified_name(f).ok())
         .map(|f| f.as_ref().clone().with_nullable(true))
         .collect();
+    // An empty CSV has no types to infer: its key column is NULL-typed. Keep the key type the
+    // state already has then.
+    let mut key_type = dest_fields[0].data_type().clone();
+    if key_type == DataType::Null
+        && let Some(stored) = previous.as_ref().and_then(|p| p.key_type.parse().ok())
+    {
+        key_type = stored;
+    }
+    let mut dest_fields = dest_fields;
+    dest_fields[0] = dest_fields[0].clone().with_data_type(key_type.clone());
     let dest_schema: SchemaRef = Arc::new(Schema::new(dest_fields));
-    let key_type = dest_schema.field(0).data_type().clone();
 
     if let Some(prev) = &previous {
         let mut changed = Vec::new();
@@ -263,12 +281,37 @@ async fn prepare(
         sync: name.to_string(),
         problems: p.0,
     })?;
-    ctx.register_table("bf_mapped", mapped.df.into_view())
+    let key_field = sync.key.destination();
+    let mapped_df = mapped
+        .df
+        .clone()
+        .select(
+            mapped
+                .df
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| {
+                    let n = f.name();
+                    if (n == key_field || n == KEY) && f.data_type() != &key_type {
+                        cast(ident(n), key_type.clone()).alias(n)
+                    } else {
+                        ident(n)
+                    }
+                })
+                .collect::<Vec<_>>(),
+        )
+        .map_err(&df_err)?;
+    ctx.register_table("bf_mapped", mapped_df.into_view())
         .map_err(&df_err)?;
 
     register_state(project, ctx, name, previous.as_ref(), &key_type, options).await?;
 
-    let join = if sync.cursor.is_some() { "LEFT" } else { "FULL" };
+    let join = if sync.cursor.is_some() {
+        "LEFT"
+    } else {
+        "FULL"
+    };
     let diff = ctx
         .sql(&DIFF_SQL.replace("{join}", join))
         .await
@@ -285,6 +328,7 @@ async fn prepare(
         key_type,
         cursor_type,
         previous,
+        latest_version,
     })
 }
 
@@ -365,7 +409,10 @@ pub async fn run(
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let sync = &project.config.syncs[name];
     let mut tally = apply::Tally::default();
-    let result = run_cycle(project, ctx, name, sync, options, &run_id, &mut tally, progress).await;
+    let result = run_cycle(
+        project, ctx, name, sync, options, &run_id, &mut tally, progress,
+    )
+    .await;
     clear_cycle_tables(ctx);
     let (status, version, watermark, error) = match result {
         Ok((v, wm)) => (RunStatus::Succeeded, Some(v), wm, None),
@@ -419,15 +466,17 @@ async fn run_cycle(
     tally: &mut apply::Tally,
     progress: &dyn Progress,
 ) -> Result<(u64, Option<String>), SyncError> {
-    let destination = project.destination(&sync.to).ok_or_else(|| SyncError::Mapping {
-        sync: name.to_string(),
-        problems: vec![format!("unknown destination \"{}\"", sync.to)],
-    })?;
+    let destination = project
+        .destination(&sync.to)
+        .ok_or_else(|| SyncError::Mapping {
+            sync: name.to_string(),
+            problems: vec![format!("unknown destination \"{}\"", sync.to)],
+        })?;
     let _lock = project.state.lock(name)?;
     let prepared = prepare(project, ctx, name, options).await?;
     failpoint!("after_diff", name);
 
-    let version = prepared.previous.as_ref().map_or(0, |m| m.version) + 1;
+    let version = prepared.latest_version + 1;
     let data_dir = project.state.new_data_dir(name, version);
     let dest_err = |source| SyncError::Destination {
         sync: name.to_string(),
@@ -436,7 +485,9 @@ async fn run_cycle(
     let mut writer = destination.open(&prepared.target).await.map_err(dest_err)?;
     let sent_rel = format!("{data_dir}/sent.parquet");
     let sent_schema = apply::sent_schema(&prepared.key_type);
-    let mut sent = project.state.parquet_writer(&sent_rel, sent_schema.clone())?;
+    let mut sent = project
+        .state
+        .parquet_writer(&sent_rel, sent_schema.clone())?;
 
     let stream = prepared
         .diff
@@ -480,7 +531,11 @@ async fn run_cycle(
         let keys = ScalarValue::iter_to_array(keys).map_err(&df_err)?;
         let keys = arrow::compute::cast(&keys, &prepared.key_type).map_err(|e| df_err(e.into()))?;
         let batch = arrow::array::RecordBatch::try_new(
-            Arc::new(Schema::new(vec![Field::new("__bf_late_key", prepared.key_type.clone(), true)])),
+            Arc::new(Schema::new(vec![Field::new(
+                "__bf_late_key",
+                prepared.key_type.clone(),
+                true,
+            )])),
             vec![keys],
         )
         .map_err(|e| df_err(e.into()))?;

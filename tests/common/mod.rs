@@ -51,7 +51,10 @@ impl Fixture {
 
     /// Run one sync and insist that it succeeded.
     pub async fn run_ok(&self, name: &str) -> SyncReport {
-        let r = self.run_with(&[name], RunOptions::default()).await.remove(0);
+        let r = self
+            .run_with(&[name], RunOptions::default())
+            .await
+            .remove(0);
         assert_eq!(r.status, RunStatus::Succeeded, "run failed: {:?}", r.error);
         r
     }
@@ -129,10 +132,8 @@ pub fn sqlite_rows(db: &Path, table: &str) -> Vec<BTreeMap<String, String>> {
 
 /// `(key, value)` pairs of two columns of a table, sorted.
 pub fn pairs(rows: &[BTreeMap<String, String>], k: &str, v: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = rows
-        .iter()
-        .map(|r| (r[k].clone(), r[v].clone()))
-        .collect();
+    let mut out: Vec<(String, String)> =
+        rows.iter().map(|r| (r[k].clone(), r[v].clone())).collect();
     out.sort();
     out
 }

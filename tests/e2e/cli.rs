@@ -41,7 +41,10 @@ fn init_creates_a_project_that_runs() {
 fn run_and_plan_json_have_the_documented_fields() {
     let f = Fixture::new();
     people_project(&f, "mirror", "");
-    f.write("people.csv", "id,email,name,plan\n1,a@x.io,Ada,pro\n2,b@x.io,Bob,free\n");
+    f.write(
+        "people.csv",
+        "id,email,name,plan\n1,a@x.io,Ada,pro\n2,b@x.io,Bob,free\n",
+    );
     let (code, out, _) = f.cli(&["plan", "--json"]);
     assert_eq!(code, 0, "{out}");
     let plan: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
@@ -53,7 +56,17 @@ fn run_and_plan_json_have_the_documented_fields() {
     let (code, out, _) = f.cli(&["run", "--json"]);
     assert_eq!(code, 0, "{out}");
     let run: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    for k in ["sync", "status", "read", "invalid", "created", "updated", "deleted", "unchanged", "rejected"] {
+    for k in [
+        "sync",
+        "status",
+        "read",
+        "invalid",
+        "created",
+        "updated",
+        "deleted",
+        "unchanged",
+        "rejected",
+    ] {
         assert!(run.get(k).is_some(), "missing {k} in {run}");
     }
     assert_eq!(run["status"], "succeeded");
@@ -67,7 +80,10 @@ fn run_and_plan_json_have_the_documented_fields() {
 
     let (code, out, _) = f.cli(&["history"]);
     assert_eq!(code, 0);
-    assert!(out.contains("people_sync") && out.contains("succeeded"), "{out}");
+    assert!(
+        out.contains("people_sync") && out.contains("succeeded"),
+        "{out}"
+    );
 
     let (code, _, err) = f.cli(&["run", "nope"]);
     assert_eq!(code, 2);
@@ -78,14 +94,23 @@ fn run_and_plan_json_have_the_documented_fields() {
 fn the_bundled_example_runs_end_to_end() {
     let f = Fixture::new();
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/example");
-    for rel in ["backflow.toml", "people.csv", "accounts.parquet", "models/customers.sql", "models/accounts_summary.sql"] {
+    for rel in [
+        "backflow.toml",
+        "people.csv",
+        "accounts.parquet",
+        "models/customers.sql",
+        "models/accounts_summary.sql",
+    ] {
         let to = f.path().join(rel);
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(src.join(rel), to).unwrap();
     }
     let (code, out, err) = f.cli(&["run"]);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains("✓ paying_to_app") && out.contains("invalid 3"), "{out}");
+    assert!(
+        out.contains("✓ paying_to_app") && out.contains("invalid 3"),
+        "{out}"
+    );
     let rows = f.sqlite("out/app.db", "customers");
     assert!(rows.iter().all(|r| r["plan"] != "free"));
     assert!(f.path().join("out/customers.parquet").exists());

@@ -11,7 +11,11 @@ const V1: &str = "id,email,name,plan\n1,a,Ada,pro\n2,b,Bob,free\n3,c,Cy,pro\n";
 const V2: &str = "id,email,name,plan\n1,a,Ada L.,pro\n3,c,Cy,pro\n4,d,Di,pro\n";
 
 fn expected_v2() -> Vec<(String, String)> {
-    vec![("1".into(), "Ada L.".into()), ("3".into(), "Cy".into()), ("4".into(), "Di".into())]
+    vec![
+        ("1".into(), "Ada L.".into()),
+        ("3".into(), "Cy".into()),
+        ("4".into(), "Di".into()),
+    ]
 }
 
 async fn crash_then_recover(point: &str, sync: &str, panic: bool) {
@@ -26,7 +30,11 @@ async fn crash_then_recover(point: &str, sync: &str, panic: bool) {
     let manifests_before = f.manifests();
 
     f.write("people.csv", V2);
-    let arg = if panic { format!("panic:{sync}") } else { sync.to_string() };
+    let arg = if panic {
+        format!("panic:{sync}")
+    } else {
+        sync.to_string()
+    };
     fail::cfg(point, &format!("return({arg})")).unwrap();
     let outcome = {
         let path = f.path().to_path_buf();
@@ -34,7 +42,14 @@ async fn crash_then_recover(point: &str, sync: &str, panic: bool) {
         tokio::spawn(async move {
             let project = backflow::Project::load(&path).unwrap();
             let ctx = project.session().await.unwrap();
-            backflow::sync::run(&project, &ctx, &sync, Default::default(), &backflow::sync::NoProgress).await
+            backflow::sync::run(
+                &project,
+                &ctx,
+                &sync,
+                Default::default(),
+                &backflow::sync::NoProgress,
+            )
+            .await
         })
         .await
     };
@@ -51,11 +66,22 @@ async fn crash_then_recover(point: &str, sync: &str, panic: bool) {
     assert_eq!(f.manifests(), manifests_before);
 
     let r = f.run_ok(sync).await;
-    assert_eq!(pairs(&f.sqlite("out/app.db", "people"), "id", "name"), expected_v2());
+    assert_eq!(
+        pairs(&f.sqlite("out/app.db", "people"), "id", "name"),
+        expected_v2()
+    );
     assert_eq!(r.counts.read, 3);
     // And the run after is clean.
     let r = f.run_ok(sync).await;
-    assert_eq!((r.counts.created, r.counts.updated, r.counts.deleted, r.counts.unchanged), (0, 0, 0, 3));
+    assert_eq!(
+        (
+            r.counts.created,
+            r.counts.updated,
+            r.counts.deleted,
+            r.counts.unchanged
+        ),
+        (0, 0, 0, 3)
+    );
 }
 
 #[tokio::test]
@@ -88,10 +114,16 @@ async fn crash_after_commit_is_already_durable() {
     let f = Fixture::new();
     people_project(&f, "mirror", "");
     let t = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
-    f.write("backflow.toml", &t.replace("people_sync", "crash_after_commit"));
+    f.write(
+        "backflow.toml",
+        &t.replace("people_sync", "crash_after_commit"),
+    );
     f.write("people.csv", V1);
     fail::cfg("after_commit", "return(crash_after_commit)").unwrap();
-    let r = f.run_with(&["crash_after_commit"], Default::default()).await.remove(0);
+    let r = f
+        .run_with(&["crash_after_commit"], Default::default())
+        .await
+        .remove(0);
     fail::remove("after_commit");
     assert_eq!(r.status, RunStatus::Failed);
     assert_eq!(f.manifests().len(), 1);

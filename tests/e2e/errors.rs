@@ -5,7 +5,11 @@ use crate::common::*;
 const PEOPLE: &str = "id,email,name,plan\n1,a@x.io,Ada,pro\n";
 
 fn assert_untouched(f: &Fixture) {
-    assert!(f.manifests().is_empty(), "state was written: {:?}", f.manifests());
+    assert!(
+        f.manifests().is_empty(),
+        "state was written: {:?}",
+        f.manifests()
+    );
 }
 
 #[test]
@@ -15,7 +19,10 @@ fn unknown_config_key_names_key_and_line() {
     f.write("people.csv", PEOPLE);
     let (code, _, err) = f.cli(&["run"]);
     assert_eq!(code, 2);
-    assert!(err.contains("behaviour") && err.contains("line 16"), "{err}");
+    assert!(
+        err.contains("behaviour") && err.contains("line 16"),
+        "{err}"
+    );
     assert_untouched(&f);
 }
 
@@ -24,7 +31,10 @@ fn unknown_destination_type_is_an_error() {
     let f = Fixture::new();
     people_project(&f, "mirror", "");
     let text = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
-    f.write("backflow.toml", &text.replace("type = \"sqlite\"", "type = \"oracle\""));
+    f.write(
+        "backflow.toml",
+        &text.replace("type = \"sqlite\"", "type = \"oracle\""),
+    );
     let (code, _, err) = f.cli(&["check"]);
     assert_eq!(code, 2);
     assert!(err.contains("oracle") && err.contains("line 7"), "{err}");
@@ -54,8 +64,14 @@ key = "id"
     );
     let (code, _, err) = f.cli(&["check"]);
     assert_eq!(code, 2);
-    assert!(err.contains("\"peeple\"") && err.contains("did you mean \"people\""), "{err}");
-    assert!(err.contains("\"ap\"") && err.contains("did you mean \"app\""), "{err}");
+    assert!(
+        err.contains("\"peeple\"") && err.contains("did you mean \"people\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("\"ap\"") && err.contains("did you mean \"app\""),
+        "{err}"
+    );
     assert!(err.contains("line 10"), "{err}");
 }
 
@@ -64,16 +80,25 @@ fn model_with_a_sql_error_names_the_file() {
     let f = Fixture::new();
     people_project(&f, "mirror", "");
     let text = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
-    f.write("backflow.toml", &text.replace("from = \"people\"", "from = \"broken\""));
+    f.write(
+        "backflow.toml",
+        &text.replace("from = \"people\"", "from = \"broken\""),
+    );
     f.write("people.csv", PEOPLE);
     f.write("models/broken.sql", "SELECT id, no_such_column FROM people");
     let (code, _, err) = f.cli(&["run"]);
     assert_ne!(code, 0);
-    assert!(err.contains("broken.sql") && err.contains("no_such_column"), "{err}");
+    assert!(
+        err.contains("broken.sql") && err.contains("no_such_column"),
+        "{err}"
+    );
     f.write("models/broken.sql", "SELEC id FROM people");
     let (code, _, err) = f.cli(&["check"]);
     assert_ne!(code, 0);
-    assert!(err.contains("broken.sql") && err.contains("syntax"), "{err}");
+    assert!(
+        err.contains("broken.sql") && err.contains("syntax"),
+        "{err}"
+    );
     f.write("models/broken.sql", "DELETE FROM people");
     let (_, _, err) = f.cli(&["check"]);
     assert!(err.contains("exactly one SELECT"), "{err}");
@@ -92,7 +117,12 @@ fn model_cycles_and_unknown_tables_are_errors() {
     assert!(err.contains("cycle: a → b → a"), "{err}");
     f.write("models/b.sql", "SELECT * FROM peple");
     let (_, _, err) = f.cli(&["check"]);
-    assert!(err.contains("b.sql") && err.contains("\"peple\"") && err.contains("did you mean \"people\""), "{err}");
+    assert!(
+        err.contains("b.sql")
+            && err.contains("\"peple\"")
+            && err.contains("did you mean \"people\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -101,7 +131,12 @@ fn missing_source_file_is_named() {
     people_project(&f, "mirror", "");
     let (code, _, err) = f.cli(&["run"]);
     assert_eq!(code, 2);
-    assert!(err.contains("source \"people\"") && err.contains("people.csv") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("source \"people\"")
+            && err.contains("people.csv")
+            && err.contains("does not exist"),
+        "{err}"
+    );
     assert_untouched(&f);
 }
 
@@ -110,11 +145,17 @@ fn missing_key_column_is_reported_before_anything_is_written() {
     let f = Fixture::new();
     people_project(&f, "mirror", "");
     let text = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
-    f.write("backflow.toml", &text.replace("key = \"id\"", "key = \"idd\""));
+    f.write(
+        "backflow.toml",
+        &text.replace("key = \"id\"", "key = \"idd\""),
+    );
     f.write("people.csv", PEOPLE);
     let (code, out, _) = f.cli(&["run"]);
     assert_eq!(code, 1);
-    assert!(out.contains("key column \"idd\"") && out.contains("did you mean \"id\""), "{out}");
+    assert!(
+        out.contains("key column \"idd\"") && out.contains("did you mean \"id\""),
+        "{out}"
+    );
     assert!(!f.path().join("out/app.db").exists());
     assert_untouched(&f);
     let (code, out, _) = f.cli(&["check"]);
@@ -125,11 +166,18 @@ fn missing_key_column_is_reported_before_anything_is_written() {
 #[test]
 fn mapping_an_unknown_column_is_reported() {
     let f = Fixture::new();
-    people_project(&f, "mirror", "fields = { rename = { nam = \"full_name\" }, computed = { x = \"no_col + 1\" } }");
+    people_project(
+        &f,
+        "mirror",
+        "fields = { rename = { nam = \"full_name\" }, computed = { x = \"no_col + 1\" } }",
+    );
     f.write("people.csv", PEOPLE);
     let (code, out, _) = f.cli(&["run"]);
     assert_eq!(code, 1);
-    assert!(out.contains("\"nam\"") && out.contains("did you mean \"name\""), "{out}");
+    assert!(
+        out.contains("\"nam\"") && out.contains("did you mean \"name\""),
+        "{out}"
+    );
     assert!(out.contains("computed field \"x\""), "{out}");
     assert_untouched(&f);
 }
@@ -142,7 +190,10 @@ fn unwritable_destination_fails_and_keeps_state() {
     f.write("out", "a file where a folder should be");
     let (code, out, _) = f.cli(&["run"]);
     assert_eq!(code, 1);
-    assert!(out.contains("destination \"app\"") && out.contains("cannot write"), "{out}");
+    assert!(
+        out.contains("destination \"app\"") && out.contains("cannot write"),
+        "{out}"
+    );
     assert_untouched(&f);
     let (code, out, _) = f.cli(&["check"]);
     assert_eq!(code, 1, "{out}");
@@ -201,10 +252,24 @@ async fn changing_the_key_requires_a_full_resync() {
     f.write("people.csv", PEOPLE);
     f.run_ok("people_sync").await;
     let text = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
-    f.write("backflow.toml", &text.replace("key = \"id\"", "key = \"email\"").replace("object = \"people\"", "object = \"people2\""));
-    let r = f.run_with(&["people_sync"], Default::default()).await.remove(0);
-    assert!(r.error.as_deref().unwrap_or("").contains("--full-resync"), "{r:?}");
-    let r = f.run_with(&["people_sync"], backflow::RunOptions { full_resync: true }).await.remove(0);
+    f.write(
+        "backflow.toml",
+        &text
+            .replace("key = \"id\"", "key = \"email\"")
+            .replace("object = \"people\"", "object = \"people2\""),
+    );
+    let r = f
+        .run_with(&["people_sync"], Default::default())
+        .await
+        .remove(0);
+    assert!(
+        r.error.as_deref().unwrap_or("").contains("--full-resync"),
+        "{r:?}"
+    );
+    let r = f
+        .run_with(&["people_sync"], backflow::RunOptions { full_resync: true })
+        .await
+        .remove(0);
     assert!(r.error.is_none(), "{r:?}");
     assert_eq!(f.sqlite("out/app.db", "people2").len(), 1);
 }

@@ -34,11 +34,17 @@ async fn read(path: &std::path::Path, format: &str) -> Vec<String> {
     let df = match format {
         "parquet" => ctx.read_parquet(p, Default::default()).await.unwrap(),
         "csv" => ctx
-            .read_csv(p, datafusion::prelude::CsvReadOptions::new().file_extension(".csv"))
+            .read_csv(
+                p,
+                datafusion::prelude::CsvReadOptions::new().file_extension(".csv"),
+            )
             .await
             .unwrap(),
         _ => ctx
-            .read_json(p, datafusion::prelude::JsonReadOptions::default().file_extension(".jsonl"))
+            .read_json(
+                p,
+                datafusion::prelude::JsonReadOptions::default().file_extension(".jsonl"),
+            )
             .await
             .unwrap(),
     };
@@ -48,18 +54,39 @@ async fn read(path: &std::path::Path, format: &str) -> Vec<String> {
         let cols: Vec<_> = (0..b.num_columns())
             .map(|i| arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Utf8).unwrap())
             .collect();
-        let names: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let names: Vec<String> = b
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         for r in 0..b.num_rows() {
             let mut cells: Vec<(String, String)> = names
                 .iter()
                 .zip(&cols)
                 .map(|(n, c)| {
-                    let s = c.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
-                    (n.clone(), if s.is_valid(r) { s.value(r).to_string() } else { "NULL".into() })
+                    let s = c
+                        .as_any()
+                        .downcast_ref::<arrow::array::StringArray>()
+                        .unwrap();
+                    (
+                        n.clone(),
+                        if s.is_valid(r) {
+                            s.value(r).to_string()
+                        } else {
+                            "NULL".into()
+                        },
+                    )
                 })
                 .collect();
             cells.sort();
-            rows.push(cells.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(","));
+            rows.push(
+                cells
+                    .iter()
+                    .map(|(n, v)| format!("{n}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
         }
     }
     rows.sort();
@@ -77,20 +104,34 @@ async fn mirror_roundtrip(format: &str) {
     let file = f.path().join(format!("exports/people.{format}"));
     assert_eq!(
         read(&file, format).await,
-        vec!["id=1,name=Ada,zip=7", "id=2,name=Bob,zip=123", "id=3,name=Cy,zip=NULL"]
+        vec![
+            "id=1,name=Ada,zip=7",
+            "id=2,name=Bob,zip=123",
+            "id=3,name=Cy,zip=NULL"
+        ]
     );
     f.write("people.csv", "id,name,zip\n1,Ada L.,007\n3,Cy,\n4,Di,999\n");
     let r = f.run_ok("s").await;
-    assert_eq!((r.counts.created, r.counts.updated, r.counts.deleted), (1, 1, 1));
+    assert_eq!(
+        (r.counts.created, r.counts.updated, r.counts.deleted),
+        (1, 1, 1)
+    );
     assert_eq!(
         read(&file, format).await,
-        vec!["id=1,name=Ada L.,zip=7", "id=3,name=Cy,zip=NULL", "id=4,name=Di,zip=999"]
+        vec![
+            "id=1,name=Ada L.,zip=7",
+            "id=3,name=Cy,zip=NULL",
+            "id=4,name=Di,zip=999"
+        ]
     );
     // A no-change run does not rewrite the file.
     let before = std::fs::metadata(&file).unwrap().modified().unwrap();
     let r = f.run_ok("s").await;
     assert_eq!(r.counts.unchanged, 3);
-    assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), before);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().modified().unwrap(),
+        before
+    );
 }
 
 #[tokio::test]
@@ -115,14 +156,24 @@ async fn csv_upsert_keeps_values_of_fields_no_longer_sent() {
     f.write("people.csv", "id,name,zip\n1,Ada,A-007\n2,Bob,B-123\n");
     f.run_ok("s").await;
     let t = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
-    f.write("backflow.toml", &format!("{t}fields = {{ exclude = [\"zip\"] }}\n"));
-    f.write("people.csv", "id,name,zip\n1,Ada2,CHANGED\n2,Bob,B-123\n3,Cy,C-1\n");
+    f.write(
+        "backflow.toml",
+        &format!("{t}fields = {{ exclude = [\"zip\"] }}\n"),
+    );
+    f.write(
+        "people.csv",
+        "id,name,zip\n1,Ada2,CHANGED\n2,Bob,B-123\n3,Cy,C-1\n",
+    );
     let r = f.run_ok("s").await;
     assert_eq!((r.counts.created, r.counts.updated), (1, 2));
     let file = f.path().join("exports/people.csv");
     assert_eq!(
         read(&file, "csv").await,
-        vec!["id=1,name=Ada2,zip=A-007", "id=2,name=Bob,zip=B-123", "id=3,name=Cy,zip=NULL"]
+        vec![
+            "id=1,name=Ada2,zip=A-007",
+            "id=2,name=Bob,zip=B-123",
+            "id=3,name=Cy,zip=NULL"
+        ]
     );
 }
 
@@ -148,10 +199,16 @@ async fn object_names_cannot_escape_the_destination() {
     let f = Fixture::new();
     project(&f, "csv", "mirror");
     let t = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
-    f.write("backflow.toml", &t.replace("object = \"people\"", "object = \"../escape\""));
+    f.write(
+        "backflow.toml",
+        &t.replace("object = \"people\"", "object = \"../escape\""),
+    );
     let err = f.load().unwrap_err().to_string();
     assert!(err.contains("'..'"), "{err}");
-    f.write("backflow.toml", &t.replace("object = \"people\"", "object = \"/etc/passwd\""));
+    f.write(
+        "backflow.toml",
+        &t.replace("object = \"people\"", "object = \"/etc/passwd\""),
+    );
     let err = f.load().unwrap_err().to_string();
     assert!(err.contains("relative"), "{err}");
 }

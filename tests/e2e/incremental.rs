@@ -12,28 +12,70 @@ async fn mirror_sends_only_changes_and_deletes_what_left() {
     f.write("people.csv", V1);
 
     let r = f.run_ok("people_sync").await;
-    assert_eq!((r.counts.read, r.counts.created, r.counts.updated, r.counts.deleted), (3, 3, 0, 0));
-    let rows = f.sqlite("out/app.db", "people");
-    assert_eq!(pairs(&rows, "id", "name"), vec![("1".into(), "Ada".into()), ("2".into(), "Bob".into()), ("3".into(), "Cy".into())]);
-
-    // No change: nothing is sent.
-    let r = f.run_ok("people_sync").await;
-    assert_eq!((r.counts.created, r.counts.updated, r.counts.deleted, r.counts.unchanged), (0, 0, 0, 3));
-
-    // One update, one delete, one insert.
-    f.write("people.csv", "id,email,name,plan\n1,a@x.io,Ada L.,pro\n3,c@x.io,Cy,pro\n4,d@x.io,Di,pro\n");
-    let r = f.run_ok("people_sync").await;
-    assert_eq!((r.counts.created, r.counts.updated, r.counts.deleted, r.counts.unchanged), (1, 1, 1, 1));
+    assert_eq!(
+        (
+            r.counts.read,
+            r.counts.created,
+            r.counts.updated,
+            r.counts.deleted
+        ),
+        (3, 3, 0, 0)
+    );
     let rows = f.sqlite("out/app.db", "people");
     assert_eq!(
         pairs(&rows, "id", "name"),
-        vec![("1".into(), "Ada L.".into()), ("3".into(), "Cy".into()), ("4".into(), "Di".into())]
+        vec![
+            ("1".into(), "Ada".into()),
+            ("2".into(), "Bob".into()),
+            ("3".into(), "Cy".into())
+        ]
+    );
+
+    // No change: nothing is sent.
+    let r = f.run_ok("people_sync").await;
+    assert_eq!(
+        (
+            r.counts.created,
+            r.counts.updated,
+            r.counts.deleted,
+            r.counts.unchanged
+        ),
+        (0, 0, 0, 3)
+    );
+
+    // One update, one delete, one insert.
+    f.write(
+        "people.csv",
+        "id,email,name,plan\n1,a@x.io,Ada L.,pro\n3,c@x.io,Cy,pro\n4,d@x.io,Di,pro\n",
+    );
+    let r = f.run_ok("people_sync").await;
+    assert_eq!(
+        (
+            r.counts.created,
+            r.counts.updated,
+            r.counts.deleted,
+            r.counts.unchanged
+        ),
+        (1, 1, 1, 1)
+    );
+    let rows = f.sqlite("out/app.db", "people");
+    assert_eq!(
+        pairs(&rows, "id", "name"),
+        vec![
+            ("1".into(), "Ada L.".into()),
+            ("3".into(), "Cy".into()),
+            ("4".into(), "Di".into())
+        ]
     );
 
     // Only the changed row moves: a row edited behind backflow's back stays as it is.
     let conn = rusqlite::Connection::open(f.path().join("out/app.db")).unwrap();
-    conn.execute("UPDATE people SET name = 'edited' WHERE id = 3", []).unwrap();
-    f.write("people.csv", "id,email,name,plan\n1,a@x.io,Ada L.,team\n3,c@x.io,Cy,pro\n4,d@x.io,Di,pro\n");
+    conn.execute("UPDATE people SET name = 'edited' WHERE id = 3", [])
+        .unwrap();
+    f.write(
+        "people.csv",
+        "id,email,name,plan\n1,a@x.io,Ada L.,team\n3,c@x.io,Cy,pro\n4,d@x.io,Di,pro\n",
+    );
     let r = f.run_ok("people_sync").await;
     assert_eq!((r.counts.updated, r.counts.unchanged), (1, 2));
     let rows = f.sqlite("out/app.db", "people");
@@ -47,12 +89,19 @@ async fn full_resync_sends_everything_again_and_still_deletes() {
     people_project(&f, "mirror", "");
     f.write("people.csv", V1);
     f.run_ok("people_sync").await;
-    f.write("people.csv", "id,email,name,plan\n1,a@x.io,Ada,pro\n2,b@x.io,Bob,free\n");
+    f.write(
+        "people.csv",
+        "id,email,name,plan\n1,a@x.io,Ada,pro\n2,b@x.io,Bob,free\n",
+    );
     let r = f
         .run_with(&["people_sync"], RunOptions { full_resync: true })
         .await
         .remove(0);
-    assert_eq!((r.counts.updated, r.counts.deleted, r.counts.unchanged), (2, 1, 0), "{r:?}");
+    assert_eq!(
+        (r.counts.updated, r.counts.deleted, r.counts.unchanged),
+        (2, 1, 0),
+        "{r:?}"
+    );
     assert_eq!(f.sqlite("out/app.db", "people").len(), 2);
 }
 
@@ -75,7 +124,11 @@ async fn cursor_reads_only_rows_past_the_watermark() {
         "id,email,name,plan,updated_at\n1,a@x.io,CHANGED,pro,2026-01-01T00:00:00\n2,b@x.io,Bob,free,2026-01-02T00:00:00\n3,c@x.io,Cy,pro,2026-01-03T00:00:00\n",
     );
     let r = f.run_ok("people_sync").await;
-    assert_eq!((r.counts.read, r.counts.created, r.counts.unchanged), (2, 1, 1), "{r:?}");
+    assert_eq!(
+        (r.counts.read, r.counts.created, r.counts.unchanged),
+        (2, 1, 1),
+        "{r:?}"
+    );
     assert_eq!(r.watermark.as_deref(), Some("2026-01-03T00:00:00"));
     let rows = f.sqlite("out/app.db", "people");
     assert_eq!(pairs(&rows, "id", "name")[0], ("1".into(), "Ada".into()));
@@ -93,12 +146,22 @@ async fn removing_a_field_stops_updating_it_and_keeps_its_values() {
     f.write("people.csv", V1);
     f.run_ok("people_sync").await;
     people_project(&f, "upsert", "fields = { exclude = [\"plan\"] }");
-    f.write("people.csv", "id,email,name,plan\n1,a@x.io,Ada2,team\n2,b@x.io,Bob,free\n3,c@x.io,Cy,pro\n");
+    f.write(
+        "people.csv",
+        "id,email,name,plan\n1,a@x.io,Ada2,team\n2,b@x.io,Bob,free\n3,c@x.io,Cy,pro\n",
+    );
     let r = f.run_ok("people_sync").await;
     // The mapping changed, so every row is re-sent once (without `plan`).
     assert_eq!(r.counts.updated, 3);
     let rows = f.sqlite("out/app.db", "people");
-    assert_eq!(pairs(&rows, "id", "plan"), vec![("1".into(), "pro".into()), ("2".into(), "free".into()), ("3".into(), "pro".into())]);
+    assert_eq!(
+        pairs(&rows, "id", "plan"),
+        vec![
+            ("1".into(), "pro".into()),
+            ("2".into(), "free".into()),
+            ("3".into(), "pro".into())
+        ]
+    );
     assert_eq!(pairs(&rows, "id", "name")[0], ("1".into(), "Ada2".into()));
     let r = f.run_ok("people_sync").await;
     assert_eq!(r.counts.unchanged, 3);
@@ -131,9 +194,18 @@ key = { source = "email", destination = "Email" }
 fields = { auto = true, rename = { name = "full_name" }, exclude = ["id"], computed = { domain = "split_part(email, '@', 2)" } }
 "#,
     );
-    f.write("models/customers.sql", "SELECT id, lower(email) AS email, name, plan FROM upper_people");
-    f.write("models/upper_people.sql", "SELECT * FROM people WHERE id < 100");
-    f.write("people.csv", "id,email,name,plan\n1,A@X.io,Ada,pro\n2,b@y.io,Bob,free\n3,c@z.io,Cy,team\n");
+    f.write(
+        "models/customers.sql",
+        "SELECT id, lower(email) AS email, name, plan FROM upper_people",
+    );
+    f.write(
+        "models/upper_people.sql",
+        "SELECT * FROM people WHERE id < 100",
+    );
+    f.write(
+        "people.csv",
+        "id,email,name,plan\n1,A@X.io,Ada,pro\n2,b@y.io,Bob,free\n3,c@z.io,Cy,team\n",
+    );
     let r = f.run_ok("paying_to_app").await;
     assert_eq!(r.counts.created, 2);
     let rows = f.sqlite("out/app.db", "customers");
@@ -143,10 +215,20 @@ fields = { auto = true, rename = { name = "full_name" }, exclude = ["id"], compu
     assert_eq!(rows[0]["domain"], "x.io");
     assert!(!rows[0].contains_key("id") && !rows[0].contains_key("name"));
     // Bob becomes paying, Ada leaves the segment.
-    f.write("people.csv", "id,email,name,plan\n1,A@X.io,Ada,free\n2,b@y.io,Bob,pro\n3,c@z.io,Cy,team\n");
+    f.write(
+        "people.csv",
+        "id,email,name,plan\n1,A@X.io,Ada,free\n2,b@y.io,Bob,pro\n3,c@z.io,Cy,team\n",
+    );
     let r = f.run_ok("paying_to_app").await;
-    assert_eq!((r.counts.created, r.counts.deleted, r.counts.unchanged), (1, 1, 1));
-    let emails: Vec<_> = f.sqlite("out/app.db", "customers").iter().map(|r| r["Email"].clone()).collect();
+    assert_eq!(
+        (r.counts.created, r.counts.deleted, r.counts.unchanged),
+        (1, 1, 1)
+    );
+    let emails: Vec<_> = f
+        .sqlite("out/app.db", "customers")
+        .iter()
+        .map(|r| r["Email"].clone())
+        .collect();
     assert_eq!(emails, vec!["b@y.io", "c@z.io"]);
 }
 
@@ -182,7 +264,11 @@ key = "id"
     f.run_ok("to_lake").await;
     // Now read the Parquet the first sync wrote as a source of a second project.
     let g = Fixture::new();
-    std::fs::copy(f.path().join("lake/people.parquet"), g.path().join("people.parquet")).unwrap();
+    std::fs::copy(
+        f.path().join("lake/people.parquet"),
+        g.path().join("people.parquet"),
+    )
+    .unwrap();
     g.write(
         "backflow.toml",
         r#"
@@ -204,5 +290,8 @@ key = "id"
     );
     let r = g.run_ok("back").await;
     assert_eq!(r.counts.created, 2);
-    assert_eq!(pairs(&g.sqlite("out/app.db", "people"), "id", "name"), vec![("1".into(), "Ada".into()), ("2".into(), "Bob".into())]);
+    assert_eq!(
+        pairs(&g.sqlite("out/app.db", "people"), "id", "name"),
+        vec![("1".into(), "Ada".into()), ("2".into(), "Bob".into())]
+    );
 }

@@ -138,9 +138,11 @@ key = "id"
     };
     if !seed.is_empty() {
         let conn = rusqlite::Connection::open(f.path().join("db.sqlite")).unwrap();
-        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, val TEXT)").unwrap();
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, val TEXT)")
+            .unwrap();
         for (k, v) in &seed {
-            conn.execute("INSERT INTO t VALUES (?1, ?2)", rusqlite::params![k, v]).unwrap();
+            conn.execute("INSERT INTO t VALUES (?1, ?2)", rusqlite::params![k, v])
+                .unwrap();
         }
     }
     let mut naive = Naive::new(behavior, &seed);
@@ -160,7 +162,13 @@ key = "id"
             rows.sort();
             rows
         };
-        prop_assert_eq!(&got, &naive.dest, "behavior {:?} after version {:?}", behavior, v);
+        prop_assert_eq!(
+            &got,
+            &naive.dest,
+            "behavior {:?} after version {:?}",
+            behavior,
+            v
+        );
     }
     Ok(())
 }
