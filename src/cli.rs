@@ -156,6 +156,12 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
             let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
             let names = project.select_syncs(&syncs).map_err(|e| e.to_string())?;
             let ctx = project.session().await.map_err(|e| e.to_string())?;
+            if names.is_empty() && !json {
+                println!(
+                    "no syncs in {}: add a [syncs.NAME] table",
+                    project.config_text.path.display()
+                );
+            }
             let progress = TerminalProgress::new(!json && std::io::stderr().is_terminal());
             let mut ok = true;
             for name in names {

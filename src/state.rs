@@ -119,6 +119,12 @@ pub struct Manifest {
     /// The key's Arrow type.
     pub key_type: String,
     pub watermark: Option<Watermark>,
+    /// What identifies the destination object (see `Destination::fingerprint`).
+    #[serde(default)]
+    pub destination_fingerprint: Option<String>,
+    /// The mapped fields and their type families (the row-hash header).
+    #[serde(default)]
+    pub fields: Option<String>,
 }
 
 /// Where state lives.
@@ -385,7 +391,7 @@ impl StateStore {
             .map_err(self.io("list", &data))?;
         for dir in listing.common_prefixes {
             let Some(name) = dir.filename() else { continue };
-            // Keep anything at or above the newest version: a directory of a run in flight.
+            // Keep directories of versions above the newest: a run in flight writes there.
             let version: Option<u64> = name
                 .strip_prefix('v')
                 .and_then(|s| s.split('-').next())
@@ -511,6 +517,8 @@ mod tests {
             key: "id".into(),
             key_type: "Int64".into(),
             watermark: None,
+            destination_fingerprint: None,
+            fields: None,
         }
     }
 

@@ -34,7 +34,8 @@ use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
 use super::{
-    BatchOutcome, Destination, DestinationError, LateRejection, ObjectWriter, WriteOp, WriteTarget,
+    BatchOutcome, Destination, DestinationError, FinishOutcome, LateRejection, ObjectWriter,
+    WriteOp, WriteTarget,
 };
 use crate::storage::Location;
 
@@ -150,6 +151,17 @@ impl Destination for FileDestination {
             }
         }
         Ok(())
+    }
+
+    fn fingerprint(&self, object: &str) -> String {
+        match self.object_location(object) {
+            Ok(l) => format!("file:{}:{}", self.config.format.extension(), l.url),
+            Err(_) => format!(
+                "file:{}:{}/{object}",
+                self.config.format.extension(),
+                self.config.path
+            ),
+        }
     }
 
     async fn open(&self, target: &WriteTarget) -> Result<Box<dyn ObjectWriter>, DestinationError> {
@@ -288,7 +300,10 @@ impl FileObject {
                     .map_err(read_err)?;
             }
             FileFormat::Jsonl => {
-                let opts = JsonReadOptions::default().file_extension("");
+                // Every line is read to infer the schema: a field first seen late in the file
+                // must not be dropped on rewrite.
+                let mut opts = JsonReadOptions::default().file_extension("");
+                opts.schema_infer_max_records = usize::MAX;
                 ctx.register_json("bf_existing", &url, opts)
                     .await
                     .map_err(read_err)?;
@@ -475,6 +490,37 @@ impl FileObject {
         Ok(out)
     }
 
+    /// How many staged creates found their key already in the file (they are left alone).
+    async fn existing_creates(&self, ctx: &SessionContext) -> Result<u64, DestinationError> {
+        let key = &self.target.key;
+        let creates = ctx
+            .table("bf_changes")
+            .await
+            .map_err(|e| self.fail(e))?
+            .filter(ident(OP).eq(lit(WriteOp::Create.code())))
+            .map_err(|e| self.fail(e))?
+            .select(vec![ident(key)])
+            .map_err(|e| self.fail(e))?;
+        let existing = self
+            .existing(ctx)
+            .await?
+            .select(vec![ident(key).alias("__bf_existing_key")])
+            .map_err(|e| self.fail(e))?;
+        let found = creates
+            .join(
+                existing,
+                JoinType::LeftSemi,
+                &[key.as_str()],
+                &["__bf_existing_key"],
+                None,
+            )
+            .map_err(|e| self.fail(e))?
+            .count()
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(found as u64)
+    }
+
     /// Stream `df` into the object, replacing it atomically.
     async fn write_object(&self, df: DataFrame) -> Result<(), DestinationError> {
         let path = self.location.object_path().map_err(|e| self.fail(e))?;
@@ -528,7 +574,9 @@ impl FileObject {
                 w.write(batch).map_err(|e| self.fail(e))?;
             }
             _ => {
-                let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+                let mut w = arrow::json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
                 w.write(batch).map_err(|e| self.fail(e))?;
                 w.finish().map_err(|e| self.fail(e))?;
             }
@@ -574,7 +622,7 @@ impl ObjectWriter for FileWriter {
         Ok(BatchOutcome::default())
     }
 
-    async fn finish(self: Box<Self>) -> Result<Vec<LateRejection>, DestinationError> {
+    async fn finish(self: Box<Self>) -> Result<FinishOutcome, DestinationError> {
         let FileWriter {
             object,
             staging,
@@ -588,7 +636,7 @@ impl ObjectWriter for FileWriter {
         let ctx = SessionContext::new();
         let has_existing = object.register_existing(&ctx).await?;
         if staged_rows == 0 && has_existing {
-            return Ok(Vec::new());
+            return Ok(FinishOutcome::default());
         }
         ctx.register_parquet(
             "bf_changes",
@@ -602,9 +650,14 @@ impl ObjectWriter for FileWriter {
         } else {
             Vec::new()
         };
+        let skipped = if has_existing {
+            object.existing_creates(&ctx).await?
+        } else {
+            0
+        };
         let merged = object.merged(&ctx, has_existing).await?;
         object.write_object(merged).await?;
         drop(_staging_dir);
-        Ok(rejected)
+        Ok(FinishOutcome { rejected, skipped })
     }
 }

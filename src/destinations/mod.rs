@@ -150,6 +150,15 @@ pub struct LateRejection {
     pub reason: String,
 }
 
+/// What a destination reports when a run's writes are finished.
+#[derive(Debug, Clone, Default)]
+pub struct FinishOutcome {
+    /// Rows refused only now (counted as written until then).
+    pub rejected: Vec<LateRejection>,
+    /// Creates that found the record already there (counted as created until then).
+    pub skipped: u64,
+}
+
 /// The outcome of one batch.
 #[derive(Debug, Clone, Default)]
 pub struct BatchOutcome {
@@ -164,6 +173,10 @@ pub trait Destination: Send + Sync + std::fmt::Debug {
     /// Check, without writing anything, that the target could be written.
     async fn check(&self, target: &WriteTarget) -> Result<(), DestinationError>;
 
+    /// What identifies the object written (kind, resolved location, format): stored with the
+    /// sync's state so that pointing a sync at another place is noticed.
+    fn fingerprint(&self, object: &str) -> String;
+
     /// Prepare the target for one run.
     async fn open(&self, target: &WriteTarget) -> Result<Box<dyn ObjectWriter>, DestinationError>;
 }
@@ -177,7 +190,7 @@ pub trait ObjectWriter: Send {
         batch: RecordBatch,
     ) -> Result<BatchOutcome, DestinationError>;
 
-    async fn finish(self: Box<Self>) -> Result<Vec<LateRejection>, DestinationError>;
+    async fn finish(self: Box<Self>) -> Result<FinishOutcome, DestinationError>;
 }
 
 /// Reject object names that would escape the destination (`..`, absolute paths, NUL).
@@ -188,6 +201,11 @@ fn check_relative_name(object: &str) -> Vec<String> {
     }
     if object.contains('\0') {
         p.push("the object name contains a NUL character".to_string());
+    }
+    if object.contains(['#', '?']) {
+        p.push(
+            "the object name may not contain '#' or '?' (they have a meaning in URLs)".to_string(),
+        );
     }
     if object.starts_with('/') || object.starts_with('\\') || object.contains(':') {
         p.push("the object name must be relative to the destination".to_string());

@@ -17,7 +17,7 @@ use rusqlite::{Connection, ErrorCode, params_from_iter};
 use serde::Deserialize;
 
 use super::{
-    BatchOutcome, Destination, DestinationError, LateRejection, ObjectWriter, Rejection, WriteOp,
+    BatchOutcome, Destination, DestinationError, FinishOutcome, ObjectWriter, Rejection, WriteOp,
     WriteTarget,
 };
 use crate::config::Behavior;
@@ -111,7 +111,7 @@ impl SqliteDestination {
             .filter(|(_, pk)| *pk > 0)
             .map(|(n, _)| n.as_str())
             .collect();
-        let key_is_pk = pks == [key];
+        let key_is_pk = pks.len() == 1 && pks[0].eq_ignore_ascii_case(key);
         Ok(Some((
             rows.into_iter().map(|(n, _)| n).collect(),
             key_is_pk,
@@ -143,7 +143,7 @@ impl SqliteDestination {
                     .map_err(|e| self.unwritable(e))?;
             }
             Some((columns, key_is_pk)) => {
-                if !columns.iter().any(|c| c == &target.key) {
+                if !columns.iter().any(|c| c.eq_ignore_ascii_case(&target.key)) {
                     return Err(self.incompatible(
                         target,
                         format!(
@@ -154,17 +154,26 @@ impl SqliteDestination {
                     ));
                 }
                 for f in target.schema.fields() {
-                    if !columns.iter().any(|c| c == f.name()) {
+                    // SQLite compares identifiers without regard to ASCII case.
+                    if !columns.iter().any(|c| c.eq_ignore_ascii_case(f.name())) {
                         conn.execute_batch(&format!(
                             "ALTER TABLE {table} ADD COLUMN {} {}",
                             quote(f.name()),
                             sql_type(f.data_type())
                         ))
-                        .map_err(|e| self.unwritable(e))?;
+                        .map_err(|e| {
+                            self.incompatible(
+                                target,
+                                format!("cannot add column \"{}\" to the table: {e}", f.name()),
+                            )
+                        })?;
                     }
                 }
                 if target.behavior != Behavior::AppendOnly && !key_is_pk {
-                    let index = quote(&format!("backflow_{}_{}_key", target.object, target.key));
+                    let id = xxhash_rust::xxh3::xxh3_64(
+                        format!("{}\0{}", target.object, target.key).as_bytes(),
+                    );
+                    let index = quote(&format!("backflow_key_{id:016x}"));
                     conn.execute_batch(&format!(
                         "CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {table} ({})",
                         quote(&target.key)
@@ -217,7 +226,7 @@ impl Destination for SqliteDestination {
                     .map_err(|e| self.unwritable(e))?;
             if let Some((columns, _)) = Self::table_info(&conn, &target.object, &target.key)
                 .map_err(|e| self.unwritable(e))?
-                && !columns.iter().any(|c| c == &target.key)
+                && !columns.iter().any(|c| c.eq_ignore_ascii_case(&target.key))
             {
                 return Err(self.incompatible(
                     target,
@@ -226,6 +235,10 @@ impl Destination for SqliteDestination {
             }
         }
         Ok(())
+    }
+
+    fn fingerprint(&self, object: &str) -> String {
+        format!("sqlite:{}:{object}", self.path.display())
     }
 
     async fn open(&self, target: &WriteTarget) -> Result<Box<dyn ObjectWriter>, DestinationError> {
@@ -303,6 +316,16 @@ impl SqliteWriter {
     }
 }
 
+fn show_value(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(f) => f.to_string(),
+        Value::Text(t) => format!("\"{t}\""),
+        Value::Blob(b) => format!("<{} bytes>", b.len()),
+    }
+}
+
 /// Whether an SQLite error is about the row (reject it) rather than the database (fail).
 fn is_row_error(e: &rusqlite::Error) -> bool {
     match e {
@@ -363,13 +386,17 @@ impl ObjectWriter for SqliteWriter {
                         }),
                         Ok(0) if op == WriteOp::Create => outcome.skipped += 1,
                         Ok(_) => {}
-                        Err(e) if is_row_error(&e) => outcome.rejected.push(Rejection {
-                            row,
-                            reason: e.to_string(),
-                        }),
+                        Err(e) if is_row_error(&e) && !tx.is_autocommit() => {
+                            outcome.rejected.push(Rejection {
+                                row,
+                                reason: e.to_string(),
+                            })
+                        }
                         Err(e) => {
+                            // Not about this row, or it rolled the whole transaction back (a
+                            // RAISE(ROLLBACK) trigger): fail the batch.
                             let at = key_col
-                                .map(|k| format!(" (at key {:?})", values[k]))
+                                .map(|k| format!(" (at key {})", show_value(&values[k])))
                                 .unwrap_or_default();
                             return Err(fail(format!("{e}{at}")));
                         }
@@ -384,8 +411,8 @@ impl ObjectWriter for SqliteWriter {
         .map_err(|e| fail2(format!("writer task failed: {e}")))?
     }
 
-    async fn finish(self: Box<Self>) -> Result<Vec<LateRejection>, DestinationError> {
-        Ok(Vec::new())
+    async fn finish(self: Box<Self>) -> Result<FinishOutcome, DestinationError> {
+        Ok(FinishOutcome::default())
     }
 }
 

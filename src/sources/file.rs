@@ -21,6 +21,10 @@ pub struct CsvSourceConfig {
     /// The field separator, one character (default `,`).
     #[serde(default = "comma")]
     pub delimiter: char,
+    /// How many rows are read to infer column types (default: all of them, so that a column
+    /// that is empty for its first rows is not taken for an empty one). Lower it for very large
+    /// files whose early rows are representative.
+    pub infer_schema_rows: Option<usize>,
 }
 
 /// `type = "parquet"`
@@ -143,7 +147,8 @@ impl Source for FileSource {
             Format::Csv(c) => {
                 let mut options = CsvReadOptions::new()
                     .has_header(c.has_header)
-                    .delimiter(c.delimiter as u8);
+                    .delimiter(c.delimiter as u8)
+                    .schema_infer_max_records(c.infer_schema_rows.unwrap_or(usize::MAX));
                 if let Some(ext) = ext_override {
                     options = options.file_extension(ext);
                 }

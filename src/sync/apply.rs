@@ -21,9 +21,9 @@ use serde::Serialize;
 use super::mapping::{CURSOR, HASH, KEY};
 use super::{SyncError, engine, failpoint};
 use crate::config::Behavior;
-use crate::destinations::{LateRejection, ObjectWriter, WriteOp, WriteTarget};
+use crate::destinations::{FinishOutcome, ObjectWriter, WriteOp, WriteTarget};
 use crate::history::{RecordKind, RunCounts, SAMPLE_LIMIT, SampleRecord};
-use crate::state::StateError;
+use crate::state::{StateError, StateStore};
 
 /// Diff classes (`__bf_op` in sql/diff.sql).
 const UNCHANGED: i8 = 0;
@@ -73,9 +73,12 @@ impl Tally {
         }
     }
 
-    /// Rejections a destination reported in `finish` were counted as written: move them.
-    pub fn late_rejections(&mut self, late: &[LateRejection]) {
-        for l in late {
+    /// What a destination reported in `finish` was counted as written until now: move it.
+    pub fn finished(&mut self, key: &str, outcome: &FinishOutcome) {
+        let skipped = outcome.skipped.min(self.counts.created);
+        self.counts.created -= skipped;
+        self.counts.skipped += skipped;
+        for l in &outcome.rejected {
             let c = &mut self.counts;
             if c.updated > 0 {
                 c.updated -= 1;
@@ -83,11 +86,12 @@ impl Tally {
                 c.created = c.created.saturating_sub(1);
             }
             c.rejected += 1;
+            let record = serde_json::json!({ key: scalar_text(&l.key) }).to_string();
             self.sample(
                 RecordKind::Rejected,
                 Some(scalar_text(&l.key)),
                 l.reason.clone(),
-                "{}".into(),
+                record,
             );
         }
     }
@@ -135,20 +139,69 @@ pub fn scalar_text(v: &ScalarValue) -> String {
         .unwrap_or_default()
 }
 
-/// The schema of `sent.parquet`.
-pub fn sent_schema(key_type: &DataType) -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new(KEY, key_type.clone(), true),
-        Field::new(HASH, DataType::UInt64, true),
-        Field::new(KEEP, DataType::Boolean, false),
-    ]))
+/// `sent.parquet`: one row per key the destination accepted in this run.
+pub struct SentWriter {
+    writer: AsyncArrowWriter<BufWriter>,
+    schema: SchemaRef,
+    rel: String,
+}
+
+impl SentWriter {
+    pub fn new(store: &StateStore, rel: &str, key_type: &DataType) -> Result<Self, StateError> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(KEY, key_type.clone(), true),
+            Field::new(HASH, DataType::UInt64, true),
+            Field::new(KEEP, DataType::Boolean, false),
+        ]));
+        Ok(SentWriter {
+            writer: store.parquet_writer(rel, schema.clone())?,
+            schema,
+            rel: rel.to_string(),
+        })
+    }
+
+    async fn write(
+        &mut self,
+        keys: ArrayRef,
+        hashes: ArrayRef,
+        keep: bool,
+    ) -> Result<(), SyncError> {
+        let mut keep_col = BooleanBuilder::with_capacity(keys.len());
+        keep_col.append_n(keys.len(), keep);
+        let batch = RecordBatch::try_new(
+            self.schema.clone(),
+            vec![keys, hashes, Arc::new(keep_col.finish())],
+        )
+        .map_err(|e| self.err(e.into()))?;
+        self.writer.write(&batch).await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn err(&self, source: parquet::errors::ParquetError) -> SyncError {
+        SyncError::State(StateError::Parquet {
+            path: self.rel.clone(),
+            source,
+        })
+    }
+
+    pub async fn close(self) -> Result<(), SyncError> {
+        let rel = self.rel;
+        self.writer
+            .close()
+            .await
+            .map_err(|source| SyncError::State(StateError::Parquet { path: rel, source }))?;
+        Ok(())
+    }
 }
 
 /// What the behaviour does with a diff class: the destination operation (None: nothing is
 /// sent), and whether the key stays in state.
-fn action(behavior: Behavior, class: i8) -> Option<(Option<WriteOp>, Counter)> {
+fn action(behavior: Behavior, class: i8, full_resync: bool) -> Option<(Option<WriteOp>, Counter)> {
     use Behavior::*;
     Some(match (behavior, class) {
+        // A full resync sends every row again; for create-only that re-creates records missing
+        // from the destination and leaves the others alone.
+        (CreateOnly, CHANGED) if full_resync => (Some(WriteOp::Create), Counter::Created),
         (Upsert | Mirror, NEW) => (Some(WriteOp::Upsert), Counter::Created),
         (Upsert | Mirror, CHANGED) => (Some(WriteOp::Upsert), Counter::Updated),
         (Mirror, GONE) => (Some(WriteOp::Delete), Counter::Deleted),
@@ -282,10 +335,10 @@ pub async fn apply(
     sync: &str,
     target: &WriteTarget,
     cursor_type: Option<&DataType>,
+    full_resync: bool,
     mut stream: SendableRecordBatchStream,
     writer: &mut dyn ObjectWriter,
-    sent: &mut AsyncArrowWriter<BufWriter>,
-    sent_schema: &SchemaRef,
+    sent: &mut SentWriter,
     tally: &mut Tally,
     progress: &dyn Progress,
 ) -> Result<Cursors, SyncError> {
@@ -308,13 +361,15 @@ pub async fn apply(
         tally.counts.unchanged += mask(&ops, UNCHANGED).true_count() as u64;
         tally_invalid(target, &batch, &ops, tally);
 
-        for class in [NEW, CHANGED, GONE] {
+        // Deletes first: a record that moved to a new key must leave before it is created
+        // again (other unique columns would refuse the create).
+        for class in [GONE, NEW, CHANGED] {
             let m = mask(&ops, class);
             let n = m.true_count();
             if n == 0 {
                 continue;
             }
-            let Some((op, counter)) = action(target.behavior, class) else {
+            let Some((op, counter)) = action(target.behavior, class, full_resync) else {
                 // Changes the behaviour does not send (create-only updates, upsert's gone rows).
                 if class != GONE {
                     tally.counts.unchanged += n as u64;
@@ -395,19 +450,7 @@ pub async fn apply(
             } else {
                 Arc::new(UInt64Array::new_null(keys.len()))
             };
-            let mut keep_col = BooleanBuilder::with_capacity(keys.len());
-            keep_col.append_n(keys.len(), keep);
-            let sent_batch = RecordBatch::try_new(
-                sent_schema.clone(),
-                vec![keys, hashes, Arc::new(keep_col.finish())],
-            )
-            .map_err(|e| df_err(e.into()))?;
-            sent.write(&sent_batch)
-                .await
-                .map_err(|source| StateError::Parquet {
-                    path: "sent.parquet".into(),
-                    source,
-                })?;
+            sent.write(keys, hashes, keep).await?;
             failpoint!("after_batch", sync);
         }
         progress.rows(sync, processed);
@@ -448,7 +491,7 @@ pub async fn plan(
             if n == 0 {
                 continue;
             }
-            let Some((op, counter)) = action(target.behavior, class) else {
+            let Some((op, counter)) = action(target.behavior, class, false) else {
                 if class != GONE {
                     tally.counts.unchanged += n as u64;
                 }

@@ -23,6 +23,8 @@ pub struct Mapped {
     pub df: DataFrame,
     /// Destination field names, key first.
     pub fields: Vec<String>,
+    /// The row-hash header (field names and type families): changes when the mapping does.
+    pub fingerprint: String,
 }
 
 /// Problems with a sync's mapping against the actual columns of its `from`.
@@ -153,7 +155,7 @@ pub fn map(sync: &SyncConfig, relation: DataFrame) -> Result<Mapped, MappingProb
         })
         .collect::<Vec<_>>()
         .join(",");
-    let mut hash_args = vec![lit(header)];
+    let mut hash_args = vec![lit(header.clone())];
     hash_args.extend(sorted.iter().map(|n| ident(n.as_str())));
     let hash = Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
         std::sync::Arc::new(crate::hash::row_hash_udf()),
@@ -170,5 +172,9 @@ pub fn map(sync: &SyncConfig, relation: DataFrame) -> Result<Mapped, MappingProb
     let df = projected
         .select(out)
         .map_err(|e| MappingProblems(vec![e.to_string()]))?;
-    Ok(Mapped { df, fields: names })
+    Ok(Mapped {
+        df,
+        fields: names,
+        fingerprint: header,
+    })
 }

@@ -133,6 +133,12 @@ struct Prepared {
     target: WriteTarget,
     key_type: DataType,
     cursor_type: Option<DataType>,
+    /// Whether the whole model is read despite a stored watermark.
+    rescan: bool,
+    /// The row-hash header of this run's mapping.
+    fields: String,
+    destination: Arc<dyn crate::destinations::Destination>,
+    fingerprint: String,
     /// The state the diff compares with (None on a first run, or when a full resync discarded
     /// a state that no longer fits).
     previous: Option<Manifest>,
@@ -233,12 +239,34 @@ async fn prepare(
     dest_fields[0] = dest_fields[0].clone().with_data_type(key_type.clone());
     let dest_schema: SchemaRef = Arc::new(Schema::new(dest_fields));
 
+    let destination = project
+        .destination(&sync.to)
+        .ok_or_else(|| SyncError::Mapping {
+            sync: name.to_string(),
+            problems: vec![format!("unknown destination \"{}\"", sync.to)],
+        })?;
+    let fingerprint = destination.fingerprint(&sync.object);
     if let Some(prev) = &previous {
         let mut changed = Vec::new();
         if prev.destination != sync.to || prev.object != sync.object {
             changed.push(format!(
                 "it now writes to {}/{} but its state is about {}/{}",
                 sync.to, sync.object, prev.destination, prev.object
+            ));
+        } else if let Some(stored) = &prev.destination_fingerprint
+            && *stored != fingerprint
+        {
+            changed.push(format!(
+                "destination \"{}\" now means {fingerprint} but the state was written for {stored}",
+                sync.to
+            ));
+        }
+        if let (Some(wm), Some(cursor)) = (&prev.watermark, &sync.cursor)
+            && wm.column != *cursor
+        {
+            changed.push(format!(
+                "its cursor is now \"{cursor}\" but the stored watermark is for \"{}\"",
+                wm.column
             ));
         }
         if prev.key != sync.key.destination() {
@@ -264,19 +292,33 @@ async fn prepare(
         }
     }
 
+    // A changed mapping re-sends every row once, so a cursor sync reads the whole model once.
+    let mapping_changed = previous
+        .as_ref()
+        .and_then(|p| p.fields.as_ref())
+        .is_some_and(|f| *f != mapped.fingerprint);
+    let rescan = options.full_resync || mapping_changed;
+    if mapping_changed && sync.cursor.is_some() {
+        tracing::info!(
+            sync = name,
+            "the field mapping changed: reading the whole model once"
+        );
+    }
+
     // Incremental read: rows at or past the watermark (ties at the watermark are re-read and
     // dropped by the diff when unchanged).
     if let (Some(cursor), Some(ct), Some(wm), false) = (
         &sync.cursor,
         &cursor_type,
         previous.as_ref().and_then(|p| p.watermark.as_ref()),
-        options.full_resync,
+        rescan,
     ) {
         let value = watermark_value(name, wm, ct)?;
         relation = relation
             .filter(ident(cursor).gt_eq(lit(value)))
             .map_err(&df_err)?;
     }
+    let fields_fingerprint = mapped.fingerprint.clone();
     let mapped = mapping::map(sync, relation).map_err(|p| SyncError::Mapping {
         sync: name.to_string(),
         problems: p.0,
@@ -327,6 +369,10 @@ async fn prepare(
         },
         key_type,
         cursor_type,
+        rescan,
+        fields: fields_fingerprint,
+        destination,
+        fingerprint,
         previous,
         latest_version,
     })
@@ -466,14 +512,9 @@ async fn run_cycle(
     tally: &mut apply::Tally,
     progress: &dyn Progress,
 ) -> Result<(u64, Option<String>), SyncError> {
-    let destination = project
-        .destination(&sync.to)
-        .ok_or_else(|| SyncError::Mapping {
-            sync: name.to_string(),
-            problems: vec![format!("unknown destination \"{}\"", sync.to)],
-        })?;
     let _lock = project.state.lock(name)?;
     let prepared = prepare(project, ctx, name, options).await?;
+    let destination = prepared.destination.clone();
     failpoint!("after_diff", name);
 
     let version = prepared.latest_version + 1;
@@ -484,10 +525,7 @@ async fn run_cycle(
     };
     let mut writer = destination.open(&prepared.target).await.map_err(dest_err)?;
     let sent_rel = format!("{data_dir}/sent.parquet");
-    let sent_schema = apply::sent_schema(&prepared.key_type);
-    let mut sent = project
-        .state
-        .parquet_writer(&sent_rel, sent_schema.clone())?;
+    let mut sent = apply::SentWriter::new(&project.state, &sent_rel, &prepared.key_type)?;
 
     let stream = prepared
         .diff
@@ -499,22 +537,20 @@ async fn run_cycle(
         name,
         &prepared.target,
         prepared.cursor_type.as_ref(),
+        options.full_resync,
         stream,
         writer.as_mut(),
         &mut sent,
-        &sent_schema,
         tally,
         progress,
     )
     .await?;
     failpoint!("before_finish", name);
-    let late = writer.finish().await.map_err(dest_err)?;
+    let finished = writer.finish().await.map_err(dest_err)?;
     failpoint!("after_destination_write", name);
-    tally.late_rejections(&late);
-    sent.close().await.map_err(|source| StateError::Parquet {
-        path: sent_rel.clone(),
-        source,
-    })?;
+    tally.finished(&prepared.target.key, &finished);
+    sent.close().await?;
+    let late = finished.rejected;
 
     // The next snapshot: a plan over the last one and what was accepted.
     let df_err = engine(name, "state");
@@ -565,18 +601,25 @@ async fn run_cycle(
     )
     .await?;
 
-    let watermark = match (&sync.cursor, cursors.next_watermark()) {
-        (Some(column), Some(value)) => Some(Watermark {
-            column: column.clone(),
-            data_type: value.data_type().to_string(),
-            value: apply::scalar_text(&value),
-        }),
-        (Some(_), None) => prepared
-            .previous
-            .as_ref()
-            .and_then(|p| p.watermark.clone())
-            .filter(|_| !options.full_resync),
-        (None, _) => None,
+    // The watermark moves to the highest cursor read, or stops at the lowest rejected row. Rows
+    // a destination rejected only in `finish` have no cursor at hand: the watermark then stays
+    // where it was, so the next run reads them again.
+    let previous_watermark = prepared
+        .previous
+        .as_ref()
+        .and_then(|p| p.watermark.clone())
+        .filter(|_| !prepared.rescan);
+    let watermark = match &sync.cursor {
+        None => None,
+        Some(_) if !late.is_empty() => previous_watermark,
+        Some(column) => match cursors.next_watermark() {
+            Some(value) => Some(Watermark {
+                column: column.clone(),
+                data_type: value.data_type().to_string(),
+                value: apply::scalar_text(&value),
+            }),
+            None => previous_watermark,
+        },
     };
     let manifest = Manifest {
         format: FORMAT_VERSION,
@@ -592,6 +635,8 @@ async fn run_cycle(
         key: sync.key.destination().to_string(),
         key_type: prepared.key_type.to_string(),
         watermark: watermark.clone(),
+        destination_fingerprint: Some(prepared.fingerprint.clone()),
+        fields: Some(prepared.fields.clone()),
     };
     failpoint!("before_commit", name);
     project.state.commit(&manifest).await?;
@@ -644,15 +689,14 @@ pub async fn check(project: &Project, ctx: &SessionContext, name: &str) -> Resul
     let prepared = prepare(project, ctx, name, RunOptions::default()).await;
     clear_cycle_tables(ctx);
     let prepared = prepared?;
-    let sync = &project.config.syncs[name];
-    if let Some(dest) = project.destination(&sync.to) {
-        dest.check(&prepared.target)
-            .await
-            .map_err(|source| SyncError::Destination {
-                sync: name.to_string(),
-                source,
-            })?;
-    }
+    prepared
+        .destination
+        .check(&prepared.target)
+        .await
+        .map_err(|source| SyncError::Destination {
+            sync: name.to_string(),
+            source,
+        })?;
     // Building the physical plan catches type errors in computed fields and filters.
     prepared
         .diff

@@ -273,3 +273,43 @@ async fn changing_the_key_requires_a_full_resync() {
     assert!(r.error.is_none(), "{r:?}");
     assert_eq!(f.sqlite("out/app.db", "people2").len(), 1);
 }
+
+#[tokio::test]
+async fn changing_the_cursor_column_or_the_destination_is_noticed() {
+    let f = Fixture::new();
+    people_project(&f, "upsert", "cursor = \"ts\"");
+    f.write(
+        "people.csv",
+        "id,email,name,plan,ts\n1,a,Ada,p,2026-01-01T00:00:00\n",
+    );
+    f.run_ok("people_sync").await;
+    let t = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &t.replace("cursor = \"ts\"", "cursor = \"id\""),
+    );
+    let r = f
+        .run_with(&["people_sync"], Default::default())
+        .await
+        .remove(0);
+    let e = r.error.unwrap_or_default();
+    assert!(
+        e.contains("cursor is now \"id\"") && e.contains("--full-resync"),
+        "{e}"
+    );
+
+    f.write(
+        "backflow.toml",
+        &t.replace("out/app.db", "elsewhere/app.db"),
+    );
+    let r = f
+        .run_with(&["people_sync"], Default::default())
+        .await
+        .remove(0);
+    let e = r.error.unwrap_or_default();
+    assert!(
+        e.contains("elsewhere/app.db") && e.contains("--full-resync"),
+        "{e}"
+    );
+    assert!(!f.path().join("elsewhere").exists());
+}

@@ -212,3 +212,71 @@ async fn object_names_cannot_escape_the_destination() {
     let err = f.load().unwrap_err().to_string();
     assert!(err.contains("relative"), "{err}");
 }
+
+#[tokio::test]
+async fn jsonl_keeps_fields_first_seen_late_in_the_file() {
+    let f = Fixture::new();
+    project(&f, "jsonl", "upsert");
+    let mut csv = String::from("id,name,churned_at\n");
+    for i in 0..1500 {
+        let churned = if i >= 1400 { "2026-01-01" } else { "" };
+        csv.push_str(&format!("{i},n{i},{churned}\n"));
+    }
+    f.write("people.csv", &csv);
+    f.run_ok("s").await;
+    // Change one early row only: the rewrite must keep the late rows' values.
+    f.write("people.csv", &csv.replacen("0,n0,", "0,changed,", 1));
+    let r = f.run_ok("s").await;
+    assert_eq!(r.counts.updated, 1);
+    let text = std::fs::read_to_string(f.path().join("exports/people.jsonl")).unwrap();
+    assert_eq!(text.matches("2026-01-01").count(), 100, "late values lost");
+    assert!(text.contains("\"changed\""));
+}
+
+#[tokio::test]
+async fn create_only_on_a_file_counts_existing_records_as_skipped() {
+    let f = Fixture::new();
+    project(&f, "csv", "create-only");
+    std::fs::create_dir_all(f.path().join("exports")).unwrap();
+    std::fs::write(f.path().join("exports/people.csv"), "id,name\n1,theirs\n").unwrap();
+    f.write("people.csv", "id,name\n1,ours\n2,Bob\n");
+    let r = f.run_ok("s").await;
+    assert_eq!((r.counts.created, r.counts.skipped), (1, 1), "{r:?}");
+    let file = f.path().join("exports/people.csv");
+    assert_eq!(
+        read(&file, "csv").await,
+        vec!["id=1,name=theirs", "id=2,name=Bob"]
+    );
+}
+
+#[tokio::test]
+async fn a_late_rejection_keeps_the_watermark_where_it_was() {
+    let f = Fixture::new();
+    project(&f, "parquet", "upsert");
+    let t = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write("backflow.toml", &format!("{t}cursor = \"ts\"\n"));
+    f.write("people.csv", "id,name,ts\n1,Ada,10\n");
+    let r = f.run_ok("s").await;
+    assert_eq!(r.watermark.as_deref(), Some("10"));
+    f.write(
+        "backflow.toml",
+        &format!(
+            "{}cursor = \"ts\"\n",
+            t.replace("\"upsert\"", "\"update-only\"")
+        ),
+    );
+    f.write("people.csv", "id,name,ts\n1,Ada2,30\n2,Bob,20\n");
+    let r = f.run_ok("s").await;
+    assert_eq!((r.counts.updated, r.counts.rejected), (1, 1), "{r:?}");
+    assert_eq!(
+        r.watermark.as_deref(),
+        Some("10"),
+        "the watermark must not pass the rejected row"
+    );
+    // The next run reads the rejected row again.
+    let r = f.run_ok("s").await;
+    assert_eq!(
+        (r.counts.read, r.counts.rejected, r.counts.unchanged),
+        (2, 1, 1)
+    );
+}

@@ -81,6 +81,11 @@ async fn mirror_sends_only_changes_and_deletes_what_left() {
     let rows = f.sqlite("out/app.db", "people");
     assert_eq!(pairs(&rows, "id", "name")[1], ("3".into(), "edited".into()));
     assert_eq!(pairs(&rows, "id", "plan")[0], ("1".into(), "team".into()));
+
+    // Four commits: only the two newest versions and their files are kept.
+    assert_eq!(f.manifests().len(), 2);
+    let data = std::fs::read_dir(f.path().join(".backflow/syncs/people_sync/data")).unwrap();
+    assert_eq!(data.count(), 2);
 }
 
 #[tokio::test]
@@ -294,4 +299,29 @@ key = "id"
         pairs(&g.sqlite("out/app.db", "people"), "id", "name"),
         vec![("1".into(), "Ada".into()), ("2".into(), "Bob".into())]
     );
+}
+
+#[tokio::test]
+async fn a_mapping_change_reaches_rows_behind_the_watermark() {
+    let f = Fixture::new();
+    people_project(
+        &f,
+        "upsert",
+        "cursor = \"ts\"\nfields = { exclude = [\"plan\"] }",
+    );
+    f.write(
+        "people.csv",
+        "id,email,name,plan,ts\n1,a,Ada,pro,1\n2,b,Bob,free,2\n",
+    );
+    f.run_ok("people_sync").await;
+    people_project(&f, "upsert", "cursor = \"ts\"");
+    let r = f.run_ok("people_sync").await;
+    assert_eq!((r.counts.read, r.counts.updated), (2, 2), "{r:?}");
+    assert_eq!(
+        pairs(&f.sqlite("out/app.db", "people"), "id", "plan"),
+        vec![("1".into(), "pro".into()), ("2".into(), "free".into())]
+    );
+    // Back to incremental reads.
+    let r = f.run_ok("people_sync").await;
+    assert_eq!(r.counts.read, 1);
 }
