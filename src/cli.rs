@@ -387,7 +387,7 @@ async fn history_cmd(
                 .map_err(|e| e.to_string())?,
         );
     }
-    runs.sort_by(|a, b| b.started_at_ms.cmp(&a.started_at_ms));
+    runs.sort_by_key(|r| std::cmp::Reverse(r.started_at_ms));
     if runs.is_empty() && !json {
         println!("no runs yet");
     }

@@ -248,10 +248,11 @@ pub async fn samples(
     let rel = format!("history/{sync}/records/{}", file_name(run));
     let bytes = match store.read(&rel).await {
         Ok(b) => b,
-        Err(StateError::Io {
-            source: object_store::Error::NotFound { .. },
-            ..
-        }) => return Ok(Vec::new()),
+        Err(StateError::Io { source, .. })
+            if matches!(*source, object_store::Error::NotFound { .. }) =>
+        {
+            return Ok(Vec::new());
+        }
         Err(e) => return Err(e),
     };
     let mut out = Vec::new();

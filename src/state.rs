@@ -52,7 +52,7 @@ pub enum StateError {
         location: String,
         op: &'static str,
         path: String,
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error(
         "state of sync \"{sync}\": manifest {path} is unreadable ({reason}); the state was not changed"
@@ -203,7 +203,7 @@ impl StateStore {
             location,
             op,
             path,
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -377,10 +377,10 @@ impl StateStore {
                 .await
                 .map_err(self.io("read", &path))?;
             let bytes = bytes.bytes().await.map_err(self.io("read", &path))?;
-            if let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) {
-                if let Some((dir, _)) = m.snapshot.rsplit_once('/') {
-                    keep_dirs.push(dir.to_string());
-                }
+            if let Ok(m) = serde_json::from_slice::<Manifest>(&bytes)
+                && let Some((dir, _)) = m.snapshot.rsplit_once('/')
+            {
+                keep_dirs.push(dir.to_string());
             }
         }
         let data = self.path(&format!("syncs/{sync}/data"));

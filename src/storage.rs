@@ -19,7 +19,7 @@ pub enum StorageError {
     #[error("cannot set up storage for \"{location}\": {source}")]
     Store {
         location: String,
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
 }
 
@@ -119,7 +119,7 @@ impl Location {
         }
         let err = |source| StorageError::Store {
             location: self.display.clone(),
-            source,
+            source: Box::new(source),
         };
         let (store, _) =
             object_store::parse_url_opts(&self.url, env_options(self.url.scheme())).map_err(err)?;

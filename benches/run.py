@@ -1,0 +1,225 @@
+"""backflow vs DuckDB on the same sync diff, in the same run.
+
+    bash benches/setup.sh                       # DuckDB from PyPI + release build
+    python3 benches/run.py --rows 1000000 10000000
+
+For each model size: generate v1 and v2 (generate.py), then time four scenarios with the
+release binary (`backflow run` on a Parquet model into a Parquet file destination) and the
+same diff as one DuckDB script (baseline.sql) on the same files:
+
+  initial      v1, no state: every row is new
+  incremental  v2 on top of v1's state (mirror: 1% changed, 0.5% deleted, 0.5% new)
+  no-change    v2 again
+  cursor       v2 with a cursor on updated_at (upsert), after an untimed v1 run
+
+Wall time and peak RSS come from the child process (wait4). Prints a Markdown table with the
+ratio backflow / DuckDB (below 1.0: backflow is faster) and writes JSON next to the data.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from generate import generate  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "backflow")
+BASELINE = open(os.path.join(ROOT, "benches", "baseline.sql")).read()
+
+
+def measured(cmd, cwd=None):
+    """Run cmd; return (seconds, peak RSS MiB, stdout)."""
+    start = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = p.communicate()
+    elapsed = time.perf_counter() - start
+    if p.returncode != 0:
+        sys.exit(f"command failed ({p.returncode}): {' '.join(cmd)}\n{out.decode()}\n{err.decode()}")
+    return elapsed, out
+
+
+def peak_child_rss_mib(fn):
+    """Run fn() in a forked child and return (result, child's peak RSS in MiB)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            result = fn()
+            os.write(w, json.dumps(result).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    _, status, usage = os.wait4(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0 or not data:
+        sys.exit("benchmark child failed")
+    return json.loads(data), usage.ru_maxrss / 1024
+
+
+def backflow_run(project, sync, memory_limit=None):
+    def go():
+        cmd = [BIN, "run", sync, "--json", "--project", project]
+        t, out = measured(cmd)
+        report = json.loads(out.decode().strip().splitlines()[-1])
+        if report["status"] != "succeeded":
+            raise SystemExit(f"backflow failed: {report}")
+        return {"seconds": t, "report": report}
+
+    return peak_child_rss_mib(go)
+
+
+def duckdb_run(model, state, changes, next_state, where="", join="FULL", cursor=False):
+    if cursor:
+        next_sel = (
+            f"SELECT s.id, s.h FROM read_parquet('{state}') s ANTI JOIN m ON s.id = m.id "
+            "UNION ALL SELECT id, h FROM m"
+        )
+    else:
+        next_sel = "SELECT id, h FROM m"
+    sql = BASELINE.format(
+        model=model, state=state, changes=changes, next_state=next_state, where=where, join=join,
+        next_state_select=next_sel,
+    )
+
+    def go():
+        import duckdb
+
+        start = time.perf_counter()
+        duckdb.connect().execute(sql)
+        return {"seconds": time.perf_counter() - start}
+
+    return peak_child_rss_mib(go)
+
+
+def project(dir, model, cursor):
+    if os.path.exists(dir):
+        shutil.rmtree(dir)
+    os.makedirs(dir)
+    sync = (
+        'behavior = "upsert"\ncursor = "updated_at"' if cursor else 'behavior = "mirror"'
+    )
+    with open(os.path.join(dir, "backflow.toml"), "w") as f:
+        f.write(
+            f"""
+[sources.customers]
+type = "parquet"
+path = "model.parquet"
+
+[destinations.lake]
+type = "file"
+path = "out"
+format = "parquet"
+
+[syncs.s]
+from = "customers"
+to = "lake"
+object = "customers"
+key = "id"
+{sync}
+"""
+        )
+    point(dir, model)
+
+
+def point(dir, model):
+    link = os.path.join(dir, "model.parquet")
+    if os.path.lexists(link):
+        os.remove(link)
+    os.symlink(os.path.abspath(model), link)
+
+
+def bench(rows, data_dir):
+    v1, v2 = generate(rows, data_dir)
+    work = os.path.join(data_dir, f"work_{rows}")
+    os.makedirs(work, exist_ok=True)
+    results = []
+
+    # backflow
+    mirror = os.path.join(work, "mirror")
+    project(mirror, v1, cursor=False)
+    b_initial = backflow_run(mirror, "s")
+    point(mirror, v2)
+    b_incr = backflow_run(mirror, "s")
+    b_same = backflow_run(mirror, "s")
+    cur = os.path.join(work, "cursor")
+    project(cur, v1, cursor=True)
+    backflow_run(cur, "s")
+    point(cur, v2)
+    b_cursor = backflow_run(cur, "s")
+
+    # DuckDB
+    import duckdb
+
+    empty = os.path.join(work, "empty_state.parquet")
+    duckdb.connect().execute(
+        f"COPY (SELECT CAST(NULL AS BIGINT) AS id, CAST(NULL AS UBIGINT) AS h WHERE false) TO '{empty}' (FORMAT parquet)"
+    )
+    p = lambda name: os.path.join(work, name)  # noqa: E731
+    d_initial = duckdb_run(v1, empty, p("d_changes1.parquet"), p("d_state1.parquet"))
+    d_incr = duckdb_run(v2, p("d_state1.parquet"), p("d_changes2.parquet"), p("d_state2.parquet"))
+    d_same = duckdb_run(v2, p("d_state2.parquet"), p("d_changes3.parquet"), p("d_state3.parquet"))
+    d_cursor = duckdb_run(
+        v2, p("d_state1.parquet"), p("d_changes4.parquet"), p("d_state4.parquet"),
+        where="WHERE updated_at >= (SELECT max(updated_at) FROM read_parquet('" + v1 + "'))",
+        join="LEFT", cursor=True,
+    )
+
+    model_rows = {"initial": rows, "incremental": rows, "no-change": rows, "cursor": rows}
+    for name, b, d in [
+        ("initial", b_initial, d_initial),
+        ("incremental", b_incr, d_incr),
+        ("no-change", b_same, d_same),
+        ("cursor", b_cursor, d_cursor),
+    ]:
+        (bres, bmem), (dres, dmem) = b, d
+        results.append(
+            {
+                "rows": rows,
+                "scenario": name,
+                "backflow_s": bres["seconds"],
+                "duckdb_s": dres["seconds"],
+                "ratio": bres["seconds"] / dres["seconds"],
+                "backflow_rows_per_s": model_rows[name] / bres["seconds"],
+                "duckdb_rows_per_s": model_rows[name] / dres["seconds"],
+                "backflow_peak_mib": bmem,
+                "duckdb_peak_mib": dmem,
+                "report": bres["report"],
+            }
+        )
+    return results
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    ap.add_argument("--data", default=os.path.join(ROOT, "target", "bench-data"))
+    args = ap.parse_args()
+    if not os.path.exists(BIN):
+        sys.exit(f"{BIN} not found: run benches/setup.sh first")
+    all_results = []
+    print("| rows | scenario | backflow s | DuckDB s | ratio | backflow rows/s | backflow peak MiB | DuckDB peak MiB | sent (c/u/d) |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
+    for rows in args.rows:
+        for r in bench(rows, args.data):
+            all_results.append(r)
+            rep = r["report"]
+            print(
+                f"| {r['rows']:,} | {r['scenario']} | {r['backflow_s']:.2f} | {r['duckdb_s']:.2f} | "
+                f"{r['ratio']:.2f} | {r['backflow_rows_per_s']:,.0f} | {r['backflow_peak_mib']:.0f} | "
+                f"{r['duckdb_peak_mib']:.0f} | {rep['created']}/{rep['updated']}/{rep['deleted']} |",
+                flush=True,
+            )
+    with open(os.path.join(args.data, "results.json"), "w") as f:
+        json.dump(all_results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
