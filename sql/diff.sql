@@ -11,17 +11,29 @@
 -- __bf_op:  0 unchanged   1 new   2 changed   3 gone (synced before, no longer in the model)
 --           4 invalid: NULL key   5 invalid: the key appears more than once in this run
 --
+-- Duplicates are found with a GROUP BY over the key alone (cheap: only the key is read) rather
+-- than a window over whole rows.
+--
 -- {join} is FULL for a run that reads the whole model and LEFT for a cursor run, which reads
 -- only part of the model and so cannot tell which keys are gone.
+WITH dups AS (
+    -- Keys that appear more than once: a hash aggregate over the key column alone.
+    SELECT __bf_key AS __bf_dup_key
+    FROM bf_mapped
+    WHERE __bf_key IS NOT NULL
+    GROUP BY __bf_key
+    HAVING COUNT(*) > 1
+)
 SELECT m.*,
        p.__bf_key AS __bf_prev_key,
        CAST(CASE
          WHEN m.__bf_present IS NULL THEN 3
          WHEN m.__bf_key IS NULL THEN 4
-         WHEN m.__bf_key_count > 1 THEN 5
+         WHEN d.__bf_dup_key IS NOT NULL THEN 5
          WHEN p.__bf_key IS NULL THEN 1
          WHEN m.__bf_hash IS DISTINCT FROM p.__bf_hash THEN 2
          ELSE 0
        END AS TINYINT) AS __bf_op
-FROM (SELECT *, COUNT(*) OVER (PARTITION BY __bf_key) AS __bf_key_count FROM bf_mapped) m
+FROM bf_mapped m
+LEFT JOIN dups d ON m.__bf_key = d.__bf_dup_key
 {join} JOIN bf_prev p ON m.__bf_key = p.__bf_key

@@ -144,6 +144,7 @@ pub struct SentWriter {
     writer: AsyncArrowWriter<BufWriter>,
     schema: SchemaRef,
     rel: String,
+    rows: u64,
 }
 
 impl SentWriter {
@@ -157,6 +158,7 @@ impl SentWriter {
             writer: store.parquet_writer(rel, schema.clone())?,
             schema,
             rel: rel.to_string(),
+            rows: 0,
         })
     }
 
@@ -174,6 +176,7 @@ impl SentWriter {
         )
         .map_err(|e| self.err(e.into()))?;
         self.writer.write(&batch).await.map_err(|e| self.err(e))?;
+        self.rows += batch.num_rows() as u64;
         Ok(())
     }
 
@@ -184,13 +187,14 @@ impl SentWriter {
         })
     }
 
-    pub async fn close(self) -> Result<(), SyncError> {
+    /// Finish the file; returns how many keys it holds.
+    pub async fn close(self) -> Result<u64, SyncError> {
         let rel = self.rel;
         self.writer
             .close()
             .await
             .map_err(|source| SyncError::State(StateError::Parquet { path: rel, source }))?;
-        Ok(())
+        Ok(self.rows)
     }
 }
 

@@ -549,57 +549,15 @@ async fn run_cycle(
     let finished = writer.finish().await.map_err(dest_err)?;
     failpoint!("after_destination_write", name);
     tally.finished(&prepared.target.key, &finished);
-    sent.close().await?;
+    let sent_rows = sent.close().await?;
     let late = finished.rejected;
 
-    // The next snapshot: a plan over the last one and what was accepted.
-    let df_err = engine(name, "state");
-    ctx.register_parquet(
-        "bf_sent_file",
-        &project.state.table_url(&sent_rel),
-        ParquetReadOptions::default(),
-    )
-    .await
-    .map_err(&df_err)?;
-    let mut sent_df = ctx.table("bf_sent_file").await.map_err(&df_err)?;
-    if !late.is_empty() {
-        let keys: Vec<ScalarValue> = late.iter().map(|l| l.key.clone()).collect();
-        let keys = ScalarValue::iter_to_array(keys).map_err(&df_err)?;
-        let keys = arrow::compute::cast(&keys, &prepared.key_type).map_err(|e| df_err(e.into()))?;
-        let batch = arrow::array::RecordBatch::try_new(
-            Arc::new(Schema::new(vec![Field::new(
-                "__bf_late_key",
-                prepared.key_type.clone(),
-                true,
-            )])),
-            vec![keys],
-        )
-        .map_err(|e| df_err(e.into()))?;
-        let late_df = ctx.read_batch(batch).map_err(&df_err)?;
-        sent_df = sent_df
-            .join(
-                late_df,
-                datafusion::common::JoinType::LeftAnti,
-                &[KEY],
-                &["__bf_late_key"],
-                None,
-            )
-            .map_err(&df_err)?;
-    }
-    ctx.register_table("bf_sent", sent_df.into_view())
-        .map_err(&df_err)?;
-    let next = ctx.sql(NEXT_STATE_SQL).await.map_err(&df_err)?;
-    let snapshot_rel = format!("{data_dir}/snapshot.parquet");
-    let rows = apply::write_snapshot(
-        name,
-        next,
-        project
-            .state
-            .parquet_writer(&snapshot_rel, state_schema(&prepared.key_type))?,
-        state_schema(&prepared.key_type),
-        &snapshot_rel,
-    )
-    .await?;
+    // The next snapshot: unchanged when nothing was accepted, else a plan over the last one and
+    // what was accepted.
+    let (snapshot_rel, rows) = match &prepared.previous {
+        Some(prev) if sent_rows == 0 && late.is_empty() => (prev.snapshot.clone(), prev.rows),
+        _ => next_snapshot(project, ctx, name, &prepared.key_type, &data_dir, &sent_rel, &late).await?,
+    };
 
     // The watermark moves to the highest cursor read, or stops at the lowest rejected row. Rows
     // a destination rejected only in `finish` have no cursor at hand: the watermark then stays
@@ -643,6 +601,67 @@ async fn run_cycle(
     failpoint!("after_commit", name);
     project.state.vacuum(name).await;
     Ok((version, watermark.map(|w| w.value)))
+}
+
+/// Write the sync's next snapshot: `sql/next_state.sql` over the last snapshot and `sent`
+/// (minus late rejections). Returns its path (relative to the state root) and row count.
+async fn next_snapshot(
+    project: &Project,
+    ctx: &SessionContext,
+    name: &str,
+    key_type: &DataType,
+    data_dir: &str,
+    sent_rel: &str,
+    late: &[crate::destinations::LateRejection],
+) -> Result<(String, u64), SyncError> {
+    let df_err = engine(name, "state");
+    ctx.register_parquet(
+        "bf_sent_file",
+        &project.state.table_url(&sent_rel),
+        ParquetReadOptions::default(),
+    )
+    .await
+    .map_err(&df_err)?;
+    let mut sent_df = ctx.table("bf_sent_file").await.map_err(&df_err)?;
+    if !late.is_empty() {
+        let keys: Vec<ScalarValue> = late.iter().map(|l| l.key.clone()).collect();
+        let keys = ScalarValue::iter_to_array(keys).map_err(&df_err)?;
+        let keys = arrow::compute::cast(&keys, &key_type).map_err(|e| df_err(e.into()))?;
+        let batch = arrow::array::RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new(
+                "__bf_late_key",
+                key_type.clone(),
+                true,
+            )])),
+            vec![keys],
+        )
+        .map_err(|e| df_err(e.into()))?;
+        let late_df = ctx.read_batch(batch).map_err(&df_err)?;
+        sent_df = sent_df
+            .join(
+                late_df,
+                datafusion::common::JoinType::LeftAnti,
+                &[KEY],
+                &["__bf_late_key"],
+                None,
+            )
+            .map_err(&df_err)?;
+    }
+    ctx.register_table("bf_sent", sent_df.into_view())
+        .map_err(&df_err)?;
+    let next = ctx.sql(NEXT_STATE_SQL).await.map_err(&df_err)?;
+    let snapshot_rel = format!("{data_dir}/snapshot.parquet");
+    let rows = apply::write_snapshot(
+        name,
+        next,
+        project
+            .state
+            .parquet_writer(&snapshot_rel, state_schema(&key_type))?,
+        state_schema(&key_type),
+        &snapshot_rel,
+    )
+    .await?;
+    Ok((snapshot_rel, rows))
 }
 
 /// Dry run: what a run would create, update and delete, with samples. Writes nothing.
