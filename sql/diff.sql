@@ -14,7 +14,10 @@
 -- Duplicates are found with a GROUP BY over the key alone (cheap: only the key is read) rather
 -- than a window over whole rows.
 --
--- {join} is FULL for a run that reads the whole model and LEFT for a cursor run, which reads
+-- Hash joins build their left side in memory, so the narrow inputs (the state's key and hash,
+-- the duplicate keys) are on the left and the model rows stream through as the probe side.
+--
+-- {join} is FULL for a run that reads the whole model and RIGHT for a cursor run, which reads
 -- only part of the model and so cannot tell which keys are gone.
 WITH dups AS (
     -- Keys that appear more than once: a hash aggregate over the key column alone.
@@ -29,11 +32,14 @@ SELECT m.*,
        CAST(CASE
          WHEN m.__bf_present IS NULL THEN 3
          WHEN m.__bf_key IS NULL THEN 4
-         WHEN d.__bf_dup_key IS NOT NULL THEN 5
+         WHEN m.__bf_dup_key IS NOT NULL THEN 5
          WHEN p.__bf_key IS NULL THEN 1
          WHEN m.__bf_hash IS DISTINCT FROM p.__bf_hash THEN 2
          ELSE 0
        END AS TINYINT) AS __bf_op
-FROM bf_mapped m
-LEFT JOIN dups d ON m.__bf_key = d.__bf_dup_key
-{join} JOIN bf_prev p ON m.__bf_key = p.__bf_key
+FROM bf_prev p
+{join} JOIN (
+    SELECT m.*, d.__bf_dup_key
+    FROM dups d
+    RIGHT JOIN bf_mapped m ON d.__bf_dup_key = m.__bf_key
+) m ON m.__bf_key = p.__bf_key

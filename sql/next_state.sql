@@ -9,8 +9,9 @@
 --
 -- A key the run did not touch, or whose write was rejected, keeps its old row, so a rejected
 -- change is still "changed" on the next run and is sent again.
+-- (the small side, bf_sent, is on the left: hash joins build their left side in memory)
 SELECT s.__bf_key, s.__bf_hash
-FROM bf_state s
-LEFT ANTI JOIN bf_sent t ON s.__bf_key = t.__bf_key
+FROM bf_sent t
+RIGHT ANTI JOIN bf_state s ON s.__bf_key = t.__bf_key
 UNION ALL
 SELECT __bf_key, __bf_hash FROM bf_sent WHERE __bf_keep

@@ -490,8 +490,17 @@ impl StateStore {
     }
 }
 
-/// Parquet settings for state files: zstd, statistics on (readers prune by key).
+/// Parquet settings for state and history files: zstd, statistics on (readers prune by key),
+/// no dictionaries (keys and row hashes are all distinct: a dictionary only costs time).
 pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_dictionary_enabled(false)
+        .build()
+}
+
+/// Parquet settings for destination files: zstd, dictionaries where they pay off.
+pub fn file_writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build()

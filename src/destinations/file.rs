@@ -6,9 +6,13 @@
 //!
 //! ```text
 //!   existing file ──cast to the sync's types──┐
-//!                                             ├─ FULL JOIN on key ─ keep / replace / drop ─ sort by key ─► new file
-//!   staged changes (fields + op) ─────────────┘
+//!                                             ├─ LEFT JOIN on key ─ keep / replace / drop ─┐
+//!   staged changes (fields + op) ─────────────┤                                           ├─ UNION ALL ─► new file
+//!                                             └─ creates ANTI JOIN existing keys ─────────┘
 //! ```
+//!
+//! Existing rows keep their order (the changes are the hash join's build side); new rows are
+//! appended.
 //!
 //! (append-only is a UNION ALL instead). The new file is uploaded whole and replaces the old one
 //! atomically (a local rename, or an object store's atomic multipart completion). Fields the
@@ -209,13 +213,13 @@ impl Destination for FileDestination {
             staged_schema,
             staging: Some(staging),
             staged_rows: 0,
+            staged_ops: [0; 6],
             _staging_dir: staging_dir,
         }))
     }
 }
 
 const OP: &str = "__bf_op";
-const PRESENT: &str = "__bf_present";
 const CHANGE_PREFIX: &str = "__bf_c_";
 
 /// The object being written: everything `finish` needs once staging is closed.
@@ -234,6 +238,8 @@ struct FileWriter {
     staged_schema: SchemaRef,
     staging: Option<ArrowWriter<std::fs::File>>,
     staged_rows: usize,
+    /// Staged rows per operation code (index = `WriteOp::code`).
+    staged_ops: [usize; 6],
     // Dropped (and removed) last.
     _staging_dir: tempfile::TempDir,
 }
@@ -312,7 +318,7 @@ impl FileObject {
         Ok(true)
     }
 
-    /// The existing rows with the sync's fields cast to the sync's types, plus a presence flag.
+    /// The existing rows with the sync's fields cast to the sync's types.
     async fn existing(&self, ctx: &SessionContext) -> Result<DataFrame, DestinationError> {
         let df = ctx.table("bf_existing").await.map_err(|e| self.fail(e))?;
         let mut exprs = Vec::new();
@@ -331,7 +337,6 @@ impl FileObject {
                 exprs.push(cast(lit(ScalarValue::Null), t.data_type().clone()).alias(t.name()));
             }
         }
-        exprs.push(lit(true).alias(PRESENT));
         df.select(exprs).map_err(|e| self.fail(e))
     }
 
@@ -364,7 +369,6 @@ impl FileObject {
             .fields()
             .iter()
             .map(|f| f.name().clone())
-            .filter(|n| n != PRESENT)
             .collect();
         if self.target.behavior == crate::config::Behavior::AppendOnly {
             let new_rows = changes
@@ -387,30 +391,19 @@ impl FileObject {
                 .map_err(|e| self.fail(e))?;
             return old_rows.union(new_rows).map_err(|e| self.fail(e));
         }
+        // Existing rows stream through a hash join whose build side is the (small) set of
+        // changes, so they keep their order and no sort is needed; new rows go at the end.
+        let key = &self.target.key;
+        let ckey = format!("{CHANGE_PREFIX}{key}");
         let renamed: Vec<Expr> = changes
             .schema()
             .fields()
             .iter()
             .map(|fl| ident(fl.name()).alias(format!("{CHANGE_PREFIX}{}", fl.name())))
             .collect();
-        let changes = changes.select(renamed).map_err(|e| self.fail(e))?;
-        let key = &self.target.key;
-        let ckey = format!("{CHANGE_PREFIX}{key}");
-        let joined = existing
-            .join(
-                changes,
-                JoinType::Full,
-                &[key.as_str()],
-                &[ckey.as_str()],
-                None,
-            )
-            .map_err(|e| self.fail(e))?;
+        let prefixed = changes.clone().select(renamed).map_err(|e| self.fail(e))?;
         let op = ident(format!("{CHANGE_PREFIX}{OP}"));
-        let present = ident(PRESENT);
-        let take_change = present
-            .clone()
-            .is_null()
-            .or(op.clone().in_list(vec![lit(1i8), lit(2i8)], false));
+        let take_change = op.clone().in_list(vec![lit(1i8), lit(2i8)], false);
         let mut out = Vec::new();
         for c in &existing_cols {
             if target_cols.contains(c) {
@@ -424,21 +417,50 @@ impl FileObject {
                 out.push(ident(c));
             }
         }
-        let keep_existing = present.clone().is_not_null().and(
-            op.clone()
-                .is_null()
-                .or(op.clone().not_eq(lit(WriteOp::Delete.code()))),
-        );
-        let add_new = present
-            .is_null()
-            .and(op.in_list(vec![lit(1i8), lit(3i8)], false));
-        joined
-            .filter(keep_existing.or(add_new))
+        let kept = prefixed
+            .join(
+                existing.clone(),
+                JoinType::Right,
+                &[ckey.as_str()],
+                &[key.as_str()],
+                None,
+            )
+            .map_err(|e| self.fail(e))?
+            .filter(
+                op.clone()
+                    .is_null()
+                    .or(op.not_eq(lit(WriteOp::Delete.code()))),
+            )
             .map_err(|e| self.fail(e))?
             .select(out)
+            .map_err(|e| self.fail(e))?;
+        let existing_keys = existing
+            .select(vec![ident(key).alias("__bf_existing_key")])
+            .map_err(|e| self.fail(e))?;
+        let added_cols: Vec<Expr> = existing_cols
+            .iter()
+            .map(|c| {
+                if target_cols.contains(c) {
+                    ident(c)
+                } else {
+                    cast(lit(ScalarValue::Null), existing_field_type(&kept, c)).alias(c)
+                }
+            })
+            .collect();
+        let added = changes
+            .filter(ident(OP).in_list(vec![lit(1i8), lit(3i8)], false))
             .map_err(|e| self.fail(e))?
-            .sort(vec![ident(key).sort(true, true)])
-            .map_err(|e| self.fail(e))
+            .join(
+                existing_keys,
+                JoinType::LeftAnti,
+                &[key.as_str()],
+                &["__bf_existing_key"],
+                None,
+            )
+            .map_err(|e| self.fail(e))?
+            .select(added_cols)
+            .map_err(|e| self.fail(e))?;
+        kept.union(added).map_err(|e| self.fail(e))
     }
 
     /// Updates whose key the existing file does not have.
@@ -532,7 +554,7 @@ impl FileObject {
                 let mut w = AsyncArrowWriter::try_new(
                     writer,
                     schema,
-                    Some(crate::state::writer_properties()),
+                    Some(crate::state::file_writer_properties()),
                 )
                 .map_err(|e| self.fail(e))?;
                 while let Some(batch) = stream.next().await {
@@ -619,6 +641,7 @@ impl ObjectWriter for FileWriter {
         };
         writer.write(&staged).map_err(|e| object.fail(e))?;
         self.staged_rows += rows;
+        self.staged_ops[op.code() as usize] += rows;
         Ok(BatchOutcome::default())
     }
 
@@ -627,6 +650,7 @@ impl ObjectWriter for FileWriter {
             object,
             staging,
             staged_rows,
+            staged_ops,
             _staging_dir,
             ..
         } = *self;
@@ -645,12 +669,12 @@ impl ObjectWriter for FileWriter {
         )
         .await
         .map_err(|e| object.fail(e))?;
-        let rejected = if object.target.behavior == crate::config::Behavior::UpdateOnly {
+        let rejected = if staged_ops[WriteOp::Update.code() as usize] > 0 {
             object.missing_updates(&ctx, has_existing).await?
         } else {
             Vec::new()
         };
-        let skipped = if has_existing {
+        let skipped = if has_existing && staged_ops[WriteOp::Create.code() as usize] > 0 {
             object.existing_creates(&ctx).await?
         } else {
             0

@@ -350,7 +350,7 @@ async fn prepare(
     register_state(project, ctx, name, previous.as_ref(), &key_type, options).await?;
 
     let join = if sync.cursor.is_some() {
-        "LEFT"
+        "RIGHT"
     } else {
         "FULL"
     };
@@ -533,6 +533,7 @@ async fn run_cycle(
         .execute_stream()
         .await
         .map_err(engine(name, "diff"))?;
+    let started = std::time::Instant::now();
     let cursors = apply::apply(
         name,
         &prepared.target,
@@ -545,8 +546,20 @@ async fn run_cycle(
         progress,
     )
     .await?;
+    tracing::info!(
+        sync = name,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "diff and apply done"
+    );
     failpoint!("before_finish", name);
+    let started = std::time::Instant::now();
     let finished = writer.finish().await.map_err(dest_err)?;
+    tracing::info!(
+        sync = name,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "destination finished"
+    );
+    let started = std::time::Instant::now();
     failpoint!("after_destination_write", name);
     tally.finished(&prepared.target.key, &finished);
     let sent_rows = sent.close().await?;
@@ -556,9 +569,25 @@ async fn run_cycle(
     // what was accepted.
     let (snapshot_rel, rows) = match &prepared.previous {
         Some(prev) if sent_rows == 0 && late.is_empty() => (prev.snapshot.clone(), prev.rows),
-        _ => next_snapshot(project, ctx, name, &prepared.key_type, &data_dir, &sent_rel, &late).await?,
+        _ => {
+            next_snapshot(
+                project,
+                ctx,
+                name,
+                &prepared.key_type,
+                &data_dir,
+                &sent_rel,
+                &late,
+            )
+            .await?
+        }
     };
 
+    tracing::info!(
+        sync = name,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "snapshot written"
+    );
     // The watermark moves to the highest cursor read, or stops at the lowest rejected row. Rows
     // a destination rejected only in `finish` have no cursor at hand: the watermark then stays
     // where it was, so the next run reads them again.
