@@ -25,7 +25,9 @@ use std::sync::Arc;
 use arrow::array::{Int8Array, RecordBatch, new_null_array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
+use datafusion::common::config::TableParquetOptions;
 use datafusion::common::{JoinType, ScalarValue};
+use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::logical_expr::{cast, lit, when};
 use datafusion::prelude::{
     CsvReadOptions, DataFrame, Expr, JsonReadOptions, ParquetReadOptions, SessionContext, ident,
@@ -33,7 +35,7 @@ use datafusion::prelude::{
 use futures::StreamExt;
 use object_store::buffered::BufWriter;
 use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::{ArrowWriter, AsyncArrowWriter};
+use parquet::arrow::ArrowWriter;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
@@ -543,46 +545,51 @@ impl FileObject {
         Ok(found as u64)
     }
 
-    /// Stream `df` into the object, replacing it atomically.
-    async fn write_object(&self, df: DataFrame) -> Result<(), DestinationError> {
+    /// Stream `df` into the object, replacing it atomically (one multipart upload, completed
+    /// at the end: a local rename, or an object store's atomic completion).
+    async fn write_object(
+        &self,
+        ctx: &SessionContext,
+        df: DataFrame,
+    ) -> Result<(), DestinationError> {
         let path = self.location.object_path().map_err(|e| self.fail(e))?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let mut stream = df.execute_stream().await.map_err(|e| self.fail(e))?;
-        match self.format {
-            FileFormat::Parquet => {
-                let writer = BufWriter::new(self.store.clone(), path);
-                let mut w = AsyncArrowWriter::try_new(
-                    writer,
-                    schema,
-                    Some(crate::state::file_writer_properties()),
-                )
-                .map_err(|e| self.fail(e))?;
-                while let Some(batch) = stream.next().await {
-                    w.write(&batch.map_err(|e| self.fail(e))?)
-                        .await
-                        .map_err(|e| self.fail(e))?;
+        if self.format == FileFormat::Parquet {
+            // DataFusion's Parquet sink encodes columns in parallel.
+            let url = match &self.location.local {
+                Some(p) => p.display().to_string(),
+                None => {
+                    ctx.register_object_store(&self.location.store_url(), self.store.clone());
+                    self.location.url.to_string()
                 }
-                w.close().await.map_err(|e| self.fail(e))?;
-            }
-            FileFormat::Csv | FileFormat::Jsonl => {
-                let mut out = BufWriter::new(self.store.clone(), path);
-                let mut first = true;
-                let mut wrote_any = false;
-                while let Some(batch) = stream.next().await {
-                    let batch = batch.map_err(|e| self.fail(e))?;
-                    let bytes = self.encode_text(&batch, first)?;
-                    first = false;
-                    wrote_any = true;
-                    out.write_all(&bytes).await.map_err(|e| self.fail(e))?;
-                }
-                if !wrote_any && self.format == FileFormat::Csv {
-                    let empty = RecordBatch::new_empty(schema);
-                    let bytes = self.encode_text(&empty, true)?;
-                    out.write_all(&bytes).await.map_err(|e| self.fail(e))?;
-                }
-                out.shutdown().await.map_err(|e| self.fail(e))?;
-            }
+            };
+            let mut options = TableParquetOptions::default();
+            options.global.compression = Some("zstd(1)".into());
+            df.write_parquet(
+                &url,
+                DataFrameWriteOptions::new().with_single_file_output(true),
+                Some(options),
+            )
+            .await
+            .map_err(|e| self.fail(e))?;
+            return Ok(());
         }
+        // CSV and JSON lines: encode batch by batch into one upload.
+        let mut stream = df.execute_stream().await.map_err(|e| self.fail(e))?;
+        let mut out = BufWriter::new(self.store.clone(), path);
+        let mut first = true;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| self.fail(e))?;
+            let bytes = self.encode_text(&batch, first)?;
+            first = false;
+            out.write_all(&bytes).await.map_err(|e| self.fail(e))?;
+        }
+        if first && self.format == FileFormat::Csv {
+            // No rows: still write the header.
+            let bytes = self.encode_text(&RecordBatch::new_empty(schema), true)?;
+            out.write_all(&bytes).await.map_err(|e| self.fail(e))?;
+        }
+        out.shutdown().await.map_err(|e| self.fail(e))?;
         Ok(())
     }
 
@@ -680,7 +687,7 @@ impl ObjectWriter for FileWriter {
             0
         };
         let merged = object.merged(&ctx, has_existing).await?;
-        object.write_object(merged).await?;
+        object.write_object(&ctx, merged).await?;
         drop(_staging_dir);
         Ok(FinishOutcome { rejected, skipped })
     }
