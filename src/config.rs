@@ -41,6 +41,9 @@ pub struct ProjectConfig {
     /// Where the sync state and run history live.
     #[serde(default)]
     pub state: StateConfig,
+    /// How the query engine runs: memory limit, spill folder, parallelism.
+    #[serde(default)]
+    pub engine: EngineConfig,
     /// Named data sources: files or tables that models read by name.
     #[serde(default)]
     pub sources: IndexMap<String, SourceConfig>,
@@ -62,6 +65,20 @@ pub struct StateConfig {
     /// A directory relative to the project, an absolute path, or an object-store URL
     /// (`s3://bucket/prefix`). Default: `.backflow` in the project directory.
     pub path: Option<String>,
+}
+
+/// `[engine]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// The most memory the engine's operators may hold, e.g. "2GiB". Joins, sorts and
+    /// aggregations past it spill to disk instead of failing (joins then run as sort-merge
+    /// joins, which spill). Default: no limit.
+    pub memory_limit: Option<bytesize::ByteSize>,
+    /// Where spill files go. Default: the system's temporary folder.
+    pub spill_dir: Option<PathBuf>,
+    /// How many partitions plans run with. Default: the number of cores.
+    pub target_partitions: Option<usize>,
 }
 
 /// `[segments.NAME]`

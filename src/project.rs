@@ -10,12 +10,14 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use crate::config::{ConfigError, ConfigText, ProjectConfig};
+use crate::config::{ConfigError, ConfigText, EngineConfig, ProjectConfig};
 use crate::destinations::{self, Destination};
 use crate::models::{self, Model, ModelError, Node};
 use crate::sources::{self, SourceError};
 use crate::state::{StateError, StateStore};
 use crate::storage::Location;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 
 /// The state folder when `[state] path` is not set.
 pub const DEFAULT_STATE_DIR: &str = ".backflow";
@@ -52,6 +54,8 @@ pub enum ProjectError {
     },
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("[engine] settings cannot be applied: {source}")]
+    Engine { source: DataFusionError },
 }
 
 /// A loaded, validated project.
@@ -120,7 +124,7 @@ impl Project {
 
     /// A DataFusion session in which every source, model and segment is a table.
     pub async fn session(&self) -> Result<SessionContext, ProjectError> {
-        let ctx = new_session_context();
+        let ctx = session_context(&self.config.engine, &self.dir)?;
         self.state.register(&ctx)?;
         for (name, config) in &self.config.sources {
             sources::build(config, &self.dir)
@@ -189,14 +193,50 @@ impl Project {
     }
 }
 
-/// The session every stage runs in: backflow's functions registered.
-pub fn new_session_context() -> SessionContext {
-    let config = SessionConfig::new().with_information_schema(false);
+/// The session every stage runs in: backflow's functions registered, the `[engine]` settings
+/// applied.
+pub fn session_context(
+    engine: &EngineConfig,
+    project_dir: &Path,
+) -> Result<SessionContext, ProjectError> {
+    let mut config = SessionConfig::new().with_information_schema(false);
+    if let Some(n) = engine.target_partitions {
+        config = config.with_target_partitions(n.max(1));
+    }
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(limit) = engine.memory_limit {
+        let limit = limit.as_u64() as usize;
+        // A fair pool shares the limit among the operators that can spill (each sort of a
+        // sort-merge join), rather than letting the first one take it all.
+        runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+        // DataFusion's hash join keeps its build side in memory; sort-merge joins spill.
+        config = config.set_bool("datafusion.optimizer.prefer_hash_join", false);
+        // Every sort reserves memory for merging its spill files; a plan has several sorts
+        // per partition, so keep each reservation a small share of the limit.
+        let partitions = config.target_partitions().max(1);
+        let reservation = (limit / (16 * partitions)).clamp(64 << 10, 10 << 20);
+        config = config.set_u64(
+            "datafusion.execution.sort_spill_reservation_bytes",
+            reservation as u64,
+        );
+    }
+    if let Some(dir) = &engine.spill_dir {
+        let dir = if dir.is_absolute() {
+            dir.clone()
+        } else {
+            project_dir.join(dir)
+        };
+        runtime = runtime.with_temp_file_path(dir);
+    }
+    let runtime = runtime
+        .build_arc()
+        .map_err(|source| ProjectError::Engine { source })?;
     let state = SessionStateBuilder::new()
         .with_config(config)
+        .with_runtime_env(runtime)
         .with_default_features()
         .build();
     let ctx = SessionContext::new_with_state(state);
     ctx.register_udf(crate::hash::row_hash_udf());
-    ctx
+    Ok(ctx)
 }

@@ -664,7 +664,10 @@ impl ObjectWriter for FileWriter {
         if let Some(w) = staging {
             w.close().map_err(|e| object.fail(e))?;
         }
-        let ctx = SessionContext::new();
+        let ctx = SessionContext::new_with_config_rt(
+            object.target.engine.clone(),
+            object.target.runtime.clone(),
+        );
         let has_existing = object.register_existing(&ctx).await?;
         if staged_rows == 0 && has_existing {
             return Ok(FinishOutcome::default());

@@ -106,6 +106,9 @@ pub struct WriteTarget {
     /// Every field the sync sends (key included), in destination names and Arrow types.
     pub schema: SchemaRef,
     pub behavior: Behavior,
+    /// The engine's settings and memory pool, for destinations that run plans of their own.
+    pub engine: datafusion::prelude::SessionConfig,
+    pub runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
 }
 
 /// The operation a batch carries.

@@ -366,6 +366,8 @@ async fn prepare(
             key: sync.key.destination().to_string(),
             schema: dest_schema,
             behavior: sync.behavior,
+            engine: ctx.copied_config(),
+            runtime: ctx.runtime_env(),
         },
         key_type,
         cursor_type,

@@ -325,3 +325,63 @@ async fn a_mapping_change_reaches_rows_behind_the_watermark() {
     let r = f.run_ok("people_sync").await;
     assert_eq!(r.counts.read, 1);
 }
+
+#[tokio::test]
+async fn runs_under_a_memory_limit_with_sort_merge_joins() {
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        r#"
+[engine]
+memory_limit = "24MiB"
+spill_dir = "spill"
+
+[sources.people]
+type = "csv"
+path = "people.csv"
+
+[destinations.lake]
+type = "file"
+path = "lake"
+format = "parquet"
+
+[syncs.big]
+from = "people"
+to = "lake"
+object = "people"
+behavior = "mirror"
+key = "id"
+"#,
+    );
+    std::fs::create_dir_all(f.path().join("spill")).unwrap();
+    let rows = |changed: u64| {
+        let mut s = String::from("id,name,note\n");
+        for i in 0..60_000u64 {
+            if i % 1000 == 7 {
+                continue; // deleted in both versions' eyes once `changed` > 0
+            }
+            let name = if changed > 0 && i % 100 == 3 {
+                format!("changed {i}")
+            } else {
+                format!("name {i}")
+            };
+            s.push_str(&format!("{i},{name},{}\n", "x".repeat(40)));
+        }
+        if changed == 0 {
+            for i in (7..60_000u64).step_by(1000) {
+                s.push_str(&format!("{i},name {i},gone\n"));
+            }
+        }
+        s
+    };
+    f.write("people.csv", &rows(0));
+    let r = f.run_ok("big").await;
+    assert_eq!(r.counts.created, 60_000);
+    f.write("people.csv", &rows(1));
+    let r = f.run_ok("big").await;
+    assert_eq!(
+        (r.counts.updated, r.counts.deleted, r.counts.unchanged),
+        (600, 60, 59_340),
+        "{r:?}"
+    );
+}
