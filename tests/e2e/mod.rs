@@ -3,6 +3,7 @@ mod cli;
 mod crash;
 mod errors;
 mod files;
+mod hostile;
 mod incremental;
 mod invalid_rejected;
 mod property;
