@@ -259,23 +259,28 @@ impl StateStore {
         Ok(versions)
     }
 
-    /// The newest committed manifest of a sync, if any.
-    pub async fn latest(&self, sync: &str) -> Result<Option<Manifest>> {
-        let Some(version) = self.versions(sync).await?.pop() else {
-            return Ok(None);
-        };
-        let path = self
-            .manifests_dir(sync)
-            .clone()
-            .join(format!("{version:020}.json"));
-        let bytes = self
-            .store
+    fn manifest_path(&self, sync: &str, version: u64) -> ObjectPath {
+        self.manifests_dir(sync).join(format!("{version:020}.json"))
+    }
+
+    async fn read_manifest(&self, sync: &str, version: u64) -> Result<bytes::Bytes> {
+        let path = self.manifest_path(sync, version);
+        self.store
             .get(&path)
             .await
             .map_err(self.io("read", &path))?
             .bytes()
             .await
-            .map_err(self.io("read", &path))?;
+            .map_err(self.io("read", &path))
+    }
+
+    /// The newest committed manifest of a sync, if any.
+    pub async fn latest(&self, sync: &str) -> Result<Option<Manifest>> {
+        let Some(version) = self.versions(sync).await?.pop() else {
+            return Ok(None);
+        };
+        let path = self.manifest_path(sync, version);
+        let bytes = self.read_manifest(sync, version).await?;
         let corrupt = |reason: String| StateError::Corrupt {
             sync: sync.to_string(),
             path: path.to_string(),
@@ -327,10 +332,7 @@ impl StateStore {
 
     /// Commit `manifest` as the sync's next version: the single atomic step of a cycle.
     pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
-        let path = self
-            .manifests_dir(&manifest.sync)
-            .clone()
-            .join(format!("{:020}.json", manifest.version));
+        let path = self.manifest_path(&manifest.sync, manifest.version);
         let json = serde_json::to_vec_pretty(manifest).map_err(|e| StateError::Corrupt {
             sync: manifest.sync.clone(),
             path: path.to_string(),
@@ -367,16 +369,7 @@ impl StateStore {
         let oldest_kept = newest.saturating_sub(KEEP_VERSIONS - 1);
         let mut keep_dirs = Vec::new();
         for v in versions.iter().filter(|v| **v >= oldest_kept) {
-            let path = self
-                .manifests_dir(sync)
-                .clone()
-                .join(format!("{v:020}.json"));
-            let bytes = self
-                .store
-                .get(&path)
-                .await
-                .map_err(self.io("read", &path))?;
-            let bytes = bytes.bytes().await.map_err(self.io("read", &path))?;
+            let bytes = self.read_manifest(sync, *v).await?;
             if let Ok(m) = serde_json::from_slice::<Manifest>(&bytes)
                 && let Some((dir, _)) = m.snapshot.rsplit_once('/')
             {
@@ -417,10 +410,7 @@ impl StateStore {
             }
         }
         for v in versions.iter().filter(|v| **v < oldest_kept) {
-            let path = self
-                .manifests_dir(sync)
-                .clone()
-                .join(format!("{v:020}.json"));
+            let path = self.manifest_path(sync, *v);
             self.store
                 .delete(&path)
                 .await

@@ -465,38 +465,51 @@ impl FileObject {
         kept.union(added).map_err(|e| self.fail(e))
     }
 
+    /// The keys of the staged rows of one operation.
+    async fn staged_keys(
+        &self,
+        ctx: &SessionContext,
+        op: WriteOp,
+    ) -> Result<DataFrame, DestinationError> {
+        ctx.table("bf_changes")
+            .await
+            .map_err(|e| self.fail(e))?
+            .filter(ident(OP).eq(lit(op.code())))
+            .map_err(|e| self.fail(e))?
+            .select(vec![ident(&self.target.key)])
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Staged keys of `op` that are (`Semi`) or are not (`Anti`) in the existing file.
+    async fn staged_vs_existing(
+        &self,
+        ctx: &SessionContext,
+        op: WriteOp,
+        join: JoinType,
+    ) -> Result<DataFrame, DestinationError> {
+        let key = self.target.key.as_str();
+        let existing = self
+            .existing(ctx)
+            .await?
+            .select(vec![ident(key).alias("__bf_existing_key")])
+            .map_err(|e| self.fail(e))?;
+        self.staged_keys(ctx, op)
+            .await?
+            .join(existing, join, &[key], &["__bf_existing_key"], None)
+            .map_err(|e| self.fail(e))
+    }
+
     /// Updates whose key the existing file does not have.
     async fn missing_updates(
         &self,
         ctx: &SessionContext,
         has_existing: bool,
     ) -> Result<Vec<LateRejection>, DestinationError> {
-        let key = &self.target.key;
-        let updates = ctx
-            .table("bf_changes")
-            .await
-            .map_err(|e| self.fail(e))?
-            .filter(ident(OP).eq(lit(WriteOp::Update.code())))
-            .map_err(|e| self.fail(e))?
-            .select(vec![ident(key)])
-            .map_err(|e| self.fail(e))?;
         let missing = if has_existing {
-            let existing = self
-                .existing(ctx)
+            self.staged_vs_existing(ctx, WriteOp::Update, JoinType::LeftAnti)
                 .await?
-                .select(vec![ident(key).alias("__bf_existing_key")])
-                .map_err(|e| self.fail(e))?;
-            updates
-                .join(
-                    existing,
-                    JoinType::LeftAnti,
-                    &[key.as_str()],
-                    &["__bf_existing_key"],
-                    None,
-                )
-                .map_err(|e| self.fail(e))?
         } else {
-            updates
+            self.staged_keys(ctx, WriteOp::Update).await?
         };
         let mut out = Vec::new();
         let mut stream = missing.execute_stream().await.map_err(|e| self.fail(e))?;
@@ -516,29 +529,9 @@ impl FileObject {
 
     /// How many staged creates found their key already in the file (they are left alone).
     async fn existing_creates(&self, ctx: &SessionContext) -> Result<u64, DestinationError> {
-        let key = &self.target.key;
-        let creates = ctx
-            .table("bf_changes")
-            .await
-            .map_err(|e| self.fail(e))?
-            .filter(ident(OP).eq(lit(WriteOp::Create.code())))
-            .map_err(|e| self.fail(e))?
-            .select(vec![ident(key)])
-            .map_err(|e| self.fail(e))?;
-        let existing = self
-            .existing(ctx)
+        let found = self
+            .staged_vs_existing(ctx, WriteOp::Create, JoinType::LeftSemi)
             .await?
-            .select(vec![ident(key).alias("__bf_existing_key")])
-            .map_err(|e| self.fail(e))?;
-        let found = creates
-            .join(
-                existing,
-                JoinType::LeftSemi,
-                &[key.as_str()],
-                &["__bf_existing_key"],
-                None,
-            )
-            .map_err(|e| self.fail(e))?
             .count()
             .await
             .map_err(|e| self.fail(e))?;

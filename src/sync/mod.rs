@@ -648,7 +648,7 @@ async fn next_snapshot(
     let df_err = engine(name, "state");
     ctx.register_parquet(
         "bf_sent_file",
-        &project.state.table_url(&sent_rel),
+        &project.state.table_url(sent_rel),
         ParquetReadOptions::default(),
     )
     .await
@@ -657,7 +657,7 @@ async fn next_snapshot(
     if !late.is_empty() {
         let keys: Vec<ScalarValue> = late.iter().map(|l| l.key.clone()).collect();
         let keys = ScalarValue::iter_to_array(keys).map_err(&df_err)?;
-        let keys = arrow::compute::cast(&keys, &key_type).map_err(|e| df_err(e.into()))?;
+        let keys = arrow::compute::cast(&keys, key_type).map_err(|e| df_err(e.into()))?;
         let batch = arrow::array::RecordBatch::try_new(
             Arc::new(Schema::new(vec![Field::new(
                 "__bf_late_key",
@@ -687,8 +687,8 @@ async fn next_snapshot(
         next,
         project
             .state
-            .parquet_writer(&snapshot_rel, state_schema(&key_type))?,
-        state_schema(&key_type),
+            .parquet_writer(&snapshot_rel, state_schema(key_type))?,
+        state_schema(key_type),
         &snapshot_rel,
     )
     .await?;

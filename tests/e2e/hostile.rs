@@ -41,7 +41,10 @@ key = "id"
     // The table x is still there.
     assert!(f.sqlite("out.db", "x").is_empty());
     // Updating and deleting go through the same quoting.
-    f.write("p.csv", "id,select,\"we\"\"ird\"\"; DROP TABLE x; --\",big\n2,x,y,1\n");
+    f.write(
+        "p.csv",
+        "id,select,\"we\"\"ird\"\"; DROP TABLE x; --\",big\n2,x,y,1\n",
+    );
     let r = f.run_ok("s").await;
     assert_eq!((r.counts.created, r.counts.deleted), (1, 1));
 }
@@ -57,5 +60,11 @@ async fn csv_with_bom_crlf_and_quoted_newlines() {
     let r = f.run_ok("people_sync").await;
     assert_eq!(r.counts.created, 2);
     let rows = f.sqlite("out/app.db", "people");
-    assert_eq!(pairs(&rows, "id", "name"), vec![("1".into(), "Ada\nLovelace".into()), ("2".into(), "Bob, Jr.".into())]);
+    assert_eq!(
+        pairs(&rows, "id", "name"),
+        vec![
+            ("1".into(), "Ada\nLovelace".into()),
+            ("2".into(), "Bob, Jr.".into())
+        ]
+    );
 }
