@@ -2,14 +2,16 @@
 //! sends again what was not committed (at-least-once) and the destination ends equal to the
 //! model. Needs the `failpoints` feature (the README's test command turns it on).
 
-#![cfg(feature = "failpoints")]
-
 use crate::common::*;
+#[cfg(feature = "failpoints")]
 use backflow::history::RunStatus;
 
+#[cfg(feature = "failpoints")]
 const V1: &str = "id,email,name,plan\n1,a,Ada,pro\n2,b,Bob,free\n3,c,Cy,pro\n";
+#[cfg(feature = "failpoints")]
 const V2: &str = "id,email,name,plan\n1,a,Ada L.,pro\n3,c,Cy,pro\n4,d,Di,pro\n";
 
+#[cfg(feature = "failpoints")]
 fn expected_v2() -> Vec<(String, String)> {
     vec![
         ("1".into(), "Ada L.".into()),
@@ -18,6 +20,7 @@ fn expected_v2() -> Vec<(String, String)> {
     ]
 }
 
+#[cfg(feature = "failpoints")]
 async fn crash_then_recover(point: &str, sync: &str, panic: bool) {
     let f = Fixture::new();
     let t = {
@@ -84,31 +87,37 @@ async fn crash_then_recover(point: &str, sync: &str, panic: bool) {
     );
 }
 
+#[cfg(feature = "failpoints")]
 #[tokio::test]
 async fn crash_after_destination_write_before_commit() {
     crash_then_recover("before_commit", "crash_before_commit", false).await;
 }
 
+#[cfg(feature = "failpoints")]
 #[tokio::test]
 async fn panic_after_destination_write_before_commit() {
     crash_then_recover("before_commit", "panic_before_commit", true).await;
 }
 
+#[cfg(feature = "failpoints")]
 #[tokio::test]
 async fn crash_after_first_batch() {
     crash_then_recover("after_batch", "crash_after_batch", false).await;
 }
 
+#[cfg(feature = "failpoints")]
 #[tokio::test]
 async fn panic_after_first_batch() {
     crash_then_recover("after_batch", "panic_after_batch", true).await;
 }
 
+#[cfg(feature = "failpoints")]
 #[tokio::test]
 async fn crash_after_diff() {
     crash_then_recover("after_diff", "crash_after_diff", false).await;
 }
 
+#[cfg(feature = "failpoints")]
 #[tokio::test]
 async fn crash_after_commit_is_already_durable() {
     let f = Fixture::new();
@@ -129,4 +138,48 @@ async fn crash_after_commit_is_already_durable() {
     assert_eq!(f.manifests().len(), 1);
     let r = f.run_ok("crash_after_commit").await;
     assert_eq!(r.counts.unchanged, 3);
+}
+
+#[tokio::test]
+async fn concurrent_runs_of_one_sync_never_interleave() {
+    let f = Fixture::new();
+    people_project(&f, "mirror", "");
+    let t = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write("backflow.toml", &t.replace("people_sync", "concurrent"));
+    let mut csv = String::from("id,email,name,plan\n");
+    for i in 0..20_000 {
+        csv.push_str(&format!("{i},e{i},n{i},p\n"));
+    }
+    f.write("people.csv", &csv);
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let path = f.path().to_path_buf();
+        handles.push(tokio::spawn(async move {
+            let project = backflow::Project::load(&path).unwrap();
+            let ctx = project.session().await.unwrap();
+            backflow::sync::run(
+                &project,
+                &ctx,
+                "concurrent",
+                Default::default(),
+                &backflow::sync::NoProgress,
+            )
+            .await
+        }));
+    }
+    let mut succeeded = 0;
+    for h in handles {
+        let r = h.await.unwrap();
+        match &r.error {
+            None => succeeded += 1,
+            Some(e) => assert!(e.contains("already running"), "{e}"),
+        }
+    }
+    assert!(succeeded >= 1);
+    // One version per successful run, no gaps, and the destination equals the model.
+    let project = f.load().unwrap();
+    let latest = project.state.latest("concurrent").await.unwrap().unwrap();
+    assert_eq!(latest.version, succeeded);
+    assert_eq!(latest.rows, 20_000);
+    assert_eq!(f.sqlite("out/app.db", "people").len(), 20_000);
 }
