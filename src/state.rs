@@ -6,6 +6,9 @@
 //!   syncs/<sync>/data/v00000000000000000007-<uuid>/
 //!       snapshot.parquet    (__bf_key, __bf_hash): every key in sync, with its row hash
 //!       sent.parquet        (__bf_key, __bf_hash, __bf_keep): what this run's destination accepted
+//!   syncs/<sync>/pending/<run>-<n>.parquet          __bf_key: keys a run is about to write,
+//!                                                  written before the destination write,
+//!                                                  removed once a commit covers them
 //!   history/<sync>/runs/<start>-<run>.parquet      one row per run (see history.rs)
 //!   history/<sync>/records/<start>-<run>.parquet   invalid and rejected samples of that run
 //!   locks/<sync>.lock                              held while a run of <sync> is going (local state)
@@ -461,6 +464,15 @@ impl StateStore {
             .collect();
         names.sort();
         Ok(names)
+    }
+
+    /// Remove an object (a missing one is not an error).
+    pub async fn delete(&self, rel: &str) -> Result<()> {
+        let path = self.path(rel);
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.io("delete", &path)(e)),
+        }
     }
 
     /// Read a whole object.

@@ -343,6 +343,7 @@ pub async fn apply(
     mut stream: SendableRecordBatchStream,
     writer: &mut dyn ObjectWriter,
     sent: &mut SentWriter,
+    mut intents: Option<&mut IntentLog>,
     tally: &mut Tally,
     progress: &dyn Progress,
 ) -> Result<Cursors, SyncError> {
@@ -392,6 +393,9 @@ pub async fn apply(
             if let Some(op) = op {
                 let view = destination_batch(target, &rows, op, class == GONE)
                     .map_err(|e| df_err(e.into()))?;
+                if let Some(log) = intents.as_deref_mut() {
+                    log.record(sync, &keys).await?;
+                }
                 let outcome = writer.write(op, view.clone()).await.map_err(|source| {
                     SyncError::Destination {
                         sync: sync.to_string(),
@@ -460,6 +464,62 @@ pub async fn apply(
         progress.rows(sync, processed);
     }
     Ok(cursors)
+}
+
+/// Write-ahead intents: the keys a run is about to write, one small Parquet file per batch,
+/// put (create-if-absent) before the batch goes to the destination.
+pub struct IntentLog {
+    store: StateStore,
+    dir: String,
+    run_id: String,
+    /// The files written, relative to the state root.
+    pub files: Vec<String>,
+}
+
+impl IntentLog {
+    pub fn new(store: &StateStore, dir: &str, run_id: &str) -> Self {
+        IntentLog {
+            store: store.clone(),
+            dir: dir.to_string(),
+            run_id: run_id.to_string(),
+            files: Vec::new(),
+        }
+    }
+
+    async fn record(&mut self, sync: &str, keys: &ArrayRef) -> Result<(), SyncError> {
+        let rel = format!(
+            "{}/{}-{:06}.parquet",
+            self.dir,
+            self.run_id,
+            self.files.len()
+        );
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            KEY,
+            keys.data_type().clone(),
+            true,
+        )]));
+        let err = |e: parquet::errors::ParquetError| {
+            SyncError::State(StateError::Parquet {
+                path: rel.clone(),
+                source: e,
+            })
+        };
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![keys.clone()]).map_err(|e| err(e.into()))?;
+        let mut buf = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            &mut buf,
+            schema,
+            Some(crate::state::writer_properties()),
+        )
+        .map_err(err)?;
+        w.write(&batch).map_err(err)?;
+        w.close().map_err(err)?;
+        self.store.put_new(&rel, buf).await?;
+        self.files.push(rel);
+        failpoint!("after_intent", sync);
+        Ok(())
+    }
 }
 
 /// Samples of what a run would do.

@@ -65,6 +65,8 @@ pub enum SyncError {
 /// in only with the `failpoints` feature (tests).
 macro_rules! failpoint {
     ($point:expr, $sync:expr) => {
+        #[cfg(not(feature = "failpoints"))]
+        let _ = &$sync;
         #[cfg(feature = "failpoints")]
         {
             // `return(<sync>)` fails this sync here; `return(panic:<sync>)` panics.
@@ -144,6 +146,8 @@ struct Prepared {
     previous: Option<Manifest>,
     /// The newest committed version, discarded or not: the next commit is this plus one.
     latest_version: u64,
+    /// Intent files of earlier, interrupted runs that this run's state includes.
+    pending: Vec<String>,
 }
 
 fn engine(sync: &str, stage: &'static str) -> impl Fn(DataFusionError) -> SyncError {
@@ -229,11 +233,14 @@ async fn prepare(
         .collect();
     // An empty CSV has no types to infer: its key column is NULL-typed. Keep the key type the
     // state already has then.
+    let pending = pending_intents(project, name, previous.as_ref()).await?;
     let mut key_type = dest_fields[0].data_type().clone();
-    if key_type == DataType::Null
-        && let Some(stored) = previous.as_ref().and_then(|p| p.key_type.parse().ok())
-    {
-        key_type = stored;
+    if key_type == DataType::Null {
+        if let Some(stored) = previous.as_ref().and_then(|p| p.key_type.parse().ok()) {
+            key_type = stored;
+        } else if let Some(t) = intent_key_type(project, ctx, &pending).await {
+            key_type = t;
+        }
     }
     let mut dest_fields = dest_fields;
     dest_fields[0] = dest_fields[0].clone().with_data_type(key_type.clone());
@@ -347,7 +354,16 @@ async fn prepare(
     ctx.register_table("bf_mapped", mapped_df.into_view())
         .map_err(&df_err)?;
 
-    register_state(project, ctx, name, previous.as_ref(), &key_type, options).await?;
+    register_state(
+        project,
+        ctx,
+        name,
+        previous.as_ref(),
+        &key_type,
+        options,
+        &pending,
+    )
+    .await?;
 
     let join = if sync.cursor.is_some() {
         "RIGHT"
@@ -377,6 +393,7 @@ async fn prepare(
         fingerprint,
         previous,
         latest_version,
+        pending,
     })
 }
 
@@ -389,9 +406,10 @@ async fn register_state(
     previous: Option<&Manifest>,
     key_type: &DataType,
     options: RunOptions,
+    pending: &[String],
 ) -> Result<(), SyncError> {
     let df_err = engine(name, "state");
-    let state_df = match previous {
+    let mut state_df = match previous {
         Some(m) => {
             ctx.register_parquet(
                 "bf_state_file",
@@ -415,6 +433,39 @@ async fn register_state(
             ctx.read_table(Arc::new(empty)).map_err(&df_err)?
         }
     };
+    // Keys an interrupted run may have written without committing: their destination record
+    // may differ from what the state says (created, changed or deleted), so their hash is
+    // unknown from now on. The diff then sends them again if they are in the model, and a
+    // mirror deletes them if they are not.
+    if !pending.is_empty() {
+        let urls: Vec<String> = pending.iter().map(|p| project.state.table_url(p)).collect();
+        let intents = ctx
+            .read_parquet(urls, ParquetReadOptions::default())
+            .await
+            .map_err(&df_err)?
+            .select(vec![
+                cast(ident(KEY), key_type.clone()).alias("__bf_pending_key"),
+            ])
+            .map_err(&df_err)?
+            .distinct()
+            .map_err(&df_err)?;
+        let untouched = state_df
+            .join(
+                intents.clone(),
+                datafusion::common::JoinType::LeftAnti,
+                &[KEY],
+                &["__bf_pending_key"],
+                None,
+            )
+            .map_err(&df_err)?;
+        let unknown = intents
+            .select(vec![
+                ident("__bf_pending_key").alias(KEY),
+                cast(lit(ScalarValue::Null), DataType::UInt64).alias(HASH),
+            ])
+            .map_err(&df_err)?;
+        state_df = untouched.union(unknown).map_err(&df_err)?;
+    }
     let prev_df = if options.full_resync {
         state_df
             .clone()
@@ -431,6 +482,51 @@ async fn register_state(
     ctx.register_table("bf_prev", prev_df.into_view())
         .map_err(&df_err)?;
     Ok(())
+}
+
+/// Intent files of interrupted runs (relative to the state root). Intents of the run that
+/// made the newest commit are covered by it (it stopped between its commit and their removal)
+/// and are removed here.
+async fn pending_intents(
+    project: &Project,
+    name: &str,
+    previous: Option<&Manifest>,
+) -> Result<Vec<String>, SyncError> {
+    let mut pending = Vec::new();
+    for f in project.state.list_files(&pending_dir(name)).await? {
+        if !f.ends_with(".parquet") {
+            continue;
+        }
+        let rel = format!("{}/{f}", pending_dir(name));
+        if previous.is_some_and(|m| f.starts_with(&format!("{}-", m.run_id))) {
+            project.state.delete(&rel).await?;
+        } else {
+            pending.push(rel);
+        }
+    }
+    Ok(pending)
+}
+
+/// The key type the intent files were written with (for a model too empty to have one).
+async fn intent_key_type(
+    project: &Project,
+    ctx: &SessionContext,
+    pending: &[String],
+) -> Option<DataType> {
+    let first = pending.first()?;
+    let df = ctx
+        .read_parquet(
+            project.state.table_url(first),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .ok()?;
+    df.schema().fields().first().map(|f| f.data_type().clone())
+}
+
+/// Where a sync's write-ahead intents live (relative to the state root).
+fn pending_dir(sync: &str) -> String {
+    format!("syncs/{sync}/pending")
 }
 
 /// The snapshot schema: every key in sync with its row hash.
@@ -528,6 +624,15 @@ async fn run_cycle(
     let mut writer = destination.open(&prepared.target).await.map_err(dest_err)?;
     let sent_rel = format!("{data_dir}/sent.parquet");
     let mut sent = apply::SentWriter::new(&project.state, &sent_rel, &prepared.key_type)?;
+    // Keys about to be written are written down first (write-ahead), so that a crash between
+    // the destination write and the commit cannot leave a record that differs from what the
+    // state says. Append-only, create-only and delete syncs need none: they never act on a
+    // record that is in their state.
+    let mut intents = matches!(
+        sync.behavior,
+        Behavior::Upsert | Behavior::UpdateOnly | Behavior::Mirror
+    )
+    .then(|| apply::IntentLog::new(&project.state, &pending_dir(name), run_id));
 
     let stream = prepared
         .diff
@@ -544,6 +649,7 @@ async fn run_cycle(
         stream,
         writer.as_mut(),
         &mut sent,
+        intents.as_mut(),
         tally,
         progress,
     )
@@ -570,7 +676,9 @@ async fn run_cycle(
     // The next snapshot: unchanged when nothing was accepted, else a plan over the last one and
     // what was accepted.
     let (snapshot_rel, rows) = match &prepared.previous {
-        Some(prev) if sent_rows == 0 && late.is_empty() => (prev.snapshot.clone(), prev.rows),
+        Some(prev) if sent_rows == 0 && late.is_empty() && prepared.pending.is_empty() => {
+            (prev.snapshot.clone(), prev.rows)
+        }
         _ => {
             next_snapshot(
                 project,
@@ -630,6 +738,13 @@ async fn run_cycle(
     failpoint!("before_commit", name);
     project.state.commit(&manifest).await?;
     failpoint!("after_commit", name);
+    // The committed snapshot covers every intent read or written by this run.
+    let own = intents.map(|i| i.files).unwrap_or_default();
+    for rel in prepared.pending.iter().chain(own.iter()) {
+        if let Err(e) = project.state.delete(rel).await {
+            tracing::warn!(sync = name, error = %e, "could not remove an intent file");
+        }
+    }
     project.state.vacuum(name).await;
     Ok((version, watermark.map(|w| w.value)))
 }
