@@ -333,6 +333,150 @@ fn tally_invalid(
     }
 }
 
+/// Rows waiting to be sent, per diff class, and everything needed to send them.
+struct Outbox<'a> {
+    sync: &'a str,
+    target: &'a WriteTarget,
+    full_resync: bool,
+    writer: &'a mut dyn ObjectWriter,
+    sent: &'a mut SentWriter,
+    intents: Option<&'a mut IntentLog>,
+    /// Buffered rows of GONE, NEW and CHANGED (in that order: deletes go first).
+    buffered: [Vec<RecordBatch>; 3],
+    rows: usize,
+}
+
+/// Rows per destination batch (a batch is one transaction and one intent file).
+const DESTINATION_BATCH_ROWS: usize = 16_384;
+
+impl Outbox<'_> {
+    fn push(&mut self, class: i8, rows: RecordBatch) {
+        let slot = match class {
+            GONE => 0,
+            NEW => 1,
+            _ => 2,
+        };
+        self.rows += rows.num_rows();
+        self.buffered[slot].push(rows);
+    }
+
+    fn full(&self) -> bool {
+        self.rows >= DESTINATION_BATCH_ROWS
+    }
+
+    /// Send everything buffered: deletes first, so that a record that moved to a new key
+    /// leaves before it is created again (other unique columns would refuse the create).
+    async fn flush(&mut self, tally: &mut Tally, cursors: &mut Cursors) -> Result<(), SyncError> {
+        for (slot, class) in [GONE, NEW, CHANGED].into_iter().enumerate() {
+            let batches = std::mem::take(&mut self.buffered[slot]);
+            if batches.is_empty() {
+                continue;
+            }
+            let rows = arrow::compute::concat_batches(&batches[0].schema(), &batches)
+                .map_err(|e| engine(self.sync, "apply")(e.into()))?;
+            self.send(class, rows, tally, cursors).await?;
+        }
+        self.rows = 0;
+        Ok(())
+    }
+
+    /// One destination batch of one diff class.
+    async fn send(
+        &mut self,
+        class: i8,
+        rows: RecordBatch,
+        tally: &mut Tally,
+        cursors: &mut Cursors,
+    ) -> Result<(), SyncError> {
+        let sync = self.sync;
+        let target = self.target;
+        let df_err = engine(sync, "apply");
+        let Some((op, counter)) = action(target.behavior, class, self.full_resync) else {
+            return Ok(());
+        };
+        let key_col = if class == GONE { PREV_KEY } else { KEY };
+        let keys = rows.column_by_name(key_col).cloned().ok_or_else(|| {
+            df_err(datafusion::error::DataFusionError::Internal(format!(
+                "diff output lacks {key_col}"
+            )))
+        })?;
+        let mut accepted = vec![true; rows.num_rows()];
+        let mut skipped = 0usize;
+        if let Some(op) = op {
+            let view = destination_batch(target, &rows, op, class == GONE)
+                .map_err(|e| df_err(e.into()))?;
+            if let Some(log) = self.intents.as_deref_mut() {
+                log.record(sync, &keys).await?;
+            }
+            let outcome = self
+                .writer
+                .write(op, view.clone())
+                .await
+                .map_err(|source| SyncError::Destination {
+                    sync: sync.to_string(),
+                    source,
+                })?;
+            skipped = outcome.skipped;
+            for r in &outcome.rejected {
+                if let Some(a) = accepted.get_mut(r.row) {
+                    *a = false;
+                }
+                tally.counts.rejected += 1;
+                cursors.any_rejected = true;
+                let record = row_json(&view, r.row);
+                tally.sample(
+                    RecordKind::Rejected,
+                    key_text(view.column(0), r.row),
+                    r.reason.clone(),
+                    record,
+                );
+            }
+            if !outcome.rejected.is_empty()
+                && let (Some(acc), Some(cursor)) =
+                    (cursors.min_rejected.as_mut(), rows.column_by_name(CURSOR))
+            {
+                let rejected_mask: BooleanArray = accepted.iter().map(|a| Some(!a)).collect();
+                let c =
+                    arrow::compute::filter(cursor, &rejected_mask).map_err(|e| df_err(e.into()))?;
+                acc.update_batch(&[c]).map_err(&df_err)?;
+            }
+        }
+        let n_accepted = accepted.iter().filter(|a| **a).count();
+        let applied = (n_accepted - skipped.min(n_accepted)) as u64;
+        match counter {
+            Counter::Created => tally.counts.created += applied,
+            Counter::Updated => tally.counts.updated += applied,
+            Counter::Deleted => tally.counts.deleted += applied,
+            Counter::Forgotten => {}
+        }
+        tally.counts.skipped += skipped as u64;
+
+        // What is now in sync: accepted rows keep their new hash; deleted and forgotten
+        // keys leave the state.
+        // A delete sync keeps the keys it deleted (so they are not sent again); a mirror's
+        // deleted keys leave the state.
+        let keep = match (op, counter) {
+            (_, Counter::Forgotten) => false,
+            (Some(WriteOp::Delete), _) => target.behavior == Behavior::Delete,
+            _ => true,
+        };
+        let accepted_mask = BooleanArray::from(accepted);
+        let keys = arrow::compute::filter(&keys, &accepted_mask).map_err(|e| df_err(e.into()))?;
+        let hashes: ArrayRef = if keep {
+            let h = rows
+                .column_by_name(HASH)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(UInt64Array::new_null(rows.num_rows())));
+            arrow::compute::filter(&h, &accepted_mask).map_err(|e| df_err(e.into()))?
+        } else {
+            Arc::new(UInt64Array::new_null(keys.len()))
+        };
+        self.sent.write(keys, hashes, keep).await?;
+        failpoint!("after_batch", sync);
+        Ok(())
+    }
+}
+
 /// Send the diff to the destination. Returns the cursor values seen.
 #[allow(clippy::too_many_arguments)]
 pub async fn apply(
@@ -343,13 +487,23 @@ pub async fn apply(
     mut stream: SendableRecordBatchStream,
     writer: &mut dyn ObjectWriter,
     sent: &mut SentWriter,
-    mut intents: Option<&mut IntentLog>,
+    intents: Option<&mut IntentLog>,
     tally: &mut Tally,
     progress: &dyn Progress,
 ) -> Result<Cursors, SyncError> {
     let df_err = engine(sync, "diff");
     let mut cursors = Cursors::new(cursor_type).map_err(&df_err)?;
     let mut processed = 0u64;
+    let mut outbox = Outbox {
+        sync,
+        target,
+        full_resync,
+        writer,
+        sent,
+        intents,
+        buffered: [Vec::new(), Vec::new(), Vec::new()],
+        rows: 0,
+    };
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(&df_err)?;
         let ops = ops_of(sync, &batch)?;
@@ -366,103 +520,29 @@ pub async fn apply(
         tally.counts.unchanged += mask(&ops, UNCHANGED).true_count() as u64;
         tally_invalid(target, &batch, &ops, tally);
 
-        // Deletes first: a record that moved to a new key must leave before it is created
-        // again (other unique columns would refuse the create).
+        // Rows to send are gathered per class into destination batches of a useful size.
         for class in [GONE, NEW, CHANGED] {
             let m = mask(&ops, class);
             let n = m.true_count();
             if n == 0 {
                 continue;
             }
-            let Some((op, counter)) = action(target.behavior, class, full_resync) else {
+            if action(target.behavior, class, full_resync).is_none() {
                 // Changes the behaviour does not send (create-only updates, upsert's gone rows).
                 if class != GONE {
                     tally.counts.unchanged += n as u64;
                 }
                 continue;
-            };
+            }
             let rows = filter_record_batch(&batch, &m).map_err(|e| df_err(e.into()))?;
-            let key_col = if class == GONE { PREV_KEY } else { KEY };
-            let keys = rows.column_by_name(key_col).cloned().ok_or_else(|| {
-                df_err(datafusion::error::DataFusionError::Internal(format!(
-                    "diff output lacks {key_col}"
-                )))
-            })?;
-            let mut accepted = vec![true; rows.num_rows()];
-            let mut skipped = 0usize;
-            if let Some(op) = op {
-                let view = destination_batch(target, &rows, op, class == GONE)
-                    .map_err(|e| df_err(e.into()))?;
-                if let Some(log) = intents.as_deref_mut() {
-                    log.record(sync, &keys).await?;
-                }
-                let outcome = writer.write(op, view.clone()).await.map_err(|source| {
-                    SyncError::Destination {
-                        sync: sync.to_string(),
-                        source,
-                    }
-                })?;
-                skipped = outcome.skipped;
-                for r in &outcome.rejected {
-                    if let Some(a) = accepted.get_mut(r.row) {
-                        *a = false;
-                    }
-                    tally.counts.rejected += 1;
-                    cursors.any_rejected = true;
-                    let record = row_json(&view, r.row);
-                    tally.sample(
-                        RecordKind::Rejected,
-                        key_text(view.column(0), r.row),
-                        r.reason.clone(),
-                        record,
-                    );
-                }
-                if !outcome.rejected.is_empty()
-                    && let (Some(acc), Some(cursor)) =
-                        (cursors.min_rejected.as_mut(), rows.column_by_name(CURSOR))
-                {
-                    let rejected_mask: BooleanArray = accepted.iter().map(|a| Some(!a)).collect();
-                    let c = arrow::compute::filter(cursor, &rejected_mask)
-                        .map_err(|e| df_err(e.into()))?;
-                    acc.update_batch(&[c]).map_err(&df_err)?;
-                }
-            }
-            let n_accepted = accepted.iter().filter(|a| **a).count();
-            let applied = (n_accepted - skipped.min(n_accepted)) as u64;
-            match counter {
-                Counter::Created => tally.counts.created += applied,
-                Counter::Updated => tally.counts.updated += applied,
-                Counter::Deleted => tally.counts.deleted += applied,
-                Counter::Forgotten => {}
-            }
-            tally.counts.skipped += skipped as u64;
-
-            // What is now in sync: accepted rows keep their new hash; deleted and forgotten
-            // keys leave the state.
-            // A delete sync keeps the keys it deleted (so they are not sent again); a mirror's
-            // deleted keys leave the state.
-            let keep = match (op, counter) {
-                (_, Counter::Forgotten) => false,
-                (Some(WriteOp::Delete), _) => target.behavior == Behavior::Delete,
-                _ => true,
-            };
-            let accepted_mask = BooleanArray::from(accepted);
-            let keys =
-                arrow::compute::filter(&keys, &accepted_mask).map_err(|e| df_err(e.into()))?;
-            let hashes: ArrayRef = if keep {
-                let h = rows
-                    .column_by_name(HASH)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(UInt64Array::new_null(rows.num_rows())));
-                arrow::compute::filter(&h, &accepted_mask).map_err(|e| df_err(e.into()))?
-            } else {
-                Arc::new(UInt64Array::new_null(keys.len()))
-            };
-            sent.write(keys, hashes, keep).await?;
-            failpoint!("after_batch", sync);
+            outbox.push(class, rows);
+        }
+        if outbox.full() {
+            outbox.flush(tally, &mut cursors).await?;
         }
         progress.rows(sync, processed);
     }
+    outbox.flush(tally, &mut cursors).await?;
     Ok(cursors)
 }
 

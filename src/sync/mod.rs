@@ -236,7 +236,11 @@ async fn prepare(
     let pending = pending_intents(project, name, previous.as_ref()).await?;
     let mut key_type = dest_fields[0].data_type().clone();
     if key_type == DataType::Null {
-        if let Some(stored) = previous.as_ref().and_then(|p| p.key_type.parse().ok()) {
+        let stored = previous
+            .as_ref()
+            .and_then(|p| p.key_type.parse::<DataType>().ok())
+            .filter(|t| *t != DataType::Null);
+        if let Some(stored) = stored {
             key_type = stored;
         } else if let Some(t) = intent_key_type(project, ctx, &pending).await {
             key_type = t;
