@@ -148,6 +148,8 @@ struct Prepared {
     latest_version: u64,
     /// Intent files of earlier, interrupted runs that this run's state includes.
     pending: Vec<String>,
+    /// Intent files the newest commit already covers.
+    covered: Vec<String>,
 }
 
 fn engine(sync: &str, stage: &'static str) -> impl Fn(DataFusionError) -> SyncError {
@@ -233,7 +235,7 @@ async fn prepare(
         .collect();
     // An empty CSV has no types to infer: its key column is NULL-typed. Keep the key type the
     // state already has then.
-    let pending = pending_intents(project, name, previous.as_ref()).await?;
+    let (pending, covered) = pending_intents(project, name, previous.as_ref()).await?;
     let mut key_type = dest_fields[0].data_type().clone();
     if key_type == DataType::Null {
         let stored = previous
@@ -398,6 +400,7 @@ async fn prepare(
         previous,
         latest_version,
         pending,
+        covered,
     })
 }
 
@@ -488,27 +491,27 @@ async fn register_state(
     Ok(())
 }
 
-/// Intent files of interrupted runs (relative to the state root). Intents of the run that
-/// made the newest commit are covered by it (it stopped between its commit and their removal)
-/// and are removed here.
+/// Intent files (relative to the state root): those of interrupted runs, which the state must
+/// take into account, and those of the run that made the newest commit, which it covers (that
+/// run stopped between its commit and their removal). Both are removed after the next commit.
 async fn pending_intents(
     project: &Project,
     name: &str,
     previous: Option<&Manifest>,
-) -> Result<Vec<String>, SyncError> {
-    let mut pending = Vec::new();
+) -> Result<(Vec<String>, Vec<String>), SyncError> {
+    let (mut pending, mut covered) = (Vec::new(), Vec::new());
     for f in project.state.list_files(&pending_dir(name)).await? {
         if !f.ends_with(".parquet") {
             continue;
         }
         let rel = format!("{}/{f}", pending_dir(name));
         if previous.is_some_and(|m| f.starts_with(&format!("{}-", m.run_id))) {
-            project.state.delete(&rel).await?;
+            covered.push(rel);
         } else {
             pending.push(rel);
         }
     }
-    Ok(pending)
+    Ok((pending, covered))
 }
 
 /// The key type the intent files were written with (for a model too empty to have one).
@@ -744,7 +747,12 @@ async fn run_cycle(
     failpoint!("after_commit", name);
     // The committed snapshot covers every intent read or written by this run.
     let own = intents.map(|i| i.files).unwrap_or_default();
-    for rel in prepared.pending.iter().chain(own.iter()) {
+    for rel in prepared
+        .pending
+        .iter()
+        .chain(&prepared.covered)
+        .chain(own.iter())
+    {
         if let Err(e) = project.state.delete(rel).await {
             tracing::warn!(sync = name, error = %e, "could not remove an intent file");
         }
