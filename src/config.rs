@@ -79,6 +79,8 @@ pub struct EngineConfig {
     pub spill_dir: Option<PathBuf>,
     /// How many partitions plans run with. Default: the number of cores.
     pub target_partitions: Option<usize>,
+    /// Rows per Arrow batch. Default: 32768, or 8192 with a memory limit.
+    pub batch_size: Option<usize>,
 }
 
 /// `[segments.NAME]`
