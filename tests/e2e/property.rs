@@ -243,12 +243,8 @@ mod crash_matrix {
         ]
     }
 
-    async fn run_case(
-        b: B,
-        steps: Vec<(Version, Option<(usize, bool)>)>,
-    ) -> Result<(), TestCaseError> {
-        let sync = format!("crash_matrix_{}", CASE.fetch_add(1, Ordering::SeqCst));
-        let f = Fixture::new();
+    /// A one-sync project over `model.csv` into an SQLite table `t` that starts with `seed`.
+    fn matrix_project(f: &Fixture, sync: &str, b: B, seed: &[(u8, String)]) {
         f.write(
             "backflow.toml",
             &format!(
@@ -256,44 +252,74 @@ mod crash_matrix {
                 b.name()
             ),
         );
-        let seed = vec![(1u8, "seed".to_string()), (3, "seed".into())];
-        {
-            let conn = rusqlite::Connection::open(f.path().join("db.sqlite")).unwrap();
-            conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, val TEXT)")
+        let conn = rusqlite::Connection::open(f.path().join("db.sqlite")).unwrap();
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, val TEXT)")
+            .unwrap();
+        for (k, v) in seed {
+            conn.execute("INSERT INTO t VALUES (?1, ?2)", rusqlite::params![k, v])
                 .unwrap();
-            for (k, v) in &seed {
-                conn.execute("INSERT INTO t VALUES (?1, ?2)", rusqlite::params![k, v])
-                    .unwrap();
-            }
         }
+    }
+
+    /// One run of `sync` with failpoint `point` set (as an error, or a panic), in its own task
+    /// so that a panic is caught.
+    async fn faulted_run(
+        f: &Fixture,
+        sync: &str,
+        point: &'static str,
+        panic: bool,
+    ) -> Result<backflow::SyncReport, tokio::task::JoinError> {
+        let arg = if panic {
+            format!("panic:{sync}")
+        } else {
+            sync.to_string()
+        };
+        fail::cfg(point, &format!("return({arg})")).unwrap();
+        let path = f.path().to_path_buf();
+        let name = sync.to_string();
+        let outcome = tokio::spawn(async move {
+            let project = backflow::Project::load(&path).unwrap();
+            let ctx = project.session().await.unwrap();
+            backflow::sync::run(
+                &project,
+                &ctx,
+                &name,
+                Default::default(),
+                &backflow::sync::NoProgress,
+            )
+            .await
+        })
+        .await;
+        fail::remove(point);
+        outcome
+    }
+
+    /// The destination table as sorted (key, value) rows.
+    fn table(f: &Fixture) -> Vec<(u8, String)> {
+        let mut got: Vec<(u8, String)> = f
+            .sqlite("db.sqlite", "t")
+            .iter()
+            .map(|m| (m["id"].parse().unwrap(), m["val"].clone()))
+            .collect();
+        got.sort();
+        got
+    }
+
+    async fn run_case(
+        b: B,
+        steps: Vec<(Version, Option<(usize, bool)>)>,
+    ) -> Result<(), TestCaseError> {
+        let sync = format!("crash_matrix_{}", CASE.fetch_add(1, Ordering::SeqCst));
+        let f = Fixture::new();
+        let seed = vec![(1u8, "seed".to_string()), (3, "seed".into())];
+        matrix_project(&f, &sync, b, &seed);
         let mut naive = Naive::new(b, &seed);
         naive.dest.sort();
         for (v, fault) in steps {
             f.write("model.csv", &csv(&v));
             if let Some((point, panic)) = fault {
                 let point = POINTS[point];
-                let arg = if panic {
-                    format!("panic:{sync}")
-                } else {
-                    sync.clone()
-                };
-                fail::cfg(point, &format!("return({arg})")).unwrap();
-                let path = f.path().to_path_buf();
-                let name = sync.clone();
-                let outcome = tokio::spawn(async move {
-                    let project = backflow::Project::load(&path).unwrap();
-                    let ctx = project.session().await.unwrap();
-                    backflow::sync::run(
-                        &project,
-                        &ctx,
-                        &name,
-                        Default::default(),
-                        &backflow::sync::NoProgress,
-                    )
-                    .await
-                })
-                .await;
-                fail::remove(point);
+                let outcome = faulted_run(&f, &sync, point, panic).await;
                 INJECTED.fetch_add(1, Ordering::SeqCst);
                 match outcome {
                     Ok(r) if r.error.is_none() => {} // the point was not on this run's path
@@ -317,12 +343,7 @@ mod crash_matrix {
                 .remove(0);
             prop_assert!(r.error.is_none(), "{:?}", r.error);
             naive.apply(&v);
-            let mut got: Vec<(u8, String)> = f
-                .sqlite("db.sqlite", "t")
-                .iter()
-                .map(|m| (m["id"].parse().unwrap(), m["val"].clone()))
-                .collect();
-            got.sort();
+            let got = table(&f);
             prop_assert_eq!(
                 &got,
                 &naive.dest,
@@ -361,45 +382,13 @@ mod crash_matrix {
     ) -> Result<(), TestCaseError> {
         let sync = format!("crash_mirror_{}", CASE.fetch_add(1, Ordering::SeqCst));
         let f = Fixture::new();
-        f.write(
-            "backflow.toml",
-            &format!(
-                "[sources.model]\ntype = \"csv\"\npath = \"model.csv\"\n\n[destinations.db]\ntype = \"sqlite\"\npath = \"db.sqlite\"\n\n[syncs.{sync}]\nfrom = \"model\"\nto = \"db\"\nobject = \"t\"\nbehavior = \"{}\"\nkey = \"id\"\n",
-                b.name()
-            ),
-        );
-        {
-            let conn = rusqlite::Connection::open(f.path().join("db.sqlite")).unwrap();
-            conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, val TEXT); INSERT INTO t VALUES (100, 'theirs');").unwrap();
-        }
+        matrix_project(&f, &sync, b, &[(100, "theirs".to_string())]);
         let n = steps.len();
         for (i, (v, fault)) in steps.into_iter().enumerate() {
             f.write("model.csv", &csv(&v));
             let fault = if i + 1 == n { None } else { fault };
             if let Some((point, panic)) = fault {
-                let point = POINTS[point];
-                let arg = if panic {
-                    format!("panic:{sync}")
-                } else {
-                    sync.clone()
-                };
-                fail::cfg(point, &format!("return({arg})")).unwrap();
-                let path = f.path().to_path_buf();
-                let name = sync.clone();
-                let _ = tokio::spawn(async move {
-                    let project = backflow::Project::load(&path).unwrap();
-                    let ctx = project.session().await.unwrap();
-                    backflow::sync::run(
-                        &project,
-                        &ctx,
-                        &name,
-                        Default::default(),
-                        &backflow::sync::NoProgress,
-                    )
-                    .await
-                })
-                .await;
-                fail::remove(point);
+                let _ = faulted_run(&f, &sync, POINTS[point], panic).await;
                 continue;
             }
             let r = f
@@ -407,12 +396,7 @@ mod crash_matrix {
                 .await
                 .remove(0);
             prop_assert!(r.error.is_none(), "{:?}", r.error);
-            let mut got: Vec<(u8, String)> = f
-                .sqlite("db.sqlite", "t")
-                .iter()
-                .map(|m| (m["id"].parse().unwrap(), m["val"].clone()))
-                .collect();
-            got.sort();
+            let got = table(&f);
             let mut want: Vec<(u8, String)> = v.iter().map(|(k, x)| (*k, x.clone())).collect();
             want.push((100, "theirs".into()));
             want.sort();
