@@ -407,6 +407,7 @@ async fn history_cmd(
         "secs",
         "error",
     ]);
+    let mut sample_lines = Vec::new();
     for run in &runs {
         let samples = if with_samples {
             history::samples(&project.state, &run.sync, run)
@@ -431,7 +432,7 @@ async fn history_cmd(
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_default();
         table.add_row(vec![
-            started,
+            started.clone(),
             run.sync.clone(),
             run.status.as_str().to_string(),
             c.read.to_string(),
@@ -447,22 +448,27 @@ async fn history_cmd(
             ),
             run.error.clone().unwrap_or_default(),
         ]);
-        for s in &samples {
-            let kind = match s.kind {
-                history::RecordKind::Invalid => "invalid",
-                history::RecordKind::Rejected => "rejected",
-            };
-            table.add_row(vec![
-                String::new(),
-                format!("  {kind}"),
-                s.key.clone().unwrap_or_else(|| "NULL".into()),
-                s.reason.clone(),
-                s.record.clone(),
-            ]);
+        if !samples.is_empty() {
+            sample_lines.push(format!("{} {} (run {}):", run.sync, started, run.run_id));
+            for s in &samples {
+                let kind = match s.kind {
+                    history::RecordKind::Invalid => "invalid",
+                    history::RecordKind::Rejected => "rejected",
+                };
+                sample_lines.push(format!(
+                    "  {kind}: key {} — {}\n      {}",
+                    s.key.as_deref().unwrap_or("NULL"),
+                    s.reason,
+                    s.record
+                ));
+            }
         }
     }
     if !json && !runs.is_empty() {
         println!("{table}");
+        for line in sample_lines {
+            println!("{line}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

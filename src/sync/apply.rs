@@ -519,6 +519,22 @@ pub async fn apply(
         }
         tally.counts.unchanged += mask(&ops, UNCHANGED).true_count() as u64;
         tally_invalid(target, &batch, &ops, tally);
+        // Invalid rows hold the watermark back like rejected ones: they are read (and reported)
+        // again until they are fixed, rather than skipped for good.
+        if let (Some(acc), Some(cursor)) =
+            (cursors.min_rejected.as_mut(), batch.column_by_name(CURSOR))
+        {
+            let invalid = arrow::compute::kernels::boolean::or(
+                &mask(&ops, NULL_KEY),
+                &mask(&ops, DUPLICATE_KEY),
+            )
+            .map_err(|e| df_err(e.into()))?;
+            if invalid.true_count() > 0 {
+                cursors.any_rejected = true;
+                let c = arrow::compute::filter(cursor, &invalid).map_err(|e| df_err(e.into()))?;
+                acc.update_batch(&[c]).map_err(&df_err)?;
+            }
+        }
 
         // Rows to send are gathered per class into destination batches of a useful size.
         for class in [GONE, NEW, CHANGED] {

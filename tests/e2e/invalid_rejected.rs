@@ -126,3 +126,35 @@ async fn a_rejected_row_holds_the_watermark_back() {
     assert_eq!(r.watermark.as_deref(), Some("30"));
     assert_eq!(f.sqlite("out/app.db", "people").len(), 3);
 }
+
+#[tokio::test]
+async fn invalid_rows_hold_the_watermark_until_fixed() {
+    let f = Fixture::new();
+    people_project(&f, "upsert", "cursor = \"ts\"");
+    f.write(
+        "people.csv",
+        "id,email,name,plan,ts\n1,a,Ada,p,10\n2,b,Bob,p,20\n2,b,Bob2,p,30\n3,c,Cy,p,40\n",
+    );
+    let r = f.run_ok("people_sync").await;
+    assert_eq!((r.counts.created, r.counts.invalid), (2, 2));
+    assert_eq!(r.watermark.as_deref(), Some("20"));
+    // Nothing changed: the duplicate is read and reported again, never half-sent.
+    let r = f.run_ok("people_sync").await;
+    assert_eq!(
+        (r.counts.created, r.counts.invalid, r.counts.unchanged),
+        (0, 2, 1),
+        "{r:?}"
+    );
+    // Fixed upstream: the row goes out and the watermark moves on.
+    f.write(
+        "people.csv",
+        "id,email,name,plan,ts\n1,a,Ada,p,10\n2,b,Bob2,p,30\n3,c,Cy,p,40\n",
+    );
+    let r = f.run_ok("people_sync").await;
+    assert_eq!((r.counts.created, r.counts.invalid), (1, 0));
+    assert_eq!(r.watermark.as_deref(), Some("40"));
+    assert_eq!(
+        pairs(&f.sqlite("out/app.db", "people"), "id", "name")[1],
+        ("2".into(), "Bob2".into())
+    );
+}
