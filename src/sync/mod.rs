@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Nothing is marked synced that the destination did not accept; the watermark and the
-//! snapshot move together, only when the manifest commits. A crash anywhere before that leaves
+//! snapshot move together, only when the manifest commits. The keys of each batch are written
+//! to `pending/` before the batch is sent (write-ahead intents): the next run treats them as
+//! unknown, so whatever an interrupted run did to their records is redone or undone. A crash anywhere before that leaves
 //! the previous state, and the next run sends again whatever was not committed
 //! (at-least-once).
 
