@@ -214,7 +214,7 @@ async fn prepare(
     let mut previous = project.state.latest(name).await?;
     let latest_version = previous.as_ref().map_or(0, |m| m.version);
 
-    let mut relation = ctx.table(sync.from.as_str()).await.map_err(&df_err)?;
+    let relation = ctx.table(sync.from.as_str()).await.map_err(&df_err)?;
     let cursor_type = match &sync.cursor {
         Some(c) => relation
             .schema()
@@ -224,7 +224,7 @@ async fn prepare(
         None => None,
     };
 
-    let mapped = mapping::map(sync, relation.clone()).map_err(|p| SyncError::Mapping {
+    let mapped = mapping::map(sync, relation).map_err(|p| SyncError::Mapping {
         sync: name.to_string(),
         problems: p.0,
     })?;
@@ -321,30 +321,25 @@ async fn prepare(
     }
 
     // Incremental read: rows at or past the watermark (ties at the watermark are re-read and
-    // dropped by the diff when unchanged).
-    if let (Some(cursor), Some(ct), Some(wm), false) = (
-        &sync.cursor,
+    // dropped by the diff when unchanged). The filter is on the mapped cursor column; DataFusion
+    // pushes it through the mapping down to the scan.
+    let mut mapped_df = mapped.df;
+    if let (Some(ct), Some(wm), false) = (
         &cursor_type,
         previous.as_ref().and_then(|p| p.watermark.as_ref()),
         rescan,
     ) {
         let value = watermark_value(name, wm, ct)?;
-        relation = relation
-            .filter(ident(cursor).gt_eq(lit(value)))
+        mapped_df = mapped_df
+            .filter(ident(mapping::CURSOR).gt_eq(lit(value)))
             .map_err(&df_err)?;
     }
-    let fields_fingerprint = mapped.fingerprint.clone();
-    let mapped = mapping::map(sync, relation).map_err(|p| SyncError::Mapping {
-        sync: name.to_string(),
-        problems: p.0,
-    })?;
+    let fields_fingerprint = mapped.fingerprint;
     let key_field = sync.key.destination();
-    let mapped_df = mapped
-        .df
+    let mapped_df = mapped_df
         .clone()
         .select(
-            mapped
-                .df
+            mapped_df
                 .schema()
                 .fields()
                 .iter()
