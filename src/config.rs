@@ -308,9 +308,18 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
         }
     }
 
+    for (name, source) in &config.sources {
+        if source.tables().is_some() && RESERVED_SCHEMAS.contains(&name.as_str()) {
+            problems.push(format!(
+                "source \"{name}\": a database source's name is the SQL schema of its tables; \"{name}\" is reserved, choose another"
+            ));
+        }
+    }
+    let known_relation = |name: &str| relations.contains(name) || source_table_known(config, name);
+
     for (name, segment) in &config.segments {
         let at = text.locate("segments", name);
-        if !relations.contains(segment.model.as_str()) {
+        if !known_relation(segment.model.as_str()) {
             problems.push(format!(
                 "{at}: segment \"{name}\" filters unknown model \"{}\"{}",
                 segment.model,
@@ -344,7 +353,7 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
                 "{at}: sync name \"{name}\" may only use letters, digits, '_' and '-'"
             ));
         }
-        if !relations.contains(sync.from.as_str()) {
+        if !known_relation(sync.from.as_str()) {
             problems.push(format!(
                 "{at}: sync \"{name}\" reads from unknown model or segment \"{}\"{}",
                 sync.from,
@@ -405,6 +414,22 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
         }
     }
     problems
+}
+
+/// Schema names a database source may not take.
+const RESERVED_SCHEMAS: [&str; 2] = ["public", "information_schema"];
+
+/// Whether `name` is `SOURCE.table` for a table a database source exposes (any name when the
+/// source lists `tables = "*"`: those are only known once the database is asked).
+pub fn source_table_known(config: &ProjectConfig, name: &str) -> bool {
+    let Some((source, table)) = name.split_once('.') else {
+        return false;
+    };
+    match config.sources.get(source).and_then(|s| s.tables()) {
+        Some(crate::sources::TableSelection::All) => !table.is_empty(),
+        Some(crate::sources::TableSelection::List(l)) => l.iter().any(|t| t == table),
+        None => false,
+    }
 }
 
 /// Names used in state paths (syncs): no separators, no dots.

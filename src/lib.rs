@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod databases;
 pub mod destinations;
 pub mod hash;
 pub mod history;

@@ -136,9 +136,13 @@ pub struct Node<'a> {
 
 /// Order models and segments so that each comes after what it reads. `sources` are leaves.
 /// Returns every unknown reference, or the first cycle found.
+///
+/// `source_table` tells whether a qualified name (`SOURCE.table`) is a table of a database
+/// source.
 pub fn order<'a>(
     nodes: &[Node<'a>],
     sources: &BTreeSet<&'a str>,
+    source_table: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<&'a str>, Vec<ModelError>> {
     let by_name: BTreeMap<&str, &Node> = nodes.iter().map(|n| (n.name, n)).collect();
     let mut known: Vec<&str> = sources.iter().copied().collect();
@@ -147,7 +151,7 @@ pub fn order<'a>(
     let mut errors = Vec::new();
     for node in nodes {
         for dep in &node.dependencies {
-            if !by_name.contains_key(dep) && !sources.contains(dep) {
+            if !by_name.contains_key(dep) && !sources.contains(dep) && !source_table(dep) {
                 errors.push(ModelError::UnknownReference {
                     path: node
                         .path
@@ -250,19 +254,22 @@ mod tests {
             node("a", &["src"]),
         ];
         let sources = BTreeSet::from(["src"]);
-        assert_eq!(order(&nodes, &sources).unwrap(), vec!["a", "b", "c"]);
+        assert_eq!(
+            order(&nodes, &sources, &|_| false).unwrap(),
+            vec!["a", "b", "c"]
+        );
     }
 
     #[test]
     fn cycles_and_unknown_names_are_reported() {
         let nodes = vec![node("a", &["b"]), node("b", &["c"]), node("c", &["a"])];
-        let err = order(&nodes, &BTreeSet::new()).unwrap_err();
+        let err = order(&nodes, &BTreeSet::new(), &|_| false).unwrap_err();
         assert_eq!(
             err[0].to_string(),
             "models depend on each other in a cycle: a → b → c → a"
         );
         let nodes = vec![node("a", &["peple"])];
-        let err = order(&nodes, &BTreeSet::from(["people"])).unwrap_err();
+        let err = order(&nodes, &BTreeSet::from(["people"]), &|_| false).unwrap_err();
         assert!(err[0].to_string().contains("did you mean \"people\""));
     }
 }

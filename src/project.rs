@@ -115,11 +115,13 @@ impl Project {
             });
         }
         let sources: BTreeSet<&str> = config.sources.keys().map(String::as_str).collect();
-        let order = models::order(&nodes, &sources)
-            .map_err(ProjectError::Models)?
-            .into_iter()
-            .map(str::to_string)
-            .collect();
+        let order = models::order(&nodes, &sources, &|name| {
+            crate::config::source_table_known(&config, name)
+        })
+        .map_err(ProjectError::Models)?
+        .into_iter()
+        .map(str::to_string)
+        .collect();
         let state_path = config.state.path.as_deref().unwrap_or(DEFAULT_STATE_DIR);
         let state =
             StateStore::open(Location::resolve(state_path, &dir).map_err(StateError::from)?)?;

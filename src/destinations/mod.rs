@@ -15,7 +15,10 @@
 //! - Only rows that were neither rejected nor failed are marked synced, so a rejected row is
 //!   retried on the next run.
 
+mod encode;
 mod file;
+mod mysql;
+mod postgres;
 mod sqlite;
 
 use std::path::Path;
@@ -28,6 +31,8 @@ use datafusion::common::ScalarValue;
 use serde::Deserialize;
 
 pub use file::{FileDestination, FileDestinationConfig, FileFormat};
+pub use mysql::{MysqlDestination, MysqlDestinationConfig};
+pub use postgres::{PostgresDestination, PostgresDestinationConfig};
 pub use sqlite::{SqliteDestination, SqliteDestinationConfig};
 
 use crate::config::Behavior;
@@ -53,6 +58,11 @@ pub enum DestinationError {
         reason: String,
     },
     #[error("destination \"{destination}\": {source}")]
+    Database {
+        destination: String,
+        source: crate::databases::DatabaseError,
+    },
+    #[error("destination \"{destination}\": {source}")]
     Storage {
         destination: String,
         source: crate::storage::StorageError,
@@ -68,6 +78,10 @@ pub enum DestinationConfig {
     /// Files (CSV, Parquet, JSON lines) in a local folder or an object-store prefix; objects are
     /// file names.
     File(FileDestinationConfig),
+    /// A PostgreSQL schema; objects are tables.
+    Postgres(PostgresDestinationConfig),
+    /// A MySQL or MariaDB database; objects are tables.
+    Mysql(MysqlDestinationConfig),
 }
 
 impl DestinationConfig {
@@ -76,6 +90,8 @@ impl DestinationConfig {
         match self {
             DestinationConfig::Sqlite(c) => c.validate(),
             DestinationConfig::File(c) => c.validate(),
+            DestinationConfig::Postgres(c) => c.validate(),
+            DestinationConfig::Mysql(c) => c.validate(),
         }
     }
 
@@ -84,6 +100,8 @@ impl DestinationConfig {
         match self {
             DestinationConfig::Sqlite(_) => sqlite::validate_object(object),
             DestinationConfig::File(_) => file::validate_object(object),
+            DestinationConfig::Postgres(_) => postgres::validate_object(object),
+            DestinationConfig::Mysql(_) => mysql::validate_object(object),
         }
     }
 }
@@ -93,6 +111,8 @@ pub fn build(name: &str, config: &DestinationConfig, project_dir: &Path) -> Arc<
     match config {
         DestinationConfig::Sqlite(c) => Arc::new(SqliteDestination::new(name, c, project_dir)),
         DestinationConfig::File(c) => Arc::new(FileDestination::new(name, c, project_dir)),
+        DestinationConfig::Postgres(c) => Arc::new(PostgresDestination::new(name, c)),
+        DestinationConfig::Mysql(c) => Arc::new(MysqlDestination::new(name, c)),
     }
 }
 
@@ -194,6 +214,29 @@ pub trait ObjectWriter: Send {
     ) -> Result<BatchOutcome, DestinationError>;
 
     async fn finish(self: Box<Self>) -> Result<FinishOutcome, DestinationError>;
+}
+
+/// The outcome of a batch applied in parts (see [`crate::databases::Bisect`]): the parts'
+/// rejections and skips, plus the rows the database refused, with their messages passed
+/// through `redact`.
+fn merge_outcomes(
+    parts: Vec<BatchOutcome>,
+    refused: Vec<(usize, String)>,
+    redact: impl Fn(&str) -> String,
+) -> BatchOutcome {
+    let mut outcome = BatchOutcome::default();
+    for part in parts {
+        outcome.rejected.extend(part.rejected);
+        outcome.skipped += part.skipped;
+    }
+    outcome
+        .rejected
+        .extend(refused.into_iter().map(|(row, reason)| Rejection {
+            row,
+            reason: redact(&reason),
+        }));
+    outcome.rejected.sort_by_key(|r| r.row);
+    outcome
 }
 
 /// Reject object names that would escape the destination (`..`, absolute paths, NUL).

@@ -1,6 +1,7 @@
 //! Sources: named tables that models read. Each kind lives in its own file and implements
 //! [`Source`]; [`build`] is the one place that lists them.
 
+mod database;
 mod file;
 
 use std::path::Path;
@@ -10,6 +11,9 @@ use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
 use serde::Deserialize;
 
+pub use database::{
+    DatabaseSource, MysqlSourceConfig, PostgresSourceConfig, SqliteSourceConfig, TableSelection,
+};
 pub use file::{CsvSourceConfig, FileSource, ParquetSourceConfig};
 
 /// Errors from registering or reading a source.
@@ -28,6 +32,19 @@ pub enum SourceError {
         location: String,
         source: datafusion::error::DataFusionError,
     },
+    #[error("source \"{name}\": {source}")]
+    Database {
+        name: String,
+        source: crate::databases::DatabaseError,
+    },
+    #[error("source \"{name}\", table \"{table}\": {reason}")]
+    Table {
+        name: String,
+        table: String,
+        reason: String,
+    },
+    #[error("source \"{name}\": {reason}")]
+    Other { name: String, reason: String },
 }
 
 /// `[sources.NAME]`, tagged by `type`.
@@ -38,6 +55,12 @@ pub enum SourceConfig {
     Csv(CsvSourceConfig),
     /// Parquet files: a path, a directory or a glob, local or in an object store.
     Parquet(ParquetSourceConfig),
+    /// Tables of a PostgreSQL schema; in models, `SOURCE.table`.
+    Postgres(PostgresSourceConfig),
+    /// Tables of a MySQL or MariaDB database; in models, `SOURCE.table`.
+    Mysql(MysqlSourceConfig),
+    /// Tables of an SQLite file; in models, `SOURCE.table`.
+    Sqlite(SqliteSourceConfig),
 }
 
 impl SourceConfig {
@@ -46,6 +69,20 @@ impl SourceConfig {
         match self {
             SourceConfig::Csv(c) => c.validate(),
             SourceConfig::Parquet(c) => c.validate(),
+            SourceConfig::Postgres(c) => c.validate(),
+            SourceConfig::Mysql(c) => c.validate(),
+            SourceConfig::Sqlite(c) => c.validate(),
+        }
+    }
+
+    /// For a database source, the tables it exposes (as `SOURCE.table`); None for a file
+    /// source, which is one table under its own name.
+    pub fn tables(&self) -> Option<&TableSelection> {
+        match self {
+            SourceConfig::Csv(_) | SourceConfig::Parquet(_) => None,
+            SourceConfig::Postgres(c) => Some(&c.tables),
+            SourceConfig::Mysql(c) => Some(&c.tables),
+            SourceConfig::Sqlite(c) => Some(&c.tables),
         }
     }
 }
@@ -62,5 +99,8 @@ pub fn build(config: &SourceConfig, project_dir: &Path) -> Arc<dyn Source> {
     match config {
         SourceConfig::Csv(c) => Arc::new(FileSource::csv(c.clone(), project_dir)),
         SourceConfig::Parquet(c) => Arc::new(FileSource::parquet(c.clone(), project_dir)),
+        SourceConfig::Postgres(c) => Arc::new(DatabaseSource::postgres(c.clone())),
+        SourceConfig::Mysql(c) => Arc::new(DatabaseSource::mysql(c.clone())),
+        SourceConfig::Sqlite(c) => Arc::new(DatabaseSource::sqlite(c.clone(), project_dir)),
     }
 }

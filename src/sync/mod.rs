@@ -879,3 +879,27 @@ pub async fn check(project: &Project, ctx: &SessionContext, name: &str) -> Resul
         .map_err(engine(name, "plan"))?;
     Ok(())
 }
+
+/// The physical plan of a sync's read and diff, as text. It shows what reaches each source:
+/// for a database source, the SQL sent to the server (with the watermark filter). Writes
+/// nothing.
+pub async fn explain(
+    project: &Project,
+    ctx: &SessionContext,
+    name: &str,
+) -> Result<String, SyncError> {
+    let result = async {
+        let prepared = prepare(project, ctx, name, RunOptions::default()).await?;
+        let plan = prepared
+            .diff
+            .create_physical_plan()
+            .await
+            .map_err(engine(name, "plan"))?;
+        Ok(datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(true)
+            .to_string())
+    }
+    .await;
+    clear_cycle_tables(ctx);
+    result
+}

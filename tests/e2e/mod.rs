@@ -6,4 +6,7 @@ mod files;
 mod hostile;
 mod incremental;
 mod invalid_rejected;
+mod mysql;
+mod postgres;
 mod property;
+mod sources;

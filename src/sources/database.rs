@@ -1,0 +1,331 @@
+//! Database sources: the tables of a PostgreSQL schema, a MySQL/MariaDB database or an SQLite
+//! file, read through datafusion-table-providers. A source named `warehouse` becomes a SQL
+//! schema: its table `customers` is `warehouse.customers` in models. Filters, projections and
+//! limits of a query reach the database as SQL (the providers unparse them), so a
+//! watermark-filtered read only fetches the rows past the watermark.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, TableProvider};
+use datafusion::common::TableReference;
+use datafusion::prelude::SessionContext;
+use serde::Deserialize;
+
+use super::{Source, SourceError};
+use crate::databases::mysql::MyUrl;
+use crate::databases::postgres::PgUrl;
+use crate::databases::{self, DatabaseError};
+
+/// Which tables a database source exposes.
+#[derive(Debug, Clone)]
+pub enum TableSelection {
+    /// `tables = "*"`: every table and view, listed when the run starts.
+    All,
+    /// `tables = ["a", "b"]`
+    List(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for TableSelection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::One(s) if s == "*" => Ok(TableSelection::All),
+            Raw::One(s) => Err(serde::de::Error::custom(format!(
+                "tables = \"{s}\": use \"*\" for every table or a list such as [\"{s}\"]"
+            ))),
+            Raw::Many(v) => Ok(TableSelection::List(v)),
+        }
+    }
+}
+
+impl TableSelection {
+    fn validate(&self) -> Vec<String> {
+        match self {
+            TableSelection::All => vec![],
+            TableSelection::List(l) if l.is_empty() => {
+                vec!["tables is empty (list table names, or \"*\" for all)".into()]
+            }
+            TableSelection::List(l) => l
+                .iter()
+                .filter(|t| t.trim().is_empty() || t.contains('\0'))
+                .map(|t| format!("table name {t:?} is not valid"))
+                .collect(),
+        }
+    }
+}
+
+/// `type = "postgres"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSourceConfig {
+    /// The environment variable holding the connection URL.
+    pub url_env: String,
+    /// The schema whose tables are read (default `public`).
+    #[serde(default = "public")]
+    pub schema: String,
+    pub tables: TableSelection,
+}
+
+/// `type = "mysql"` (MySQL or MariaDB; the database is the URL's).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlSourceConfig {
+    pub url_env: String,
+    pub tables: TableSelection,
+}
+
+/// `type = "sqlite"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSourceConfig {
+    /// The database file, relative to the project.
+    pub path: String,
+    pub tables: TableSelection,
+}
+
+fn public() -> String {
+    "public".into()
+}
+
+impl PostgresSourceConfig {
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = databases::validate_url_env(&self.url_env);
+        p.extend(self.tables.validate());
+        p
+    }
+}
+
+impl MysqlSourceConfig {
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = databases::validate_url_env(&self.url_env);
+        p.extend(self.tables.validate());
+        p
+    }
+}
+
+impl SqliteSourceConfig {
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = self.tables.validate();
+        if self.path.trim().is_empty() {
+            p.push("path is empty".into());
+        }
+        p
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Postgres(PostgresSourceConfig),
+    Mysql(MysqlSourceConfig),
+    Sqlite(SqliteSourceConfig, PathBuf),
+}
+
+/// A database source.
+#[derive(Debug, Clone)]
+pub struct DatabaseSource {
+    kind: Kind,
+}
+
+impl DatabaseSource {
+    pub fn postgres(c: PostgresSourceConfig) -> Self {
+        DatabaseSource {
+            kind: Kind::Postgres(c),
+        }
+    }
+    pub fn mysql(c: MysqlSourceConfig) -> Self {
+        DatabaseSource {
+            kind: Kind::Mysql(c),
+        }
+    }
+    pub fn sqlite(c: SqliteSourceConfig, project_dir: &Path) -> Self {
+        let p = Path::new(&c.path);
+        let path = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            project_dir.join(p)
+        };
+        DatabaseSource {
+            kind: Kind::Sqlite(c, path),
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[async_trait]
+impl Source for DatabaseSource {
+    async fn register(&self, ctx: &SessionContext, name: &str) -> Result<(), SourceError> {
+        let db_err = |source: DatabaseError| SourceError::Database {
+            name: name.to_string(),
+            source,
+        };
+        let schema = Arc::new(MemorySchemaProvider::new());
+        match &self.kind {
+            Kind::Postgres(c) => {
+                use datafusion_table_providers_postgres::PostgresTableFactory;
+                use datafusion_table_providers_postgres::pool::PostgresConnectionPool;
+                let url = PgUrl::from_env(&c.url_env).map_err(db_err)?;
+                let tables = match &c.tables {
+                    TableSelection::List(l) => l.clone(),
+                    TableSelection::All => {
+                        let client = url.connect().await.map_err(db_err)?;
+                        crate::databases::postgres::list_tables(&url, &client, &c.schema)
+                            .await
+                            .map_err(db_err)?
+                    }
+                };
+                let pool = PostgresConnectionPool::new(url.provider_params())
+                    .await
+                    .map_err(|e| {
+                        db_err(DatabaseError::Connect {
+                            var: c.url_env.clone(),
+                            server: url.server(),
+                            reason: url.redact(&e.to_string()),
+                        })
+                    })?;
+                // `jsonb` is read as its text, like `json`.
+                let pool = pool.with_unsupported_type_action(
+                    datafusion_table_providers_common::UnsupportedTypeAction::String,
+                );
+                let factory = PostgresTableFactory::new(Arc::new(pool));
+                for table in tables {
+                    let reference = TableReference::partial(c.schema.as_str(), table.as_str());
+                    let provider = factory.table_provider(reference).await;
+                    add(&schema, name, &table, provider, |m| url.redact(m))?;
+                }
+            }
+            Kind::Mysql(c) => {
+                use datafusion_table_providers_mysql::MySQLTableFactory;
+                use datafusion_table_providers_mysql::pool::MySQLConnectionPool;
+                let url = MyUrl::from_env(&c.url_env).map_err(db_err)?;
+                let (mut conn, sslmode) = url.connect().await.map_err(db_err)?;
+                let tables = match &c.tables {
+                    TableSelection::List(l) => l.clone(),
+                    TableSelection::All => crate::databases::mysql::list_tables(&url, &mut conn)
+                        .await
+                        .map_err(db_err)?,
+                };
+                let _ = conn.disconnect().await;
+                let pool = MySQLConnectionPool::new(url.provider_params(sslmode))
+                    .await
+                    .map_err(|e| {
+                        db_err(DatabaseError::Connect {
+                            var: c.url_env.clone(),
+                            server: url.server(),
+                            reason: url.redact(&e.to_string()),
+                        })
+                    })?;
+                let factory = MySQLTableFactory::new(Arc::new(pool));
+                for table in tables {
+                    let reference = TableReference::bare(table.as_str());
+                    let provider = factory.table_provider(reference).await;
+                    add(&schema, name, &table, provider, |m| url.redact(m))?;
+                }
+            }
+            Kind::Sqlite(c, path) => {
+                use datafusion_table_providers_sqlite::SqliteTableFactory;
+                use datafusion_table_providers_sqlite::pool::SqliteConnectionPoolFactory;
+                if !path.is_file() {
+                    return Err(SourceError::Missing {
+                        name: name.to_string(),
+                        location: path.display().to_string(),
+                    });
+                }
+                let tables = match &c.tables {
+                    TableSelection::List(l) => l.clone(),
+                    TableSelection::All => sqlite_tables(path).map_err(|e| SourceError::Other {
+                        name: name.to_string(),
+                        reason: format!("{}: {e}", path.display()),
+                    })?,
+                };
+                let pool = SqliteConnectionPoolFactory::new(
+                    &path.to_string_lossy(),
+                    datafusion_table_providers_common::sql::db_connection_pool::Mode::File,
+                    std::time::Duration::from_secs(10),
+                )
+                .build()
+                .await
+                .map_err(|e| SourceError::Other {
+                    name: name.to_string(),
+                    reason: format!("{}: {e}", path.display()),
+                })?;
+                let factory = SqliteTableFactory::new(Arc::new(pool));
+                for table in tables {
+                    let provider = factory
+                        .table_provider(TableReference::bare(table.as_str()))
+                        .await;
+                    add(&schema, name, &table, provider, |m| m.to_string())?;
+                }
+            }
+        }
+        let catalog = ctx
+            .catalog("datafusion")
+            .ok_or_else(|| SourceError::Other {
+                name: name.to_string(),
+                reason: "the session has no default catalog".into(),
+            })?;
+        catalog
+            .register_schema(name, schema)
+            .map_err(|e| SourceError::Other {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(())
+    }
+}
+
+fn add(
+    schema: &MemorySchemaProvider,
+    source: &str,
+    table: &str,
+    provider: Result<Arc<dyn TableProvider>, BoxError>,
+    redact: impl Fn(&str) -> String,
+) -> Result<(), SourceError> {
+    let provider = provider.map_err(|e| SourceError::Table {
+        name: source.to_string(),
+        table: table.to_string(),
+        reason: redact(&chain(e.as_ref())),
+    })?;
+    schema
+        .register_table(table.to_string(), provider)
+        .map_err(|e| SourceError::Table {
+            name: source.to_string(),
+            table: table.to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(())
+}
+
+/// An error with its causes, `a: b: c`.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut m = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !m.contains(&t) {
+            m.push_str(": ");
+            m.push_str(&t);
+        }
+        source = s.source();
+    }
+    m
+}
+
+fn sqlite_tables(path: &Path) -> rusqlite::Result<Vec<String>> {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut stmt = conn.prepare(
+        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )?;
+    let names = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(names)
+}

@@ -1,0 +1,360 @@
+//! MySQL/MariaDB as a destination and as a source, against the real server (see
+//! `tests/common/db.rs`). Each test uses its own tables in the test database.
+
+use mysql_async::prelude::Queryable;
+
+use crate::common::db::{self, my_rows, row};
+use crate::common::*;
+
+const DESTINATION: &str = r#"
+[destinations.my]
+type = "mysql"
+url_env = "BACKFLOW_TEST_MYSQL_URL"
+"#;
+
+async fn drop_tables(my: &mut mysql_async::Conn, tables: &[&str]) {
+    for t in tables {
+        my.query_drop(format!("DROP TABLE IF EXISTS `{}`", t.replace('`', "``")))
+            .await
+            .unwrap();
+    }
+}
+
+fn csv_to_mysql(f: &Fixture, object: &str, behavior: &str) {
+    f.write(
+        "backflow.toml",
+        &format!(
+            "[sources.people]\ntype = \"csv\"\npath = \"people.csv\"\n{DESTINATION}\n\
+             [syncs.people]\nfrom = \"people\"\nto = \"my\"\nobject = '{object}'\nbehavior = \"{behavior}\"\nkey = \"id\"\n"
+        ),
+    );
+}
+
+#[tokio::test]
+async fn mirror_creates_the_table_and_sends_only_changes() {
+    let Some(mut my) = db::mysql().await else {
+        return;
+    };
+    let table = "bf_e2e_my_mirror";
+    drop_tables(&mut my, &[table]).await;
+    let f = Fixture::new();
+    csv_to_mysql(&f, table, "mirror");
+    f.write(
+        "people.csv",
+        "id,email,name,plan\n1,a@x.io,Ada,pro\n2,b@x.io,Bob,free\n3,c@x.io,Cy,pro\n",
+    );
+    let r = f.run_ok("people").await;
+    assert_eq!(r.counts.created, 3);
+    let q = format!("SELECT id, email, name, plan FROM {table}");
+    assert_eq!(my_rows(&mut my, &q).await.len(), 3);
+    f.write(
+        "people.csv",
+        "id,email,name,plan\n1,a@x.io,Ada,pro\n2,b@x.io,Bobby,free\n4,d@x.io,Di,free\n",
+    );
+    let r = f.run_ok("people").await;
+    assert_eq!(
+        (
+            r.counts.created,
+            r.counts.updated,
+            r.counts.deleted,
+            r.counts.unchanged
+        ),
+        (1, 1, 1, 1),
+        "{r:?}"
+    );
+    assert_eq!(
+        my_rows(&mut my, &q).await,
+        vec![
+            row(&["1", "a@x.io", "Ada", "pro"]),
+            row(&["2", "b@x.io", "Bobby", "free"]),
+            row(&["4", "d@x.io", "Di", "free"]),
+        ]
+    );
+    drop_tables(&mut my, &[table]).await;
+}
+
+#[tokio::test]
+async fn every_behavior_against_existing_records() {
+    let Some(mut my) = db::mysql().await else {
+        return;
+    };
+    let tables = [
+        "bf_e2e_my_up",
+        "bf_e2e_my_upd",
+        "bf_e2e_my_cre",
+        "bf_e2e_my_app",
+        "bf_e2e_my_del",
+    ];
+    drop_tables(&mut my, &tables).await;
+    for t in tables {
+        let pk = if t.ends_with("app") {
+            ""
+        } else {
+            " PRIMARY KEY"
+        };
+        my.query_drop(format!(
+            "CREATE TABLE {t} (id BIGINT{pk}, email TEXT, name TEXT, plan TEXT, note VARCHAR(10) DEFAULT 'kept')"
+        ))
+        .await
+        .unwrap();
+        my.query_drop(format!(
+            "INSERT INTO {t} (id, email, name, plan) VALUES (1, 'old', 'one', 'old'), (9, 'old', 'nine', 'old')"
+        ))
+        .await
+        .unwrap();
+    }
+    let behaviors = [
+        "upsert",
+        "update-only",
+        "create-only",
+        "append-only",
+        "delete",
+    ];
+    let mut toml =
+        format!("[sources.people]\ntype = \"csv\"\npath = \"people.csv\"\n{DESTINATION}\n");
+    for (t, b) in tables.iter().zip(behaviors) {
+        toml.push_str(&format!(
+            "[syncs.{t}]\nfrom = \"people\"\nto = \"my\"\nobject = \"{t}\"\nbehavior = \"{b}\"\nkey = \"id\"\n"
+        ));
+    }
+    let f = Fixture::new();
+    f.write("backflow.toml", &toml);
+    f.write(
+        "people.csv",
+        "id,email,name,plan\n1,a@x.io,Ada,pro\n2,b@x.io,Bob,free\n",
+    );
+    let q = |t: &str| format!("SELECT id, name, note FROM {t}");
+
+    let r = f.run_ok(tables[0]).await;
+    assert_eq!(r.counts.created, 2);
+    assert_eq!(
+        my_rows(&mut my, &q(tables[0])).await,
+        vec![
+            row(&["1", "Ada", "kept"]),
+            row(&["2", "Bob", "kept"]),
+            row(&["9", "nine", "kept"])
+        ]
+    );
+    let r = f.run_ok(tables[1]).await;
+    assert_eq!((r.counts.updated, r.counts.rejected), (1, 1), "{r:?}");
+    assert_eq!(
+        my_rows(&mut my, &q(tables[1])).await,
+        vec![row(&["1", "Ada", "kept"]), row(&["9", "nine", "kept"])]
+    );
+    let r = f.run_ok(tables[2]).await;
+    assert_eq!((r.counts.created, r.counts.skipped), (1, 1), "{r:?}");
+    assert_eq!(
+        my_rows(&mut my, &q(tables[2])).await,
+        vec![
+            row(&["1", "one", "kept"]),
+            row(&["2", "Bob", "kept"]),
+            row(&["9", "nine", "kept"])
+        ]
+    );
+    let r = f.run_ok(tables[3]).await;
+    assert_eq!(r.counts.created, 2);
+    assert_eq!(my_rows(&mut my, &q(tables[3])).await.len(), 4);
+    let r = f.run_ok(tables[4]).await;
+    assert_eq!(r.counts.deleted, 2, "{r:?}");
+    assert_eq!(
+        my_rows(&mut my, &q(tables[4])).await,
+        vec![row(&["9", "nine", "kept"])]
+    );
+    drop_tables(&mut my, &tables).await;
+}
+
+#[tokio::test]
+async fn refused_rows_are_rejected_with_the_server_message_and_the_rest_lands() {
+    let Some(mut my) = db::mysql().await else {
+        return;
+    };
+    let table = "bf_e2e_my_rejects";
+    drop_tables(&mut my, &[table]).await;
+    my.query_drop(format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, name VARCHAR(5), plan VARCHAR(10) CHECK (plan <> 'bad'), n INT)"
+    ))
+    .await
+    .unwrap();
+    let f = Fixture::new();
+    csv_to_mysql(&f, table, "upsert");
+    let mut csv = String::from("id,name,plan,n\n");
+    for i in 1..=300 {
+        let name = if i == 17 { "Toolongname" } else { "Ok" };
+        let plan = if i == 250 { "bad" } else { "pro" };
+        let n = if i == 100 {
+            "99999999999".to_string()
+        } else {
+            i.to_string()
+        };
+        csv.push_str(&format!("{i},{name},{plan},{n}\n"));
+    }
+    f.write("people.csv", &csv);
+    let r = f.run_ok("people").await;
+    assert_eq!((r.counts.created, r.counts.rejected), (297, 3), "{r:?}");
+    let reason = |k: &str| {
+        r.samples
+            .iter()
+            .find(|s| s.key.as_deref() == Some(k))
+            .map(|s| s.reason.clone())
+            .unwrap_or_default()
+    };
+    assert!(reason("17").contains("too long"), "{:?}", r.samples);
+    assert!(reason("100").contains("Out of range"), "{:?}", r.samples);
+    assert!(
+        reason("250").to_lowercase().contains("constraint"),
+        "{:?}",
+        r.samples
+    );
+    assert_eq!(
+        my_rows(&mut my, &format!("SELECT count(*) FROM {table}")).await,
+        vec![row(&["297"])]
+    );
+    drop_tables(&mut my, &[table]).await;
+}
+
+#[tokio::test]
+async fn hostile_identifiers_and_values_are_quoted_and_bound() {
+    let Some(mut my) = db::mysql().await else {
+        return;
+    };
+    let table = "bf_e2e_my_we`ird; drop table x; --";
+    drop_tables(&mut my, &[table, "bf_e2e_my_x"]).await;
+    my.query_drop("CREATE TABLE bf_e2e_my_x (v INT)")
+        .await
+        .unwrap();
+    let f = Fixture::new();
+    csv_to_mysql(&f, table, "mirror");
+    f.write(
+        "people.csv",
+        "id,select,\"`; drop table bf_e2e_my_x; --\"\n\
+         1,\"it's \"\"quoted\"\"\",back\\slash\n\
+         2,\"new\nline\",'); DROP TABLE bf_e2e_my_x; --\n\
+         3,\\N,ünïcødé ✓ 𝄞\n",
+    );
+    let r = f.run_ok("people").await;
+    assert_eq!(r.counts.created, 3, "{r:?}");
+    let rows = my_rows(
+        &mut my,
+        "SELECT id, `select`, ```; drop table bf_e2e_my_x; --` FROM `bf_e2e_my_we``ird; drop table x; --`",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        vec![
+            row(&["1", "it's \"quoted\"", "back\\slash"]),
+            row(&["2", "new\nline", "'); DROP TABLE bf_e2e_my_x; --"]),
+            row(&["3", "\\N", "ünïcødé ✓ 𝄞"]),
+        ]
+    );
+    assert_eq!(
+        my_rows(&mut my, "SELECT count(*) FROM bf_e2e_my_x").await,
+        vec![row(&["0"])]
+    );
+    drop_tables(&mut my, &[table, "bf_e2e_my_x"]).await;
+}
+
+/// A MySQL table read by the source, written to a new MySQL table and to PostgreSQL: values
+/// compare equal as text; a cursor re-run reads only what changed.
+#[tokio::test]
+async fn types_round_trip_and_cursor_reads_are_pushed_down() {
+    let Some(mut my) = db::mysql().await else {
+        return;
+    };
+    let (src, copy) = ("bf_e2e_my_typed", "bf_e2e_my_typed_copy");
+    drop_tables(&mut my, &[src, copy]).await;
+    my.query_drop(format!(
+        "CREATE TABLE {src} (id BIGINT PRIMARY KEY, small SMALLINT, big BIGINT, num DECIMAL(38,18), \
+         t TEXT, b BOOLEAN, d DATE, dt DATETIME(6), j JSON, updated_at DATETIME(6) NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    my.query_drop(format!(
+        "INSERT INTO {src} VALUES \
+         (1, -32768, 9007199254740993, 12345678901234567890.123456789012345678, 'quote '' tab \t', TRUE, \
+          '2024-02-29', '2024-01-02 03:04:05.123456', '{{\"a\": [1, 2]}}', '2024-01-01 00:00:00'), \
+         (2, NULL, -9223372036854775808, -0.000000000000000001, '', FALSE, NULL, NULL, NULL, '2024-01-01 00:00:01')"
+    ))
+    .await
+    .unwrap();
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        &format!(
+            r#"
+[sources.shop]
+type = "mysql"
+url_env = "BACKFLOW_TEST_MYSQL_URL"
+tables = ["{src}"]
+{DESTINATION}
+[syncs.copy]
+from = "shop.{src}"
+to = "my"
+object = "{copy}"
+behavior = "upsert"
+key = "id"
+cursor = "updated_at"
+"#
+        ),
+    );
+    let r = f.run_ok("copy").await;
+    assert_eq!(r.counts.created, 2, "{r:?}");
+    let cols = "id, small, big, CAST(num AS CHAR), t, b, d, CAST(dt AS CHAR), CAST(j AS CHAR)";
+    let q = |t: &str| format!("SELECT {cols} FROM {t}");
+    let source = my_rows(&mut my, &q(src)).await;
+    assert_eq!(my_rows(&mut my, &q(copy)).await, source);
+
+    my.query_drop(format!(
+        "UPDATE {src} SET t = 'changed', updated_at = '2025-01-01' WHERE id = 2"
+    ))
+    .await
+    .unwrap();
+    let project = f.load().unwrap();
+    let ctx = project.session().await.unwrap();
+    let plan = backflow::sync::explain(&project, &ctx, "copy")
+        .await
+        .unwrap();
+    let sql: Vec<&str> = plan.lines().filter(|l| l.contains("SQLExec")).collect();
+    assert!(!sql.is_empty(), "{plan}");
+    for q in &sql {
+        assert!(
+            q.contains("WHERE") && q.contains("`updated_at` >="),
+            "the watermark filter is not in the SQL sent to MySQL: {q}"
+        );
+    }
+    let r = f.run_ok("copy").await;
+    assert_eq!((r.counts.read, r.counts.updated), (1, 1), "{r:?}");
+    assert_eq!(
+        my_rows(&mut my, &q(copy)).await,
+        my_rows(&mut my, &q(src)).await
+    );
+    drop_tables(&mut my, &[src, copy]).await;
+}
+
+#[tokio::test]
+async fn a_second_unique_index_is_refused_for_upserts() {
+    let Some(mut my) = db::mysql().await else {
+        return;
+    };
+    let table = "bf_e2e_my_unique";
+    drop_tables(&mut my, &[table]).await;
+    my.query_drop(format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, email VARCHAR(100) UNIQUE, name TEXT)"
+    ))
+    .await
+    .unwrap();
+    let f = Fixture::new();
+    csv_to_mysql(&f, table, "upsert");
+    f.write("people.csv", "id,email,name\n1,a@x.io,Ada\n");
+    let r = f.run_with(&["people"], Default::default()).await.remove(0);
+    let error = r.error.unwrap_or_default();
+    assert!(
+        error.contains("email") && error.contains("ON DUPLICATE KEY"),
+        "{error}"
+    );
+    assert!(
+        my_rows(&mut my, &format!("SELECT * FROM {table}"))
+            .await
+            .is_empty()
+    );
+    drop_tables(&mut my, &[table]).await;
+}

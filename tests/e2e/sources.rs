@@ -1,0 +1,92 @@
+//! Database sources that need no server: SQLite files, joined with file sources in a model.
+
+use crate::common::*;
+
+#[tokio::test]
+async fn sqlite_tables_are_source_tables_in_models() {
+    let f = Fixture::new();
+    std::fs::create_dir_all(f.path().join("in")).unwrap();
+    let conn = rusqlite::Connection::open(f.path().join("in/app.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT, mrr REAL);
+         INSERT INTO accounts VALUES (1, 'Acme', 10.5), (2, 'Globex', NULL), (3, 'Initech', 3.0);
+         CREATE TABLE ignored (x INTEGER);",
+    )
+    .unwrap();
+    drop(conn);
+    f.write(
+        "backflow.toml",
+        r#"
+[sources.app]
+type = "sqlite"
+path = "in/app.db"
+tables = "*"
+
+[sources.plans]
+type = "csv"
+path = "plans.csv"
+
+[destinations.out]
+type = "sqlite"
+path = "out/crm.db"
+
+[syncs.accounts]
+from = "enriched"
+to = "out"
+object = "accounts"
+behavior = "mirror"
+key = "id"
+"#,
+    );
+    f.write("plans.csv", "account_id,plan\n1,pro\n3,free\n");
+    f.write(
+        "models/enriched.sql",
+        "SELECT a.id, a.name, a.mrr, p.plan FROM app.accounts a LEFT JOIN plans p ON p.account_id = a.id",
+    );
+    let r = f.run_ok("accounts").await;
+    assert_eq!(r.counts.created, 3);
+    let rows = f.sqlite("out/crm.db", "accounts");
+    assert_eq!(
+        pairs(&rows, "name", "plan"),
+        vec![
+            ("Acme".into(), "pro".into()),
+            ("Globex".into(), "NULL".into()),
+            ("Initech".into(), "free".into())
+        ]
+    );
+    // A table the source does not have is named in the error.
+    f.write("models/enriched.sql", "SELECT id FROM app.acounts");
+    let project = f.load().unwrap();
+    let e = match project.session().await {
+        Ok(_) => panic!("the model names a missing table"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("acounts"), "{e}");
+}
+
+#[tokio::test]
+async fn a_database_source_listing_tables_checks_model_references_before_reading() {
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        r#"
+[sources.app]
+type = "sqlite"
+path = "in/app.db"
+tables = ["accounts"]
+
+[destinations.out]
+type = "sqlite"
+path = "out/crm.db"
+
+[syncs.accounts]
+from = "app.acounts"
+to = "out"
+object = "accounts"
+behavior = "mirror"
+key = "id"
+"#,
+    );
+    let e = f.load().unwrap_err().to_string();
+    assert!(e.contains("app.acounts"), "{e}");
+}
