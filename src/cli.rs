@@ -61,6 +61,10 @@ pub enum Command {
         /// Print one JSON object per sync instead of text.
         #[arg(long)]
         json: bool,
+        /// Also print each sync's physical plan: what is read from each source (for a database
+        /// source, the SQL sent to the server, watermark filter included).
+        #[arg(long)]
+        explain: bool,
     },
     /// Run syncs: send new, changed and removed rows to their destinations and commit the state.
     Run {
@@ -136,6 +140,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
             syncs,
             full_resync,
             json,
+            explain,
         } => {
             let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
             let names = project.select_syncs(&syncs).map_err(|e| e.to_string())?;
@@ -145,6 +150,19 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
                 let report = sync::plan(&project, &ctx, &name, RunOptions { full_resync }).await;
                 ok &= report.status == RunStatus::Succeeded;
                 print_plan(&report, json);
+                if explain {
+                    match sync::explain(&project, &ctx, &name).await {
+                        Ok(plan) if json => println!(
+                            "{}",
+                            serde_json::json!({ "sync": name, "physical_plan": plan })
+                        ),
+                        Ok(plan) => println!("physical plan of {name}:\n{plan}"),
+                        Err(e) => {
+                            ok = false;
+                            eprintln!("{e}");
+                        }
+                    }
+                }
             }
             Ok(exit(ok))
         }

@@ -82,6 +82,20 @@ pub enum StateError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "state of sync \"{sync}\": no committed version is readable (newest: {reason}); the state was left untouched. \
+         To start over, move {manifests} aside and run with --full-resync"
+    )]
+    Unreadable {
+        sync: String,
+        reason: String,
+        manifests: String,
+    },
+    #[error("state store: cannot flush {path} to disk: {source}")]
+    Fsync {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("state store: cannot write {path}: {source}")]
     Parquet {
         path: String,
@@ -128,6 +142,23 @@ pub struct Manifest {
     /// The mapped fields and their type families (the row-hash header).
     #[serde(default)]
     pub fields: Option<String>,
+    /// The snapshot file's size in bytes: a torn (truncated) snapshot is detected by it.
+    #[serde(default)]
+    pub snapshot_bytes: Option<u64>,
+    /// XXH3-64 (hex) of this manifest's JSON with `checksum` empty: a torn or altered manifest
+    /// is detected by it.
+    #[serde(default)]
+    pub checksum: Option<String>,
+}
+
+impl Manifest {
+    /// The checksum of this manifest's content (its `checksum` field excluded).
+    fn content_checksum(&self) -> String {
+        let mut copy = self.clone();
+        copy.checksum = None;
+        let json = serde_json::to_vec(&copy).unwrap_or_default();
+        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&json))
+    }
 }
 
 /// Where state lives.
@@ -277,11 +308,52 @@ impl StateStore {
             .map_err(self.io("read", &path))
     }
 
-    /// The newest committed manifest of a sync, if any.
+    /// The newest committed version number (readable or not): the next commit is this plus
+    /// one.
+    pub async fn newest_version(&self, sync: &str) -> Result<u64> {
+        Ok(self.versions(sync).await?.pop().unwrap_or(0))
+    }
+
+    /// The newest committed manifest of a sync that is intact, if any. A manifest that is torn
+    /// (unparsable, its checksum wrong) or whose snapshot is torn (not the size it committed)
+    /// is skipped with a warning and the version before it is used: the runs since then are
+    /// re-checked (at-least-once). State written by a newer backflow is refused, and when
+    /// versions exist but none is intact the result is an error, never "no state".
     pub async fn latest(&self, sync: &str) -> Result<Option<Manifest>> {
-        let Some(version) = self.versions(sync).await?.pop() else {
-            return Ok(None);
-        };
+        let versions = self.versions(sync).await?;
+        let mut newest_problem: Option<String> = None;
+        for &version in versions.iter().rev() {
+            match self.intact(sync, version).await {
+                Ok(m) => {
+                    if let Some(problem) = &newest_problem {
+                        tracing::warn!(
+                            sync,
+                            version,
+                            "using the last intact state version; a newer one is damaged: {problem}"
+                        );
+                    }
+                    return Ok(Some(m));
+                }
+                Err(e @ StateError::NewerFormat { .. }) => return Err(e),
+                Err(StateError::Corrupt { reason, path, .. }) => {
+                    newest_problem.get_or_insert(format!("{path}: {reason}"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match newest_problem {
+            None => Ok(None),
+            Some(reason) => Err(StateError::Unreadable {
+                sync: sync.to_string(),
+                reason,
+                manifests: self.manifests_dir(sync).to_string(),
+            }),
+        }
+    }
+
+    /// Version `version`'s manifest, checked: parsable, its checksum right, its snapshot the
+    /// size it had.
+    async fn intact(&self, sync: &str, version: u64) -> Result<Manifest> {
         let path = self.manifest_path(sync, version);
         let bytes = self.read_manifest(sync, version).await?;
         let corrupt = |reason: String| StateError::Corrupt {
@@ -306,7 +378,50 @@ impl StateStore {
                 manifest.version
             )));
         }
-        Ok(Some(manifest))
+        if let Some(sum) = &manifest.checksum
+            && *sum != manifest.content_checksum()
+        {
+            return Err(corrupt("its checksum does not match its content".into()));
+        }
+        if let Some(expected) = manifest.snapshot_bytes {
+            let snapshot = self.path(&manifest.snapshot);
+            match self.store.head(&snapshot).await {
+                Ok(meta) if meta.size == expected => {}
+                Ok(meta) => {
+                    return Err(corrupt(format!(
+                        "its snapshot {snapshot} has {} bytes, {expected} were committed",
+                        meta.size
+                    )));
+                }
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(corrupt(format!("its snapshot {snapshot} is missing")));
+                }
+                Err(e) => return Err(self.io("read", &snapshot)(e)),
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// Flush a local state file and its folder to disk (no-op for object stores, whose puts
+    /// are durable when they return).
+    fn fsync(&self, rel: &str) -> Result<()> {
+        let Some(root) = self.local_dir() else {
+            return Ok(());
+        };
+        let file = root.join(rel);
+        let flush = |p: &std::path::Path| {
+            std::fs::File::open(p)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| StateError::Fsync {
+                    path: p.display().to_string(),
+                    source,
+                })
+        };
+        flush(&file)?;
+        if let Some(dir) = file.parent() {
+            flush(dir)?;
+        }
+        Ok(())
     }
 
     /// A fresh directory (relative to the root) for the files of version `version`.
@@ -333,9 +448,19 @@ impl StateStore {
         })
     }
 
-    /// Commit `manifest` as the sync's next version: the single atomic step of a cycle.
+    /// Commit `manifest` as the sync's next version: the single atomic step of a cycle. The
+    /// snapshot's size and the manifest's checksum are recorded, and on a local disk the
+    /// snapshot is flushed before the manifest is written and the manifest after.
     pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
         let path = self.manifest_path(&manifest.sync, manifest.version);
+        let mut manifest = manifest.clone();
+        let snapshot = self.path(&manifest.snapshot);
+        if let Ok(meta) = self.store.head(&snapshot).await {
+            manifest.snapshot_bytes = Some(meta.size);
+            self.fsync(&manifest.snapshot)?;
+        }
+        manifest.checksum = Some(manifest.content_checksum());
+        let manifest = &manifest;
         let json = serde_json::to_vec_pretty(manifest).map_err(|e| StateError::Corrupt {
             sync: manifest.sync.clone(),
             path: path.to_string(),
@@ -346,7 +471,13 @@ impl StateStore {
             .put_opts(&path, PutPayload::from(json), PutMode::Create.into())
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                let rel = format!(
+                    "syncs/{}/_manifests/{:020}.json",
+                    manifest.sync, manifest.version
+                );
+                self.fsync(&rel)
+            }
             Err(object_store::Error::AlreadyExists { .. }) => Err(StateError::Conflict {
                 sync: manifest.sync.clone(),
                 version: manifest.version,
@@ -423,13 +554,15 @@ impl StateStore {
     }
 
     /// Write a whole small object that must not exist yet (history files).
+    /// The object is flushed to disk before this returns (intents must be durable before the
+    /// destination write they announce).
     pub async fn put_new(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
         let path = self.path(rel);
         self.store
             .put_opts(&path, PutPayload::from(bytes), PutMode::Create.into())
             .await
             .map_err(self.io("write", &path))?;
-        Ok(())
+        self.fsync(rel)
     }
 
     /// Names (relative to `rel`) of the objects directly under `rel`, sorted.
@@ -530,6 +663,8 @@ mod tests {
             watermark: None,
             destination_fingerprint: None,
             fields: None,
+            snapshot_bytes: None,
+            checksum: None,
         }
     }
 
@@ -556,6 +691,52 @@ mod tests {
         store.commit(&m).await.unwrap();
         let err = store.latest("s").await.unwrap_err();
         assert!(matches!(err, StateError::NewerFormat { .. }), "{err}");
+    }
+
+    /// Commits version `version` with a real snapshot file of `bytes` bytes.
+    async fn commit_with_snapshot(store: &StateStore, version: u64, bytes: usize) -> Manifest {
+        let m = manifest(version);
+        store.put_new(&m.snapshot, vec![7u8; bytes]).await.unwrap();
+        store.commit(&m).await.unwrap();
+        store.intact("s", version).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_torn_manifest_or_snapshot_falls_back_to_the_last_intact_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(Location::resolve(".backflow", dir.path()).unwrap()).unwrap();
+        commit_with_snapshot(&store, 1, 100).await;
+        let v2 = commit_with_snapshot(&store, 2, 200).await;
+        assert_eq!(v2.snapshot_bytes, Some(200));
+        assert!(v2.checksum.is_some());
+        let root = dir.path().join(".backflow");
+        let manifest2 = root.join("syncs/s/_manifests/00000000000000000002.json");
+
+        // A torn snapshot (a write lost after the manifest): version 1 is used.
+        let snap2 = root.join(&v2.snapshot);
+        std::fs::write(&snap2, vec![7u8; 150]).unwrap();
+        assert_eq!(store.latest("s").await.unwrap().unwrap().version, 1);
+        std::fs::write(&snap2, vec![7u8; 200]).unwrap();
+        assert_eq!(store.latest("s").await.unwrap().unwrap().version, 2);
+
+        // A manifest whose content changed (its checksum no longer matches).
+        let text = std::fs::read_to_string(&manifest2).unwrap();
+        std::fs::write(&manifest2, text.replace("\"rows\": 0", "\"rows\": 5")).unwrap();
+        assert_eq!(store.latest("s").await.unwrap().unwrap().version, 1);
+
+        // A truncated manifest, and an empty one (a lost unsynced write).
+        std::fs::write(&manifest2, &text[..text.len() / 2]).unwrap();
+        assert_eq!(store.latest("s").await.unwrap().unwrap().version, 1);
+        std::fs::write(&manifest2, "").unwrap();
+        assert_eq!(store.latest("s").await.unwrap().unwrap().version, 1);
+        // The next commit still takes the next number.
+        assert_eq!(store.newest_version("s").await.unwrap(), 2);
+
+        // Nothing intact: an error, never "no state".
+        let manifest1 = root.join("syncs/s/_manifests/00000000000000000001.json");
+        std::fs::write(&manifest1, "{").unwrap();
+        let err = store.latest("s").await.unwrap_err();
+        assert!(matches!(err, StateError::Unreadable { .. }), "{err}");
     }
 
     #[test]

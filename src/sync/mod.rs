@@ -212,7 +212,7 @@ async fn prepare(
     clear_cycle_tables(ctx);
     let df_err = engine(name, "read");
     let mut previous = project.state.latest(name).await?;
-    let latest_version = previous.as_ref().map_or(0, |m| m.version);
+    let latest_version = project.state.newest_version(name).await?;
 
     let relation = ctx.table(sync.from.as_str()).await.map_err(&df_err)?;
     let cursor_type = match &sync.cursor {
@@ -738,6 +738,9 @@ async fn run_cycle(
         watermark: watermark.clone(),
         destination_fingerprint: Some(prepared.fingerprint.clone()),
         fields: Some(prepared.fields.clone()),
+        // Filled in by the commit.
+        snapshot_bytes: None,
+        checksum: None,
     };
     failpoint!("before_commit", name);
     project.state.commit(&manifest).await?;

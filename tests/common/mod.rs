@@ -165,3 +165,39 @@ key = "id"
         ),
     );
 }
+
+/// Failpoints are process-wide: tests that configure one hold this lock from `fail::cfg` to
+/// `fail::remove`, so that two tests never configure the same point at once.
+pub static FAILPOINTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Run `sync` with failpoint `point` set to fail it (as an error, or a panic when `panic`);
+/// asserts that the run did fail there.
+#[cfg(feature = "failpoints")]
+pub async fn run_faulted(f: &Fixture, sync: &str, point: &str, panic: bool) {
+    let arg = if panic {
+        format!("panic:{sync}")
+    } else {
+        sync.to_string()
+    };
+    let _failpoints = FAILPOINTS.lock().await;
+    fail::cfg(point, &format!("return({arg})")).unwrap();
+    let outcome = {
+        let path = f.path().to_path_buf();
+        let sync = sync.to_string();
+        tokio::spawn(async move {
+            let project = Project::load(&path).unwrap();
+            let ctx = project.session().await.unwrap();
+            sync::run(&project, &ctx, &sync, RunOptions::default(), &NoProgress).await
+        })
+        .await
+    };
+    fail::remove(point);
+    match outcome {
+        Ok(report) => {
+            assert!(!panic, "the run did not panic: {report:?}");
+            assert_eq!(report.status, RunStatus::Failed, "{report:?}");
+            assert!(report.error.unwrap_or_default().contains(point));
+        }
+        Err(join) => assert!(panic && join.is_panic(), "{join:?}"),
+    }
+}

@@ -358,3 +358,65 @@ async fn a_second_unique_index_is_refused_for_upserts() {
     );
     drop_tables(&mut my, &[table]).await;
 }
+
+/// Runs that die after a destination batch or before the commit: the table ends equal to
+/// the model after the next run.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn interrupted_runs_lose_nothing() {
+    let Some(mut my) = db::mysql().await else {
+        return;
+    };
+    let table = "bf_e2e_my_crash";
+    drop_tables(&mut my, &[table]).await;
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        &format!(
+            "[sources.people]\ntype = \"csv\"\npath = \"people.csv\"\n{DESTINATION}\n\
+             [syncs.my_crash]\nfrom = \"people\"\nto = \"my\"\nobject = \"{table}\"\nbehavior = \"mirror\"\nkey = \"id\"\n"
+        ),
+    );
+    let model = |version: usize| {
+        let mut csv = String::from("id,name\n");
+        for i in 0..20_000 {
+            if (i + version) % 89 == 0 {
+                continue;
+            }
+            let name = if i % 3 == version % 3 {
+                format!("v{version}")
+            } else {
+                "same".into()
+            };
+            csv.push_str(&format!("{i},{name}\n"));
+        }
+        csv
+    };
+    let expected = |version: usize| {
+        let mut rows: Vec<Vec<String>> = model(version)
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').map(str::to_string).collect())
+            .collect();
+        rows.sort();
+        rows
+    };
+    let q = format!("SELECT CAST(id AS CHAR), name FROM {table}");
+    f.write("people.csv", &model(0));
+    f.run_ok("my_crash").await;
+    let mut version = 0;
+    for (point, panic) in [("after_batch", false), ("before_commit", true)] {
+        version += 1;
+        f.write("people.csv", &model(version));
+        run_faulted(&f, "my_crash", point, panic).await;
+        f.run_ok("my_crash").await;
+        assert_eq!(
+            my_rows(&mut my, &q).await,
+            expected(version),
+            "after {point}"
+        );
+        let r = f.run_ok("my_crash").await;
+        assert_eq!(r.counts.created + r.counts.updated + r.counts.deleted, 0);
+    }
+    drop_tables(&mut my, &[table]).await;
+}

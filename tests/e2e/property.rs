@@ -274,6 +274,7 @@ mod crash_matrix {
         } else {
             sync.to_string()
         };
+        let _failpoints = crate::common::FAILPOINTS.lock().await;
         fail::cfg(point, &format!("return({arg})")).unwrap();
         let path = f.path().to_path_buf();
         let name = sync.to_string();

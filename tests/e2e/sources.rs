@@ -90,3 +90,48 @@ key = "id"
     let e = f.load().unwrap_err().to_string();
     assert!(e.contains("app.acounts"), "{e}");
 }
+
+#[tokio::test]
+async fn plan_explain_shows_the_sql_a_cursor_read_sends_to_the_database() {
+    let f = Fixture::new();
+    std::fs::create_dir_all(f.path().join("in")).unwrap();
+    let conn = rusqlite::Connection::open(f.path().join("in/app.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, kind TEXT);
+         INSERT INTO events VALUES (1, 10, 'a'), (2, 20, 'b');",
+    )
+    .unwrap();
+    f.write(
+        "backflow.toml",
+        r#"
+[sources.app]
+type = "sqlite"
+path = "in/app.db"
+tables = ["events"]
+
+[destinations.out]
+type = "sqlite"
+path = "out/crm.db"
+
+[syncs.events]
+from = "app.events"
+to = "out"
+object = "events"
+behavior = "upsert"
+key = "id"
+cursor = "seq"
+"#,
+    );
+    f.run_ok("events").await;
+    conn.execute_batch("INSERT INTO events VALUES (3, 30, 'c')")
+        .unwrap();
+    let (code, out, err) = f.cli(&["plan", "events", "--explain"]);
+    assert_eq!(code, 0, "{err}");
+    let sql: Vec<&str> = out.lines().filter(|l| l.contains("sql=")).collect();
+    assert!(!sql.is_empty(), "{out}");
+    for q in sql {
+        assert!(q.contains("WHERE") && q.contains(">= 20"), "{q}");
+    }
+    let r = f.run_ok("events").await;
+    assert_eq!((r.counts.read, r.counts.created), (2, 1), "{r:?}");
+}
