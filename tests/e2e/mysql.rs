@@ -380,7 +380,7 @@ async fn interrupted_runs_lose_nothing() {
     let model = |version: usize| {
         let mut csv = String::from("id,name\n");
         for i in 0..20_000 {
-            if (i + version) % 89 == 0 {
+            if (i + version).is_multiple_of(89) {
                 continue;
             }
             let name = if i % 3 == version % 3 {

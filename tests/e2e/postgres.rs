@@ -588,7 +588,7 @@ async fn interrupted_runs_lose_nothing() {
         // and drops and adds a few.
         let mut csv = String::from("id,email,name,plan\n");
         for i in 0..40_000 {
-            if (i + version) % 97 == 0 {
+            if (i + version).is_multiple_of(97) {
                 continue;
             }
             let name = if i % 3 == version % 3 {
