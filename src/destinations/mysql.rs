@@ -442,7 +442,13 @@ impl Destination for MysqlDestination {
         let url = self.url()?;
         let (mut conn, _) = url.connect().await.map_err(|e| self.db(e))?;
         self.prepare(&url, &mut conn, target).await?;
+        let max_packet: Option<u64> = conn
+            .query_first("SELECT @@max_allowed_packet")
+            .await
+            .map_err(|e| self.db(url.query_error(&e)))?;
+        let max_packet = max_packet.unwrap_or(4 << 20) as usize;
         Ok(Box::new(MysqlWriter {
+            max_packet,
             destination: self.name.clone(),
             target: target.clone(),
             url,
@@ -452,10 +458,20 @@ impl Destination for MysqlDestination {
 }
 
 struct MysqlWriter {
+    /// The server's `max_allowed_packet`: a statement must fit in it.
+    max_packet: usize,
     destination: String,
     target: WriteTarget,
     url: MyUrl,
     conn: Option<Conn>,
+}
+
+/// About how many bytes a value takes in a statement.
+fn value_bytes(v: &Value) -> usize {
+    match v {
+        Value::Bytes(b) => b.len() + 4,
+        _ => 12,
+    }
 }
 
 /// One column's values as statement parameters.
@@ -570,6 +586,31 @@ impl MysqlWriter {
         (60_000 / columns.max(1)).clamp(1, 1000)
     }
 
+    /// Split `rows` into statements of at most `per` rows whose values take at most `budget`
+    /// bytes (each chunk is a range of positions in `rows`).
+    fn chunks(
+        rows: &[usize],
+        per: usize,
+        budget: usize,
+        size: impl Fn(usize) -> usize,
+    ) -> Vec<std::ops::Range<usize>> {
+        let mut out = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, row) in rows.iter().enumerate() {
+            let b = size(*row);
+            if i > start && (i - start >= per || bytes + b > budget) {
+                out.push(start..i);
+                start = i;
+                bytes = 0;
+            }
+            bytes += b;
+        }
+        if start < rows.len() {
+            out.push(start..rows.len());
+        }
+        out
+    }
+
     async fn attempt(
         &mut self,
         op: WriteOp,
@@ -577,6 +618,7 @@ impl MysqlWriter {
         params: &[Vec<Value>],
         rows: std::ops::Range<usize>,
     ) -> Result<Attempt<BatchOutcome>, mysql_async::Error> {
+        let max_packet = self.max_packet;
         let Some(conn) = self.conn.as_mut() else {
             return Err(mysql_async::Error::Driver(
                 mysql_async::DriverError::ConnectionClosed,
@@ -629,7 +671,32 @@ impl MysqlWriter {
                 WriteOp::Delete => 1000,
                 _ => Self::chunk(columns.len()),
             };
-            for chunk in todo.chunks(per) {
+            let row_bytes = |r: usize| -> usize {
+                let values: &[Value] = match op {
+                    WriteOp::Delete => std::slice::from_ref(&params[r][key_pos]),
+                    _ => &params[r],
+                };
+                values.iter().map(value_bytes).sum::<usize>() + 8
+            };
+            // A row that cannot fit in one packet is refused without being sent (the server
+            // would drop the connection).
+            let limit = max_packet.saturating_sub(64 << 10);
+            todo.retain(|r| {
+                let b = row_bytes(*r);
+                if b > limit {
+                    applied.rejected.push(Rejection {
+                        row: *r,
+                        reason: format!(
+                            "the row is {b} bytes, more than the server's max_allowed_packet ({max_packet} bytes) allows"
+                        ),
+                    });
+                    false
+                } else {
+                    true
+                }
+            });
+            for range in Self::chunks(&todo, per, max_packet / 2, row_bytes) {
+                let chunk = &todo[range];
                 let sql = match op {
                     WriteOp::Delete => format!(
                         "DELETE FROM {table} WHERE {} IN ({})",
@@ -746,5 +813,31 @@ impl ObjectWriter for MysqlWriter {
             let _ = conn.disconnect().await;
         }
         Ok(FinishOutcome::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_fit_rows_and_bytes() {
+        let rows: Vec<usize> = (0..10).collect();
+        // By rows.
+        assert_eq!(
+            MysqlWriter::chunks(&rows, 4, 1000, |_| 1),
+            vec![0..4, 4..8, 8..10]
+        );
+        // By bytes: rows of 30 bytes, 100 per statement.
+        assert_eq!(
+            MysqlWriter::chunks(&rows, 1000, 100, |_| 30),
+            vec![0..3, 3..6, 6..9, 9..10]
+        );
+        // A row bigger than the budget still goes alone.
+        assert_eq!(
+            MysqlWriter::chunks(&rows[..3], 1000, 100, |r| if r == 1 { 500 } else { 10 }),
+            vec![0..1, 1..2, 2..3]
+        );
+        assert!(MysqlWriter::chunks(&[], 10, 10, |_| 1).is_empty());
     }
 }

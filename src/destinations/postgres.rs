@@ -321,6 +321,8 @@ impl PostgresDestination {
 }
 
 const STAGE: &str = "backflow_stage";
+/// COPY data goes out in messages of at most this many bytes.
+const COPY_CHUNK: usize = 1 << 20;
 
 #[derive(Debug)]
 struct Column {
@@ -532,7 +534,9 @@ impl PostgresWriter {
         let result: Result<(), tokio_postgres::Error> = async {
             let sink = tx.copy_in::<_, Bytes>(copy).await?;
             futures::pin_mut!(sink);
-            sink.send(Bytes::from(data)).await?;
+            for part in data.chunks(COPY_CHUNK) {
+                sink.send(Bytes::copy_from_slice(part)).await?;
+            }
             sink.finish().await?;
             Ok(())
         }
@@ -568,7 +572,9 @@ impl PostgresWriter {
         let result: Result<BatchOutcome, tokio_postgres::Error> = async {
             let sink = tx.copy_in::<_, Bytes>(copy).await?;
             futures::pin_mut!(sink);
-            sink.send(Bytes::copy_from_slice(data)).await?;
+            for part in data.chunks(COPY_CHUNK) {
+                sink.send(Bytes::copy_from_slice(part)).await?;
+            }
             sink.finish().await?;
             let mut applied = BatchOutcome::default();
             if op == WriteOp::Update {

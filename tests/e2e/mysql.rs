@@ -420,3 +420,36 @@ async fn interrupted_runs_lose_nothing() {
     }
     drop_tables(&mut my, &[table]).await;
 }
+
+/// Rows far bigger than one statement may carry (`max_allowed_packet` is 16 MiB by default):
+/// statements are sized by bytes as well as rows.
+#[tokio::test]
+async fn large_values_are_split_into_statements_that_fit_the_server() {
+    let Some(mut my) = db::mysql().await else {
+        return;
+    };
+    let table = "bf_e2e_my_large";
+    drop_tables(&mut my, &[table]).await;
+    let f = Fixture::new();
+    csv_to_mysql(&f, table, "upsert");
+    let big = "x".repeat(200_000);
+    let mut csv = String::from("id,body\n");
+    for i in 0..200 {
+        csv.push_str(&format!("{i},{big}{i}\n"));
+    }
+    f.write("people.csv", &csv);
+    let r = f.run_ok("people").await;
+    assert_eq!((r.counts.created, r.counts.rejected), (200, 0), "{r:?}");
+    assert_eq!(
+        my_rows(
+            &mut my,
+            &format!("SELECT count(*), sum(length(body)) FROM {table}")
+        )
+        .await,
+        vec![row(&[
+            "200",
+            &(200 * 200_000 + 10 + 90 * 2 + 100 * 3).to_string()
+        ])]
+    );
+    drop_tables(&mut my, &[table]).await;
+}
