@@ -113,6 +113,45 @@ pub struct SyncConfig {
     /// A column whose value only grows (an `updated_at`): when set, a run reads only rows at or
     /// past the stored watermark.
     pub cursor: Option<String>,
+    /// Read this far behind the watermark, so that rows whose cursor value arrives late (a
+    /// replica catching up, a transaction committed after a later one) are still seen. A
+    /// duration (`"15m"`, `"2h"`, `"1d"`) for date and time cursors, a number for numeric ones.
+    /// Rows read again are compared by key and row hash, so nothing is sent twice.
+    pub cursor_lookback: Option<Lookback>,
+}
+
+/// `cursor_lookback`: a duration or an amount.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Lookback {
+    Amount(i64),
+    Duration(String),
+}
+
+impl std::fmt::Display for Lookback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lookback::Amount(n) => write!(f, "{n}"),
+            Lookback::Duration(d) => write!(f, "\"{d}\""),
+        }
+    }
+}
+
+/// Parse `"90s"`, `"15m"`, `"2h"`, `"1d"`, `"1w"` (one number, one unit).
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let secs = match unit.trim() {
+        "s" | "sec" | "secs" | "second" | "seconds" => 1,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60,
+        "h" | "hour" | "hours" => 3600,
+        "d" | "day" | "days" => 86_400,
+        "w" | "week" | "weeks" => 604_800,
+        _ => return None,
+    };
+    n.checked_mul(secs).map(std::time::Duration::from_secs)
 }
 
 /// Sync behaviours, with the meaning reverse-ETL users know.
@@ -380,6 +419,20 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
                 "{at}: sync \"{name}\" is a mirror with a cursor: a mirror must read the whole model \
                  to see which rows left it; remove `cursor` or use behavior = \"upsert\""
             ));
+        }
+        match (&sync.cursor_lookback, &sync.cursor) {
+            (Some(_), None) => problems.push(format!(
+                "{at}: sync \"{name}\" has a cursor_lookback but no cursor"
+            )),
+            (Some(Lookback::Amount(n)), _) if *n < 0 => problems.push(format!(
+                "{at}: sync \"{name}\": cursor_lookback must not be negative"
+            )),
+            (Some(Lookback::Duration(d)), _) if parse_duration(d).is_none() => {
+                problems.push(format!(
+                    "{at}: sync \"{name}\": cursor_lookback \"{d}\" is not a duration such as \"90s\", \"15m\", \"2h\" or \"1d\" (use a number for a numeric cursor)"
+                ))
+            }
+            _ => {}
         }
         if sync.key.source().is_empty() || sync.key.destination().is_empty() {
             problems.push(format!("{at}: sync \"{name}\" has an empty key"));

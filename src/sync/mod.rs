@@ -52,6 +52,8 @@ pub enum SyncError {
     },
     #[error("sync \"{sync}\": {message}")]
     StateMismatch { sync: String, message: String },
+    #[error("sync \"{sync}\": {message}")]
+    Settings { sync: String, message: String },
     #[error("sync \"{sync}\": {source}")]
     Destination {
         sync: String,
@@ -177,6 +179,56 @@ fn clear_cycle_tables(ctx: &SessionContext) {
     for t in CYCLE_TABLES {
         let _ = ctx.deregister_table(t);
     }
+}
+
+/// `value` moved back by `lookback`.
+fn behind(value: ScalarValue, lookback: &crate::config::Lookback) -> Result<ScalarValue, String> {
+    use crate::config::Lookback;
+    use ScalarValue::*;
+    let mismatch = |v: &ScalarValue| {
+        format!(
+            "cursor_lookback = {lookback} does not fit a cursor of type {} (use {} for it)",
+            v.data_type(),
+            if v.data_type().is_numeric() {
+                "a number"
+            } else {
+                "a duration such as \"2h\""
+            }
+        )
+    };
+    let duration = |d: &str| crate::config::parse_duration(d).unwrap_or_default();
+    Ok(match (value, lookback) {
+        (TimestampSecond(v, tz), Lookback::Duration(d)) => TimestampSecond(
+            v.map(|v| v.saturating_sub(duration(d).as_secs() as i64)),
+            tz,
+        ),
+        (TimestampMillisecond(v, tz), Lookback::Duration(d)) => TimestampMillisecond(
+            v.map(|v| v.saturating_sub(duration(d).as_millis() as i64)),
+            tz,
+        ),
+        (TimestampMicrosecond(v, tz), Lookback::Duration(d)) => TimestampMicrosecond(
+            v.map(|v| v.saturating_sub(duration(d).as_micros() as i64)),
+            tz,
+        ),
+        (TimestampNanosecond(v, tz), Lookback::Duration(d)) => TimestampNanosecond(
+            v.map(|v| v.saturating_sub(duration(d).as_nanos() as i64)),
+            tz,
+        ),
+        (Date32(v), Lookback::Duration(d)) => {
+            Date32(v.map(|v| v.saturating_sub(duration(d).as_secs().div_ceil(86_400) as i32)))
+        }
+        (Date64(v), Lookback::Duration(d)) => {
+            Date64(v.map(|v| v.saturating_sub(duration(d).as_millis() as i64)))
+        }
+        (v, Lookback::Amount(n)) if v.data_type().is_numeric() => {
+            let amount = Int64(Some(*n))
+                .cast_to(&v.data_type())
+                .map_err(|e| format!("cursor_lookback = {n}: {e}"))?;
+            v.sub_checked(&amount)
+                .map_err(|e| format!("cursor_lookback = {n}: {e}"))?
+        }
+        (v, _) => return Err(mismatch(&v)),
+    })
 }
 
 /// Parse a stored watermark back into a value of the cursor's current type.
@@ -329,7 +381,13 @@ async fn prepare(
         previous.as_ref().and_then(|p| p.watermark.as_ref()),
         rescan,
     ) {
-        let value = watermark_value(name, wm, ct)?;
+        let mut value = watermark_value(name, wm, ct)?;
+        if let Some(lookback) = &sync.cursor_lookback {
+            value = behind(value, lookback).map_err(|message| SyncError::Settings {
+                sync: name.to_string(),
+                message,
+            })?;
+        }
         mapped_df = mapped_df
             .filter(ident(mapping::CURSOR).gt_eq(lit(value)))
             .map_err(&df_err)?;

@@ -10,3 +10,4 @@ mod mysql;
 mod postgres;
 mod property;
 mod sources;
+mod watermarks;
