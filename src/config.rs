@@ -177,6 +177,14 @@ pub enum Behavior {
 }
 
 impl Behavior {
+    /// Whether the behavior creates records in the destination.
+    pub fn creates(self) -> bool {
+        matches!(
+            self,
+            Behavior::Upsert | Behavior::Mirror | Behavior::CreateOnly | Behavior::AppendOnly
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Behavior::Upsert => "upsert",

@@ -78,6 +78,8 @@ struct Column {
     data_type: String,
     column_type: String,
     scale: Option<u64>,
+    /// NOT NULL without a default: an insert must give it a value.
+    required: bool,
 }
 
 impl MysqlDestination {
@@ -131,9 +133,11 @@ impl MysqlDestination {
                 ));
             }
         }
-        let rows: Vec<(String, String, String, Option<u64>)> = conn
+        let rows: Vec<(String, String, String, Option<u64>, i64)> = conn
             .exec(
-                "SELECT CAST(column_name AS CHAR), CAST(data_type AS CHAR), CAST(column_type AS CHAR), numeric_scale \
+                "SELECT CAST(column_name AS CHAR), CAST(data_type AS CHAR), CAST(column_type AS CHAR), numeric_scale, \
+                        (is_nullable = 'NO' AND column_default IS NULL AND extra NOT LIKE '%auto_increment%' \
+                         AND extra NOT LIKE '%GENERATED%')  \
                  FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? \
                  ORDER BY ordinal_position",
                 (target.object.as_str(),),
@@ -142,11 +146,12 @@ impl MysqlDestination {
             .map_err(|e| self.db(url.query_error(&e)))?;
         Ok(Some(
             rows.into_iter()
-                .map(|(name, data_type, column_type, scale)| Column {
+                .map(|(name, data_type, column_type, scale, required)| Column {
                     name,
                     data_type: data_type.to_ascii_lowercase(),
                     column_type,
                     scale,
+                    required: required != 0,
                 })
                 .collect(),
         ))
@@ -188,6 +193,22 @@ impl MysqlDestination {
                             c.column_type
                         ));
                     }
+                }
+            }
+        }
+        if target.behavior.creates() {
+            for c in columns.iter().filter(|c| c.required) {
+                if !target
+                    .schema
+                    .fields()
+                    .iter()
+                    .any(|f| f.name().eq_ignore_ascii_case(&c.name))
+                {
+                    problems.push(format!(
+                        "column \"{}\" is NOT NULL without a default and the sync does not send it, so no record could be created; \
+                         map a field to it, give it a default, or use behavior update-only",
+                        c.name
+                    ));
                 }
             }
         }

@@ -138,7 +138,8 @@ impl PostgresDestination {
         let rows = client
             .query(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typname::text, \
-                        COALESCE(information_schema._pg_numeric_scale(a.atttypid, a.atttypmod), -1)::int4 \
+                        COALESCE(information_schema._pg_numeric_scale(a.atttypid, a.atttypmod), -1)::int4, \
+                        (a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '') \
                  FROM pg_attribute a \
                  JOIN pg_class c ON c.oid = a.attrelid \
                  JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -156,6 +157,7 @@ impl PostgresDestination {
                     formatted: r.get(1),
                     typname: r.get(2),
                     scale: r.get(3),
+                    required: r.get(4),
                 })
                 .collect(),
         ))
@@ -196,6 +198,17 @@ impl PostgresDestination {
                             c.formatted
                         ));
                     }
+                }
+            }
+        }
+        if target.behavior.creates() {
+            for c in columns.iter().filter(|c| c.required) {
+                if !target.schema.fields().iter().any(|f| *f.name() == c.name) {
+                    problems.push(format!(
+                        "column \"{}\" is NOT NULL without a default and the sync does not send it, so no record could be created; \
+                         map a field to it, give it a default, or use behavior update-only",
+                        c.name
+                    ));
                 }
             }
         }
@@ -331,6 +344,8 @@ struct Column {
     typname: String,
     /// The declared scale of a numeric column, -1 when unconstrained or not numeric.
     scale: i32,
+    /// NOT NULL without a default: an insert must give it a value.
+    required: bool,
 }
 
 const TEXT: [&str; 5] = ["text", "varchar", "bpchar", "citext", "name"];

@@ -453,3 +453,28 @@ async fn large_values_are_split_into_statements_that_fit_the_server() {
     );
     drop_tables(&mut my, &[table]).await;
 }
+
+#[tokio::test]
+async fn a_required_column_the_sync_does_not_send_is_named_before_any_write() {
+    let Some(mut my) = db::mysql().await else {
+        return;
+    };
+    let table = "bf_e2e_my_required";
+    drop_tables(&mut my, &[table]).await;
+    my.query_drop(format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, name TEXT, tenant VARCHAR(10) NOT NULL, \
+         n INT NOT NULL DEFAULT 0, seq BIGINT NOT NULL AUTO_INCREMENT, UNIQUE KEY (seq))"
+    ))
+    .await
+    .unwrap();
+    let f = Fixture::new();
+    csv_to_mysql(&f, table, "create-only");
+    f.write("people.csv", "id,name\n1,Ada\n");
+    let r = f.run_with(&["people"], Default::default()).await.remove(0);
+    let e = r.error.unwrap_or_default();
+    assert!(
+        e.contains("\"tenant\"") && !e.contains("\"n\"") && !e.contains("\"seq\""),
+        "{e}"
+    );
+    drop_tables(&mut my, &[table]).await;
+}

@@ -636,3 +636,40 @@ async fn interrupted_runs_lose_nothing() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_required_column_the_sync_does_not_send_is_named_before_any_write() {
+    let Some(pg) = db::postgres().await else {
+        return;
+    };
+    let schema = "bf_e2e_pg_required";
+    db::pg_schema(&pg, schema).await;
+    pg.batch_execute(&format!(
+        "CREATE TABLE {schema}.up (id bigint PRIMARY KEY, name text, tenant text NOT NULL);
+         CREATE TABLE {schema}.upd (id bigint PRIMARY KEY, name text, tenant text NOT NULL);
+         INSERT INTO {schema}.upd VALUES (1, 'old', 't1');"
+    ))
+    .await
+    .unwrap();
+    let f = Fixture::new();
+    csv_to_pg(
+        &f,
+        schema,
+        &[
+            sync("up", "up", "upsert"),
+            sync("upd", "upd", "update-only"),
+        ]
+        .join("\n"),
+    );
+    f.write("people.csv", "id,name\n1,Ada\n");
+    let r = f.run_with(&["up"], Default::default()).await.remove(0);
+    let e = r.error.unwrap_or_default();
+    assert!(e.contains("\"tenant\"") && e.contains("NOT NULL"), "{e}");
+    // An update never needs it.
+    let r = f.run_ok("upd").await;
+    assert_eq!(r.counts.updated, 1);
+    assert_eq!(
+        pg_rows(&pg, &format!("SELECT id, name, tenant FROM {schema}.upd")).await,
+        vec![row(&["1", "Ada", "t1"])]
+    );
+}
