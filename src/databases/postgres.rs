@@ -242,7 +242,7 @@ pub fn is_row_error(e: &tokio_postgres::Error) -> bool {
     };
     let code = db.code().code();
     // 22: data exception, 23: integrity constraint violation, 54000: program limit (index row
-    // too big), P0001: raised by a trigger, 42804: a value of the wrong type for a column.
+    // too big), P0001: raised by a trigger.
     code.starts_with("22") || code.starts_with("23") || code == "54000" || code == "P0001"
 }
 
