@@ -478,3 +478,32 @@ async fn a_required_column_the_sync_does_not_send_is_named_before_any_write() {
     );
     drop_tables(&mut my, &[table]).await;
 }
+
+#[tokio::test]
+async fn every_table_of_a_database_and_an_unmappable_column_named() {
+    let Some(mut my) = db::mysql().await else {
+        return;
+    };
+    // A database of its own, so that "*" lists only these tables.
+    my.query_drop("DROP DATABASE IF EXISTS bf_e2e_my_star")
+        .await
+        .unwrap();
+    my.query_drop("CREATE DATABASE bf_e2e_my_star")
+        .await
+        .unwrap();
+    my.query_drop("CREATE TABLE bf_e2e_my_star.shapes (id BIGINT PRIMARY KEY, area GEOMETRY)")
+        .await
+        .unwrap();
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        "[sources.shop]\ntype = \"mysql\"\nurl_env = \"BACKFLOW_TEST_MYSQL_STAR_URL\"\ntables = \"*\"\n",
+    );
+    let project = f.load().unwrap();
+    let e = match project.session().await {
+        Ok(_) => panic!("GEOMETRY has no Arrow type"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("\"shapes\"") && e.contains("area"), "{e}");
+    my.query_drop("DROP DATABASE bf_e2e_my_star").await.unwrap();
+}
