@@ -673,3 +673,34 @@ async fn a_required_column_the_sync_does_not_send_is_named_before_any_write() {
         vec![row(&["1", "Ada", "t1"])]
     );
 }
+
+#[tokio::test]
+async fn the_postgres_example_runs_end_to_end() {
+    let Some(pg) = db::postgres().await else {
+        return;
+    };
+    let schema = "bf_e2e_pg_example";
+    db::pg_schema(&pg, schema).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let f = Fixture::new();
+    let toml = std::fs::read_to_string(root.join("example-postgres/backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &toml
+            .replace("../example/people.csv", "people.csv")
+            .replace("BACKFLOW_EXAMPLE_PG_URL", "BACKFLOW_TEST_POSTGRES_URL")
+            .replace("\"backflow_example\"", &format!("\"{schema}\"")),
+    );
+    std::fs::copy(root.join("example/people.csv"), f.path().join("people.csv")).unwrap();
+    let (code, out, err) = f.cli(&["run"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let people = std::fs::read_to_string(f.path().join("people.csv")).unwrap();
+    let rows = pg_rows(&pg, &format!("SELECT count(*) FROM {schema}.customers")).await;
+    assert_eq!(
+        rows,
+        vec![row(&[&(people.lines().count() - 1).to_string()])]
+    );
+    let (code, out, _) = f.cli(&["run"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("created 0  updated 0  deleted 0"), "{out}");
+}
