@@ -9,5 +9,6 @@ mod invalid_rejected;
 mod mysql;
 mod postgres;
 mod property;
+mod quoting;
 mod sources;
 mod watermarks;
