@@ -1,6 +1,6 @@
 //! Destinations: where syncs write. Each kind lives in its own file and implements
 //! [`Destination`]; [`build`] is the one place that lists them. The pipeline only ever talks to
-//! the traits here, so a new destination (PostgreSQL, an HTTP API) is one file and one line in
+//! the traits here, so a new destination (an HTTP API, say) is one file and one line in
 //! [`build`] and [`DestinationConfig`].
 //!
 //! The contract:
