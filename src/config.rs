@@ -122,7 +122,10 @@ pub struct SyncConfig {
 
 /// `cursor_lookback`: a duration or an amount.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "cursor_lookback must be a duration such as \"15m\", \"2h\" or \"1d\" (date and time cursors) or a whole number (numeric cursors)"
+)]
 pub enum Lookback {
     Amount(i64),
     Duration(String),

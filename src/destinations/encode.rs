@@ -67,9 +67,7 @@ impl TextColumn {
                 TextColumn::Binary(arrow::compute::cast(array, &LargeBinary)?)
             }
             dt if is_nested(dt) => TextColumn::Json(json_values(array)?),
-            Timestamp(_, _) | Date32 | Date64 | Time32(_) | Time64(_) => {
-                TextColumn::Formatted(array.clone())
-            }
+            // Numbers, decimals, dates and times: Arrow's display is PostgreSQL's input.
             _ => TextColumn::Formatted(array.clone()),
         })
     }

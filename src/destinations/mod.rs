@@ -216,6 +216,20 @@ pub trait ObjectWriter: Send {
     async fn finish(self: Box<Self>) -> Result<FinishOutcome, DestinationError>;
 }
 
+/// Why an update-only row is refused when the destination has no record with its key.
+pub(crate) const NO_RECORD_FOR_UPDATE: &str =
+    "no record with this key in the destination (update-only never creates records)";
+
+/// The names of a batch's columns (destination field names).
+fn column_names(batch: &RecordBatch) -> Vec<String> {
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect()
+}
+
 /// The outcome of a batch applied in parts (see [`crate::databases::Bisect`]): the parts'
 /// rejections and skips, plus the rows the database refused, with their messages passed
 /// through `redact`.

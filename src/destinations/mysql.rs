@@ -665,7 +665,7 @@ impl MysqlWriter {
             let mut todo: Vec<usize> = rows.clone().collect();
             if op == WriteOp::Update {
                 // Which keys have no record: compared by MySQL itself (collations included).
-                let mut missing = Vec::new();
+                let mut missing = std::collections::HashSet::new();
                 for chunk in todo.chunks(1000) {
                     let probe = chunk
                         .iter()
@@ -683,7 +683,7 @@ impl MysqlWriter {
                 for row in &missing {
                     applied.rejected.push(Rejection {
                         row: *row,
-                        reason: "no record with this key in the destination (update-only never creates records)".into(),
+                        reason: super::NO_RECORD_FOR_UPDATE.into(),
                     });
                 }
                 todo.retain(|r| !missing.contains(r));
@@ -780,12 +780,7 @@ impl ObjectWriter for MysqlWriter {
         op: WriteOp,
         batch: RecordBatch,
     ) -> Result<BatchOutcome, DestinationError> {
-        let columns: Vec<String> = batch
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+        let columns = super::column_names(&batch);
         let values = batch
             .columns()
             .iter()

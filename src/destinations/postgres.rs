@@ -597,7 +597,7 @@ impl PostgresWriter {
                     let row: i32 = r.get(0);
                     applied.rejected.push(Rejection {
                         row: row as usize,
-                        reason: "no record with this key in the destination (update-only never creates records)".into(),
+                        reason: super::NO_RECORD_FOR_UPDATE.into(),
                     });
                 }
             }
@@ -629,12 +629,7 @@ impl ObjectWriter for PostgresWriter {
         op: WriteOp,
         batch: RecordBatch,
     ) -> Result<BatchOutcome, DestinationError> {
-        let columns: Vec<String> = batch
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+        let columns = super::column_names(&batch);
         let encoded = CopyEncoder::new(&batch)
             .and_then(|e| e.encode(batch.num_rows()))
             .map_err(|e| self.fail(e.to_string()))?;

@@ -345,12 +345,7 @@ impl ObjectWriter for SqliteWriter {
         op: WriteOp,
         batch: RecordBatch,
     ) -> Result<BatchOutcome, DestinationError> {
-        let columns: Vec<String> = batch
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+        let columns = super::column_names(&batch);
         let sql = self.statement(op, &columns);
         let conn = self.conn.clone();
         let key = self.target.key.clone();
@@ -365,7 +360,9 @@ impl ObjectWriter for SqliteWriter {
         };
         let fail2 = fail.clone();
         tokio::task::spawn_blocking(move || -> Result<BatchOutcome, DestinationError> {
-            let mut conn = conn.lock().map_err(|_| fail("connection lock poisoned".into()))?;
+            let mut conn = conn
+                .lock()
+                .map_err(|_| fail("connection lock poisoned".into()))?;
             let tx = conn.transaction().map_err(|e| fail(e.to_string()))?;
             let mut outcome = BatchOutcome::default();
             {
@@ -382,7 +379,7 @@ impl ObjectWriter for SqliteWriter {
                     match stmt.execute(params_from_iter(values.iter())) {
                         Ok(0) if op == WriteOp::Update => outcome.rejected.push(Rejection {
                             row,
-                            reason: "no record with this key in the destination (update-only never creates records)".into(),
+                            reason: super::NO_RECORD_FOR_UPDATE.into(),
                         }),
                         Ok(0) if op == WriteOp::Create => outcome.skipped += 1,
                         Ok(_) => {}

@@ -30,7 +30,10 @@ pub enum TableSelection {
 impl<'de> Deserialize<'de> for TableSelection {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
-        #[serde(untagged)]
+        #[serde(
+            untagged,
+            expecting = "tables must be \"*\" (every table) or a list of table names such as [\"customers\", \"orders\"]"
+        )]
         enum Raw {
             One(String),
             Many(Vec<String>),

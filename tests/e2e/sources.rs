@@ -89,6 +89,20 @@ key = "id"
     );
     let e = f.load().unwrap_err().to_string();
     assert!(e.contains("app.acounts"), "{e}");
+    // `tables` is "*" or a list, and says so.
+    let t = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &t.replace("tables = [\"accounts\"]", "tables = 5"),
+    );
+    let e = f.load().unwrap_err().to_string();
+    assert!(e.contains("tables must be \"*\""), "{e}");
+    f.write(
+        "backflow.toml",
+        &t.replace("tables = [\"accounts\"]", "tables = \"accounts\""),
+    );
+    let e = f.load().unwrap_err().to_string();
+    assert!(e.contains("use \"*\" for every table"), "{e}");
 }
 
 #[tokio::test]

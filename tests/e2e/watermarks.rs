@@ -136,6 +136,9 @@ cursor_lookback = "1h"
         e.contains("cursor_lookback") && e.contains("1 fortnight"),
         "{e}"
     );
+    f.write("backflow.toml", &t.replace("\"1h\"", "1.5"));
+    let e = f.load().unwrap_err().to_string();
+    assert!(e.contains("cursor_lookback must be a duration"), "{e}");
     f.write("backflow.toml", &t.replace("\"1h\"", "60"));
     let r = f.run_with(&["s"], Default::default()).await.remove(0);
     let e = r.error.unwrap_or_default();
