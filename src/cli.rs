@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -180,11 +180,19 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
                     project.config_text.path.display()
                 );
             }
-            let progress = TerminalProgress::new(!json && std::io::stderr().is_terminal());
+            let progress = Arc::new(TerminalProgress::new(
+                !json && std::io::stderr().is_terminal(),
+            ));
             let mut ok = true;
             for name in names {
-                let report =
-                    sync::run(&project, &ctx, &name, RunOptions { full_resync }, &progress).await;
+                let report = sync::run(
+                    &project,
+                    &ctx,
+                    &name,
+                    RunOptions { full_resync },
+                    progress.clone(),
+                )
+                .await;
                 progress.done();
                 ok &= report.status == RunStatus::Succeeded;
                 print_run(&report, json);
@@ -211,9 +219,10 @@ fn exit(ok: bool) -> ExitCode {
     }
 }
 
-/// A spinner with a row count on a terminal; nothing otherwise.
+/// On a terminal: a spinner with the rows diffed, which becomes a bar with records sent, rate,
+/// retries and ETA once a destination reports delivery (HTTP APIs). Nothing otherwise.
 struct TerminalProgress {
-    bar: Option<Mutex<Option<indicatif::ProgressBar>>>,
+    bar: Option<Mutex<Option<(indicatif::ProgressBar, bool)>>>,
 }
 
 impl TerminalProgress {
@@ -225,29 +234,59 @@ impl TerminalProgress {
     fn done(&self) {
         if let Some(m) = &self.bar
             && let Ok(mut b) = m.lock()
-            && let Some(bar) = b.take()
+            && let Some((bar, _)) = b.take()
         {
             bar.finish_and_clear();
         }
+    }
+
+    /// The bar, created on first use; `delivering` switches it to the delivery layout.
+    fn with_bar(&self, sync: &str, delivering: bool, f: impl FnOnce(&indicatif::ProgressBar)) {
+        let Some(m) = &self.bar else { return };
+        let Ok(mut b) = m.lock() else { return };
+        let (bar, shows_delivery) = b.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_prefix(sync.to_string());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            set_template(
+                &bar,
+                "{spinner} {prefix}: {human_pos} rows diffed ({per_sec}, {elapsed})",
+            );
+            (bar, false)
+        });
+        if delivering && !*shows_delivery {
+            *shows_delivery = true;
+            bar.reset();
+            set_template(
+                bar,
+                "{spinner} {prefix}: {human_pos}/{human_len} records sent ({per_sec}, {msg} retries, ETA {eta})",
+            );
+        }
+        f(bar);
+    }
+}
+
+fn set_template(bar: &indicatif::ProgressBar, template: &str) {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
     }
 }
 
 impl Progress for TerminalProgress {
     fn rows(&self, sync: &str, processed: u64) {
-        let Some(m) = &self.bar else { return };
-        let Ok(mut b) = m.lock() else { return };
-        let bar = b.get_or_insert_with(|| {
-            let bar = indicatif::ProgressBar::new_spinner();
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{spinner} {prefix}: {human_pos} rows diffed ({per_sec}, {elapsed})",
-            ) {
-                bar.set_style(style);
+        self.with_bar(sync, false, |bar| {
+            if bar.length().is_none() {
+                bar.set_position(processed);
             }
-            bar.set_prefix(sync.to_string());
-            bar.enable_steady_tick(Duration::from_millis(120));
-            bar
         });
-        bar.set_position(processed);
+    }
+
+    fn delivery(&self, sync: &str, d: sync::Delivery) {
+        self.with_bar(sync, true, |bar| {
+            bar.set_length(d.queued);
+            bar.set_position(d.done);
+            bar.set_message(d.retries.to_string());
+        });
     }
 }
 

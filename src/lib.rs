@@ -13,6 +13,7 @@ pub mod destinations;
 pub mod hash;
 pub mod history;
 pub mod models;
+pub mod progress;
 pub mod project;
 pub mod sources;
 pub mod state;

@@ -17,6 +17,7 @@
 
 mod encode;
 mod file;
+mod http;
 mod mysql;
 mod postgres;
 mod sqlite;
@@ -31,6 +32,7 @@ use datafusion::common::ScalarValue;
 use serde::Deserialize;
 
 pub use file::{FileDestination, FileDestinationConfig, FileFormat};
+pub use http::{HttpDestination, HttpDestinationConfig};
 pub use mysql::{MysqlDestination, MysqlDestinationConfig};
 pub use postgres::{PostgresDestination, PostgresDestinationConfig};
 pub use sqlite::{SqliteDestination, SqliteDestinationConfig};
@@ -82,6 +84,8 @@ pub enum DestinationConfig {
     Postgres(PostgresDestinationConfig),
     /// A MySQL or MariaDB database; objects are tables.
     Mysql(MysqlDestinationConfig),
+    /// An HTTP API; objects are what its paths name (`{object}`).
+    Http(Box<HttpDestinationConfig>),
 }
 
 impl DestinationConfig {
@@ -92,6 +96,7 @@ impl DestinationConfig {
             DestinationConfig::File(c) => c.validate(),
             DestinationConfig::Postgres(c) => c.validate(),
             DestinationConfig::Mysql(c) => c.validate(),
+            DestinationConfig::Http(c) => c.validate(),
         }
     }
 
@@ -102,6 +107,7 @@ impl DestinationConfig {
             DestinationConfig::File(_) => file::validate_object(object),
             DestinationConfig::Postgres(_) => postgres::validate_object(object),
             DestinationConfig::Mysql(_) => mysql::validate_object(object),
+            DestinationConfig::Http(_) => http::validate_object(object),
         }
     }
 }
@@ -113,11 +119,12 @@ pub fn build(name: &str, config: &DestinationConfig, project_dir: &Path) -> Arc<
         DestinationConfig::File(c) => Arc::new(FileDestination::new(name, c, project_dir)),
         DestinationConfig::Postgres(c) => Arc::new(PostgresDestination::new(name, c)),
         DestinationConfig::Mysql(c) => Arc::new(MysqlDestination::new(name, c)),
+        DestinationConfig::Http(c) => Arc::new(HttpDestination::new(name, c)),
     }
 }
 
 /// What one sync run writes into.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WriteTarget {
     pub sync: String,
     pub object: String,
@@ -129,6 +136,20 @@ pub struct WriteTarget {
     /// The engine's settings and memory pool, for destinations that run plans of their own.
     pub engine: datafusion::prelude::SessionConfig,
     pub runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+    /// Where destinations that deliver slowly report how far they are.
+    pub progress: Arc<dyn crate::progress::Progress>,
+}
+
+impl std::fmt::Debug for WriteTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteTarget")
+            .field("sync", &self.sync)
+            .field("object", &self.object)
+            .field("key", &self.key)
+            .field("schema", &self.schema)
+            .field("behavior", &self.behavior)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The operation a batch carries.

@@ -23,6 +23,7 @@ use super::{SyncError, engine, failpoint};
 use crate::config::Behavior;
 use crate::destinations::{FinishOutcome, ObjectWriter, WriteOp, WriteTarget};
 use crate::history::{RecordKind, RunCounts, SAMPLE_LIMIT, SampleRecord};
+use crate::progress::Progress;
 use crate::state::{StateError, StateStore};
 
 /// Diff classes (`__bf_op` in sql/diff.sql).
@@ -35,17 +36,6 @@ const DUPLICATE_KEY: i8 = 5;
 const OP: &str = "__bf_op";
 const PREV_KEY: &str = "__bf_prev_key";
 const KEEP: &str = "__bf_keep";
-
-/// Reports rows as they are processed (a progress bar on a terminal).
-pub trait Progress: Send + Sync {
-    fn rows(&self, sync: &str, processed: u64);
-}
-
-/// Progress that shows nothing.
-pub struct NoProgress;
-impl Progress for NoProgress {
-    fn rows(&self, _: &str, _: u64) {}
-}
 
 /// Counts and samples of a run in progress.
 #[derive(Debug, Default)]

@@ -35,7 +35,7 @@ use crate::project::Project;
 use crate::state::{FORMAT_VERSION, Manifest, StateError, Watermark};
 use mapping::{HASH, KEY};
 
-pub use apply::{NoProgress, Progress};
+pub use crate::progress::{Delivery, NoProgress, Progress};
 
 const DIFF_SQL: &str = include_str!("../../sql/diff.sql");
 const NEXT_STATE_SQL: &str = include_str!("../../sql/next_state.sql");
@@ -445,6 +445,7 @@ async fn prepare(
             behavior: sync.behavior,
             engine: ctx.copied_config(),
             runtime: ctx.runtime_env(),
+            progress: Arc::new(NoProgress),
         },
         key_type,
         cursor_type,
@@ -609,7 +610,7 @@ pub async fn run(
     ctx: &SessionContext,
     name: &str,
     options: RunOptions,
-    progress: &dyn Progress,
+    progress: Arc<dyn Progress>,
 ) -> SyncReport {
     let started = now_ms();
     let run_id = uuid::Uuid::new_v4().simple().to_string();
@@ -670,10 +671,11 @@ async fn run_cycle(
     options: RunOptions,
     run_id: &str,
     tally: &mut apply::Tally,
-    progress: &dyn Progress,
+    progress: Arc<dyn Progress>,
 ) -> Result<(u64, Option<String>), SyncError> {
     let _lock = project.state.lock(name)?;
-    let prepared = prepare(project, ctx, name, options).await?;
+    let mut prepared = prepare(project, ctx, name, options).await?;
+    prepared.target.progress = progress.clone();
     let destination = prepared.destination.clone();
     failpoint!("after_diff", name);
 
@@ -713,7 +715,7 @@ async fn run_cycle(
         &mut sent,
         intents.as_mut(),
         tally,
-        progress,
+        progress.as_ref(),
     )
     .await?;
     tracing::info!(

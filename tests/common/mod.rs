@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod api;
 pub mod db;
 
 use std::collections::BTreeMap;
@@ -46,7 +47,7 @@ impl Fixture {
         let ctx = project.session().await.expect("session");
         let mut out = Vec::new();
         for n in names {
-            out.push(sync::run(&project, &ctx, &n, options, &NoProgress).await);
+            out.push(sync::run(&project, &ctx, &n, options, std::sync::Arc::new(NoProgress)).await);
         }
         out
     }
@@ -187,7 +188,14 @@ pub async fn run_faulted(f: &Fixture, sync: &str, point: &str, panic: bool) {
         tokio::spawn(async move {
             let project = Project::load(&path).unwrap();
             let ctx = project.session().await.unwrap();
-            sync::run(&project, &ctx, &sync, RunOptions::default(), &NoProgress).await
+            sync::run(
+                &project,
+                &ctx,
+                &sync,
+                RunOptions::default(),
+                std::sync::Arc::new(NoProgress),
+            )
+            .await
         })
         .await
     };

@@ -51,7 +51,7 @@ async fn crash_then_recover(point: &str, sync: &str, panic: bool) {
                 &ctx,
                 &sync,
                 Default::default(),
-                &backflow::sync::NoProgress,
+                std::sync::Arc::new(backflow::sync::NoProgress),
             )
             .await
         })
@@ -166,7 +166,7 @@ async fn concurrent_runs_of_one_sync_never_interleave() {
                 &ctx,
                 "concurrent",
                 Default::default(),
-                &backflow::sync::NoProgress,
+                std::sync::Arc::new(backflow::sync::NoProgress),
             )
             .await
         }));

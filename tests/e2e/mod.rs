@@ -4,6 +4,7 @@ mod crash;
 mod errors;
 mod files;
 mod hostile;
+mod http;
 mod incremental;
 mod invalid_rejected;
 mod mysql;

@@ -286,7 +286,7 @@ mod crash_matrix {
                 &ctx,
                 &name,
                 Default::default(),
-                &backflow::sync::NoProgress,
+                std::sync::Arc::new(backflow::sync::NoProgress),
             )
             .await
         })

@@ -1,0 +1,359 @@
+//! Records as JSON, the templates that shape them into request bodies and paths, and the paths
+//! that read per-record results out of a response.
+//!
+//! A record template is any JSON value (written as TOML in `backflow.toml`). A string in it that
+//! is exactly one placeholder, like `"{key}"`, becomes that value with its JSON type; a string
+//! with placeholders among other text, like `"user-{key}"`, becomes text. Placeholders:
+//!
+//! | placeholder | value |
+//! |---|---|
+//! | `{fields}` | the record: an object of every field the sync sends |
+//! | `{fields_without_key}` | the same without the key field |
+//! | `{key}` | the key's value |
+//! | `{key_field}` | the key field's name |
+//! | `{field.NAME}` | one field's value |
+//! | `{object}` | the sync's object |
+//! | `{idempotency_key}` | a stable hex id of this sync, object, operation and record content |
+//!
+//! A `|text` suffix (`{key|text}`, `{fields|text}`) turns values into text, and NULL into `""`
+//! (what many APIs, HubSpot among them, read as "clear this field").
+
+use arrow::array::RecordBatch;
+use arrow::error::ArrowError;
+use serde_json::{Map, Value};
+
+/// The names a template may use, besides `field.NAME`.
+const NAMES: [&str; 6] = [
+    "fields",
+    "fields_without_key",
+    "key",
+    "key_field",
+    "object",
+    "idempotency_key",
+];
+
+/// One record of a batch, ready to be rendered.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Field name → value (NULLs included, as JSON null).
+    pub fields: Map<String, Value>,
+    /// The key's value.
+    pub key: Value,
+    /// [`idempotency_key`] of this record.
+    pub idempotency_key: String,
+}
+
+/// What a template is rendered with, besides the record.
+pub struct Context<'a> {
+    pub key_field: &'a str,
+    pub object: &'a str,
+}
+
+/// The rows of `batch` as JSON objects, with explicit NULLs, in row order.
+pub fn records(
+    batch: &RecordBatch,
+    key_field: &str,
+    sync: &str,
+    object: &str,
+    op: &str,
+) -> Result<Vec<Record>, ArrowError> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
+        w.write(batch)?;
+        w.finish()?;
+    }
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for line in buf.split(|b| *b == b'\n').take(batch.num_rows()) {
+        let fields: Map<String, Value> =
+            serde_json::from_slice(line).map_err(|e| ArrowError::JsonError(e.to_string()))?;
+        let key = fields.get(key_field).cloned().unwrap_or(Value::Null);
+        let idempotency_key = idempotency_key(sync, object, op, line);
+        out.push(Record {
+            fields,
+            key,
+            idempotency_key,
+        });
+    }
+    Ok(out)
+}
+
+/// A stable id for sending this record content with this operation from this sync: the same
+/// record sent again after a crash carries the same id, a changed record a new one.
+pub fn idempotency_key(sync: &str, object: &str, op: &str, record_json: &[u8]) -> String {
+    let mut bytes =
+        Vec::with_capacity(sync.len() + object.len() + op.len() + record_json.len() + 3);
+    for part in [sync.as_bytes(), object.as_bytes(), op.as_bytes()] {
+        bytes.extend_from_slice(part);
+        bytes.push(0);
+    }
+    bytes.extend_from_slice(record_json);
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))
+}
+
+/// A value as text: strings as they are, NULL as "", everything else as JSON.
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Placeholders named in `s` that a template cannot resolve (for config validation).
+pub fn unknown_placeholders(s: &str) -> Vec<String> {
+    placeholders(s)
+        .filter(|(_, name, _)| {
+            let base = name.strip_suffix("|text").unwrap_or(name);
+            !(NAMES.contains(&base) || base.strip_prefix("field.").is_some_and(|f| !f.is_empty()))
+        })
+        .map(|(_, name, _)| format!("{{{name}}}"))
+        .collect()
+}
+
+/// Every `{name}` in `s`: (start, name, end) with `end` past the closing brace. Only names of
+/// letters, digits, `_`, `.`, `|` and `-` count, so JSON or other braces are left alone.
+fn placeholders(s: &str) -> impl Iterator<Item = (usize, &str, usize)> {
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        loop {
+            let open = from + s[from..].find('{')?;
+            let close = open + s[open..].find('}')?;
+            let name = &s[open + 1..close];
+            from = open + 1;
+            if !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '|' | '-'))
+            {
+                from = close + 1;
+                return Some((open, name, close + 1));
+            }
+        }
+    })
+}
+
+fn resolve(name: &str, record: &Record, ctx: &Context) -> Option<Value> {
+    let (base, as_text) = match name.strip_suffix("|text") {
+        Some(b) => (b, true),
+        None => (name, false),
+    };
+    let v = match base {
+        "fields" => Value::Object(record.fields.clone()),
+        "fields_without_key" => {
+            let mut m = record.fields.clone();
+            m.remove(ctx.key_field);
+            Value::Object(m)
+        }
+        "key" => record.key.clone(),
+        "key_field" => Value::String(ctx.key_field.to_string()),
+        "object" => Value::String(ctx.object.to_string()),
+        "idempotency_key" => Value::String(record.idempotency_key.clone()),
+        other => record.fields.get(other.strip_prefix("field.")?)?.clone(),
+    };
+    Some(if as_text {
+        match v {
+            Value::Object(m) => Value::Object(
+                m.into_iter()
+                    .map(|(k, v)| (k, Value::String(text(&v))))
+                    .collect(),
+            ),
+            v => Value::String(text(&v)),
+        }
+    } else {
+        v
+    })
+}
+
+/// Fill `template` with one record.
+pub fn render(template: &Value, record: &Record, ctx: &Context) -> Value {
+    match template {
+        Value::String(s) => render_str(s, record, ctx),
+        Value::Array(items) => Value::Array(items.iter().map(|t| render(t, record, ctx)).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), render(v, record, ctx)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn render_str(s: &str, record: &Record, ctx: &Context) -> Value {
+    let found: Vec<_> = placeholders(s).collect();
+    if let [(0, name, end)] = found.as_slice()
+        && *end == s.len()
+        && let Some(v) = resolve(name, record, ctx)
+    {
+        return v;
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut at = 0;
+    for (start, name, end) in found {
+        out.push_str(&s[at..start]);
+        match resolve(name, record, ctx) {
+            Some(v) => out.push_str(&text(&v)),
+            None => out.push_str(&s[start..end]),
+        }
+        at = end;
+    }
+    out.push_str(&s[at..]);
+    Value::String(out)
+}
+
+/// A URL path with `{key}`, `{object}` and `{field.NAME}` filled in, each value
+/// percent-encoded as one path segment (a `/` in a key cannot reach another path).
+pub fn render_path(path: &str, record: Option<&Record>, ctx: &Context) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let mut out = String::with_capacity(path.len());
+    let mut at = 0;
+    for (start, name, end) in placeholders(path) {
+        out.push_str(&path[at..start]);
+        let value = match (name, record) {
+            ("object", _) => Some(ctx.object.to_string()),
+            (n, Some(r)) => resolve(n, r, ctx).map(|v| text(&v)),
+            _ => None,
+        };
+        match value {
+            Some(v) => out.extend(percent_encoding::utf8_percent_encode(&v, SEGMENT)),
+            None => out.push_str(&path[start..end]),
+        }
+        at = end;
+    }
+    out.push_str(&path[at..]);
+    out
+}
+
+/// Whether a path names a single record (`{key}` or a field).
+pub fn is_per_record(path: &str) -> bool {
+    placeholders(path).any(|(_, name, _)| name != "object")
+}
+
+/// The values at a dotted path (`errors`, `context.ids`, `results.0.id`). Arrays met on the
+/// way are walked element by element, and an array at the end is flattened, so
+/// `errors.context.ids` yields every id of every error.
+pub fn lookup<'v>(value: &'v Value, path: &str) -> Vec<&'v Value> {
+    let mut current = vec![value];
+    for seg in path.split('.').filter(|s| !s.is_empty()) {
+        let mut next = Vec::new();
+        for v in current {
+            walk(v, seg, &mut next);
+        }
+        current = next;
+    }
+    let mut out = Vec::new();
+    for v in current {
+        match v {
+            Value::Array(items) => out.extend(items.iter()),
+            Value::Null => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn walk<'v>(v: &'v Value, seg: &str, out: &mut Vec<&'v Value>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(x) = m.get(seg) {
+                out.push(x);
+            }
+        }
+        Value::Array(items) => match seg.parse::<usize>() {
+            Ok(i) => out.extend(items.get(i)),
+            Err(_) => items.iter().for_each(|item| walk(item, seg, out)),
+        },
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record() -> Record {
+        let fields = json!({"id": 7, "email": "a@b.co", "name": null});
+        Record {
+            fields: fields.as_object().cloned().unwrap_or_default(),
+            key: json!(7),
+            idempotency_key: "abc".into(),
+        }
+    }
+
+    #[test]
+    fn renders_typed_and_text_placeholders() {
+        let ctx = Context {
+            key_field: "id",
+            object: "contacts",
+        };
+        let t = json!({
+            "id": "{key|text}", "n": "{key}", "props": "{fields_without_key|text}",
+            "label": "user-{key} of {object}", "trace": "{idempotency_key}",
+            "raw": "{not a placeholder}", "mail": "{field.email}", "json": "{\"a\": 1}"
+        });
+        let out = render(&t, &record(), &ctx);
+        assert_eq!(
+            out,
+            json!({
+                "id": "7", "n": 7, "props": {"email": "a@b.co", "name": ""},
+                "label": "user-7 of contacts", "trace": "abc",
+                "raw": "{not a placeholder}", "mail": "a@b.co", "json": "{\"a\": 1}"
+            })
+        );
+    }
+
+    #[test]
+    fn paths_encode_each_value_as_one_segment() {
+        let ctx = Context {
+            key_field: "id",
+            object: "my objects",
+        };
+        let mut r = record();
+        r.key = json!("a/../b?c=1#x");
+        assert_eq!(
+            render_path("/v1/{object}/{key}", Some(&r), &ctx),
+            "/v1/my%20objects/a%2F..%2Fb%3Fc%3D1%23x"
+        );
+        assert!(is_per_record("/v1/{object}/{key}"));
+        assert!(!is_per_record("/v1/{object}/batch"));
+    }
+
+    #[test]
+    fn unknown_placeholders_are_named() {
+        assert_eq!(
+            unknown_placeholders("/x/{kye}/{key}/{field.a}/{field.}"),
+            vec!["{kye}", "{field.}"]
+        );
+    }
+
+    #[test]
+    fn lookup_walks_arrays() {
+        let v = json!({"errors": [
+            {"context": {"ids": ["1", "2"]}, "message": "bad"},
+            {"context": {"ids": ["3"]}}
+        ]});
+        let ids: Vec<_> = lookup(&v, "errors.context.ids")
+            .into_iter()
+            .map(text)
+            .collect();
+        assert_eq!(ids, vec!["1", "2", "3"]);
+        assert_eq!(lookup(&v, "errors.0.message"), vec![&json!("bad")]);
+        assert!(lookup(&v, "nothing.here").is_empty());
+    }
+
+    #[test]
+    fn idempotency_keys_follow_content() {
+        let a = idempotency_key("s", "o", "create", b"{\"id\":1}");
+        assert_eq!(a, idempotency_key("s", "o", "create", b"{\"id\":1}"));
+        assert_ne!(a, idempotency_key("s", "o", "create", b"{\"id\":2}"));
+        assert_ne!(a, idempotency_key("t", "o", "create", b"{\"id\":1}"));
+        assert_eq!(a.len(), 32);
+    }
+}
