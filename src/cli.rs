@@ -250,7 +250,7 @@ impl TerminalProgress {
             bar.enable_steady_tick(Duration::from_millis(120));
             set_template(
                 &bar,
-                "{spinner} {prefix}: {human_pos} rows diffed ({per_sec}, {elapsed})",
+                "{spinner} {prefix}: {human_pos} rows diffed ({rate}, {elapsed})",
             );
             (bar, false)
         });
@@ -259,7 +259,7 @@ impl TerminalProgress {
             bar.reset();
             set_template(
                 bar,
-                "{spinner} {prefix}: {human_pos}/{human_len} records sent ({per_sec}, {msg} retries, ETA {eta})",
+                "{spinner} {prefix}: {human_pos}/{human_len} records sent ({rate}, {msg} retries, ETA {eta})",
             );
         }
         f(bar);
@@ -268,7 +268,12 @@ impl TerminalProgress {
 
 fn set_template(bar: &indicatif::ProgressBar, template: &str) {
     if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
-        bar.set_style(style);
+        bar.set_style(style.with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", state.per_sec());
+            },
+        ));
     }
 }
 

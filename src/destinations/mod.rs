@@ -138,6 +138,9 @@ pub struct WriteTarget {
     pub runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
     /// Where destinations that deliver slowly report how far they are.
     pub progress: Arc<dyn crate::progress::Progress>,
+    /// The state version this run commits if it succeeds: the same for a run repeated after a
+    /// crash, another after a commit (what idempotency keys are scoped to).
+    pub version: u64,
 }
 
 impl std::fmt::Debug for WriteTarget {

@@ -446,6 +446,7 @@ async fn prepare(
             engine: ctx.copied_config(),
             runtime: ctx.runtime_env(),
             progress: Arc::new(NoProgress),
+            version: latest_version + 1,
         },
         key_type,
         cursor_type,

@@ -566,3 +566,29 @@ async fn killed_runs_resume_without_duplicates() {
         s.replays
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_cannot_reach_another_path() {
+    let api = FakeApi::start(Faults::default()).await;
+    let f = Fixture::new();
+    project(
+        &f,
+        &api,
+        "[destinations.api.upsert]\nmethod = \"PUT\"\npath = \"/{object}/{key}\"\n",
+        "upsert",
+    );
+    f.write(
+        "people.csv",
+        "id,email\na,a@x.io\n..,dots@x.io\n.,dot@x.io\nb/c?d=1#e,slash@x.io\n",
+    );
+    let r = f.run_ok("people").await;
+    assert_eq!((r.counts.created, r.counts.rejected), (2, 2), "{r:?}");
+    assert!(
+        r.samples
+            .iter()
+            .all(|s| s.reason.contains("cannot stand for a record"))
+    );
+    let keys: Vec<String> = api.records("people").into_keys().collect();
+    assert_eq!(keys, vec!["a", "b/c?d=1#e"]);
+    assert!(api.log().iter().all(|l| l.path.starts_with("/api/people/")));
+}

@@ -63,6 +63,8 @@ pub struct Client {
     policy: Policy,
     headers: HeaderMap,
     idempotency_header: Option<HeaderName>,
+    /// Removed from every response body as it arrives, before anything quotes or cuts it.
+    secrets: Vec<String>,
     slots: Semaphore,
     /// The earliest start of the next request (pacing), and the end of a pause asked for by
     /// the API.
@@ -75,6 +77,7 @@ impl Client {
         policy: Policy,
         headers: HeaderMap,
         idempotency_header: Option<HeaderName>,
+        secrets: Vec<String>,
     ) -> Result<Client, String> {
         let http = reqwest::Client::builder()
             .timeout(policy.timeout)
@@ -90,6 +93,7 @@ impl Client {
             policy,
             headers,
             idempotency_header,
+            secrets,
             pacing: Mutex::new((now, now)),
             retries: AtomicU64::new(0),
         })
@@ -160,7 +164,8 @@ impl Client {
                     self.observe_quota(&headers);
                     if status == StatusCode::TOO_MANY_REQUESTS {
                         rate_limited += 1;
-                        let wait = retry_after(&headers).unwrap_or(fallback);
+                        // At least the backoff, so that `Retry-After: 0` is no busy loop.
+                        let wait = retry_after(&headers).map_or(fallback, |w| w.max(fallback));
                         self.pause(wait);
                         if rate_limited > MAX_RATE_LIMITED {
                             return Answer::GaveUp {
@@ -215,7 +220,8 @@ impl Client {
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.text().await.map_err(classify)?;
-        Ok((status, headers, body))
+        let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+        Ok((status, headers, crate::databases::redact(&body, &secrets)))
     }
 
     /// Rate-limit headers: when the quota is spent (`*RateLimit-Remaining: 0`), pause until it
@@ -227,6 +233,7 @@ impl Client {
                     .ends_with(suffix)
                     .then(|| value.to_str().ok()?.trim().parse::<f64>().ok())
                     .flatten()
+                    .filter(|v| v.is_finite())
             })
         };
         if find("ratelimit-remaining") != Some(0.0) {
@@ -354,6 +361,54 @@ mod tests {
         }
     }
 
+    fn client() -> Client {
+        Client::new(
+            Policy {
+                rate_limit: None,
+                concurrency: 1,
+                timeout: Duration::from_secs(1),
+                max_attempts: 1,
+                min_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(1),
+            },
+            HeaderMap::new(),
+            None,
+            vec![],
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_spent_quota_pauses_until_it_resets() {
+        let c = client();
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-remaining", HeaderValue::from_static("3"));
+        h.insert("x-ratelimit-reset", HeaderValue::from_static("5"));
+        c.observe_quota(&h);
+        assert!(c.pacing.lock().unwrap().1 <= Instant::now());
+        h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+        c.observe_quota(&h);
+        let paused = c.pacing.lock().unwrap().1 - Instant::now();
+        assert!(
+            paused > Duration::from_secs(4) && paused <= Duration::from_secs(5),
+            "{paused:?}"
+        );
+        // HubSpot: remaining 0 within its interval.
+        let c = client();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-hubspot-ratelimit-remaining",
+            HeaderValue::from_static("0"),
+        );
+        h.insert(
+            "x-hubspot-ratelimit-interval-milliseconds",
+            HeaderValue::from_static("10000"),
+        );
+        c.observe_quota(&h);
+        let paused = c.pacing.lock().unwrap().1 - Instant::now();
+        assert!(paused > Duration::from_secs(9), "{paused:?}");
+    }
+
     #[tokio::test]
     async fn starts_are_spaced_by_the_rate() {
         let client = Client::new(
@@ -367,6 +422,7 @@ mod tests {
             },
             HeaderMap::new(),
             None,
+            vec![],
         )
         .unwrap();
         let t0 = Instant::now();

@@ -8,8 +8,8 @@
 //! - create-only and append-only: `POST …/batch/create`, inputs `{"properties", "objectWriteTraceId"}`;
 //! - at most 100 inputs per request, property values as text (NULL clears a property, as `""`);
 //! - refused inputs come back in `errors[]` (207 Multi-Status) and are tied to records by the
-//!   `objectWriteTraceId` each input carries; results echo it, and only echoed records count as
-//!   written;
+//!   `objectWriteTraceId` each input carries; upsert and update results echo it, and only echoed
+//!   records count as written;
 //! - authentication by a private app's access token (`token_env`), and `GET
 //!   /crm/v3/objects/{object}?limit=1` as the check before a run;
 //! - 9 requests per second by default (HubSpot allows 100 to 190 per 10 seconds per app).
@@ -55,6 +55,13 @@ pub(super) fn apply(user: &HttpDestinationConfig) -> HttpDestinationConfig {
     };
     c.upsert.get_or_insert_with(|| endpoint("upsert", &keyed));
     c.update.get_or_insert_with(|| endpoint("update", &keyed));
-    c.create.get_or_insert_with(|| endpoint("create", &unkeyed));
+    // HubSpot's reference shows `objectWriteTraceId` echoed in upsert and update results, not
+    // in create's: creates are taken as written unless an error names them.
+    c.create.get_or_insert_with(|| EndpointConfig {
+        results: None,
+        result_match: None,
+        result_field: None,
+        ..endpoint("create", &unkeyed)
+    });
     c
 }

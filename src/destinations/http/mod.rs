@@ -188,10 +188,10 @@ impl HttpDestinationConfig {
             }
         }
         if let Some(r) = c.rate_limit
-            && !(r.is_finite() && r > 0.0)
+            && !(0.001..=100_000.0).contains(&r)
         {
             p.push(format!(
-                "rate_limit must be a positive number of requests per second, not {r}"
+                "rate_limit must be between 0.001 and 100000 requests per second, not {r}"
             ));
         }
         if let Some(n) = c.concurrency
@@ -555,7 +555,7 @@ impl HttpDestination {
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(30),
         };
-        let client = Client::new(policy, headers, idempotency_header)
+        let client = Client::new(policy, headers, idempotency_header, secrets.clone())
             .map_err(|e| self.incompatible(target, e))?;
         Ok((client, secrets))
     }
@@ -574,11 +574,9 @@ impl HttpDestination {
             key_field: &target.key,
             object: &target.object,
         };
-        let url = format!(
-            "{}{}",
-            self.base_url(),
-            template::render_path(path, None, &ctx)
-        );
+        let rendered =
+            template::render_path(path, None, &ctx).map_err(|e| self.incompatible(target, e))?;
+        let url = format!("{}{rendered}", self.base_url());
         let answer = client
             .send(&Request {
                 method: Method::GET,
@@ -752,11 +750,12 @@ impl Shared {
         };
         let ctx = self.ctx();
         let single = endpoint.is_per_record().then(|| &records[rows[0]]);
-        let url = format!(
-            "{}{}",
-            self.base_url,
-            template::render_path(&endpoint.path, single, &ctx)
-        );
+        let path = match template::render_path(&endpoint.path, single, &ctx) {
+            Ok(p) => p,
+            // Only a per-record path has values to refuse, and its request has one row.
+            Err(e) => return Ok(Reply::Split(e)),
+        };
+        let url = format!("{}{path}", self.base_url);
         let body = endpoint.record_template(op).map(|t| {
             let rendered = |i: &usize| template::render(&t, &records[*i], &ctx);
             let payload = match single {
@@ -816,11 +815,11 @@ impl Shared {
                 "the API refused the credentials: {}",
                 message()
             ))),
-            404 if op == WriteOp::Delete => Ok(Reply::Done {
+            404 if op == WriteOp::Delete && single.is_some() => Ok(Reply::Done {
                 rejected: vec![],
                 skipped: vec![],
             }),
-            404 if op == WriteOp::Update && rows.len() == 1 => Ok(Reply::Done {
+            404 if op == WriteOp::Update && single.is_some() => Ok(Reply::Done {
                 rejected: vec![(rows[0], NO_RECORD_FOR_UPDATE.to_string())],
                 skipped: vec![],
             }),
@@ -833,6 +832,8 @@ impl Shared {
     }
 
     /// A 2xx response: which records the API refused, and (with `results`) which it confirmed.
+    /// Nothing is sent again from here: the API took the request, so a record whose fate is
+    /// unclear is rejected (and sent again by the next run), never re-sent at once.
     fn read_results(
         &self,
         op: WriteOp,
@@ -841,42 +842,53 @@ impl Shared {
         rows: &[usize],
         body: &str,
     ) -> Reply {
+        let done = |rejected| Reply::Done {
+            rejected,
+            skipped: vec![],
+        };
         if endpoint.errors.is_none() && endpoint.results.is_none() {
-            return Reply::Done {
-                rejected: vec![],
-                skipped: vec![],
-            };
+            return done(vec![]);
         }
         let json: Value = match serde_json::from_str(body) {
             Ok(v) => v,
             Err(_) if body.trim().is_empty() && endpoint.results.is_none() => Value::Null,
             Err(e) => {
-                return Reply::Split(format!(
-                    "the API's response is not the JSON expected ({e}): {}",
+                let reason = format!(
+                    "the API took the request, but its answer is not the JSON expected ({e}), so which records it applied is unknown: {}",
                     truncate(body, 200)
-                ));
+                );
+                return done(rows.iter().map(|r| (*r, reason.clone())).collect());
             }
         };
         // Each record of the request, by how the API may name it.
+        let by_text = |f: &dyn Fn(&Record) -> String| -> HashMap<String, usize> {
+            rows.iter().map(|i| (f(&records[*i]), *i)).collect()
+        };
+        let keys = by_text(&|r| template::text(&r.key));
+        let traces = by_text(&|r| r.idempotency_key.clone());
         let locate = |how: Match, v: &Value| -> Option<usize> {
             match how {
                 Match::Index => v
                     .as_u64()
                     .or_else(|| template::text(v).parse().ok())
-                    .and_then(|i| rows.get(i as usize).copied()),
-                Match::Key => {
-                    let t = template::text(v);
-                    rows.iter()
-                        .copied()
-                        .find(|i| template::text(&records[*i].key) == t)
-                }
-                Match::Trace => {
-                    let t = template::text(v);
-                    rows.iter()
-                        .copied()
-                        .find(|i| records[*i].idempotency_key == t)
-                }
+                    .and_then(|i| rows.get(usize::try_from(i).ok()?).copied()),
+                Match::Key => keys.get(&template::text(v)).copied(),
+                Match::Trace => traces.get(&template::text(v)).copied(),
             }
+        };
+        let confirmed: Option<HashSet<usize>> = match (
+            &endpoint.results,
+            endpoint.result_match,
+            &endpoint.result_field,
+        ) {
+            (Some(list), Some(how), Some(field)) => Some(
+                template::lookup(&json, list)
+                    .into_iter()
+                    .flat_map(|r| template::lookup(r, field))
+                    .filter_map(|v| locate(how, v))
+                    .collect(),
+            ),
+            _ => None,
         };
         let mut refused: Vec<(usize, String)> = Vec::new();
         if let (Some(list), Some(how), Some(field)) = (
@@ -891,20 +903,24 @@ impl Shared {
                     .filter_map(|v| locate(how, v))
                     .collect();
                 if named.is_empty() {
-                    // An error that names no record of ours: any of them may have failed.
-                    if rows.len() > 1 {
-                        return Reply::Split(message);
-                    }
-                    refused.push((rows[0], message));
-                    continue;
+                    // An error naming no record of this request: any record the answer does not
+                    // confirm may be the one.
+                    let unsure =
+                        format!("the API reported an error without naming its record: {message}");
+                    refused.extend(
+                        rows.iter()
+                            .filter(|r| !confirmed.as_ref().is_some_and(|c| c.contains(r)))
+                            .map(|r| (*r, unsure.clone())),
+                    );
+                } else {
+                    refused.extend(named.into_iter().map(|row| (row, message.clone())));
                 }
-                refused.extend(named.into_iter().map(|row| (row, message.clone())));
             }
         }
-        let refused_rows: HashSet<usize> = refused.iter().map(|(r, _)| *r).collect();
+        let mut seen = HashSet::new();
         let mut rejected = Vec::new();
         for (row, message) in refused {
-            if rejected.iter().any(|(r, _): &(usize, String)| *r == row) {
+            if !seen.insert(row) {
                 continue;
             }
             if op == WriteOp::Update && looks_missing(&message) {
@@ -913,29 +929,17 @@ impl Shared {
                 rejected.push((row, message));
             }
         }
-        if let (Some(list), Some(how), Some(field)) = (
-            &endpoint.results,
-            endpoint.result_match,
-            &endpoint.result_field,
-        ) {
-            let confirmed: HashSet<usize> = template::lookup(&json, list)
-                .into_iter()
-                .flat_map(|r| template::lookup(r, field))
-                .filter_map(|v| locate(how, v))
-                .collect();
+        if let Some(confirmed) = &confirmed {
             for row in rows {
-                if !confirmed.contains(row) && !refused_rows.contains(row) {
+                if !confirmed.contains(row) && !seen.contains(row) {
                     rejected.push((
                         *row,
-                        "the API's response neither confirmed nor refused this record; it is sent again next run".into(),
+                        "the API's answer neither confirmed nor refused this record; it is sent again next run".into(),
                     ));
                 }
             }
         }
-        Reply::Done {
-            rejected,
-            skipped: vec![],
-        }
+        done(rejected)
     }
 }
 
@@ -990,14 +994,14 @@ impl ObjectWriter for HttpWriter {
             .endpoints
             .get(&op)
             .ok_or_else(|| fail(format!("no endpoint for {}", op_name(op))))?;
-        let records = template::records(
-            &batch,
-            &s.target.key,
-            &s.target.sync,
-            &s.target.object,
-            op_name(op),
-        )
-        .map_err(|e| fail(format!("cannot encode records as JSON: {e}")))?;
+        let scope = template::Scope {
+            sync: &s.target.sync,
+            object: &s.target.object,
+            op: op_name(op),
+            version: s.target.version,
+        };
+        let records = template::records(&batch, &s.target.key, &scope)
+            .map_err(|e| fail(format!("cannot encode records as JSON: {e}")))?;
         s.queued.fetch_add(records.len() as u64, Ordering::Relaxed);
         s.report();
         let size = endpoint.batch_size();

@@ -32,6 +32,17 @@ const NAMES: [&str; 6] = [
     "idempotency_key",
 ];
 
+/// What a record's idempotency key is derived from besides its content.
+pub struct Scope<'a> {
+    pub sync: &'a str,
+    pub object: &'a str,
+    pub op: &'a str,
+    /// The state version the run commits: a run repeated after a crash sends the same keys,
+    /// the next run (after a commit) new ones, so that a value set again later (A, B, A) is
+    /// not taken for a repeat of the first request.
+    pub version: u64,
+}
+
 /// One record of a batch, ready to be rendered.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -53,10 +64,10 @@ pub struct Context<'a> {
 pub fn records(
     batch: &RecordBatch,
     key_field: &str,
-    sync: &str,
-    object: &str,
-    op: &str,
+    scope: &Scope,
 ) -> Result<Vec<Record>, ArrowError> {
+    let batch = exact_numbers(batch)?;
+    let batch = &batch;
     let mut buf = Vec::new();
     {
         let mut w = arrow::json::WriterBuilder::new()
@@ -70,7 +81,7 @@ pub fn records(
         let fields: Map<String, Value> =
             serde_json::from_slice(line).map_err(|e| ArrowError::JsonError(e.to_string()))?;
         let key = fields.get(key_field).cloned().unwrap_or(Value::Null);
-        let idempotency_key = idempotency_key(sync, object, op, line);
+        let idempotency_key = idempotency_key(scope, line);
         out.push(Record {
             fields,
             key,
@@ -80,12 +91,55 @@ pub fn records(
     Ok(out)
 }
 
-/// A stable id for sending this record content with this operation from this sync: the same
-/// record sent again after a crash carries the same id, a changed record a new one.
-pub fn idempotency_key(sync: &str, object: &str, op: &str, record_json: &[u8]) -> String {
-    let mut bytes =
-        Vec::with_capacity(sync.len() + object.len() + op.len() + record_json.len() + 3);
-    for part in [sync.as_bytes(), object.as_bytes(), op.as_bytes()] {
+/// Decimals as JSON numbers would pass through `f64`: those of up to 15 digits (which `f64`
+/// holds exactly) become numbers, longer ones text, so that no digit is lost.
+fn exact_numbers(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    let mut changed = false;
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        let to = match field.data_type() {
+            DataType::Decimal32(p, _)
+            | DataType::Decimal64(p, _)
+            | DataType::Decimal128(p, _)
+            | DataType::Decimal256(p, _) => Some(if *p <= 15 {
+                DataType::Float64
+            } else {
+                DataType::Utf8
+            }),
+            _ => None,
+        };
+        match to {
+            Some(to) => {
+                changed = true;
+                columns.push(arrow::compute::cast(column, &to)?);
+                fields.push(Field::new(field.name(), to, true));
+            }
+            None => {
+                columns.push(column.clone());
+                fields.push(field.as_ref().clone());
+            }
+        }
+    }
+    if !changed {
+        return Ok(batch.clone());
+    }
+    RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)
+}
+
+/// A stable id for sending this record content with this operation from this sync in the run
+/// that commits `scope.version`: the same record sent again after a crash carries the same id,
+/// a changed record or a later run a new one.
+pub fn idempotency_key(scope: &Scope, record_json: &[u8]) -> String {
+    let version = scope.version.to_le_bytes();
+    let mut bytes = Vec::with_capacity(64 + record_json.len());
+    for part in [
+        scope.sync.as_bytes(),
+        scope.object.as_bytes(),
+        scope.op.as_bytes(),
+        &version,
+    ] {
         bytes.extend_from_slice(part);
         bytes.push(0);
     }
@@ -204,8 +258,9 @@ fn render_str(s: &str, record: &Record, ctx: &Context) -> Value {
 }
 
 /// A URL path with `{key}`, `{object}` and `{field.NAME}` filled in, each value
-/// percent-encoded as one path segment (a `/` in a key cannot reach another path).
-pub fn render_path(path: &str, record: Option<&Record>, ctx: &Context) -> String {
+/// percent-encoded as one path segment (a `/` in a key cannot reach another path). A value that
+/// would still name another path (empty, `.` or `..`) is an error.
+pub fn render_path(path: &str, record: Option<&Record>, ctx: &Context) -> Result<String, String> {
     const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'-')
         .remove(b'_')
@@ -221,13 +276,18 @@ pub fn render_path(path: &str, record: Option<&Record>, ctx: &Context) -> String
             _ => None,
         };
         match value {
+            Some(v) if matches!(v.as_str(), "" | "." | "..") => {
+                return Err(format!(
+                    "{{{name}}} is \"{v}\", which cannot stand for a record in the URL path {path}"
+                ));
+            }
             Some(v) => out.extend(percent_encoding::utf8_percent_encode(&v, SEGMENT)),
             None => out.push_str(&path[start..end]),
         }
         at = end;
     }
     out.push_str(&path[at..]);
-    out
+    Ok(out)
 }
 
 /// Whether a path names a single record (`{key}` or a field).
@@ -318,9 +378,13 @@ mod tests {
         let mut r = record();
         r.key = json!("a/../b?c=1#x");
         assert_eq!(
-            render_path("/v1/{object}/{key}", Some(&r), &ctx),
+            render_path("/v1/{object}/{key}", Some(&r), &ctx).unwrap(),
             "/v1/my%20objects/a%2F..%2Fb%3Fc%3D1%23x"
         );
+        for bad in [json!(".."), json!("."), json!(""), Value::Null] {
+            r.key = bad;
+            assert!(render_path("/v1/{object}/{key}", Some(&r), &ctx).is_err());
+        }
         assert!(is_per_record("/v1/{object}/{key}"));
         assert!(!is_per_record("/v1/{object}/batch"));
     }
@@ -349,11 +413,56 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_keys_follow_content() {
-        let a = idempotency_key("s", "o", "create", b"{\"id\":1}");
-        assert_eq!(a, idempotency_key("s", "o", "create", b"{\"id\":1}"));
-        assert_ne!(a, idempotency_key("s", "o", "create", b"{\"id\":2}"));
-        assert_ne!(a, idempotency_key("t", "o", "create", b"{\"id\":1}"));
+    fn decimals_keep_every_digit() {
+        use arrow::array::{Decimal128Array, Int64Array};
+        use arrow::datatypes::{DataType, Field, Schema};
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("big", DataType::Decimal128(38, 18), true),
+            Field::new("small", DataType::Decimal128(10, 2), true),
+        ]);
+        let batch = RecordBatch::try_new(
+            std::sync::Arc::new(schema),
+            vec![
+                std::sync::Arc::new(Int64Array::from(vec![9_007_199_254_740_993])),
+                std::sync::Arc::new(
+                    Decimal128Array::from(vec![Some(12_345_678_901_234_567_890_123_456_789i128)])
+                        .with_precision_and_scale(38, 18)
+                        .unwrap(),
+                ),
+                std::sync::Arc::new(
+                    Decimal128Array::from(vec![Some(1050i128)])
+                        .with_precision_and_scale(10, 2)
+                        .unwrap(),
+                ),
+            ],
+        )
+        .unwrap();
+        let scope = Scope {
+            sync: "s",
+            object: "o",
+            op: "upsert",
+            version: 1,
+        };
+        let r = records(&batch, "id", &scope).unwrap();
+        assert_eq!(r[0].key, json!(9_007_199_254_740_993i64));
+        assert_eq!(r[0].fields["big"], json!("12345678901.234567890123456789"));
+        assert_eq!(r[0].fields["small"], json!(10.5));
+    }
+
+    #[test]
+    fn idempotency_keys_follow_content_and_version() {
+        let scope = |sync, version| Scope {
+            sync,
+            object: "o",
+            op: "create",
+            version,
+        };
+        let a = idempotency_key(&scope("s", 3), b"{\"id\":1}");
+        assert_eq!(a, idempotency_key(&scope("s", 3), b"{\"id\":1}"));
+        assert_ne!(a, idempotency_key(&scope("s", 3), b"{\"id\":2}"));
+        assert_ne!(a, idempotency_key(&scope("t", 3), b"{\"id\":1}"));
+        assert_ne!(a, idempotency_key(&scope("s", 4), b"{\"id\":1}"));
         assert_eq!(a.len(), 32);
     }
 }
