@@ -807,7 +807,7 @@ impl Shared {
         self.gave_up_in_a_row.store(0, Ordering::Relaxed);
         let message = || whole_message(status, &body, endpoint);
         match status.as_u16() {
-            200..=299 => Ok(self.read_results(op, endpoint, records, rows, &body)),
+            200..=299 => Ok(Self::read_results(op, endpoint, records, rows, &body)),
             300..=399 => Err(Fatal(format!(
                 "{url} answered with a redirect ({status}); point base_url at the final address"
             ))),
@@ -835,7 +835,6 @@ impl Shared {
     /// Nothing is sent again from here: the API took the request, so a record whose fate is
     /// unclear is rejected (and sent again by the next run), never re-sent at once.
     fn read_results(
-        &self,
         op: WriteOp,
         endpoint: &EndpointConfig,
         records: &[Record],
@@ -1036,5 +1035,148 @@ impl Shared {
         // Chunks beyond the concurrency would only wait for a slot; a few more keep it busy
         // while others back off.
         self.client.concurrency() * 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn records(n: usize) -> Vec<Record> {
+        (0..n)
+            .map(|i| Record {
+                fields: serde_json::Map::new(),
+                key: json!(format!("k{i}")),
+                idempotency_key: format!("t{i}"),
+            })
+            .collect()
+    }
+
+    fn endpoint(errors: Match, results: Option<Match>) -> EndpointConfig {
+        let field = |m: Match| match m {
+            Match::Index => "index".to_string(),
+            Match::Key => "key".to_string(),
+            Match::Trace => "trace".to_string(),
+        };
+        EndpointConfig {
+            path: "/x".into(),
+            errors: Some("errors".into()),
+            error_match: Some(errors),
+            error_field: Some(field(errors)),
+            results: results.map(|_| "results".into()),
+            result_match: results,
+            result_field: results.map(field),
+            ..EndpointConfig::default()
+        }
+    }
+
+    /// How an answer may name record `i` of `rows` (or something that is no record of ours).
+    fn name(m: Match, i: usize, rows: &[usize]) -> Value {
+        match (m, rows.get(i)) {
+            (Match::Index, _) => json!(i),
+            (Match::Key, Some(r)) => json!(format!("k{r}")),
+            (Match::Trace, Some(r)) => json!(format!("t{r}")),
+            (_, None) => json!("stranger"),
+        }
+    }
+
+    fn matcher() -> impl Strategy<Value = Match> {
+        prop_oneof![Just(Match::Index), Just(Match::Key), Just(Match::Trace)]
+    }
+
+    proptest! {
+        /// Whatever a 2xx answer says, every record of the request is either rejected once or
+        /// accepted, and (with `results`) accepted only when the answer confirms it and names
+        /// no error for it.
+        #[test]
+        fn a_record_is_accepted_only_when_the_answer_says_so(
+            n in 1usize..12,
+            errors_by in matcher(),
+            results_by in proptest::option::of(matcher()),
+            errors in proptest::collection::vec((0usize..14, any::<bool>()), 0..6),
+            confirmed in proptest::collection::vec(0usize..14, 0..14),
+            garbage in any::<bool>(),
+        ) {
+            let all = records(16);
+            let rows: Vec<usize> = (2..2 + n).collect();
+            let ep = endpoint(errors_by, results_by);
+            let body = if garbage {
+                "<html>oops</html>".to_string()
+            } else {
+                json!({
+                    "errors": errors.iter().map(|(i, named)| if *named {
+                        json!({"message": format!("bad {i}"), errors_by_field(errors_by): name(errors_by, *i, &rows)})
+                    } else {
+                        json!({"message": "something failed"})
+                    }).collect::<Vec<_>>(),
+                    "results": confirmed.iter().map(|i| json!({
+                        results_by.map_or("none".to_string(), errors_by_field): results_by.map_or(json!(null), |m| name(m, *i, &rows))
+                    })).collect::<Vec<_>>(),
+                }).to_string()
+            };
+            let Reply::Done { rejected, skipped } =
+                Shared::read_results(WriteOp::Upsert, &ep, &all, &rows, &body)
+            else {
+                panic!("a 2xx answer is never split");
+            };
+            prop_assert!(skipped.is_empty());
+            let mut seen = HashSet::new();
+            for (row, reason) in &rejected {
+                prop_assert!(rows.contains(row), "rejected a row not in the request");
+                prop_assert!(seen.insert(*row), "row {} rejected twice", row);
+                prop_assert!(!reason.is_empty());
+            }
+            let accepted: Vec<usize> = rows.iter().copied().filter(|r| !seen.contains(r)).collect();
+            if garbage {
+                prop_assert!(accepted.is_empty(), "accepted rows from an unreadable answer");
+            }
+            let anonymous_error = errors.iter().any(|(i, named)| !named || *i >= n);
+            for r in &accepted {
+                let pos = r - 2;
+                if results_by.is_some() {
+                    prop_assert!(confirmed.contains(&pos), "row {} accepted without confirmation", r);
+                } else {
+                    prop_assert!(!anonymous_error, "row {} accepted despite an error naming no record", r);
+                }
+                prop_assert!(
+                    !errors.iter().any(|(i, named)| *named && *i == pos),
+                    "row {} accepted although an error names it", r
+                );
+            }
+        }
+
+        /// Any key renders into a path that stays under the endpoint's path, one segment long,
+        /// or is refused.
+        #[test]
+        fn any_key_stays_in_its_segment(key in any::<String>()) {
+            let ctx = Context { key_field: "id", object: "people" };
+            let r = Record {
+                fields: serde_json::Map::new(),
+                key: json!(key.clone()),
+                idempotency_key: String::new(),
+            };
+            match template::render_path("/v1/{object}/{key}/tags", Some(&r), &ctx) {
+                Ok(p) => {
+                    let segment = p
+                        .strip_prefix("/v1/people/")
+                        .and_then(|s| s.strip_suffix("/tags"))
+                        .expect("prefix and suffix kept");
+                    prop_assert!(!segment.contains(['/', '?', '#']));
+                    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8();
+                    prop_assert_eq!(decoded.map(|d| d.into_owned()).ok(), Some(key));
+                }
+                Err(_) => prop_assert!(matches!(key.as_str(), "" | "." | "..")),
+            }
+        }
+    }
+
+    fn errors_by_field(m: Match) -> String {
+        match m {
+            Match::Index => "index".into(),
+            Match::Key => "key".into(),
+            Match::Trace => "trace".into(),
+        }
     }
 }
