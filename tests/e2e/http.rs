@@ -322,7 +322,14 @@ async fn update_only_and_delete_one_record_per_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubspot_preset_needs_only_a_token_and_an_object() {
-    let api = FakeApi::start(Faults::default()).await;
+    // HubSpot's limit for a private app is about 10 requests per second; the preset sends 9.
+    let api = FakeApi::start(Faults {
+        rate_limit: Some(10),
+        fail_rate: 0.2,
+        seed: 5,
+        ..Faults::default()
+    })
+    .await;
     let f = Fixture::new();
     let toml = |behavior: &str| {
         format!(
@@ -418,6 +425,13 @@ key = "email"
         r.error
     );
     assert!(!api.records("contacts").contains_key("z@x.io"));
+    assert!(statuses(&api).get(&500).is_some(), "no 500s were injected");
+    assert_eq!(
+        statuses(&api).get(&429),
+        None,
+        "the preset went over HubSpot's limit"
+    );
+    assert!(api.busiest_second() <= 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
