@@ -140,6 +140,13 @@ async fn mirror_under_faults_ends_with_exactly_the_model() {
         seen.get(&500).copied().unwrap_or(0) > 0,
         "no 500s were injected: {seen:?}"
     );
+    // Answers slower than the client's 1 s timeout: retried (the API may have applied them).
+    let slowed = api.state.lock().unwrap().slowed;
+    eprintln!(
+        "http faults, first run: {} requests, statuses {seen:?}, {slowed} answered too slowly",
+        api.log().len()
+    );
+    assert!(slowed > 0, "no slow answers were injected");
     assert!(
         api.busiest_second() <= 20,
         "{} requests in one second, over the limit of 20",
