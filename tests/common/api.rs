@@ -91,6 +91,8 @@ pub struct ApiState {
     pub conflicts: u64,
     /// Requests answered only after `Faults::slow`.
     pub slowed: u64,
+    /// HubSpot's record ids, by object and key.
+    pub hubspot_ids: HashMap<(String, String), String>,
     idempotent: HashMap<String, (u16, String)>,
     accepted_at: Vec<Instant>,
     rng: u64,
@@ -528,6 +530,48 @@ fn hubspot(s: &mut ApiState, object: &str, action: &str, body: &Value) -> Resp {
             json!({"status": "error", "message": "Batch input is limited to 100 inputs", "category": "VALIDATION_ERROR"}),
         );
     }
+    if action == "read" {
+        let mut results = Vec::new();
+        let mut errors = Vec::new();
+        let id_property = body["idProperty"]
+            .as_str()
+            .unwrap_or("hs_object_id")
+            .to_string();
+        for input in &inputs {
+            let key = key_text(&input["id"]);
+            match s.hubspot_ids.get(&(object.to_string(), key.clone())) {
+                // HubSpot writes e-mail addresses back in lower case.
+                Some(id) => results.push(json!({"id": id, "properties": {id_property.clone(): key.to_lowercase()}})),
+                None => errors.push(json!({
+                    "status": "error", "category": "OBJECT_NOT_FOUND",
+                    "message": "Could not get some CONTACT objects, they may be deleted or not exist.",
+                    "context": {"ids": [key]}
+                })),
+            }
+        }
+        let status = if errors.is_empty() { 200 } else { 207 };
+        return resp(
+            status,
+            json!({"status": "COMPLETE", "results": results, "errors": errors}),
+        );
+    }
+    if action == "archive" {
+        for input in &inputs {
+            let id = key_text(&input["id"]);
+            let found = s
+                .hubspot_ids
+                .iter()
+                .find(|((o, _), v)| o == object && **v == id)
+                .map(|(k, _)| k.clone());
+            if let Some((o, key)) = found {
+                s.hubspot_ids.remove(&(o.clone(), key.clone()));
+                if let Some(m) = s.objects.get_mut(&o) {
+                    m.remove(&key);
+                }
+            }
+        }
+        return resp(204, Value::Null);
+    }
     let mut results = Vec::new();
     let mut errors = Vec::new();
     for input in &inputs {
@@ -586,8 +630,19 @@ fn hubspot(s: &mut ApiState, object: &str, action: &str, body: &Value) -> Resp {
                 stored.insert(k.clone(), v.clone());
             }
         }
-        s.next_id += 1;
-        results.push(json!({"id": s.next_id.to_string(), "properties": props, "new": !exists, "objectWriteTraceId": trace}));
+        let id = match s.hubspot_ids.get(&(object.to_string(), key.clone())) {
+            Some(id) => id.clone(),
+            None => {
+                s.next_id += 1;
+                let id = (1000 + s.next_id).to_string();
+                s.hubspot_ids
+                    .insert((object.to_string(), key.clone()), id.clone());
+                id
+            }
+        };
+        results.push(
+            json!({"id": id, "properties": props, "new": !exists, "objectWriteTraceId": trace}),
+        );
     }
     let status = if errors.is_empty() { 200 } else { 207 };
     resp(

@@ -14,11 +14,13 @@
 //!   /crm/v3/objects/{object}?limit=1` as the check before a run;
 //! - 9 requests per second by default (HubSpot allows 100 to 190 per 10 seconds per app).
 //!
-//! Delete and mirror are refused: HubSpot archives records only by its own record id.
+//! - mirror and delete: HubSpot archives only by its own record ids, so each batch of keys is
+//!   first read with `POST …/batch/read` (`idProperty` = the key field), and the ids found go
+//!   to `POST …/batch/archive`; keys HubSpot does not have are already gone.
 
 use serde_json::json;
 
-use super::{EndpointConfig, HttpDestinationConfig, Match};
+use super::{EndpointConfig, HttpDestinationConfig, LookupConfig, Match};
 
 pub(super) fn apply(user: &HttpDestinationConfig) -> HttpDestinationConfig {
     let mut c = user.clone();
@@ -52,6 +54,7 @@ pub(super) fn apply(user: &HttpDestinationConfig) -> HttpDestinationConfig {
         results: Some("results".into()),
         result_match: Some(Match::Trace),
         result_field: Some("objectWriteTraceId".into()),
+        lookup: None,
     };
     c.upsert.get_or_insert_with(|| endpoint("upsert", &keyed));
     c.update.get_or_insert_with(|| endpoint("update", &keyed));
@@ -62,6 +65,27 @@ pub(super) fn apply(user: &HttpDestinationConfig) -> HttpDestinationConfig {
         result_match: None,
         result_field: None,
         ..endpoint("create", &unkeyed)
+    });
+    // Archiving takes HubSpot's record ids: they are read first by the sync's key
+    // (`batch/read` with `idProperty`); keys HubSpot does not have are already gone.
+    c.delete.get_or_insert_with(|| EndpointConfig {
+        method: Some("POST".into()),
+        path: "/crm/v3/objects/{object}/batch/archive".into(),
+        per_record: false,
+        batch_size: Some(100),
+        wrap: Some("inputs".into()),
+        record: Some(json!({"id": "{api_id|text}"})),
+        lookup: Some(LookupConfig {
+            method: Some("POST".into()),
+            path: "/crm/v3/objects/{object}/batch/read".into(),
+            wrap: Some("inputs".into()),
+            extra: Some(json!({"idProperty": "{key_field}", "properties": ["{key_field}"]})),
+            record: Some(json!({"id": "{key|text}"})),
+            results: Some("results".into()),
+            result_key: "properties.{key_field}".into(),
+            result_id: Some("id".into()),
+        }),
+        ..EndpointConfig::default()
     });
     c
 }

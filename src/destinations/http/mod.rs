@@ -134,6 +134,30 @@ pub struct EndpointConfig {
     pub results: Option<String>,
     pub result_match: Option<Match>,
     pub result_field: Option<String>,
+    /// Find each record's id in the API first (for APIs that delete or update only by their
+    /// own ids); the request then uses `{api_id}`.
+    pub lookup: Option<LookupConfig>,
+}
+
+/// A request that finds the API's ids for a batch of keys.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LookupConfig {
+    /// Default POST.
+    pub method: Option<String>,
+    pub path: String,
+    /// Send the records as `{"<wrap>": [...], ...extra}` instead of a bare array.
+    pub wrap: Option<String>,
+    /// Fields added next to `wrap` (`{key_field}` and `{object}` are filled in).
+    pub extra: Option<Value>,
+    /// The shape of one record in the request (default `"{key}"`).
+    pub record: Option<Value>,
+    /// Where the answer lists the records found (default `results`).
+    pub results: Option<String>,
+    /// The path, inside one result, of the record's key (`{key_field}` is filled in).
+    pub result_key: String,
+    /// The path, inside one result, of the API's id (default `id`).
+    pub result_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -365,6 +389,12 @@ impl EndpointConfig {
         if self.error_message.is_some() && self.errors.is_none() {
             p.push("error_message needs errors".into());
         }
+        if let Some(l) = &self.lookup {
+            p.extend(path_problems("lookup.path", &l.path));
+            if template::is_per_record(&l.path) {
+                p.push("lookup.path may not name a record: a lookup finds a batch".into());
+            }
+        }
         p
     }
 
@@ -415,6 +445,28 @@ fn path_problems(key: &str, path: &str) -> Vec<String> {
         ));
     }
     p
+}
+
+/// `{key_field}` and `{object}` filled into every string of a JSON value.
+fn fill_names(v: &Value, key_field: &str, object: &str) -> Value {
+    match v {
+        Value::String(s) => Value::String(
+            s.replace("{key_field}", key_field)
+                .replace("{object}", object),
+        ),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|i| fill_names(i, key_field, object))
+                .collect(),
+        ),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), fill_names(v, key_field, object)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// Every string in a JSON value.
@@ -503,11 +555,7 @@ impl HttpDestination {
                 WriteOp::Delete => (&c.delete, "delete"),
             };
             let Some(e) = endpoint else {
-                let hint = if c.preset == Some(Preset::Hubspot) && *op == WriteOp::Delete {
-                    " (HubSpot deletes records by its own record id only, which backflow does not know; use upsert, update-only or create-only)"
-                } else {
-                    ""
-                };
+                let hint = "";
                 return Err(self.incompatible(
                     target,
                     format!(
@@ -748,8 +796,164 @@ impl Shared {
         let Some(endpoint) = self.endpoints.get(&op) else {
             return Err(Fatal(format!("no endpoint for {}", op_name(op))));
         };
+        // With a lookup, the records the API does not have are settled first: a delete of
+        // one is done, anything else is refused.
+        let mut missing: Vec<(usize, String)> = Vec::new();
+        let mut found_rows = rows.to_vec();
+        let mut owned: Vec<Record> = Vec::new();
+        if let Some(lookup) = &endpoint.lookup {
+            let ids = match self.look_up(lookup, records, rows).await? {
+                Ok(ids) => ids,
+                Err(reply) => return Ok(reply),
+            };
+            found_rows.retain(|r| ids.contains_key(r));
+            for r in rows.iter().filter(|r| !ids.contains_key(r)) {
+                missing.push((*r, "the API has no record with this key".into()));
+            }
+            owned = found_rows
+                .iter()
+                .map(|r| Record {
+                    api_id: ids.get(r).cloned(),
+                    ..records[*r].clone()
+                })
+                .collect();
+            if found_rows.is_empty() {
+                return Ok(Reply::Done {
+                    rejected: if op == WriteOp::Delete {
+                        vec![]
+                    } else {
+                        missing
+                    },
+                    skipped: vec![],
+                });
+            }
+        }
+        let rows = found_rows.as_slice();
+        // The records of this request, in request order.
+        let recs: Vec<&Record> = if endpoint.lookup.is_some() {
+            owned.iter().collect()
+        } else {
+            rows.iter().map(|r| &records[*r]).collect()
+        };
+        let reply = self
+            .send_records(op, endpoint, records, rows, &recs)
+            .await?;
+        Ok(match reply {
+            Reply::Done {
+                mut rejected,
+                skipped,
+            } if op != WriteOp::Delete => {
+                rejected.extend(missing);
+                Reply::Done { rejected, skipped }
+            }
+            other => other,
+        })
+    }
+
+    /// Find the API's ids of `rows`' records: Ok(row → id) for those it has, or the reply
+    /// that settles the whole request when the lookup itself fails.
+    async fn look_up(
+        &self,
+        lookup: &LookupConfig,
+        records: &[Record],
+        rows: &[usize],
+    ) -> Result<Result<HashMap<usize, Value>, Reply>, Fatal> {
         let ctx = self.ctx();
-        let single = endpoint.is_per_record().then(|| &records[rows[0]]);
+        let fill = |v: &Value| fill_names(v, &self.target.key, &self.target.object);
+        let template = lookup
+            .record
+            .clone()
+            .unwrap_or_else(|| Value::String("{key}".into()));
+        let items: Vec<Value> = rows
+            .iter()
+            .map(|r| template::render(&template, &records[*r], &ctx))
+            .collect();
+        let body = match &lookup.wrap {
+            Some(name) => {
+                let mut m = match lookup.extra.as_ref().map(fill) {
+                    Some(Value::Object(m)) => m,
+                    _ => serde_json::Map::new(),
+                };
+                m.insert(name.clone(), Value::Array(items));
+                Value::Object(m)
+            }
+            None => Value::Array(items),
+        };
+        let path = template::render_path(&lookup.path, None, &ctx).map_err(Fatal)?;
+        let method = lookup
+            .method
+            .as_deref()
+            .and_then(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
+            .unwrap_or(Method::POST);
+        let answer = self
+            .client
+            .send(&Request {
+                method,
+                url: format!("{}{path}", self.base_url),
+                body: Some(body.to_string().into_bytes()),
+                idempotency_key: None,
+            })
+            .await;
+        let url = format!("{}{path}", self.base_url);
+        let (status, text) = match self.settle(answer, &url)? {
+            Ok(r) => r,
+            Err(reply) => return Ok(Err(reply)),
+        };
+        if !status.is_success() {
+            return Ok(Err(self.refusal(
+                WriteOp::Upsert,
+                status,
+                &text,
+                None,
+                rows,
+                false,
+                &url,
+            )?));
+        }
+        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let key_path = lookup.result_key.replace("{key_field}", &self.target.key);
+        let id_path = lookup.result_id.as_deref().unwrap_or("id");
+        // Keys as the API writes them back (HubSpot lower-cases e-mail addresses, say): an
+        // exact match first, else one that differs only in ASCII case.
+        let mut exact: HashMap<String, Value> = HashMap::new();
+        let mut folded: HashMap<String, Value> = HashMap::new();
+        for result in template::lookup(&json, lookup.results.as_deref().unwrap_or("results")) {
+            let (Some(key), Some(id)) = (
+                template::lookup(result, &key_path)
+                    .first()
+                    .map(|v| template::text(v)),
+                template::lookup(result, id_path)
+                    .first()
+                    .map(|v| (*v).clone()),
+            ) else {
+                continue;
+            };
+            folded.insert(key.to_ascii_lowercase(), id.clone());
+            exact.insert(key, id);
+        }
+        Ok(Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let key = template::text(&records[*r].key);
+                let id = exact
+                    .get(&key)
+                    .or_else(|| folded.get(&key.to_ascii_lowercase()))?;
+                Some((*r, id.clone()))
+            })
+            .collect()))
+    }
+
+    /// Send `recs` (the records of `rows`, in order) to `endpoint`.
+    async fn send_records(
+        &self,
+        op: WriteOp,
+        endpoint: &EndpointConfig,
+        records: &[Record],
+        rows: &[usize],
+        recs: &[&Record],
+    ) -> Result<Reply, Fatal> {
+        let ctx = self.ctx();
+        let single = endpoint.is_per_record().then(|| recs[0]);
         let path = match template::render_path(&endpoint.path, single, &ctx) {
             Ok(p) => p,
             // Only a per-record path has values to refuse, and its request has one row.
@@ -757,10 +961,9 @@ impl Shared {
         };
         let url = format!("{}{path}", self.base_url);
         let body = endpoint.record_template(op).map(|t| {
-            let rendered = |i: &usize| template::render(&t, &records[*i], &ctx);
             let payload = match single {
                 Some(r) => template::render(&t, r, &ctx),
-                None => Value::Array(rows.iter().map(rendered).collect()),
+                None => Value::Array(recs.iter().map(|r| template::render(&t, r, &ctx)).collect()),
             };
             let payload = match &endpoint.wrap {
                 Some(name) => serde_json::json!({ name: payload }),
@@ -771,10 +974,7 @@ impl Shared {
         let idempotency_key = (op != WriteOp::Delete).then(|| match single {
             Some(r) => r.idempotency_key.clone(),
             None => {
-                let joined: Vec<&str> = rows
-                    .iter()
-                    .map(|i| records[*i].idempotency_key.as_str())
-                    .collect();
+                let joined: Vec<&str> = recs.iter().map(|r| r.idempotency_key.as_str()).collect();
                 format!(
                     "{:032x}",
                     xxhash_rust::xxh3::xxh3_128(joined.join(",").as_bytes())
@@ -790,8 +990,37 @@ impl Shared {
                 idempotency_key,
             })
             .await;
-        let (status, body) = match answer {
-            Answer::Response { status, body } => (status, body),
+        let (status, body) = match self.settle(answer, &url)? {
+            Ok(r) => r,
+            Err(reply) => return Ok(reply),
+        };
+        if status.is_success() {
+            return Ok(Self::read_results(op, endpoint, records, rows, &body));
+        }
+        self.refusal(
+            op,
+            status,
+            &body,
+            Some(endpoint),
+            rows,
+            single.is_some(),
+            &url,
+        )
+    }
+
+    /// The status and body of an answer, or what a request that got none comes to: split
+    /// (transient failures that outlasted the retries), or the end of the run (the API keeps
+    /// failing, or the request cannot be sent at all).
+    fn settle(
+        &self,
+        answer: Answer,
+        url: &str,
+    ) -> Result<Result<(StatusCode, String), Reply>, Fatal> {
+        match answer {
+            Answer::Response { status, body } => {
+                self.gave_up_in_a_row.store(0, Ordering::Relaxed);
+                Ok(Ok((status, body)))
+            }
             Answer::GaveUp { attempts, last } => {
                 let in_a_row = self.gave_up_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
                 let reason = format!("the API kept failing ({attempts} attempts): {last}");
@@ -800,14 +1029,26 @@ impl Shared {
                         "{in_a_row} requests in a row failed after every retry; last: {reason}"
                     )));
                 }
-                return Ok(Reply::Split(reason));
+                Ok(Err(Reply::Split(reason)))
             }
-            Answer::Broken(e) => return Err(Fatal(format!("{url}: {e}"))),
-        };
-        self.gave_up_in_a_row.store(0, Ordering::Relaxed);
-        let message = || whole_message(status, &body, endpoint);
+            Answer::Broken(e) => Err(Fatal(format!("{url}: {e}"))),
+        }
+    }
+
+    /// What a non-2xx answer means for the request's records.
+    #[allow(clippy::too_many_arguments)]
+    fn refusal(
+        &self,
+        op: WriteOp,
+        status: StatusCode,
+        body: &str,
+        endpoint: Option<&EndpointConfig>,
+        rows: &[usize],
+        single: bool,
+        url: &str,
+    ) -> Result<Reply, Fatal> {
+        let message = || whole_message(status, body, endpoint);
         match status.as_u16() {
-            200..=299 => Ok(Self::read_results(op, endpoint, records, rows, &body)),
             300..=399 => Err(Fatal(format!(
                 "{url} answered with a redirect ({status}); point base_url at the final address"
             ))),
@@ -815,11 +1056,11 @@ impl Shared {
                 "the API refused the credentials: {}",
                 message()
             ))),
-            404 if op == WriteOp::Delete && single.is_some() => Ok(Reply::Done {
+            404 if op == WriteOp::Delete && single => Ok(Reply::Done {
                 rejected: vec![],
                 skipped: vec![],
             }),
-            404 if op == WriteOp::Update && single.is_some() => Ok(Reply::Done {
+            404 if op == WriteOp::Update && single => Ok(Reply::Done {
                 rejected: vec![(rows[0], NO_RECORD_FOR_UPDATE.to_string())],
                 skipped: vec![],
             }),
@@ -896,7 +1137,7 @@ impl Shared {
             &endpoint.error_field,
         ) {
             for error in template::lookup(&json, list) {
-                let message = error_message(error, endpoint);
+                let message = error_message(error, endpoint.error_message.as_deref());
                 let named: Vec<usize> = template::lookup(error, field)
                     .into_iter()
                     .filter_map(|v| locate(how, v))
@@ -948,9 +1189,9 @@ fn looks_missing(message: &str) -> bool {
     m.contains("not found") || m.contains("not exist") || m.contains("object_not_found")
 }
 
-/// One error's message: at `error_message`, else its `message`, else the error as JSON.
-fn error_message(error: &Value, endpoint: &EndpointConfig) -> String {
-    let path = endpoint.error_message.as_deref().unwrap_or("message");
+/// One error's message: at `path`, else its `message`, else the error as JSON.
+fn error_message(error: &Value, path: Option<&str>) -> String {
+    let path = path.unwrap_or("message");
     let found: Vec<String> = template::lookup(error, path)
         .into_iter()
         .map(template::text)
@@ -964,11 +1205,11 @@ fn error_message(error: &Value, endpoint: &EndpointConfig) -> String {
 }
 
 /// The message of a response that refused a request as a whole.
-fn whole_message(status: StatusCode, body: &str, endpoint: &EndpointConfig) -> String {
+fn whole_message(status: StatusCode, body: &str, endpoint: Option<&EndpointConfig>) -> String {
     if let Ok(json) = serde_json::from_str::<Value>(body)
         && json.is_object()
     {
-        let m = error_message(&json, endpoint);
+        let m = error_message(&json, endpoint.and_then(|e| e.error_message.as_deref()));
         if !m.starts_with('{') {
             return format!("HTTP {status}: {m}");
         }
@@ -1050,6 +1291,7 @@ mod tests {
                 fields: serde_json::Map::new(),
                 key: json!(format!("k{i}")),
                 idempotency_key: format!("t{i}"),
+                api_id: None,
             })
             .collect()
     }
@@ -1156,6 +1398,7 @@ mod tests {
                 fields: serde_json::Map::new(),
                 key: json!(key.clone()),
                 idempotency_key: String::new(),
+                api_id: None,
             };
             match template::render_path("/v1/{object}/{key}/tags", Some(&r), &ctx) {
                 Ok(p) => {

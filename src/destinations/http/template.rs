@@ -14,6 +14,7 @@
 //! | `{field.NAME}` | one field's value |
 //! | `{object}` | the sync's object |
 //! | `{idempotency_key}` | a stable hex id of this sync, object, operation and record content |
+//! | `{api_id}` | the API's own id for the record, found by the endpoint's `lookup` |
 //!
 //! A `|text` suffix (`{key|text}`, `{fields|text}`) turns values into text, and NULL into `""`
 //! (what many APIs, HubSpot among them, read as "clear this field").
@@ -23,7 +24,8 @@ use arrow::error::ArrowError;
 use serde_json::{Map, Value};
 
 /// The names a template may use, besides `field.NAME`.
-const NAMES: [&str; 6] = [
+const NAMES: [&str; 7] = [
+    "api_id",
     "fields",
     "fields_without_key",
     "key",
@@ -52,6 +54,8 @@ pub struct Record {
     pub key: Value,
     /// [`idempotency_key`] of this record.
     pub idempotency_key: String,
+    /// The API's own id for the record, when an endpoint looks it up first.
+    pub api_id: Option<Value>,
 }
 
 /// What a template is rendered with, besides the record.
@@ -86,6 +90,7 @@ pub fn records(
             fields,
             key,
             idempotency_key,
+            api_id: None,
         });
     }
     Ok(out)
@@ -205,6 +210,7 @@ fn resolve(name: &str, record: &Record, ctx: &Context) -> Option<Value> {
         "key_field" => Value::String(ctx.key_field.to_string()),
         "object" => Value::String(ctx.object.to_string()),
         "idempotency_key" => Value::String(record.idempotency_key.clone()),
+        "api_id" => record.api_id.clone()?,
         other => record.fields.get(other.strip_prefix("field.")?)?.clone(),
     };
     Some(if as_text {
@@ -344,6 +350,7 @@ mod tests {
             fields: fields.as_object().cloned().unwrap_or_default(),
             key: json!(7),
             idempotency_key: "abc".into(),
+            api_id: None,
         }
     }
 
