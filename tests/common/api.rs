@@ -51,6 +51,8 @@ pub struct Faults {
     pub batch_errors: BatchErrors,
     /// Largest batch accepted (more: 400).
     pub max_batch: usize,
+    /// HubSpot's `batch/read` answers 200 with an HTML page (a misbehaving proxy).
+    pub garbled_reads: bool,
 }
 
 impl Default for Faults {
@@ -65,6 +67,7 @@ impl Default for Faults {
             seed: 7,
             batch_errors: BatchErrors::PerRecord,
             max_batch: 100,
+            garbled_reads: false,
         }
     }
 }
@@ -501,6 +504,11 @@ fn route(req: &Req, state: &Mutex<ApiState>, f: &Faults) -> Resp {
             }
             r
         }
+        ("POST", ["crm", "v3", "objects", _, "batch", "read"]) if f.garbled_reads => Resp {
+            status: 200,
+            body: "<html><body>Gateway says hello</body></html>".into(),
+            retry_after: None,
+        },
         ("POST", ["crm", "v3", "objects", object, "batch", action]) => {
             hubspot(&mut s, object, action, &body)
         }

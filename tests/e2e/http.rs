@@ -439,6 +439,25 @@ key = "email"
     let r = d.run_ok("contacts").await;
     assert_eq!((r.counts.deleted, r.counts.rejected), (2, 0), "{r:?}");
     assert!(!api.records("contacts").contains_key("y@x.io"));
+    // An id lookup answered with something that is not HubSpot's JSON settles nothing: the
+    // deletes are rejected, never counted as done.
+    api.set_faults(Faults {
+        garbled_reads: true,
+        ..Faults::default()
+    });
+    let e = Fixture::new();
+    e.write("backflow.toml", &toml("delete"));
+    e.write("contacts.csv", "email\na@x.io\nb@x.io\n");
+    let r = e.run_ok("contacts").await;
+    assert_eq!((r.counts.deleted, r.counts.rejected), (0, 2), "{r:?}");
+    assert!(
+        r.samples
+            .iter()
+            .all(|s| s.reason.contains("id lookup is not JSON")),
+        "{:?}",
+        r.samples
+    );
+    assert!(api.records("contacts").contains_key("a@x.io"));
     assert!(statuses(&api).contains_key(&500), "no 500s were injected");
     // (Runs started back to back share HubSpot's quota, so the API may answer 429 across
     // them; backflow then waits. Pacing within one run is checked by the mirror test.)
@@ -479,12 +498,17 @@ async fn configuration_mistakes_are_named_before_any_request() {
     project(
         &f,
         &api,
-        "[destinations.api.upsert]\npath = \"/{object}/{kye}\"\nrecord = { id = \"{key}\", name = \"{field.name}\", x = \"{feilds}\" }\n",
+        "[destinations.api.upsert]\npath = \"/{object}/{kye}\"\nrecord = { id = \"{key}\", name = \"{field.name}\", x = \"{feilds}\" }\n\n[destinations.api.delete]\npath = \"/{object}/{api_id}\"\n",
         "upsert",
     );
     f.write("people.csv", &people_csv(1..=3, "v1", |_| false));
     let err = f.load().expect_err("config refused").to_string();
-    for want in ["{kye}", "{feilds}", "destinations.api"] {
+    for want in [
+        "{kye}",
+        "{feilds}",
+        "destinations.api",
+        "{api_id} needs a lookup",
+    ] {
         assert!(err.contains(want), "{want} not in: {err}");
     }
 

@@ -84,6 +84,11 @@ pub(super) fn apply(user: &HttpDestinationConfig) -> HttpDestinationConfig {
             results: Some("results".into()),
             result_key: "properties.{key_field}".into(),
             result_id: Some("id".into()),
+            // 207: OBJECT_NOT_FOUND for keys HubSpot does not have; any other error rejects.
+            errors: Some("errors".into()),
+            error_key: Some("context.ids".into()),
+            // HubSpot stores e-mail addresses in lower case.
+            case_insensitive_keys: vec!["email".into()],
         }),
         ..EndpointConfig::default()
     });

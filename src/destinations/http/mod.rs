@@ -158,6 +158,16 @@ pub struct LookupConfig {
     pub result_key: String,
     /// The path, inside one result, of the API's id (default `id`).
     pub result_id: Option<String>,
+    /// Where the answer lists errors, and the path of the keys inside one error. A key named
+    /// by an error that says "not found" is missing (a delete of it is done); named by any other
+    /// error, its record is rejected with the message.
+    pub errors: Option<String>,
+    pub error_key: Option<String>,
+    /// Key fields whose values the API may give back in another ASCII case (HubSpot lower-cases
+    /// `email`): for them a key also matches a result that differs only in case, unless that is
+    /// ambiguous.
+    #[serde(default)]
+    pub case_insensitive_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -393,6 +403,17 @@ impl EndpointConfig {
             p.extend(path_problems("lookup.path", &l.path));
             if template::is_per_record(&l.path) {
                 p.push("lookup.path may not name a record: a lookup finds a batch".into());
+            }
+            if l.errors.is_some() != l.error_key.is_some() {
+                p.push("lookup.errors and lookup.error_key go together".into());
+            }
+        } else {
+            let mut uses_api_id = self.path.contains("{api_id");
+            if let Some(t) = &self.record {
+                strings(t, &mut |s| uses_api_id |= s.contains("{api_id"));
+            }
+            if uses_api_id {
+                p.push("{api_id} needs a lookup (how to find the API's ids)".into());
             }
         }
         p
@@ -713,6 +734,26 @@ enum Reply {
     Split(String),
 }
 
+/// What an id lookup found: the API's id of each row it has, and rows it could not settle
+/// (rejected with the reason); any other row is missing from the API.
+struct LookedUp {
+    ids: HashMap<usize, Value>,
+    refused: HashMap<usize, String>,
+}
+
+const AMBIGUOUS: &str =
+    "the API's answer matches this key only ignoring case, and not unambiguously";
+
+/// A key as text for matching: numbers in their shortest form (`7.0` and `7` alike).
+fn key_text(v: &Value) -> String {
+    match v.as_f64() {
+        Some(f) if v.is_f64() && f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 => {
+            format!("{}", f as i64)
+        }
+        _ => template::text(v),
+    }
+}
+
 /// What stops the run: the destination as a whole does not work.
 struct Fatal(String);
 
@@ -798,17 +839,22 @@ impl Shared {
         };
         // With a lookup, the records the API does not have are settled first: a delete of
         // one is done, anything else is refused.
-        let mut missing: Vec<(usize, String)> = Vec::new();
+        let mut unsettled: Vec<(usize, String)> = Vec::new();
         let mut found_rows = rows.to_vec();
         let mut owned: Vec<Record> = Vec::new();
         if let Some(lookup) = &endpoint.lookup {
-            let ids = match self.look_up(lookup, records, rows).await? {
-                Ok(ids) => ids,
+            let LookedUp { ids, refused } = match self.look_up(lookup, records, rows).await? {
+                Ok(found) => found,
                 Err(reply) => return Ok(reply),
             };
             found_rows.retain(|r| ids.contains_key(r));
             for r in rows.iter().filter(|r| !ids.contains_key(r)) {
-                missing.push((*r, "the API has no record with this key".into()));
+                match refused.get(r) {
+                    Some(reason) => unsettled.push((*r, reason.clone())),
+                    // Missing from the API: a delete of it is done, anything else refused.
+                    None if op == WriteOp::Delete => {}
+                    None => unsettled.push((*r, "the API has no record with this key".into())),
+                }
             }
             owned = found_rows
                 .iter()
@@ -819,11 +865,7 @@ impl Shared {
                 .collect();
             if found_rows.is_empty() {
                 return Ok(Reply::Done {
-                    rejected: if op == WriteOp::Delete {
-                        vec![]
-                    } else {
-                        missing
-                    },
+                    rejected: unsettled,
                     skipped: vec![],
                 });
             }
@@ -842,8 +884,8 @@ impl Shared {
             Reply::Done {
                 mut rejected,
                 skipped,
-            } if op != WriteOp::Delete => {
-                rejected.extend(missing);
+            } => {
+                rejected.extend(unsettled);
                 Reply::Done { rejected, skipped }
             }
             other => other,
@@ -857,7 +899,7 @@ impl Shared {
         lookup: &LookupConfig,
         records: &[Record],
         rows: &[usize],
-    ) -> Result<Result<HashMap<usize, Value>, Reply>, Fatal> {
+    ) -> Result<Result<LookedUp, Reply>, Fatal> {
         let ctx = self.ctx();
         let fill = |v: &Value| fill_names(v, &self.target.key, &self.target.object);
         let template = lookup
@@ -910,37 +952,99 @@ impl Shared {
                 &url,
             )?));
         }
-        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let results_path = lookup.results.as_deref().unwrap_or("results");
+        let unreadable = |why: &str| -> Result<Result<LookedUp, Reply>, Fatal> {
+            Ok(Err(Reply::Split(format!(
+                "the API's answer to the id lookup {why}: {}",
+                truncate(&text, 200)
+            ))))
+        };
+        let Ok(json) = serde_json::from_str::<Value>(&text) else {
+            return unreadable("is not JSON");
+        };
+        // An answer without a results list says nothing about which keys exist (an empty list
+        // does: none of them).
+        if json
+            .pointer(&format!("/{}", results_path.replace('.', "/")))
+            .is_none()
+        {
+            return unreadable(&format!("has no \"{results_path}\""));
+        }
         let key_path = lookup.result_key.replace("{key_field}", &self.target.key);
         let id_path = lookup.result_id.as_deref().unwrap_or("id");
-        // Keys as the API writes them back (HubSpot lower-cases e-mail addresses, say): an
-        // exact match first, else one that differs only in ASCII case.
+        let fold = lookup
+            .case_insensitive_keys
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(&self.target.key));
         let mut exact: HashMap<String, Value> = HashMap::new();
-        let mut folded: HashMap<String, Value> = HashMap::new();
-        for result in template::lookup(&json, lookup.results.as_deref().unwrap_or("results")) {
+        // Folded key → id, or None when several results fold to it (ambiguous).
+        let mut folded: HashMap<String, Option<Value>> = HashMap::new();
+        for result in template::lookup(&json, results_path) {
             let (Some(key), Some(id)) = (
                 template::lookup(result, &key_path)
                     .first()
-                    .map(|v| template::text(v)),
+                    .map(|v| key_text(v)),
                 template::lookup(result, id_path)
                     .first()
                     .map(|v| (*v).clone()),
             ) else {
-                continue;
+                return unreadable(&format!(
+                    "lists a record without \"{key_path}\" or \"{id_path}\""
+                ));
             };
-            folded.insert(key.to_ascii_lowercase(), id.clone());
+            folded
+                .entry(key.to_ascii_lowercase())
+                .and_modify(|v| *v = None)
+                .or_insert_with(|| Some(id.clone()));
             exact.insert(key, id);
         }
-        Ok(Ok(rows
-            .iter()
-            .filter_map(|r| {
-                let key = template::text(&records[*r].key);
-                let id = exact
-                    .get(&key)
-                    .or_else(|| folded.get(&key.to_ascii_lowercase()))?;
-                Some((*r, id.clone()))
-            })
-            .collect()))
+        let mut refused: HashMap<usize, String> = HashMap::new();
+        if let (Some(list), Some(field)) = (&lookup.errors, &lookup.error_key) {
+            for error in template::lookup(&json, list) {
+                if looks_missing(&error.to_string()) {
+                    continue;
+                }
+                let message = error_message(error, None);
+                let named: HashSet<String> = template::lookup(error, field)
+                    .into_iter()
+                    .map(key_text)
+                    .collect();
+                for r in rows {
+                    if named.contains(&key_text(&records[*r].key)) {
+                        refused.insert(*r, format!("looking up the API's id failed: {message}"));
+                    }
+                }
+            }
+        }
+        let mut ids = HashMap::new();
+        let mut folded_rows: HashMap<String, usize> = HashMap::new();
+        for r in rows {
+            let key = key_text(&records[*r].key);
+            if let Some(id) = exact.get(&key) {
+                ids.insert(*r, id.clone());
+            } else if fold {
+                let k = key.to_ascii_lowercase();
+                match (folded.get(&k), folded_rows.get(&k).copied()) {
+                    (Some(Some(id)), None) => {
+                        folded_rows.insert(k, *r);
+                        ids.insert(*r, id.clone());
+                    }
+                    (Some(_), other) => {
+                        // Several results, or several of our keys, fold together.
+                        if let Some(other) = other {
+                            ids.remove(&other);
+                            refused.insert(other, AMBIGUOUS.into());
+                        }
+                        refused.insert(*r, AMBIGUOUS.into());
+                    }
+                    (None, _) => {}
+                }
+            }
+        }
+        for r in refused.keys() {
+            ids.remove(r);
+        }
+        Ok(Ok(LookedUp { ids, refused }))
     }
 
     /// Send `recs` (the records of `rows`, in order) to `endpoint`.
