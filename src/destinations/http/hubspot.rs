@@ -20,7 +20,7 @@
 
 use serde_json::json;
 
-use super::{EndpointConfig, HttpDestinationConfig, LookupConfig, Match};
+use super::config::{EndpointConfig, HttpDestinationConfig, LookupConfig, Match};
 
 pub(super) fn apply(user: &HttpDestinationConfig) -> HttpDestinationConfig {
     let mut c = user.clone();
