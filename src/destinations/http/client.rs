@@ -362,9 +362,13 @@ mod tests {
     }
 
     fn client() -> Client {
+        paced(None)
+    }
+
+    fn paced(rate_limit: Option<f64>) -> Client {
         Client::new(
             Policy {
-                rate_limit: None,
+                rate_limit,
                 concurrency: 1,
                 timeout: Duration::from_secs(1),
                 max_attempts: 1,
@@ -411,20 +415,7 @@ mod tests {
 
     #[tokio::test]
     async fn starts_are_spaced_by_the_rate() {
-        let client = Client::new(
-            Policy {
-                rate_limit: Some(50.0),
-                concurrency: 4,
-                timeout: Duration::from_secs(1),
-                max_attempts: 1,
-                min_backoff: Duration::from_millis(1),
-                max_backoff: Duration::from_millis(1),
-            },
-            HeaderMap::new(),
-            None,
-            vec![],
-        )
-        .unwrap();
+        let client = paced(Some(50.0));
         let t0 = Instant::now();
         for _ in 0..11 {
             client.wait_for_slot().await;
