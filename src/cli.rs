@@ -307,7 +307,7 @@ fn print_run(r: &SyncReport, json: bool) {
         "✗"
     };
     println!(
-        "{mark} {}  ({} → {}/{})  read {}  created {}  updated {}  deleted {}  unchanged {}  invalid {}  rejected {}{}  [{:.1}s]",
+        "{mark} {}  ({} → {}/{})  read {}  created {}  updated {}  deleted {}  unchanged {}  invalid {}  rejected {}{}{}  [{:.1}s]",
         r.sync,
         r.behavior,
         r.destination,
@@ -321,6 +321,11 @@ fn print_run(r: &SyncReport, json: bool) {
         c.rejected,
         if c.skipped > 0 {
             format!("  skipped {}", c.skipped)
+        } else {
+            String::new()
+        },
+        if c.retries > 0 {
+            format!("  retries {}", c.retries)
         } else {
             String::new()
         },

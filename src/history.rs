@@ -35,6 +35,9 @@ pub struct RunCounts {
     pub rejected: u64,
     /// Rows the destination already had and the behaviour does not touch (create-only).
     pub skipped: u64,
+    /// Requests the destination sent again after a failure, a timeout or a rate limit (HTTP
+    /// APIs; 0 elsewhere).
+    pub retries: u64,
 }
 
 /// One run of one sync.
@@ -105,6 +108,7 @@ fn runs_schema() -> SchemaRef {
         Field::new("unchanged", DataType::UInt64, false),
         Field::new("rejected", DataType::UInt64, false),
         Field::new("skipped", DataType::UInt64, false),
+        Field::new("retries", DataType::UInt64, false),
         Field::new("state_version", DataType::Int64, true),
         Field::new("error", DataType::Utf8, true),
     ]))
@@ -159,6 +163,7 @@ pub async fn record(
             u(c.unchanged),
             u(c.rejected),
             u(c.skipped),
+            u(c.retries),
             Arc::new(Int64Array::from(vec![run.state_version.map(|v| v as i64)])),
             Arc::new(StringArray::from(vec![run.error.as_deref()])),
         ],
@@ -336,6 +341,8 @@ fn decode_runs(batch: &RecordBatch) -> Vec<RunRecord> {
                 unchanged: get("unchanged", r),
                 rejected: get("rejected", r),
                 skipped: get("skipped", r),
+                // Absent from history written before HTTP destinations: 0.
+                retries: get("retries", r),
             },
             state_version: version
                 .as_ref()

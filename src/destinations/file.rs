@@ -685,6 +685,10 @@ impl ObjectWriter for FileWriter {
         let merged = object.merged(&ctx, has_existing).await?;
         object.write_object(&ctx, merged).await?;
         drop(_staging_dir);
-        Ok(FinishOutcome { rejected, skipped })
+        Ok(FinishOutcome {
+            rejected,
+            skipped,
+            retries: 0,
+        })
     }
 }

@@ -204,6 +204,8 @@ pub struct FinishOutcome {
     pub rejected: Vec<LateRejection>,
     /// Creates that found the record already there (counted as created until then).
     pub skipped: u64,
+    /// Requests sent again during the run (after failures, timeouts, rate limits).
+    pub retries: u64,
 }
 
 /// The outcome of one batch.

@@ -68,6 +68,7 @@ impl Tally {
         let skipped = outcome.skipped.min(self.counts.created);
         self.counts.created -= skipped;
         self.counts.skipped += skipped;
+        self.counts.retries += outcome.retries;
         for l in &outcome.rejected {
             let c = &mut self.counts;
             if c.updated > 0 {

@@ -147,6 +147,14 @@ async fn mirror_under_faults_ends_with_exactly_the_model() {
         api.log().len()
     );
     assert!(slowed > 0, "no slow answers were injected");
+    // Every 500 and every timeout was sent again, and run history says how often.
+    let failed = seen.get(&500).copied().unwrap_or(0) as u64;
+    assert!(r.counts.retries >= failed + slowed, "{r:?}");
+    let (_, history, _) = f.cli(&["history", "--json"]);
+    assert!(
+        history.contains(&format!("\"retries\":{}", r.counts.retries)),
+        "{history}"
+    );
     assert!(
         api.busiest_second() <= 20,
         "{} requests in one second, over the limit of 20",

@@ -746,7 +746,10 @@ impl ObjectWriter for HttpWriter {
     }
 
     async fn finish(self: Box<Self>) -> Result<FinishOutcome, DestinationError> {
-        Ok(FinishOutcome::default())
+        Ok(FinishOutcome {
+            retries: self.shared.client.retries.load(Ordering::Relaxed),
+            ..FinishOutcome::default()
+        })
     }
 }
 
