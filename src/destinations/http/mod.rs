@@ -44,7 +44,9 @@ pub use config::HttpDestinationConfig;
 pub(super) use config::validate_object;
 use config::{EndpointConfig, LookupConfig};
 use config::{fill_names, parse_timeout};
-use results::{AMBIGUOUS, error_message, key_text, looks_missing, read_results, whole_message};
+use results::{
+    AMBIGUOUS, error_message, key_text, looks_missing, match_ids, read_results, whole_message,
+};
 use template::{Context, Record};
 
 /// Requests in a row that gave up on transient failures before the run stops: the API is down,
@@ -495,9 +497,7 @@ impl Shared {
             .case_insensitive_keys
             .iter()
             .any(|k| k.eq_ignore_ascii_case(&self.target.key));
-        let mut exact: HashMap<String, Value> = HashMap::new();
-        // Folded key → id, or None when several results fold to it (ambiguous).
-        let mut folded: HashMap<String, Option<Value>> = HashMap::new();
+        let mut found: Vec<(String, Value)> = Vec::new();
         for result in template::lookup(&json, results_path) {
             let (Some(key), Some(id)) = (
                 template::lookup(result, &key_path)
@@ -511,11 +511,7 @@ impl Shared {
                     "lists a record without \"{key_path}\" or \"{id_path}\""
                 ));
             };
-            folded
-                .entry(key.to_ascii_lowercase())
-                .and_modify(|v| *v = None)
-                .or_insert_with(|| Some(id.clone()));
-            exact.insert(key, id);
+            found.push((key, id));
         }
         let mut refused: HashMap<usize, String> = HashMap::new();
         if let (Some(list), Some(field)) = (&lookup.errors, &lookup.error_key) {
@@ -535,30 +531,13 @@ impl Shared {
                 }
             }
         }
-        let mut ids = HashMap::new();
-        let mut folded_rows: HashMap<String, usize> = HashMap::new();
-        for r in rows {
-            let key = key_text(&records[*r].key);
-            if let Some(id) = exact.get(&key) {
-                ids.insert(*r, id.clone());
-            } else if fold {
-                let k = key.to_ascii_lowercase();
-                match (folded.get(&k), folded_rows.get(&k).copied()) {
-                    (Some(Some(id)), None) => {
-                        folded_rows.insert(k, *r);
-                        ids.insert(*r, id.clone());
-                    }
-                    (Some(_), other) => {
-                        // Several results, or several of our keys, fold together.
-                        if let Some(other) = other {
-                            ids.remove(&other);
-                            refused.insert(other, AMBIGUOUS.into());
-                        }
-                        refused.insert(*r, AMBIGUOUS.into());
-                    }
-                    (None, _) => {}
-                }
-            }
+        let keys: Vec<(usize, String)> = rows
+            .iter()
+            .map(|r| (*r, key_text(&records[*r].key)))
+            .collect();
+        let (mut ids, ambiguous) = match_ids(&keys, &found, fold);
+        for r in ambiguous {
+            refused.insert(r, AMBIGUOUS.into());
         }
         for r in refused.keys() {
             ids.remove(r);

@@ -124,6 +124,69 @@ pub(super) fn read_results(
 pub(super) const AMBIGUOUS: &str =
     "the API's answer matches this key only ignoring case, and not unambiguously";
 
+/// Match keys (row, key as text) to what an id lookup found (key as the API wrote it, id).
+/// Returns the id of each row matched and the rows left unmatched because the match was
+/// ambiguous. A key matches exactly; with `fold`, also a found key that differs only in ASCII
+/// case, when exactly one does and no other row claims the same id.
+pub(super) fn match_ids(
+    keys: &[(usize, String)],
+    found: &[(String, Value)],
+    fold: bool,
+) -> (HashMap<usize, Value>, Vec<usize>) {
+    let mut exact: HashMap<&str, Option<&Value>> = HashMap::new();
+    let mut folded: HashMap<String, Option<&Value>> = HashMap::new();
+    for (key, id) in found {
+        // Two results for one key (with other ids) make it ambiguous (None).
+        exact
+            .entry(key.as_str())
+            .and_modify(|v| {
+                if *v != Some(id) {
+                    *v = None
+                }
+            })
+            .or_insert(Some(id));
+        folded
+            .entry(key.to_ascii_lowercase())
+            .and_modify(|v| {
+                if *v != Some(id) {
+                    *v = None
+                }
+            })
+            .or_insert(Some(id));
+    }
+    let mut ids: HashMap<usize, Value> = HashMap::new();
+    let mut ambiguous = Vec::new();
+    for (row, key) in keys {
+        let hit = match exact.get(key.as_str()) {
+            Some(hit) => *hit,
+            None if fold => match folded.get(&key.to_ascii_lowercase()) {
+                Some(hit) => *hit,
+                None => continue,
+            },
+            None => continue,
+        };
+        match hit {
+            Some(id) => {
+                ids.insert(*row, id.clone());
+            }
+            None => ambiguous.push(*row),
+        }
+    }
+    // One id claimed by several rows (keys that fold together) is no answer for any of them.
+    let mut claims: HashMap<String, Vec<usize>> = HashMap::new();
+    for (row, id) in &ids {
+        claims.entry(id.to_string()).or_default().push(*row);
+    }
+    for rows in claims.into_values().filter(|r| r.len() > 1) {
+        for r in rows {
+            ids.remove(&r);
+            ambiguous.push(r);
+        }
+    }
+    ambiguous.sort_unstable();
+    (ids, ambiguous)
+}
+
 /// A key as text for matching: numbers in their shortest form (`7.0` and `7` alike).
 pub(super) fn key_text(v: &Value) -> String {
     match v.as_f64() {
@@ -220,6 +283,48 @@ mod tests {
 
     fn matcher() -> impl Strategy<Value = Match> {
         prop_oneof![Just(Match::Index), Just(Match::Key), Just(Match::Trace)]
+    }
+
+    #[test]
+    fn ids_match_exactly_or_by_case_when_unambiguous() {
+        let found = vec![
+            ("a@x.io".to_string(), json!("1")),
+            ("b@x.io".to_string(), json!("2")),
+            ("dup".to_string(), json!("3")),
+            ("DUP".to_string(), json!("4")),
+        ];
+        let keys = |ks: &[&str]| -> Vec<(usize, String)> {
+            ks.iter()
+                .enumerate()
+                .map(|(i, k)| (i, k.to_string()))
+                .collect()
+        };
+        // Exact matches; a key the API does not have is neither matched nor ambiguous.
+        let (ids, amb) = match_ids(&keys(&["a@x.io", "zz"]), &found, false);
+        assert_eq!(
+            (ids.get(&0), ids.get(&1), amb.len()),
+            (Some(&json!("1")), None, 0)
+        );
+        // Without folding, case matters.
+        let (ids, _) = match_ids(&keys(&["A@x.io"]), &found, false);
+        assert!(ids.is_empty());
+        // With folding, a single candidate matches…
+        let (ids, amb) = match_ids(&keys(&["A@x.io"]), &found, true);
+        assert_eq!((ids.get(&0), amb.len()), (Some(&json!("1")), 0));
+        // …two candidates that fold together do not…
+        let (ids, amb) = match_ids(&keys(&["Dup"]), &found, true);
+        assert!(ids.is_empty());
+        assert_eq!(amb, vec![0]);
+        // …while their exact keys still match exactly.
+        let (ids, _) = match_ids(&keys(&["dup", "DUP"]), &found, true);
+        assert_eq!(
+            (ids.get(&0), ids.get(&1)),
+            (Some(&json!("3")), Some(&json!("4")))
+        );
+        // Two of our keys claiming one record: neither gets it.
+        let (ids, amb) = match_ids(&keys(&["b@x.io", "B@x.io"]), &found, true);
+        assert!(ids.is_empty());
+        assert_eq!(amb, vec![0, 1]);
     }
 
     proptest! {
