@@ -1,5 +1,6 @@
 mod behaviors;
 mod cli;
+mod config_fuzz;
 mod crash;
 mod errors;
 mod files;
