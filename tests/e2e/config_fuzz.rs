@@ -181,3 +181,88 @@ proptest! {
         }
     }
 }
+
+/// Values that validation has to judge: templates, paths, URLs, durations, names.
+fn value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        Just("{".to_string()),
+        Just("{key".to_string()),
+        Just("{key}{key}".to_string()),
+        Just("{api_id}".to_string()),
+        Just("{field.}".to_string()),
+        Just("{fields|text|text}".to_string()),
+        Just("/{object}/{key}/../{key}".to_string()),
+        Just("..".to_string()),
+        Just("http://".to_string()),
+        Just("ftp://x".to_string()),
+        Just("http://h/?q#f".to_string()),
+        Just("0ms".to_string()),
+        Just("99999999999999999999s".to_string()),
+        Just("1e309".to_string()),
+        Just("NaN".to_string()),
+        Just("mirror".to_string()),
+        Just("\u{0}".to_string()),
+        Just("é𝄞\n\t".to_string()),
+        any::<String>(),
+    ]
+}
+
+/// The byte ranges of the contents of the config's basic strings (`"…"`).
+fn string_spans(text: &str) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut open = None;
+    for (i, c) in text.char_indices() {
+        match (c, open) {
+            ('"', None) => open = Some(i + 1),
+            ('"', Some(start)) => {
+                spans.push((start, i));
+                open = None;
+            }
+            ('\n', _) => open = None,
+            _ => {}
+        }
+    }
+    spans
+}
+
+fn toml_escape(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32 & 0xFFFF)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1500, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Any string value replaced by any other: the file still parses as TOML, so this reaches
+    /// the validation of every key (templates, paths, URLs, durations, names).
+    #[test]
+    fn any_string_value_is_judged_without_a_panic(
+        changes in proptest::collection::vec((any::<usize>(), value()), 1..4)
+    ) {
+        let mut text = VALID.to_string();
+        for (at, v) in &changes {
+            let spans = string_spans(&text);
+            let (a, b) = spans[at % spans.len()];
+            text.replace_range(a..b, &toml_escape(v));
+        }
+        let path = PathBuf::from("backflow.toml");
+        match ProjectConfig::parse(&text, &path) {
+            Ok(config) => {
+                let t = ConfigText { path, text: text.clone() };
+                for p in validate(&config, &[], &t) {
+                    prop_assert!(!p.trim().is_empty());
+                }
+            }
+            Err(e) => prop_assert!(!e.to_string().trim().is_empty()),
+        }
+    }
+}
