@@ -13,4 +13,5 @@ mod postgres;
 mod property;
 mod quoting;
 mod sources;
+mod state_fuzz;
 mod watermarks;
