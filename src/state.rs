@@ -42,7 +42,8 @@ use serde::{Deserialize, Serialize};
 use crate::storage::{Location, StorageError};
 
 /// The manifest format this release writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: every manifest carries its checksum and snapshot size (1: they may be absent).
+pub const FORMAT_VERSION: u32 = 2;
 /// Committed versions kept per sync (older ones and their files are removed after a commit).
 const KEEP_VERSIONS: u64 = 2;
 
@@ -378,10 +379,17 @@ impl StateStore {
                 manifest.version
             )));
         }
-        if let Some(sum) = &manifest.checksum
-            && *sum != manifest.content_checksum()
-        {
-            return Err(corrupt("its checksum does not match its content".into()));
+        match &manifest.checksum {
+            Some(sum) if *sum != manifest.content_checksum() => {
+                return Err(corrupt("its checksum does not match its content".into()));
+            }
+            Some(_) => {}
+            // Only manifests of format 1 from before checksums may lack one, and those never
+            // recorded a snapshot size either: anything else lost its checksum to damage.
+            None if format >= 2 || manifest.snapshot_bytes.is_some() => {
+                return Err(corrupt("its checksum is missing".into()));
+            }
+            None => {}
         }
         if let Some(expected) = manifest.snapshot_bytes {
             let snapshot = self.path(&manifest.snapshot);
