@@ -71,6 +71,22 @@ pub enum DestinationError {
     },
 }
 
+impl DestinationError {
+    /// The object `target` names cannot be written as it is (a missing key column, a column of
+    /// the wrong type, an endpoint the behavior needs): found before any write.
+    pub(crate) fn incompatible(
+        destination: &str,
+        target: &WriteTarget,
+        reason: impl ToString,
+    ) -> DestinationError {
+        DestinationError::Incompatible {
+            destination: destination.to_string(),
+            object: target.object.clone(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// `[destinations.NAME]`, tagged by `type`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -101,14 +101,6 @@ impl MysqlDestination {
         }
     }
 
-    fn incompatible(&self, target: &WriteTarget, reason: impl ToString) -> DestinationError {
-        DestinationError::Incompatible {
-            destination: self.name.clone(),
-            object: target.object.clone(),
-            reason: reason.to_string(),
-        }
-    }
-
     async fn columns(
         &self,
         url: &MyUrl,
@@ -127,7 +119,8 @@ impl MysqlDestination {
             None => return Ok(None),
             Some("BASE TABLE") => {}
             Some(k) => {
-                return Err(self.incompatible(
+                return Err(DestinationError::incompatible(
+                    &self.name,
                     target,
                     format!("\"{}\" is a {k}, not a table", target.object),
                 ));
@@ -165,7 +158,8 @@ impl MysqlDestination {
         // MySQL column names are case-insensitive.
         let find = |n: &str| columns.iter().find(|c| c.name.eq_ignore_ascii_case(n));
         if find(&target.key).is_none() {
-            return Err(self.incompatible(
+            return Err(DestinationError::incompatible(
+                &self.name,
                 target,
                 format!(
                     "the table has no key column \"{}\" (it has: {})",
@@ -213,7 +207,11 @@ impl MysqlDestination {
             }
         }
         if !problems.is_empty() {
-            return Err(self.incompatible(target, problems.join("; ")));
+            return Err(DestinationError::incompatible(
+                &self.name,
+                target,
+                problems.join("; "),
+            ));
         }
         Ok(missing)
     }
@@ -271,7 +269,8 @@ impl MysqlDestination {
                 ))
                 .await
                 .map_err(|e| {
-                    self.incompatible(
+                    DestinationError::incompatible(
+                        &self.name,
                         target,
                         format!("cannot create the table: {}", my::message(&e)),
                     )
@@ -286,7 +285,8 @@ impl MysqlDestination {
                     ))
                     .await
                     .map_err(|e| {
-                        self.incompatible(
+                        DestinationError::incompatible(
+                            &self.name,
                             target,
                             format!("cannot add column \"{}\": {}", f.name(), my::message(&e)),
                         )
@@ -308,7 +308,7 @@ impl MysqlDestination {
                         ))
                         .await
                         .map_err(|e| {
-                            self.incompatible(
+                            DestinationError::incompatible(&self.name,
                                 target,
                                 format!(
                                     "key column \"{}\" has no unique index and one cannot be created: {}",
@@ -329,7 +329,8 @@ impl MysqlDestination {
                             Behavior::Upsert | Behavior::Mirror | Behavior::UpdateOnly
                         )
                     {
-                        return Err(self.incompatible(
+                        return Err(DestinationError::incompatible(
+                            &self.name,
                             target,
                             format!(
                                 "the table has unique indexes besides the key ({}); MySQL's ON DUPLICATE KEY UPDATE would \

@@ -99,14 +99,6 @@ impl PostgresDestination {
         }
     }
 
-    fn incompatible(&self, target: &WriteTarget, reason: impl ToString) -> DestinationError {
-        DestinationError::Incompatible {
-            destination: self.name.clone(),
-            object: target.object.clone(),
-            reason: reason.to_string(),
-        }
-    }
-
     /// The table's columns (name, formatted type, type name), or None when there is no table.
     async fn columns(
         &self,
@@ -126,7 +118,8 @@ impl PostgresDestination {
             None => return Ok(None),
             Some(k) if k == "r" || k == "p" => {}
             Some(k) => {
-                return Err(self.incompatible(
+                return Err(DestinationError::incompatible(
+                    &self.name,
                     target,
                     format!(
                         "\"{}\".\"{}\" is not a table (relkind {k}); backflow writes only into tables",
@@ -172,7 +165,8 @@ impl PostgresDestination {
         let mut missing = Vec::new();
         let mut problems = Vec::new();
         if !columns.iter().any(|c| c.name == target.key) {
-            return Err(self.incompatible(
+            return Err(DestinationError::incompatible(
+                &self.name,
                 target,
                 format!(
                     "the table has no key column \"{}\" (it has: {})",
@@ -213,7 +207,11 @@ impl PostgresDestination {
             }
         }
         if !problems.is_empty() {
-            return Err(self.incompatible(target, problems.join("; ")));
+            return Err(DestinationError::incompatible(
+                &self.name,
+                target,
+                problems.join("; "),
+            ));
         }
         Ok(missing)
     }
@@ -279,7 +277,8 @@ impl PostgresDestination {
                     ))
                     .await
                     .map_err(|e| {
-                        self.incompatible(
+                        DestinationError::incompatible(
+                            &self.name,
                             target,
                             format!("cannot add column \"{}\": {e}", f.name()),
                         )
@@ -299,7 +298,7 @@ impl PostgresDestination {
                     ))
                     .await
                     .map_err(|e| {
-                        self.incompatible(
+                        DestinationError::incompatible(&self.name,
                             target,
                             format!(
                                 "key column \"{}\" has no unique index and one cannot be created (are there duplicate keys?): {e}",

@@ -85,14 +85,6 @@ impl SqliteDestination {
         }
     }
 
-    fn incompatible(&self, target: &WriteTarget, reason: impl ToString) -> DestinationError {
-        DestinationError::Incompatible {
-            destination: self.name.clone(),
-            object: target.object.clone(),
-            reason: reason.to_string(),
-        }
-    }
-
     /// The table's columns and whether `key` is its sole primary key, or None when missing.
     fn table_info(
         conn: &Connection,
@@ -144,7 +136,8 @@ impl SqliteDestination {
             }
             Some((columns, key_is_pk)) => {
                 if !columns.iter().any(|c| c.eq_ignore_ascii_case(&target.key)) {
-                    return Err(self.incompatible(
+                    return Err(DestinationError::incompatible(
+                        &self.name,
                         target,
                         format!(
                             "the table has no key column \"{}\" (it has: {})",
@@ -162,7 +155,8 @@ impl SqliteDestination {
                             sql_type(f.data_type())
                         ))
                         .map_err(|e| {
-                            self.incompatible(
+                            DestinationError::incompatible(
+                                &self.name,
                                 target,
                                 format!("cannot add column \"{}\" to the table: {e}", f.name()),
                             )
@@ -179,7 +173,7 @@ impl SqliteDestination {
                         quote(&target.key)
                     ))
                     .map_err(|e| {
-                        self.incompatible(
+                        DestinationError::incompatible(&self.name,
                             target,
                             format!(
                                 "key column \"{}\" is not unique in the existing table and a unique index cannot be created ({e})",
@@ -228,7 +222,8 @@ impl Destination for SqliteDestination {
                 .map_err(|e| self.unwritable(e))?
                 && !columns.iter().any(|c| c.eq_ignore_ascii_case(&target.key))
             {
-                return Err(self.incompatible(
+                return Err(DestinationError::incompatible(
+                    &self.name,
                     target,
                     format!("the table has no key column \"{}\"", target.key),
                 ));

@@ -75,14 +75,6 @@ impl HttpDestination {
             .trim_end_matches('/')
     }
 
-    fn incompatible(&self, target: &WriteTarget, reason: impl ToString) -> DestinationError {
-        DestinationError::Incompatible {
-            destination: self.name.clone(),
-            object: target.object.clone(),
-            reason: reason.to_string(),
-        }
-    }
-
     /// The endpoint for each operation the sync's behavior uses; an error names what is missing.
     fn endpoints(
         &self,
@@ -111,7 +103,8 @@ impl HttpDestination {
             };
             let Some(e) = endpoint else {
                 let hint = "";
-                return Err(self.incompatible(
+                return Err(DestinationError::incompatible(
+                    &self.name,
                     target,
                     format!(
                         "behavior {} needs a {name} endpoint: add [destinations.{}.{}] with a path{hint}",
@@ -128,7 +121,9 @@ impl HttpDestination {
 
     fn client(&self, target: &WriteTarget) -> Result<(Client, Vec<String>), DestinationError> {
         let c = &self.config;
-        let (mut headers, secrets) = c.credentials().map_err(|e| self.incompatible(target, e))?;
+        let (mut headers, secrets) = c
+            .credentials()
+            .map_err(|e| DestinationError::incompatible(&self.name, target, e))?;
         for (name, value) in &c.headers {
             if let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(name.as_bytes()),
@@ -159,7 +154,7 @@ impl HttpDestination {
             max_backoff: Duration::from_secs(30),
         };
         let client = Client::new(policy, headers, idempotency_header, secrets.clone())
-            .map_err(|e| self.incompatible(target, e))?;
+            .map_err(|e| DestinationError::incompatible(&self.name, target, e))?;
         Ok((client, secrets))
     }
 
@@ -177,8 +172,8 @@ impl HttpDestination {
             key_field: &target.key,
             object: &target.object,
         };
-        let rendered =
-            template::render_path(path, None, &ctx).map_err(|e| self.incompatible(target, e))?;
+        let rendered = template::render_path(path, None, &ctx)
+            .map_err(|e| DestinationError::incompatible(&self.name, target, e))?;
         let url = format!("{}{rendered}", self.base_url());
         let answer = client
             .send(&Request {
