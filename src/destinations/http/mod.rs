@@ -257,7 +257,7 @@ enum Reply {
     /// The API took the request; some records may be refused or already there.
     Done {
         rejected: Vec<(usize, String)>,
-        skipped: Vec<usize>,
+        skipped: usize,
     },
     /// The request failed as a whole: split it (a single record is rejected with the reason).
     Split(String),
@@ -314,7 +314,7 @@ impl Shared {
         while let Some(rows) = stack.pop() {
             match self.request(op, records, &rows).await? {
                 Reply::Done { rejected, skipped } => {
-                    outcome.skipped += skipped.len();
+                    outcome.skipped += skipped;
                     outcome
                         .rejected
                         .extend(rejected.into_iter().map(|(row, reason)| Rejection {
@@ -382,7 +382,7 @@ impl Shared {
             if found_rows.is_empty() {
                 return Ok(Reply::Done {
                     rejected: unsettled,
-                    skipped: vec![],
+                    skipped: 0,
                 });
             }
         }
@@ -480,10 +480,7 @@ impl Shared {
         };
         // An answer without a results list says nothing about which keys exist (an empty list
         // does: none of them).
-        if json
-            .pointer(&format!("/{}", results_path.replace('.', "/")))
-            .is_none()
-        {
+        if !template::present(&json, results_path) {
             return unreadable(&format!("has no \"{results_path}\""));
         }
         let key_path = lookup.result_key.replace("{key_field}", &self.target.key);
@@ -655,15 +652,15 @@ impl Shared {
             ))),
             404 if op == WriteOp::Delete && single => Ok(Reply::Done {
                 rejected: vec![],
-                skipped: vec![],
+                skipped: 0,
             }),
             404 if op == WriteOp::Update && single => Ok(Reply::Done {
                 rejected: vec![(rows[0], NO_RECORD_FOR_UPDATE.to_string())],
-                skipped: vec![],
+                skipped: 0,
             }),
             409 if op == WriteOp::Create && rows.len() == 1 => Ok(Reply::Done {
                 rejected: vec![],
-                skipped: vec![rows[0]],
+                skipped: 1,
             }),
             _ => Ok(Reply::Split(message())),
         }
@@ -703,7 +700,9 @@ impl ObjectWriter for HttpWriter {
             .chunks(size)
             .map(<[usize]>::to_vec)
             .collect();
-        let concurrency = s.client_concurrency();
+        // Chunks in flight: twice the request slots, so that some are ready to go while others
+        // back off (more would only wait for a slot).
+        let concurrency = s.client.concurrency() * 2;
         let parts: Vec<Result<BatchOutcome, Fatal>> = futures::stream::iter(chunks)
             .map(|rows| s.deliver(op, &records, rows))
             .buffer_unordered(concurrency)
@@ -724,13 +723,5 @@ impl ObjectWriter for HttpWriter {
             retries: self.shared.client.retries.load(Ordering::Relaxed),
             ..FinishOutcome::default()
         })
-    }
-}
-
-impl Shared {
-    fn client_concurrency(&self) -> usize {
-        // Chunks beyond the concurrency would only wait for a slot; a few more keep it busy
-        // while others back off.
-        self.client.concurrency() * 2
     }
 }

@@ -305,6 +305,24 @@ pub fn is_per_record(path: &str) -> bool {
 /// way are walked element by element, and an array at the end is flattened, so
 /// `errors.context.ids` yields every id of every error.
 pub fn lookup<'v>(value: &'v Value, path: &str) -> Vec<&'v Value> {
+    let mut out = Vec::new();
+    for v in reach(value, path) {
+        match v {
+            Value::Array(items) => out.extend(items.iter()),
+            Value::Null => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Whether `path` names anything in `value` (an empty list or a null counts).
+pub fn present(value: &Value, path: &str) -> bool {
+    !reach(value, path).is_empty()
+}
+
+/// The values a path reaches, before [`lookup`] flattens them.
+fn reach<'v>(value: &'v Value, path: &str) -> Vec<&'v Value> {
     let mut current = vec![value];
     for seg in path.split('.').filter(|s| !s.is_empty()) {
         let mut next = Vec::new();
@@ -313,15 +331,7 @@ pub fn lookup<'v>(value: &'v Value, path: &str) -> Vec<&'v Value> {
         }
         current = next;
     }
-    let mut out = Vec::new();
-    for v in current {
-        match v {
-            Value::Array(items) => out.extend(items.iter()),
-            Value::Null => {}
-            other => out.push(other),
-        }
-    }
-    out
+    current
 }
 
 fn walk<'v>(v: &'v Value, seg: &str, out: &mut Vec<&'v Value>) {
@@ -417,6 +427,9 @@ mod tests {
         assert_eq!(ids, vec!["1", "2", "3"]);
         assert_eq!(lookup(&v, "errors.0.message"), vec![&json!("bad")]);
         assert!(lookup(&v, "nothing.here").is_empty());
+        assert!(present(&json!({"results": []}), "results"));
+        assert!(present(&json!({"page": [{"results": []}]}), "page.results"));
+        assert!(!present(&json!({"status": "PENDING"}), "results"));
     }
 
     #[test]
