@@ -188,6 +188,16 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteOp::Upsert => "upsert",
+            WriteOp::Update => "update",
+            WriteOp::Create => "create",
+            WriteOp::Delete => "delete",
+            WriteOp::Append => "append",
+        }
+    }
+
     pub fn code(self) -> i8 {
         match self {
             WriteOp::Upsert => 1,

@@ -273,16 +273,6 @@ struct LookedUp {
 /// What stops the run: the destination as a whole does not work.
 struct Fatal(String);
 
-fn op_name(op: WriteOp) -> &'static str {
-    match op {
-        WriteOp::Upsert => "upsert",
-        WriteOp::Update => "update",
-        WriteOp::Create => "create",
-        WriteOp::Delete => "delete",
-        WriteOp::Append => "append",
-    }
-}
-
 impl Shared {
     fn report(&self) {
         self.target.progress.delivery(
@@ -351,7 +341,7 @@ impl Shared {
         rows: &[usize],
     ) -> Result<Reply, Fatal> {
         let Some(endpoint) = self.endpoints.get(&op) else {
-            return Err(Fatal(format!("no endpoint for {}", op_name(op))));
+            return Err(Fatal(format!("no endpoint for {}", op.as_str())));
         };
         // With a lookup, the records the API does not have are settled first: a delete of
         // one is done, anything else is refused.
@@ -683,11 +673,11 @@ impl ObjectWriter for HttpWriter {
         let endpoint = s
             .endpoints
             .get(&op)
-            .ok_or_else(|| fail(format!("no endpoint for {}", op_name(op))))?;
+            .ok_or_else(|| fail(format!("no endpoint for {}", op.as_str())))?;
         let scope = template::Scope {
             sync: &s.target.sync,
             object: &s.target.object,
-            op: op_name(op),
+            op: op.as_str(),
             version: s.target.version,
         };
         let records = template::records(&batch, &s.target.key, &scope)
