@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::history::{self, RunRecord, RunStatus};
-use crate::project::Project;
+use crate::project::{Project, RunTarget};
 use crate::sync::{self, PlanReport, Progress, RunOptions, SyncReport};
 
 /// backflow keeps the tools your teams use in sync with data defined in SQL.
@@ -66,9 +66,11 @@ pub enum Command {
         #[arg(long)]
         explain: bool,
     },
-    /// Run syncs: send new, changed and removed rows to their destinations and commit the state.
+    /// Run syncs and hub entities: send new, changed and removed rows to their destinations,
+    /// unify entities' records into golden records, and commit the state.
     Run {
-        /// Syncs to run (default: all, in the order of backflow.toml).
+        /// Syncs and entities to run (default: every entity, each followed by its write-backs,
+        /// then every sync, in the order of backflow.toml).
         syncs: Vec<String>,
         /// Send every row again, ignoring the stored row hashes and watermark (deletions are
         /// still computed from the stored keys).
@@ -77,6 +79,12 @@ pub enum Command {
         /// Print one JSON object per sync instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Look into a hub entity: a golden record with its sources, ID mappings and history, or
+    /// the newest transaction log entries.
+    Hub {
+        #[command(subcommand)]
+        command: HubCommand,
     },
     /// Show past runs, newest first, with their counts and errors.
     History {
@@ -89,6 +97,38 @@ pub enum Command {
         #[arg(long)]
         samples: bool,
         /// Print one JSON object per run instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HubCommand {
+    /// A golden record: each field with the source its value came from, the source records
+    /// linked to it, and its transaction log (with that of the records merged into it).
+    Show {
+        /// The entity.
+        entity: String,
+        /// The golden id (or use --source and --id).
+        golden_id: Option<i64>,
+        /// Find the golden record this source's record is linked to…
+        #[arg(long, requires = "id")]
+        source: Option<String>,
+        /// …by the record's id in that source.
+        #[arg(long, requires = "source")]
+        id: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The newest transaction log entries of an entity, oldest first.
+    Log {
+        /// The entity.
+        entity: String,
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print one JSON object per entry instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -172,9 +212,9 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
             json,
         } => {
             let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
-            let names = project.select_syncs(&syncs).map_err(|e| e.to_string())?;
+            let targets = project.select_targets(&syncs).map_err(|e| e.to_string())?;
             let ctx = project.session().await.map_err(|e| e.to_string())?;
-            if names.is_empty() && !json {
+            if targets.is_empty() && !json {
                 println!(
                     "no syncs in {}: add a [syncs.NAME] table",
                     project.config_text.path.display()
@@ -184,20 +224,42 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
                 !json && std::io::stderr().is_terminal(),
             ));
             let mut ok = true;
-            for name in names {
-                let report = sync::run(
-                    &project,
-                    &ctx,
-                    &name,
-                    RunOptions { full_resync },
-                    progress.clone(),
-                )
-                .await;
-                progress.done();
-                ok &= report.status == RunStatus::Succeeded;
-                print_run(&report, json);
+            for target in targets {
+                match target {
+                    RunTarget::Entity(name) => {
+                        let report = crate::hub::run(
+                            &project,
+                            &ctx,
+                            &name,
+                            crate::hub::HubOptions {
+                                full_resync,
+                                max_cycles: None,
+                            },
+                        )
+                        .await;
+                        ok &= report.status == RunStatus::Succeeded;
+                        print_hub_run(&report, json);
+                    }
+                    RunTarget::Sync(name) => {
+                        let report = sync::run(
+                            &project,
+                            &ctx,
+                            &name,
+                            RunOptions { full_resync },
+                            progress.clone(),
+                        )
+                        .await;
+                        progress.done();
+                        ok &= report.status == RunStatus::Succeeded;
+                        print_run(&report, json);
+                    }
+                }
             }
             Ok(exit(ok))
+        }
+        Command::Hub { command } => {
+            let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
+            hub_cmd(&project, command).await
         }
         Command::History {
             sync,
@@ -354,6 +416,205 @@ fn print_run(r: &SyncReport, json: bool) {
     }
 }
 
+fn print_hub_run(r: &crate::hub::HubReport, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        return;
+    }
+    let mark = if r.status == RunStatus::Succeeded {
+        "✓"
+    } else {
+        "✗"
+    };
+    let read: u64 = r.sources.values().map(|s| s.read).sum();
+    let per_source = r
+        .sources
+        .iter()
+        .map(|(n, s)| format!("{n} {}", s.read))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sum = |f: fn(&crate::hub::SourceCounts) -> u64| r.sources.values().map(f).sum::<u64>();
+    println!(
+        "{mark} {}  (hub, {} cycle{})  read {read} ({per_source})  linked by id {}  matched {}  new {}{}  golden: created {}  updated {}  unchanged {}  merged {}  invalid {}  [{:.1}s]",
+        r.entity,
+        r.cycles,
+        if r.cycles == 1 { "" } else { "s" },
+        sum(|s| s.by_id),
+        sum(|s| s.matched),
+        sum(|s| s.new),
+        match sum(|s| s.unlinked) {
+            0 => String::new(),
+            n => format!("  unlinked {n}"),
+        },
+        r.created,
+        r.updated,
+        r.unchanged,
+        r.merged,
+        sum(|s| s.invalid),
+        r.duration_ms as f64 / 1000.0
+    );
+    for s in r.samples.iter().take(5) {
+        println!(
+            "    invalid: {} — {}",
+            s.key.as_deref().unwrap_or("(no id)"),
+            s.reason
+        );
+    }
+    if r.samples.len() > 5 {
+        println!(
+            "    … {} more in `backflow history {} --samples`",
+            r.samples.len() - 5,
+            r.entity
+        );
+    }
+    if let Some(e) = &r.error {
+        println!("    error: {e}");
+    }
+}
+
+async fn hub_cmd(project: &Project, command: HubCommand) -> Result<ExitCode, String> {
+    let entity = match &command {
+        HubCommand::Show { entity, .. } | HubCommand::Log { entity, .. } => entity.clone(),
+    };
+    if !project.config.entities.contains_key(&entity) {
+        let known: Vec<&str> = project.config.entities.keys().map(String::as_str).collect();
+        return Err(format!(
+            "unknown entity \"{entity}\"{}; the project's entities are: {}",
+            crate::config::suggest(&entity, known.iter().copied()),
+            if known.is_empty() {
+                "(none)".to_string()
+            } else {
+                known.join(", ")
+            }
+        ));
+    }
+    let ctx = crate::project::session_context(&project.config.engine, &project.dir)
+        .map_err(|e| e.to_string())?;
+    project.state.register(&ctx).map_err(|e| e.to_string())?;
+    match command {
+        HubCommand::Show {
+            golden_id,
+            source,
+            id,
+            json,
+            ..
+        } => {
+            let lookup = match (golden_id, source, id) {
+                (Some(g), None, None) => crate::hub::show::Lookup::Golden(g),
+                (None, Some(source), Some(id)) => {
+                    crate::hub::show::Lookup::SourceRecord { source, id }
+                }
+                _ => {
+                    return Err(
+                        "name a golden record: `hub show ENTITY GOLDEN_ID`, or `hub show ENTITY --source SOURCE --id ID`"
+                            .into(),
+                    );
+                }
+            };
+            let record = crate::hub::show::golden_record(project, &ctx, &entity, &lookup)
+                .await
+                .map_err(|e| e.to_string())?;
+            if json {
+                println!("{}", serde_json::to_string(&record).unwrap_or_default());
+            } else {
+                print_golden(&record);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        HubCommand::Log { limit, json, .. } => {
+            let entries = crate::hub::show::recent_log(project, &ctx, &entity, limit)
+                .await
+                .map_err(|e| e.to_string())?;
+            if json {
+                for e in &entries {
+                    println!("{}", serde_json::to_string(e).unwrap_or_default());
+                }
+            } else if entries.is_empty() {
+                println!("no log entries yet");
+            } else {
+                println!("{}", log_table(&entries));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_golden(r: &crate::hub::show::GoldenRecord) {
+    let status = match r.merged_into {
+        Some(w) => format!("  (merged into golden record {w})"),
+        None => String::new(),
+    };
+    println!("{} golden record {}{status}", r.entity, r.golden_id);
+    println!(
+        "  created {}  updated {}",
+        r.created_at.as_deref().unwrap_or("?"),
+        r.updated_at.as_deref().unwrap_or("?")
+    );
+    if !r.absorbed.is_empty() {
+        println!(
+            "  absorbed: {}",
+            r.absorbed
+                .iter()
+                .map(|g| g.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mut fields = comfy_table::Table::new();
+    fields.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    fields.set_header(vec!["field", "value", "from"]);
+    for f in &r.fields {
+        fields.add_row(vec![
+            f.field.clone(),
+            f.value.clone().unwrap_or_else(|| "NULL".into()),
+            f.source.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{fields}");
+    let mut links = comfy_table::Table::new();
+    links.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    links.set_header(vec!["source", "id", "linked by", "first read (version)"]);
+    for l in &r.links {
+        links.add_row(vec![
+            l.source.clone(),
+            l.source_id.clone(),
+            l.linked_by.clone().unwrap_or_default(),
+            l.first_version.map(|v| v.to_string()).unwrap_or_default(),
+        ]);
+    }
+    println!("ID mappings:\n{links}");
+    if !r.history.is_empty() {
+        println!("history:\n{}", log_table(&r.history));
+    }
+}
+
+fn log_table(entries: &[crate::hub::show::LogEntry]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    table.set_header(vec![
+        "version", "at (UTC)", "golden", "op", "field", "old", "new", "source", "detail",
+    ]);
+    for e in entries {
+        let source = match (&e.source, &e.source_id) {
+            (Some(s), Some(id)) => format!("{s}:{id}"),
+            (Some(s), None) => s.clone(),
+            _ => String::new(),
+        };
+        table.add_row(vec![
+            e.version.to_string(),
+            e.at.chars().take(19).collect::<String>().replace('T', " "),
+            e.golden_id.to_string(),
+            e.op.clone(),
+            e.field.clone().unwrap_or_default(),
+            e.old_value.clone().unwrap_or_default(),
+            e.new_value.clone().unwrap_or_default(),
+            source,
+            e.detail.clone().unwrap_or_default(),
+        ]);
+    }
+    table
+}
+
 fn print_plan(r: &PlanReport, json: bool) {
     if json {
         println!("{}", serde_json::to_string(r).unwrap_or_default());
@@ -403,6 +664,11 @@ async fn check(dir: &Path) -> Result<ExitCode, String> {
     let project = Project::load(dir).map_err(|e| e.to_string())?;
     let ctx = project.session().await.map_err(|e| e.to_string())?;
     let mut problems = Vec::new();
+    for name in project.config.entities.keys() {
+        if let Err(e) = crate::hub::check(&project, &ctx, name).await {
+            problems.push(e.to_string());
+        }
+    }
     for name in project.config.syncs.keys() {
         if let Err(e) = sync::check(&project, &ctx, name).await {
             problems.push(e.to_string());
@@ -411,13 +677,17 @@ async fn check(dir: &Path) -> Result<ExitCode, String> {
     let c = &project.config;
     if problems.is_empty() {
         println!(
-            "✓ {} is valid: {} source(s), {} model(s), {} segment(s), {} destination(s), {} sync(s)",
+            "✓ {} is valid: {} source(s), {} model(s), {} segment(s), {} destination(s), {} sync(s){}",
             project.dir.display(),
             c.sources.len(),
             project.models.len(),
             c.segments.len(),
             c.destinations.len(),
-            c.syncs.len()
+            c.syncs.len(),
+            match c.entities.len() {
+                0 => String::new(),
+                n => format!(", {n} entit{}", if n == 1 { "y" } else { "ies" }),
+            }
         );
         Ok(ExitCode::SUCCESS)
     } else {
@@ -436,6 +706,9 @@ async fn history_cmd(
     json: bool,
 ) -> Result<ExitCode, String> {
     let names = match sync {
+        Some(s) if project.config.entities.contains_key(&s) => {
+            vec![crate::hub::history_name(&s)]
+        }
         Some(s) => {
             project
                 .select_syncs(std::slice::from_ref(&s))

@@ -56,6 +56,9 @@ pub struct ProjectConfig {
     /// Named syncs: a model or segment kept in sync with a destination object.
     #[serde(default)]
     pub syncs: IndexMap<String, SyncConfig>,
+    /// Hub entities: golden records unified from several sources (see `hub`).
+    #[serde(default)]
+    pub entities: IndexMap<String, crate::hub::config::EntityConfig>,
 }
 
 /// `[state]`
@@ -118,6 +121,10 @@ pub struct SyncConfig {
     /// duration (`"15m"`, `"2h"`, `"1d"`) for date and time cursors, a number for numeric ones.
     /// Rows read again are compared by key and row hash, so nothing is sent twice.
     pub cursor_lookback: Option<Lookback>,
+    /// Set for the syncs backflow makes to write a hub entity back to one of its sources
+    /// (never read from the file).
+    #[serde(skip)]
+    pub hub: Option<crate::hub::HubLink>,
 }
 
 /// `cursor_lookback`: a duration or an amount.
@@ -364,6 +371,10 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
                 "source \"{name}\": a database source's name is the SQL schema of its tables; \"{name}\" is reserved, choose another"
             ));
         }
+    }
+    problems.extend(crate::hub::config::validate(config, &relations, text));
+    for name in config.entities.keys() {
+        relations.insert(name);
     }
     let known_relation = |name: &str| relations.contains(name) || source_table_known(config, name);
 

@@ -57,7 +57,9 @@ pub enum ProjectError {
         filter: String,
         source: DataFusionError,
     },
-    #[error("unknown sync \"{name}\"{suggestion}; the project's syncs are: {known}")]
+    #[error(
+        "unknown sync or entity \"{name}\"{suggestion}; the project's syncs and entities are: {known}"
+    )]
     UnknownSync {
         name: String,
         suggestion: String,
@@ -67,6 +69,8 @@ pub enum ProjectError {
     State(#[from] StateError),
     #[error("[engine] settings cannot be applied: {source}")]
     Engine { source: DataFusionError },
+    #[error(transparent)]
+    Hub(Box<crate::hub::HubError>),
 }
 
 /// A loaded, validated project.
@@ -88,7 +92,7 @@ impl Project {
         if !dir.join(crate::config::CONFIG_FILE).is_file() {
             return Err(ProjectError::NotFound { dir });
         }
-        let (config, config_text) = ProjectConfig::load(&dir)?;
+        let (mut config, config_text) = ProjectConfig::load(&dir)?;
         let models = models::discover(&dir).map_err(|e| ProjectError::Models(vec![e]))?;
         let model_names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
         let problems = crate::config::validate(&config, &model_names, &config_text);
@@ -114,7 +118,13 @@ impl Project {
                 dependencies: vec![seg.model.as_str()],
             });
         }
-        let sources: BTreeSet<&str> = config.sources.keys().map(String::as_str).collect();
+        // Entities are tables of golden records: models may read them like sources.
+        let sources: BTreeSet<&str> = config
+            .sources
+            .keys()
+            .chain(config.entities.keys())
+            .map(String::as_str)
+            .collect();
         let order = models::order(&nodes, &sources, &|name| {
             crate::config::source_table_known(&config, name)
         })
@@ -122,6 +132,10 @@ impl Project {
         .into_iter()
         .map(str::to_string)
         .collect();
+        // Each entity source with [writeback] is written back by a sync of its own.
+        for (name, sync) in crate::hub::writeback::syncs(&config) {
+            config.syncs.insert(name, sync);
+        }
         let state_path = config.state.path.as_deref().unwrap_or(DEFAULT_STATE_DIR);
         let state =
             StateStore::open(Location::resolve(state_path, &dir).map_err(StateError::from)?)?;
@@ -144,6 +158,9 @@ impl Project {
                 .register(&ctx, name)
                 .await?;
         }
+        crate::hub::register_all(self, &ctx)
+            .await
+            .map_err(|e| ProjectError::Hub(Box::new(e)))?;
         for name in &self.order {
             if let Some(model) = self.models.iter().find(|m| &m.name == name) {
                 let plan_err = |source| ProjectError::ModelPlan {
@@ -183,12 +200,81 @@ impl Project {
             .map(|c| destinations::build(name, c, &self.dir))
     }
 
+    /// What `run` acts on, in order: with nothing requested, each entity (followed by its
+    /// write-backs), then the other syncs in file order; otherwise the names requested, an
+    /// entity again followed by its write-backs.
+    pub fn select_targets(&self, requested: &[String]) -> Result<Vec<RunTarget>, ProjectError> {
+        let writebacks = |entity: &str| {
+            self.config
+                .syncs
+                .iter()
+                .filter(|(_, s)| s.hub.as_ref().is_some_and(|l| l.entity == entity))
+                .map(|(n, _)| RunTarget::Sync(n.clone()))
+                .collect::<Vec<_>>()
+        };
+        let mut out = Vec::new();
+        if requested.is_empty() {
+            // Syncs that may feed an entity's sources first, those that read golden records
+            // last.
+            let (after, before): (Vec<_>, Vec<_>) = self
+                .config
+                .syncs
+                .iter()
+                .filter(|(_, s)| s.hub.is_none())
+                .partition(|(_, s)| self.reads_entity(&s.from));
+            out.extend(before.into_iter().map(|(n, _)| RunTarget::Sync(n.clone())));
+            for entity in self.config.entities.keys() {
+                out.push(RunTarget::Entity(entity.clone()));
+                out.extend(writebacks(entity));
+            }
+            out.extend(after.into_iter().map(|(n, _)| RunTarget::Sync(n.clone())));
+            return Ok(out);
+        }
+        for name in requested {
+            if self.config.entities.contains_key(name) {
+                out.push(RunTarget::Entity(name.clone()));
+                out.extend(writebacks(name));
+            } else {
+                self.select_syncs(std::slice::from_ref(name))?;
+                out.push(RunTarget::Sync(name.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether relation `name` is an entity or reads one (through models and segments).
+    pub fn reads_entity(&self, name: &str) -> bool {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![name.to_string()];
+        while let Some(n) = todo.pop() {
+            if !seen.insert(n.clone()) {
+                continue;
+            }
+            if self.config.entities.contains_key(&n) {
+                return true;
+            }
+            if let Some(m) = self.models.iter().find(|m| m.name == n) {
+                todo.extend(m.dependencies.iter().cloned());
+            }
+            if let Some(s) = self.config.segments.get(&n) {
+                todo.push(s.model.clone());
+            }
+        }
+        false
+    }
+
     /// The syncs to act on: all of them when `requested` is empty; unknown names are an error.
     pub fn select_syncs(&self, requested: &[String]) -> Result<Vec<String>, ProjectError> {
         if requested.is_empty() {
             return Ok(self.config.syncs.keys().cloned().collect());
         }
-        let known: Vec<&str> = self.config.syncs.keys().map(String::as_str).collect();
+        let known: Vec<&str> = self
+            .config
+            .syncs
+            .keys()
+            .chain(self.config.entities.keys())
+            .map(String::as_str)
+            .collect();
         for name in requested {
             if !self.config.syncs.contains_key(name) {
                 return Err(ProjectError::UnknownSync {
@@ -204,6 +290,13 @@ impl Project {
         }
         Ok(requested.to_vec())
     }
+}
+
+/// One thing `run` runs: a hub entity's cycles, or a sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunTarget {
+    Entity(String),
+    Sync(String),
 }
 
 /// The session every stage runs in: backflow's functions registered, the `[engine]` settings
@@ -258,5 +351,6 @@ pub fn session_context(
         .build();
     let ctx = SessionContext::new_with_state(state);
     ctx.register_udf(crate::hash::row_hash_udf());
+    crate::functions::register(&ctx);
     Ok(ctx)
 }

@@ -59,36 +59,36 @@ pub enum StateError {
         source: Box<object_store::Error>,
     },
     #[error(
-        "state of sync \"{sync}\": manifest {path} is unreadable ({reason}); the state was not changed"
+        "state of {owner}: manifest {path} is unreadable ({reason}); the state was not changed"
     )]
     Corrupt {
-        sync: String,
+        owner: String,
         path: String,
         reason: String,
     },
     #[error(
-        "state of sync \"{sync}\" was written by a newer backflow (state format {found}, this release reads {FORMAT_VERSION}); upgrade backflow — the state was left untouched"
+        "state of {owner} was written by a newer backflow (state format {found}, this release reads {FORMAT_VERSION}); upgrade backflow — the state was left untouched"
     )]
-    NewerFormat { sync: String, found: u32 },
+    NewerFormat { owner: String, found: u32 },
     #[error(
-        "sync \"{sync}\" is already running (lock {path} is held by another backflow process); wait for it to finish"
+        "{owner} is already running (lock {path} is held by another backflow process); wait for it to finish"
     )]
-    Locked { sync: String, path: String },
+    Locked { owner: String, path: String },
     #[error(
-        "sync \"{sync}\": another run committed state version {version} first; this run's changes were sent but its state was not committed, and the next run will re-check them"
+        "{owner}: another run committed state version {version} first; this run's changes were sent but its state was not committed, and the next run will re-check them"
     )]
-    Conflict { sync: String, version: u64 },
+    Conflict { owner: String, version: u64 },
     #[error("cannot create lock file {path}: {source}")]
     Lock {
         path: String,
         source: std::io::Error,
     },
     #[error(
-        "state of sync \"{sync}\": no committed version is readable (newest: {reason}); the state was left untouched. \
+        "state of {owner}: no committed version is readable (newest: {reason}); the state was left untouched. \
          To start over, move {manifests} aside and run with --full-resync"
     )]
     Unreadable {
-        sync: String,
+        owner: String,
         reason: String,
         manifests: String,
     },
@@ -101,6 +101,11 @@ pub enum StateError {
     Parquet {
         path: String,
         source: parquet::errors::ParquetError,
+    },
+    #[error("state store: cannot compute {path}: {source}")]
+    Plan {
+        path: String,
+        source: Box<datafusion::error::DataFusionError>,
     },
 }
 
@@ -143,6 +148,10 @@ pub struct Manifest {
     /// The mapped fields and their type families (the row-hash header).
     #[serde(default)]
     pub fields: Option<String>,
+    /// For a hub write-back: the hub version whose golden records this version sent (the
+    /// next run overlays what the source reported after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<u64>,
     /// The snapshot file's size in bytes: a torn (truncated) snapshot is detected by it.
     #[serde(default)]
     pub snapshot_bytes: Option<u64>,
@@ -152,13 +161,84 @@ pub struct Manifest {
     pub checksum: Option<String>,
 }
 
-impl Manifest {
-    /// The checksum of this manifest's content (its `checksum` field excluded).
+/// A manifest kind: one committed version of a chain of versions (a sync's state, a hub
+/// entity's state). The store checks, commits and vacuums any kind the same way.
+pub trait Versioned: Serialize + serde::de::DeserializeOwned + Clone {
+    fn version(&self) -> u64;
+    fn checksum(&self) -> Option<&str>;
+    fn set_checksum(&mut self, checksum: Option<String>);
+    /// The data files this version names (relative to the state root), each with its size as
+    /// recorded by the commit: a torn file is detected by it.
+    fn files_mut(&mut self) -> Vec<(&str, &mut Option<u64>)>;
+    /// Whether a manifest without a checksum may still be trusted (format-1 sync manifests
+    /// from before checksums).
+    fn may_lack_checksum(&self, _format: u32) -> bool {
+        false
+    }
+
+    /// The checksum of this manifest's content (its checksum field excluded).
     fn content_checksum(&self) -> String {
         let mut copy = self.clone();
-        copy.checksum = None;
+        copy.set_checksum(None);
         let json = serde_json::to_vec(&copy).unwrap_or_default();
         format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&json))
+    }
+}
+
+impl Versioned for Manifest {
+    fn version(&self) -> u64 {
+        self.version
+    }
+    fn checksum(&self) -> Option<&str> {
+        self.checksum.as_deref()
+    }
+    fn set_checksum(&mut self, checksum: Option<String>) {
+        self.checksum = checksum;
+    }
+    fn files_mut(&mut self) -> Vec<(&str, &mut Option<u64>)> {
+        vec![(self.snapshot.as_str(), &mut self.snapshot_bytes)]
+    }
+    fn may_lack_checksum(&self, format: u32) -> bool {
+        // Only manifests of format 1 from before checksums may lack one, and those never
+        // recorded a snapshot size either: anything else lost its checksum to damage.
+        format < 2 && self.snapshot_bytes.is_none()
+    }
+}
+
+/// A chain of committed versions under one folder of the state: `syncs/<sync>` or
+/// `hub/<entity>`, with `_manifests/` and `data/` inside.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    /// The folder, relative to the state root.
+    root: String,
+    /// What the chain belongs to, for messages: `sync "people"`, `entity "account"`.
+    owner: String,
+    /// Its run lock: `locks/<lock>.lock`.
+    lock: String,
+}
+
+impl Chain {
+    pub fn sync(name: &str) -> Chain {
+        Chain {
+            root: format!("syncs/{name}"),
+            owner: format!("sync \"{name}\""),
+            lock: name.to_string(),
+        }
+    }
+    pub fn entity(name: &str) -> Chain {
+        Chain {
+            root: format!("hub/{name}"),
+            owner: format!("entity \"{name}\""),
+            // Sync names never hold a dot: no clash.
+            lock: format!("hub.{name}"),
+        }
+    }
+    /// The chain's folder, relative to the state root.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 }
 
@@ -242,15 +322,15 @@ impl StateStore {
         }
     }
 
-    /// Take the sync's run lock. On a local state directory this is an OS file lock, released
+    /// Take a chain's run lock. On a local state directory this is an OS file lock, released
     /// when the process ends however it ends; object-store state relies on the conditional
     /// manifest put alone.
-    pub fn lock(&self, sync: &str) -> Result<SyncLock> {
+    pub fn lock_chain(&self, chain: &Chain) -> Result<SyncLock> {
         let Some(dir) = &self.location.local else {
             return Ok(SyncLock { _file: None });
         };
         let dir = dir.join("locks");
-        let path = dir.join(format!("{sync}.lock"));
+        let path = dir.join(format!("{}.lock", chain.lock));
         let lock_err = |source| StateError::Lock {
             path: path.display().to_string(),
             source,
@@ -265,20 +345,25 @@ impl StateStore {
         match file.try_lock() {
             Ok(()) => Ok(SyncLock { _file: Some(file) }),
             Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked {
-                sync: sync.to_string(),
+                owner: chain.owner.clone(),
                 path: path.display().to_string(),
             }),
             Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
         }
     }
 
-    fn manifests_dir(&self, sync: &str) -> ObjectPath {
-        self.path(&format!("syncs/{sync}/_manifests"))
+    /// Take the sync's run lock (see [`StateStore::lock_chain`]).
+    pub fn lock(&self, sync: &str) -> Result<SyncLock> {
+        self.lock_chain(&Chain::sync(sync))
     }
 
-    /// All committed versions of a sync, ascending.
-    async fn versions(&self, sync: &str) -> Result<Vec<u64>> {
-        let dir = self.manifests_dir(sync);
+    fn manifests_dir(&self, chain: &Chain) -> ObjectPath {
+        self.path(&format!("{}/_manifests", chain.root))
+    }
+
+    /// All committed versions of a chain, ascending.
+    async fn versions(&self, chain: &Chain) -> Result<Vec<u64>> {
+        let dir = self.manifests_dir(chain);
         let metas: Vec<_> = match self.store.list(Some(&dir)).try_collect().await {
             Ok(m) => m,
             Err(object_store::Error::NotFound { .. }) => Vec::new(),
@@ -294,12 +379,12 @@ impl StateStore {
         Ok(versions)
     }
 
-    fn manifest_path(&self, sync: &str, version: u64) -> ObjectPath {
-        self.manifests_dir(sync).join(format!("{version:020}.json"))
+    fn manifest_rel(chain: &Chain, version: u64) -> String {
+        format!("{}/_manifests/{version:020}.json", chain.root)
     }
 
-    async fn read_manifest(&self, sync: &str, version: u64) -> Result<bytes::Bytes> {
-        let path = self.manifest_path(sync, version);
+    async fn read_manifest(&self, chain: &Chain, version: u64) -> Result<bytes::Bytes> {
+        let path = self.path(&Self::manifest_rel(chain, version));
         self.store
             .get(&path)
             .await
@@ -309,26 +394,36 @@ impl StateStore {
             .map_err(self.io("read", &path))
     }
 
-    /// The newest committed version number (readable or not): the next commit is this plus
-    /// one.
+    /// The newest committed version number of a sync (readable or not): the next commit is
+    /// this plus one.
     pub async fn newest_version(&self, sync: &str) -> Result<u64> {
-        Ok(self.versions(sync).await?.pop().unwrap_or(0))
+        self.newest_version_in(&Chain::sync(sync)).await
     }
 
-    /// The newest committed manifest of a sync that is intact, if any. A manifest that is torn
-    /// (unparsable, its checksum wrong) or whose snapshot is torn (not the size it committed)
-    /// is skipped with a warning and the version before it is used: the runs since then are
-    /// re-checked (at-least-once). State written by a newer backflow is refused, and when
-    /// versions exist but none is intact the result is an error, never "no state".
+    /// The newest committed version number of a chain (readable or not).
+    pub async fn newest_version_in(&self, chain: &Chain) -> Result<u64> {
+        Ok(self.versions(chain).await?.pop().unwrap_or(0))
+    }
+
+    /// The newest intact manifest of a sync (see [`StateStore::latest_in`]).
     pub async fn latest(&self, sync: &str) -> Result<Option<Manifest>> {
-        let versions = self.versions(sync).await?;
+        self.latest_in(&Chain::sync(sync)).await
+    }
+
+    /// The newest committed manifest of a chain that is intact, if any. A manifest that is torn
+    /// (unparsable, its checksum wrong) or one of whose files is torn (not the size it
+    /// committed) is skipped with a warning and the version before it is used: the runs since
+    /// then are re-checked (at-least-once). State written by a newer backflow is refused, and
+    /// when versions exist but none is intact the result is an error, never "no state".
+    pub async fn latest_in<M: Versioned>(&self, chain: &Chain) -> Result<Option<M>> {
+        let versions = self.versions(chain).await?;
         let mut newest_problem: Option<String> = None;
         for &version in versions.iter().rev() {
-            match self.intact(sync, version).await {
+            match self.intact::<M>(chain, version).await {
                 Ok(m) => {
                     if let Some(problem) = &newest_problem {
                         tracing::warn!(
-                            sync,
+                            owner = chain.owner,
                             version,
                             "using the last intact state version; a newer one is damaged: {problem}"
                         );
@@ -345,20 +440,20 @@ impl StateStore {
         match newest_problem {
             None => Ok(None),
             Some(reason) => Err(StateError::Unreadable {
-                sync: sync.to_string(),
+                owner: chain.owner.clone(),
                 reason,
-                manifests: self.manifests_dir(sync).to_string(),
+                manifests: self.manifests_dir(chain).to_string(),
             }),
         }
     }
 
-    /// Version `version`'s manifest, checked: parsable, its checksum right, its snapshot the
-    /// size it had.
-    async fn intact(&self, sync: &str, version: u64) -> Result<Manifest> {
-        let path = self.manifest_path(sync, version);
-        let bytes = self.read_manifest(sync, version).await?;
+    /// Version `version`'s manifest, checked: parsable, its checksum right, its files the
+    /// size they had.
+    async fn intact<M: Versioned>(&self, chain: &Chain, version: u64) -> Result<M> {
+        let path = self.path(&Self::manifest_rel(chain, version));
+        let bytes = self.read_manifest(chain, version).await?;
         let corrupt = |reason: String| StateError::Corrupt {
-            sync: sync.to_string(),
+            owner: chain.owner.clone(),
             path: path.to_string(),
             reason,
         };
@@ -367,44 +462,44 @@ impl StateStore {
         let format = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0) as u32;
         if format > FORMAT_VERSION {
             return Err(StateError::NewerFormat {
-                sync: sync.to_string(),
+                owner: chain.owner.clone(),
                 found: format,
             });
         }
-        let manifest: Manifest =
-            serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
-        if manifest.version != version {
+        // From the bytes, not the parsed value: a value's objects lose their key order, and
+        // the checksum covers the order written.
+        let mut manifest: M = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        if manifest.version() != version {
             return Err(corrupt(format!(
                 "it says version {} but is named {version}",
-                manifest.version
+                manifest.version()
             )));
         }
-        match &manifest.checksum {
-            Some(sum) if *sum != manifest.content_checksum() => {
+        match manifest.checksum() {
+            Some(sum) if sum != manifest.content_checksum() => {
                 return Err(corrupt("its checksum does not match its content".into()));
             }
             Some(_) => {}
-            // Only manifests of format 1 from before checksums may lack one, and those never
-            // recorded a snapshot size either: anything else lost its checksum to damage.
-            None if format >= 2 || manifest.snapshot_bytes.is_some() => {
+            None if !manifest.may_lack_checksum(format) => {
                 return Err(corrupt("its checksum is missing".into()));
             }
             None => {}
         }
-        if let Some(expected) = manifest.snapshot_bytes {
-            let snapshot = self.path(&manifest.snapshot);
-            match self.store.head(&snapshot).await {
+        for (file, expected) in manifest.files_mut() {
+            let Some(expected) = *expected else { continue };
+            let file = self.path(file);
+            match self.store.head(&file).await {
                 Ok(meta) if meta.size == expected => {}
                 Ok(meta) => {
                     return Err(corrupt(format!(
-                        "its snapshot {snapshot} has {} bytes, {expected} were committed",
+                        "its file {file} has {} bytes, {expected} were committed",
                         meta.size
                     )));
                 }
                 Err(object_store::Error::NotFound { .. }) => {
-                    return Err(corrupt(format!("its snapshot {snapshot} is missing")));
+                    return Err(corrupt(format!("its file {file} is missing")));
                 }
-                Err(e) => return Err(self.io("read", &snapshot)(e)),
+                Err(e) => return Err(self.io("read", &file)(e)),
             }
         }
         Ok(manifest)
@@ -432,10 +527,16 @@ impl StateStore {
         Ok(())
     }
 
-    /// A fresh directory (relative to the root) for the files of version `version`.
+    /// A fresh directory (relative to the root) for the files of a sync's version `version`.
     pub fn new_data_dir(&self, sync: &str, version: u64) -> String {
+        self.new_data_dir_in(&Chain::sync(sync), version)
+    }
+
+    /// A fresh directory (relative to the root) for the files of a chain's version `version`.
+    pub fn new_data_dir_in(&self, chain: &Chain, version: u64) -> String {
         format!(
-            "syncs/{sync}/data/v{version:020}-{}",
+            "{}/data/v{version:020}-{}",
+            chain.root,
             uuid::Uuid::new_v4().simple()
         )
     }
@@ -456,21 +557,71 @@ impl StateStore {
         })
     }
 
-    /// Commit `manifest` as the sync's next version: the single atomic step of a cycle. The
-    /// snapshot's size and the manifest's checksum are recorded, and on a local disk the
-    /// snapshot is flushed before the manifest is written and the manifest after.
-    pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
-        let path = self.manifest_path(&manifest.sync, manifest.version);
-        let mut manifest = manifest.clone();
-        let snapshot = self.path(&manifest.snapshot);
-        if let Ok(meta) = self.store.head(&snapshot).await {
-            manifest.snapshot_bytes = Some(meta.size);
-            self.fsync(&manifest.snapshot)?;
+    /// Run `plan` and write what it returns to the new state file `rel`, batch by batch, in
+    /// `schema` (default: the plan's, with string views as plain strings and every column
+    /// nullable). Returns the number of rows written.
+    pub async fn write_plan(
+        &self,
+        plan: datafusion::prelude::DataFrame,
+        rel: &str,
+        schema: Option<SchemaRef>,
+    ) -> Result<u64> {
+        use futures::StreamExt;
+        let plan_err = |e: datafusion::error::DataFusionError| StateError::Plan {
+            path: rel.to_string(),
+            source: Box::new(e),
+        };
+        let parquet_err = |source| StateError::Parquet {
+            path: rel.to_string(),
+            source,
+        };
+        let schema = schema.unwrap_or_else(|| storage_schema(plan.schema().as_arrow()));
+        let mut writer = self.parquet_writer(rel, schema.clone())?;
+        let mut stream = plan.execute_stream().await.map_err(plan_err)?;
+        let mut rows = 0u64;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(plan_err)?;
+            rows += batch.num_rows() as u64;
+            // The plan may read strings back as views or widen nullability; the file keeps
+            // its schema.
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| plan_err(e.into()))?;
+            let batch = arrow::array::RecordBatch::try_new(schema.clone(), columns)
+                .map_err(|e| plan_err(e.into()))?;
+            writer.write(&batch).await.map_err(parquet_err)?;
         }
-        manifest.checksum = Some(manifest.content_checksum());
-        let manifest = &manifest;
-        let json = serde_json::to_vec_pretty(manifest).map_err(|e| StateError::Corrupt {
-            sync: manifest.sync.clone(),
+        writer.close().await.map_err(parquet_err)?;
+        Ok(rows)
+    }
+
+    /// Commit `manifest` as the sync's next version (see [`StateStore::commit_in`]).
+    pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
+        self.commit_in(&Chain::sync(&manifest.sync), manifest).await
+    }
+
+    /// Commit `manifest` as the chain's next version: the single atomic step of a cycle. The
+    /// sizes of the files it names and its own checksum are recorded, and on a local disk the
+    /// files are flushed before the manifest is written and the manifest after.
+    pub async fn commit_in<M: Versioned>(&self, chain: &Chain, manifest: &M) -> Result<()> {
+        let rel = Self::manifest_rel(chain, manifest.version());
+        let path = self.path(&rel);
+        let mut manifest = manifest.clone();
+        for (file, size) in manifest.files_mut() {
+            let file_path = self.path(file);
+            if let Ok(meta) = self.store.head(&file_path).await {
+                *size = Some(meta.size);
+                self.fsync(file)?;
+            }
+        }
+        let checksum = manifest.content_checksum();
+        manifest.set_checksum(Some(checksum));
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| StateError::Corrupt {
+            owner: chain.owner.clone(),
             path: path.to_string(),
             reason: format!("cannot encode manifest: {e} (this is a bug in backflow)"),
         })?;
@@ -479,46 +630,48 @@ impl StateStore {
             .put_opts(&path, PutPayload::from(json), PutMode::Create.into())
             .await
         {
-            Ok(_) => {
-                let rel = format!(
-                    "syncs/{}/_manifests/{:020}.json",
-                    manifest.sync, manifest.version
-                );
-                self.fsync(&rel)
-            }
+            Ok(_) => self.fsync(&rel),
             Err(object_store::Error::AlreadyExists { .. }) => Err(StateError::Conflict {
-                sync: manifest.sync.clone(),
-                version: manifest.version,
+                owner: chain.owner.clone(),
+                version: manifest.version(),
             }),
             Err(e) => Err(self.io("commit", &path)(e)),
         }
     }
 
-    /// Remove manifests older than the newest [`KEEP_VERSIONS`] and every data directory that
-    /// none of the kept manifests names (including orphans of crashed runs). Best effort:
-    /// failures are logged, never fatal, as the committed state is already safe.
+    /// Remove a sync's old versions (see [`StateStore::vacuum_in`]).
     pub async fn vacuum(&self, sync: &str) {
-        if let Err(e) = self.try_vacuum(sync).await {
-            tracing::warn!(sync, error = %e, "could not remove old state versions");
+        self.vacuum_in::<Manifest>(&Chain::sync(sync)).await
+    }
+
+    /// Remove manifests older than the newest [`KEEP_VERSIONS`] and every data directory that
+    /// none of the kept manifests names a file in (including orphans of crashed runs). Best
+    /// effort: failures are logged, never fatal, as the committed state is already safe.
+    pub async fn vacuum_in<M: Versioned>(&self, chain: &Chain) {
+        if let Err(e) = self.try_vacuum::<M>(chain).await {
+            tracing::warn!(owner = chain.owner, error = %e, "could not remove old state versions");
         }
     }
 
-    async fn try_vacuum(&self, sync: &str) -> Result<()> {
-        let versions = self.versions(sync).await?;
+    async fn try_vacuum<M: Versioned>(&self, chain: &Chain) -> Result<()> {
+        let versions = self.versions(chain).await?;
         let Some(&newest) = versions.last() else {
             return Ok(());
         };
         let oldest_kept = newest.saturating_sub(KEEP_VERSIONS - 1);
         let mut keep_dirs = Vec::new();
         for v in versions.iter().filter(|v| **v >= oldest_kept) {
-            let bytes = self.read_manifest(sync, *v).await?;
-            if let Ok(m) = serde_json::from_slice::<Manifest>(&bytes)
-                && let Some((dir, _)) = m.snapshot.rsplit_once('/')
-            {
-                keep_dirs.push(dir.to_string());
+            let bytes = self.read_manifest(chain, *v).await?;
+            if let Ok(mut m) = serde_json::from_slice::<M>(&bytes) {
+                for (file, _) in m.files_mut() {
+                    if let Some((dir, _)) = file.rsplit_once('/') {
+                        keep_dirs.push(dir.to_string());
+                    }
+                }
             }
         }
-        let data = self.path(&format!("syncs/{sync}/data"));
+        let data_rel = format!("{}/data", chain.root);
+        let data = self.path(&data_rel);
         let listing = self
             .store
             .list_with_delimiter(Some(&data))
@@ -531,7 +684,7 @@ impl StateStore {
                 .strip_prefix('v')
                 .and_then(|s| s.split('-').next())
                 .and_then(|s| s.parse().ok());
-            let rel = format!("syncs/{sync}/data/{name}");
+            let rel = format!("{data_rel}/{name}");
             if keep_dirs.contains(&rel) || version.is_none_or(|v| v > newest) {
                 continue;
             }
@@ -552,7 +705,7 @@ impl StateStore {
             }
         }
         for v in versions.iter().filter(|v| **v < oldest_kept) {
-            let path = self.manifest_path(sync, *v);
+            let path = self.path(&Self::manifest_rel(chain, *v));
             self.store
                 .delete(&path)
                 .await
@@ -633,6 +786,26 @@ impl StateStore {
     }
 }
 
+/// The schema a plan's rows are stored in: string views as plain strings, every column
+/// nullable (a file's schema must not depend on how a plan happened to read its inputs).
+pub fn storage_schema(schema: &arrow::datatypes::Schema) -> SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let dt = match f.data_type() {
+                    DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+                    DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
+                    other => other.clone(),
+                };
+                Field::new(f.name(), dt, true)
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
 /// Parquet settings for state and history files: zstd, statistics on (readers prune by key),
 /// no dictionaries (keys and row hashes are all distinct: a dictionary only costs time).
 pub fn writer_properties() -> WriterProperties {
@@ -671,6 +844,7 @@ mod tests {
             watermark: None,
             destination_fingerprint: None,
             fields: None,
+            upstream: None,
             snapshot_bytes: None,
             checksum: None,
         }
@@ -706,7 +880,10 @@ mod tests {
         let m = manifest(version);
         store.put_new(&m.snapshot, vec![7u8; bytes]).await.unwrap();
         store.commit(&m).await.unwrap();
-        store.intact("s", version).await.unwrap()
+        store
+            .intact::<Manifest>(&Chain::sync("s"), version)
+            .await
+            .unwrap()
     }
 
     #[tokio::test]

@@ -12,7 +12,6 @@ use datafusion::common::ScalarValue;
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::Accumulator;
 use datafusion::physical_plan::SendableRecordBatchStream;
-use datafusion::prelude::DataFrame;
 use futures::StreamExt;
 use object_store::buffered::BufWriter;
 use parquet::arrow::AsyncArrowWriter;
@@ -265,7 +264,7 @@ fn destination_batch(
 }
 
 /// One row of the destination fields as a JSON object.
-fn row_json(batch: &RecordBatch, row: usize) -> String {
+pub fn row_json(batch: &RecordBatch, row: usize) -> String {
     let mut buf = Vec::new();
     let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
     if w.write(&batch.slice(row, 1)).is_err() || w.finish().is_err() {
@@ -672,38 +671,4 @@ pub async fn plan(
     }
     samples.invalid = std::mem::take(&mut tally.samples);
     Ok(())
-}
-
-/// Stream the next snapshot into its file; returns its row count.
-pub async fn write_snapshot(
-    sync: &str,
-    next: DataFrame,
-    mut writer: AsyncArrowWriter<BufWriter>,
-    schema: SchemaRef,
-    rel: &str,
-) -> Result<u64, SyncError> {
-    let df_err = engine(sync, "state");
-    let parquet_err = |source| StateError::Parquet {
-        path: rel.to_string(),
-        source,
-    };
-    let mut stream = next.execute_stream().await.map_err(&df_err)?;
-    let mut rows = 0u64;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(&df_err)?;
-        rows += batch.num_rows() as u64;
-        // The plan may read strings back as views or widen nullability; the file keeps the
-        // state schema.
-        let columns = batch
-            .columns()
-            .iter()
-            .zip(schema.fields())
-            .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| df_err(e.into()))?;
-        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| df_err(e.into()))?;
-        writer.write(&batch).await.map_err(parquet_err)?;
-    }
-    writer.close().await.map_err(parquet_err)?;
-    Ok(rows)
 }

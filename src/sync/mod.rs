@@ -36,6 +36,7 @@ use crate::state::{FORMAT_VERSION, Manifest, StateError, Watermark};
 use mapping::{HASH, KEY};
 
 pub use crate::progress::{Delivery, NoProgress, Progress};
+pub use apply::{row_json, scalar_text};
 
 const DIFF_SQL: &str = include_str!("../../sql/diff.sql");
 const NEXT_STATE_SQL: &str = include_str!("../../sql/next_state.sql");
@@ -61,6 +62,11 @@ pub enum SyncError {
     },
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("sync \"{sync}\": {source}")]
+    Hub {
+        sync: String,
+        source: Box<crate::hub::HubError>,
+    },
     #[error("sync \"{sync}\": injected failure at {point}")]
     Failpoint { sync: String, point: &'static str },
 }
@@ -154,6 +160,11 @@ struct Prepared {
     pending: Vec<String>,
     /// Intent files the newest commit already covers.
     covered: Vec<String>,
+    /// For a hub write-back: the hub version it reads.
+    upstream: Option<u64>,
+    /// For a hub write-back: how many records its source reported since it last ran (they
+    /// change the state even when nothing is sent).
+    reported: u64,
 }
 
 fn engine(sync: &str, stage: &'static str) -> impl Fn(DataFusionError) -> SyncError {
@@ -266,6 +277,19 @@ async fn prepare(
     let mut previous = project.state.latest(name).await?;
     let latest_version = project.state.newest_version(name).await?;
 
+    let hub_err = |source| SyncError::Hub {
+        sync: name.to_string(),
+        source: Box::new(source),
+    };
+    // A hub write-back reads the entity's newest golden records.
+    let upstream = match &sync.hub {
+        Some(link) => Some(
+            crate::hub::writeback::register(project, ctx, link)
+                .await
+                .map_err(hub_err)?,
+        ),
+        None => None,
+    };
     let relation = ctx.table(sync.from.as_str()).await.map_err(&df_err)?;
     let cursor_type = match &sync.cursor {
         Some(c) => relation
@@ -415,6 +439,32 @@ async fn prepare(
     ctx.register_table("bf_mapped", mapped_df.into_view())
         .map_err(&df_err)?;
 
+    // What a hub write-back's source reported itself since the sync last ran: the state
+    // the diff compares with takes it as what the source has (no echo).
+    let mut reported_rows = 0;
+    let reported = match (&sync.hub, upstream) {
+        (Some(link), Some(until)) => {
+            let since = previous.as_ref().and_then(|p| p.upstream);
+            let rows = crate::hub::writeback::reported(project, ctx, link, since, until)
+                .await
+                .map_err(hub_err)?;
+            reported_rows = rows.clone().count().await.map_err(&df_err)? as u64;
+            let mapped = mapping::map(sync, rows).map_err(|p| SyncError::Mapping {
+                sync: name.to_string(),
+                problems: p.0,
+            })?;
+            Some(
+                mapped
+                    .df
+                    .select(vec![
+                        cast(ident(KEY), key_type.clone()).alias(KEY),
+                        ident(HASH),
+                    ])
+                    .map_err(&df_err)?,
+            )
+        }
+        _ => None,
+    };
     register_state(
         project,
         ctx,
@@ -423,6 +473,7 @@ async fn prepare(
         &key_type,
         options,
         &pending,
+        reported,
     )
     .await?;
 
@@ -458,11 +509,14 @@ async fn prepare(
         latest_version,
         pending,
         covered,
+        upstream,
+        reported: reported_rows,
     })
 }
 
-/// Register `bf_state` (the last snapshot, key cast to the current key type) and `bf_prev`
-/// (what the diff compares with).
+/// Register `bf_state` (the last snapshot, key cast to the current key type, overlaid with
+/// what a hub write-back's source `reported`) and `bf_prev` (what the diff compares with).
+#[allow(clippy::too_many_arguments)]
 async fn register_state(
     project: &Project,
     ctx: &SessionContext,
@@ -471,6 +525,7 @@ async fn register_state(
     key_type: &DataType,
     options: RunOptions,
     pending: &[String],
+    reported: Option<DataFrame>,
 ) -> Result<(), SyncError> {
     let df_err = engine(name, "state");
     let mut state_df = match previous {
@@ -497,6 +552,22 @@ async fn register_state(
             ctx.read_table(Arc::new(empty)).map_err(&df_err)?
         }
     };
+    if let Some(reported) = reported {
+        let keys = reported
+            .clone()
+            .select(vec![ident(KEY).alias("__bf_reported_key")])
+            .map_err(&df_err)?;
+        state_df = state_df
+            .join(
+                keys,
+                datafusion::common::JoinType::LeftAnti,
+                &[KEY],
+                &["__bf_reported_key"],
+                None,
+            )
+            .and_then(|s| s.union(reported))
+            .map_err(&df_err)?;
+    }
     // Keys an interrupted run may have written without committing: their destination record
     // may differ from what the state says (created, changed or deleted), so their hash is
     // unknown from now on. The diff then sends them again if they are in the model, and a
@@ -741,7 +812,12 @@ async fn run_cycle(
     // The next snapshot: unchanged when nothing was accepted, else a plan over the last one and
     // what was accepted.
     let (snapshot_rel, rows) = match &prepared.previous {
-        Some(prev) if sent_rows == 0 && late.is_empty() && prepared.pending.is_empty() => {
+        Some(prev)
+            if sent_rows == 0
+                && late.is_empty()
+                && prepared.pending.is_empty()
+                && prepared.reported == 0 =>
+        {
             (prev.snapshot.clone(), prev.rows)
         }
         _ => {
@@ -799,6 +875,7 @@ async fn run_cycle(
         watermark: watermark.clone(),
         destination_fingerprint: Some(prepared.fingerprint.clone()),
         fields: Some(prepared.fields.clone()),
+        upstream: prepared.upstream,
         // Filled in by the commit.
         snapshot_bytes: None,
         checksum: None,
@@ -870,16 +947,10 @@ async fn next_snapshot(
         .map_err(&df_err)?;
     let next = ctx.sql(NEXT_STATE_SQL).await.map_err(&df_err)?;
     let snapshot_rel = format!("{data_dir}/snapshot.parquet");
-    let rows = apply::write_snapshot(
-        name,
-        next,
-        project
-            .state
-            .parquet_writer(&snapshot_rel, state_schema(key_type))?,
-        state_schema(key_type),
-        &snapshot_rel,
-    )
-    .await?;
+    let rows = project
+        .state
+        .write_plan(next, &snapshot_rel, Some(state_schema(key_type)))
+        .await?;
     Ok((snapshot_rel, rows))
 }
 

@@ -87,7 +87,7 @@ fn run_and_plan_json_have_the_documented_fields() {
 
     let (code, _, err) = f.cli(&["run", "nope"]);
     assert_eq!(code, 2);
-    assert!(err.contains("unknown sync \"nope\""), "{err}");
+    assert!(err.contains("unknown sync or entity \"nope\""), "{err}");
 }
 
 #[test]

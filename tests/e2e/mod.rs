@@ -6,6 +6,7 @@ mod errors;
 mod files;
 mod hostile;
 mod http;
+mod hub;
 mod incremental;
 mod invalid_rejected;
 mod mysql;

@@ -1,0 +1,19 @@
+-- The hub's read stage, validation: one record per source id, the latest by watermark.
+--
+-- Input {input}: the records one cycle read from one source (sql text from src/hub/read.rs):
+--   __bf_sid (the source's id), __bf_wm (its watermark, NULL without one), the entity fields the
+--   source maps, __bf_change_at (when the record changed, µs since the epoch).
+--
+-- A NULL id cannot be linked to anything, and an id read twice at the same watermark value
+-- is ambiguous (which version is current?): both are left out and reported as invalid by
+-- sql/hub/invalid.sql. An id read twice at different watermarks is one record that changed
+-- while it was being read: the later version is taken.
+SELECT * EXCEPT (__bf_rn, __bf_ties)
+FROM (
+    SELECT *,
+           ROW_NUMBER() OVER (PARTITION BY __bf_sid ORDER BY __bf_wm DESC NULLS LAST) AS __bf_rn,
+           COUNT(*) OVER (PARTITION BY __bf_sid, __bf_wm) AS __bf_ties
+    FROM {input}
+    WHERE __bf_sid IS NOT NULL
+)
+WHERE __bf_rn = 1 AND __bf_ties = 1

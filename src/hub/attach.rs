@@ -1,0 +1,383 @@
+//! The attach stage (ID mapping): every incoming record gets its golden record.
+//!
+//! 1. A record seen before keeps its golden record (the ID map: its contribution).
+//! 2. Otherwise the match rules are tried in priority order: the first rule under which a
+//!    live golden record has equal values (compared trimmed and case-insensitively, none NULL)
+//!    attaches it, to the lowest golden id when several match.
+//! 3. Otherwise a contributing record starts a new golden record, shared by the other new
+//!    records with the same values under the first match rule they can be compared by.
+//!    A receive-only record joins such a new record when it has the same key, or stays
+//!    unlinked; unlinked receive-only records are tried again every cycle.
+//!
+//! New golden ids are handed out in the order of those keys, so a cycle run again after a
+//! crash hands out the same ids.
+
+use indexmap::IndexMap;
+
+use super::cycle::{ATTACHED, Cycle, contrib_now, contrib_old, delta, golden_old, incoming};
+use super::read::{IN_AT, IN_SID, IN_WM, SourceRead};
+use super::sql::{lit, norm, null_of, q, tuple_key};
+use super::state::{self, at_col, mapped_fields};
+use super::{HubError, SourceCounts};
+
+const INCOMING: &str = "bf_hub_incoming";
+const LINKS_OLD: &str = "bf_hub_links_old";
+
+/// A rule's name in the ID map and the log: `match: email` or `match: name, phone`.
+pub fn rule_name(rule: &[String]) -> String {
+    format!("match: {}", rule.join(", "))
+}
+
+/// Register `bf_hub_incoming` (every source's records of this cycle in the entity's fields)
+/// and compute `bf_hub_attached` (source, id, golden id, how it was found).
+pub async fn attach(
+    cycle: &Cycle<'_>,
+    reads: &IndexMap<String, SourceRead>,
+) -> Result<(), HubError> {
+    let entity = cycle.entity;
+    let types: Vec<(String, arrow::datatypes::DataType)> = entity
+        .field_types()
+        .into_iter()
+        .map(|(n, t)| (n, t.unwrap_or(arrow::datatypes::DataType::Utf8)))
+        .collect();
+
+    // Receive-only sources: the records that matched nothing before are tried again.
+    for (source, config) in &entity.sources {
+        if config.role.contributes() {
+            continue;
+        }
+        let mapped = mapped_fields(entity, source);
+        let cols: Vec<String> = mapped.iter().map(|f| q(f)).collect();
+        let retry = format!(
+            "SELECT o.{IN_SID}, {wm} AS {IN_WM}{sep}{fields}, {now} AS {IN_AT}, FALSE AS __bf_read \
+             FROM {read} r RIGHT ANTI JOIN {old} o ON o.{IN_SID} = r.{IN_SID} \
+             WHERE o.__bf_golden_id IS NULL",
+            wm = null_of(&arrow::datatypes::DataType::Null),
+            sep = if cols.is_empty() { "" } else { ", " },
+            fields = cols
+                .iter()
+                .map(|c| format!("o.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            now = cycle.now_us,
+            read = reads[source].table,
+            old = contrib_old(source),
+        );
+        let union = format!(
+            "SELECT {IN_SID}, {IN_WM}{sep}{fields}, {IN_AT}, TRUE AS __bf_read FROM {read} UNION ALL {retry}",
+            sep = if cols.is_empty() { "" } else { ", " },
+            fields = cols.join(", "),
+            read = reads[source].table,
+        );
+        // The plan holds the table it reads, so the name can be taken over.
+        let df = cycle.sql("attach", &union).await?;
+        cycle.register("attach", &incoming(source), df)?;
+    }
+
+    // Every source's records in one relation, in the entity's fields.
+    let mut parts = Vec::new();
+    let mut links = Vec::new();
+    for (source, config) in &entity.sources {
+        let mapped = mapped_fields(entity, source);
+        let fields = types
+            .iter()
+            .map(|(f, t)| {
+                if mapped.contains(f) {
+                    format!("{} AS {}", q(f), q(f))
+                } else {
+                    format!("{} AS {}", null_of(t), q(f))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let read_flag = if config.role.contributes() {
+            "TRUE".to_string()
+        } else {
+            "__bf_read".to_string()
+        };
+        parts.push(format!(
+            "SELECT {src} AS __bf_source, CAST({IN_SID} AS VARCHAR) AS __bf_sid_text, \
+             {contributes} AS __bf_contributes, {read_flag} AS __bf_read, {fields} FROM {table}",
+            src = lit(source),
+            contributes = config.role.contributes(),
+            table = incoming(source),
+        ));
+        links.push(format!(
+            "SELECT {src} AS __bf_source, CAST({IN_SID} AS VARCHAR) AS __bf_sid_text, __bf_golden_id \
+             FROM {old} WHERE __bf_golden_id IS NOT NULL",
+            src = lit(source),
+            old = contrib_old(source),
+        ));
+    }
+    let df = cycle.sql("attach", &parts.join("\nUNION ALL\n")).await?;
+    cycle.register("attach", INCOMING, df)?;
+    let df = cycle.sql("attach", &links.join("\nUNION ALL\n")).await?;
+    cycle.register("attach", LINKS_OLD, df)?;
+
+    let sql = attach_sql(cycle);
+    let df = cycle.sql("attach", &sql).await?;
+    cycle
+        .materialize("attach", df, "attached.parquet", ATTACHED, None)
+        .await?;
+    Ok(())
+}
+
+/// The attach query (see the module's documentation).
+fn attach_sql(cycle: &Cycle<'_>) -> String {
+    let rules = &cycle.entity.match_rules;
+    let next = cycle.previous.as_ref().map_or(1, |m| m.next_golden_id);
+    let mut ctes = vec![format!(
+        "live AS (SELECT * FROM {} WHERE __bf_merged_into IS NULL)",
+        golden_old()
+    )];
+    let mut joins = Vec::new();
+    let mut found = vec!["l.__bf_golden_id".to_string()];
+    let mut how = vec!["WHEN l.__bf_golden_id IS NOT NULL THEN 'id'".to_string()];
+    let mut group = Vec::new();
+    for (r, rule) in rules.iter().enumerate() {
+        let keys: Vec<String> = rule
+            .iter()
+            .enumerate()
+            .map(|(i, f)| format!("{} AS __bf_k{i}", norm(q(f).as_str())))
+            .collect();
+        let not_null = rule
+            .iter()
+            .map(|f| format!("{} IS NOT NULL", q(f)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let group_by = (0..rule.len())
+            .map(|i| format!("__bf_k{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        ctes.push(format!(
+            "m{r} AS (SELECT {group_by}, MIN(golden_id) AS __bf_g FROM \
+             (SELECT golden_id, {keys} FROM live WHERE {not_null}) GROUP BY {group_by})",
+            keys = keys.join(", ")
+        ));
+        let on = rule
+            .iter()
+            .enumerate()
+            .map(|(i, f)| format!("m{r}.__bf_k{i} = {}", norm(&format!("i.{}", q(f)))))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        joins.push(format!("LEFT JOIN m{r} ON {on}"));
+        found.push(format!("m{r}.__bf_g"));
+        how.push(format!(
+            "WHEN m{r}.__bf_g IS NOT NULL THEN {}",
+            lit(&rule_name(rule))
+        ));
+        let complete = rule
+            .iter()
+            .map(|f| format!("i.{} IS NOT NULL", q(f)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let values: Vec<String> = rule.iter().map(|f| norm(&format!("i.{}", q(f)))).collect();
+        group.push(format!(
+            "WHEN {complete} THEN {}",
+            tuple_key(&format!("rule{r}"), &values)
+        ));
+    }
+    let record_key = tuple_key(
+        "record",
+        &["i.__bf_source".to_string(), "i.__bf_sid_text".to_string()],
+    );
+    // Which rule a group key came from, for the ID map's "how".
+    let group_rule = rules
+        .iter()
+        .map(|rule| {
+            format!(
+                "WHEN {} THEN {}",
+                rule.iter()
+                    .map(|f| format!("i.{} IS NOT NULL", q(f)))
+                    .collect::<Vec<_>>()
+                    .join(" AND "),
+                lit(&rule_name(rule))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let group_case = if group.is_empty() {
+        record_key.clone()
+    } else {
+        format!("CASE {} ELSE {record_key} END", group.join(" "))
+    };
+    let group_rule_case = if group_rule.is_empty() {
+        "CAST(NULL AS VARCHAR)".to_string()
+    } else {
+        format!("CASE {group_rule} END")
+    };
+    format!(
+        "WITH {ctes},
+found AS (
+    SELECT i.__bf_source, i.__bf_sid_text, i.__bf_contributes, i.__bf_read,
+           COALESCE({found}) AS __bf_found,
+           CASE {how} END AS __bf_how,
+           {group_case} AS __bf_group,
+           {group_rule_case} AS __bf_group_rule
+    FROM {INCOMING} i
+    LEFT JOIN {LINKS_OLD} l ON l.__bf_source = i.__bf_source AND l.__bf_sid_text = i.__bf_sid_text
+    {joins}
+),
+groups AS (
+    -- New golden ids in the order of the sources, then of the records' ids, then of the keys.
+    SELECT __bf_group, {next} - 1 + ROW_NUMBER() OVER (ORDER BY __bf_first_rank, __bf_first_id, __bf_group) AS __bf_new_id
+    FROM (SELECT __bf_group, MIN({rank}) AS __bf_first_rank, MIN(__bf_sid_text) AS __bf_first_id
+          FROM found WHERE __bf_found IS NULL AND __bf_contributes GROUP BY __bf_group)
+)
+SELECT f.__bf_source, f.__bf_sid_text, f.__bf_read,
+       COALESCE(f.__bf_found, g.__bf_new_id) AS __bf_golden_id,
+       CASE WHEN f.__bf_found IS NOT NULL THEN f.__bf_how
+            WHEN g.__bf_new_id IS NOT NULL AND f.__bf_contributes THEN 'new'
+            WHEN g.__bf_new_id IS NOT NULL THEN f.__bf_group_rule
+       END AS __bf_linked_by
+FROM found f LEFT JOIN groups g ON g.__bf_group = f.__bf_group",
+        ctes = ctes.join(",\n"),
+        rank = super::sql::rank_case(
+            "__bf_source",
+            &cycle.entity.sources.keys().cloned().collect::<Vec<_>>()
+        ),
+        found = found.join(", "),
+        how = how.join(" "),
+        joins = joins.join("\n    "),
+    )
+}
+
+/// Per source: records attached by id, by a match rule, as new golden records, or unlinked.
+pub async fn count(
+    cycle: &Cycle<'_>,
+    sources: &mut IndexMap<String, SourceCounts>,
+) -> Result<(), HubError> {
+    let batches = cycle
+        .sql(
+            "attach",
+            &format!(
+                "SELECT __bf_source, \
+                   SUM(CASE WHEN __bf_linked_by = 'id' THEN 1 ELSE 0 END), \
+                   SUM(CASE WHEN __bf_linked_by LIKE 'match:%' THEN 1 ELSE 0 END), \
+                   SUM(CASE WHEN __bf_linked_by = 'new' THEN 1 ELSE 0 END), \
+                   SUM(CASE WHEN __bf_golden_id IS NULL THEN 1 ELSE 0 END) \
+                 FROM {ATTACHED} WHERE __bf_read GROUP BY __bf_source"
+            ),
+        )
+        .await?
+        .collect()
+        .await
+        .map_err(cycle.engine("attach"))?;
+    for batch in batches {
+        let names = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)
+            .map_err(|e| cycle.engine("attach")(e.into()))?;
+        let names = arrow::array::AsArray::as_string::<i32>(&names);
+        let n = |c: usize, r: usize| -> u64 {
+            arrow::compute::cast(batch.column(c), &arrow::datatypes::DataType::Int64)
+                .ok()
+                .map(|a| {
+                    arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(&a)
+                        .value(r)
+                        .max(0) as u64
+                })
+                .unwrap_or(0)
+        };
+        for r in 0..batch.num_rows() {
+            if let Some(c) = sources.get_mut(names.value(r)) {
+                c.by_id = n(1, r);
+                c.matched = n(2, r);
+                c.new = n(3, r);
+                c.unlinked = n(4, r);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Per source: `bf_hub_delta_<source>`, the contributions of this cycle's records (their
+/// values, when each field last changed, their golden id), and `bf_hub_contrib_now_<source>`,
+/// every contribution as of this cycle (before merges). Returns how many records are new or
+/// differ from what their source reported before (values or golden record).
+pub async fn deltas(cycle: &Cycle<'_>) -> Result<u64, HubError> {
+    let v = cycle.version;
+    let mut changed = 0;
+    for source in cycle.entity.sources.keys() {
+        let mapped = mapped_fields(cycle.entity, source);
+        let mut cols = vec![
+            format!("i.{IN_SID} AS {IN_SID}"),
+            "a.__bf_golden_id AS __bf_golden_id".to_string(),
+        ];
+        cols.extend(mapped.iter().map(|f| format!("i.{0} AS {0}", q(f))));
+        cols.extend(mapped.iter().map(|f| {
+            format!(
+                "CASE WHEN (o.{IN_SID} IS NULL) OR (i.{f} IS DISTINCT FROM o.{f}) THEN i.{IN_AT} ELSE o.{at} END AS {at}",
+                f = q(f),
+                at = q(&at_col(f))
+            )
+        }));
+        cols.push(format!("{v} AS __bf_read_seq"));
+        cols.push(format!(
+            "CASE WHEN (o.{IN_SID} IS NOT NULL) AND (o.__bf_golden_id IS NOT DISTINCT FROM a.__bf_golden_id) \
+             THEN o.__bf_link_seq ELSE {v} END AS __bf_link_seq"
+        ));
+        cols.push(format!("COALESCE(o.__bf_first_seq, {v}) AS __bf_first_seq"));
+        cols.push(format!(
+            "CASE WHEN (o.{IN_SID} IS NOT NULL) AND (o.__bf_golden_id IS NOT DISTINCT FROM a.__bf_golden_id) \
+             THEN o.__bf_linked_by ELSE a.__bf_linked_by END AS __bf_linked_by"
+        ));
+        let sql = format!(
+            "SELECT {cols}
+             FROM {inc} i
+             JOIN {ATTACHED} a ON a.__bf_source = {src} AND a.__bf_sid_text = CAST(i.{IN_SID} AS VARCHAR)
+             LEFT JOIN {old} o ON o.{IN_SID} = i.{IN_SID}",
+            cols = cols.join(",\n  "),
+            inc = incoming(source),
+            src = lit(source),
+            old = contrib_old(source),
+        );
+        let df = cycle.sql("attach", &sql).await?;
+        let id_type = df
+            .schema()
+            .field_with_unqualified_name(IN_SID)
+            .map(|f| f.data_type().clone())
+            .map_err(cycle.engine("attach"))?;
+        let schema = state::contributions_schema(cycle.entity, source, &id_type);
+        cycle
+            .materialize(
+                "attach",
+                df,
+                &format!("delta-{source}.parquet"),
+                &delta(source),
+                Some(schema),
+            )
+            .await?;
+        let now = cycle
+            .sql(
+                "attach",
+                &format!(
+                    "SELECT o.* FROM {d} d RIGHT ANTI JOIN {old} o ON o.{IN_SID} = d.{IN_SID} \
+                     UNION ALL SELECT * FROM {d}",
+                    d = delta(source),
+                    old = contrib_old(source),
+                ),
+            )
+            .await?;
+        cycle.register("attach", &contrib_now(source), now)?;
+        let differs: Vec<String> = std::iter::once(format!(
+            "(o.{IN_SID} IS NULL) OR (d.__bf_golden_id IS DISTINCT FROM o.__bf_golden_id)"
+        ))
+        .chain(
+            mapped
+                .iter()
+                .map(|f| format!("(d.{0} IS DISTINCT FROM o.{0})", q(f))),
+        )
+        .collect();
+        changed += cycle
+            .count(
+                "attach",
+                &format!(
+                    "SELECT COUNT(*) FROM {d} d LEFT JOIN {old} o ON o.{IN_SID} = d.{IN_SID} WHERE {}",
+                    differs.join(" OR "),
+                    d = delta(source),
+                    old = contrib_old(source),
+                ),
+            )
+            .await?;
+    }
+    Ok(changed)
+}

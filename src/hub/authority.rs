@@ -1,0 +1,240 @@
+//! The authority stage: the values of every golden record a cycle touched, recomputed from the
+//! contributions of all records linked to it.
+//!
+//! Per field, among the contributing sources that map it:
+//! - `priority`: the value of the first source in the field's priority order that has a
+//!   record (the most recently changed one when a source has several);
+//! - `recent`: the value that changed most recently (ties: priority order);
+//! - `first_non_null`: the first non-NULL value in priority order.
+//!
+//! Unless `null_overwrites`, NULLs are passed over, and a field no source has a value for
+//! keeps the value the golden record had. One `GROUP BY` over the candidates, with
+//! `first_value(… ORDER BY …) FILTER (WHERE …)` per field.
+//!
+//! Only the fields a source changed in this cycle are decided again (all of them for a record
+//! newly linked, and on a full resync): a value stays as it is — as a merge left it, say —
+//! until a source changes that field.
+
+use super::HubError;
+use super::config::AuthorityRule;
+use super::cycle::{ATTACHED, Cycle, OVER, contrib_now, contrib_old, delta, golden_old};
+use super::sql::{lit, lit_list, null_of, q, rank_case};
+use super::state::{self, at_col, mapped_fields, src_col};
+
+const CANDIDATES: &str = "bf_hub_candidates";
+
+/// Compute `bf_hub_over` (written as `over-0.parquet`): the touched golden records with their
+/// new values. Returns how many of them did not change.
+pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> {
+    let entity = cycle.entity;
+    let v = cycle.version;
+    let contributors: Vec<String> = entity.contributors().map(|(n, _)| n.clone()).collect();
+
+    // Candidates: every contribution linked to a touched golden record, in one shape.
+    let touched = format!(
+        "SELECT DISTINCT __bf_golden_id FROM {ATTACHED} \
+         WHERE __bf_golden_id IS NOT NULL AND __bf_source IN ({})",
+        lit_list(&contributors)
+    );
+    let types: Vec<(String, arrow::datatypes::DataType)> = entity
+        .field_types()
+        .into_iter()
+        .map(|(n, t)| (n, t.unwrap_or(arrow::datatypes::DataType::Utf8)))
+        .collect();
+    let mut parts = Vec::new();
+    for source in &contributors {
+        let mapped = mapped_fields(entity, source);
+        let mut cols = vec![
+            format!("{} AS __bf_source", lit(source)),
+            "CAST(c.__bf_sid AS VARCHAR) AS __bf_sid_text".to_string(),
+            "c.__bf_golden_id".to_string(),
+        ];
+        for (f, t) in &types {
+            cols.push(if mapped.contains(f) {
+                format!("c.{0} AS {0}", q(f))
+            } else {
+                format!("{} AS {}", null_of(t), q(f))
+            });
+        }
+        for (f, _) in &types {
+            cols.push(if mapped.contains(f) {
+                format!("c.{0} AS {0}", q(&at_col(f)))
+            } else {
+                format!(
+                    "{} AS {}",
+                    null_of(&arrow::datatypes::DataType::Int64),
+                    q(&at_col(f))
+                )
+            });
+        }
+        parts.push(format!(
+            "SELECT {} FROM ({touched}) t JOIN {} c ON c.__bf_golden_id = t.__bf_golden_id",
+            cols.join(", "),
+            contrib_now(source)
+        ));
+    }
+    let df = cycle.sql("authority", &parts.join("\nUNION ALL\n")).await?;
+    cycle.register("authority", CANDIDATES, df)?;
+
+    // One aggregate per field (and one for the source it came from).
+    let mut aggs = Vec::new();
+    for (f, t) in &types {
+        let a = entity.authority(f);
+        let sources: Vec<String> = a
+            .order
+            .iter()
+            .filter(|s| mapped_fields(entity, s).contains(f))
+            .cloned()
+            .collect();
+        if sources.is_empty() {
+            aggs.push(format!("{} AS {}", null_of(t), q(f)));
+            aggs.push(format!("CAST(NULL AS VARCHAR) AS {}", q(&src_col(f))));
+            continue;
+        }
+        let rank = rank_case("__bf_source", &sources);
+        let at = q(&at_col(f));
+        let order = match a.rule {
+            AuthorityRule::Recent => format!("{at} DESC NULLS LAST, {rank}, __bf_sid_text"),
+            AuthorityRule::Priority | AuthorityRule::FirstNonNull => {
+                format!("{rank}, {at} DESC NULLS LAST, __bf_sid_text")
+            }
+        };
+        let mut filter = format!("__bf_source IN ({})", lit_list(&sources));
+        if !a.null_overwrites {
+            filter.push_str(&format!(" AND {} IS NOT NULL", q(f)));
+        }
+        aggs.push(format!(
+            "first_value({} ORDER BY {order}) FILTER (WHERE {filter}) AS {}",
+            q(f),
+            q(f)
+        ));
+        aggs.push(format!(
+            "first_value(__bf_source ORDER BY {order}) FILTER (WHERE {filter}) AS {}",
+            q(&src_col(f))
+        ));
+    }
+    let authority = format!(
+        "SELECT __bf_golden_id AS golden_id, {} FROM {CANDIDATES} GROUP BY __bf_golden_id",
+        aggs.join(",\n  ")
+    );
+
+    // Which fields of each golden record a source changed in this cycle (a record newly
+    // linked brings all of its fields): only those are decided again, so a value stays as it
+    // is (after a merge, say) until a source changes it.
+    let mut flags = Vec::new();
+    for source in &contributors {
+        let mapped = mapped_fields(entity, source);
+        let cols: Vec<String> = types
+            .iter()
+            .map(|(f, _)| {
+                if mapped.contains(f) {
+                    format!(
+                        "((o.__bf_sid IS NULL) OR (d.__bf_golden_id IS DISTINCT FROM o.__bf_golden_id) \
+                         OR (d.{0} IS DISTINCT FROM o.{0})) AS {1}",
+                        q(f),
+                        q(&format!("__bf_t_{f}"))
+                    )
+                } else {
+                    format!("FALSE AS {}", q(&format!("__bf_t_{f}")))
+                }
+            })
+            .collect();
+        flags.push(format!(
+            "SELECT d.__bf_golden_id, {} FROM {} d LEFT JOIN {} o ON o.__bf_sid = d.__bf_sid",
+            cols.join(", "),
+            delta(source),
+            contrib_old(source)
+        ));
+    }
+    let touched_fields = format!(
+        "SELECT __bf_golden_id, {} FROM ({}) GROUP BY __bf_golden_id",
+        types
+            .iter()
+            .map(|(f, _)| format!("bool_or({0}) AS {0}", q(&format!("__bf_t_{f}"))))
+            .collect::<Vec<_>>()
+            .join(", "),
+        flags.join(" UNION ALL ")
+    );
+
+    // The golden records as they now are: a NULL keeps the old value unless it may overwrite.
+    let mut values = Vec::new();
+    let mut changed = Vec::new();
+    for (f, _) in &types {
+        let (fq, sq) = (q(f), q(&src_col(f)));
+        let decide = if full_resync {
+            "TRUE".to_string()
+        } else {
+            format!(
+                "(o.golden_id IS NULL) OR COALESCE(t.{}, FALSE)",
+                q(&format!("__bf_t_{f}"))
+            )
+        };
+        let (value, source) = if entity.authority(f).null_overwrites {
+            (format!("n.{fq}"), format!("n.{sq}"))
+        } else {
+            (
+                format!("COALESCE(n.{fq}, o.{fq})"),
+                format!("CASE WHEN n.{fq} IS NULL THEN o.{sq} ELSE n.{sq} END"),
+            )
+        };
+        values.push(format!(
+            "CASE WHEN {decide} THEN {value} ELSE o.{fq} END AS {fq}, \
+             CASE WHEN {decide} THEN {source} ELSE o.{sq} END AS {sq}"
+        ));
+        changed.push(format!("(x.{fq} IS DISTINCT FROM x.__bf_old_{f})"));
+    }
+    let olds: Vec<String> = types
+        .iter()
+        .map(|(f, _)| format!("o.{} AS __bf_old_{f}", q(f)))
+        .collect();
+    // In the golden table's column order: the fields, then where each came from.
+    let fields: Vec<String> = types
+        .iter()
+        .map(|(f, _)| format!("x.{}", q(f)))
+        .chain(types.iter().map(|(f, _)| format!("x.{}", q(&src_col(f)))))
+        .collect();
+    let now = cycle.now_sql();
+    let sql = format!(
+        "SELECT x.golden_id, {fields},
+                COALESCE(x.__bf_old_created_seq, {v}) AS {created_seq},
+                CASE WHEN (x.__bf_old_id IS NULL) OR {changed} THEN {v} ELSE x.__bf_old_seq END AS {seq},
+                COALESCE(x.__bf_old_created_at, {now}) AS {created_at},
+                CASE WHEN (x.__bf_old_id IS NULL) OR {changed} THEN {now} ELSE x.__bf_old_updated_at END AS {updated_at},
+                CAST(NULL AS BIGINT) AS {merged_into}
+         FROM (
+            SELECT n.golden_id, {values}, {olds},
+                   o.golden_id AS __bf_old_id, o.{created_seq} AS __bf_old_created_seq,
+                   o.{seq} AS __bf_old_seq, o.{created_at} AS __bf_old_created_at,
+                   o.{updated_at} AS __bf_old_updated_at
+            FROM ({authority}) n LEFT JOIN {golden} o ON o.golden_id = n.golden_id
+            LEFT JOIN ({touched_fields}) t ON t.__bf_golden_id = n.golden_id
+         ) x",
+        fields = fields.join(", "),
+        values = values.join(", "),
+        olds = olds.join(", "),
+        changed = changed.join(" OR "),
+        created_seq = state::CREATED_SEQ,
+        seq = state::SEQ,
+        created_at = state::CREATED_AT,
+        updated_at = state::UPDATED_AT,
+        merged_into = state::MERGED_INTO,
+        golden = golden_old(),
+    );
+    let df = cycle.sql("authority", &sql).await?;
+    let over = cycle
+        .materialize(
+            "authority",
+            df,
+            "over-0.parquet",
+            OVER,
+            Some(state::golden_schema(entity)),
+        )
+        .await?;
+    let changed = cycle
+        .count(
+            "authority",
+            &format!("SELECT COUNT(*) FROM {OVER} WHERE {} = {v}", state::SEQ),
+        )
+        .await?;
+    Ok(over.rows.saturating_sub(changed))
+}

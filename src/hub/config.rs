@@ -1,0 +1,655 @@
+//! `[entities.NAME]`: an entity of the hub, its sources, match rules, data authority, merge
+//! rules and write-backs, parsed strictly and validated without I/O.
+
+use std::collections::BTreeSet;
+
+use arrow::datatypes::{DataType, TimeUnit};
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use crate::config::{ConfigText, ProjectConfig, is_plain_identifier, is_safe_name, suggest};
+
+/// Records read per source per cycle unless `batch_size` says otherwise.
+pub const DEFAULT_BATCH_SIZE: usize = 100_000;
+
+/// Column names of the entity's table that fields may not take.
+pub const RESERVED_FIELDS: [&str; 3] = ["golden_id", "golden_created_at", "golden_updated_at"];
+
+/// `[entities.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityConfig {
+    /// The entity's fields and their types: `{ name = "text", mrr = "double" }`. Types: text,
+    /// bigint, integer, double, boolean, date, timestamp, timestamptz, decimal(p,s).
+    pub fields: IndexMap<String, String>,
+    /// Match rules, in priority order: each a list of fields that must all be equal (and not
+    /// NULL) for an incoming record to attach to an existing golden record.
+    #[serde(default, rename = "match")]
+    pub match_rules: Vec<Vec<String>>,
+    /// Records read per source per cycle (default 100000).
+    pub batch_size: Option<usize>,
+    /// Which source's value a field takes.
+    #[serde(default)]
+    pub authority: AuthorityConfig,
+    /// How duplicate golden records are found and merged.
+    #[serde(default)]
+    pub merge: MergeConfig,
+    /// The systems that contribute or receive this entity's records, in order of preference
+    /// (the default priority).
+    pub sources: IndexMap<String, EntitySourceConfig>,
+}
+
+/// `[entities.NAME.authority]`: the default rule, and per-field overrides.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityConfig {
+    /// The rule for every field without its own (default `priority`).
+    #[serde(default)]
+    pub rule: AuthorityRule,
+    /// Source priority, highest first (default: the order of the entity's sources). Sources
+    /// not listed come after, in the entity's order.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Whether a NULL from the winning source may replace a value (default false: a NULL is
+    /// passed over, and the golden record keeps its value when no source has one).
+    #[serde(default)]
+    pub null_overwrites: bool,
+    /// Per-field rules.
+    #[serde(default)]
+    pub fields: IndexMap<String, FieldAuthority>,
+}
+
+/// `authority.fields.NAME = { rule = "recent" }`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldAuthority {
+    pub rule: Option<AuthorityRule>,
+    pub sources: Option<Vec<String>>,
+    pub null_overwrites: Option<bool>,
+}
+
+/// Which source a golden field takes its value from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthorityRule {
+    /// The value of the highest-priority source that has the record.
+    #[default]
+    Priority,
+    /// The value that changed most recently, in any source.
+    #[serde(alias = "most_recent")]
+    Recent,
+    /// The first non-NULL value in priority order (NULLs never overwrite).
+    FirstNonNull,
+}
+
+/// The authority of one field, resolved: rule, source order and NULL handling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedAuthority {
+    pub rule: AuthorityRule,
+    /// Contributing sources, best first.
+    pub order: Vec<String>,
+    pub null_overwrites: bool,
+}
+
+/// `[entities.NAME.merge]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeConfig {
+    /// Rules that find duplicate golden records: each a list of fields that must all be equal
+    /// and not NULL. Default: the match rules; `rules = []` turns merging off.
+    pub rules: Option<Vec<Vec<String>>>,
+    /// Which duplicate survives (default `oldest`).
+    #[serde(default)]
+    pub winner: WinnerRule,
+    /// How the losers' values combine with the winner's (default `fill`).
+    #[serde(default)]
+    pub policy: MergePolicy,
+    /// Per-field policies.
+    #[serde(default)]
+    pub fields: IndexMap<String, MergePolicy>,
+}
+
+/// Which of several duplicate golden records survives a merge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WinnerRule {
+    /// The one created first.
+    #[default]
+    Oldest,
+    /// The one changed most recently.
+    #[serde(alias = "most_recent")]
+    Recent,
+    /// The one with the most non-NULL fields.
+    #[serde(alias = "most_complete")]
+    Complete,
+    /// The one linked to the highest-priority source.
+    Priority,
+}
+
+/// How a merged record's field combines the winner's and the losers' values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MergePolicy {
+    /// The winner's value; a NULL is filled from the losers (best first).
+    #[default]
+    Fill,
+    /// The winner's value, even NULL.
+    Keep,
+    /// The losers' value (best first) where they have one, else the winner's.
+    Override,
+}
+
+/// `[entities.NAME.sources.SOURCE]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntitySourceConfig {
+    /// The model, segment or source table holding this system's records.
+    pub from: String,
+    /// The column that identifies a record in this system.
+    pub id: String,
+    /// A column that grows whenever a record changes (an `updated_at`): each cycle reads the
+    /// records past it, in its order. Without one, every run reads the whole source again and
+    /// only records whose values changed count.
+    pub watermark: Option<String>,
+    /// What the source does (default `contributing`).
+    #[serde(default)]
+    pub role: Role,
+    /// Entity field → SQL expression over this source's columns (a plain column name, or
+    /// `domain_of(website)`, `normalize_email(email)`, …).
+    #[serde(default)]
+    pub fields: IndexMap<String, String>,
+    /// Where unified values are written back to this system.
+    pub writeback: Option<WritebackConfig>,
+}
+
+/// What a source does for its entity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Contributes values and receives the unified ones.
+    #[default]
+    #[serde(alias = "contributing")]
+    Contributing,
+    /// Contributes values; never written back.
+    #[serde(alias = "contribute_only")]
+    ContributeOnly,
+    /// Never contributes values; its records are linked to golden records and kept updated.
+    #[serde(alias = "receive_only", alias = "non-contributing")]
+    ReceiveOnly,
+}
+
+impl Role {
+    pub fn contributes(self) -> bool {
+        self != Role::ReceiveOnly
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Contributing => "contributing",
+            Role::ContributeOnly => "contribute-only",
+            Role::ReceiveOnly => "receive-only",
+        }
+    }
+}
+
+/// `[entities.NAME.sources.SOURCE.writeback]`: golden values sent back to the source's records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WritebackConfig {
+    /// The destination that writes to this system.
+    pub to: String,
+    /// The table (or object) holding the source's records.
+    pub object: String,
+    /// The destination field holding the source's id (default: the source's `id` column).
+    pub key: Option<String>,
+    /// Only golden records matching this SQL condition over the entity's fields are written.
+    pub filter: Option<String>,
+    /// Destination field → SQL expression over the entity's fields (and `golden_id`). Default:
+    /// every entity field the source maps from a plain column goes back to that column.
+    #[serde(default)]
+    pub fields: IndexMap<String, String>,
+}
+
+impl EntityConfig {
+    pub fn batch_size(&self) -> usize {
+        self.batch_size.unwrap_or(DEFAULT_BATCH_SIZE).max(1)
+    }
+
+    /// The sources that contribute values, in the entity's order.
+    pub fn contributors(&self) -> impl Iterator<Item = (&String, &EntitySourceConfig)> {
+        self.sources.iter().filter(|(_, s)| s.role.contributes())
+    }
+
+    /// The merge rules in force (the match rules unless set).
+    pub fn merge_rules(&self) -> &[Vec<String>] {
+        self.merge.rules.as_deref().unwrap_or(&self.match_rules)
+    }
+
+    /// The authority of `field`, with its defaults filled in.
+    pub fn authority(&self, field: &str) -> ResolvedAuthority {
+        let own = self
+            .authority
+            .fields
+            .get(field)
+            .cloned()
+            .unwrap_or_default();
+        let rule = own.rule.unwrap_or(self.authority.rule);
+        let listed = own
+            .sources
+            .unwrap_or_else(|| self.authority.sources.clone());
+        let mut order: Vec<String> = Vec::new();
+        for s in listed
+            .iter()
+            .chain(self.contributors().map(|(n, _)| n))
+            .filter(|s| self.sources.get(*s).is_some_and(|c| c.role.contributes()))
+        {
+            if !order.contains(s) {
+                order.push(s.clone());
+            }
+        }
+        ResolvedAuthority {
+            rule,
+            order,
+            null_overwrites: rule != AuthorityRule::FirstNonNull
+                && own
+                    .null_overwrites
+                    .unwrap_or(self.authority.null_overwrites),
+        }
+    }
+
+    /// The merge policy of `field`.
+    pub fn merge_policy(&self, field: &str) -> MergePolicy {
+        self.merge
+            .fields
+            .get(field)
+            .copied()
+            .unwrap_or(self.merge.policy)
+    }
+
+    /// The entity's fields with their Arrow types (in declaration order); None for a type
+    /// this release does not know (validation reports it).
+    pub fn field_types(&self) -> Vec<(String, Option<DataType>)> {
+        self.fields
+            .iter()
+            .map(|(n, t)| (n.clone(), parse_type(t)))
+            .collect()
+    }
+}
+
+impl EntitySourceConfig {
+    /// The write-back's destination key field.
+    pub fn writeback_key(&self) -> Option<&str> {
+        self.writeback
+            .as_ref()
+            .map(|w| w.key.as_deref().unwrap_or(&self.id))
+    }
+
+    /// Destination field → expression over the entity, with the default filled in.
+    pub fn writeback_fields(&self) -> IndexMap<String, String> {
+        let Some(wb) = &self.writeback else {
+            return IndexMap::new();
+        };
+        if !wb.fields.is_empty() {
+            return wb.fields.clone();
+        }
+        self.fields
+            .iter()
+            .filter(|(_, expr)| is_plain_identifier(expr.trim()) && expr.trim() != self.id)
+            .map(|(field, expr)| (expr.trim().to_string(), quote_ident(field)))
+            .collect()
+    }
+}
+
+/// `"name"` with inner quotes doubled: an identifier in SQL expressions.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'` with inner quotes doubled: a string literal.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The name of the sync that writes `entity`'s values back to `source`.
+pub fn writeback_sync_name(entity: &str, source: &str) -> String {
+    format!("{entity}-to-{source}")
+}
+
+/// An entity field type (`text`, `bigint`, `decimal(12,2)`, …) as an Arrow type.
+pub fn parse_type(text: &str) -> Option<DataType> {
+    let t = text.trim().to_ascii_lowercase();
+    let t = t.as_str();
+    Some(match t {
+        "text" | "string" | "varchar" => DataType::Utf8,
+        "bigint" | "int" | "integer" | "int64" | "long" => DataType::Int64,
+        "double" | "float" | "float64" | "real" => DataType::Float64,
+        "boolean" | "bool" => DataType::Boolean,
+        "date" => DataType::Date32,
+        "timestamp" => DataType::Timestamp(TimeUnit::Microsecond, None),
+        "timestamptz" => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        _ => {
+            let inner = t
+                .strip_prefix("decimal")
+                .or_else(|| t.strip_prefix("numeric"))?
+                .trim()
+                .strip_prefix('(')?
+                .strip_suffix(')')?;
+            let (p, s) = inner.split_once(',').unwrap_or((inner, "0"));
+            let p: u8 = p.trim().parse().ok()?;
+            let s: i8 = s.trim().parse().ok()?;
+            if p == 0 || p > 38 || s < 0 || s as u8 > p {
+                return None;
+            }
+            DataType::Decimal128(p, s)
+        }
+    })
+}
+
+/// Validate every `[entities.*]` table; `relations` are the known sources, models and
+/// segments. Returns every problem.
+pub fn validate(
+    config: &ProjectConfig,
+    relations: &BTreeSet<&str>,
+    text: &ConfigText,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, entity) in &config.entities {
+        let at = text.locate("entities", name);
+        problems.extend(
+            validate_entity(config, relations, name, entity)
+                .into_iter()
+                .map(|m| format!("{at}: entity \"{name}\": {m}")),
+        );
+    }
+    problems
+}
+
+/// Problems with match or merge rules.
+fn check_rules(entity: &EntityConfig, kind: &str, rules: &[Vec<String>]) -> Vec<String> {
+    let mut m = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        if rule.is_empty() {
+            m.push(format!("{kind} rule {} names no field", i + 1));
+        }
+        for f in rule {
+            if !entity.fields.contains_key(f) {
+                m.push(format!(
+                    "{kind} rule {} names unknown field \"{f}\"{} (fields: {})",
+                    i + 1,
+                    suggest(f, entity.fields.keys().map(String::as_str)),
+                    field_list(entity)
+                ));
+            }
+        }
+    }
+    m
+}
+
+/// Problems with a list of source names that must contribute.
+fn check_sources(entity: &EntityConfig, what: &str, list: &[String]) -> Vec<String> {
+    let mut m = Vec::new();
+    for s in list {
+        match entity.sources.get(s) {
+            None => m.push(format!(
+                "{what} names unknown source \"{s}\"{}",
+                suggest(s, entity.sources.keys().map(String::as_str))
+            )),
+            Some(c) if !c.role.contributes() => m.push(format!(
+                "{what} names \"{s}\", which is receive-only and contributes no values"
+            )),
+            Some(_) => {}
+        }
+    }
+    m
+}
+
+fn field_list(entity: &EntityConfig) -> String {
+    entity.fields.keys().cloned().collect::<Vec<_>>().join(", ")
+}
+
+fn validate_entity(
+    config: &ProjectConfig,
+    relations: &BTreeSet<&str>,
+    name: &str,
+    entity: &EntityConfig,
+) -> Vec<String> {
+    let mut m = Vec::new();
+    if !is_plain_identifier(name) {
+        m.push("entity names are SQL table names; use lowercase letters, digits and '_'".into());
+    }
+    if relations.contains(name) {
+        m.push("a source, model or segment already has this name".into());
+    }
+    if entity.fields.is_empty() {
+        m.push("it has no fields".into());
+    }
+    if entity.batch_size == Some(0) {
+        m.push("batch_size must be at least 1".into());
+    }
+    for (field, ty) in &entity.fields {
+        if !is_plain_identifier(field) {
+            m.push(format!(
+                "field \"{field}\": field names use lowercase letters, digits and '_'"
+            ));
+        }
+        if RESERVED_FIELDS.contains(&&field[..]) || field.starts_with("__bf_") {
+            m.push(format!(
+                "field \"{field}\": the name is reserved (the entity's table has golden_id, golden_created_at and golden_updated_at)"
+            ));
+        }
+        if parse_type(ty).is_none() {
+            m.push(format!(
+                "field \"{field}\": unknown type \"{ty}\" (use text, bigint, double, boolean, date, timestamp, timestamptz or decimal(p,s))"
+            ));
+        }
+    }
+    m.extend(check_rules(entity, "match", &entity.match_rules));
+    if let Some(rules) = &entity.merge.rules {
+        m.extend(check_rules(entity, "merge", rules));
+    }
+    m.extend(check_sources(
+        entity,
+        "authority.sources",
+        &entity.authority.sources,
+    ));
+    for (field, fa) in &entity.authority.fields {
+        if !entity.fields.contains_key(field) {
+            m.push(format!(
+                "authority.fields names unknown field \"{field}\" (fields: {})",
+                field_list(entity)
+            ));
+        }
+        if let Some(list) = &fa.sources {
+            m.extend(check_sources(
+                entity,
+                &format!("authority.fields.{field}.sources"),
+                list,
+            ));
+        }
+    }
+    for field in entity.merge.fields.keys() {
+        if !entity.fields.contains_key(field) {
+            m.push(format!(
+                "merge.fields names unknown field \"{field}\" (fields: {})",
+                field_list(entity)
+            ));
+        }
+    }
+    if entity.sources.is_empty() {
+        m.push("it has no sources".into());
+    } else if entity.contributors().next().is_none() {
+        m.push("none of its sources contributes values (all are receive-only)".into());
+    }
+    for (source, s) in &entity.sources {
+        for problem in validate_source(config, relations, name, entity, source, s) {
+            m.push(format!("source \"{source}\": {problem}"));
+        }
+    }
+    m
+}
+
+fn validate_source(
+    config: &ProjectConfig,
+    relations: &BTreeSet<&str>,
+    entity_name: &str,
+    entity: &EntityConfig,
+    source: &str,
+    s: &EntitySourceConfig,
+) -> Vec<String> {
+    let mut m = Vec::new();
+    if !is_safe_name(source) || !is_plain_identifier(source) {
+        m.push("source names use lowercase letters, digits and '_'".into());
+    }
+    let known =
+        relations.contains(s.from.as_str()) || crate::config::source_table_known(config, &s.from);
+    if s.from == entity_name {
+        m.push("an entity cannot read its own records".into());
+    } else if !known {
+        m.push(format!(
+            "reads from unknown model, segment or source \"{}\"{}",
+            s.from,
+            suggest(&s.from, relations.iter().copied())
+        ));
+    }
+    if s.id.trim().is_empty() {
+        m.push("its id column is empty".into());
+    }
+    if s.fields.is_empty() {
+        m.push(
+            "it maps no fields (fields = { entity_field = \"column or SQL expression\" })".into(),
+        );
+    }
+    for (field, expr) in &s.fields {
+        if !entity.fields.contains_key(field) {
+            m.push(format!(
+                "fields maps unknown entity field \"{field}\"{} (fields: {})",
+                suggest(field, entity.fields.keys().map(String::as_str)),
+                field_list(entity)
+            ));
+        }
+        if expr.trim().is_empty() {
+            m.push(format!("field \"{field}\" has an empty expression"));
+        }
+    }
+    let Some(wb) = &s.writeback else {
+        return m;
+    };
+    if s.role == Role::ContributeOnly {
+        m.push("it is contribute-only, so nothing is written back to it: remove [writeback] or make it contributing".into());
+    }
+    match config.destinations.get(&wb.to) {
+        None => m.push(format!(
+            "writeback goes to unknown destination \"{}\"{}",
+            wb.to,
+            suggest(&wb.to, config.destinations.keys().map(String::as_str))
+        )),
+        Some(dest) => {
+            for problem in dest.validate_object(&wb.object) {
+                m.push(format!("writeback object \"{}\": {problem}", wb.object));
+            }
+        }
+    }
+    let sync = writeback_sync_name(entity_name, source);
+    if config.syncs.contains_key(&sync) {
+        m.push(format!(
+            "its write-back runs as sync \"{sync}\", and a [syncs.{sync}] exists already: rename one"
+        ));
+    }
+    let fields = s.writeback_fields();
+    if fields.is_empty() {
+        m.push("writeback sends no field: none of the source's fields is a plain column, so list them (writeback.fields = { column = \"entity_field\" })".into());
+    }
+    let key = s.writeback_key().unwrap_or_default();
+    if fields.contains_key(key) {
+        m.push(format!(
+            "writeback.fields writes the key field \"{key}\": the key is the source's id and is never changed"
+        ));
+    }
+    if key.trim().is_empty() {
+        m.push("writeback.key is empty".into());
+    }
+    for f in fields.keys() {
+        if f.starts_with("__bf_") {
+            m.push(format!(
+                "writeback field \"{f}\": names starting with __bf_ are reserved for backflow"
+            ));
+        }
+    }
+    if let Some(f) = &wb.filter
+        && f.trim().is_empty()
+    {
+        m.push("writeback.filter is empty".into());
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_parse() {
+        assert_eq!(parse_type("TEXT"), Some(DataType::Utf8));
+        assert_eq!(
+            parse_type("decimal(12, 2)"),
+            Some(DataType::Decimal128(12, 2))
+        );
+        assert_eq!(parse_type("numeric(38)"), Some(DataType::Decimal128(38, 0)));
+        assert_eq!(parse_type("decimal(40,2)"), None);
+        assert_eq!(parse_type("decimal(4,6)"), None);
+        assert_eq!(parse_type("uuid"), None);
+    }
+
+    fn entity(text: &str) -> EntityConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn authority_defaults_follow_the_source_order() {
+        let e = entity(
+            r#"
+fields = { name = "text", mrr = "double" }
+authority = { sources = ["billing"], fields = { mrr = { rule = "recent" }, name = { rule = "first_non_null", null_overwrites = true } } }
+[sources.crm]
+from = "a"
+id = "id"
+fields = { name = "name" }
+[sources.support]
+from = "c"
+id = "id"
+role = "receive-only"
+[sources.billing]
+from = "b"
+id = "id"
+fields = { name = "name", mrr = "mrr" }
+"#,
+        );
+        let name = e.authority("name");
+        assert_eq!(name.rule, AuthorityRule::FirstNonNull);
+        assert_eq!(name.order, vec!["billing", "crm"]);
+        assert!(
+            !name.null_overwrites,
+            "first_non_null never lets a NULL win"
+        );
+        assert_eq!(e.authority("mrr").rule, AuthorityRule::Recent);
+        assert_eq!(e.merge_rules().len(), 0);
+    }
+
+    #[test]
+    fn writeback_fields_default_to_plain_columns() {
+        let e = entity(
+            r#"
+fields = { name = "text", domain = "text" }
+[sources.crm]
+from = "a"
+id = "id"
+fields = { name = "company_name", domain = "domain_of(website)" }
+writeback = { to = "db", object = "accounts" }
+"#,
+        );
+        let s = &e.sources["crm"];
+        let fields = s.writeback_fields();
+        assert_eq!(fields.len(), 1);
+        assert_eq!(fields["company_name"], "\"name\"");
+        assert_eq!(s.writeback_key(), Some("id"));
+    }
+}

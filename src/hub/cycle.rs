@@ -1,0 +1,402 @@
+//! One cycle of an entity: read → attach → authority → merge → commit. Every stage registers
+//! its result as a table of the session (`bf_hub_*`, removed when the cycle ends); the stages
+//! whose results later stages read more than once are written to the version's data folder
+//! first, so each is computed once.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use arrow::array::AsArray;
+use arrow::datatypes::{DataType, Int64Type};
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
+use indexmap::IndexMap;
+
+use super::config::EntityConfig;
+use super::read::{self, SourceRead};
+use super::state::{self, HubManifest, SourceState, StateFile};
+use super::{CycleOutcome, HubError, SourceCounts, failpoint};
+use crate::history::SampleRecord;
+use crate::project::Project;
+use crate::state::{Chain, FORMAT_VERSION};
+
+/// The context every stage of one cycle shares.
+pub struct Cycle<'a> {
+    pub project: &'a Project,
+    pub ctx: &'a SessionContext,
+    /// The entity's name.
+    pub name: &'a str,
+    pub entity: &'a EntityConfig,
+    /// The version this cycle commits.
+    pub version: u64,
+    pub run_id: &'a str,
+    /// The cycle's clock (µs since the epoch): every change it makes is stamped with it.
+    pub now_us: i64,
+    /// This version's data folder (relative to the state root).
+    pub data_dir: String,
+    pub previous: Option<HubManifest>,
+    tables: Mutex<Vec<String>>,
+}
+
+/// Table names of a cycle.
+pub fn golden_old() -> &'static str {
+    "bf_hub_golden_old"
+}
+pub fn contrib_old(source: &str) -> String {
+    format!("bf_hub_contrib_old_{source}")
+}
+pub fn incoming(source: &str) -> String {
+    format!("bf_hub_in_{source}")
+}
+pub fn delta(source: &str) -> String {
+    format!("bf_hub_delta_{source}")
+}
+pub fn contrib_now(source: &str) -> String {
+    format!("bf_hub_contrib_now_{source}")
+}
+pub fn contrib_next(source: &str) -> String {
+    format!("bf_hub_contrib_next_{source}")
+}
+pub const ATTACHED: &str = "bf_hub_attached";
+pub const OVER: &str = "bf_hub_over";
+pub const REMAP: &str = "bf_hub_remap";
+
+impl Cycle<'_> {
+    pub fn engine(&self, stage: &'static str) -> impl Fn(DataFusionError) -> HubError + '_ {
+        move |source| HubError::Engine {
+            entity: self.name.to_string(),
+            stage,
+            source,
+        }
+    }
+
+    /// Plan `text` (SQL over the cycle's tables).
+    pub async fn sql(&self, stage: &'static str, text: &str) -> Result<DataFrame, HubError> {
+        tracing::debug!(entity = self.name, stage, sql = text, "hub stage");
+        self.ctx.sql(text).await.map_err(self.engine(stage))
+    }
+
+    /// Register `df` as `table` for the rest of the cycle.
+    pub fn register(
+        &self,
+        stage: &'static str,
+        table: &str,
+        df: DataFrame,
+    ) -> Result<(), HubError> {
+        let _ = self.ctx.deregister_table(table);
+        self.ctx
+            .register_table(table, df.into_view())
+            .map_err(self.engine(stage))?;
+        if let Ok(mut t) = self.tables.lock() {
+            t.push(table.to_string());
+        }
+        Ok(())
+    }
+
+    /// Write `df` to `file` in the version's data folder and register the file as `table`.
+    pub async fn materialize(
+        &self,
+        stage: &'static str,
+        df: DataFrame,
+        file: &str,
+        table: &str,
+        schema: Option<arrow::datatypes::SchemaRef>,
+    ) -> Result<StateFile, HubError> {
+        let rel = format!("{}/{file}", self.data_dir);
+        let rows = self.project.state.write_plan(df, &rel, schema).await?;
+        self.register_file(stage, &rel, table).await?;
+        Ok(StateFile {
+            path: rel,
+            rows,
+            bytes: None,
+        })
+    }
+
+    /// Register the state file `rel` as `table`.
+    pub async fn register_file(
+        &self,
+        stage: &'static str,
+        rel: &str,
+        table: &str,
+    ) -> Result<(), HubError> {
+        let df = self
+            .ctx
+            .read_parquet(
+                self.project.state.table_url(rel),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .map_err(self.engine(stage))?;
+        self.register(stage, table, df)
+    }
+
+    /// The cycle's clock as a SQL timestamp.
+    pub fn now_sql(&self) -> String {
+        super::sql::cast_to(&self.now_us.to_string(), &state::timestamp_type())
+    }
+
+    /// A single `BIGINT` the query returns (0 when it returns nothing).
+    pub async fn count(&self, stage: &'static str, text: &str) -> Result<u64, HubError> {
+        let batches = self
+            .sql(stage, text)
+            .await?
+            .collect()
+            .await
+            .map_err(self.engine(stage))?;
+        Ok(batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .and_then(|b| {
+                arrow::compute::cast(b.column(0), &DataType::Int64)
+                    .ok()
+                    .filter(|a| !a.is_null(0))
+                    .map(|a| a.as_primitive::<Int64Type>().value(0).max(0) as u64)
+            })
+            .unwrap_or(0))
+    }
+
+    fn clear(&self) {
+        if let Ok(t) = self.tables.lock() {
+            for table in t.iter() {
+                let _ = self.ctx.deregister_table(table.as_str());
+            }
+        }
+    }
+}
+
+/// Run one cycle and commit it. `skip` lists sources already read to their end in this run.
+pub(super) async fn run(
+    project: &Project,
+    ctx: &SessionContext,
+    name: &str,
+    run_id: &str,
+    full_resync: bool,
+    skip: &BTreeSet<String>,
+    samples: &mut Vec<SampleRecord>,
+) -> Result<CycleOutcome, HubError> {
+    let chain = Chain::entity(name);
+    let previous: Option<HubManifest> = project.state.latest_in(&chain).await?;
+    let version = project.state.newest_version_in(&chain).await? + 1;
+    let cycle = Cycle {
+        project,
+        ctx,
+        name,
+        entity: &project.config.entities[name],
+        version,
+        run_id,
+        now_us: chrono::Utc::now().timestamp_micros(),
+        data_dir: project.state.new_data_dir_in(&chain, version),
+        previous,
+        tables: Mutex::new(Vec::new()),
+    };
+    let result = stages(&cycle, &chain, full_resync, skip, samples).await;
+    cycle.clear();
+    result
+}
+
+async fn stages(
+    cycle: &Cycle<'_>,
+    chain: &Chain,
+    full_resync: bool,
+    skip: &BTreeSet<String>,
+    samples: &mut Vec<SampleRecord>,
+) -> Result<CycleOutcome, HubError> {
+    let entity = cycle.entity;
+    let name = cycle.name;
+    let project = cycle.project;
+    let previous = cycle.previous.clone();
+
+    // The committed state, in the current schemas.
+    let golden = super::golden_table(project, cycle.ctx, name, previous.as_ref())
+        .await
+        .map_err(cycle.engine("state"))?;
+    cycle.register("state", golden_old(), golden)?;
+
+    // read
+    let mut reads: IndexMap<String, SourceRead> = IndexMap::new();
+    let mut outcome = CycleOutcome {
+        version: cycle.version,
+        ..Default::default()
+    };
+    if let Some(p) = &previous {
+        // Until this cycle commits, the state stays at the previous version.
+        outcome.version = p.version;
+    }
+    for (source, config) in &entity.sources {
+        let before = previous.as_ref().and_then(|m| m.sources.get(source));
+        let relation =
+            cycle
+                .ctx
+                .table(config.from.as_str())
+                .await
+                .map_err(|e| HubError::Source {
+                    entity: name.to_string(),
+                    source_name: source.clone(),
+                    message: format!("cannot read \"{}\": {e}", config.from),
+                })?;
+        let context = read::ReadContext {
+            name,
+            entity,
+            now_us: cycle.now_us,
+        };
+        let (plan, id_type) = read::plan(&context, relation, source, config, before, full_resync)?;
+        let old_schema = state::contributions_schema(entity, source, &id_type);
+        let files: Vec<&StateFile> = before.map(|b| vec![&b.contributions]).unwrap_or_default();
+        let old = state::read_aligned(&project.state, cycle.ctx, &files, &old_schema)
+            .await
+            .map_err(cycle.engine("state"))?;
+        cycle.register("state", &contrib_old(source), old)?;
+
+        let raw_table = format!("bf_hub_raw_{source}");
+        let plan = if skip.contains(source) {
+            plan.limit(0, Some(0)).map_err(cycle.engine("read"))?
+        } else {
+            plan
+        };
+        let raw = cycle
+            .materialize(
+                "read",
+                plan,
+                &format!("in-{source}.parquet"),
+                &raw_table,
+                None,
+            )
+            .await?;
+        let full = raw.rows >= entity.batch_size() as u64;
+        let last = read::last_position(cycle.ctx, &raw_table, config.watermark.is_some(), !full)
+            .await
+            .map_err(cycle.engine("read"))?;
+        let position = match (last, config.watermark.is_some()) {
+            // A walk without a watermark that reached the end starts over next run.
+            (_, false) if !full => None,
+            (Some(p), _) => Some(p),
+            // Nothing read: where it was, now read to its end.
+            (None, _) => before
+                .and_then(|b| b.position.clone())
+                .filter(|_| !full_resync)
+                .map(|p| state::Position { drained: true, ..p }),
+        };
+        let table = incoming(source);
+        let (valid, invalid) = read::validate(cycle.ctx, &raw_table, source, samples)
+            .await
+            .map_err(cycle.engine("read"))?;
+        cycle.register("read", &table, valid)?;
+        outcome.sources.insert(
+            source.clone(),
+            SourceCounts {
+                read: raw.rows,
+                invalid,
+                ..Default::default()
+            },
+        );
+        outcome.more |= full;
+        if !full {
+            outcome.drained.insert(source.clone());
+        }
+        reads.insert(
+            source.clone(),
+            SourceRead {
+                position,
+                id_type,
+                table,
+            },
+        );
+    }
+    // Nothing new read and nowhere moved: nothing to commit.
+    let unmoved = reads.iter().all(|(s, r)| {
+        previous
+            .as_ref()
+            .and_then(|m| m.sources.get(s))
+            .is_some_and(|b| b.position == r.position)
+    });
+    let nothing_read = outcome.sources.values().all(|c| c.read == 0);
+    if unmoved && nothing_read && !full_resync {
+        return Ok(outcome);
+    }
+    failpoint!("hub_after_read", name);
+
+    // attach
+    super::attach::attach(cycle, &reads).await?;
+    super::attach::count(cycle, &mut outcome.sources).await?;
+    let changed = super::attach::deltas(cycle).await?;
+    if unmoved && changed == 0 && !full_resync {
+        // Only records read again as they were (ties at a watermark).
+        return Ok(outcome);
+    }
+    failpoint!("hub_after_attach", name);
+
+    // authority
+    outcome.unchanged = super::authority::run(cycle, full_resync).await?;
+
+    // merge
+    let merges = super::merge::run(cycle).await?;
+    failpoint!("hub_after_merge", name);
+
+    // the next state
+    let golden_rel = format!("{}/golden.parquet", cycle.data_dir);
+    let next_golden = cycle
+        .sql(
+            "state",
+            &format!(
+                "SELECT o.* FROM {OVER} v RIGHT ANTI JOIN {} o ON o.golden_id = v.golden_id \
+                 UNION ALL SELECT * FROM {OVER}",
+                golden_old()
+            ),
+        )
+        .await?;
+    let golden_rows = project
+        .state
+        .write_plan(next_golden, &golden_rel, Some(state::golden_schema(entity)))
+        .await?;
+    let mut sources = IndexMap::new();
+    for (source, read) in &reads {
+        let contributions =
+            super::merge::write_contributions(cycle, source, &read.id_type, merges > 0).await?;
+        sources.insert(
+            source.clone(),
+            SourceState {
+                contributions,
+                id_type: read.id_type.to_string(),
+                position: read.position.clone(),
+            },
+        );
+    }
+    let (log_file, counts) = super::log::write(cycle).await?;
+    outcome.created = counts.created;
+    outcome.updated = counts.updated;
+    outcome.merged = counts.merged;
+    let mut log = previous.as_ref().map(|m| m.log.clone()).unwrap_or_default();
+    log.push(log_file);
+    let log = super::log::compact(cycle, log).await?;
+
+    let next_golden_id = cycle
+        .count(
+            "attach",
+            &format!("SELECT MAX(__bf_golden_id) + 1 FROM {ATTACHED} WHERE __bf_linked_by = 'new'"),
+        )
+        .await? as i64;
+    let manifest = HubManifest {
+        format: FORMAT_VERSION,
+        entity: name.to_string(),
+        version: cycle.version,
+        run_id: cycle.run_id.to_string(),
+        committed_at: chrono::Utc::now().to_rfc3339(),
+        next_golden_id: next_golden_id.max(previous.as_ref().map_or(1, |m| m.next_golden_id)),
+        golden: StateFile {
+            path: golden_rel,
+            rows: golden_rows,
+            bytes: None,
+        },
+        sources,
+        log,
+        checksum: None,
+    };
+    failpoint!("hub_before_commit", name);
+    project.state.commit_in(chain, &manifest).await?;
+    outcome.version = cycle.version;
+    failpoint!("hub_after_commit", name);
+    project.state.vacuum_in::<HubManifest>(chain).await;
+    super::log::vacuum(project, chain).await;
+    outcome.committed = true;
+    Ok(outcome)
+}

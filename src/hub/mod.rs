@@ -1,0 +1,372 @@
+//! The hub: several systems contribute records of one entity (an account from a CRM, a billing
+//! database and a support tool); backflow unifies them into **golden records** and writes the
+//! unified values back to every system that should have them.
+//!
+//! One **cycle** of an entity, each stage a DataFusion plan over Arrow batches:
+//!
+//! ```text
+//!  read ─────────► attach ───────────► authority ─────────► merge ────────────► commit
+//!  per source:     ID map first, then   per touched golden   duplicates by      golden, contributions,
+//!  past its        match rules in       record, per field:   merge rules:       log → manifest v+1
+//!  position, in    priority order;      the winning          winner by rule,    (create-if-absent);
+//!  watermark       no match: a new      source's value       losers' values     the source positions
+//!  order, at most  golden record        (priority, recent,   fill/override,     move with it
+//!  batch_size                           first non-NULL)      losers retired
+//! ```
+//!
+//! - **Contributions** are each source record's last values in the entity's fields, with when
+//!   each field last changed; their `(source, id) → golden id` is the ID map.
+//! - **Golden values** are recomputed from the contributions of every golden record a cycle
+//!   touched, so a re-run of a cycle gives the same golden records.
+//! - **The transaction log** records every change: a field set (old → new, and the source it
+//!   came from), a record created, a source record linked, a duplicate merged.
+//! - **Write-backs** are syncs (`<entity>-to-<source>`, update-only, keyed by the source's id)
+//!   from the golden records linked to the source, each with its own watermark (the hub cycle
+//!   of the last change it sent). What a source itself reported is what its write-back compares
+//!   with, so a change that came from a source is not echoed back to it unless the unified
+//!   value differs.
+//!
+//! Nothing moves until the manifest commits: a crash anywhere leaves the previous version, and
+//! the next run reads the same records again (at-least-once) and computes the same result.
+
+mod attach;
+mod authority;
+pub mod config;
+mod cycle;
+mod log;
+mod merge;
+mod read;
+pub mod show;
+mod sql;
+pub mod state;
+pub mod writeback;
+
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+use indexmap::IndexMap;
+use serde::Serialize;
+
+use crate::history::{self, RunCounts, RunRecord, RunStatus, SampleRecord};
+use crate::project::Project;
+use crate::state::{Chain, StateError};
+pub use cycle::Cycle;
+use state::HubManifest;
+
+/// The entity and source a write-back sync belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubLink {
+    pub entity: String,
+    pub source: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("entity \"{entity}\", source \"{source_name}\": {message}")]
+    Source {
+        entity: String,
+        source_name: String,
+        message: String,
+    },
+    #[error("entity \"{entity}\": {stage}: {source}")]
+    Engine {
+        entity: String,
+        stage: &'static str,
+        source: DataFusionError,
+    },
+    #[error("entity \"{entity}\": {message}")]
+    Settings { entity: String, message: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("entity \"{entity}\": injected failure at {point}")]
+    Failpoint { entity: String, point: &'static str },
+}
+
+/// Stop here when the failpoint `point` is configured with this entity's name (or `*`).
+/// Compiled in only with the `failpoints` feature (tests).
+macro_rules! failpoint {
+    ($point:expr, $entity:expr) => {
+        #[cfg(not(feature = "failpoints"))]
+        let _ = &$entity;
+        #[cfg(feature = "failpoints")]
+        {
+            if let Some(Some(target)) = fail::eval($point, |arg| arg) {
+                if target == format!("panic:{}", $entity) {
+                    panic!("failpoint {} for entity {}", $point, $entity);
+                }
+                if target == $entity || target == "*" {
+                    return Err(HubError::Failpoint {
+                        entity: $entity.to_string(),
+                        point: $point,
+                    });
+                }
+            }
+        }
+    };
+}
+pub(crate) use failpoint;
+
+/// How a hub run treats its state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HubOptions {
+    /// Read every source from the start again (the ID map and golden records stay).
+    pub full_resync: bool,
+    /// Stop after this many cycles (default: until every source is read to its end).
+    pub max_cycles: Option<u64>,
+}
+
+/// What one source did in a run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct SourceCounts {
+    /// Records read.
+    pub read: u64,
+    /// Records left out: a NULL id, or one id twice at the same watermark.
+    pub invalid: u64,
+    /// Records attached by the ID map (seen before).
+    pub by_id: u64,
+    /// Records attached to an existing golden record by a match rule.
+    pub matched: u64,
+    /// Records that started a new golden record.
+    pub new: u64,
+    /// Receive-only records that match no golden record (yet).
+    pub unlinked: u64,
+}
+
+/// The outcome of one entity's run, as printed and stored in history.
+#[derive(Debug, Clone, Serialize)]
+pub struct HubReport {
+    pub entity: String,
+    pub status: RunStatus,
+    pub run_id: String,
+    /// Cycles committed.
+    pub cycles: u64,
+    pub sources: IndexMap<String, SourceCounts>,
+    /// Golden records created.
+    pub created: u64,
+    /// Golden records whose values changed.
+    pub updated: u64,
+    /// Golden records touched whose values stayed the same.
+    pub unchanged: u64,
+    /// Golden records retired into another by a merge.
+    pub merged: u64,
+    pub duration_ms: i64,
+    pub state_version: Option<u64>,
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<SampleRecord>,
+}
+
+/// What one cycle did.
+#[derive(Debug, Default)]
+pub(crate) struct CycleOutcome {
+    pub sources: IndexMap<String, SourceCounts>,
+    pub created: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub merged: u64,
+    /// Whether some source had more records waiting.
+    pub more: bool,
+    /// The sources read to their end (the run reads them no more).
+    pub drained: std::collections::BTreeSet<String>,
+    /// Whether the cycle committed a version (one that read nothing new does not).
+    pub committed: bool,
+    pub version: u64,
+}
+
+/// The name run history keeps an entity's runs under.
+pub fn history_name(entity: &str) -> String {
+    format!("hub.{entity}")
+}
+
+/// The newest intact state of an entity.
+pub async fn latest(project: &Project, entity: &str) -> Result<Option<HubManifest>, StateError> {
+    project.state.latest_in(&Chain::entity(entity)).await
+}
+
+/// Run an entity's cycles until its sources are read to their end (or `max_cycles`), record
+/// the run in history, and register the new golden records in `ctx`.
+pub async fn run(
+    project: &Project,
+    ctx: &SessionContext,
+    name: &str,
+    options: HubOptions,
+) -> HubReport {
+    let started = chrono::Utc::now().timestamp_millis();
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let mut samples = Vec::new();
+    let mut total = CycleOutcome::default();
+    let mut cycles = 0u64;
+    let mut drained = std::collections::BTreeSet::new();
+    let result: Result<(), HubError> = async {
+        let _lock = project.state.lock_chain(&Chain::entity(name))?;
+        loop {
+            let outcome = cycle::run(
+                project,
+                ctx,
+                name,
+                &run_id,
+                options.full_resync && cycles == 0,
+                &drained,
+                &mut samples,
+            )
+            .await?;
+            cycles += u64::from(outcome.committed);
+            drained.extend(outcome.drained.iter().cloned());
+            for (s, c) in &outcome.sources {
+                let t = total.sources.entry(s.clone()).or_default();
+                t.read += c.read;
+                t.invalid += c.invalid;
+                t.by_id += c.by_id;
+                t.matched += c.matched;
+                t.new += c.new;
+                t.unlinked += c.unlinked;
+            }
+            total.created += outcome.created;
+            total.updated += outcome.updated;
+            total.unchanged += outcome.unchanged;
+            total.merged += outcome.merged;
+            total.version = outcome.version;
+            if !outcome.committed
+                || !outcome.more
+                || options.max_cycles.is_some_and(|m| cycles >= m)
+            {
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    // Later syncs read the golden records just committed.
+    let registered = register(project, ctx, name).await;
+    let finished = chrono::Utc::now().timestamp_millis();
+    let mut error = match (result, registered) {
+        (Err(e), _) => Some(e.to_string()),
+        (Ok(()), Err(e)) => Some(e.to_string()),
+        (Ok(()), Ok(())) => None,
+    };
+    let status = if error.is_none() {
+        RunStatus::Succeeded
+    } else {
+        RunStatus::Failed
+    };
+    let state_version = (total.version > 0).then_some(total.version);
+    let record = RunRecord {
+        run_id: run_id.clone(),
+        sync: history_name(name),
+        status,
+        started_at_ms: started,
+        finished_at_ms: finished,
+        full_resync: options.full_resync,
+        counts: RunCounts {
+            read: total.sources.values().map(|s| s.read).sum(),
+            invalid: total.sources.values().map(|s| s.invalid).sum(),
+            created: total.created,
+            updated: total.updated,
+            deleted: total.merged,
+            unchanged: total.unchanged,
+            ..Default::default()
+        },
+        state_version,
+        error: error.clone(),
+    };
+    if let Err(e) = history::record(&project.state, &record, &samples).await {
+        let note = format!("run history was not recorded: {e}");
+        error = Some(match error {
+            Some(prev) => format!("{prev}; {note}"),
+            None => note,
+        });
+    }
+    HubReport {
+        entity: name.to_string(),
+        status,
+        run_id,
+        cycles,
+        sources: total.sources,
+        created: total.created,
+        updated: total.updated,
+        unchanged: total.unchanged,
+        merged: total.merged,
+        duration_ms: finished - started,
+        state_version,
+        error,
+        samples,
+    }
+}
+
+/// Register entity `name` in `ctx` as a table of its live golden records (`golden_id`, the
+/// fields, `golden_created_at`, `golden_updated_at`), from the newest committed state.
+pub async fn register(project: &Project, ctx: &SessionContext, name: &str) -> Result<(), HubError> {
+    let entity = &project.config.entities[name];
+    let manifest = latest(project, name).await?;
+    let engine = |source| HubError::Engine {
+        entity: name.to_string(),
+        stage: "register",
+        source,
+    };
+    let golden = golden_table(project, ctx, name, manifest.as_ref())
+        .await
+        .map_err(engine)?;
+    let mut exprs = vec![datafusion::prelude::col(state::GOLDEN_ID)];
+    exprs.extend(entity.fields.keys().map(datafusion::prelude::ident));
+    exprs.push(datafusion::prelude::ident(state::CREATED_AT).alias("golden_created_at"));
+    exprs.push(datafusion::prelude::ident(state::UPDATED_AT).alias("golden_updated_at"));
+    let live = golden
+        .filter(datafusion::prelude::ident(state::MERGED_INTO).is_null())
+        .and_then(|df| df.select(exprs))
+        .map_err(engine)?;
+    let _ = ctx.deregister_table(name);
+    ctx.register_table(name, live.into_view()).map_err(engine)?;
+    Ok(())
+}
+
+/// Every golden record (retired ones included) of a committed version, in the current
+/// entity schema.
+pub async fn golden_table(
+    project: &Project,
+    ctx: &SessionContext,
+    name: &str,
+    manifest: Option<&HubManifest>,
+) -> datafusion::error::Result<datafusion::prelude::DataFrame> {
+    let entity = &project.config.entities[name];
+    let files: Vec<&state::StateFile> = manifest.map(|m| vec![&m.golden]).unwrap_or_default();
+    state::read_aligned(&project.state, ctx, &files, &state::golden_schema(entity)).await
+}
+
+/// Validate an entity against the real schemas of its sources (reads metadata, writes
+/// nothing): id and watermark columns exist, field expressions parse and cast to the field
+/// types, and the stored state (if any) is readable.
+pub async fn check(project: &Project, ctx: &SessionContext, name: &str) -> Result<(), HubError> {
+    let entity = &project.config.entities[name];
+    let manifest = latest(project, name).await?;
+    for (source, config) in &entity.sources {
+        let relation = ctx
+            .table(config.from.as_str())
+            .await
+            .map_err(|e| HubError::Source {
+                entity: name.to_string(),
+                source_name: source.clone(),
+                message: format!("cannot read \"{}\": {e}", config.from),
+            })?;
+        let context = read::ReadContext {
+            name,
+            entity,
+            now_us: 0,
+        };
+        let before = manifest.as_ref().and_then(|m| m.sources.get(source));
+        let (plan, _) = read::plan(&context, relation, source, config, before, false)?;
+        plan.create_physical_plan()
+            .await
+            .map_err(|e| HubError::Source {
+                entity: name.to_string(),
+                source_name: source.clone(),
+                message: e.to_string(),
+            })?;
+    }
+    Ok(())
+}
+
+/// Register every entity of the project (see [`register`]).
+pub async fn register_all(project: &Project, ctx: &SessionContext) -> Result<(), HubError> {
+    for name in project.config.entities.keys() {
+        register(project, ctx, name).await?;
+    }
+    Ok(())
+}

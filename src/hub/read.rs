@@ -1,0 +1,264 @@
+//! The read stage: each source's records past its position, in watermark order, at most
+//! `batch_size` per cycle, mapped into the entity's fields.
+//!
+//! A source with a watermark is read in `(watermark, id)` order and its position is the last
+//! `(watermark, id)` read, so records tied at a watermark value are never skipped or read
+//! twice, however the batch boundary falls. A source without one is walked in id order; when a
+//! walk reaches the end, the next run starts a new one (every record is read again, and only
+//! those whose values changed count).
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::{Expr, cast, col, lit};
+use datafusion::prelude::{DataFrame, SessionContext, ident};
+
+use super::HubError;
+use super::config::EntitySourceConfig;
+use super::state::{Position, SourceState, StoredValue};
+
+/// What the read stage needs to know of its cycle.
+pub struct ReadContext<'a> {
+    pub name: &'a str,
+    pub entity: &'a super::config::EntityConfig,
+    /// The cycle's clock (µs since the epoch).
+    pub now_us: i64,
+}
+use crate::history::{RecordKind, SampleRecord};
+
+/// Columns of a source's incoming records (besides the entity fields it maps).
+pub const IN_SID: &str = "__bf_sid";
+pub const IN_WM: &str = "__bf_wm";
+pub const IN_AT: &str = "__bf_change_at";
+
+const VALID_SQL: &str = include_str!("../../sql/hub/valid.sql");
+const INVALID_SQL: &str = include_str!("../../sql/hub/invalid.sql");
+
+/// What a cycle read from one source.
+#[derive(Debug, Clone)]
+pub struct SourceRead {
+    /// The position after this read, committed with the cycle.
+    pub position: Option<Position>,
+    pub id_type: DataType,
+    /// The table of this source's valid incoming records (registered in the session).
+    pub table: String,
+}
+
+/// The mapped, filtered, ordered and limited read of one source (not yet executed).
+pub fn plan(
+    cycle: &ReadContext,
+    ctx_relation: DataFrame,
+    name: &str,
+    source: &EntitySourceConfig,
+    previous: Option<&SourceState>,
+    full_resync: bool,
+) -> Result<(DataFrame, DataType), HubError> {
+    let entity = cycle.entity;
+    let problem = |message: String| HubError::Source {
+        entity: cycle.name.to_string(),
+        source_name: name.to_string(),
+        message,
+    };
+    let schema = ctx_relation.schema().clone();
+    let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let column_type = |c: &str| {
+        schema
+            .field_with_unqualified_name(c)
+            .ok()
+            .map(|f| f.data_type().clone())
+    };
+    let mut problems = Vec::new();
+    let id_type = column_type(&source.id);
+    if id_type.is_none() {
+        problems.push(format!(
+            "id column \"{}\" is not a column of \"{}\"{} (its columns: {})",
+            source.id,
+            source.from,
+            crate::config::suggest(&source.id, columns.iter().map(String::as_str)),
+            columns.join(", ")
+        ));
+    }
+    let wm_type = source.watermark.as_ref().and_then(|w| column_type(w));
+    if let (Some(w), None) = (&source.watermark, &wm_type) {
+        problems.push(format!(
+            "watermark column \"{w}\" is not a column of \"{}\" (its columns: {})",
+            source.from,
+            columns.join(", ")
+        ));
+    }
+    let types = entity.field_types();
+    let mut exprs: Vec<Expr> = vec![ident(&source.id).alias(IN_SID)];
+    exprs.push(match &source.watermark {
+        Some(w) => ident(w).alias(IN_WM),
+        None => lit(ScalarValue::Null).alias(IN_WM),
+    });
+    for (field, ty) in &types {
+        let Some(sql) = source.fields.get(field) else {
+            continue;
+        };
+        let Some(ty) = ty else { continue };
+        match ctx_relation.parse_sql_expr(sql) {
+            Ok(e) => exprs.push(cast(e, ty.clone()).alias(field)),
+            Err(e) => problems.push(format!(
+                "field \"{field}\" = `{sql}` is not a valid SQL expression over \"{}\": {e}",
+                source.from
+            )),
+        }
+    }
+    // When a value changed: the record's watermark when it is a point in time, else now.
+    let now = lit(ScalarValue::Int64(Some(cycle.now_us)));
+    let change_at = match &wm_type {
+        Some(DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64) => {
+            let w = ident(source.watermark.as_deref().unwrap_or_default());
+            let us = cast(
+                cast(
+                    w,
+                    DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+                ),
+                DataType::Int64,
+            );
+            datafusion::functions::expr_fn::coalesce(vec![us, now])
+        }
+        _ => now,
+    };
+    exprs.push(change_at.alias(IN_AT));
+    if !problems.is_empty() {
+        return Err(problem(problems.join("; ")));
+    }
+    let id_type = id_type.unwrap_or(DataType::Null);
+    let df_err = |e: datafusion::error::DataFusionError| problem(e.to_string());
+    let mut df = ctx_relation;
+    if let Some(pos) = previous
+        .and_then(|p| p.position.as_ref())
+        .filter(|_| !full_resync)
+    {
+        let filter = past(pos, source, &id_type, wm_type.as_ref()).map_err(&problem)?;
+        df = df.filter(filter).map_err(df_err)?;
+    }
+    let mut order = Vec::new();
+    if let Some(w) = &source.watermark {
+        order.push(ident(w).sort(true, true));
+    }
+    order.push(ident(&source.id).sort(true, true));
+    let df = df
+        .sort(order)
+        .and_then(|df| df.limit(0, Some(entity.batch_size())))
+        .and_then(|df| df.select(exprs))
+        .map_err(|e| problem(e.to_string()))?;
+    Ok((df, id_type))
+}
+
+/// The filter for the records to read after `pos`, in `(watermark NULLS FIRST, id NULLS
+/// FIRST)` order: after the last record while a batch was cut short, from the last watermark
+/// on (ties read again) once the source was read to its end. Records with a NULL watermark are
+/// read only from the start (the initial load, a full resync).
+fn past(
+    pos: &Position,
+    source: &EntitySourceConfig,
+    id_type: &DataType,
+    wm_type: Option<&DataType>,
+) -> Result<Expr, String> {
+    let id = ident(&source.id);
+    let last_id = pos.id.to_scalar(id_type)?;
+    let id_after = id.clone().gt(lit(last_id));
+    let (Some(w), Some(wm_type)) = (&source.watermark, wm_type) else {
+        return Ok(id_after);
+    };
+    let w = ident(w);
+    Ok(match (&pos.watermark, pos.drained) {
+        (None, false) => w.is_not_null().or(id_after),
+        (None, true) => w.is_not_null(),
+        (Some(v), false) => {
+            let v = lit(v.to_scalar(wm_type)?);
+            w.clone().gt(v.clone()).or(w.eq(v).and(id_after))
+        }
+        (Some(v), true) => w.gt_eq(lit(v.to_scalar(wm_type)?)),
+    })
+}
+
+/// The position after the last record of the read in `rel` (None when it read nothing: the
+/// position stays).
+pub async fn last_position(
+    ctx: &SessionContext,
+    table: &str,
+    has_watermark: bool,
+    drained: bool,
+) -> datafusion::error::Result<Option<Position>> {
+    let mut order = Vec::new();
+    if has_watermark {
+        order.push(col(IN_WM).sort(false, false));
+    }
+    order.push(col(IN_SID).sort(false, false));
+    let batches = ctx
+        .table(table)
+        .await?
+        .sort(order)?
+        .limit(0, Some(1))?
+        .select(vec![col(IN_WM), col(IN_SID)])?
+        .collect()
+        .await?;
+    let Some(batch) = batches.into_iter().find(|b| b.num_rows() > 0) else {
+        return Ok(None);
+    };
+    let value = |i: usize| ScalarValue::try_from_array(batch.column(i), 0);
+    let wm = value(0)?;
+    let id = value(1)?;
+    if id.is_null() {
+        return Ok(None);
+    }
+    Ok(Some(Position {
+        watermark: (has_watermark && !wm.is_null()).then(|| StoredValue::from_scalar(&wm)),
+        id: StoredValue::from_scalar(&id),
+        drained,
+    }))
+}
+
+/// The valid records of the read registered as `raw` (an id, and one record per id — the
+/// latest by watermark), and the number of invalid ones, sampled into `samples`.
+pub async fn validate(
+    ctx: &SessionContext,
+    raw: &str,
+    source: &str,
+    samples: &mut Vec<SampleRecord>,
+) -> datafusion::error::Result<(DataFrame, u64)> {
+    let valid = ctx.sql(&VALID_SQL.replace("{input}", raw)).await?;
+    let invalid_sql = INVALID_SQL.replace("{input}", raw);
+    let count = ctx
+        .sql(&format!("SELECT COUNT(*) AS n FROM ({invalid_sql})"))
+        .await?
+        .collect()
+        .await?
+        .first()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| {
+            b.column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0) as u64
+        })
+        .unwrap_or(0);
+    let room = crate::history::SAMPLE_LIMIT.saturating_sub(samples.len());
+    if count == 0 || room == 0 {
+        return Ok((valid, count));
+    }
+    let sample = ctx
+        .sql(&format!("{invalid_sql} LIMIT {room}"))
+        .await?
+        .collect()
+        .await?;
+    for batch in sample {
+        let ids = arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
+        let ids = ids.as_string::<i32>();
+        let reasons = arrow::compute::cast(batch.column(1), &DataType::Utf8)?;
+        let reasons = reasons.as_string::<i32>();
+        let record = batch.project(&(2..batch.num_columns()).collect::<Vec<_>>())?;
+        for r in 0..batch.num_rows() {
+            samples.push(SampleRecord {
+                kind: RecordKind::Invalid,
+                key: (!ids.is_null(r)).then(|| format!("{source}:{}", ids.value(r))),
+                reason: reasons.value(r).to_string(),
+                record: crate::sync::row_json(&record, r),
+            });
+        }
+    }
+    Ok((valid, count))
+}

@@ -1,0 +1,254 @@
+//! Write-backs: a source with `[writeback]` gets a sync, `<entity>-to-<source>`, that keeps
+//! its records equal to their golden records.
+//!
+//! - **From**: the live golden records joined with the source's ID map (one row per source
+//!   record, keyed by the source's id), narrowed by the write-back's `filter`, mapped by its
+//!   `fields` (expressions over the entity's fields and `golden_id`).
+//! - **Behavior**: update-only — a source record is only ever updated, never created or
+//!   deleted.
+//! - **Watermark**: the hub version of the row's last change (of the golden record, or of the
+//!   source record's link or report), so each run reads only what changed since it last ran:
+//!   each write-back has its own destination watermark.
+//! - **No echo**: what the sync compares with (its snapshot) is overlaid with what the source
+//!   itself reported since the hub version the sync last ran against, hashed the same way. A
+//!   value that came from the source is then "unchanged" for it and not sent back; one the hub
+//!   decided otherwise (another source has authority) is sent.
+
+use arrow::datatypes::DataType;
+use datafusion::common::{JoinType, ScalarValue};
+use datafusion::logical_expr::{cast, lit};
+use datafusion::prelude::{DataFrame, Expr, SessionContext, col, ident};
+use indexmap::IndexMap;
+
+use super::config::writeback_sync_name;
+use super::state::{self, HubManifest, contributions_schema, mapped_fields};
+use super::{HubError, HubLink};
+use crate::config::{Behavior, FieldsConfig, KeyConfig, ProjectConfig, SyncConfig};
+use crate::project::Project;
+
+/// The write-back relation's column with the source record's id.
+pub const SOURCE_ID: &str = "__bf_source_id";
+/// The write-back relation's cursor: the hub version of the row's last change.
+pub const HUB_SEQ: &str = "__bf_hub_seq";
+
+/// The relation a write-back sync reads (registered by [`register`]).
+pub fn view_name(link: &HubLink) -> String {
+    format!("__bf_hub_{}__{}", link.entity, link.source)
+}
+
+/// The write-back syncs of every entity, named `<entity>-to-<source>`.
+pub fn syncs(config: &ProjectConfig) -> IndexMap<String, SyncConfig> {
+    let mut out = IndexMap::new();
+    for (entity, e) in &config.entities {
+        for (source, s) in &e.sources {
+            let Some(wb) = &s.writeback else { continue };
+            let link = HubLink {
+                entity: entity.clone(),
+                source: source.clone(),
+            };
+            out.insert(
+                writeback_sync_name(entity, source),
+                SyncConfig {
+                    from: view_name(&link),
+                    to: wb.to.clone(),
+                    object: wb.object.clone(),
+                    behavior: Behavior::UpdateOnly,
+                    key: KeyConfig::Pair {
+                        source: SOURCE_ID.to_string(),
+                        destination: s.writeback_key().unwrap_or(&s.id).to_string(),
+                    },
+                    fields: FieldsConfig {
+                        auto: false,
+                        computed: s.writeback_fields(),
+                        ..FieldsConfig::default()
+                    },
+                    cursor: Some(HUB_SEQ.to_string()),
+                    cursor_lookback: None,
+                    hub: Some(link),
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Register the write-back relation of `link` from the entity's newest state; returns the hub
+/// version it was read from (0 before the first cycle).
+pub async fn register(
+    project: &Project,
+    ctx: &SessionContext,
+    link: &HubLink,
+) -> Result<u64, HubError> {
+    let engine = |source| HubError::Engine {
+        entity: link.entity.clone(),
+        stage: "writeback",
+        source,
+    };
+    let entity = &project.config.entities[&link.entity];
+    let source = &entity.sources[&link.source];
+    let manifest = super::latest(project, &link.entity).await?;
+    let contributions = contributions(project, ctx, link, manifest.as_ref()).await?;
+    let golden = super::golden_table(project, ctx, &link.entity, manifest.as_ref())
+        .await
+        .map_err(engine)?;
+    let mut exposed = vec![col(state::GOLDEN_ID)];
+    exposed.extend(entity.fields.keys().map(ident));
+    exposed.push(col(state::SEQ).alias("__bf_golden_seq"));
+    let mut golden = golden
+        .filter(ident(state::MERGED_INTO).is_null())
+        .and_then(|g| g.select(exposed))
+        .map_err(engine)?;
+    // Every field sent must be one the source reports back: otherwise what it has cannot be
+    // compared, and the field would be sent again after every change the source makes.
+    let mapped = mapped_fields(entity, &link.source);
+    for (field, sql) in source.writeback_fields() {
+        let problem = |message: String| HubError::Source {
+            entity: link.entity.clone(),
+            source_name: link.source.clone(),
+            message,
+        };
+        let expr = golden.parse_sql_expr(&sql).map_err(|e| {
+            problem(format!(
+                "writeback field \"{field}\" = `{sql}` is not a valid SQL expression over the entity's fields: {e}"
+            ))
+        })?;
+        for column in expr.column_refs() {
+            let name = column.name.as_str();
+            if name != state::GOLDEN_ID && !mapped.iter().any(|m| m == name) {
+                return Err(problem(format!(
+                    "writeback field \"{field}\" = `{sql}` uses entity field \"{name}\", which this source does not map: \
+                     map it (fields.{name} = \"<its column>\") so that backflow sees what the source has \
+                     (a receive-only source's fields are only read, never contributed)"
+                )));
+            }
+        }
+    }
+    if let Some(filter) = source.writeback.as_ref().and_then(|w| w.filter.as_ref()) {
+        let expr = golden
+            .parse_sql_expr(filter)
+            .and_then(|e| golden.clone().filter(e))
+            .map_err(|e| HubError::Source {
+                entity: link.entity.clone(),
+                source_name: link.source.clone(),
+                message: format!(
+                    "writeback.filter `{filter}` is not a valid SQL condition over the entity's fields: {e}"
+                ),
+            })?;
+        golden = expr;
+    }
+    let mut out: Vec<Expr> = vec![ident(state::SID).alias(SOURCE_ID)];
+    out.extend(entity.fields.keys().map(ident));
+    out.push(col(state::GOLDEN_ID));
+    out.push(
+        datafusion::functions::expr_fn::greatest(vec![
+            ident("__bf_golden_seq"),
+            ident(state::READ_SEQ),
+            ident(state::LINK_SEQ),
+        ])
+        .alias(HUB_SEQ),
+    );
+    let links = contributions
+        .select(vec![
+            ident(state::SID),
+            ident(state::LINK),
+            ident(state::READ_SEQ),
+            ident(state::LINK_SEQ),
+        ])
+        .map_err(engine)?;
+    let view = golden
+        .join(
+            links,
+            JoinType::Inner,
+            &[state::GOLDEN_ID],
+            &[state::LINK],
+            None,
+        )
+        .and_then(|j| j.select(out))
+        .map_err(engine)?;
+    let name = view_name(link);
+    let _ = ctx.deregister_table(name.as_str());
+    ctx.register_table(name.as_str(), view.into_view())
+        .map_err(engine)?;
+    Ok(manifest.map_or(0, |m| m.version))
+}
+
+/// The source's contributions in `manifest`.
+async fn contributions(
+    project: &Project,
+    ctx: &SessionContext,
+    link: &HubLink,
+    manifest: Option<&HubManifest>,
+) -> Result<DataFrame, HubError> {
+    let entity = &project.config.entities[&link.entity];
+    let engine = |source| HubError::Engine {
+        entity: link.entity.clone(),
+        stage: "writeback",
+        source,
+    };
+    let stored = manifest.and_then(|m| m.sources.get(&link.source));
+    let id_type: DataType = match stored.and_then(|s| s.id_type.parse().ok()) {
+        Some(t) => t,
+        // No state yet: the type the source's id column has now.
+        None => {
+            let from = &entity.sources[&link.source].from;
+            let id = &entity.sources[&link.source].id;
+            ctx.table(from.as_str())
+                .await
+                .ok()
+                .and_then(|t| {
+                    t.schema()
+                        .field_with_unqualified_name(id)
+                        .ok()
+                        .map(|f| f.data_type().clone())
+                })
+                .unwrap_or(DataType::Utf8)
+        }
+    };
+    let schema = contributions_schema(entity, &link.source, &id_type);
+    let files: Vec<&state::StateFile> = stored.map(|s| vec![&s.contributions]).unwrap_or_default();
+    state::read_aligned(&project.state, ctx, &files, &schema)
+        .await
+        .map_err(engine)
+}
+
+/// What the source itself reported after hub version `since` (from the start when `None`) up
+/// to version `until`, shaped like the write-back relation, so the sync can hash it with its
+/// own mapping: the source's values for the fields it maps, NULL for the others.
+pub async fn reported(
+    project: &Project,
+    ctx: &SessionContext,
+    link: &HubLink,
+    since: Option<u64>,
+    until: u64,
+) -> Result<DataFrame, HubError> {
+    let engine = |source| HubError::Engine {
+        entity: link.entity.clone(),
+        stage: "writeback",
+        source,
+    };
+    let entity = &project.config.entities[&link.entity];
+    let manifest = super::latest(project, &link.entity).await?;
+    let contributions = contributions(project, ctx, link, manifest.as_ref()).await?;
+    let mapped = mapped_fields(entity, &link.source);
+    let mut out: Vec<Expr> = vec![ident(state::SID).alias(SOURCE_ID)];
+    for (f, t) in entity.field_types() {
+        let t = t.unwrap_or(DataType::Utf8);
+        out.push(if mapped.contains(&f) {
+            ident(&f)
+        } else {
+            cast(lit(ScalarValue::Null), t).alias(&f)
+        });
+    }
+    out.push(ident(state::LINK).alias(state::GOLDEN_ID));
+    out.push(lit(0i64).alias(HUB_SEQ));
+    let mut filter = ident(state::LINK)
+        .is_not_null()
+        .and(ident(state::READ_SEQ).lt_eq(lit(until as i64)));
+    if let Some(v) = since {
+        filter = filter.and(ident(state::READ_SEQ).gt(lit(v as i64)));
+    }
+    contributions
+        .filter(filter)
+        .and_then(|c| c.select(out))
+        .map_err(engine)
+}

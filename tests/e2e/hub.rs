@@ -1,0 +1,531 @@
+//! The hub end to end: three systems (SQLite databases standing in for a CRM, a billing
+//! system and a support tool) contribute and receive accounts; the golden records, the ID map,
+//! each authority rule and merge policy, the transaction log, and what is written back to each
+//! system (and what is not: no echo) are checked over several cycles with updates.
+
+use std::collections::BTreeMap;
+
+use backflow::history::RunStatus;
+use backflow::hub::show::{GoldenRecord, Lookup};
+use backflow::project::RunTarget;
+use backflow::sync::{NoProgress, RunOptions};
+
+use crate::common::Fixture;
+
+/// Every system's database: its table, a trigger that stamps `updated_at` on every update (as
+/// real systems do, so backflow reads its own writes back) and an audit of the updates.
+fn system(f: &Fixture, db: &str, table: &str, key: &str, create: &str, rows: &[&str]) {
+    let conn = rusqlite::Connection::open(f.path().join(db)).unwrap();
+    conn.execute_batch(&format!(
+        "{create};
+         CREATE TABLE audit (id TEXT);
+         CREATE TRIGGER stamp AFTER UPDATE ON {table} WHEN NEW.updated_at IS OLD.updated_at BEGIN
+           INSERT INTO audit VALUES (NEW.{key});
+           UPDATE {table} SET updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE {key} = NEW.{key};
+         END;"
+    ))
+    .unwrap();
+    for r in rows {
+        conn.execute_batch(&format!("INSERT INTO {table} VALUES ({r})"))
+            .unwrap();
+    }
+}
+
+/// Run SQL against a system's database (as its users would).
+fn edit(f: &Fixture, db: &str, sql: &str) {
+    let conn = rusqlite::Connection::open(f.path().join(db)).unwrap();
+    conn.execute_batch(sql).unwrap();
+}
+
+/// The ids a run of backflow updated in a system (and clear the audit).
+fn audited(f: &Fixture, db: &str) -> Vec<String> {
+    let conn = rusqlite::Connection::open(f.path().join(db)).unwrap();
+    let mut ids: Vec<String> = conn
+        .prepare("SELECT id FROM audit")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    conn.execute_batch("DELETE FROM audit").unwrap();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+const CONFIG: &str = r#"
+[sources.crm]
+type = "sqlite"
+path = "crm.db"
+tables = ["accounts"]
+
+[sources.billing]
+type = "sqlite"
+path = "billing.db"
+tables = ["customers"]
+
+[sources.support]
+type = "sqlite"
+path = "support.db"
+tables = ["orgs"]
+
+[destinations.crm_db]
+type = "sqlite"
+path = "crm.db"
+
+[destinations.billing_db]
+type = "sqlite"
+path = "billing.db"
+
+[destinations.support_db]
+type = "sqlite"
+path = "support.db"
+
+[destinations.files]
+type = "file"
+path = "out"
+format = "csv"
+
+[entities.account]
+fields = { name = "text", domain = "text", phone = "text", plan = "text", mrr = "double", segment = "text" }
+match = [["domain"], ["name"]]
+
+[entities.account.authority]
+sources = ["crm", "billing"]
+fields.domain = { rule = "first_non_null" }
+fields.phone = { rule = "first_non_null", sources = ["billing", "crm"] }
+fields.plan = { rule = "recent" }
+fields.segment = { null_overwrites = true }
+
+[entities.account.merge]
+winner = "oldest"
+policy = "fill"
+fields = { phone = "override", segment = "keep" }
+
+[entities.account.sources.crm]
+from = "crm_accounts"
+id = "id"
+watermark = "updated_at"
+fields = { name = "company_name", domain = "domain_of(website)", phone = "normalize_phone(phone)", plan = "plan", segment = "segment" }
+writeback = { to = "crm_db", object = "accounts" }
+
+[entities.account.sources.billing]
+from = "billing_customers"
+id = "customer_id"
+watermark = "updated_at"
+fields = { name = "name", domain = "domain_of(email)", phone = "normalize_phone(phone)", mrr = "mrr", plan = "plan", segment = "segment" }
+writeback = { to = "billing_db", object = "customers" }
+
+[entities.account.sources.support]
+from = "support_orgs"
+id = "org_id"
+watermark = "updated_at"
+role = "receive-only"
+fields = { name = "name", domain = "domain", plan = "tier" }
+writeback = { to = "support_db", object = "orgs", fields = { name = "name", tier = "plan" } }
+
+[syncs.golden_out]
+from = "account"
+to = "files"
+object = "accounts"
+behavior = "mirror"
+key = "golden_id"
+fields = { exclude = ["golden_created_at", "golden_updated_at"] }
+"#;
+
+fn hub_project(f: &Fixture) {
+    f.write("backflow.toml", CONFIG);
+    // The systems keep times as text; the models read them as timestamps.
+    f.write(
+        "models/crm_accounts.sql",
+        "SELECT id, company_name, website, phone, plan, segment, CAST(updated_at AS TIMESTAMP) AS updated_at FROM crm.accounts",
+    );
+    f.write(
+        "models/billing_customers.sql",
+        "SELECT customer_id, name, email, phone, mrr, plan, segment, CAST(updated_at AS TIMESTAMP) AS updated_at FROM billing.customers",
+    );
+    f.write(
+        "models/support_orgs.sql",
+        "SELECT org_id, name, domain, tier, CAST(updated_at AS TIMESTAMP) AS updated_at FROM support.orgs",
+    );
+    system(
+        f,
+        "crm.db",
+        "accounts",
+        "id",
+        "CREATE TABLE accounts (id INTEGER PRIMARY KEY, company_name TEXT, website TEXT, phone TEXT, plan TEXT, segment TEXT, updated_at TEXT)",
+        &[
+            "1, 'Acme Corp', 'https://www.acme.com', '+1 555 010 1000', 'enterprise', 'smb', '2026-11-01 09:00:00'",
+            "2, 'Globex', 'globex.io', NULL, 'pro', 'mid', '2026-11-01 09:05:00'",
+            "3, 'Initech', 'initech.example', '555-0300', 'free', NULL, '2026-11-02 10:00:00'",
+            // The CRM holds Acme twice.
+            "5, 'Acme Corporation', 'acme.com', NULL, 'enterprise', 'ent', '2026-11-03 08:00:00'",
+        ],
+    );
+    system(
+        f,
+        "billing.db",
+        "customers",
+        "customer_id",
+        "CREATE TABLE customers (customer_id TEXT PRIMARY KEY, name TEXT, email TEXT, phone TEXT, mrr REAL, plan TEXT, segment TEXT, updated_at TEXT)",
+        &[
+            "'B-100', 'ACME', 'billing@acme.com', '+1 555 999 0000', 4200.0, 'enterprise', 'ent', '2026-11-04 12:00:00'",
+            "'B-101', 'Globex Corporation', 'ap@globex.io', '555-0102', 990.0, 'business', 'mid', '2026-11-05 12:00:00'",
+            "'B-102', 'Hooli', 'finance@hooli.xyz', NULL, 150.0, 'pro', 'smb', '2026-11-05 13:00:00'",
+        ],
+    );
+    system(
+        f,
+        "support.db",
+        "orgs",
+        "org_id",
+        "CREATE TABLE orgs (org_id TEXT PRIMARY KEY, name TEXT, domain TEXT, tier TEXT, updated_at TEXT)",
+        &[
+            "'S1', 'acme', 'acme.com', 'gold', '2026-10-01 00:00:00'",
+            "'S2', 'hooli inc', 'HOOLI.xyz', 'silver', '2026-10-01 00:00:00'",
+            "'S3', 'Pied Piper', 'piedpiper.com', 'bronze', '2026-10-01 00:00:00'",
+        ],
+    );
+}
+
+/// What one `backflow run` did: each entity's and each sync's report, by name.
+struct Ran {
+    hubs: BTreeMap<String, backflow::hub::HubReport>,
+    syncs: BTreeMap<String, backflow::SyncReport>,
+}
+
+/// Run everything, in the order `backflow run` does, through the library; insist on success.
+async fn run_all(f: &Fixture) -> Ran {
+    let project = f.load().expect("project loads");
+    let ctx = project.session().await.expect("session");
+    let mut ran = Ran {
+        hubs: BTreeMap::new(),
+        syncs: BTreeMap::new(),
+    };
+    for target in project.select_targets(&[]).unwrap() {
+        match target {
+            RunTarget::Entity(name) => {
+                let r = backflow::hub::run(&project, &ctx, &name, Default::default()).await;
+                assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+                ran.hubs.insert(name, r);
+            }
+            RunTarget::Sync(name) => {
+                let r = backflow::sync::run(
+                    &project,
+                    &ctx,
+                    &name,
+                    RunOptions::default(),
+                    std::sync::Arc::new(NoProgress),
+                )
+                .await;
+                assert_eq!(r.status, RunStatus::Succeeded, "{name}: {r:?}");
+                ran.syncs.insert(name, r);
+            }
+        }
+    }
+    ran
+}
+
+/// The live golden records as `id|name|domain|phone|plan|mrr|segment` lines.
+pub async fn golden(f: &Fixture) -> Vec<String> {
+    let project = f.load().unwrap();
+    let ctx = project.session().await.unwrap();
+    let batches = ctx
+        .sql(
+            "SELECT golden_id, name, domain, phone, plan, CAST(mrr AS VARCHAR) AS mrr, segment \
+             FROM account ORDER BY golden_id",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    crate::e2e::hub::lines(&batches)
+}
+
+/// Rows as `|`-joined text, NULL as `∅`.
+pub fn lines(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        let cols: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).unwrap())
+            .collect();
+        for r in 0..b.num_rows() {
+            let cells: Vec<String> = cols
+                .iter()
+                .map(|c| {
+                    use arrow::array::{Array, AsArray};
+                    if c.is_null(r) {
+                        "∅".to_string()
+                    } else {
+                        c.as_string::<i32>().value(r).to_string()
+                    }
+                })
+                .collect();
+            out.push(cells.join("|"));
+        }
+    }
+    out
+}
+
+async fn show(f: &Fixture, lookup: Lookup) -> GoldenRecord {
+    let project = f.load().unwrap();
+    let ctx = project.session().await.unwrap();
+    backflow::hub::show::golden_record(&project, &ctx, "account", &lookup)
+        .await
+        .unwrap()
+}
+
+/// `source:id→how` for every link of a golden record.
+fn links(r: &GoldenRecord) -> Vec<String> {
+    r.links
+        .iter()
+        .map(|l| {
+            format!(
+                "{}:{}→{}",
+                l.source,
+                l.source_id,
+                l.linked_by.clone().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+fn field_source(r: &GoldenRecord, field: &str) -> Option<String> {
+    r.fields
+        .iter()
+        .find(|f| f.field == field)
+        .and_then(|f| f.source.clone())
+}
+
+#[tokio::test]
+async fn golden_records_authority_merges_log_and_write_backs_over_several_cycles() {
+    let f = Fixture::new();
+    hub_project(&f);
+
+    // Cycle 1: the initial load.
+    let ran = run_all(&f).await;
+    let hub = &ran.hubs["account"];
+    assert_eq!(hub.cycles, 1);
+    assert_eq!(hub.created, 4, "{hub:?}");
+    assert_eq!(hub.sources["crm"].read, 4);
+    assert_eq!(
+        hub.sources["support"].unlinked, 1,
+        "Pied Piper matches nothing"
+    );
+    assert_eq!(
+        golden(&f).await,
+        vec![
+            // crm 1 and 5 and billing B-100 share the domain acme.com: one record. The name is
+            // the CRM's (priority), its most recent one (record 5); the phone billing's
+            // (first non-NULL, billing first); the plan whoever changed it last (billing);
+            // the segment the CRM's.
+            "1|Acme Corporation|acme.com|+15559990000|enterprise|4200.0|ent",
+            "2|Globex|globex.io|5550102|business|990.0|mid",
+            "3|Initech|initech.example|5550300|free|∅|∅",
+            "4|Hooli|hooli.xyz|∅|pro|150.0|smb",
+        ]
+    );
+    let acme = show(
+        &f,
+        Lookup::SourceRecord {
+            source: "crm".into(),
+            id: "1".into(),
+        },
+    )
+    .await;
+    assert_eq!(acme.golden_id, 1);
+    assert_eq!(
+        links(&acme),
+        vec![
+            "billing:B-100→new",
+            "crm:1→new",
+            "crm:5→new",
+            "support:S1→match: domain"
+        ]
+    );
+    assert_eq!(field_source(&acme, "phone").as_deref(), Some("billing"));
+    assert_eq!(field_source(&acme, "name").as_deref(), Some("crm"));
+    assert_eq!(field_source(&acme, "plan").as_deref(), Some("billing"));
+    // The support tool's HOOLI.xyz matches hooli.xyz (rules compare case-insensitively).
+    let hooli = show(&f, Lookup::Golden(4)).await;
+    assert_eq!(
+        links(&hooli),
+        vec!["billing:B-102→new", "support:S2→match: domain"]
+    );
+
+    // Written back: only what differs from what each system has.
+    assert_eq!(ran.syncs["account-to-crm"].counts.updated, 2);
+    assert_eq!(audited(&f, "crm.db"), vec!["1", "2"]);
+    assert_eq!(audited(&f, "billing.db"), vec!["B-100", "B-101"]);
+    assert_eq!(audited(&f, "support.db"), vec!["S1", "S2"]);
+    let crm = |id: &str| {
+        f.sqlite("crm.db", "accounts")
+            .into_iter()
+            .find(|r| r["id"] == id)
+            .unwrap()
+    };
+    assert_eq!(crm("1")["company_name"], "Acme Corporation");
+    assert_eq!(crm("1")["segment"], "ent");
+    assert_eq!(crm("2")["plan"], "business");
+    let support = f.sqlite("support.db", "orgs");
+    assert_eq!(
+        crate::common::pairs(&support, "org_id", "tier"),
+        vec![
+            ("S1".to_string(), "enterprise".to_string()),
+            ("S2".into(), "pro".into()),
+            ("S3".into(), "bronze".into())
+        ]
+    );
+
+    // Cycle 2: the systems stamped the updates backflow made; reading them back changes
+    // nothing and sends nothing (no ping-pong).
+    let ran = run_all(&f).await;
+    assert_eq!(ran.hubs["account"].updated, 0);
+    for (db, sync) in [
+        ("crm.db", "account-to-crm"),
+        ("billing.db", "account-to-billing"),
+        ("support.db", "account-to-support"),
+    ] {
+        assert_eq!(audited(&f, db), Vec::<String>::new(), "{db}");
+        assert_eq!(ran.syncs[sync].counts.updated, 0, "{sync}");
+    }
+    let version_after_echo = ran.hubs["account"].state_version;
+
+    // Cycle 3: changes in the systems.
+    // The CRM renames Initech (its name wins) and clears Globex's segment (a NULL from the
+    // CRM overwrites: null_overwrites); billing renames Globex (the CRM's name wins: it is
+    // put back), moves Hooli to enterprise (the most recent plan wins) and adds an Initech
+    // LLC without an e-mail, which becomes a new golden record and is then merged into
+    // Initech by the name rule.
+    edit(
+        &f,
+        "crm.db",
+        "UPDATE accounts SET company_name = 'Initech LLC' WHERE id = 3;
+         UPDATE accounts SET segment = NULL WHERE id = 2;",
+    );
+    edit(
+        &f,
+        "billing.db",
+        "UPDATE customers SET name = 'Globex Corp Intl' WHERE customer_id = 'B-101';
+         UPDATE customers SET plan = 'enterprise' WHERE customer_id = 'B-102';
+         INSERT INTO customers VALUES ('B-105', 'Initech LLC', NULL, '555-0199', 75.0, 'pro', 'smb', strftime('%Y-%m-%d %H:%M:%f', 'now'));",
+    );
+    for db in ["crm.db", "billing.db"] {
+        audited(&f, db);
+    }
+    let ran = run_all(&f).await;
+    let hub = &ran.hubs["account"];
+    assert!(hub.state_version > version_after_echo);
+    assert_eq!(hub.merged, 1, "{hub:?}");
+    assert_eq!(
+        golden(&f).await,
+        vec![
+            "1|Acme Corporation|acme.com|+15559990000|enterprise|4200.0|ent",
+            "2|Globex|globex.io|5550102|business|990.0|∅",
+            // Merged: phone from the loser (override), mrr filled from it (fill), the
+            // segment and the plan kept as the winner had them (keep; fill of a value).
+            "3|Initech LLC|initech.example|5550199|free|75.0|∅",
+            "4|Hooli|hooli.xyz|∅|enterprise|150.0|smb",
+        ]
+    );
+    let initech = show(&f, Lookup::Golden(3)).await;
+    assert_eq!(initech.absorbed, vec![5]);
+    assert_eq!(links(&initech), vec!["billing:B-105→merge", "crm:3→new"]);
+    let loser = show(&f, Lookup::Golden(5)).await;
+    assert_eq!(loser.merged_into, Some(3));
+    let ops: Vec<String> = initech
+        .history
+        .iter()
+        .filter(|e| e.version == hub.state_version.unwrap() as i64)
+        .map(|e| {
+            format!(
+                "{} {} {} {}→{} {}",
+                e.golden_id,
+                e.op,
+                e.field.clone().unwrap_or_default(),
+                e.old_value.clone().unwrap_or_default(),
+                e.new_value.clone().unwrap_or_default(),
+                e.source.clone().unwrap_or_default()
+            )
+        })
+        .collect();
+    for expected in [
+        "5 create  → ",
+        "5 merge  →3 ",
+        "3 link  →3 billing",
+        "3 set name Initech→Initech LLC crm",
+        "3 set phone 5550300→5550199 billing",
+        "3 set mrr →75.0 billing",
+    ] {
+        assert!(
+            ops.iter().any(|o| o == expected),
+            "missing log entry {expected:?} in {ops:#?}"
+        );
+    }
+    assert!(
+        !ops.iter()
+            .any(|o| o.contains("set segment") || o.contains("set plan")),
+        "segment and plan were kept: {ops:#?}"
+    );
+    let globex = show(&f, Lookup::Golden(2)).await;
+    assert!(globex.history.iter().any(|e| e.op == "set"
+        && e.field.as_deref() == Some("segment")
+        && e.old_value.as_deref() == Some("mid")
+        && e.new_value.is_none()
+        && e.source.as_deref() == Some("crm")));
+
+    // Written back: the CRM gets nothing (it made its changes itself); billing gets Globex's
+    // name back and its segment cleared, and the merged Initech's plan and segment; the
+    // support tool gets Hooli's new plan.
+    assert_eq!(audited(&f, "crm.db"), Vec::<String>::new());
+    assert_eq!(audited(&f, "billing.db"), vec!["B-101", "B-105"]);
+    assert_eq!(audited(&f, "support.db"), vec!["S2"]);
+    let billing = f.sqlite("billing.db", "customers");
+    let b101 = billing
+        .iter()
+        .find(|r| r["customer_id"] == "B-101")
+        .unwrap();
+    assert_eq!(b101["name"], "Globex");
+    assert_eq!(b101["segment"], "NULL");
+    let b105 = billing
+        .iter()
+        .find(|r| r["customer_id"] == "B-105")
+        .unwrap();
+    assert_eq!(
+        (b105["plan"].as_str(), b105["segment"].as_str()),
+        ("free", "NULL")
+    );
+
+    // Cycle 4: again, nothing comes back.
+    let ran = run_all(&f).await;
+    assert_eq!(ran.hubs["account"].updated, 0);
+    for db in ["crm.db", "billing.db", "support.db"] {
+        assert_eq!(audited(&f, db), Vec::<String>::new(), "{db}");
+    }
+
+    // Cycle 5: billing changes the merged record's plan: the most recent plan wins, and goes
+    // to the CRM (not back to billing).
+    edit(
+        &f,
+        "billing.db",
+        "UPDATE customers SET plan = 'business' WHERE customer_id = 'B-105'",
+    );
+    audited(&f, "billing.db");
+    let ran = run_all(&f).await;
+    assert_eq!(ran.hubs["account"].updated, 1);
+    assert_eq!(
+        golden(&f).await[2],
+        "3|Initech LLC|initech.example|5550199|business|75.0|∅"
+    );
+    assert_eq!(audited(&f, "crm.db"), vec!["3"]);
+    assert_eq!(crm("3")["plan"], "business");
+    assert_eq!(audited(&f, "billing.db"), Vec::<String>::new());
+
+    // The golden records reached their file too.
+    let out = std::fs::read_to_string(f.path().join("out/accounts.csv")).unwrap();
+    assert!(out.contains("Initech LLC") && !out.contains(",5,"), "{out}");
+    assert_eq!(out.lines().count(), 5, "{out}");
+}
