@@ -529,3 +529,154 @@ async fn golden_records_authority_merges_log_and_write_backs_over_several_cycles
     assert!(out.contains("Initech LLC") && !out.contains(",5,"), "{out}");
     assert_eq!(out.lines().count(), 5, "{out}");
 }
+
+/// The ID map: every golden record (live or not) with its source records.
+async fn id_map(f: &Fixture) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in golden(f).await {
+        let id: i64 = line.split('|').next().unwrap().parse().unwrap();
+        let r = show(f, Lookup::Golden(id)).await;
+        out.push(format!("{id}: {}", links(&r).join(", ")));
+    }
+    out
+}
+
+/// A system's table without its `updated_at` stamps (they differ between runs).
+fn contents(f: &Fixture, db: &str, table: &str) -> Vec<String> {
+    let mut rows: Vec<String> = f
+        .sqlite(db, table)
+        .into_iter()
+        .map(|mut r| {
+            r.remove("updated_at");
+            format!("{r:?}")
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// The changes of cycle 3 of the main test.
+fn changes(f: &Fixture) {
+    edit(
+        f,
+        "crm.db",
+        "UPDATE accounts SET company_name = 'Initech LLC' WHERE id = 3;
+         UPDATE accounts SET segment = NULL WHERE id = 2;",
+    );
+    edit(
+        f,
+        "billing.db",
+        "UPDATE customers SET name = 'Globex Corp Intl' WHERE customer_id = 'B-101';
+         UPDATE customers SET plan = 'enterprise' WHERE customer_id = 'B-102';
+         INSERT INTO customers VALUES ('B-105', 'Initech LLC', NULL, '555-0199', 75.0, 'pro', 'smb', strftime('%Y-%m-%d %H:%M:%f', 'now'));",
+    );
+}
+
+/// Everything one `backflow run` would do, with failpoint `point` set to fail `target` (an
+/// error, or a panic that ends the run). Returns whether some part of the run stopped there.
+#[cfg(feature = "failpoints")]
+async fn run_faulted_all(f: &Fixture, point: &str, target: &str, panic: bool) -> bool {
+    let arg = if panic {
+        format!("panic:{target}")
+    } else {
+        target.to_string()
+    };
+    let _failpoints = crate::common::FAILPOINTS.lock().await;
+    fail::cfg(point, &format!("return({arg})")).unwrap();
+    let path = f.path().to_path_buf();
+    let point_name = point.to_string();
+    let outcome = tokio::spawn(async move {
+        let project = backflow::Project::load(&path).unwrap();
+        let ctx = project.session().await.unwrap();
+        let mut stopped = false;
+        for t in project.select_targets(&[]).unwrap() {
+            let error = match t {
+                RunTarget::Entity(name) => {
+                    backflow::hub::run(&project, &ctx, &name, Default::default())
+                        .await
+                        .error
+                }
+                RunTarget::Sync(name) => {
+                    backflow::sync::run(
+                        &project,
+                        &ctx,
+                        &name,
+                        RunOptions::default(),
+                        std::sync::Arc::new(NoProgress),
+                    )
+                    .await
+                    .error
+                }
+            };
+            stopped |= error.is_some_and(|e| e.contains(&point_name));
+        }
+        stopped
+    })
+    .await;
+    fail::remove(point);
+    match outcome {
+        Ok(stopped) => stopped,
+        Err(join) => join.is_panic(),
+    }
+}
+
+/// A cycle that dies anywhere — in the hub (as an error or a panic) or in a write-back — and is
+/// run again ends with the same golden records, ID map and systems as one that did not.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_crash_anywhere_in_a_cycle_then_a_rerun_equals_an_uninterrupted_run() {
+    let clean = Fixture::new();
+    hub_project(&clean);
+    run_all(&clean).await;
+    changes(&clean);
+    run_all(&clean).await;
+    let expected = (
+        golden(&clean).await,
+        id_map(&clean).await,
+        contents(&clean, "crm.db", "accounts"),
+        contents(&clean, "billing.db", "customers"),
+        contents(&clean, "support.db", "orgs"),
+    );
+    assert_eq!(expected.0.len(), 4);
+
+    let mut cases = Vec::new();
+    for point in [
+        "hub_after_read",
+        "hub_after_attach",
+        "hub_after_merge",
+        "hub_before_commit",
+        "hub_after_commit",
+    ] {
+        for panic in [false, true] {
+            cases.push((point, "account", panic));
+        }
+    }
+    for point in [
+        "after_diff",
+        "after_destination_write",
+        "before_commit",
+        "after_commit",
+    ] {
+        cases.push((point, "account-to-billing", false));
+        cases.push((point, "account-to-support", true));
+    }
+    for (point, target, panic) in cases {
+        let f = Fixture::new();
+        hub_project(&f);
+        run_all(&f).await;
+        changes(&f);
+        assert!(
+            run_faulted_all(&f, point, target, panic).await,
+            "{point} for {target} never stopped the run"
+        );
+        run_all(&f).await;
+        let got = (
+            golden(&f).await,
+            id_map(&f).await,
+            contents(&f, "crm.db", "accounts"),
+            contents(&f, "billing.db", "customers"),
+            contents(&f, "support.db", "orgs"),
+        );
+        assert_eq!(got, expected, "after {point} for {target} (panic: {panic})");
+    }
+}

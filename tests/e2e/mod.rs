@@ -7,6 +7,7 @@ mod files;
 mod hostile;
 mod http;
 mod hub;
+mod hub_property;
 mod incremental;
 mod invalid_rejected;
 mod mysql;
