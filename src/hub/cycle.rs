@@ -239,7 +239,16 @@ async fn stages(
             entity,
             now_us: cycle.now_us,
         };
-        let (plan, id_type) = read::plan(&context, relation, source, config, before, full_resync)?;
+        let from = before
+            .and_then(|b| b.position.as_ref())
+            .filter(|_| !full_resync);
+        let (plan, id_type) = read::plan(
+            &context,
+            relation.clone(),
+            source,
+            config,
+            read::Window::After(from),
+        )?;
         let old_schema = state::contributions_schema(entity, source, &id_type);
         let files: Vec<&StateFile> = before.map(|b| vec![&b.contributions]).unwrap_or_default();
         let old = state::read_aligned(&project.state, cycle.ctx, &files, &old_schema)
@@ -266,6 +275,41 @@ async fn stages(
         let last = read::last_position(cycle.ctx, &raw_table, config.watermark.is_some(), !full)
             .await
             .map_err(cycle.engine("read"))?;
+        // A batch cut inside a group of records with the same watermark and id takes the
+        // whole group (an id twice at one watermark is invalid: all of it must be seen).
+        let mut raw = raw;
+        if let (true, Some(last)) = (full, &last) {
+            let (group, _) =
+                read::plan(&context, relation, source, config, read::Window::At(last))?;
+            let table = format!("bf_hub_group_{source}");
+            cycle.register("read", &table, group)?;
+            let extra = cycle
+                .count("read", &format!("SELECT COUNT(*) FROM {table}"))
+                .await?;
+            if extra > 1 {
+                let same = format!(
+                    "(__bf_wm IS NOT DISTINCT FROM (SELECT MAX(__bf_wm) FROM {table})) \
+                     AND (__bf_sid IS NOT DISTINCT FROM (SELECT MAX(__bf_sid) FROM {table}))"
+                );
+                let whole = cycle
+                    .sql(
+                        "read",
+                        &format!(
+                            "SELECT * FROM {raw_table} WHERE NOT ({same}) UNION ALL SELECT * FROM {table}"
+                        ),
+                    )
+                    .await?;
+                raw = cycle
+                    .materialize(
+                        "read",
+                        whole,
+                        &format!("in-{source}-whole.parquet"),
+                        &raw_table,
+                        None,
+                    )
+                    .await?;
+            }
+        }
         let position = match (last, config.watermark.is_some()) {
             // A walk without a watermark that reached the end starts over next run.
             (_, false) if !full => None,

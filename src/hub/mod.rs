@@ -350,8 +350,17 @@ pub async fn check(project: &Project, ctx: &SessionContext, name: &str) -> Resul
             entity,
             now_us: 0,
         };
-        let before = manifest.as_ref().and_then(|m| m.sources.get(source));
-        let (plan, _) = read::plan(&context, relation, source, config, before, false)?;
+        let from = manifest
+            .as_ref()
+            .and_then(|m| m.sources.get(source))
+            .and_then(|s| s.position.as_ref());
+        let (plan, _) = read::plan(
+            &context,
+            relation,
+            source,
+            config,
+            read::Window::After(from),
+        )?;
         plan.create_physical_plan()
             .await
             .map_err(|e| HubError::Source {

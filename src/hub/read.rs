@@ -15,7 +15,7 @@ use datafusion::prelude::{DataFrame, SessionContext, ident};
 
 use super::HubError;
 use super::config::EntitySourceConfig;
-use super::state::{Position, SourceState, StoredValue};
+use super::state::{Position, StoredValue};
 
 /// What the read stage needs to know of its cycle.
 pub struct ReadContext<'a> {
@@ -44,14 +44,23 @@ pub struct SourceRead {
     pub table: String,
 }
 
+/// Which records a read takes.
+#[derive(Debug, Clone, Copy)]
+pub enum Window<'a> {
+    /// At most `batch_size`, in order, after this position (from the start when None).
+    After(Option<&'a Position>),
+    /// Every record with exactly this position's watermark and id (a batch that ended
+    /// inside a group of such records takes all of them).
+    At(&'a Position),
+}
+
 /// The mapped, filtered, ordered and limited read of one source (not yet executed).
 pub fn plan(
     cycle: &ReadContext,
     ctx_relation: DataFrame,
     name: &str,
     source: &EntitySourceConfig,
-    previous: Option<&SourceState>,
-    full_resync: bool,
+    window: Window<'_>,
 ) -> Result<(DataFrame, DataType), HubError> {
     let entity = cycle.entity;
     let problem = |message: String| HubError::Source {
@@ -128,12 +137,20 @@ pub fn plan(
     let id_type = id_type.unwrap_or(DataType::Null);
     let df_err = |e: datafusion::error::DataFusionError| problem(e.to_string());
     let mut df = ctx_relation;
-    if let Some(pos) = previous
-        .and_then(|p| p.position.as_ref())
-        .filter(|_| !full_resync)
-    {
-        let filter = past(pos, source, &id_type, wm_type.as_ref()).map_err(&problem)?;
-        df = df.filter(filter).map_err(df_err)?;
+    match window {
+        Window::After(None) => {}
+        Window::After(Some(pos)) => {
+            let filter = past(pos, source, &id_type, wm_type.as_ref()).map_err(&problem)?;
+            df = df.filter(filter).map_err(df_err)?;
+        }
+        Window::At(pos) => {
+            let filter = at(pos, source, &id_type, wm_type.as_ref()).map_err(&problem)?;
+            let df = df
+                .filter(filter)
+                .and_then(|df| df.select(exprs))
+                .map_err(df_err)?;
+            return Ok((df, id_type));
+        }
     }
     let mut order = Vec::new();
     if let Some(w) = &source.watermark {
@@ -173,6 +190,23 @@ fn past(
             w.clone().gt(v.clone()).or(w.eq(v).and(id_after))
         }
         (Some(v), true) => w.gt_eq(lit(v.to_scalar(wm_type)?)),
+    })
+}
+
+/// The filter for the records at exactly `pos`.
+fn at(
+    pos: &Position,
+    source: &EntitySourceConfig,
+    id_type: &DataType,
+    wm_type: Option<&DataType>,
+) -> Result<Expr, String> {
+    let same_id = ident(&source.id).eq(lit(pos.id.to_scalar(id_type)?));
+    let (Some(w), Some(wm_type)) = (&source.watermark, wm_type) else {
+        return Ok(same_id);
+    };
+    Ok(match &pos.watermark {
+        None => ident(w).is_null().and(same_id),
+        Some(v) => ident(w).eq(lit(v.to_scalar(wm_type)?)).and(same_id),
     })
 }
 
