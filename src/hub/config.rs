@@ -419,6 +419,9 @@ fn validate_entity(
     if relations.contains(name) {
         m.push("a source, model or segment already has this name".into());
     }
+    if config.syncs.contains_key(name) {
+        m.push("a sync already has this name (`backflow run NAME` must name one thing)".into());
+    }
     if entity.fields.is_empty() {
         m.push("it has no fields".into());
     }

@@ -34,7 +34,7 @@ fields.c = { rule = "first_non_null", sources = ["s1", "s0"] }
 fields.d = { null_overwrites = true }
 
 [entities.thing.merge]
-winner = "oldest"
+winner = "{winner}"
 policy = "fill"
 fields = { b = "override", c = "keep" }
 
@@ -77,12 +77,15 @@ struct Golden {
     values: Values,
     sources: [Option<usize>; 4],
     created: u64,
+    /// The version of the last change.
+    seq: u64,
     merged_into: Option<i64>,
 }
 
 /// The naive hub.
 #[derive(Default)]
 struct Model {
+    winner: &'static str,
     golden: BTreeMap<i64, Golden>,
     contributions: BTreeMap<(usize, String), Contribution>,
     next_id: i64,
@@ -242,6 +245,7 @@ impl Model {
                 values: Default::default(),
                 sources: [None; 4],
                 created: version,
+                seq: version,
                 merged_into: None,
             });
             for f in 0..4 {
@@ -279,6 +283,9 @@ impl Model {
                     row.sources[f] = source;
                 }
             }
+            if old.is_some_and(|o| o.values != row.values) {
+                row.seq = version;
+            }
             over.insert(*g, row);
         }
 
@@ -303,9 +310,26 @@ impl Model {
                 if members.len() < 2 {
                     continue;
                 }
-                members.sort_by_key(|(id, g)| (g.created, *id));
+                // The best source (in the default priority order) linked to a golden record.
+                let best = |g: i64| {
+                    now.iter()
+                        .filter(|(_, c)| *remap.get(&c.golden).unwrap_or(&c.golden) == g)
+                        .map(|(k, _)| k.0)
+                        .min()
+                        .unwrap_or(usize::MAX)
+                };
+                match self.winner {
+                    "recent" => members.sort_by_key(|(id, g)| (std::cmp::Reverse(g.seq), *id)),
+                    "complete" => members.sort_by_key(|(id, g)| {
+                        let filled = g.values.iter().filter(|v| v.is_some()).count();
+                        (std::cmp::Reverse(filled), g.created, *id)
+                    }),
+                    "priority" => members.sort_by_key(|(id, g)| (best(*id), g.created, *id)),
+                    _ => members.sort_by_key(|(id, g)| (g.created, *id)),
+                }
                 let (winner_id, winner) = members[0].clone();
                 let mut merged = winner.clone();
+                merged.seq = version;
                 for field in 0..4 {
                     let pick = |order: Vec<&(i64, Golden)>| {
                         order
@@ -329,6 +353,7 @@ impl Model {
                 for (loser, g) in &members[1..] {
                     let mut g = g.clone();
                     g.merged_into = Some(winner_id);
+                    g.seq = version;
                     over.insert(*loser, g);
                     for w in remap.values_mut() {
                         if w == loser {
@@ -467,12 +492,15 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
-    fn golden_records_match_a_naive_model(cycles in prop::collection::vec(prop::collection::vec(change(), 0..6), 1..5)) {
+    fn golden_records_match_a_naive_model(
+        cycles in prop::collection::vec(prop::collection::vec(change(), 0..6), 1..5),
+        winner in prop::sample::select(vec!["oldest", "recent", "complete", "priority"]),
+    ) {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let f = Fixture::new();
-        f.write("backflow.toml", CONFIG);
+        f.write("backflow.toml", &CONFIG.replace("{winner}", winner));
         let mut sources: [BTreeMap<String, SourceRecord>; 2] = Default::default();
-        let mut model = Model::default();
+        let mut model = Model { winner, ..Model::default() };
         let mut clock = 1_700_000_000_000_000i64;
         for changes in cycles {
             for (s, id, picks) in changes {
