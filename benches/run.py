@@ -4,7 +4,9 @@
     python3 benches/run.py --rows 1000000 10000000
 
 For each model size: generate v1 and v2 (generate.py), then time four scenarios with the
-release binary (`backflow run` on a Parquet model into a Parquet file destination) and the
+release binary (`backflow run` on a Parquet model into a Parquet file destination, once in
+each mode: `snapshot`, where the file holds the object's full contents and is rewritten, and
+`changes`, where each run writes only the changes it sent, as the DuckDB script does) and the
 same diff as one DuckDB script (baseline.sql) on the same files:
 
   initial      v1, no state: every row is new
@@ -99,7 +101,7 @@ def duckdb_run(model, state, changes, next_state, where="", join="FULL", cursor=
     return peak_child_rss_mib(go)
 
 
-def project(dir, model, cursor):
+def project(dir, model, cursor, mode):
     if os.path.exists(dir):
         shutil.rmtree(dir)
     os.makedirs(dir)
@@ -117,6 +119,7 @@ path = "model.parquet"
 type = "file"
 path = "out"
 format = "parquet"
+mode = "{mode}"
 
 [syncs.s]
 from = "customers"
@@ -142,18 +145,21 @@ def bench(rows, data_dir):
     os.makedirs(work, exist_ok=True)
     results = []
 
-    # backflow
-    mirror = os.path.join(work, "mirror")
-    project(mirror, v1, cursor=False)
-    b_initial = backflow_run(mirror, "s")
-    point(mirror, v2)
-    b_incr = backflow_run(mirror, "s")
-    b_same = backflow_run(mirror, "s")
-    cur = os.path.join(work, "cursor")
-    project(cur, v1, cursor=True)
-    backflow_run(cur, "s")
-    point(cur, v2)
-    b_cursor = backflow_run(cur, "s")
+    # backflow, in each file destination mode
+    runs = {}
+    for mode in ["snapshot", "changes"]:
+        mirror = os.path.join(work, f"mirror_{mode}")
+        project(mirror, v1, cursor=False, mode=mode)
+        b_initial = backflow_run(mirror, "s")
+        point(mirror, v2)
+        b_incr = backflow_run(mirror, "s")
+        b_same = backflow_run(mirror, "s")
+        cur = os.path.join(work, f"cursor_{mode}")
+        project(cur, v1, cursor=True, mode=mode)
+        backflow_run(cur, "s")
+        point(cur, v2)
+        b_cursor = backflow_run(cur, "s")
+        runs[mode] = (b_initial, b_incr, b_same, b_cursor)
 
     # DuckDB
     import duckdb
@@ -173,27 +179,29 @@ def bench(rows, data_dir):
     )
 
     model_rows = {"initial": rows, "incremental": rows, "no-change": rows, "cursor": rows}
-    for name, b, d in [
-        ("initial", b_initial, d_initial),
-        ("incremental", b_incr, d_incr),
-        ("no-change", b_same, d_same),
-        ("cursor", b_cursor, d_cursor),
-    ]:
-        (bres, bmem), (dres, dmem) = b, d
-        results.append(
-            {
-                "rows": rows,
-                "scenario": name,
-                "backflow_s": bres["seconds"],
-                "duckdb_s": dres["seconds"],
-                "ratio": bres["seconds"] / dres["seconds"],
-                "backflow_rows_per_s": model_rows[name] / bres["seconds"],
-                "duckdb_rows_per_s": model_rows[name] / dres["seconds"],
-                "backflow_peak_mib": bmem,
-                "duckdb_peak_mib": dmem,
-                "report": bres["report"],
-            }
-        )
+    for mode, (b_initial, b_incr, b_same, b_cursor) in runs.items():
+        for name, b, d in [
+            ("initial", b_initial, d_initial),
+            ("incremental", b_incr, d_incr),
+            ("no-change", b_same, d_same),
+            ("cursor", b_cursor, d_cursor),
+        ]:
+            (bres, bmem), (dres, dmem) = b, d
+            results.append(
+                {
+                    "rows": rows,
+                    "mode": mode,
+                    "scenario": name,
+                    "backflow_s": bres["seconds"],
+                    "duckdb_s": dres["seconds"],
+                    "ratio": bres["seconds"] / dres["seconds"],
+                    "backflow_rows_per_s": model_rows[name] / bres["seconds"],
+                    "duckdb_rows_per_s": model_rows[name] / dres["seconds"],
+                    "backflow_peak_mib": bmem,
+                    "duckdb_peak_mib": dmem,
+                    "report": bres["report"],
+                }
+            )
     return results
 
 
@@ -205,14 +213,14 @@ def main():
     if not os.path.exists(BIN):
         sys.exit(f"{BIN} not found: run benches/setup.sh first")
     all_results = []
-    print("| rows | scenario | backflow s | DuckDB s | ratio | backflow rows/s | backflow peak MiB | DuckDB peak MiB | sent (c/u/d) |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
+    print("| rows | file mode | scenario | backflow s | DuckDB s | ratio | backflow rows/s | backflow peak MiB | DuckDB peak MiB | sent (c/u/d) |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---|")
     for rows in args.rows:
         for r in bench(rows, args.data):
             all_results.append(r)
             rep = r["report"]
             print(
-                f"| {r['rows']:,} | {r['scenario']} | {r['backflow_s']:.2f} | {r['duckdb_s']:.2f} | "
+                f"| {r['rows']:,} | {r['mode']} | {r['scenario']} | {r['backflow_s']:.2f} | {r['duckdb_s']:.2f} | "
                 f"{r['ratio']:.2f} | {r['backflow_rows_per_s']:,.0f} | {r['backflow_peak_mib']:.0f} | "
                 f"{r['duckdb_peak_mib']:.0f} | {rep['created']}/{rep['updated']}/{rep['deleted']} |",
                 flush=True,

@@ -102,6 +102,14 @@ pub enum StateError {
         path: String,
         source: parquet::errors::ParquetError,
     },
+    #[error(
+        "state store {location}: {path} did not arrive whole ({reason}); nothing was committed"
+    )]
+    Torn {
+        location: String,
+        path: String,
+        reason: String,
+    },
     #[error("state store: cannot compute {path}: {source}")]
     Plan {
         path: String,
@@ -259,6 +267,12 @@ pub struct SyncLock {
 impl StateStore {
     pub fn open(location: Location) -> Result<StateStore> {
         let store = location.store()?;
+        Self::with_store(location, store)
+    }
+
+    /// A state store at `location` that reads and writes through `store` (a wrapper that
+    /// injects faults, in tests; a store configured by an embedding application).
+    pub fn with_store(location: Location, store: Arc<dyn ObjectStore>) -> Result<StateStore> {
         let root = location.object_path()?;
         Ok(StateStore {
             store,
@@ -277,7 +291,9 @@ impl StateStore {
 
     /// Make state files readable by DataFusion in `ctx`.
     pub fn register(&self, ctx: &datafusion::prelude::SessionContext) -> Result<()> {
-        self.location.register(ctx)?;
+        if self.location.local.is_none() {
+            ctx.register_object_store(&self.location.store_url(), self.store.clone());
+        }
         Ok(())
     }
 
@@ -557,6 +573,46 @@ impl StateStore {
         })
     }
 
+    /// Read back what was just written to `rel`: it must exist, have `expected` bytes when
+    /// given, and a Parquet file must end with its footer. A storage that tears or loses a
+    /// write is caught here, before anything relies on the file (the run fails; nothing is
+    /// committed).
+    pub async fn verify(&self, rel: &str, expected: Option<u64>) -> Result<()> {
+        let path = self.path(rel);
+        let torn = |reason: String| StateError::Torn {
+            location: self.location.display.clone(),
+            path: rel.to_string(),
+            reason,
+        };
+        let meta = match self.store.head(&path).await {
+            Ok(m) => m,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(torn("it is missing".into()));
+            }
+            Err(e) => return Err(self.io("read", &path)(e)),
+        };
+        if let Some(n) = expected
+            && meta.size != n
+        {
+            return Err(torn(format!("{} bytes instead of {n}", meta.size)));
+        }
+        if rel.ends_with(".parquet") {
+            if meta.size < 12 {
+                return Err(torn(format!("{} bytes: no Parquet footer", meta.size)));
+            }
+            let tail = self
+                .store
+                .get_range(&path, meta.size - 8..meta.size)
+                .await
+                .map_err(self.io("read", &path))?;
+            let footer = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as u64;
+            if &tail[4..8] != b"PAR1" || footer + 12 > meta.size {
+                return Err(torn("its Parquet footer is missing or cut".into()));
+            }
+        }
+        Ok(())
+    }
+
     /// Run `plan` and write what it returns to the new state file `rel`, batch by batch, in
     /// `schema` (default: the plan's, with string views as plain strings and every column
     /// nullable). Returns the number of rows written.
@@ -596,6 +652,7 @@ impl StateStore {
             writer.write(&batch).await.map_err(parquet_err)?;
         }
         writer.close().await.map_err(parquet_err)?;
+        self.verify(rel, None).await?;
         Ok(rows)
     }
 
@@ -625,12 +682,16 @@ impl StateStore {
             path: path.to_string(),
             reason: format!("cannot encode manifest: {e} (this is a bug in backflow)"),
         })?;
+        let len = json.len() as u64;
         match self
             .store
             .put_opts(&path, PutPayload::from(json), PutMode::Create.into())
             .await
         {
-            Ok(_) => self.fsync(&rel),
+            Ok(_) => {
+                self.verify(&rel, Some(len)).await?;
+                self.fsync(&rel)
+            }
             Err(object_store::Error::AlreadyExists { .. }) => Err(StateError::Conflict {
                 owner: chain.owner.clone(),
                 version: manifest.version(),
@@ -719,10 +780,12 @@ impl StateStore {
     /// destination write they announce).
     pub async fn put_new(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
         let path = self.path(rel);
+        let len = bytes.len() as u64;
         self.store
             .put_opts(&path, PutPayload::from(bytes), PutMode::Create.into())
             .await
             .map_err(self.io("write", &path))?;
+        self.verify(rel, Some(len)).await?;
         self.fsync(rel)
     }
 
@@ -875,10 +938,21 @@ mod tests {
         assert!(matches!(err, StateError::NewerFormat { .. }), "{err}");
     }
 
-    /// Commits version `version` with a real snapshot file of `bytes` bytes.
+    /// `n` bytes that end like a Parquet file (a 4-byte footer length, then `PAR1`).
+    fn parquet_like(n: usize) -> Vec<u8> {
+        let mut b = vec![7u8; n - 8];
+        b.extend_from_slice(&4u32.to_le_bytes());
+        b.extend_from_slice(b"PAR1");
+        b
+    }
+
+    /// Commits version `version` with a snapshot file of `bytes` bytes.
     async fn commit_with_snapshot(store: &StateStore, version: u64, bytes: usize) -> Manifest {
         let m = manifest(version);
-        store.put_new(&m.snapshot, vec![7u8; bytes]).await.unwrap();
+        store
+            .put_new(&m.snapshot, parquet_like(bytes))
+            .await
+            .unwrap();
         store.commit(&m).await.unwrap();
         store
             .intact::<Manifest>(&Chain::sync("s"), version)
@@ -899,9 +973,9 @@ mod tests {
 
         // A torn snapshot (a write lost after the manifest): version 1 is used.
         let snap2 = root.join(&v2.snapshot);
-        std::fs::write(&snap2, vec![7u8; 150]).unwrap();
+        std::fs::write(&snap2, parquet_like(150)).unwrap();
         assert_eq!(store.latest("s").await.unwrap().unwrap().version, 1);
-        std::fs::write(&snap2, vec![7u8; 200]).unwrap();
+        std::fs::write(&snap2, parquet_like(200)).unwrap();
         assert_eq!(store.latest("s").await.unwrap().unwrap().version, 2);
 
         // A manifest whose content changed (its checksum no longer matches).
@@ -922,6 +996,27 @@ mod tests {
         std::fs::write(&manifest1, "{").unwrap();
         let err = store.latest("s").await.unwrap_err();
         assert!(matches!(err, StateError::Unreadable { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_did_not_arrive_whole_is_caught_when_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(Location::resolve(".backflow", dir.path()).unwrap()).unwrap();
+        store
+            .put_new("x/ok.parquet", parquet_like(64))
+            .await
+            .unwrap();
+        store.verify("x/ok.parquet", Some(64)).await.unwrap();
+        let cut = store
+            .put_new("x/cut.parquet", vec![7u8; 64])
+            .await
+            .unwrap_err();
+        assert!(matches!(cut, StateError::Torn { .. }), "{cut}");
+        assert!(cut.to_string().contains("footer"), "{cut}");
+        let err = store.verify("x/ok.parquet", Some(65)).await.unwrap_err();
+        assert!(err.to_string().contains("64 bytes instead of 65"), "{err}");
+        let err = store.verify("x/gone.parquet", None).await.unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
     }
 
     #[test]

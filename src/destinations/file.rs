@@ -54,6 +54,20 @@ pub struct FileDestinationConfig {
     pub path: String,
     /// `csv`, `parquet` or `jsonl`.
     pub format: FileFormat,
+    /// `snapshot` (default): `<object>.<format>` always holds the object's full contents.
+    /// `changes`: each run adds `<object>/v<version>.<format>` with only the changes it sent
+    /// (see `change_feed.rs`).
+    #[serde(default)]
+    pub mode: FileMode,
+}
+
+/// What a file destination's object holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileMode {
+    #[default]
+    Snapshot,
+    Changes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -66,7 +80,7 @@ pub enum FileFormat {
 }
 
 impl FileFormat {
-    fn extension(self) -> &'static str {
+    pub(super) fn extension(self) -> &'static str {
         match self {
             FileFormat::Csv => "csv",
             FileFormat::Parquet => "parquet",
@@ -107,10 +121,11 @@ impl FileDestination {
         }
     }
 
-    /// The object's file: `<path>/<object>`, with the format's extension when it has none.
+    /// The object's file: `<path>/<object>`, with the format's extension when it has none
+    /// (in `changes` mode, the folder `<path>/<object>`).
     fn object_location(&self, object: &str) -> Result<Location, DestinationError> {
         let mut file = object.to_string();
-        if Path::new(object).extension().is_none() {
+        if Path::new(object).extension().is_none() && self.config.mode == FileMode::Snapshot {
             file = format!("{object}.{}", self.config.format.extension());
         }
         let base = self.config.path.trim_end_matches('/');
@@ -152,18 +167,28 @@ impl Destination for FileDestination {
                 }
                 dir = d.parent().map(Path::to_path_buf);
             }
-            if path.is_dir() {
+            if path.is_dir() && self.config.mode == FileMode::Snapshot {
                 return Err(self.unwritable(&location, "a folder has that name"));
+            }
+            if path.is_file() && self.config.mode == FileMode::Changes {
+                return Err(self.unwritable(
+                    &location,
+                    "a file has that name (a change feed is a folder)",
+                ));
             }
         }
         Ok(())
     }
 
     fn fingerprint(&self, object: &str) -> String {
+        let kind = match self.config.mode {
+            FileMode::Snapshot => "file",
+            FileMode::Changes => "file-changes",
+        };
         match self.object_location(object) {
-            Ok(l) => format!("file:{}:{}", self.config.format.extension(), l.url),
+            Ok(l) => format!("{kind}:{}:{}", self.config.format.extension(), l.url),
             Err(_) => format!(
-                "file:{}:{}/{object}",
+                "{kind}:{}:{}/{object}",
                 self.config.format.extension(),
                 self.config.path
             ),
@@ -184,6 +209,24 @@ impl Destination for FileDestination {
                 destination: self.name.clone(),
                 source,
             })?;
+        if self.config.mode == FileMode::Changes {
+            let folder = location
+                .object_path()
+                .map_err(|source| DestinationError::Storage {
+                    destination: self.name.clone(),
+                    source,
+                })?;
+            if let Some(path) = &location.local {
+                std::fs::create_dir_all(path).map_err(|e| self.unwritable(&location, e))?;
+            }
+            return Ok(Box::new(super::change_feed::ChangeFeedWriter::new(
+                &self.name,
+                target,
+                self.config.format,
+                store,
+                &folder,
+            )));
+        }
         let staging_dir = tempfile::tempdir().map_err(|e| {
             self.unwritable(
                 &location,

@@ -15,6 +15,7 @@
 //! - Only rows that were neither rejected nor failed are marked synced, so a rejected row is
 //!   retried on the next run.
 
+mod change_feed;
 mod encode;
 mod file;
 mod http;
@@ -31,7 +32,7 @@ use async_trait::async_trait;
 use datafusion::common::ScalarValue;
 use serde::Deserialize;
 
-pub use file::{FileDestination, FileDestinationConfig, FileFormat};
+pub use file::{FileDestination, FileDestinationConfig, FileFormat, FileMode};
 pub use http::{HttpDestination, HttpDestinationConfig};
 pub use mysql::{MysqlDestination, MysqlDestinationConfig};
 pub use postgres::{PostgresDestination, PostgresDestinationConfig};

@@ -131,6 +131,7 @@ pub fn scalar_text(v: &ScalarValue) -> String {
 
 /// `sent.parquet`: one row per key the destination accepted in this run.
 pub struct SentWriter {
+    store: StateStore,
     writer: AsyncArrowWriter<BufWriter>,
     schema: SchemaRef,
     rel: String,
@@ -145,6 +146,7 @@ impl SentWriter {
             Field::new(KEEP, DataType::Boolean, false),
         ]));
         Ok(SentWriter {
+            store: store.clone(),
             writer: store.parquet_writer(rel, schema.clone())?,
             schema,
             rel: rel.to_string(),
@@ -180,10 +182,13 @@ impl SentWriter {
     /// Finish the file; returns how many keys it holds.
     pub async fn close(self) -> Result<u64, SyncError> {
         let rel = self.rel;
-        self.writer
-            .close()
-            .await
-            .map_err(|source| SyncError::State(StateError::Parquet { path: rel, source }))?;
+        self.writer.close().await.map_err(|source| {
+            SyncError::State(StateError::Parquet {
+                path: rel.clone(),
+                source,
+            })
+        })?;
+        self.store.verify(&rel, None).await?;
         Ok(self.rows)
     }
 }
@@ -601,7 +606,12 @@ impl IntentLog {
         .map_err(err)?;
         w.write(&batch).map_err(err)?;
         w.close().map_err(err)?;
-        self.store.put_new(&rel, buf).await?;
+        if let Err(e) = self.store.put_new(&rel, buf).await {
+            // Nothing of this batch was sent: an intent that did not arrive whole announces
+            // nothing, and must not be read by the next run.
+            let _ = self.store.delete(&rel).await;
+            return Err(e.into());
+        }
         self.files.push(rel);
         failpoint!("after_intent", sync);
         Ok(())

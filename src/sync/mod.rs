@@ -572,6 +572,29 @@ async fn register_state(
     // may differ from what the state says (created, changed or deleted), so their hash is
     // unknown from now on. The diff then sends them again if they are in the model, and a
     // mirror deletes them if they are not.
+    // An intent file that cannot be read whole (damaged after it was written) says nothing
+    // about which records an interrupted run touched: every key is then unknown, and the run
+    // sends every row again.
+    let mut readable = Vec::new();
+    let mut damaged = false;
+    for rel in pending {
+        match project.state.verify(rel, None).await {
+            Ok(()) => readable.push(rel.clone()),
+            Err(e) => {
+                tracing::warn!(sync = name, error = %e, "an intent file is damaged: every record is sent again");
+                damaged = true;
+            }
+        }
+    }
+    if damaged {
+        state_df = state_df
+            .select(vec![
+                ident(KEY),
+                cast(lit(ScalarValue::Null), DataType::UInt64).alias(HASH),
+            ])
+            .map_err(&df_err)?;
+    }
+    let pending = &readable[..];
     if !pending.is_empty() {
         let urls: Vec<String> = pending.iter().map(|p| project.state.table_url(p)).collect();
         let intents = ctx

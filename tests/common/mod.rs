@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod db;
+pub mod faulty;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

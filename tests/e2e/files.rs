@@ -280,3 +280,106 @@ async fn a_late_rejection_keeps_the_watermark_where_it_was() {
         (2, 1, 1)
     );
 }
+
+/// `mode = "changes"`: each run adds one file with the changes it sent, named after the state
+/// version it commits; nothing when nothing changed; a repeated run replaces its file.
+async fn change_feed(format: &str) {
+    let f = Fixture::new();
+    project(&f, format, "mirror");
+    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &toml.replace(
+            &format!("format = \"{format}\""),
+            &format!("format = \"{format}\"\nmode = \"changes\""),
+        ),
+    );
+    f.write("people.csv", "id,name\n1,Ada\n2,Bob\n3,Cy\n");
+    let r = f.run_ok("s").await;
+    assert_eq!(r.counts.created, 3);
+    let feed = f.path().join("exports/people");
+    let file = |v: u64| feed.join(format!("v{v:020}.{format}"));
+    assert_eq!(
+        read(&file(1), format).await,
+        vec![
+            "__bf_op=upsert,id=1,name=Ada",
+            "__bf_op=upsert,id=2,name=Bob",
+            "__bf_op=upsert,id=3,name=Cy"
+        ]
+    );
+    f.write("people.csv", "id,name\n1,Ada L.\n3,Cy\n4,Di\n");
+    let r = f.run_ok("s").await;
+    assert_eq!(
+        (r.counts.created, r.counts.updated, r.counts.deleted),
+        (1, 1, 1)
+    );
+    assert_eq!(
+        read(&file(2), format).await,
+        vec![
+            "__bf_op=delete,id=2,name=NULL",
+            "__bf_op=upsert,id=1,name=Ada L.",
+            "__bf_op=upsert,id=4,name=Di"
+        ]
+    );
+    // Nothing changed: no file.
+    f.run_ok("s").await;
+    assert_eq!(std::fs::read_dir(&feed).unwrap().count(), 2);
+    assert!(!file(3).exists());
+}
+
+#[tokio::test]
+async fn parquet_change_feed() {
+    change_feed("parquet").await;
+}
+
+#[tokio::test]
+async fn csv_change_feed() {
+    change_feed("csv").await;
+}
+
+#[tokio::test]
+async fn jsonl_change_feed() {
+    change_feed("jsonl").await;
+}
+
+/// A run that wrote its change file but died before committing is run again: the file is
+/// replaced by the same changes, not added twice.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_change_feed_run_repeated_after_a_crash_replaces_its_file() {
+    let f = Fixture::new();
+    project(&f, "parquet", "mirror");
+    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &toml
+            .replace(
+                "format = \"parquet\"",
+                "format = \"parquet\"\nmode = \"changes\"",
+            )
+            .replace("[syncs.s]", "[syncs.feed_crash]"),
+    );
+    f.write("people.csv", "id,name\n1,Ada\n2,Bob\n");
+    f.run_ok("feed_crash").await;
+    f.write("people.csv", "id,name\n1,Ada L.\n");
+    run_faulted(&f, "feed_crash", "after_destination_write", false).await;
+    let feed = f.path().join("exports/people");
+    assert_eq!(
+        std::fs::read_dir(&feed).unwrap().count(),
+        2,
+        "written, not committed"
+    );
+    f.run_ok("feed_crash").await;
+    assert_eq!(
+        std::fs::read_dir(&feed).unwrap().count(),
+        2,
+        "replaced, not added"
+    );
+    assert_eq!(
+        read(&feed.join(format!("v{:020}.parquet", 2)), "parquet").await,
+        vec![
+            "__bf_op=delete,id=2,name=NULL",
+            "__bf_op=upsert,id=1,name=Ada L."
+        ]
+    );
+}

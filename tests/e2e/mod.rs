@@ -16,4 +16,5 @@ mod property;
 mod quoting;
 mod sources;
 mod state_fuzz;
+mod torn_writes;
 mod watermarks;
