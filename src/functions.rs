@@ -6,7 +6,7 @@
 //! | `domain_of(text)` | the host of a URL or the domain of an e-mail address, lowercased, without `www.` | `https://www.Acme.com/about` → `acme.com`, `ann@Acme.com` → `acme.com` |
 //! | `normalize_email(text)` | trimmed and lowercased; NULL when it is not an address | ` Ann@Acme.COM ` → `ann@acme.com` |
 //! | `normalize_phone(text)` | digits only, a leading `+` kept; NULL when fewer than 5 digits | `+1 (555) 010-9999` → `+15550109999` |
-//! | `normalize_text(text)` | trimmed, inner whitespace collapsed to one space, lowercased | `  Acme   Corp ` → `acme corp` |
+//! | `normalize_text(text)` | trimmed, inner whitespace collapsed to one space, lowercased; NULL when blank | `  Acme   Corp ` → `acme corp` |
 //!
 //! Each takes any string type and returns `Utf8`; NULL in gives NULL out.
 
@@ -94,12 +94,8 @@ pub fn normalize_phone(text: &str) -> Option<String> {
 
 /// Trimmed, inner whitespace collapsed to single spaces, lowercased.
 pub fn normalize_text(text: &str) -> Option<String> {
-    Some(
-        text.split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .to_lowercase(),
-    )
+    let t = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    (!t.is_empty()).then(|| t.to_lowercase())
 }
 
 #[derive(Debug)]
@@ -196,6 +192,7 @@ mod tests {
             normalize_text("  Acme \t  Corp ").as_deref(),
             Some("acme corp")
         );
+        assert_eq!(normalize_text("  "), None);
     }
 
     #[tokio::test]

@@ -1,14 +1,16 @@
 -- The hub's read stage, validation: one record per source id, the latest by watermark.
 --
--- Input {input}: the records one cycle read from one source (sql text from src/hub/read.rs):
+-- Input {input}: the records one cycle read from one source (built in src/hub/read.rs):
 --   __bf_sid (the source's id), __bf_wm (its watermark, NULL without one), the entity fields the
---   source maps, __bf_change_at (when the record changed, µs since the epoch).
+--   source maps, __bf_change_at (when the record changed, µs since the epoch), __bf_bad (the
+--   fields whose value could not be read as the field's type; empty when none).
 --
 -- A NULL id cannot be linked to anything, and an id read twice at the same watermark value
 -- is ambiguous (which version is current?): both are left out and reported as invalid by
--- sql/hub/invalid.sql. An id read twice at different watermarks is one record that changed
--- while it was being read: the later version is taken.
-SELECT * EXCEPT (__bf_rn, __bf_ties)
+-- sql/hub/invalid.sql, as is a latest version with a value of the wrong type. An id read twice
+-- at different watermarks is one record that changed while it was being read: the later
+-- version is taken.
+SELECT * EXCEPT (__bf_rn, __bf_ties, __bf_bad)
 FROM (
     SELECT *,
            ROW_NUMBER() OVER (PARTITION BY __bf_sid ORDER BY __bf_wm DESC NULLS LAST) AS __bf_rn,
@@ -16,4 +18,4 @@ FROM (
     FROM {input}
     WHERE __bf_sid IS NOT NULL
 )
-WHERE __bf_rn = 1 AND __bf_ties = 1
+WHERE __bf_rn = 1 AND __bf_ties = 1 AND __bf_bad = ''

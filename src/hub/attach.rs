@@ -142,7 +142,7 @@ fn attach_sql(cycle: &Cycle<'_>) -> String {
             .collect();
         let not_null = rule
             .iter()
-            .map(|f| format!("{} IS NOT NULL", q(f)))
+            .map(|f| format!("{} IS NOT NULL", norm(&q(f))))
             .collect::<Vec<_>>()
             .join(" AND ");
         let group_by = (0..rule.len())
@@ -168,7 +168,7 @@ fn attach_sql(cycle: &Cycle<'_>) -> String {
         ));
         let complete = rule
             .iter()
-            .map(|f| format!("i.{} IS NOT NULL", q(f)))
+            .map(|f| format!("{} IS NOT NULL", norm(&format!("i.{}", q(f)))))
             .collect::<Vec<_>>()
             .join(" AND ");
         let values: Vec<String> = rule.iter().map(|f| norm(&format!("i.{}", q(f)))).collect();
@@ -188,7 +188,7 @@ fn attach_sql(cycle: &Cycle<'_>) -> String {
             format!(
                 "WHEN {} THEN {}",
                 rule.iter()
-                    .map(|f| format!("i.{} IS NOT NULL", q(f)))
+                    .map(|f| format!("{} IS NOT NULL", norm(&format!("i.{}", q(f)))))
                     .collect::<Vec<_>>()
                     .join(" AND "),
                 lit(&rule_name(rule))
@@ -310,7 +310,20 @@ pub async fn deltas(cycle: &Cycle<'_>) -> Result<u64, HubError> {
                 at = q(&at_col(f))
             )
         }));
-        cols.push(format!("{v} AS __bf_read_seq"));
+        // A record read again exactly as it was keeps its row: nothing new was reported.
+        let same = std::iter::once(format!(
+            "(o.{IN_SID} IS NOT NULL) AND (o.__bf_golden_id IS NOT DISTINCT FROM a.__bf_golden_id)"
+        ))
+        .chain(
+            mapped
+                .iter()
+                .map(|f| format!("(i.{0} IS NOT DISTINCT FROM o.{0})", q(f))),
+        )
+        .collect::<Vec<_>>()
+        .join(" AND ");
+        cols.push(format!(
+            "CASE WHEN {same} THEN o.__bf_read_seq ELSE {v} END AS __bf_read_seq"
+        ));
         cols.push(format!(
             "CASE WHEN (o.{IN_SID} IS NOT NULL) AND (o.__bf_golden_id IS NOT DISTINCT FROM a.__bf_golden_id) \
              THEN o.__bf_link_seq ELSE {v} END AS __bf_link_seq"

@@ -47,7 +47,8 @@ pub struct AuthorityConfig {
     #[serde(default)]
     pub rule: AuthorityRule,
     /// Source priority, highest first (default: the order of the entity's sources). Sources
-    /// not listed come after, in the entity's order.
+    /// not listed come after, in the entity's order. (A field's own `sources` is the only
+    /// sources that field takes values from.)
     #[serde(default)]
     pub sources: Vec<String>,
     /// Whether a NULL from the winning source may replace a value (default false: a NULL is
@@ -233,13 +234,19 @@ impl EntityConfig {
             .cloned()
             .unwrap_or_default();
         let rule = own.rule.unwrap_or(self.authority.rule);
-        let listed = own
-            .sources
-            .unwrap_or_else(|| self.authority.sources.clone());
+        // A field's own list names the only sources it takes values from; the entity's list
+        // is an order, the sources it does not name following in the entity's order.
+        let (listed, others): (Vec<String>, Vec<&String>) = match own.sources {
+            Some(only) => (only, Vec::new()),
+            None => (
+                self.authority.sources.clone(),
+                self.contributors().map(|(n, _)| n).collect(),
+            ),
+        };
         let mut order: Vec<String> = Vec::new();
         for s in listed
             .iter()
-            .chain(self.contributors().map(|(n, _)| n))
+            .chain(others)
             .filter(|s| self.sources.get(*s).is_some_and(|c| c.role.contributes()))
         {
             if !order.contains(s) {
@@ -629,6 +636,25 @@ fields = { name = "name", mrr = "mrr" }
         let name = e.authority("name");
         assert_eq!(name.rule, AuthorityRule::FirstNonNull);
         assert_eq!(name.order, vec!["billing", "crm"]);
+        let e2 = entity(
+            r#"
+fields = { mrr = "double" }
+authority = { fields = { mrr = { sources = ["billing"] } } }
+[sources.crm]
+from = "a"
+id = "id"
+fields = { mrr = "mrr" }
+[sources.billing]
+from = "b"
+id = "id"
+fields = { mrr = "mrr" }
+"#,
+        );
+        assert_eq!(
+            e2.authority("mrr").order,
+            vec!["billing"],
+            "a field's list restricts"
+        );
         assert!(
             !name.null_overwrites,
             "first_non_null never lets a NULL win"

@@ -164,13 +164,22 @@ impl Cycle<'_> {
     }
 }
 
+/// How a cycle treats the state (see `--full-resync`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct CycleOptions {
+    /// Read every source from the start, whatever its position.
+    pub from_start: bool,
+    /// Decide every field of every golden record a source touched, changed or not.
+    pub decide_all: bool,
+}
+
 /// Run one cycle and commit it. `skip` lists sources already read to their end in this run.
 pub(super) async fn run(
     project: &Project,
     ctx: &SessionContext,
     name: &str,
     run_id: &str,
-    full_resync: bool,
+    options: CycleOptions,
     skip: &BTreeSet<String>,
     samples: &mut Vec<SampleRecord>,
 ) -> Result<CycleOutcome, HubError> {
@@ -189,7 +198,7 @@ pub(super) async fn run(
         previous,
         tables: Mutex::new(Vec::new()),
     };
-    let result = stages(&cycle, &chain, full_resync, skip, samples).await;
+    let result = stages(&cycle, &chain, options, skip, samples).await;
     cycle.clear();
     result
 }
@@ -197,7 +206,7 @@ pub(super) async fn run(
 async fn stages(
     cycle: &Cycle<'_>,
     chain: &Chain,
-    full_resync: bool,
+    options: CycleOptions,
     skip: &BTreeSet<String>,
     samples: &mut Vec<SampleRecord>,
 ) -> Result<CycleOutcome, HubError> {
@@ -241,7 +250,7 @@ async fn stages(
         };
         let from = before
             .and_then(|b| b.position.as_ref())
-            .filter(|_| !full_resync);
+            .filter(|_| !options.from_start);
         let (plan, id_type) = read::plan(
             &context,
             relation.clone(),
@@ -317,7 +326,7 @@ async fn stages(
             // Nothing read: where it was, now read to its end.
             (None, _) => before
                 .and_then(|b| b.position.clone())
-                .filter(|_| !full_resync)
+                .filter(|_| !options.from_start)
                 .map(|p| state::Position { drained: true, ..p }),
         };
         let table = incoming(source);
@@ -354,7 +363,7 @@ async fn stages(
             .is_some_and(|b| b.position == r.position)
     });
     let nothing_read = outcome.sources.values().all(|c| c.read == 0);
-    if unmoved && nothing_read && !full_resync {
+    if unmoved && nothing_read && !options.decide_all {
         return Ok(outcome);
     }
     failpoint!("hub_after_read", name);
@@ -363,14 +372,32 @@ async fn stages(
     super::attach::attach(cycle, &reads).await?;
     super::attach::count(cycle, &mut outcome.sources).await?;
     let changed = super::attach::deltas(cycle).await?;
-    if unmoved && changed == 0 && !full_resync {
-        // Only records read again as they were (ties at a watermark).
+    if changed == 0 && !options.decide_all {
+        // Only records read again as they were (ties at a watermark, a source without one):
+        // nothing to commit but where the reading stands, if it moved.
+        if let (false, Some(prev)) = (unmoved, &previous) {
+            let mut manifest = prev.clone();
+            manifest.version = cycle.version;
+            manifest.run_id = cycle.run_id.to_string();
+            manifest.committed_at = chrono::Utc::now().to_rfc3339();
+            manifest.checksum = None;
+            for (source, read) in &reads {
+                if let Some(s) = manifest.sources.get_mut(source) {
+                    s.position = read.position.clone();
+                }
+            }
+            failpoint!("hub_before_commit", name);
+            project.state.commit_in(chain, &manifest).await?;
+            outcome.version = cycle.version;
+            outcome.committed = true;
+            project.state.vacuum_in::<HubManifest>(chain).await;
+        }
         return Ok(outcome);
     }
     failpoint!("hub_after_attach", name);
 
     // authority
-    outcome.unchanged = super::authority::run(cycle, full_resync).await?;
+    outcome.unchanged = super::authority::run(cycle, options.decide_all).await?;
 
     // merge
     let merges = super::merge::run(cycle).await?;

@@ -142,7 +142,7 @@ fn dups_sql(cycle: &Cycle<'_>, rule: &[String]) -> String {
         .collect();
     let not_null: Vec<String> = rule
         .iter()
-        .map(|f| format!("l.{} IS NOT NULL", q(f)))
+        .map(|f| format!("{} IS NOT NULL", norm(&format!("l.{}", q(f)))))
         .collect();
     let on: Vec<String> = keys.iter().map(|k| format!("k.{k} = s.{k}")).collect();
     let partition = keys

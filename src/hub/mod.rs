@@ -196,6 +196,7 @@ pub async fn run(
     let mut total = CycleOutcome::default();
     let mut cycles = 0u64;
     let mut drained = std::collections::BTreeSet::new();
+    let mut first = true;
     let result: Result<(), HubError> = async {
         let _lock = project.state.lock_chain(&Chain::entity(name))?;
         loop {
@@ -204,11 +205,15 @@ pub async fn run(
                 ctx,
                 name,
                 &run_id,
-                options.full_resync && cycles == 0,
+                cycle::CycleOptions {
+                    from_start: options.full_resync && first,
+                    decide_all: options.full_resync,
+                },
                 &drained,
                 &mut samples,
             )
             .await?;
+            first = false;
             cycles += u64::from(outcome.committed);
             drained.extend(outcome.drained.iter().cloned());
             for (s, c) in &outcome.sources {

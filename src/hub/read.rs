@@ -10,7 +10,7 @@
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
-use datafusion::logical_expr::{Expr, cast, col, lit};
+use datafusion::logical_expr::{Expr, cast, col, lit, try_cast, when};
 use datafusion::prelude::{DataFrame, SessionContext, ident};
 
 use super::HubError;
@@ -30,6 +30,8 @@ use crate::history::{RecordKind, SampleRecord};
 pub const IN_SID: &str = "__bf_sid";
 pub const IN_WM: &str = "__bf_wm";
 pub const IN_AT: &str = "__bf_change_at";
+/// The fields of a record that could not be read as their type (empty: none).
+pub const IN_BAD: &str = "__bf_bad";
 
 const VALID_SQL: &str = include_str!("../../sql/hub/valid.sql");
 const INVALID_SQL: &str = include_str!("../../sql/hub/invalid.sql");
@@ -97,6 +99,9 @@ pub fn plan(
     }
     let types = entity.field_types();
     let mut exprs: Vec<Expr> = vec![ident(&source.id).alias(IN_SID)];
+    // Fields whose value cannot be read as the field's type (`'n/a'` for a double): the
+    // record is invalid, named with the fields.
+    let mut bad: Vec<Expr> = Vec::new();
     exprs.push(match &source.watermark {
         Some(w) => ident(w).alias(IN_WM),
         None => lit(ScalarValue::Null).alias(IN_WM),
@@ -107,7 +112,18 @@ pub fn plan(
         };
         let Some(ty) = ty else { continue };
         match ctx_relation.parse_sql_expr(sql) {
-            Ok(e) => exprs.push(cast(e, ty.clone()).alias(field)),
+            Ok(e) => {
+                let typed = try_cast(e.clone(), ty.clone());
+                bad.push(
+                    when(
+                        e.is_not_null().and(typed.clone().is_null()),
+                        lit(field.as_str()),
+                    )
+                    .end()
+                    .map_err(|e| problem(e.to_string()))?,
+                );
+                exprs.push(typed.alias(field));
+            }
             Err(e) => problems.push(format!(
                 "field \"{field}\" = `{sql}` is not a valid SQL expression over \"{}\": {e}",
                 source.from
@@ -131,6 +147,11 @@ pub fn plan(
         _ => now,
     };
     exprs.push(change_at.alias(IN_AT));
+    exprs.push(if bad.is_empty() {
+        lit("").alias(IN_BAD)
+    } else {
+        datafusion::functions::string::expr_fn::concat_ws(lit(", "), bad).alias(IN_BAD)
+    });
     if !problems.is_empty() {
         return Err(problem(problems.join("; ")));
     }
@@ -176,14 +197,17 @@ fn past(
     wm_type: Option<&DataType>,
 ) -> Result<Expr, String> {
     let id = ident(&source.id);
-    let last_id = pos.id.to_scalar(id_type)?;
-    let id_after = id.clone().gt(lit(last_id));
+    // After the last id within its watermark: NULL ids come first.
+    let id_after = match &pos.id {
+        Some(last) => id.gt(lit(last.to_scalar(id_type)?)),
+        None => id.is_not_null(),
+    };
     let (Some(w), Some(wm_type)) = (&source.watermark, wm_type) else {
         return Ok(id_after);
     };
     let w = ident(w);
     Ok(match (&pos.watermark, pos.drained) {
-        (None, false) => w.is_not_null().or(id_after),
+        (None, false) => w.clone().is_not_null().or(w.is_null().and(id_after)),
         (None, true) => w.is_not_null(),
         (Some(v), false) => {
             let v = lit(v.to_scalar(wm_type)?);
@@ -200,7 +224,11 @@ fn at(
     id_type: &DataType,
     wm_type: Option<&DataType>,
 ) -> Result<Expr, String> {
-    let same_id = ident(&source.id).eq(lit(pos.id.to_scalar(id_type)?));
+    let id = ident(&source.id);
+    let same_id = match &pos.id {
+        Some(v) => id.eq(lit(v.to_scalar(id_type)?)),
+        None => id.is_null(),
+    };
     let (Some(w), Some(wm_type)) = (&source.watermark, wm_type) else {
         return Ok(same_id);
     };
@@ -237,12 +265,9 @@ pub async fn last_position(
     let value = |i: usize| ScalarValue::try_from_array(batch.column(i), 0);
     let wm = value(0)?;
     let id = value(1)?;
-    if id.is_null() {
-        return Ok(None);
-    }
     Ok(Some(Position {
         watermark: (has_watermark && !wm.is_null()).then(|| StoredValue::from_scalar(&wm)),
-        id: StoredValue::from_scalar(&id),
+        id: (!id.is_null()).then(|| StoredValue::from_scalar(&id)),
         drained,
     }))
 }

@@ -17,9 +17,10 @@ pub fn cast_to(expr: &str, dt: &DataType) -> String {
     format!("arrow_cast({expr}, {})", lit(&dt.to_string()))
 }
 
-/// The normalised form match and merge rules compare: trimmed, lowercased text.
+/// The normalised form match and merge rules compare: trimmed, lowercased text; blank text
+/// is NULL (it matches nothing).
 pub fn norm(expr: &str) -> String {
-    format!("lower(trim(CAST({expr} AS VARCHAR)))")
+    format!("NULLIF(lower(trim(CAST({expr} AS VARCHAR))), '')")
 }
 
 /// A text key that tells every tuple of values apart: each value length-prefixed.

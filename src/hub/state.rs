@@ -108,8 +108,8 @@ impl StoredValue {
 pub struct Position {
     /// The last watermark value read (None for a source without a watermark, or a NULL one).
     pub watermark: Option<StoredValue>,
-    /// The last id read with it.
-    pub id: StoredValue,
+    /// The last id read with it (None: that record's id was NULL; NULL ids come first).
+    pub id: Option<StoredValue>,
     /// Whether that read reached the end of the source. The next read then starts *at* the
     /// watermark (records that arrived since with the same value are not missed; those read
     /// again unchanged change nothing); otherwise it goes on *after* the last record.

@@ -72,13 +72,26 @@ pub fn syncs(config: &ProjectConfig) -> IndexMap<String, SyncConfig> {
     out
 }
 
-/// Register the write-back relation of `link` from the entity's newest state; returns the hub
-/// version it was read from (0 before the first cycle).
+/// The registered write-back relation of one sync run: the hub state it reads, and whether
+/// what its source reports can stand for what the source has (see [`observable`]).
+pub struct Registered {
+    pub manifest: Option<HubManifest>,
+    pub observable: bool,
+}
+
+impl Registered {
+    /// The hub version the relation was read from (0 before the first cycle).
+    pub fn version(&self) -> u64 {
+        self.manifest.as_ref().map_or(0, |m| m.version)
+    }
+}
+
+/// Register the write-back relation of `link` from the entity's newest state.
 pub async fn register(
     project: &Project,
     ctx: &SessionContext,
     link: &HubLink,
-) -> Result<u64, HubError> {
+) -> Result<Registered, HubError> {
     let engine = |source| HubError::Engine {
         entity: link.entity.clone(),
         stage: "writeback",
@@ -98,31 +111,7 @@ pub async fn register(
         .filter(ident(state::MERGED_INTO).is_null())
         .and_then(|g| g.select(exposed))
         .map_err(engine)?;
-    // Every field sent must be one the source reports back: otherwise what it has cannot be
-    // compared, and the field would be sent again after every change the source makes.
-    let mapped = mapped_fields(entity, &link.source);
-    for (field, sql) in source.writeback_fields() {
-        let problem = |message: String| HubError::Source {
-            entity: link.entity.clone(),
-            source_name: link.source.clone(),
-            message,
-        };
-        let expr = golden.parse_sql_expr(&sql).map_err(|e| {
-            problem(format!(
-                "writeback field \"{field}\" = `{sql}` is not a valid SQL expression over the entity's fields: {e}"
-            ))
-        })?;
-        for column in expr.column_refs() {
-            let name = column.name.as_str();
-            if name != state::GOLDEN_ID && !mapped.iter().any(|m| m == name) {
-                return Err(problem(format!(
-                    "writeback field \"{field}\" = `{sql}` uses entity field \"{name}\", which this source does not map: \
-                     map it (fields.{name} = \"<its column>\") so that backflow sees what the source has \
-                     (a receive-only source's fields are only read, never contributed)"
-                )));
-            }
-        }
-    }
+    let observable = observable(project, ctx, link, &golden).await?;
     if let Some(filter) = source.writeback.as_ref().and_then(|w| w.filter.as_ref()) {
         let expr = golden
             .parse_sql_expr(filter)
@@ -169,7 +158,63 @@ pub async fn register(
     let _ = ctx.deregister_table(name.as_str());
     ctx.register_table(name.as_str(), view.into_view())
         .map_err(engine)?;
-    Ok(manifest.map_or(0, |m| m.version))
+    Ok(Registered {
+        manifest,
+        observable,
+    })
+}
+
+/// Whether the source's own reports tell what it has in every field the write-back sends:
+/// each field is an entity field that the source reads from that very column (`company_name
+/// = "name"` back where `name = "company_name"`, or `domain_of(website)` read and `website =
+/// "domain"` sent). Then a value the source reported is not sent back to it. Otherwise
+/// (`golden_id`, a constant, another column, an expression) the write-back compares with what
+/// it last sent, and a change a source made itself is sent back to it once.
+async fn observable(
+    project: &Project,
+    ctx: &SessionContext,
+    link: &HubLink,
+    golden: &DataFrame,
+) -> Result<bool, HubError> {
+    let problem = |message: String| HubError::Source {
+        entity: link.entity.clone(),
+        source_name: link.source.clone(),
+        message,
+    };
+    let entity = &project.config.entities[&link.entity];
+    let source = &entity.sources[&link.source];
+    let relation = ctx
+        .table(source.from.as_str())
+        .await
+        .map_err(|e| problem(format!("cannot read \"{}\": {e}", source.from)))?;
+    let mut observable = true;
+    for (column, sql) in source.writeback_fields() {
+        let expr = golden.parse_sql_expr(&sql).map_err(|e| {
+            problem(format!(
+                "writeback field \"{column}\" = `{sql}` is not a valid SQL expression over the entity's fields: {e}"
+            ))
+        })?;
+        let read_back = match &expr {
+            Expr::Column(c) => source
+                .fields
+                .get(c.name.as_str())
+                .and_then(|inbound| relation.parse_sql_expr(inbound).ok())
+                .is_some_and(|inbound| {
+                    let refs = inbound.column_refs();
+                    refs.len() == 1 && refs.iter().all(|r| r.name == column)
+                }),
+            _ => false,
+        };
+        observable &= read_back;
+    }
+    if !observable {
+        tracing::info!(
+            entity = link.entity,
+            source = link.source,
+            "not every write-back field goes back to the column it is read from: a change the source made itself is written back to it once"
+        );
+    }
+    Ok(observable)
 }
 
 /// The source's contributions in `manifest`.
@@ -211,15 +256,15 @@ async fn contributions(
         .map_err(engine)
 }
 
-/// What the source itself reported after hub version `since` (from the start when `None`) up
-/// to version `until`, shaped like the write-back relation, so the sync can hash it with its
-/// own mapping: the source's values for the fields it maps, NULL for the others.
+/// What the source itself reported after hub version `since` (from the start when `None`) in
+/// the hub state `registered` read, shaped like the write-back relation, so the sync can hash
+/// it with its own mapping: the source's values for the fields it maps, NULL for the others.
 pub async fn reported(
     project: &Project,
     ctx: &SessionContext,
     link: &HubLink,
+    registered: &Registered,
     since: Option<u64>,
-    until: u64,
 ) -> Result<DataFrame, HubError> {
     let engine = |source| HubError::Engine {
         entity: link.entity.clone(),
@@ -227,8 +272,9 @@ pub async fn reported(
         source,
     };
     let entity = &project.config.entities[&link.entity];
-    let manifest = super::latest(project, &link.entity).await?;
-    let contributions = contributions(project, ctx, link, manifest.as_ref()).await?;
+    let manifest = registered.manifest.as_ref();
+    let until = registered.version();
+    let contributions = contributions(project, ctx, link, manifest).await?;
     let mapped = mapped_fields(entity, &link.source);
     let mut out: Vec<Expr> = vec![ident(state::SID).alias(SOURCE_ID)];
     for (f, t) in entity.field_types() {

@@ -282,7 +282,7 @@ async fn prepare(
         source: Box::new(source),
     };
     // A hub write-back reads the entity's newest golden records.
-    let upstream = match &sync.hub {
+    let registered = match &sync.hub {
         Some(link) => Some(
             crate::hub::writeback::register(project, ctx, link)
                 .await
@@ -290,6 +290,19 @@ async fn prepare(
         ),
         None => None,
     };
+    let upstream = registered.as_ref().map(|r| r.version());
+    // The hub's versions went backwards (its state was removed or rebuilt): the stored
+    // watermark and what the source reported are about another history. Start over.
+    let hub_restarted = matches!(
+        (previous.as_ref().and_then(|p| p.upstream), upstream),
+        (Some(before), Some(now)) if before > now
+    );
+    if hub_restarted {
+        tracing::warn!(
+            sync = name,
+            "the hub entity's state is older than the last write-back: reading all of it again"
+        );
+    }
     let relation = ctx.table(sync.from.as_str()).await.map_err(&df_err)?;
     let cursor_type = match &sync.cursor {
         Some(c) => relation
@@ -388,7 +401,7 @@ async fn prepare(
         .as_ref()
         .and_then(|p| p.fields.as_ref())
         .is_some_and(|f| *f != mapped.fingerprint);
-    let rescan = options.full_resync || mapping_changed;
+    let rescan = options.full_resync || mapping_changed || hub_restarted;
     if mapping_changed && sync.cursor.is_some() {
         tracing::info!(
             sync = name,
@@ -442,10 +455,13 @@ async fn prepare(
     // What a hub write-back's source reported itself since the sync last ran: the state
     // the diff compares with takes it as what the source has (no echo).
     let mut reported_rows = 0;
-    let reported = match (&sync.hub, upstream) {
-        (Some(link), Some(until)) => {
-            let since = previous.as_ref().and_then(|p| p.upstream);
-            let rows = crate::hub::writeback::reported(project, ctx, link, since, until)
+    let reported = match (&sync.hub, &registered) {
+        (Some(link), Some(registered)) if registered.observable => {
+            let since = previous
+                .as_ref()
+                .and_then(|p| p.upstream)
+                .filter(|_| !hub_restarted);
+            let rows = crate::hub::writeback::reported(project, ctx, link, registered, since)
                 .await
                 .map_err(hub_err)?;
             reported_rows = rows.clone().count().await.map_err(&df_err)? as u64;
