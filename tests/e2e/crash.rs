@@ -301,3 +301,141 @@ async fn a_torn_newest_manifest_falls_back_and_resends() {
     // A version number is never reused: the torn file stays until vacuumed.
     assert!(r.state_version.unwrap() >= 3);
 }
+
+/// State in an object store has no run lock: runs of one sync can overlap, and the
+/// create-if-absent put of the next manifest decides. Runs started together, or paused past
+/// the others' commit, never both commit one version: one wins, the others stop with a clear
+/// conflict, and no key's state goes backwards.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn overlapping_runs_on_object_store_state_commit_each_version_once() {
+    use std::sync::Arc;
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        r#"
+[state]
+path = "memory:///shared"
+
+[sources.people]
+type = "csv"
+path = "people.csv"
+
+[destinations.lake]
+type = "file"
+path = "out"
+format = "parquet"
+
+[syncs.overlap]
+from = "people"
+to = "lake"
+object = "people"
+behavior = "mirror"
+key = "id"
+"#,
+    );
+    let shared: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::memory::InMemory::new());
+    let model = |n: usize, tag: &str| {
+        let mut csv = String::from("id,name\n");
+        for i in 0..n {
+            csv.push_str(&format!("{i},{tag}{i}\n"));
+        }
+        csv
+    };
+    let round = |runs: usize, action: &'static str| {
+        let path = f.path().to_path_buf();
+        let shared = shared.clone();
+        async move {
+            let _failpoints = FAILPOINTS.lock().await;
+            fail::cfg("before_commit", action).unwrap();
+            let mut handles = Vec::new();
+            for _ in 0..runs {
+                let path = path.clone();
+                let shared = shared.clone();
+                handles.push(tokio::spawn(async move {
+                    let mut project = backflow::Project::load(&path).unwrap();
+                    project.state = backflow::state::StateStore::with_store(
+                        project.state.location().clone(),
+                        shared,
+                    )
+                    .unwrap();
+                    let ctx = project.session().await.unwrap();
+                    backflow::sync::run(
+                        &project,
+                        &ctx,
+                        "overlap",
+                        Default::default(),
+                        Arc::new(backflow::sync::NoProgress),
+                    )
+                    .await
+                }));
+            }
+            let mut outcomes = Vec::new();
+            for h in handles {
+                outcomes.push(h.await.unwrap());
+            }
+            fail::remove("before_commit");
+            outcomes
+        }
+    };
+    let latest = || {
+        let path = f.path().to_path_buf();
+        let shared = shared.clone();
+        async move {
+            let project = backflow::Project::load(&path).unwrap();
+            let state =
+                backflow::state::StateStore::with_store(project.state.location().clone(), shared)
+                    .unwrap();
+            state.latest("overlap").await.unwrap()
+        }
+    };
+    let check = |outcomes: &[backflow::SyncReport], version: u64| {
+        let won: Vec<_> = outcomes
+            .iter()
+            .filter(|r| r.status == RunStatus::Succeeded)
+            .collect();
+        assert_eq!(won.len(), 1, "exactly one run commits: {outcomes:#?}");
+        assert_eq!(won[0].state_version, Some(version));
+        for r in outcomes.iter().filter(|r| r.status == RunStatus::Failed) {
+            let e = r.error.clone().unwrap_or_default();
+            assert!(
+                e.contains(&format!(
+                    "another run committed state version {version} first"
+                )),
+                "{e}"
+            );
+        }
+    };
+
+    // Four runs started together, all paused before their commit.
+    f.write("people.csv", &model(500, "a"));
+    let outcomes = round(4, "sleep(300)").await;
+    check(&outcomes, 1);
+    assert_eq!(latest().await.unwrap().rows, 500);
+
+    // The model moves on; the first run to get to its commit is paused past the others'.
+    f.write("people.csv", &model(400, "b"));
+    let outcomes = round(3, "1*sleep(800)->off").await;
+    check(&outcomes, 2);
+    let state = latest().await.unwrap();
+    assert_eq!((state.version, state.rows), (2, 400));
+
+    // A clean run (the losers' intents make it re-check what they sent) leaves the destination
+    // equal to the model.
+    let outcomes = round(1, "off").await;
+    assert_eq!(outcomes[0].status, RunStatus::Succeeded, "{outcomes:?}");
+    let ctx = datafusion::prelude::SessionContext::new();
+    let rows = ctx
+        .read_parquet(
+            f.path().join("out/people.parquet").display().to_string(),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .count()
+        .await
+        .unwrap();
+    assert_eq!(rows, 400);
+    assert_eq!(latest().await.unwrap().rows, 400);
+}
