@@ -83,6 +83,10 @@ pub struct Project {
     /// Models and segments, each after what it reads.
     pub order: Vec<String>,
     pub state: StateStore,
+    /// Rows each source left out when the session was made (see `sources::quarantine`).
+    pub quarantine: std::sync::Mutex<indexmap::IndexMap<String, sources::quarantine::Quarantine>>,
+    /// Clean copies sessions read (removed with the project).
+    scratch: std::sync::Mutex<Vec<tempfile::TempDir>>,
 }
 
 impl Project {
@@ -146,6 +150,8 @@ impl Project {
             models,
             order,
             state,
+            quarantine: Default::default(),
+            scratch: Default::default(),
         })
     }
 
@@ -154,9 +160,15 @@ impl Project {
         let ctx = session_context(&self.config.engine, &self.dir)?;
         self.state.register(&ctx)?;
         for (name, config) in &self.config.sources {
-            sources::build(config, &self.dir)
+            let registration = sources::build(config, &self.dir)
                 .register(&ctx, name)
                 .await?;
+            if let Ok(mut q) = self.quarantine.lock() {
+                q.insert(name.clone(), registration.quarantine);
+            }
+            if let (Some(dir), Ok(mut s)) = (registration.scratch, self.scratch.lock()) {
+                s.push(dir);
+            }
         }
         crate::hub::register_all(self, &ctx)
             .await
@@ -240,6 +252,33 @@ impl Project {
             }
         }
         Ok(out)
+    }
+
+    /// The rows the sources relation `name` reads (through models and segments) left out:
+    /// how many, and the ones kept.
+    pub fn quarantined(&self, name: &str) -> (u64, Vec<sources::quarantine::QuarantinedRow>) {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![name.to_string()];
+        let (mut count, mut rows) = (0, Vec::new());
+        let Ok(q) = self.quarantine.lock() else {
+            return (0, rows);
+        };
+        while let Some(n) = todo.pop() {
+            if !seen.insert(n.clone()) {
+                continue;
+            }
+            if let Some(found) = q.get(&n) {
+                count += found.count;
+                rows.extend(found.rows.iter().cloned());
+            }
+            if let Some(m) = self.models.iter().find(|m| m.name == n) {
+                todo.extend(m.dependencies.iter().cloned());
+            }
+            if let Some(s) = self.config.segments.get(&n) {
+                todo.push(s.model.clone());
+            }
+        }
+        (count, rows)
     }
 
     /// Whether relation `name` is an entity or reads one (through models and segments).

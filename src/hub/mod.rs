@@ -239,6 +239,25 @@ pub async fn run(
         }
     }
     .await;
+    // Rows a CSV source left out never reached the entity: invalid records of their source.
+    for (source, config) in &project.config.entities[name].sources {
+        let (count, rows) = project.quarantined(&config.from);
+        total.sources.entry(source.clone()).or_default().invalid += count;
+        for r in rows
+            .into_iter()
+            .take(crate::history::SAMPLE_LIMIT.saturating_sub(samples.len()))
+        {
+            samples.push(SampleRecord {
+                kind: crate::history::RecordKind::Invalid,
+                key: None,
+                reason: format!(
+                    "source {} {} line {}: {}",
+                    r.source, r.file, r.line, r.reason
+                ),
+                record: serde_json::json!({ "line": r.line, "row": r.record }).to_string(),
+            });
+        }
+    }
     // Later syncs read the golden records just committed.
     let registered = register(project, ctx, name).await;
     let finished = chrono::Utc::now().timestamp_millis();

@@ -164,7 +164,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[async_trait]
 impl Source for DatabaseSource {
-    async fn register(&self, ctx: &SessionContext, name: &str) -> Result<(), SourceError> {
+    async fn register(
+        &self,
+        ctx: &SessionContext,
+        name: &str,
+    ) -> Result<super::Registration, SourceError> {
         let db_err = |source: DatabaseError| SourceError::Database {
             name: name.to_string(),
             source,
@@ -280,7 +284,7 @@ impl Source for DatabaseSource {
                 name: name.to_string(),
                 reason: e.to_string(),
             })?;
-        Ok(())
+        Ok(super::Registration::default())
     }
 }
 

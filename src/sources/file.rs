@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
 use serde::Deserialize;
 
-use super::{Source, SourceError};
+use super::{Source, SourceError, quarantine};
 use crate::storage::Location;
 
 /// `type = "csv"`
@@ -101,7 +101,11 @@ impl FileSource {
 
 #[async_trait]
 impl Source for FileSource {
-    async fn register(&self, ctx: &SessionContext, name: &str) -> Result<(), SourceError> {
+    async fn register(
+        &self,
+        ctx: &SessionContext,
+        name: &str,
+    ) -> Result<super::Registration, SourceError> {
         let location = Location::resolve(&self.path, &self.project_dir).map_err(|source| {
             SourceError::Storage {
                 name: name.to_string(),
@@ -143,12 +147,25 @@ impl Source for FileSource {
             location: location.display.clone(),
             source,
         };
+        let mut registration = super::Registration::default();
         match &self.format {
             Format::Csv(c) => {
                 let mut options = CsvReadOptions::new()
                     .has_header(c.has_header)
                     .delimiter(c.delimiter as u8)
                     .schema_infer_max_records(c.infer_schema_rows.unwrap_or(usize::MAX));
+                let mut table_path = table_path;
+                let mut ext_override = ext_override;
+                if let Some(local) = &location.local {
+                    // Rows that cannot be read are quarantined; the session reads clean copies.
+                    if let Some(dir) =
+                        self.quarantine(name, c, local, &location.display, &mut registration)?
+                    {
+                        table_path = dir.path().display().to_string();
+                        ext_override = Some(".csv");
+                        registration.scratch = Some(dir);
+                    }
+                }
                 if let Some(ext) = ext_override {
                     options = options.file_extension(ext);
                 }
@@ -166,6 +183,69 @@ impl Source for FileSource {
                     .map_err(read_err)?;
             }
         }
-        Ok(())
+        Ok(registration)
+    }
+}
+
+impl FileSource {
+    /// Scan the local CSV files `path` names; when some have rows that cannot be read, the
+    /// folder of clean copies (of those files; the others linked or copied as they are) to
+    /// read instead.
+    fn quarantine(
+        &self,
+        name: &str,
+        c: &CsvSourceConfig,
+        path: &Path,
+        display: &str,
+        registration: &mut super::Registration,
+    ) -> Result<Option<tempfile::TempDir>, SourceError> {
+        let shape = quarantine::CsvShape {
+            has_header: c.has_header,
+            delimiter: c.delimiter as u8,
+        };
+        let files = quarantine::files(path, display);
+        let mut bad = Vec::new();
+        for file in &files {
+            let found = quarantine::scan(file, shape, name, &mut registration.quarantine).map_err(
+                |reason| SourceError::Other {
+                    name: name.to_string(),
+                    reason: format!("{}: {reason}", file.display()),
+                },
+            )?;
+            bad.push(found);
+        }
+        if !bad.iter().any(|b| *b) {
+            return Ok(None);
+        }
+        let fail = |reason: String| SourceError::Other {
+            name: name.to_string(),
+            reason,
+        };
+        let dir = tempfile::Builder::new()
+            .prefix(".backflow-clean-")
+            .tempdir_in(&self.project_dir)
+            .or_else(|_| tempfile::tempdir())
+            .map_err(|e| fail(format!("cannot create a folder for clean copies: {e}")))?;
+        for (i, (file, has_bad)) in files.iter().zip(bad).enumerate() {
+            let to = dir.path().join(format!("{i:06}.csv"));
+            if has_bad {
+                quarantine::clean_copy(file, shape, &to)
+                    .map_err(|e| fail(format!("{}: {e}", file.display())))?;
+            } else if std::fs::hard_link(file, &to).is_err() {
+                std::fs::copy(file, &to)
+                    .map_err(|e| fail(format!("cannot copy {}: {e}", file.display())))?;
+            }
+        }
+        let q = &registration.quarantine;
+        tracing::warn!(
+            source = name,
+            rows = q.count,
+            "rows that cannot be read were left out (first: {})",
+            q.rows
+                .first()
+                .map(|r| format!("{} line {}: {}", r.file, r.line, r.reason))
+                .unwrap_or_default()
+        );
+        Ok(Some(dir))
     }
 }

@@ -3,6 +3,7 @@
 
 mod database;
 mod file;
+pub mod quarantine;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -87,11 +88,22 @@ impl SourceConfig {
     }
 }
 
+/// What registering a source left for the project to keep.
+#[derive(Debug, Default)]
+pub struct Registration {
+    /// Rows left out of the source (CSV rows that cannot be read as rows of their file).
+    pub quarantine: quarantine::Quarantine,
+    /// Files the session reads instead of the source's own (clean copies); removed when
+    /// dropped, so the project keeps it as long as the session.
+    pub scratch: Option<tempfile::TempDir>,
+}
+
 /// A source registers itself as a table of a session.
 #[async_trait]
 pub trait Source: Send + Sync + std::fmt::Debug {
     /// Register the source in `ctx` under `name`.
-    async fn register(&self, ctx: &SessionContext, name: &str) -> Result<(), SourceError>;
+    async fn register(&self, ctx: &SessionContext, name: &str)
+    -> Result<Registration, SourceError>;
 }
 
 /// Build the source declared by `config`; relative paths resolve against `project_dir`.

@@ -46,7 +46,13 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn sample(&mut self, kind: RecordKind, key: Option<String>, reason: String, record: String) {
+    pub(crate) fn sample(
+        &mut self,
+        kind: RecordKind,
+        key: Option<String>,
+        reason: String,
+        record: String,
+    ) {
         let n = match kind {
             RecordKind::Invalid => &mut self.invalid_sampled,
             RecordKind::Rejected => &mut self.rejected_sampled,

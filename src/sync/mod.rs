@@ -732,6 +732,20 @@ pub async fn run(
     )
     .await;
     clear_cycle_tables(ctx);
+    // Rows a CSV source left out never reached the model: invalid records of this sync.
+    let (quarantined, rows) = project.quarantined(&sync.from);
+    tally.counts.invalid += quarantined;
+    for r in rows {
+        tally.sample(
+            history::RecordKind::Invalid,
+            None,
+            format!(
+                "source {} {} line {}: {}",
+                r.source, r.file, r.line, r.reason
+            ),
+            serde_json::json!({ "line": r.line, "row": r.record }).to_string(),
+        );
+    }
     let (status, version, watermark, error) = match result {
         Ok((v, wm)) => (RunStatus::Succeeded, Some(v), wm, None),
         Err(e) => (RunStatus::Failed, None, None, Some(e.to_string())),

@@ -68,3 +68,56 @@ async fn csv_with_bom_crlf_and_quoted_newlines() {
         ]
     );
 }
+
+/// Rows that cannot be read as rows of their file (ragged, invalid UTF-8) are quarantined with
+/// their line, as invalid records of the sync; the other rows sync, in a file that also has a
+/// BOM, CRLF line ends, quoted newlines and a blank line.
+#[tokio::test]
+async fn csv_rows_that_cannot_be_read_are_quarantined_with_their_line() {
+    let f = Fixture::new();
+    people_project(&f, "mirror", "");
+    let mut bytes =
+        b"\xef\xbb\xbfid,email,name,plan\r\n1,a@x.io,\"Ada\nLovelace\",pro\r\n\r\n".to_vec();
+    bytes.extend_from_slice(b"2,b@x.io,Bob,free,extra\r\n"); // line 5: ragged
+    bytes.extend_from_slice(b"3,c@x.io,C\xffy,pro\r\n"); // line 6: not UTF-8
+    bytes.extend_from_slice(b"4,d@x.io,\"Di, Jr.\",pro\r\n5,e@x.io\r\n"); // line 8: short
+    std::fs::write(f.path().join("people.csv"), &bytes).unwrap();
+    let r = f.run_ok("people_sync").await;
+    assert_eq!((r.counts.created, r.counts.invalid), (2, 3), "{r:?}");
+    assert_eq!(
+        pairs(&f.sqlite("out/app.db", "people"), "id", "name"),
+        vec![
+            ("1".into(), "Ada\nLovelace".into()),
+            ("4".into(), "Di, Jr.".into())
+        ]
+    );
+    let reasons: Vec<&str> = r.samples.iter().map(|s| s.reason.as_str()).collect();
+    for (line, why) in [
+        (5, "the row has 5 field(s), the header has 4"),
+        (6, "field 3 is not valid UTF-8"),
+        (8, "the row has 2 field(s), the header has 4"),
+    ] {
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains(&format!("people.csv line {line}: {why}"))),
+            "line {line}: {reasons:#?}"
+        );
+    }
+    // The run history keeps them; the clean copy the session read is gone.
+    let project = f.load().unwrap();
+    let runs = backflow::history::runs(&project.state, "people_sync", 1)
+        .await
+        .unwrap();
+    assert_eq!(runs[0].counts.invalid, 3);
+    let leftovers: Vec<_> = std::fs::read_dir(f.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".backflow-clean")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
