@@ -68,6 +68,9 @@ pub struct StateConfig {
     /// A directory relative to the project, an absolute path, or an object-store URL
     /// (`s3://bucket/prefix`). Default: `.backflow` in the project directory.
     pub path: Option<String>,
+    /// In an object store: how long a run's lease lasts without renewal (default "60s"; it is
+    /// renewed every third of that while the run goes).
+    pub lease: Option<String>,
 }
 
 /// `[engine]`
@@ -371,6 +374,13 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
                 "source \"{name}\": a database source's name is the SQL schema of its tables; \"{name}\" is reserved, choose another"
             ));
         }
+    }
+    if let Some(l) = &config.state.lease
+        && parse_duration(l).is_none_or(|d| d.as_secs() < 3)
+    {
+        problems.push(format!(
+            "[state]: lease \"{l}\" is not a duration of 3 seconds or more (\"60s\", \"5m\")"
+        ));
     }
     problems.extend(crate::hub::config::validate(config, &relations, text));
     for name in config.entities.keys() {

@@ -14,6 +14,7 @@ pub mod functions;
 pub mod hash;
 pub mod history;
 pub mod hub;
+pub mod lease;
 pub mod models;
 pub mod progress;
 pub mod project;

@@ -141,8 +141,16 @@ impl Project {
             config.syncs.insert(name, sync);
         }
         let state_path = config.state.path.as_deref().unwrap_or(DEFAULT_STATE_DIR);
-        let state =
+        let mut state =
             StateStore::open(Location::resolve(state_path, &dir).map_err(StateError::from)?)?;
+        if let Some(ttl) = config
+            .state
+            .lease
+            .as_deref()
+            .and_then(crate::config::parse_duration)
+        {
+            state = state.with_lease_ttl(ttl);
+        }
         Ok(Project {
             dir,
             config,

@@ -78,6 +78,10 @@ pub enum StateError {
         "{owner}: another run committed state version {version} first; this run's changes were sent but its state was not committed, and the next run will re-check them"
     )]
     Conflict { owner: String, version: u64 },
+    #[error(
+        "{owner}: this run lost its lease (another run took it over after it expired, or it could not be renewed); it stops here without committing, and the next run re-checks what it sent"
+    )]
+    LeaseLost { owner: String },
     #[error("cannot create lock file {path}: {source}")]
     Lock {
         path: String,
@@ -256,12 +260,37 @@ pub struct StateStore {
     store: Arc<dyn ObjectStore>,
     location: Location,
     root: ObjectPath,
+    lease_ttl: std::time::Duration,
 }
 
-/// Held while a sync runs; released on drop.
+/// Held while a sync (or an entity) runs: an OS file lock on local state, a lease in an object
+/// store (see `lease.rs`).
 #[derive(Debug)]
 pub struct SyncLock {
     _file: Option<std::fs::File>,
+    lease: Option<crate::lease::Lease>,
+}
+
+impl SyncLock {
+    /// What writes check first: whether the lease is still held (always, for a file lock).
+    pub fn fence(&self) -> Option<crate::lease::Fence> {
+        self.lease.as_ref().map(|l| l.fence())
+    }
+
+    /// Right before a commit: whether the lease is still this run's.
+    pub async fn confirm(&self) -> Result<()> {
+        match &self.lease {
+            Some(l) => l.confirm().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Give the lock up now (a file lock goes with the process anyway).
+    pub async fn release(self) {
+        if let Some(l) = self.lease {
+            l.release().await;
+        }
+    }
 }
 
 impl StateStore {
@@ -278,7 +307,14 @@ impl StateStore {
             store,
             location,
             root,
+            lease_ttl: crate::lease::DEFAULT_TTL,
         })
+    }
+
+    /// How long a run's lease lasts without renewal (object-store state).
+    pub fn with_lease_ttl(mut self, ttl: std::time::Duration) -> StateStore {
+        self.lease_ttl = ttl;
+        self
     }
 
     pub fn location(&self) -> &Location {
@@ -343,7 +379,10 @@ impl StateStore {
     /// manifest put alone.
     pub fn lock_chain(&self, chain: &Chain) -> Result<SyncLock> {
         let Some(dir) = &self.location.local else {
-            return Ok(SyncLock { _file: None });
+            return Ok(SyncLock {
+                _file: None,
+                lease: None,
+            });
         };
         let dir = dir.join("locks");
         let path = dir.join(format!("{}.lock", chain.lock));
@@ -359,13 +398,37 @@ impl StateStore {
             .open(&path)
             .map_err(lock_err)?;
         match file.try_lock() {
-            Ok(()) => Ok(SyncLock { _file: Some(file) }),
+            Ok(()) => Ok(SyncLock {
+                _file: Some(file),
+                lease: None,
+            }),
             Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked {
                 owner: chain.owner.clone(),
                 path: path.display().to_string(),
             }),
             Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
         }
+    }
+
+    /// Take a chain's run lock for run `run`: the file lock of local state, a lease (renewed
+    /// while the run goes) in an object store.
+    pub async fn acquire(&self, chain: &Chain, run: &str) -> Result<SyncLock> {
+        if self.location.local.is_some() {
+            return self.lock_chain(chain);
+        }
+        let path = self.path(&format!("locks/{}.lease", chain.lock));
+        let lease = crate::lease::Lease::acquire(
+            self.store.clone(),
+            path,
+            &chain.owner,
+            run,
+            self.lease_ttl,
+        )
+        .await?;
+        Ok(SyncLock {
+            _file: None,
+            lease: Some(lease),
+        })
     }
 
     /// Take the sync's run lock (see [`StateStore::lock_chain`]).

@@ -198,7 +198,7 @@ pub async fn run(
     let mut drained = std::collections::BTreeSet::new();
     let mut first = true;
     let result: Result<(), HubError> = async {
-        let _lock = project.state.lock_chain(&Chain::entity(name))?;
+        let lock = project.state.acquire(&Chain::entity(name), &run_id).await?;
         loop {
             let outcome = cycle::run(
                 project,
@@ -234,8 +234,10 @@ pub async fn run(
                 || !outcome.more
                 || options.max_cycles.is_some_and(|m| cycles >= m)
             {
+                lock.release().await;
                 return Ok(());
             }
+            lock.confirm().await?;
         }
     }
     .await;

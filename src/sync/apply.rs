@@ -571,6 +571,7 @@ pub struct IntentLog {
     run_id: String,
     /// The files written, relative to the state root.
     pub files: Vec<String>,
+    fence: Option<crate::lease::Fence>,
 }
 
 impl IntentLog {
@@ -580,10 +581,21 @@ impl IntentLog {
             dir: dir.to_string(),
             run_id: run_id.to_string(),
             files: Vec::new(),
+            fence: None,
         }
     }
 
+    /// Check `fence` (the run's lease) before every batch: a run that lost its lease writes
+    /// nothing more.
+    pub fn with_fence(mut self, fence: Option<crate::lease::Fence>) -> Self {
+        self.fence = fence;
+        self
+    }
+
     async fn record(&mut self, sync: &str, keys: &ArrayRef) -> Result<(), SyncError> {
+        if let Some(f) = &self.fence {
+            f.check()?;
+        }
         let rel = format!(
             "{}/{}-{:06}.parquet",
             self.dir,

@@ -493,13 +493,13 @@ async fn prepare(
     )
     .await?;
 
-    let join = if sync.cursor.is_some() {
-        "RIGHT"
+    let from = if sync.cursor.is_some() {
+        "model m LEFT JOIN bf_prev p ON m.__bf_key = p.__bf_key"
     } else {
-        "FULL"
+        "bf_prev p FULL JOIN model m ON m.__bf_key = p.__bf_key"
     };
     let diff = ctx
-        .sql(&DIFF_SQL.replace("{join}", join))
+        .sql(&DIFF_SQL.replace("{from}", from))
         .await
         .map_err(engine(name, "diff"))?;
     Ok(Prepared {
@@ -798,7 +798,10 @@ async fn run_cycle(
     tally: &mut apply::Tally,
     progress: Arc<dyn Progress>,
 ) -> Result<(u64, Option<String>), SyncError> {
-    let _lock = project.state.lock(name)?;
+    let lock = project
+        .state
+        .acquire(&crate::state::Chain::sync(name), run_id)
+        .await?;
     let mut prepared = prepare(project, ctx, name, options).await?;
     prepared.target.progress = progress.clone();
     let destination = prepared.destination.clone();
@@ -821,7 +824,9 @@ async fn run_cycle(
         sync.behavior,
         Behavior::Upsert | Behavior::UpdateOnly | Behavior::Mirror
     )
-    .then(|| apply::IntentLog::new(&project.state, &pending_dir(name), run_id));
+    .then(|| {
+        apply::IntentLog::new(&project.state, &pending_dir(name), run_id).with_fence(lock.fence())
+    });
 
     let stream = prepared
         .diff
@@ -934,6 +939,7 @@ async fn run_cycle(
         checksum: None,
     };
     failpoint!("before_commit", name);
+    lock.confirm().await?;
     project.state.commit(&manifest).await?;
     failpoint!("after_commit", name);
     // The committed snapshot covers every intent read or written by this run.
@@ -949,6 +955,7 @@ async fn run_cycle(
         }
     }
     project.state.vacuum(name).await;
+    lock.release().await;
     Ok((version, watermark.map(|w| w.value)))
 }
 

@@ -302,33 +302,36 @@ async fn a_torn_newest_manifest_falls_back_and_resends() {
     assert!(r.state_version.unwrap() >= 3);
 }
 
-/// State in an object store has no run lock: runs of one sync can overlap, and the
-/// create-if-absent put of the next manifest decides. Runs started together, or paused past
-/// the others' commit, never both commit one version: one wins, the others stop with a clear
-/// conflict, and no key's state goes backwards.
+/// State in an object store has no file lock: a run holds a lease instead (renewed while it
+/// goes), and the create-if-absent put of each manifest still decides. Runs started together:
+/// one runs, the others are told it is already running. A run frozen past its lease (its
+/// renewals stopped): another takes the expired lease over and commits; the frozen one wakes,
+/// finds its lease gone and commits nothing. No key's state goes backwards.
 #[cfg(feature = "failpoints")]
-#[tokio::test]
-async fn overlapping_runs_on_object_store_state_commit_each_version_once() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runs_on_object_store_state_hold_a_lease_and_a_frozen_run_commits_nothing() {
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
     let f = Fixture::new();
     f.write(
         "backflow.toml",
         r#"
 [state]
 path = "memory:///shared"
+lease = "3s"
 
 [sources.people]
 type = "csv"
 path = "people.csv"
 
-[destinations.lake]
-type = "file"
-path = "out"
-format = "parquet"
+[destinations.app]
+type = "sqlite"
+path = "out/app.db"
 
 [syncs.overlap]
 from = "people"
-to = "lake"
+to = "app"
 object = "people"
 behavior = "mirror"
 key = "id"
@@ -343,99 +346,93 @@ key = "id"
         }
         csv
     };
-    let round = |runs: usize, action: &'static str| {
-        let path = f.path().to_path_buf();
-        let shared = shared.clone();
-        async move {
-            let _failpoints = FAILPOINTS.lock().await;
-            fail::cfg("before_commit", action).unwrap();
-            let mut handles = Vec::new();
-            for _ in 0..runs {
-                let path = path.clone();
-                let shared = shared.clone();
-                handles.push(tokio::spawn(async move {
-                    let mut project = backflow::Project::load(&path).unwrap();
-                    project.state = backflow::state::StateStore::with_store(
-                        project.state.location().clone(),
-                        shared,
-                    )
-                    .unwrap();
-                    let ctx = project.session().await.unwrap();
-                    backflow::sync::run(
-                        &project,
-                        &ctx,
-                        "overlap",
-                        Default::default(),
-                        Arc::new(backflow::sync::NoProgress),
-                    )
-                    .await
-                }));
+    let start = |path: std::path::PathBuf, shared: Arc<dyn object_store::ObjectStore>| {
+        tokio::spawn(async move {
+            let mut project = backflow::Project::load(&path).unwrap();
+            project.state =
+                backflow::state::StateStore::with_store(project.state.location().clone(), shared)
+                    .unwrap()
+                    .with_lease_ttl(Duration::from_secs(3));
+            let ctx = project.session().await.unwrap();
+            backflow::sync::run(
+                &project,
+                &ctx,
+                "overlap",
+                Default::default(),
+                Arc::new(backflow::sync::NoProgress),
+            )
+            .await
+        })
+    };
+    // Runs reaching their commit wait there: the first `pause_first` ms when given, else all.
+    let pause = |ms: u64, only_first: bool| {
+        let arrived = Arc::new(AtomicUsize::new(0));
+        fail::cfg_callback("before_commit", move || {
+            if !only_first || arrived.fetch_add(1, Ordering::SeqCst) == 0 {
+                std::thread::sleep(Duration::from_millis(ms));
             }
-            let mut outcomes = Vec::new();
-            for h in handles {
-                outcomes.push(h.await.unwrap());
-            }
-            fail::remove("before_commit");
-            outcomes
-        }
+        })
+        .unwrap();
     };
     let latest = || {
         let path = f.path().to_path_buf();
         let shared = shared.clone();
         async move {
             let project = backflow::Project::load(&path).unwrap();
-            let state =
-                backflow::state::StateStore::with_store(project.state.location().clone(), shared)
-                    .unwrap();
-            state.latest("overlap").await.unwrap()
+            backflow::state::StateStore::with_store(project.state.location().clone(), shared)
+                .unwrap()
+                .latest("overlap")
+                .await
+                .unwrap()
         }
     };
-    let check = |outcomes: &[backflow::SyncReport], version: u64| {
-        let won: Vec<_> = outcomes
-            .iter()
-            .filter(|r| r.status == RunStatus::Succeeded)
-            .collect();
-        assert_eq!(won.len(), 1, "exactly one run commits: {outcomes:#?}");
-        assert_eq!(won[0].state_version, Some(version));
-        for r in outcomes.iter().filter(|r| r.status == RunStatus::Failed) {
-            let e = r.error.clone().unwrap_or_default();
-            assert!(
-                e.contains(&format!(
-                    "another run committed state version {version} first"
-                )),
-                "{e}"
-            );
-        }
-    };
+    let _failpoints = FAILPOINTS.lock().await;
 
-    // Four runs started together, all paused before their commit.
+    // Four runs started together: one holds the lease, the others are turned away.
     f.write("people.csv", &model(500, "a"));
-    let outcomes = round(4, "sleep(300)").await;
-    check(&outcomes, 1);
+    pause(1500, false);
+    let runs: Vec<_> = (0..4)
+        .map(|_| start(f.path().to_path_buf(), shared.clone()))
+        .collect();
+    let mut outcomes = Vec::new();
+    for r in runs {
+        outcomes.push(r.await.unwrap());
+    }
+    fail::remove("before_commit");
+    let won: Vec<_> = outcomes.iter().filter(|r| r.error.is_none()).collect();
+    assert_eq!(won.len(), 1, "{outcomes:#?}");
+    assert_eq!(won[0].state_version, Some(1));
+    for r in outcomes.iter().filter(|r| r.error.is_some()) {
+        let e = r.error.clone().unwrap();
+        assert!(
+            e.contains("is already running") && e.contains("lease"),
+            "{e}"
+        );
+    }
     assert_eq!(latest().await.unwrap().rows, 500);
 
-    // The model moves on; the first run to get to its commit is paused past the others'.
+    // A run frozen at its commit past its lease; another takes the lease over meanwhile.
     f.write("people.csv", &model(400, "b"));
-    let outcomes = round(3, "1*sleep(800)->off").await;
-    check(&outcomes, 2);
+    fail::cfg("lease_renew", "return").unwrap();
+    pause(5000, true);
+    let frozen = start(f.path().to_path_buf(), shared.clone());
+    tokio::time::sleep(Duration::from_millis(3800)).await;
+    let other = start(f.path().to_path_buf(), shared.clone()).await.unwrap();
+    let frozen = frozen.await.unwrap();
+    fail::remove("before_commit");
+    fail::remove("lease_renew");
+    assert_eq!(other.error, None, "{other:#?}");
+    assert_eq!(other.state_version, Some(2));
+    let e = frozen.error.clone().unwrap_or_default();
+    assert!(e.contains("lost its lease"), "{frozen:#?}");
     let state = latest().await.unwrap();
     assert_eq!((state.version, state.rows), (2, 400));
 
-    // A clean run (the losers' intents make it re-check what they sent) leaves the destination
-    // equal to the model.
-    let outcomes = round(1, "off").await;
-    assert_eq!(outcomes[0].status, RunStatus::Succeeded, "{outcomes:?}");
-    let ctx = datafusion::prelude::SessionContext::new();
-    let rows = ctx
-        .read_parquet(
-            f.path().join("out/people.parquet").display().to_string(),
-            Default::default(),
-        )
-        .await
-        .unwrap()
-        .count()
-        .await
-        .unwrap();
-    assert_eq!(rows, 400);
+    // The next run (re-checking what the frozen one sent) leaves the table equal to the model.
+    let clean = start(f.path().to_path_buf(), shared.clone()).await.unwrap();
+    assert_eq!(clean.error, None, "{clean:#?}");
+    let rows = f.sqlite("out/app.db", "people");
+    assert_eq!(rows.len(), 400);
+    assert!(rows.iter().all(|r| r["name"].starts_with('b')));
     assert_eq!(latest().await.unwrap().rows, 400);
 }
