@@ -11,6 +11,8 @@ pub mod config;
 pub mod databases;
 pub mod destinations;
 pub mod functions;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hash;
 pub mod history;
 pub mod hub;

@@ -536,34 +536,7 @@ impl StateStore {
             path: path.to_string(),
             reason,
         };
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        let format = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0) as u32;
-        if format > FORMAT_VERSION {
-            return Err(StateError::NewerFormat {
-                owner: chain.owner.clone(),
-                found: format,
-            });
-        }
-        // From the bytes, not the parsed value: a value's objects lose their key order, and
-        // the checksum covers the order written.
-        let mut manifest: M = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        if manifest.version() != version {
-            return Err(corrupt(format!(
-                "it says version {} but is named {version}",
-                manifest.version()
-            )));
-        }
-        match manifest.checksum() {
-            Some(sum) if sum != manifest.content_checksum() => {
-                return Err(corrupt("its checksum does not match its content".into()));
-            }
-            Some(_) => {}
-            None if !manifest.may_lack_checksum(format) => {
-                return Err(corrupt("its checksum is missing".into()));
-            }
-            None => {}
-        }
+        let mut manifest: M = decode(&bytes, version, &chain.owner, &path.to_string())?;
         for (file, expected) in manifest.files_mut() {
             let Some(expected) = *expected else { continue };
             let file = self.path(file);
@@ -910,6 +883,47 @@ impl StateStore {
     pub fn local_dir(&self) -> Option<&PathBuf> {
         self.location.local.as_ref()
     }
+}
+
+/// Decode a manifest read as version `version`: parsable, of a format this release reads,
+/// named as it says, its checksum right (the files it names are checked by the caller).
+/// `owner` and `path` only go into messages.
+pub fn decode<M: Versioned>(bytes: &[u8], version: u64, owner: &str, path: &str) -> Result<M> {
+    let corrupt = |reason: String| StateError::Corrupt {
+        owner: owner.to_string(),
+        path: path.to_string(),
+        reason,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let format = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
+    if format > u64::from(FORMAT_VERSION) {
+        return Err(StateError::NewerFormat {
+            owner: owner.to_string(),
+            found: u32::try_from(format).unwrap_or(u32::MAX),
+        });
+    }
+    let format = format as u32;
+    // From the bytes, not the parsed value: a value's objects lose their key order, and the
+    // checksum covers the order written.
+    let manifest: M = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    if manifest.version() != version {
+        return Err(corrupt(format!(
+            "it says version {} but is named {version}",
+            manifest.version()
+        )));
+    }
+    match manifest.checksum() {
+        Some(sum) if sum != manifest.content_checksum() => {
+            return Err(corrupt("its checksum does not match its content".into()));
+        }
+        Some(_) => {}
+        None if !manifest.may_lack_checksum(format) => {
+            return Err(corrupt("its checksum is missing".into()));
+        }
+        None => {}
+    }
+    Ok(manifest)
 }
 
 /// The schema a plan's rows are stored in: string views as plain strings, every column

@@ -33,9 +33,11 @@ use datafusion::common::ScalarValue;
 use serde::Deserialize;
 
 pub use file::{FileDestination, FileDestinationConfig, FileFormat, FileMode};
+pub(crate) use http::template as http_template;
 pub use http::{HttpDestination, HttpDestinationConfig};
 pub use mysql::{MysqlDestination, MysqlDestinationConfig};
 pub use postgres::{PostgresDestination, PostgresDestinationConfig};
+pub(crate) use sqlite::quote as sqlite_quote;
 pub use sqlite::{SqliteDestination, SqliteDestinationConfig};
 
 use crate::config::Behavior;

@@ -4,6 +4,7 @@ mod config_fuzz;
 mod crash;
 mod errors;
 mod files;
+mod fuzz_corpus;
 mod hostile;
 mod http;
 mod hub;
