@@ -65,6 +65,10 @@ pub enum ProjectError {
         suggestion: String,
         known: String,
     },
+    #[error(
+        "\"{name}\" is an entity, not a sync: `backflow run {name}` runs it; its write-backs are syncs ({writebacks})"
+    )]
+    NotASync { name: String, writebacks: String },
     #[error(transparent)]
     State(#[from] StateError),
     #[error("[engine] settings cannot be applied: {source}")]
@@ -323,6 +327,23 @@ impl Project {
             .map(String::as_str)
             .collect();
         for name in requested {
+            if self.config.entities.contains_key(name) && !self.config.syncs.contains_key(name) {
+                let writebacks: Vec<&str> = self
+                    .config
+                    .syncs
+                    .iter()
+                    .filter(|(_, s)| s.hub.as_ref().is_some_and(|l| &l.entity == name))
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                return Err(ProjectError::NotASync {
+                    name: name.clone(),
+                    writebacks: if writebacks.is_empty() {
+                        "it has none".into()
+                    } else {
+                        writebacks.join(", ")
+                    },
+                });
+            }
             if !self.config.syncs.contains_key(name) {
                 return Err(ProjectError::UnknownSync {
                     name: name.clone(),

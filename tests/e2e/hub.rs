@@ -776,6 +776,16 @@ fn the_bundled_hub_example_runs_end_to_end_and_shows_its_records() {
     assert_ne!(code, 0);
     assert!(err.contains("no golden record 99"), "{err}");
 
+    // `plan` takes syncs: an entity's name says what to do instead.
+    let (code, _, err) = f.cli(&["plan", "account"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("is an entity, not a sync") && err.contains("account-to-crm"),
+        "{err}"
+    );
+    let (code, out, _) = f.cli(&["plan", "account-to-crm"]);
+    assert_eq!(code, 0, "{out}");
+
     // History lists the entity's runs by its name.
     let (code, out, _) = f.cli(&["history", "account"]);
     assert_eq!(code, 0);
