@@ -233,16 +233,7 @@ async fn stages(
     }
     for (source, config) in &entity.sources {
         let before = previous.as_ref().and_then(|m| m.sources.get(source));
-        let relation =
-            cycle
-                .ctx
-                .table(config.from.as_str())
-                .await
-                .map_err(|e| HubError::Source {
-                    entity: name.to_string(),
-                    source_name: source.clone(),
-                    message: format!("cannot read \"{}\": {e}", config.from),
-                })?;
+        let relation = read::relation(cycle.ctx, name, source, config).await?;
         let context = read::ReadContext {
             name,
             entity,

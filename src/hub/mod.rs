@@ -363,14 +363,7 @@ pub async fn check(project: &Project, ctx: &SessionContext, name: &str) -> Resul
     let entity = &project.config.entities[name];
     let manifest = latest(project, name).await?;
     for (source, config) in &entity.sources {
-        let relation = ctx
-            .table(config.from.as_str())
-            .await
-            .map_err(|e| HubError::Source {
-                entity: name.to_string(),
-                source_name: source.clone(),
-                message: format!("cannot read \"{}\": {e}", config.from),
-            })?;
+        let relation = read::relation(ctx, name, source, config).await?;
         let context = read::ReadContext {
             name,
             entity,

@@ -46,6 +46,22 @@ pub struct SourceRead {
     pub table: String,
 }
 
+/// The relation a source reads from, as a table of `ctx`.
+pub async fn relation(
+    ctx: &SessionContext,
+    entity: &str,
+    source: &str,
+    config: &EntitySourceConfig,
+) -> Result<DataFrame, HubError> {
+    ctx.table(config.from.as_str())
+        .await
+        .map_err(|e| HubError::Source {
+            entity: entity.to_string(),
+            source_name: source.to_string(),
+            message: format!("cannot read \"{}\": {e}", config.from),
+        })
+}
+
 /// Which records a read takes.
 #[derive(Debug, Clone, Copy)]
 pub enum Window<'a> {
@@ -196,25 +212,38 @@ fn past(
     id_type: &DataType,
     wm_type: Option<&DataType>,
 ) -> Result<Expr, String> {
-    let id = ident(&source.id);
     // After the last id within its watermark: NULL ids come first.
+    let id = ident(&source.id);
     let id_after = match &pos.id {
         Some(last) => id.gt(lit(last.to_scalar(id_type)?)),
         None => id.is_not_null(),
     };
-    let (Some(w), Some(wm_type)) = (&source.watermark, wm_type) else {
+    let Some((w, wm)) = watermark_of(pos, source, wm_type)? else {
         return Ok(id_after);
     };
-    let w = ident(w);
-    Ok(match (&pos.watermark, pos.drained) {
+    Ok(match (wm, pos.drained) {
         (None, false) => w.clone().is_not_null().or(w.is_null().and(id_after)),
         (None, true) => w.is_not_null(),
-        (Some(v), false) => {
-            let v = lit(v.to_scalar(wm_type)?);
-            w.clone().gt(v.clone()).or(w.eq(v).and(id_after))
-        }
-        (Some(v), true) => w.gt_eq(lit(v.to_scalar(wm_type)?)),
+        (Some(v), false) => w.clone().gt(v.clone()).or(w.eq(v).and(id_after)),
+        (Some(v), true) => w.gt_eq(v),
     })
+}
+
+/// The source's watermark column and the position's value of it (None: NULL), when the
+/// source has a watermark.
+fn watermark_of(
+    pos: &Position,
+    source: &EntitySourceConfig,
+    wm_type: Option<&DataType>,
+) -> Result<Option<(Expr, Option<Expr>)>, String> {
+    let (Some(w), Some(wm_type)) = (&source.watermark, wm_type) else {
+        return Ok(None);
+    };
+    let value = match &pos.watermark {
+        Some(v) => Some(lit(v.to_scalar(wm_type)?)),
+        None => None,
+    };
+    Ok(Some((ident(w), value)))
 }
 
 /// The filter for the records at exactly `pos`.
@@ -229,12 +258,10 @@ fn at(
         Some(v) => id.eq(lit(v.to_scalar(id_type)?)),
         None => id.is_null(),
     };
-    let (Some(w), Some(wm_type)) = (&source.watermark, wm_type) else {
-        return Ok(same_id);
-    };
-    Ok(match &pos.watermark {
-        None => ident(w).is_null().and(same_id),
-        Some(v) => ident(w).eq(lit(v.to_scalar(wm_type)?)).and(same_id),
+    Ok(match watermark_of(pos, source, wm_type)? {
+        None => same_id,
+        Some((w, None)) => w.is_null().and(same_id),
+        Some((w, Some(v))) => w.eq(v).and(same_id),
     })
 }
 
