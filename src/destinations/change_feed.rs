@@ -39,6 +39,24 @@ pub fn change_file(folder: &ObjectPath, version: u64, format: FileFormat) -> Obj
         .join(format!("v{version:020}.{}", format.extension()))
 }
 
+/// The highest version a change file in `folder` has.
+pub async fn newest_version(
+    store: &dyn ObjectStore,
+    folder: &ObjectPath,
+) -> Result<Option<u64>, object_store::Error> {
+    let listing = match store.list_with_delimiter(Some(folder)).await {
+        Ok(l) => l,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(listing
+        .objects
+        .iter()
+        .filter_map(|o| o.location.filename())
+        .filter_map(|f| f.strip_prefix('v')?.split('.').next()?.parse::<u64>().ok())
+        .max())
+}
+
 enum Sink {
     Parquet(AsyncArrowWriter<BufWriter>),
     Text { out: BufWriter, header: bool },

@@ -219,6 +219,20 @@ impl Destination for FileDestination {
             if let Some(path) = &location.local {
                 std::fs::create_dir_all(path).map_err(|e| self.unwritable(&location, e))?;
             }
+            // A feed with files of later versions than this run's: the sync's state is older
+            // than the feed (reset, moved aside); adding to it would interleave two histories.
+            let newest = super::change_feed::newest_version(store.as_ref(), &folder)
+                .await
+                .map_err(|e| self.unwritable(&location, e))?;
+            if let Some(v) = newest.filter(|v| *v > target.version) {
+                return Err(self.unwritable(
+                    &location,
+                    format!(
+                        "the change feed already holds version {v}, later than the {} this run commits: the sync's state is older than the feed (was it reset?); move the feed's files aside or write elsewhere",
+                        target.version
+                    ),
+                ));
+            }
             return Ok(Box::new(super::change_feed::ChangeFeedWriter::new(
                 &self.name,
                 target,

@@ -182,6 +182,7 @@ pub(super) async fn run(
     options: CycleOptions,
     skip: &BTreeSet<String>,
     samples: &mut Vec<SampleRecord>,
+    lock: &crate::state::SyncLock,
 ) -> Result<CycleOutcome, HubError> {
     let chain = Chain::entity(name);
     let previous: Option<HubManifest> = project.state.latest_in(&chain).await?;
@@ -198,7 +199,7 @@ pub(super) async fn run(
         previous,
         tables: Mutex::new(Vec::new()),
     };
-    let result = stages(&cycle, &chain, options, skip, samples).await;
+    let result = stages(&cycle, &chain, options, skip, samples, lock).await;
     cycle.clear();
     result
 }
@@ -209,6 +210,7 @@ async fn stages(
     options: CycleOptions,
     skip: &BTreeSet<String>,
     samples: &mut Vec<SampleRecord>,
+    lock: &crate::state::SyncLock,
 ) -> Result<CycleOutcome, HubError> {
     let entity = cycle.entity;
     let name = cycle.name;
@@ -378,6 +380,7 @@ async fn stages(
                 }
             }
             failpoint!("hub_before_commit", name);
+            lock.confirm().await?;
             project.state.commit_in(chain, &manifest).await?;
             outcome.version = cycle.version;
             outcome.committed = true;
@@ -454,6 +457,7 @@ async fn stages(
         checksum: None,
     };
     failpoint!("hub_before_commit", name);
+    lock.confirm().await?;
     project.state.commit_in(chain, &manifest).await?;
     outcome.version = cycle.version;
     failpoint!("hub_after_commit", name);

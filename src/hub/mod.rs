@@ -197,8 +197,19 @@ pub async fn run(
     let mut cycles = 0u64;
     let mut drained = std::collections::BTreeSet::new();
     let mut first = true;
+    let (lock, mut refused) = match project.state.acquire(&Chain::entity(name), &run_id).await {
+        Ok(l) => (Some(l), None),
+        Err(e) => (None, Some(e)),
+    };
     let result: Result<(), HubError> = async {
-        let lock = project.state.acquire(&Chain::entity(name), &run_id).await?;
+        let Some(lock) = &lock else {
+            return Err(refused.take().map(HubError::State).unwrap_or_else(|| {
+                HubError::Settings {
+                    entity: name.to_string(),
+                    message: "no lock (this is a bug in backflow)".into(),
+                }
+            }));
+        };
         loop {
             let outcome = cycle::run(
                 project,
@@ -211,6 +222,7 @@ pub async fn run(
                 },
                 &drained,
                 &mut samples,
+                lock,
             )
             .await?;
             first = false;
@@ -234,13 +246,14 @@ pub async fn run(
                 || !outcome.more
                 || options.max_cycles.is_some_and(|m| cycles >= m)
             {
-                lock.release().await;
                 return Ok(());
             }
-            lock.confirm().await?;
         }
     }
     .await;
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
     // Rows a CSV source left out never reached the entity: invalid records of their source.
     for (source, config) in &project.config.entities[name].sources {
         let (count, rows) = project.quarantined(&config.from);

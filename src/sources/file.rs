@@ -206,13 +206,33 @@ impl FileSource {
         let files = quarantine::files(path, display);
         let mut bad = Vec::new();
         for file in &files {
-            let found = quarantine::scan(file, shape, name, &mut registration.quarantine).map_err(
-                |reason| SourceError::Other {
+            let first = registration.quarantine.rows.len();
+            let scanned = quarantine::scan(file, shape, name, &mut registration.quarantine)
+                .map_err(|reason| SourceError::Other {
                     name: name.to_string(),
                     reason: format!("{}: {reason}", file.display()),
-                },
-            )?;
-            bad.push(found);
+                })?;
+            // Most rows unreadable: the file is not what the source says (another delimiter,
+            // a header that does not fit), not a file with a few bad rows. Reading it as empty
+            // would have a mirror delete everything.
+            if scanned.bad * 2 > scanned.rows {
+                let example = registration
+                    .quarantine
+                    .rows
+                    .get(first)
+                    .map(|r| format!(" (line {}: {})", r.line, r.reason))
+                    .unwrap_or_default();
+                return Err(SourceError::Other {
+                    name: name.to_string(),
+                    reason: format!(
+                        "{}: {} of {} rows cannot be read as rows of the file{example}; check its delimiter and header — nothing was read",
+                        file.display(),
+                        scanned.bad,
+                        scanned.rows
+                    ),
+                });
+            }
+            bad.push(scanned.bad > 0);
         }
         if !bad.iter().any(|b| *b) {
             return Ok(None);
@@ -226,8 +246,22 @@ impl FileSource {
             .tempdir_in(&self.project_dir)
             .or_else(|_| tempfile::tempdir())
             .map_err(|e| fail(format!("cannot create a folder for clean copies: {e}")))?;
-        for (i, (file, has_bad)) in files.iter().zip(bad).enumerate() {
-            let to = dir.path().join(format!("{i:06}.csv"));
+        for (file, has_bad) in files.iter().zip(bad) {
+            // The same place under the copy folder (partition folders keep their names).
+            let rel = file
+                .strip_prefix(path)
+                .ok()
+                .filter(|r| !r.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(file.file_name().unwrap_or_default()));
+            let mut to = dir.path().join(rel);
+            if to.extension().is_none_or(|e| e != "csv") {
+                to.set_extension("csv");
+            }
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
+            }
             if has_bad {
                 quarantine::clean_copy(file, shape, &to)
                     .map_err(|e| fail(format!("{}: {e}", file.display())))?;

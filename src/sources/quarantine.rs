@@ -146,14 +146,20 @@ fn reader(
     Ok((r, breaks))
 }
 
-/// Scan `path`; its quarantined rows go to `found` (tagged with `source`). Returns whether
-/// the file has any.
+/// What a scan found in one file.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Scanned {
+    pub rows: u64,
+    pub bad: u64,
+}
+
+/// Scan `path`; its quarantined rows go to `found` (tagged with `source`).
 pub fn scan(
     path: &Path,
     shape: CsvShape,
     source: &str,
     found: &mut Quarantine,
-) -> Result<bool, String> {
+) -> Result<Scanned, String> {
     let (mut r, breaks) = reader(path, shape).map_err(|e| e.to_string())?;
     let mut expected = if shape.has_header {
         let header = r.byte_headers().map_err(|e| e.to_string())?;
@@ -165,20 +171,22 @@ pub fn scan(
         None
     };
     let mut record = csv::ByteRecord::new();
-    let mut any = false;
+    let mut scanned = Scanned::default();
     loop {
         match r.read_byte_record(&mut record) {
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => return Err(e.to_string()),
         }
+        scanned.rows += 1;
         let width = *expected.get_or_insert(record.len());
+        // Every row moves the window of line ends along (it stays short).
+        let byte = record.position().map_or(0, |p| p.byte());
+        let line = breaks.lock().map(|mut b| b.line_of(byte)).unwrap_or(0);
         if let Some(reason) = problem(&record, width) {
-            any = true;
+            scanned.bad += 1;
             found.count += 1;
             if found.rows.len() < KEEP {
-                let byte = record.position().map_or(0, |p| p.byte());
-                let line = breaks.lock().map(|mut b| b.line_of(byte)).unwrap_or(0);
                 found.rows.push(QuarantinedRow {
                     source: source.to_string(),
                     file: path.display().to_string(),
@@ -187,14 +195,9 @@ pub fn scan(
                     record: text(&record, shape.delimiter),
                 });
             }
-        } else if let Some(p) = record.position()
-            && let Ok(mut b) = breaks.lock()
-        {
-            // Keep the window of line ends short.
-            b.line_of(p.byte());
         }
     }
-    Ok(any)
+    Ok(scanned)
 }
 
 /// Write `path` without its bad rows to `to` (same header, same delimiter).
@@ -227,13 +230,19 @@ pub fn files(path: &Path, display: &str) -> Vec<PathBuf> {
         return vec![path.to_path_buf()];
     }
     if path.is_dir() {
-        let mut out: Vec<PathBuf> = std::fs::read_dir(path)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "csv"))
-            .collect();
+        // Subfolders too (`region=eu/…`): the listing table reads them.
+        let mut out = Vec::new();
+        let mut todo = vec![path.to_path_buf()];
+        while let Some(dir) = todo.pop() {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else if p.is_file() && p.extension().is_some_and(|e| e == "csv") {
+                    out.push(p);
+                }
+            }
+        }
         out.sort();
         return out;
     }

@@ -342,9 +342,20 @@ struct Outbox<'a> {
     writer: &'a mut dyn ObjectWriter,
     sent: &'a mut SentWriter,
     intents: Option<&'a mut IntentLog>,
+    guards: &'a Guards,
     /// Buffered rows of GONE, NEW and CHANGED (in that order: deletes go first).
     buffered: [Vec<RecordBatch>; 3],
     rows: usize,
+}
+
+/// What holds a run's writes back.
+#[derive(Debug, Default)]
+pub struct Guards {
+    /// The run's lease (object-store state): checked before every destination batch.
+    pub fence: Option<crate::lease::Fence>,
+    /// Send no deletes: the model's sources left rows out (CSV rows that cannot be read),
+    /// and those rows' records must not be deleted for being missing.
+    pub hold_deletes: bool,
 }
 
 /// Rows per destination batch (a batch is one transaction and one intent file).
@@ -406,6 +417,9 @@ impl Outbox<'_> {
         if let Some(op) = op {
             let view = destination_batch(target, &rows, op, class == GONE)
                 .map_err(|e| df_err(e.into()))?;
+            if let Some(f) = &self.guards.fence {
+                f.check()?;
+            }
             if let Some(log) = self.intents.as_deref_mut() {
                 log.record(sync, &keys).await?;
             }
@@ -489,6 +503,7 @@ pub async fn apply(
     writer: &mut dyn ObjectWriter,
     sent: &mut SentWriter,
     intents: Option<&mut IntentLog>,
+    guards: &Guards,
     tally: &mut Tally,
     progress: &dyn Progress,
 ) -> Result<Cursors, SyncError> {
@@ -502,9 +517,11 @@ pub async fn apply(
         writer,
         sent,
         intents,
+        guards,
         buffered: [Vec::new(), Vec::new(), Vec::new()],
         rows: 0,
     };
+    let mut held = 0u64;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(&df_err)?;
         let ops = ops_of(sync, &batch)?;
@@ -544,6 +561,10 @@ pub async fn apply(
             if n == 0 {
                 continue;
             }
+            if class == GONE && guards.hold_deletes {
+                held += n as u64;
+                continue;
+            }
             if action(target.behavior, class, full_resync).is_none() {
                 // Changes the behaviour does not send (create-only updates, upsert's gone rows).
                 if class != GONE {
@@ -560,6 +581,16 @@ pub async fn apply(
         progress.rows(sync, processed);
     }
     outbox.flush(tally, &mut cursors).await?;
+    if held > 0 {
+        tally.sample(
+            RecordKind::Invalid,
+            None,
+            format!(
+                "{held} record(s) that left the model were not deleted: the model's sources left out rows they could not read, which may be them (fix the rows and run again)"
+            ),
+            "{}".into(),
+        );
+    }
     Ok(cursors)
 }
 

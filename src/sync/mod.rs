@@ -326,7 +326,11 @@ async fn prepare(
         .collect();
     // An empty CSV has no types to infer: its key column is NULL-typed. Keep the key type the
     // state already has then.
-    let (pending, covered) = pending_intents(project, name, previous.as_ref()).await?;
+    let Intents {
+        pending,
+        covered,
+        damaged,
+    } = pending_intents(project, name, previous.as_ref()).await?;
     let mut key_type = dest_fields[0].data_type().clone();
     if key_type == DataType::Null {
         let stored = previous
@@ -489,6 +493,7 @@ async fn prepare(
         &key_type,
         options,
         &pending,
+        !damaged.is_empty(),
         reported,
     )
     .await?;
@@ -523,7 +528,8 @@ async fn prepare(
         fingerprint,
         previous,
         latest_version,
-        pending,
+        // Damaged intents go with the others once a commit covers them.
+        pending: pending.into_iter().chain(damaged).collect(),
         covered,
         upstream,
         reported: reported_rows,
@@ -541,6 +547,7 @@ async fn register_state(
     key_type: &DataType,
     options: RunOptions,
     pending: &[String],
+    damaged: bool,
     reported: Option<DataFrame>,
 ) -> Result<(), SyncError> {
     let df_err = engine(name, "state");
@@ -591,17 +598,6 @@ async fn register_state(
     // An intent file that cannot be read whole (damaged after it was written) says nothing
     // about which records an interrupted run touched: every key is then unknown, and the run
     // sends every row again.
-    let mut readable = Vec::new();
-    let mut damaged = false;
-    for rel in pending {
-        match project.state.verify(rel, None).await {
-            Ok(()) => readable.push(rel.clone()),
-            Err(e) => {
-                tracing::warn!(sync = name, error = %e, "an intent file is damaged: every record is sent again");
-                damaged = true;
-            }
-        }
-    }
     if damaged {
         state_df = state_df
             .select(vec![
@@ -610,7 +606,6 @@ async fn register_state(
             ])
             .map_err(&df_err)?;
     }
-    let pending = &readable[..];
     if !pending.is_empty() {
         let urls: Vec<String> = pending.iter().map(|p| project.state.table_url(p)).collect();
         let intents = ctx
@@ -661,24 +656,59 @@ async fn register_state(
 /// Intent files (relative to the state root): those of interrupted runs, which the state must
 /// take into account, and those of the run that made the newest commit, which it covers (that
 /// run stopped between its commit and their removal). Both are removed after the next commit.
+#[derive(Debug, Default)]
+struct Intents {
+    /// Of interrupted runs, readable.
+    pending: Vec<String>,
+    /// Of the run that made the newest commit.
+    covered: Vec<String>,
+    /// Of interrupted runs, and damaged (they cannot be read whole).
+    damaged: Vec<String>,
+}
+
 async fn pending_intents(
     project: &Project,
     name: &str,
     previous: Option<&Manifest>,
-) -> Result<(Vec<String>, Vec<String>), SyncError> {
-    let (mut pending, mut covered) = (Vec::new(), Vec::new());
+) -> Result<Intents, SyncError> {
+    let mut found = Intents::default();
     for f in project.state.list_files(&pending_dir(name)).await? {
         if !f.ends_with(".parquet") {
             continue;
         }
         let rel = format!("{}/{f}", pending_dir(name));
         if previous.is_some_and(|m| f.starts_with(&format!("{}-", m.run_id))) {
-            covered.push(rel);
-        } else {
-            pending.push(rel);
+            found.covered.push(rel);
+            continue;
+        }
+        // An intent is small: it is decoded whole, so that damage anywhere in it shows here,
+        // not in the middle of the run.
+        let bytes = match project.state.read(&rel).await {
+            Ok(b) => b,
+            // Removed since it was listed (by a run that committed it).
+            Err(StateError::Io { source, .. })
+                if matches!(*source, object_store::Error::NotFound { .. }) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let whole = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|b| b.build())
+            .map(|reader| reader.into_iter().all(|batch| batch.is_ok()));
+        match whole {
+            Ok(true) => found.pending.push(rel),
+            _ => {
+                tracing::warn!(
+                    sync = name,
+                    file = rel,
+                    "an intent file is damaged: every record is sent again"
+                );
+                found.damaged.push(rel);
+            }
         }
     }
-    Ok((pending, covered))
+    Ok(found)
 }
 
 /// The key type the intent files were written with (for a model too empty to have one).
@@ -787,6 +817,8 @@ pub async fn run(
     }
 }
 
+/// One cycle under the sync's lock (given up when it ends, however it ends: a lease left
+/// behind would turn the next run away until it expires).
 #[allow(clippy::too_many_arguments)]
 async fn run_cycle(
     project: &Project,
@@ -802,6 +834,26 @@ async fn run_cycle(
         .state
         .acquire(&crate::state::Chain::sync(name), run_id)
         .await?;
+    let result = locked_cycle(
+        project, ctx, name, sync, options, run_id, tally, progress, &lock,
+    )
+    .await;
+    lock.release().await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn locked_cycle(
+    project: &Project,
+    ctx: &SessionContext,
+    name: &str,
+    sync: &SyncConfig,
+    options: RunOptions,
+    run_id: &str,
+    tally: &mut apply::Tally,
+    progress: Arc<dyn Progress>,
+    lock: &crate::state::SyncLock,
+) -> Result<(u64, Option<String>), SyncError> {
     let mut prepared = prepare(project, ctx, name, options).await?;
     prepared.target.progress = progress.clone();
     let destination = prepared.destination.clone();
@@ -835,6 +887,10 @@ async fn run_cycle(
         .await
         .map_err(engine(name, "diff"))?;
     let started = std::time::Instant::now();
+    let guards = apply::Guards {
+        fence: lock.fence(),
+        hold_deletes: project.quarantined(&sync.from).0 > 0,
+    };
     let cursors = apply::apply(
         name,
         &prepared.target,
@@ -844,6 +900,7 @@ async fn run_cycle(
         writer.as_mut(),
         &mut sent,
         intents.as_mut(),
+        &guards,
         tally,
         progress.as_ref(),
     )
@@ -854,6 +911,8 @@ async fn run_cycle(
         "diff and apply done"
     );
     failpoint!("before_finish", name);
+    // The destination's writes land here for some (files): only under a lease still held.
+    lock.confirm().await?;
     let started = std::time::Instant::now();
     let finished = writer.finish().await.map_err(dest_err)?;
     tracing::info!(
@@ -955,7 +1014,6 @@ async fn run_cycle(
         }
     }
     project.state.vacuum(name).await;
-    lock.release().await;
     Ok((version, watermark.map(|w| w.value)))
 }
 

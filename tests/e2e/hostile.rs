@@ -81,14 +81,18 @@ async fn csv_rows_that_cannot_be_read_are_quarantined_with_their_line() {
     bytes.extend_from_slice(b"2,b@x.io,Bob,free,extra\r\n"); // line 5: ragged
     bytes.extend_from_slice(b"3,c@x.io,C\xffy,pro\r\n"); // line 6: not UTF-8
     bytes.extend_from_slice(b"4,d@x.io,\"Di, Jr.\",pro\r\n5,e@x.io\r\n"); // line 8: short
+    bytes.extend_from_slice(b"6,f@x.io,Fay,pro\r\n7,g@x.io,Gus,pro\r\n8,h@x.io,Hal,pro\r\n");
     std::fs::write(f.path().join("people.csv"), &bytes).unwrap();
     let r = f.run_ok("people_sync").await;
-    assert_eq!((r.counts.created, r.counts.invalid), (2, 3), "{r:?}");
+    assert_eq!((r.counts.created, r.counts.invalid), (5, 3), "{r:?}");
     assert_eq!(
         pairs(&f.sqlite("out/app.db", "people"), "id", "name"),
         vec![
             ("1".into(), "Ada\nLovelace".into()),
-            ("4".into(), "Di, Jr.".into())
+            ("4".into(), "Di, Jr.".into()),
+            ("6".into(), "Fay".into()),
+            ("7".into(), "Gus".into()),
+            ("8".into(), "Hal".into())
         ]
     );
     let reasons: Vec<&str> = r.samples.iter().map(|s| s.reason.as_str()).collect();
@@ -120,4 +124,39 @@ async fn csv_rows_that_cannot_be_read_are_quarantined_with_their_line() {
         })
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // While rows cannot be read, a mirror deletes nothing (a missing record may be one of
+    // them): Hal leaves the file and stays until the file is fixed.
+    let mut shorter = bytes.clone();
+    shorter.truncate(bytes.len() - "8,h@x.io,Hal,pro\r\n".len());
+    std::fs::write(f.path().join("people.csv"), &shorter).unwrap();
+    let r = f.run_ok("people_sync").await;
+    assert_eq!(r.counts.deleted, 0, "{r:?}");
+    assert!(
+        r.samples.iter().any(|s| s
+            .reason
+            .contains("1 record(s) that left the model were not deleted")),
+        "{:#?}",
+        r.samples
+    );
+    assert_eq!(f.sqlite("out/app.db", "people").len(), 5);
+    f.write(
+        "people.csv",
+        "id,email,name,plan\n1,a@x.io,Ada,pro\n4,d@x.io,Di,pro\n",
+    );
+    let r = f.run_ok("people_sync").await;
+    assert_eq!(r.counts.deleted, 3, "{r:?}");
+
+    // A file most of whose rows cannot be read is not what the source says it is: the run
+    // stops rather than read it as (nearly) empty.
+    f.write("people.csv", "id,email,name,plan\n1,a,b,c,\n2,a,b,c,\n");
+    let project = f.load().unwrap();
+    let Err(err) = project.session().await else {
+        panic!("a malformed file was read");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("2 of 2 rows cannot be read") && err.contains("check its delimiter"),
+        "{err}"
+    );
 }
