@@ -536,7 +536,7 @@ impl StateStore {
             path: path.to_string(),
             reason,
         };
-        let mut manifest: M = decode(&bytes, version, &chain.owner, &path.to_string())?;
+        let mut manifest: M = decode(&bytes, version, &chain.owner, path.as_ref())?;
         for (file, expected) in manifest.files_mut() {
             let Some(expected) = *expected else { continue };
             let file = self.path(file);

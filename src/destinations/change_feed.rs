@@ -58,8 +58,8 @@ pub async fn newest_version(
 }
 
 enum Sink {
-    Parquet(AsyncArrowWriter<BufWriter>),
-    Text { out: BufWriter, header: bool },
+    Parquet(Box<AsyncArrowWriter<BufWriter>>),
+    Text { out: Box<BufWriter>, header: bool },
 }
 
 /// Streams a run's changes into its file.
@@ -110,15 +110,18 @@ impl ChangeFeedWriter {
     fn open_sink(&self) -> Result<Sink, DestinationError> {
         let out = BufWriter::new(self.store.clone(), self.path.clone());
         Ok(match self.format {
-            FileFormat::Parquet => Sink::Parquet(
+            FileFormat::Parquet => Sink::Parquet(Box::new(
                 AsyncArrowWriter::try_new(
                     out,
                     self.schema.clone(),
                     Some(crate::state::file_writer_properties()),
                 )
                 .map_err(|e| self.fail(e))?,
-            ),
-            FileFormat::Csv | FileFormat::Jsonl => Sink::Text { out, header: true },
+            )),
+            FileFormat::Csv | FileFormat::Jsonl => Sink::Text {
+                out: Box::new(out),
+                header: true,
+            },
         })
     }
 }

@@ -174,6 +174,7 @@ pub(super) struct CycleOptions {
 }
 
 /// Run one cycle and commit it. `skip` lists sources already read to their end in this run.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run(
     project: &Project,
     ctx: &SessionContext,

@@ -70,17 +70,13 @@ impl LineBreaks {
             self.pending.pop_front();
         }
         // Line ends right at the row's start belong before it.
-        let mut next = byte;
-        let mut skipped = 0;
-        for &(at, b) in &self.pending {
-            if at != next {
-                break;
-            }
-            if b == b'\n' {
-                skipped += 1;
-            }
-            next += 1;
-        }
+        let skipped = self
+            .pending
+            .iter()
+            .zip(byte..)
+            .take_while(|((at, _), next)| at == next)
+            .filter(|((_, b), _)| *b == b'\n')
+            .count() as u64;
         1 + self.newlines_before + skipped
     }
 }
@@ -129,10 +125,13 @@ fn text(record: &csv::ByteRecord, delimiter: u8) -> String {
         .join(&sep)
 }
 
+/// A CSV reader over a file that counts the line ends it reads.
+type LineCountingReader = csv::Reader<Counting<std::fs::File>>;
+
 fn reader(
     path: &Path,
     shape: CsvShape,
-) -> std::io::Result<(csv::Reader<Counting<std::fs::File>>, Arc<Mutex<LineBreaks>>)> {
+) -> std::io::Result<(LineCountingReader, Arc<Mutex<LineBreaks>>)> {
     let breaks = Arc::new(Mutex::new(LineBreaks::default()));
     let file = std::fs::File::open(path)?;
     let r = csv::ReaderBuilder::new()

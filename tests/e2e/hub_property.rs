@@ -248,6 +248,7 @@ impl Model {
                 seq: version,
                 merged_into: None,
             });
+            #[allow(clippy::needless_range_loop)]
             for f in 0..4 {
                 if old.is_some() && !t[f] {
                     continue;
@@ -275,10 +276,8 @@ impl Model {
                     Some((v, s)) => (v, Some(s)),
                     None => (None, None),
                 };
-                if overwrite {
-                    row.values[f] = value;
-                    row.sources[f] = source;
-                } else if value.is_some() {
+                // A NULL may overwrite only where the field says so.
+                if overwrite || value.is_some() {
                     row.values[f] = value;
                     row.sources[f] = source;
                 }
@@ -299,7 +298,7 @@ impl Model {
             let dirty: BTreeSet<String> = over
                 .values()
                 .filter(|g| g.merged_into.is_none())
-                .filter_map(|g| keyed(g))
+                .filter_map(&keyed)
                 .collect();
             for k in dirty {
                 let mut members: Vec<(i64, Golden)> = live
