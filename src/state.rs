@@ -42,8 +42,9 @@ use serde::{Deserialize, Serialize};
 use crate::storage::{Location, StorageError};
 
 /// The manifest format this release writes and reads.
-/// 2: every manifest carries its checksum and snapshot size (1: they may be absent).
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: a sync's state may be a snapshot plus deltas (2: a snapshot alone; 1: checksums and
+/// snapshot sizes may be absent).
+pub const FORMAT_VERSION: u32 = 3;
 /// Committed versions kept per sync (older ones and their files are removed after a commit).
 const KEEP_VERSIONS: u64 = 2;
 
@@ -144,8 +145,14 @@ pub struct Manifest {
     pub committed_at: String,
     /// The snapshot file, relative to the state root.
     pub snapshot: String,
-    /// Number of keys in the snapshot.
+    /// Number of keys in the state (the snapshot with its deltas).
     pub rows: u64,
+    /// What cursor runs accepted since the snapshot was written, oldest first: each a
+    /// `sent.parquet` (`__bf_key`, `__bf_hash`, `__bf_keep`); a key's newest entry wins over
+    /// the snapshot. A cursor run adds its file here instead of rewriting every key; one run
+    /// in a while folds them back into a new snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<Delta>,
     pub destination: String,
     pub object: String,
     pub behavior: String,
@@ -171,6 +178,15 @@ pub struct Manifest {
     /// is detected by it.
     #[serde(default)]
     pub checksum: Option<String>,
+}
+
+/// One delta of a sync's state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Delta {
+    pub path: String,
+    pub rows: u64,
+    #[serde(default)]
+    pub bytes: Option<u64>,
 }
 
 /// A manifest kind: one committed version of a chain of versions (a sync's state, a hub
@@ -208,7 +224,11 @@ impl Versioned for Manifest {
         self.checksum = checksum;
     }
     fn files_mut(&mut self) -> Vec<(&str, &mut Option<u64>)> {
-        vec![(self.snapshot.as_str(), &mut self.snapshot_bytes)]
+        let mut files = vec![(self.snapshot.as_str(), &mut self.snapshot_bytes)];
+        for d in &mut self.deltas {
+            files.push((d.path.as_str(), &mut d.bytes));
+        }
+        files
     }
     fn may_lack_checksum(&self, format: u32) -> bool {
         // Only manifests of format 1 from before checksums may lack one, and those never
@@ -996,6 +1016,7 @@ mod tests {
             destination_fingerprint: None,
             fields: None,
             upstream: None,
+            deltas: Vec::new(),
             snapshot_bytes: None,
             checksum: None,
         }

@@ -34,7 +34,7 @@ const NULL_KEY: i8 = 4;
 const DUPLICATE_KEY: i8 = 5;
 const OP: &str = "__bf_op";
 const PREV_KEY: &str = "__bf_prev_key";
-const KEEP: &str = "__bf_keep";
+pub(crate) const KEEP: &str = "__bf_keep";
 
 /// Counts and samples of a run in progress.
 #[derive(Debug, Default)]
@@ -137,6 +137,8 @@ pub fn scalar_text(v: &ScalarValue) -> String {
 
 /// `sent.parquet`: one row per key the destination accepted in this run.
 pub struct SentWriter {
+    /// Keys written that the state did not have (new rows accepted and kept).
+    pub new_keys: u64,
     store: StateStore,
     writer: AsyncArrowWriter<BufWriter>,
     schema: SchemaRef,
@@ -152,6 +154,7 @@ impl SentWriter {
             Field::new(KEEP, DataType::Boolean, false),
         ]));
         Ok(SentWriter {
+            new_keys: 0,
             store: store.clone(),
             writer: store.parquet_writer(rel, schema.clone())?,
             schema,
@@ -486,6 +489,9 @@ impl Outbox<'_> {
         } else {
             Arc::new(UInt64Array::new_null(keys.len()))
         };
+        if class == NEW && keep {
+            self.sent.new_keys += keys.len() as u64;
+        }
         self.sent.write(keys, hashes, keep).await?;
         failpoint!("after_batch", sync);
         Ok(())

@@ -40,6 +40,7 @@ pub use apply::{row_json, scalar_text};
 
 const DIFF_SQL: &str = include_str!("../../sql/diff.sql");
 const NEXT_STATE_SQL: &str = include_str!("../../sql/next_state.sql");
+const DELTAS_SQL: &str = include_str!("../../sql/state_with_deltas.sql");
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -177,9 +178,11 @@ fn engine(sync: &str, stage: &'static str) -> impl Fn(DataFusionError) -> SyncEr
 }
 
 /// Table names a cycle registers; removed before each cycle.
-const CYCLE_TABLES: [&str; 6] = [
+const CYCLE_TABLES: [&str; 8] = [
     "bf_mapped",
     "bf_state_file",
+    "bf_base",
+    "bf_deltas",
     "bf_state",
     "bf_prev",
     "bf_sent_file",
@@ -560,14 +563,16 @@ async fn register_state(
             )
             .await
             .map_err(&df_err)?;
-            ctx.table("bf_state_file")
+            let base = ctx
+                .table("bf_state_file")
                 .await
                 .map_err(&df_err)?
                 .select(vec![
                     cast(ident(KEY), key_type.clone()).alias(KEY),
                     ident(HASH),
                 ])
-                .map_err(&df_err)?
+                .map_err(&df_err)?;
+            with_deltas(project, ctx, name, base, &m.deltas, key_type).await?
         }
         None => {
             let schema = state_schema(key_type);
@@ -651,6 +656,51 @@ async fn register_state(
     ctx.register_table("bf_prev", prev_df.into_view())
         .map_err(&df_err)?;
     Ok(())
+}
+
+/// The state as `base` (a snapshot) with `deltas` applied: each key's newest delta entry
+/// replaces its snapshot row, or removes it (`__bf_keep` false). The deltas (what a few
+/// cursor runs accepted) are the build side; the snapshot streams through.
+async fn with_deltas(
+    project: &Project,
+    ctx: &SessionContext,
+    name: &str,
+    base: DataFrame,
+    deltas: &[crate::state::Delta],
+    key_type: &DataType,
+) -> Result<DataFrame, SyncError> {
+    if deltas.is_empty() {
+        return Ok(base);
+    }
+    let df_err = engine(name, "state");
+    let mut all: Option<DataFrame> = None;
+    for (i, d) in deltas.iter().enumerate() {
+        let part = ctx
+            .read_parquet(
+                project.state.table_url(&d.path),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .and_then(|df| {
+                df.select(vec![
+                    cast(ident(KEY), key_type.clone()).alias(KEY),
+                    ident(HASH),
+                    ident(apply::KEEP),
+                    lit(i as i64).alias("__bf_v"),
+                ])
+            })
+            .map_err(&df_err)?;
+        all = Some(match all {
+            None => part,
+            Some(a) => a.union(part).map_err(&df_err)?,
+        });
+    }
+    let Some(all) = all else { return Ok(base) };
+    ctx.register_table("bf_deltas", all.into_view())
+        .map_err(&df_err)?;
+    ctx.register_table("bf_base", base.into_view())
+        .map_err(&df_err)?;
+    ctx.sql(DELTAS_SQL).await.map_err(&df_err)
 }
 
 /// Intent files (relative to the state root): those of interrupted runs, which the state must
@@ -923,22 +973,34 @@ async fn locked_cycle(
     let started = std::time::Instant::now();
     failpoint!("after_destination_write", name);
     tally.finished(&prepared.target.key, &finished);
+    let new_keys = sent.new_keys;
     let sent_rows = sent.close().await?;
     let late = finished.rejected;
 
-    // The next snapshot: unchanged when nothing was accepted, else a plan over the last one and
-    // what was accepted.
-    let (snapshot_rel, rows) = match &prepared.previous {
+    // The next state: unchanged when nothing was accepted; for a cursor run (few rows, many
+    // keys in state) the last one plus what it accepted, as a delta; else a new snapshot, a
+    // plan over the last state and what was accepted (which folds the deltas in).
+    let plain = late.is_empty() && prepared.pending.is_empty() && prepared.reported == 0;
+    let (snapshot_rel, rows, deltas) = match &prepared.previous {
+        Some(prev) if sent_rows == 0 && plain => {
+            (prev.snapshot.clone(), prev.rows, prev.deltas.clone())
+        }
         Some(prev)
-            if sent_rows == 0
-                && late.is_empty()
-                && prepared.pending.is_empty()
-                && prepared.reported == 0 =>
+            if plain
+                && sync.cursor.is_some()
+                && !prepared.rescan
+                && delta_fits(prev, sent_rows) =>
         {
-            (prev.snapshot.clone(), prev.rows)
+            let mut deltas = prev.deltas.clone();
+            deltas.push(crate::state::Delta {
+                path: sent_rel.clone(),
+                rows: sent_rows,
+                bytes: None,
+            });
+            (prev.snapshot.clone(), prev.rows + new_keys, deltas)
         }
         _ => {
-            next_snapshot(
+            let (rel, rows) = next_snapshot(
                 project,
                 ctx,
                 name,
@@ -947,7 +1009,8 @@ async fn locked_cycle(
                 &sent_rel,
                 &late,
             )
-            .await?
+            .await?;
+            (rel, rows, Vec::new())
         }
     };
 
@@ -993,6 +1056,7 @@ async fn locked_cycle(
         destination_fingerprint: Some(prepared.fingerprint.clone()),
         fields: Some(prepared.fields.clone()),
         upstream: prepared.upstream,
+        deltas,
         // Filled in by the commit.
         snapshot_bytes: None,
         checksum: None,
@@ -1015,6 +1079,17 @@ async fn locked_cycle(
     }
     project.state.vacuum(name).await;
     Ok((version, watermark.map(|w| w.value)))
+}
+
+/// Deltas a state takes before they are folded into a new snapshot.
+const MAX_DELTAS: usize = 16;
+
+/// Whether a run that accepted `sent` rows may add them to `prev` as a delta: few deltas, and
+/// all of them a small share of the state (reading them with every run must stay cheaper than
+/// writing the snapshot again).
+fn delta_fits(prev: &Manifest, sent: u64) -> bool {
+    let pending: u64 = prev.deltas.iter().map(|d| d.rows).sum();
+    prev.deltas.len() < MAX_DELTAS && (pending + sent).saturating_mul(4) <= prev.rows
 }
 
 /// Write the sync's next snapshot: `sql/next_state.sql` over the last snapshot and `sent`

@@ -147,3 +147,127 @@ cursor_lookback = "1h"
         "{e}"
     );
 }
+
+/// A cursor run adds what it accepted to the state as a delta instead of writing every key
+/// again; after a few runs (or when the deltas grow) the next run folds them into a new
+/// snapshot. Through both, and a crash in between, the destination stays equal to the model.
+#[tokio::test]
+async fn cursor_runs_keep_deltas_and_fold_them_into_a_snapshot() {
+    let f = Fixture::new();
+    people_project(
+        &f,
+        "upsert",
+        "cursor = \"rev\"\nfields = { exclude = [\"rev\"] }",
+    );
+    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write("backflow.toml", &toml.replace("people_sync", "deltas"));
+    let mut rev = 0;
+    let mut model: Vec<(u32, String, u32)> = (0..400).map(|i| (i, format!("n{i}"), 0)).collect();
+    let write = |f: &Fixture, model: &[(u32, String, u32)]| {
+        let mut csv = String::from("id,email,name,plan,rev\n");
+        for (id, name, rev) in model {
+            csv.push_str(&format!("{id},e{id},{name},p,{rev}\n"));
+        }
+        f.write("people.csv", &csv);
+    };
+    write(&f, &model);
+    f.run_ok("deltas").await;
+    let mut most = 0;
+    for round in 1..=20u32 {
+        rev += 1;
+        // A few rows change each round (and one is new).
+        for i in 0..5 {
+            let at = ((round * 37 + i * 11) % 400) as usize;
+            model[at].1 = format!("r{round}-{i}");
+            model[at].2 = rev;
+        }
+        model.push((1000 + round, format!("new{round}"), rev));
+        write(&f, &model);
+        let r = f.run_ok("deltas").await;
+        assert!(r.counts.updated + r.counts.created >= 1, "{r:?}");
+        let project = f.load().unwrap();
+        let state = project.state.latest("deltas").await.unwrap().unwrap();
+        assert_eq!(state.rows, model.len() as u64, "round {round}");
+        most = most.max(state.deltas.len());
+        let rows = f.sqlite("out/app.db", "people");
+        assert_eq!(rows.len(), model.len(), "round {round}");
+        for (id, name, _) in &model {
+            assert!(
+                rows.iter()
+                    .any(|r| r["id"] == id.to_string() && &r["name"] == name),
+                "round {round}: {id} should be {name}"
+            );
+        }
+    }
+    // Deltas piled up, and were folded back (at most 16, and a quarter of the state).
+    assert!(most >= 5, "deltas were used: {most}");
+    let project = f.load().unwrap();
+    let state = project.state.latest("deltas").await.unwrap().unwrap();
+    assert!(
+        state.deltas.len() < most,
+        "folded: {} then {}",
+        most,
+        state.deltas.len()
+    );
+    // Nothing changed: nothing sent, the state as it was.
+    let r = f.run_ok("deltas").await;
+    assert_eq!(r.counts.updated + r.counts.created, 0, "{r:?}");
+}
+
+/// Cursor runs that die (before or after their commit) while the state holds deltas: the
+/// rerun ends with the destination equal to the model and the state's key count exact.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_cursor_run_that_dies_with_deltas_in_its_state_loses_nothing() {
+    let f = Fixture::new();
+    people_project(
+        &f,
+        "upsert",
+        "cursor = \"rev\"\nfields = { exclude = [\"rev\"] }",
+    );
+    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &toml.replace("people_sync", "deltas_crash"),
+    );
+    let mut model: Vec<(u32, String, u32)> = (0..400).map(|i| (i, format!("n{i}"), 0)).collect();
+    let write = |f: &Fixture, model: &[(u32, String, u32)]| {
+        let mut csv = String::from("id,email,name,plan,rev\n");
+        for (id, name, rev) in model {
+            csv.push_str(&format!("{id},e{id},{name},p,{rev}\n"));
+        }
+        f.write("people.csv", &csv);
+    };
+    write(&f, &model);
+    f.run_ok("deltas_crash").await;
+    let points = [
+        "after_destination_write",
+        "before_commit",
+        "after_commit",
+        "after_batch",
+    ];
+    for round in 1..=12u32 {
+        for i in 0..4 {
+            let at = ((round * 53 + i * 7) % 400) as usize;
+            model[at].1 = format!("r{round}-{i}");
+            model[at].2 = round;
+        }
+        model.push((2000 + round, format!("new{round}"), round));
+        write(&f, &model);
+        let point = points[round as usize % points.len()];
+        run_faulted(&f, "deltas_crash", point, round % 3 == 0).await;
+        f.run_ok("deltas_crash").await;
+        let project = f.load().unwrap();
+        let state = project.state.latest("deltas_crash").await.unwrap().unwrap();
+        assert_eq!(state.rows, model.len() as u64, "round {round} ({point})");
+        let rows = f.sqlite("out/app.db", "people");
+        assert_eq!(rows.len(), model.len());
+        for (id, name, _) in &model {
+            assert!(
+                rows.iter()
+                    .any(|r| r["id"] == id.to_string() && &r["name"] == name),
+                "round {round} ({point}): {id} should be {name}"
+            );
+        }
+    }
+}
