@@ -201,17 +201,29 @@ pub fn scan(
 
 /// Write `path` without its bad rows to `to` (same header, same delimiter).
 pub fn clean_copy(path: &Path, shape: CsvShape, to: &Path) -> Result<(), String> {
+    use std::io::Write;
     let (mut r, _) = reader(path, shape).map_err(|e| e.to_string())?;
-    let mut w = csv::WriterBuilder::new()
-        .delimiter(shape.delimiter)
-        .from_path(to)
-        .map_err(|e| e.to_string())?;
+    let mut out = std::fs::File::create(to).map_err(|e| e.to_string())?;
     let mut expected = None;
     if shape.has_header {
+        // The header line as it was, byte for byte (a byte-order mark included): written
+        // again by a CSV writer, a header such as a second byte-order mark would read back
+        // differently.
         let header = r.byte_headers().map_err(|e| e.to_string())?.clone();
         expected = Some(header.len());
-        w.write_byte_record(&header).map_err(|e| e.to_string())?;
+        let end = r.position().byte();
+        let mut prefix = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(end).read_to_end(&mut prefix))
+            .map_err(|e| e.to_string())?;
+        if !prefix.ends_with(b"\n") && !prefix.ends_with(b"\r") {
+            prefix.push(b'\n');
+        }
+        out.write_all(&prefix).map_err(|e| e.to_string())?;
     }
+    let mut w = csv::WriterBuilder::new()
+        .delimiter(shape.delimiter)
+        .from_writer(out);
     let mut record = csv::ByteRecord::new();
     while r.read_byte_record(&mut record).map_err(|e| e.to_string())? {
         let width = *expected.get_or_insert(record.len());
