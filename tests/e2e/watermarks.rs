@@ -148,30 +148,53 @@ cursor_lookback = "1h"
     );
 }
 
+/// Rows of the cursor-delta tests: (id, name, rev).
+type RevModel = Vec<(u32, String, u32)>;
+
+/// An upsert sync `name` with cursor `rev` over 400 rows, run once; returns the model.
+async fn rev_project(f: &Fixture, name: &str) -> RevModel {
+    people_project(
+        f,
+        "upsert",
+        "cursor = \"rev\"\nfields = { exclude = [\"rev\"] }",
+    );
+    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write("backflow.toml", &toml.replace("people_sync", name));
+    let model: RevModel = (0..400).map(|i| (i, format!("n{i}"), 0)).collect();
+    write_rev(f, &model);
+    f.run_ok(name).await;
+    model
+}
+
+fn write_rev(f: &Fixture, model: &[(u32, String, u32)]) {
+    let mut csv = String::from("id,email,name,plan,rev\n");
+    for (id, name, rev) in model {
+        csv.push_str(&format!("{id},e{id},{name},p,{rev}\n"));
+    }
+    f.write("people.csv", &csv);
+}
+
+/// The destination holds exactly the model.
+fn assert_rev(f: &Fixture, model: &[(u32, String, u32)], when: &str) {
+    let rows = f.sqlite("out/app.db", "people");
+    assert_eq!(rows.len(), model.len(), "{when}");
+    for (id, name, _) in model {
+        assert!(
+            rows.iter()
+                .any(|r| r["id"] == id.to_string() && &r["name"] == name),
+            "{when}: {id} should be {name}"
+        );
+    }
+}
+
 /// A cursor run adds what it accepted to the state as a delta instead of writing every key
 /// again; after a few runs (or when the deltas grow) the next run folds them into a new
 /// snapshot. Through both, and a crash in between, the destination stays equal to the model.
 #[tokio::test]
 async fn cursor_runs_keep_deltas_and_fold_them_into_a_snapshot() {
     let f = Fixture::new();
-    people_project(
-        &f,
-        "upsert",
-        "cursor = \"rev\"\nfields = { exclude = [\"rev\"] }",
-    );
-    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
-    f.write("backflow.toml", &toml.replace("people_sync", "deltas"));
+    let mut model = rev_project(&f, "deltas").await;
     let mut rev = 0;
-    let mut model: Vec<(u32, String, u32)> = (0..400).map(|i| (i, format!("n{i}"), 0)).collect();
-    let write = |f: &Fixture, model: &[(u32, String, u32)]| {
-        let mut csv = String::from("id,email,name,plan,rev\n");
-        for (id, name, rev) in model {
-            csv.push_str(&format!("{id},e{id},{name},p,{rev}\n"));
-        }
-        f.write("people.csv", &csv);
-    };
-    write(&f, &model);
-    f.run_ok("deltas").await;
     let mut most = 0;
     for round in 1..=20u32 {
         rev += 1;
@@ -182,22 +205,14 @@ async fn cursor_runs_keep_deltas_and_fold_them_into_a_snapshot() {
             model[at].2 = rev;
         }
         model.push((1000 + round, format!("new{round}"), rev));
-        write(&f, &model);
+        write_rev(&f, &model);
         let r = f.run_ok("deltas").await;
         assert!(r.counts.updated + r.counts.created >= 1, "{r:?}");
         let project = f.load().unwrap();
         let state = project.state.latest("deltas").await.unwrap().unwrap();
         assert_eq!(state.rows, model.len() as u64, "round {round}");
         most = most.max(state.deltas.len());
-        let rows = f.sqlite("out/app.db", "people");
-        assert_eq!(rows.len(), model.len(), "round {round}");
-        for (id, name, _) in &model {
-            assert!(
-                rows.iter()
-                    .any(|r| r["id"] == id.to_string() && &r["name"] == name),
-                "round {round}: {id} should be {name}"
-            );
-        }
+        assert_rev(&f, &model, &format!("round {round}"));
     }
     // Deltas piled up, and were folded back (at most 16, and a quarter of the state).
     assert!(most >= 5, "deltas were used: {most}");
@@ -220,26 +235,7 @@ async fn cursor_runs_keep_deltas_and_fold_them_into_a_snapshot() {
 #[tokio::test]
 async fn a_cursor_run_that_dies_with_deltas_in_its_state_loses_nothing() {
     let f = Fixture::new();
-    people_project(
-        &f,
-        "upsert",
-        "cursor = \"rev\"\nfields = { exclude = [\"rev\"] }",
-    );
-    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
-    f.write(
-        "backflow.toml",
-        &toml.replace("people_sync", "deltas_crash"),
-    );
-    let mut model: Vec<(u32, String, u32)> = (0..400).map(|i| (i, format!("n{i}"), 0)).collect();
-    let write = |f: &Fixture, model: &[(u32, String, u32)]| {
-        let mut csv = String::from("id,email,name,plan,rev\n");
-        for (id, name, rev) in model {
-            csv.push_str(&format!("{id},e{id},{name},p,{rev}\n"));
-        }
-        f.write("people.csv", &csv);
-    };
-    write(&f, &model);
-    f.run_ok("deltas_crash").await;
+    let mut model = rev_project(&f, "deltas_crash").await;
     let points = [
         "after_destination_write",
         "before_commit",
@@ -253,21 +249,13 @@ async fn a_cursor_run_that_dies_with_deltas_in_its_state_loses_nothing() {
             model[at].2 = round;
         }
         model.push((2000 + round, format!("new{round}"), round));
-        write(&f, &model);
+        write_rev(&f, &model);
         let point = points[round as usize % points.len()];
         run_faulted(&f, "deltas_crash", point, round % 3 == 0).await;
         f.run_ok("deltas_crash").await;
         let project = f.load().unwrap();
         let state = project.state.latest("deltas_crash").await.unwrap().unwrap();
         assert_eq!(state.rows, model.len() as u64, "round {round} ({point})");
-        let rows = f.sqlite("out/app.db", "people");
-        assert_eq!(rows.len(), model.len());
-        for (id, name, _) in &model {
-            assert!(
-                rows.iter()
-                    .any(|r| r["id"] == id.to_string() && &r["name"] == name),
-                "round {round} ({point}): {id} should be {name}"
-            );
-        }
+        assert_rev(&f, &model, &format!("round {round} ({point})"));
     }
 }
