@@ -14,6 +14,9 @@ same diff as one DuckDB script (baseline.sql) on the same files:
   no-change    v2 again
   cursor       v2 with a cursor on updated_at (upsert), after an untimed v1 run
 
+`--memory-limit 2GiB` runs backflow under that engine memory limit (joins and sorts spill);
+`--modes changes` runs one file mode only.
+
 Wall time and peak RSS come from the child process (wait4). Prints a Markdown table with the
 ratio backflow / DuckDB (below 1.0: backflow is faster) and writes JSON next to the data.
 """
@@ -101,16 +104,17 @@ def duckdb_run(model, state, changes, next_state, where="", join="FULL", cursor=
     return peak_child_rss_mib(go)
 
 
-def project(dir, model, cursor, mode):
+def project(dir, model, cursor, mode, memory_limit=None):
     if os.path.exists(dir):
         shutil.rmtree(dir)
     os.makedirs(dir)
     sync = (
         'behavior = "upsert"\ncursor = "updated_at"' if cursor else 'behavior = "mirror"'
     )
+    engine = f'[engine]\nmemory_limit = "{memory_limit}"\n' if memory_limit else ""
     with open(os.path.join(dir, "backflow.toml"), "w") as f:
         f.write(
-            f"""
+            f"""{engine}
 [sources.customers]
 type = "parquet"
 path = "model.parquet"
@@ -139,7 +143,7 @@ def point(dir, model):
     os.symlink(os.path.abspath(model), link)
 
 
-def bench(rows, data_dir):
+def bench(rows, data_dir, modes, memory_limit=None):
     v1, v2 = generate(rows, data_dir)
     work = os.path.join(data_dir, f"work_{rows}")
     os.makedirs(work, exist_ok=True)
@@ -147,15 +151,15 @@ def bench(rows, data_dir):
 
     # backflow, in each file destination mode
     runs = {}
-    for mode in ["snapshot", "changes"]:
+    for mode in modes:
         mirror = os.path.join(work, f"mirror_{mode}")
-        project(mirror, v1, cursor=False, mode=mode)
+        project(mirror, v1, cursor=False, mode=mode, memory_limit=memory_limit)
         b_initial = backflow_run(mirror, "s")
         point(mirror, v2)
         b_incr = backflow_run(mirror, "s")
         b_same = backflow_run(mirror, "s")
         cur = os.path.join(work, f"cursor_{mode}")
-        project(cur, v1, cursor=True, mode=mode)
+        project(cur, v1, cursor=True, mode=mode, memory_limit=memory_limit)
         backflow_run(cur, "s")
         point(cur, v2)
         b_cursor = backflow_run(cur, "s")
@@ -209,6 +213,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--data", default=os.path.join(ROOT, "target", "bench-data"))
+    ap.add_argument("--modes", nargs="+", choices=["snapshot", "changes"], default=["snapshot", "changes"],
+                    help="file destination modes to run (default: both)")
+    ap.add_argument("--memory-limit", help='run backflow under [engine] memory_limit (e.g. "2GiB")')
     args = ap.parse_args()
     if not os.path.exists(BIN):
         sys.exit(f"{BIN} not found: run benches/setup.sh first")
@@ -216,7 +223,7 @@ def main():
     print("| rows | file mode | scenario | backflow s | DuckDB s | ratio | backflow rows/s | backflow peak MiB | DuckDB peak MiB | sent (c/u/d) |")
     print("|---:|---|---|---:|---:|---:|---:|---:|---:|---|")
     for rows in args.rows:
-        for r in bench(rows, args.data):
+        for r in bench(rows, args.data, args.modes, args.memory_limit):
             all_results.append(r)
             rep = r["report"]
             print(

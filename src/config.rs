@@ -83,7 +83,8 @@ pub struct EngineConfig {
     pub memory_limit: Option<bytesize::ByteSize>,
     /// Where spill files go. Default: the system's temporary folder.
     pub spill_dir: Option<PathBuf>,
-    /// How many partitions plans run with. Default: the number of cores.
+    /// How many partitions plans run with. Default: the number of cores, or 1 with a memory
+    /// limit (see `memory`).
     pub target_partitions: Option<usize>,
     /// Rows per Arrow batch. Default: 32768, or 8192 with a memory limit.
     pub batch_size: Option<usize>,

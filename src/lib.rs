@@ -17,6 +17,7 @@ pub mod hash;
 pub mod history;
 pub mod hub;
 pub mod lease;
+pub mod memory;
 pub mod models;
 pub mod progress;
 pub mod project;

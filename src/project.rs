@@ -12,11 +12,11 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::config::{ConfigError, ConfigText, EngineConfig, ProjectConfig};
 use crate::destinations::{self, Destination};
+use crate::memory::EnginePool;
 use crate::models::{self, Model, ModelError, Node};
 use crate::sources::{self, SourceError};
 use crate::state::{StateError, StateStore};
 use crate::storage::Location;
-use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 
 /// Rows per Arrow batch unless `[engine] batch_size` says otherwise: 32768 (about 8% faster
@@ -383,13 +383,18 @@ pub fn session_context(
         );
     if let Some(n) = engine.target_partitions {
         config = config.with_target_partitions(n.max(1));
+    } else if engine.memory_limit.is_some() {
+        // One partition unless asked otherwise: with one, plans have no repartitions, whose
+        // buffers the pool cannot bound (see `memory`). A 50-million-row cursor run under a
+        // 2 GiB limit completes in 87 s on one partition; on two it was refused memory.
+        config = config.with_target_partitions(1);
     }
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(limit) = engine.memory_limit {
         let limit = limit.as_u64() as usize;
         // A fair pool shares the limit among the operators that can spill (each sort of a
-        // sort-merge join), rather than letting the first one take it all.
-        runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+        // sort-merge join), rather than letting the first one take it all (see `memory`).
+        runtime = runtime.with_memory_pool(EnginePool::new(limit));
         // DataFusion's hash join keeps its build side in memory; sort-merge joins spill.
         config = config.set_bool("datafusion.optimizer.prefer_hash_join", false);
         // Every sort reserves memory for merging its spill files; a plan has several sorts
@@ -421,4 +426,49 @@ pub fn session_context(
     ctx.register_udf(crate::hash::row_hash_udf());
     crate::functions::register(&ctx);
     Ok(ctx)
+}
+
+#[cfg(test)]
+mod engine_tests {
+    use super::*;
+
+    fn engine(toml: &str) -> EngineConfig {
+        toml::from_str(toml).unwrap()
+    }
+
+    async fn plan_of(ctx: &SessionContext, sql: &str) -> String {
+        let df = ctx.sql(sql).await.unwrap();
+        let plan = df.create_physical_plan().await.unwrap();
+        datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(false)
+            .to_string()
+    }
+
+    const GROUPED: &str =
+        "SELECT x % 10 AS g, count(*) FROM (SELECT * FROM unnest(range(100000)) t(x)) GROUP BY 1";
+
+    #[tokio::test]
+    async fn a_memory_limit_plans_on_one_partition_without_repartitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = session_context(&engine(r#"memory_limit = "64MiB""#), dir.path()).unwrap();
+        assert_eq!(ctx.state().config().target_partitions(), 1);
+        assert!(
+            ctx.runtime_env()
+                .memory_pool
+                .to_string()
+                .contains("repartition buffers")
+        );
+        let plan = plan_of(&ctx, GROUPED).await;
+        assert!(!plan.contains("RepartitionExec"), "{plan}");
+    }
+
+    #[tokio::test]
+    async fn target_partitions_set_beside_a_memory_limit_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine("memory_limit = \"64MiB\"\ntarget_partitions = 3");
+        let ctx = session_context(&engine, dir.path()).unwrap();
+        assert_eq!(ctx.state().config().target_partitions(), 3);
+        let plan = plan_of(&ctx, GROUPED).await;
+        assert!(plan.contains("RepartitionExec"), "{plan}");
+    }
 }
