@@ -72,14 +72,17 @@ pub enum SyncError {
     Failpoint { sync: String, point: &'static str },
 }
 
-/// Stop here when the failpoint `point` is configured with this sync's name (or `*`). Compiled
-/// in only with the `failpoints` feature (tests).
+/// Stop here when the failpoint `point` is configured with this sync's name (or `*`). The
+/// failpoint `point:sync` is evaluated too, for actions meant for one sync only (a test pausing
+/// one run while other tests' syncs pass the same point). Compiled in only with the
+/// `failpoints` feature (tests).
 macro_rules! failpoint {
     ($point:expr, $sync:expr) => {
         #[cfg(not(feature = "failpoints"))]
         let _ = &$sync;
         #[cfg(feature = "failpoints")]
         {
+            fail::eval(&format!("{}:{}", $point, $sync), |_| ());
             // `return(<sync>)` fails this sync here; `return(panic:<sync>)` panics.
             if let Some(Some(target)) = fail::eval($point, |arg| arg) {
                 if target == format!("panic:{}", $sync) {

@@ -367,7 +367,8 @@ key = "id"
     // Runs reaching their commit wait there: the first `pause_first` ms when given, else all.
     let pause = |ms: u64, only_first: bool| {
         let arrived = Arc::new(AtomicUsize::new(0));
-        fail::cfg_callback("before_commit", move || {
+        // Named for this sync: other tests' syncs pass `before_commit` meanwhile.
+        fail::cfg_callback("before_commit:overlap", move || {
             if !only_first || arrived.fetch_add(1, Ordering::SeqCst) == 0 {
                 std::thread::sleep(Duration::from_millis(ms));
             }
@@ -398,7 +399,7 @@ key = "id"
     for r in runs {
         outcomes.push(r.await.unwrap());
     }
-    fail::remove("before_commit");
+    fail::remove("before_commit:overlap");
     let won: Vec<_> = outcomes.iter().filter(|r| r.error.is_none()).collect();
     assert_eq!(won.len(), 1, "{outcomes:#?}");
     assert_eq!(won[0].state_version, Some(1));
@@ -419,7 +420,7 @@ key = "id"
     tokio::time::sleep(Duration::from_millis(3800)).await;
     let other = start(f.path().to_path_buf(), shared.clone()).await.unwrap();
     let frozen = frozen.await.unwrap();
-    fail::remove("before_commit");
+    fail::remove("before_commit:overlap");
     fail::remove("lease_renew");
     assert_eq!(other.error, None, "{other:#?}");
     assert_eq!(other.state_version, Some(2));
