@@ -69,7 +69,7 @@ def peak_child_rss_mib(fn):
     return json.loads(data), usage.ru_maxrss / 1024
 
 
-def backflow_run(project, sync, memory_limit=None):
+def backflow_run(project, sync):
     def go():
         cmd = [BIN, "run", sync, "--json", "--project", project]
         t, out = measured(cmd)

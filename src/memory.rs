@@ -131,6 +131,63 @@ mod tests {
         merge.try_grow(100).unwrap();
     }
 
+    /// The pool recognises repartition buffers by their consumer's name: this holds it to the
+    /// name DataFusion's `RepartitionExec` really registers, so a rename is caught here.
+    #[tokio::test]
+    async fn datafusion_repartitions_register_the_name_the_pool_looks_for() {
+        use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+        use datafusion::prelude::{SessionConfig, SessionContext};
+        use std::sync::Mutex;
+
+        #[derive(Debug, Default)]
+        struct Names(
+            Mutex<Vec<String>>,
+            datafusion::execution::memory_pool::UnboundedMemoryPool,
+        );
+        impl std::fmt::Display for Names {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("names")
+            }
+        }
+        impl MemoryPool for Names {
+            fn name(&self) -> &str {
+                "names"
+            }
+            fn register(&self, consumer: &MemoryConsumer) {
+                self.0.lock().unwrap().push(consumer.name().to_string());
+            }
+            fn grow(&self, r: &MemoryReservation, n: usize) {
+                self.1.grow(r, n)
+            }
+            fn shrink(&self, r: &MemoryReservation, n: usize) {
+                self.1.shrink(r, n)
+            }
+            fn try_grow(&self, r: &MemoryReservation, n: usize) -> Result<()> {
+                self.1.try_grow(r, n)
+            }
+            fn reserved(&self) -> usize {
+                self.1.reserved()
+            }
+        }
+        let names = Arc::new(Names::default());
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(names.clone())
+            .build_arc()
+            .unwrap();
+        let ctx = SessionContext::new_with_config_rt(
+            SessionConfig::new().with_target_partitions(3),
+            runtime,
+        );
+        ctx.sql("SELECT x % 10 AS g, count(*) FROM unnest(range(100000)) t(x) GROUP BY 1")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let seen = names.0.lock().unwrap().clone();
+        assert!(seen.iter().any(|n| n.starts_with(REPARTITION)), "{seen:?}");
+    }
+
     #[test]
     fn only_repartition_consumers_are_let_through() {
         let pool = pool(100);

@@ -386,7 +386,8 @@ pub fn session_context(
     } else if engine.memory_limit.is_some() {
         // One partition unless asked otherwise: with one, plans have no repartitions, whose
         // buffers the pool cannot bound (see `memory`). A 50-million-row cursor run under a
-        // 2 GiB limit completes in 87 s on one partition; on two it was refused memory.
+        // 2 GiB limit completes in 87 s on one partition; on two it hung, or with repartition
+        // buffers admitted, ran out of memory.
         config = config.with_target_partitions(1);
     }
     let mut runtime = RuntimeEnvBuilder::new();
