@@ -1,6 +1,6 @@
 -- The diff stage: classify every model row and every previously synced key in one join.
 --
--- Inputs (registered by src/sync/diff.rs):
+-- Inputs (registered by src/sync/mod.rs and src/sync/state.rs; planned by src/sync/diff.rs):
 --   bf_mapped  the mapped model rows: the destination fields, plus
 --              __bf_key (the key), __bf_hash (the row hash of the mapped fields),
 --              __bf_cursor (the cursor value, NULL without a cursor) and

@@ -480,7 +480,7 @@ async fn hub_cmd(project: &Project, command: HubCommand) -> Result<ExitCode, Str
         let known: Vec<&str> = project.config.entities.keys().map(String::as_str).collect();
         return Err(format!(
             "unknown entity \"{entity}\"{}; the project's entities are: {}",
-            crate::config::suggest(&entity, known.iter().copied()),
+            crate::names::suggest(&entity, known.iter().copied()),
             if known.is_empty() {
                 "(none)".to_string()
             } else {
@@ -488,7 +488,7 @@ async fn hub_cmd(project: &Project, command: HubCommand) -> Result<ExitCode, Str
             }
         ));
     }
-    let ctx = crate::project::session_context(&project.config.engine, &project.dir)
+    let ctx = crate::session::session_context(&project.config.engine, &project.dir)
         .map_err(|e| e.to_string())?;
     project.state.register(&ctx).map_err(|e| e.to_string())?;
     match command {

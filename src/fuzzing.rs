@@ -137,17 +137,14 @@ pub fn quoting(data: &[u8]) {
         ),
         (&MySqlDialect {}, crate::databases::mysql::quote(&name)),
         (&SQLiteDialect {}, crate::destinations::sqlite_quote(&name)),
-        (
-            &PostgreSqlDialect {},
-            crate::hub::config::quote_ident(&name),
-        ),
+        (&PostgreSqlDialect {}, crate::names::quote_ident(&name)),
     ];
     for (dialect, q) in quoted {
         if let Some(got) = parse_identifier(dialect, &q) {
             assert_eq!(got, name, "{q:?} reads back as another name");
         }
     }
-    let literal = crate::hub::config::quote_literal(&name);
+    let literal = crate::names::quote_literal(&name);
     if let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, &format!("SELECT {literal}")) {
         let [Statement::Query(q)] = statements.as_slice() else {
             panic!("{literal:?} is not one query");

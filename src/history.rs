@@ -19,26 +19,7 @@ use crate::state::{StateError, StateStore, writer_properties};
 /// At most this many invalid and this many rejected records are kept per run.
 pub const SAMPLE_LIMIT: usize = 100;
 
-/// What a run did, as reported by `run --json` and stored in history.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct RunCounts {
-    /// Rows read from the model (after the cursor filter).
-    pub read: u64,
-    /// Rows never sent: NULL or duplicate key.
-    pub invalid: u64,
-    pub created: u64,
-    pub updated: u64,
-    pub deleted: u64,
-    /// Rows already in sync, or changes the behaviour does not send (create-only updates).
-    pub unchanged: u64,
-    /// Rows the destination refused; retried on the next run.
-    pub rejected: u64,
-    /// Rows the destination already had and the behaviour does not touch (create-only).
-    pub skipped: u64,
-    /// Requests the destination sent again after a failure, a timeout or a rate limit (HTTP
-    /// APIs; 0 elsewhere).
-    pub retries: u64,
-}
+pub use crate::state::RunCounts;
 
 /// One run of one sync.
 #[derive(Debug, Clone, Serialize)]

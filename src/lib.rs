@@ -6,26 +6,30 @@
 //! behind the traits in [`destinations`]; all state and run history is Parquet under the state
 //! path ([`state`], [`history`]).
 
+pub mod behavior;
 pub mod cli;
 pub mod config;
 pub mod databases;
 pub mod destinations;
+pub mod duration;
 pub mod functions;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hash;
 pub mod history;
 pub mod hub;
-pub mod lease;
 pub mod memory;
 pub mod models;
+pub mod names;
 pub mod progress;
 pub mod project;
+pub mod session;
 pub mod sources;
 pub mod state;
 pub mod storage;
 pub mod sync;
+pub mod values;
 
-pub use config::Behavior;
+pub use behavior::Behavior;
 pub use project::{Project, ProjectError};
 pub use sync::{PlanReport, RunOptions, SyncReport};

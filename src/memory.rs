@@ -10,7 +10,7 @@
 //! on two partitions hung there: every thread parked, no error.
 //!
 //! So under a memory limit backflow plans on one partition unless `target_partitions` is set
-//! (one partition has no repartitions; see `project::session_context`), and when it is set, repartition
+//! (one partition has no repartitions; see `session::session_context`), and when it is set, repartition
 //! buffers are counted in the pool but never refused. They are not bounded by the pool: while
 //! one output is drained slowly (its sort is spilling) the others' buffers grow. What they hold
 //! makes the other operators spill sooner, or be refused with DataFusion's "Resources

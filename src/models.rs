@@ -72,7 +72,7 @@ fn parse_model_file(path: &Path) -> Result<Model, ModelError> {
     let name = path
         .file_stem()
         .and_then(|s| s.to_str())
-        .filter(|s| crate::config::is_plain_identifier(s))
+        .filter(|s| crate::names::is_plain_identifier(s))
         .ok_or_else(|| ModelError::BadName {
             path: path.to_path_buf(),
         })?
@@ -158,7 +158,7 @@ pub fn order<'a>(
                         .map(Path::to_path_buf)
                         .unwrap_or_else(|| PathBuf::from(format!("segment {}", node.name))),
                     name: dep.to_string(),
-                    suggestion: crate::config::suggest(dep, known.iter().copied()),
+                    suggestion: crate::names::suggest(dep, known.iter().copied()),
                     known: known.join(", "),
                 });
             }

@@ -15,7 +15,6 @@
 //! - Only rows that were neither rejected nor failed are marked synced, so a rejected row is
 //!   retried on the next run.
 
-mod change_feed;
 mod encode;
 mod file;
 mod http;
@@ -40,7 +39,8 @@ pub use postgres::{PostgresDestination, PostgresDestinationConfig};
 pub(crate) use sqlite::quote as sqlite_quote;
 pub use sqlite::{SqliteDestination, SqliteDestinationConfig};
 
-use crate::config::Behavior;
+use crate::behavior::Behavior;
+pub use crate::behavior::WriteOp;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DestinationError {
@@ -171,44 +171,6 @@ impl std::fmt::Debug for WriteTarget {
             .field("schema", &self.schema)
             .field("behavior", &self.behavior)
             .finish_non_exhaustive()
-    }
-}
-
-/// The operation a batch carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum WriteOp {
-    /// Update the record with this key, or create it.
-    Upsert,
-    /// Update the record with this key; reject the row when there is none.
-    Update,
-    /// Create the record; leave an existing one with this key alone (counted as skipped).
-    Create,
-    /// Delete the record with this key (the batch holds only the key column); a missing
-    /// record is not an error.
-    Delete,
-    /// Add the row, whatever is there already.
-    Append,
-}
-
-impl WriteOp {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WriteOp::Upsert => "upsert",
-            WriteOp::Update => "update",
-            WriteOp::Create => "create",
-            WriteOp::Delete => "delete",
-            WriteOp::Append => "append",
-        }
-    }
-
-    pub fn code(self) -> i8 {
-        match self {
-            WriteOp::Upsert => 1,
-            WriteOp::Update => 2,
-            WriteOp::Create => 3,
-            WriteOp::Delete => 4,
-            WriteOp::Append => 5,
-        }
     }
 }
 

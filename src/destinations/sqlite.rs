@@ -20,7 +20,7 @@ use super::{
     BatchOutcome, Destination, DestinationError, FinishOutcome, ObjectWriter, Rejection, WriteOp,
     WriteTarget,
 };
-use crate::config::Behavior;
+use crate::behavior::Behavior;
 
 /// `type = "sqlite"`
 #[derive(Debug, Clone, Deserialize)]

@@ -12,10 +12,10 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use indexmap::IndexMap;
 
-use super::config::EntityConfig;
 use super::read::{self, SourceRead};
 use super::state::{self, HubManifest, SourceState, StateFile};
 use super::{CycleOutcome, HubError, SourceCounts, failpoint};
+use crate::config::entity::EntityConfig;
 use crate::history::SampleRecord;
 use crate::project::Project;
 use crate::state::{Chain, FORMAT_VERSION};

@@ -14,10 +14,10 @@
 //! source records are linked to the winner from then on.
 
 use super::HubError;
-use super::config::{MergePolicy, WinnerRule};
 use super::cycle::{Cycle, OVER, REMAP, contrib_next, contrib_now, golden_old};
 use super::sql::{lit, norm, q, rank_case};
 use super::state::{self, StateFile, src_col};
+use crate::config::entity::{MergePolicy, WinnerRule};
 
 const LIVE: &str = "bf_hub_live";
 const DUPS: &str = "bf_hub_dups";

@@ -31,7 +31,6 @@
 
 mod attach;
 mod authority;
-pub mod config;
 mod cycle;
 mod log;
 mod merge;
@@ -52,12 +51,7 @@ use crate::state::{Chain, StateError};
 pub use cycle::Cycle;
 use state::HubManifest;
 
-/// The entity and source a write-back sync belongs to.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HubLink {
-    pub entity: String,
-    pub source: String,
-}
+pub use crate::config::entity::HubLink;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {

@@ -14,13 +14,13 @@ use datafusion::logical_expr::{Expr, cast, col, lit, try_cast, when};
 use datafusion::prelude::{DataFrame, SessionContext, ident};
 
 use super::HubError;
-use super::config::EntitySourceConfig;
 use super::state::{Position, StoredValue};
+use crate::config::entity::EntitySourceConfig;
 
 /// What the read stage needs to know of its cycle.
 pub struct ReadContext<'a> {
     pub name: &'a str,
-    pub entity: &'a super::config::EntityConfig,
+    pub entity: &'a crate::config::entity::EntityConfig,
     /// The cycle's clock (µs since the epoch).
     pub now_us: i64,
 }
@@ -101,7 +101,7 @@ pub fn plan(
             "id column \"{}\" is not a column of \"{}\"{} (its columns: {})",
             source.id,
             source.from,
-            crate::config::suggest(&source.id, columns.iter().map(String::as_str)),
+            crate::names::suggest(&source.id, columns.iter().map(String::as_str)),
             columns.join(", ")
         ));
     }
@@ -342,7 +342,7 @@ pub async fn validate(
                 kind: RecordKind::Invalid,
                 key: (!ids.is_null(r)).then(|| format!("{source}:{}", ids.value(r))),
                 reason: reasons.value(r).to_string(),
-                record: crate::sync::row_json(&record, r),
+                record: crate::values::row_json(&record, r),
             });
         }
     }

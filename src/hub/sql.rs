@@ -5,7 +5,7 @@
 
 use arrow::datatypes::DataType;
 
-pub use super::config::{quote_ident as q, quote_literal as lit};
+pub use crate::names::{quote_ident as q, quote_literal as lit};
 
 /// `arrow_cast(NULL, '<type>')`: a typed NULL.
 pub fn null_of(dt: &DataType) -> String {

@@ -30,7 +30,7 @@ use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, i
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use super::config::EntityConfig;
+use crate::config::entity::EntityConfig;
 use crate::state::{StateStore, Versioned};
 
 pub const GOLDEN_ID: &str = "golden_id";
@@ -82,7 +82,7 @@ impl StoredValue {
     pub fn from_scalar(v: &ScalarValue) -> StoredValue {
         StoredValue {
             data_type: v.data_type().to_string(),
-            value: crate::sync::scalar_text(v),
+            value: crate::values::scalar_text(v),
         }
     }
 

@@ -15,61 +15,69 @@
 //!   decided otherwise (another source has authority) is sent.
 
 use arrow::datatypes::DataType;
+use async_trait::async_trait;
 use datafusion::common::{JoinType, ScalarValue};
 use datafusion::logical_expr::{cast, lit};
 use datafusion::prelude::{DataFrame, Expr, SessionContext, col, ident};
-use indexmap::IndexMap;
 
-use super::config::writeback_sync_name;
+use super::HubError;
 use super::state::{self, HubManifest, contributions_schema, mapped_fields};
-use super::{HubError, HubLink};
-use crate::config::{Behavior, FieldsConfig, KeyConfig, ProjectConfig, SyncConfig};
+use crate::config::entity::{HUB_SEQ, HubLink, SOURCE_ID, view_name};
 use crate::project::Project;
+use crate::sync::{Upstream, UpstreamError, UpstreamRead};
 
-/// The write-back relation's column with the source record's id.
-pub const SOURCE_ID: &str = "__bf_source_id";
-/// The write-back relation's cursor: the hub version of the row's last change.
-pub const HUB_SEQ: &str = "__bf_hub_seq";
-
-/// The relation a write-back sync reads (registered by [`register`]).
-pub fn view_name(link: &HubLink) -> String {
-    format!("__bf_hub_{}__{}", link.entity, link.source)
+/// The write-back of one entity to one of its sources, as the read stage's hook: the sync
+/// reads the relation [`register`] makes, and compares with what the source reported.
+#[derive(Debug)]
+pub struct Writeback {
+    link: HubLink,
 }
 
-/// The write-back syncs of every entity, named `<entity>-to-<source>`.
-pub fn syncs(config: &ProjectConfig) -> IndexMap<String, SyncConfig> {
-    let mut out = IndexMap::new();
-    for (entity, e) in &config.entities {
-        for (source, s) in &e.sources {
-            let Some(wb) = &s.writeback else { continue };
-            let link = HubLink {
-                entity: entity.clone(),
-                source: source.clone(),
-            };
-            out.insert(
-                writeback_sync_name(entity, source),
-                SyncConfig {
-                    from: view_name(&link),
-                    to: wb.to.clone(),
-                    object: wb.object.clone(),
-                    behavior: Behavior::UpdateOnly,
-                    key: KeyConfig::Pair {
-                        source: SOURCE_ID.to_string(),
-                        destination: s.writeback_key().unwrap_or(&s.id).to_string(),
-                    },
-                    fields: FieldsConfig {
-                        auto: false,
-                        computed: s.writeback_fields(),
-                        ..FieldsConfig::default()
-                    },
-                    cursor: Some(HUB_SEQ.to_string()),
-                    cursor_lookback: None,
-                    hub: Some(link),
-                },
-            );
-        }
+impl Writeback {
+    pub fn new(link: HubLink) -> Self {
+        Writeback { link }
     }
-    out
+}
+
+#[async_trait]
+impl Upstream for Writeback {
+    async fn register(
+        &self,
+        project: &Project,
+        ctx: &SessionContext,
+    ) -> Result<Box<dyn UpstreamRead>, UpstreamError> {
+        let registered = register(project, ctx, &self.link).await?;
+        Ok(Box::new(WritebackRead {
+            link: self.link.clone(),
+            registered,
+        }))
+    }
+}
+
+struct WritebackRead {
+    link: HubLink,
+    registered: Registered,
+}
+
+#[async_trait]
+impl UpstreamRead for WritebackRead {
+    fn version(&self) -> u64 {
+        self.registered.version()
+    }
+
+    async fn reported(
+        &self,
+        project: &Project,
+        ctx: &SessionContext,
+        since: Option<u64>,
+    ) -> Result<Option<DataFrame>, UpstreamError> {
+        if !self.registered.observable {
+            return Ok(None);
+        }
+        Ok(Some(
+            reported(project, ctx, &self.link, &self.registered, since).await?,
+        ))
+    }
 }
 
 /// The registered write-back relation of one sync run: the hub state it reads, and whether
@@ -87,7 +95,7 @@ impl Registered {
 }
 
 /// Register the write-back relation of `link` from the entity's newest state.
-pub async fn register(
+async fn register(
     project: &Project,
     ctx: &SessionContext,
     link: &HubLink,
@@ -259,7 +267,7 @@ async fn contributions(
 /// What the source itself reported after hub version `since` (from the start when `None`) in
 /// the hub state `registered` read, shaped like the write-back relation, so the sync can hash
 /// it with its own mapping: the source's values for the fields it maps, NULL for the others.
-pub async fn reported(
+async fn reported(
     project: &Project,
     ctx: &SessionContext,
     link: &HubLink,

@@ -466,13 +466,9 @@ pub(super) fn strings(v: &Value, f: &mut impl FnMut(&str)) {
     }
 }
 
-/// "30s", "2m", "500ms".
+/// "30s", "2m", "500ms": a duration that is not zero.
 pub(super) fn parse_timeout(t: &str) -> Option<Duration> {
-    match t.trim().strip_suffix("ms") {
-        Some(ms) => ms.trim().parse().ok().map(Duration::from_millis),
-        None => crate::config::parse_duration(t),
-    }
-    .filter(|d| !d.is_zero())
+    crate::duration::parse(t).filter(|d| !d.is_zero())
 }
 
 pub(in crate::destinations) fn validate_object(object: &str) -> Vec<String> {

@@ -37,7 +37,7 @@ use super::{
     BatchOutcome, Destination, DestinationError, FinishOutcome, NO_RECORD_FOR_UPDATE, ObjectWriter,
     Rejection, WriteOp, WriteTarget,
 };
-use crate::config::Behavior;
+use crate::behavior::Behavior;
 use crate::progress::Delivery;
 use client::{Answer, Client, Policy, Request, status_line, truncate};
 pub use config::HttpDestinationConfig;

@@ -48,7 +48,7 @@ pub fn map(sync: &SyncConfig, relation: DataFrame) -> Result<Mapped, MappingProb
         problems.push(format!(
             "key column \"{key_src}\" is not a column of \"{}\"{} (its columns: {})",
             sync.from,
-            crate::config::suggest(key_src, columns.iter().map(String::as_str)),
+            crate::names::suggest(key_src, columns.iter().map(String::as_str)),
             listing()
         ));
     }
@@ -66,7 +66,7 @@ pub fn map(sync: &SyncConfig, relation: DataFrame) -> Result<Mapped, MappingProb
             problems.push(format!(
                 "fields.rename maps \"{from}\", which is not a column of \"{}\"{} (its columns: {})",
                 sync.from,
-                crate::config::suggest(from, columns.iter().map(String::as_str)),
+                crate::names::suggest(from, columns.iter().map(String::as_str)),
                 listing()
             ));
         }

@@ -9,9 +9,13 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+pub mod entity;
+
+pub use crate::behavior::Behavior;
 use crate::destinations::DestinationConfig;
+use crate::names::{is_plain_identifier, is_safe_name, suggest};
 use crate::sources::SourceConfig;
 
 /// The file every project has at its root.
@@ -58,7 +62,7 @@ pub struct ProjectConfig {
     pub syncs: IndexMap<String, SyncConfig>,
     /// Hub entities: golden records unified from several sources (see `hub`).
     #[serde(default)]
-    pub entities: IndexMap<String, crate::hub::config::EntityConfig>,
+    pub entities: IndexMap<String, entity::EntityConfig>,
 }
 
 /// `[state]`
@@ -128,7 +132,7 @@ pub struct SyncConfig {
     /// Set for the syncs backflow makes to write a hub entity back to one of its sources
     /// (never read from the file).
     #[serde(skip)]
-    pub hub: Option<crate::hub::HubLink>,
+    pub hub: Option<entity::HubLink>,
 }
 
 /// `cursor_lookback`: a duration or an amount.
@@ -148,72 +152,6 @@ impl std::fmt::Display for Lookback {
             Lookback::Amount(n) => write!(f, "{n}"),
             Lookback::Duration(d) => write!(f, "\"{d}\""),
         }
-    }
-}
-
-/// Parse `"90s"`, `"15m"`, `"2h"`, `"1d"`, `"1w"` (one number, one unit).
-pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let secs = match unit.trim() {
-        "s" | "sec" | "secs" | "second" | "seconds" => 1,
-        "m" | "min" | "mins" | "minute" | "minutes" => 60,
-        "h" | "hour" | "hours" => 3600,
-        "d" | "day" | "days" => 86_400,
-        "w" | "week" | "weeks" => 604_800,
-        _ => return None,
-    };
-    n.checked_mul(secs).map(std::time::Duration::from_secs)
-}
-
-/// Sync behaviours, with the meaning reverse-ETL users know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Behavior {
-    /// Update the record when the key matches, else create it.
-    #[serde(alias = "update-or-create")]
-    Upsert,
-    /// Only update records that already exist in the destination.
-    #[serde(alias = "update_only")]
-    UpdateOnly,
-    /// Only create records that do not exist yet; never update.
-    #[serde(alias = "create_only")]
-    CreateOnly,
-    /// Upsert, and delete records that left the model.
-    Mirror,
-    /// Append every new or changed row, as an event log.
-    #[serde(alias = "append_only", alias = "append")]
-    AppendOnly,
-    /// The model lists keys to delete from the destination.
-    Delete,
-}
-
-impl Behavior {
-    /// Whether the behavior creates records in the destination.
-    pub fn creates(self) -> bool {
-        matches!(
-            self,
-            Behavior::Upsert | Behavior::Mirror | Behavior::CreateOnly | Behavior::AppendOnly
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Behavior::Upsert => "upsert",
-            Behavior::UpdateOnly => "update-only",
-            Behavior::CreateOnly => "create-only",
-            Behavior::Mirror => "mirror",
-            Behavior::AppendOnly => "append-only",
-            Behavior::Delete => "delete",
-        }
-    }
-}
-
-impl std::fmt::Display for Behavior {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -338,13 +276,6 @@ impl ConfigText {
     }
 }
 
-/// Names that models, sources and segments may take: they are SQL table names.
-pub fn is_plain_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
-
 /// Validate cross references, with the names of the models found on disk. Returns every problem.
 pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) -> Vec<String> {
     let mut problems = Vec::new();
@@ -377,13 +308,13 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
         }
     }
     if let Some(l) = &config.state.lease
-        && parse_duration(l).is_none_or(|d| d.as_secs() < 3)
+        && crate::duration::parse(l).is_none_or(|d| d.as_secs() < 3)
     {
         problems.push(format!(
             "[state]: lease \"{l}\" is not a duration of 3 seconds or more (\"60s\", \"5m\")"
         ));
     }
-    problems.extend(crate::hub::config::validate(config, &relations, text));
+    problems.extend(entity::validate(config, &relations, text));
     for name in config.entities.keys() {
         relations.insert(name);
     }
@@ -460,7 +391,7 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
             (Some(Lookback::Amount(n)), _) if *n < 0 => problems.push(format!(
                 "{at}: sync \"{name}\": cursor_lookback must not be negative"
             )),
-            (Some(Lookback::Duration(d)), _) if parse_duration(d).is_none() => {
+            (Some(Lookback::Duration(d)), _) if crate::duration::parse(d).is_none() => {
                 problems.push(format!(
                     "{at}: sync \"{name}\": cursor_lookback \"{d}\" is not a duration such as \"90s\", \"15m\", \"2h\" or \"1d\" (use a number for a numeric cursor)"
                 ))
@@ -516,40 +447,6 @@ pub fn source_table_known(config: &ProjectConfig, name: &str) -> bool {
         Some(crate::sources::TableSelection::List(l)) => l.iter().any(|t| t == table),
         None => false,
     }
-}
-
-/// Names used in state paths (syncs): no separators, no dots.
-pub fn is_safe_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-/// ` (did you mean "x"?)` when a known name is close to the unknown one.
-pub fn suggest<'a>(unknown: &str, known: impl Iterator<Item = &'a str>) -> String {
-    let best = known
-        .map(|k| (edit_distance(unknown, k), k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
-        .min();
-    match best {
-        Some((_, k)) => format!(" (did you mean \"{k}\"?)"),
-        None => String::new(),
-    }
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! `[entities.NAME]`: an entity of the hub, its sources, match rules, data authority, merge
-//! rules and write-backs, parsed strictly and validated without I/O.
+//! rules and write-backs, parsed strictly and validated without I/O; and the syncs its
+//! write-backs become ([`writeback_syncs`]).
 
 use std::collections::BTreeSet;
 
@@ -7,7 +8,8 @@ use arrow::datatypes::{DataType, TimeUnit};
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use crate::config::{ConfigText, ProjectConfig, is_plain_identifier, is_safe_name, suggest};
+use super::{Behavior, ConfigText, FieldsConfig, KeyConfig, ProjectConfig, SyncConfig};
+use crate::names::{is_plain_identifier, is_safe_name, quote_ident, suggest};
 
 /// Records read per source per cycle unless `batch_size` says otherwise.
 pub const DEFAULT_BATCH_SIZE: usize = 100_000;
@@ -306,19 +308,62 @@ impl EntitySourceConfig {
     }
 }
 
-/// `"name"` with inner quotes doubled: an identifier in SQL expressions.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// `'text'` with inner quotes doubled: a string literal.
-pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
 /// The name of the sync that writes `entity`'s values back to `source`.
 pub fn writeback_sync_name(entity: &str, source: &str) -> String {
     format!("{entity}-to-{source}")
+}
+
+/// The entity and source a write-back sync belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubLink {
+    pub entity: String,
+    pub source: String,
+}
+
+/// The write-back relation's column with the source record's id.
+pub const SOURCE_ID: &str = "__bf_source_id";
+/// The write-back relation's cursor: the hub version of the row's last change.
+pub const HUB_SEQ: &str = "__bf_hub_seq";
+
+/// The relation a write-back sync reads (registered by [`register`]).
+pub fn view_name(link: &HubLink) -> String {
+    format!("__bf_hub_{}__{}", link.entity, link.source)
+}
+
+/// The write-back syncs of every entity, named `<entity>-to-<source>`.
+pub fn writeback_syncs(config: &ProjectConfig) -> IndexMap<String, SyncConfig> {
+    let mut out = IndexMap::new();
+    for (entity, e) in &config.entities {
+        for (source, s) in &e.sources {
+            let Some(wb) = &s.writeback else { continue };
+            let link = HubLink {
+                entity: entity.clone(),
+                source: source.clone(),
+            };
+            out.insert(
+                writeback_sync_name(entity, source),
+                SyncConfig {
+                    from: view_name(&link),
+                    to: wb.to.clone(),
+                    object: wb.object.clone(),
+                    behavior: Behavior::UpdateOnly,
+                    key: KeyConfig::Pair {
+                        source: SOURCE_ID.to_string(),
+                        destination: s.writeback_key().unwrap_or(&s.id).to_string(),
+                    },
+                    fields: FieldsConfig {
+                        auto: false,
+                        computed: s.writeback_fields(),
+                        ..FieldsConfig::default()
+                    },
+                    cursor: Some(HUB_SEQ.to_string()),
+                    cursor_lookback: None,
+                    hub: Some(link),
+                },
+            );
+        }
+    }
+    out
 }
 
 /// An entity field type (`text`, `bigint`, `decimal(12,2)`, …) as an Arrow type.

@@ -37,205 +37,18 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use serde::{Deserialize, Serialize};
 
-use crate::storage::{Location, StorageError};
+mod error;
+pub mod lease;
+mod manifest;
 
-/// The manifest format this release writes and reads.
-/// 3: a sync's state may be a snapshot plus deltas (2: a snapshot alone; 1: checksums and
-/// snapshot sizes may be absent).
-pub const FORMAT_VERSION: u32 = 3;
+pub use error::{Result, StateError};
+pub use manifest::*;
+
+use crate::storage::Location;
+
 /// Committed versions kept per sync (older ones and their files are removed after a commit).
 const KEEP_VERSIONS: u64 = 2;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error("state store {location}: {op} {path}: {source}")]
-    Io {
-        location: String,
-        op: &'static str,
-        path: String,
-        source: Box<object_store::Error>,
-    },
-    #[error(
-        "state of {owner}: manifest {path} is unreadable ({reason}); the state was not changed"
-    )]
-    Corrupt {
-        owner: String,
-        path: String,
-        reason: String,
-    },
-    #[error(
-        "state of {owner} was written by a newer backflow (state format {found}, this release reads {FORMAT_VERSION}); upgrade backflow — the state was left untouched"
-    )]
-    NewerFormat { owner: String, found: u32 },
-    #[error(
-        "{owner} is already running (lock {path} is held by another backflow process); wait for it to finish"
-    )]
-    Locked { owner: String, path: String },
-    #[error(
-        "{owner}: another run committed state version {version} first; this run's changes were sent but its state was not committed, and the next run will re-check them"
-    )]
-    Conflict { owner: String, version: u64 },
-    #[error(
-        "{owner}: this run lost its lease (another run took it over after it expired, or it could not be renewed); it stops here without committing, and the next run re-checks what it sent"
-    )]
-    LeaseLost { owner: String },
-    #[error("cannot create lock file {path}: {source}")]
-    Lock {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error(
-        "state of {owner}: no committed version is readable (newest: {reason}); the state was left untouched. \
-         To start over, move {manifests} aside and run with --full-resync"
-    )]
-    Unreadable {
-        owner: String,
-        reason: String,
-        manifests: String,
-    },
-    #[error("state store: cannot flush {path} to disk: {source}")]
-    Fsync {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("state store: cannot write {path}: {source}")]
-    Parquet {
-        path: String,
-        source: parquet::errors::ParquetError,
-    },
-    #[error(
-        "state store {location}: {path} did not arrive whole ({reason}); nothing was committed"
-    )]
-    Torn {
-        location: String,
-        path: String,
-        reason: String,
-    },
-    #[error("state store: cannot compute {path}: {source}")]
-    Plan {
-        path: String,
-        source: Box<datafusion::error::DataFusionError>,
-    },
-}
-
-pub type Result<T, E = StateError> = std::result::Result<T, E>;
-
-/// The watermark of a sync with a cursor: the cursor value up to which rows are in sync.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Watermark {
-    /// The cursor column in the model.
-    pub column: String,
-    /// The Arrow data type of the value, as Arrow writes it (`Timestamp(µs)`, `Int64`, …).
-    pub data_type: String,
-    /// The value, as Arrow casts it to text.
-    pub value: String,
-}
-
-/// One committed version of a sync's state. Stored as JSON in `_manifests/`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Manifest {
-    pub format: u32,
-    pub sync: String,
-    pub version: u64,
-    pub run_id: String,
-    pub committed_at: String,
-    /// The snapshot file, relative to the state root.
-    pub snapshot: String,
-    /// Number of keys in the state (the snapshot with its deltas).
-    pub rows: u64,
-    /// What cursor runs accepted since the snapshot was written, oldest first: each a
-    /// `sent.parquet` (`__bf_key`, `__bf_hash`, `__bf_keep`); a key's newest entry wins over
-    /// the snapshot. A cursor run adds its file here instead of rewriting every key; one run
-    /// in a while folds them back into a new snapshot.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub deltas: Vec<Delta>,
-    pub destination: String,
-    pub object: String,
-    pub behavior: String,
-    /// The destination key field.
-    pub key: String,
-    /// The key's Arrow type.
-    pub key_type: String,
-    pub watermark: Option<Watermark>,
-    /// What identifies the destination object (see `Destination::fingerprint`).
-    #[serde(default)]
-    pub destination_fingerprint: Option<String>,
-    /// The mapped fields and their type families (the row-hash header).
-    #[serde(default)]
-    pub fields: Option<String>,
-    /// For a hub write-back: the hub version whose golden records this version sent (the
-    /// next run overlays what the source reported after it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<u64>,
-    /// The snapshot file's size in bytes: a torn (truncated) snapshot is detected by it.
-    #[serde(default)]
-    pub snapshot_bytes: Option<u64>,
-    /// XXH3-64 (hex) of this manifest's JSON with `checksum` empty: a torn or altered manifest
-    /// is detected by it.
-    #[serde(default)]
-    pub checksum: Option<String>,
-}
-
-/// One delta of a sync's state.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Delta {
-    pub path: String,
-    pub rows: u64,
-    #[serde(default)]
-    pub bytes: Option<u64>,
-}
-
-/// A manifest kind: one committed version of a chain of versions (a sync's state, a hub
-/// entity's state). The store checks, commits and vacuums any kind the same way.
-pub trait Versioned: Serialize + serde::de::DeserializeOwned + Clone {
-    fn version(&self) -> u64;
-    fn checksum(&self) -> Option<&str>;
-    fn set_checksum(&mut self, checksum: Option<String>);
-    /// The data files this version names (relative to the state root), each with its size as
-    /// recorded by the commit: a torn file is detected by it.
-    fn files_mut(&mut self) -> Vec<(&str, &mut Option<u64>)>;
-    /// Whether a manifest without a checksum may still be trusted (format-1 sync manifests
-    /// from before checksums).
-    fn may_lack_checksum(&self, _format: u32) -> bool {
-        false
-    }
-
-    /// The checksum of this manifest's content (its checksum field excluded).
-    fn content_checksum(&self) -> String {
-        let mut copy = self.clone();
-        copy.set_checksum(None);
-        let json = serde_json::to_vec(&copy).unwrap_or_default();
-        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&json))
-    }
-}
-
-impl Versioned for Manifest {
-    fn version(&self) -> u64 {
-        self.version
-    }
-    fn checksum(&self) -> Option<&str> {
-        self.checksum.as_deref()
-    }
-    fn set_checksum(&mut self, checksum: Option<String>) {
-        self.checksum = checksum;
-    }
-    fn files_mut(&mut self) -> Vec<(&str, &mut Option<u64>)> {
-        let mut files = vec![(self.snapshot.as_str(), &mut self.snapshot_bytes)];
-        for d in &mut self.deltas {
-            files.push((d.path.as_str(), &mut d.bytes));
-        }
-        files
-    }
-    fn may_lack_checksum(&self, format: u32) -> bool {
-        // Only manifests of format 1 from before checksums may lack one, and those never
-        // recorded a snapshot size either: anything else lost its checksum to damage.
-        format < 2 && self.snapshot_bytes.is_none()
-    }
-}
 
 /// A chain of committed versions under one folder of the state: `syncs/<sync>` or
 /// `hub/<entity>`, with `_manifests/` and `data/` inside.
@@ -288,12 +101,12 @@ pub struct StateStore {
 #[derive(Debug)]
 pub struct SyncLock {
     _file: Option<std::fs::File>,
-    lease: Option<crate::lease::Lease>,
+    lease: Option<crate::state::lease::Lease>,
 }
 
 impl SyncLock {
     /// What writes check first: whether the lease is still held (always, for a file lock).
-    pub fn fence(&self) -> Option<crate::lease::Fence> {
+    pub fn fence(&self) -> Option<crate::state::lease::Fence> {
         self.lease.as_ref().map(|l| l.fence())
     }
 
@@ -327,7 +140,7 @@ impl StateStore {
             store,
             location,
             root,
-            lease_ttl: crate::lease::DEFAULT_TTL,
+            lease_ttl: crate::state::lease::DEFAULT_TTL,
         })
     }
 
@@ -437,7 +250,7 @@ impl StateStore {
             return self.lock_chain(chain);
         }
         let path = self.path(&format!("locks/{}.lease", chain.lock));
-        let lease = crate::lease::Lease::acquire(
+        let lease = crate::state::lease::Lease::acquire(
             self.store.clone(),
             path,
             &chain.owner,
@@ -916,47 +729,6 @@ impl StateStore {
     }
 }
 
-/// Decode a manifest read as version `version`: parsable, of a format this release reads,
-/// named as it says, its checksum right (the files it names are checked by the caller).
-/// `owner` and `path` only go into messages.
-pub fn decode<M: Versioned>(bytes: &[u8], version: u64, owner: &str, path: &str) -> Result<M> {
-    let corrupt = |reason: String| StateError::Corrupt {
-        owner: owner.to_string(),
-        path: path.to_string(),
-        reason,
-    };
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
-    let format = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
-    if format > u64::from(FORMAT_VERSION) {
-        return Err(StateError::NewerFormat {
-            owner: owner.to_string(),
-            found: u32::try_from(format).unwrap_or(u32::MAX),
-        });
-    }
-    let format = format as u32;
-    // From the bytes, not the parsed value: a value's objects lose their key order, and the
-    // checksum covers the order written.
-    let manifest: M = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
-    if manifest.version() != version {
-        return Err(corrupt(format!(
-            "it says version {} but is named {version}",
-            manifest.version()
-        )));
-    }
-    match manifest.checksum() {
-        Some(sum) if sum != manifest.content_checksum() => {
-            return Err(corrupt("its checksum does not match its content".into()));
-        }
-        Some(_) => {}
-        None if !manifest.may_lack_checksum(format) => {
-            return Err(corrupt("its checksum is missing".into()));
-        }
-        None => {}
-    }
-    Ok(manifest)
-}
-
 /// The schema a plan's rows are stored in: string views as plain strings, every column
 /// nullable (a file's schema must not depend on how a plan happened to read its inputs).
 pub fn storage_schema(schema: &arrow::datatypes::Schema) -> SchemaRef {
@@ -1018,6 +790,7 @@ mod tests {
             upstream: None,
             deltas: Vec::new(),
             snapshot_bytes: None,
+            counts: None,
             checksum: None,
         }
     }

@@ -23,7 +23,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
 
-use crate::state::StateError;
+use super::error::StateError;
 
 /// How long a lease lasts unless renewed, by default.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);

@@ -1,5 +1,5 @@
-//! File destination: one file per object (CSV, Parquet or JSON lines) in a local folder or an
-//! object-store prefix, always holding the object's complete current contents.
+//! The file destination's `snapshot` mode: the file always holds the object's complete
+//! current contents.
 //!
 //! Files cannot be updated in place, so the writer stages the run's changes in a local Parquet
 //! file and, in `finish`, rewrites the object with one DataFusion plan:
@@ -19,7 +19,7 @@
 //! existing file has that the sync no longer sends are kept, never dropped. A run with no
 //! changes does not touch the file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{Int8Array, RecordBatch, new_null_array};
@@ -36,253 +36,14 @@ use futures::StreamExt;
 use object_store::buffered::BufWriter;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
-use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
-use super::{
-    BatchOutcome, Destination, DestinationError, FinishOutcome, LateRejection, ObjectWriter,
-    WriteOp, WriteTarget,
+use super::format::FileFormat;
+use crate::destinations::{
+    BatchOutcome, DestinationError, FinishOutcome, LateRejection, ObjectWriter, WriteOp,
+    WriteTarget,
 };
 use crate::storage::Location;
-
-/// `type = "file"`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileDestinationConfig {
-    /// The folder (relative to the project, absolute, or an object-store URL prefix) objects are
-    /// written into.
-    pub path: String,
-    /// `csv`, `parquet` or `jsonl`.
-    pub format: FileFormat,
-    /// `snapshot` (default): `<object>.<format>` always holds the object's full contents.
-    /// `changes`: each run adds `<object>/v<version>.<format>` with only the changes it sent
-    /// (see `change_feed.rs`).
-    #[serde(default)]
-    pub mode: FileMode,
-}
-
-/// What a file destination's object holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileMode {
-    #[default]
-    Snapshot,
-    Changes,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileFormat {
-    Csv,
-    Parquet,
-    #[serde(alias = "json", alias = "ndjson")]
-    Jsonl,
-}
-
-impl FileFormat {
-    pub(super) fn extension(self) -> &'static str {
-        match self {
-            FileFormat::Csv => "csv",
-            FileFormat::Parquet => "parquet",
-            FileFormat::Jsonl => "jsonl",
-        }
-    }
-}
-
-impl FileDestinationConfig {
-    pub fn validate(&self) -> Vec<String> {
-        if self.path.trim().is_empty() {
-            vec!["path is empty".into()]
-        } else if self.path.contains('\0') {
-            vec!["path contains a NUL character".into()]
-        } else {
-            vec![]
-        }
-    }
-}
-
-pub(super) fn validate_object(object: &str) -> Vec<String> {
-    super::check_relative_name(object)
-}
-
-#[derive(Debug)]
-pub struct FileDestination {
-    name: String,
-    config: FileDestinationConfig,
-    project_dir: PathBuf,
-}
-
-impl FileDestination {
-    pub fn new(name: &str, config: &FileDestinationConfig, project_dir: &Path) -> Self {
-        FileDestination {
-            name: name.to_string(),
-            config: config.clone(),
-            project_dir: project_dir.to_path_buf(),
-        }
-    }
-
-    /// The object's file: `<path>/<object>`, with the format's extension when it has none
-    /// (in `changes` mode, the folder `<path>/<object>`).
-    fn object_location(&self, object: &str) -> Result<Location, DestinationError> {
-        let mut file = object.to_string();
-        if Path::new(object).extension().is_none() && self.config.mode == FileMode::Snapshot {
-            file = format!("{object}.{}", self.config.format.extension());
-        }
-        let base = self.config.path.trim_end_matches('/');
-        Location::resolve(&format!("{base}/{file}"), &self.project_dir).map_err(|source| {
-            DestinationError::Storage {
-                destination: self.name.clone(),
-                source,
-            }
-        })
-    }
-
-    fn unwritable(&self, location: &Location, reason: impl ToString) -> DestinationError {
-        DestinationError::Unwritable {
-            destination: self.name.clone(),
-            location: location
-                .local
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| location.url.to_string()),
-            reason: reason.to_string(),
-        }
-    }
-}
-
-#[async_trait]
-impl Destination for FileDestination {
-    async fn check(&self, target: &WriteTarget) -> Result<(), DestinationError> {
-        let location = self.object_location(&target.object)?;
-        if let Some(path) = &location.local {
-            let mut dir = path.parent().map(Path::to_path_buf);
-            while let Some(d) = dir {
-                if d.exists() {
-                    if !d.is_dir() {
-                        return Err(
-                            self.unwritable(&location, format!("{} is not a folder", d.display()))
-                        );
-                    }
-                    break;
-                }
-                dir = d.parent().map(Path::to_path_buf);
-            }
-            if path.is_dir() && self.config.mode == FileMode::Snapshot {
-                return Err(self.unwritable(&location, "a folder has that name"));
-            }
-            if path.is_file() && self.config.mode == FileMode::Changes {
-                return Err(self.unwritable(
-                    &location,
-                    "a file has that name (a change feed is a folder)",
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn fingerprint(&self, object: &str) -> String {
-        let kind = match self.config.mode {
-            FileMode::Snapshot => "file",
-            FileMode::Changes => "file-changes",
-        };
-        match self.object_location(object) {
-            Ok(l) => format!("{kind}:{}:{}", self.config.format.extension(), l.url),
-            Err(_) => format!(
-                "{kind}:{}:{}/{object}",
-                self.config.format.extension(),
-                self.config.path
-            ),
-        }
-    }
-
-    async fn open(&self, target: &WriteTarget) -> Result<Box<dyn ObjectWriter>, DestinationError> {
-        self.check(target).await?;
-        let location = self.object_location(&target.object)?;
-        if let Some(path) = &location.local
-            && let Some(parent) = path.parent()
-        {
-            std::fs::create_dir_all(parent).map_err(|e| self.unwritable(&location, e))?;
-        }
-        let store = location
-            .store()
-            .map_err(|source| DestinationError::Storage {
-                destination: self.name.clone(),
-                source,
-            })?;
-        if self.config.mode == FileMode::Changes {
-            let folder = location
-                .object_path()
-                .map_err(|source| DestinationError::Storage {
-                    destination: self.name.clone(),
-                    source,
-                })?;
-            if let Some(path) = &location.local {
-                std::fs::create_dir_all(path).map_err(|e| self.unwritable(&location, e))?;
-            }
-            // A feed with files of later versions than this run's: the sync's state is older
-            // than the feed (reset, moved aside); adding to it would interleave two histories.
-            let newest = super::change_feed::newest_version(store.as_ref(), &folder)
-                .await
-                .map_err(|e| self.unwritable(&location, e))?;
-            if let Some(v) = newest.filter(|v| *v > target.version) {
-                return Err(self.unwritable(
-                    &location,
-                    format!(
-                        "the change feed already holds version {v}, later than the {} this run commits: the sync's state is older than the feed (was it reset?); move the feed's files aside or write elsewhere",
-                        target.version
-                    ),
-                ));
-            }
-            return Ok(Box::new(super::change_feed::ChangeFeedWriter::new(
-                &self.name,
-                target,
-                self.config.format,
-                store,
-                &folder,
-            )));
-        }
-        let staging_dir = tempfile::tempdir().map_err(|e| {
-            self.unwritable(
-                &location,
-                format!("cannot create a local staging folder: {e}"),
-            )
-        })?;
-        let mut fields: Vec<Field> = target
-            .schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect();
-        fields.push(Field::new(OP, DataType::Int8, false));
-        let staged_schema = Arc::new(Schema::new(fields));
-        let staged_path = staging_dir.path().join("changes.parquet");
-        let file = std::fs::File::create(&staged_path)
-            .map_err(|e| self.unwritable(&location, format!("staging file: {e}")))?;
-        // Written once and read once, locally: no dictionaries, no compression (the profile
-        // of a 10-million-row load showed dictionary interning as its largest cost).
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_dictionary_enabled(false)
-            .set_compression(parquet::basic::Compression::UNCOMPRESSED)
-            .build();
-        let staging = ArrowWriter::try_new(file, staged_schema.clone(), Some(props))
-            .map_err(|e| self.unwritable(&location, format!("staging file: {e}")))?;
-        Ok(Box::new(FileWriter {
-            object: FileObject {
-                destination: self.name.clone(),
-                format: self.config.format,
-                target: target.clone(),
-                location,
-                store,
-                staged_path,
-            },
-            staged_schema,
-            staging: Some(staging),
-            staged_rows: 0,
-            staged_ops: [0; 6],
-            _staging_dir: staging_dir,
-        }))
-    }
-}
 
 const OP: &str = "__bf_op";
 const CHANGE_PREFIX: &str = "__bf_c_";
@@ -298,7 +59,7 @@ struct FileObject {
 }
 
 /// Stages a run's changes locally, then rewrites the object in `finish`.
-struct FileWriter {
+pub(super) struct FileWriter {
     object: FileObject,
     staged_schema: SchemaRef,
     staging: Option<ArrowWriter<std::fs::File>>,
@@ -307,6 +68,53 @@ struct FileWriter {
     staged_ops: [usize; 6],
     // Dropped (and removed) last.
     _staging_dir: tempfile::TempDir,
+}
+
+impl FileWriter {
+    /// Start staging the changes of one run to `location`.
+    pub(super) fn open(
+        destination: &str,
+        format: FileFormat,
+        target: &WriteTarget,
+        location: Location,
+        store: Arc<dyn ObjectStore>,
+    ) -> Result<FileWriter, String> {
+        let staging_dir = tempfile::tempdir()
+            .map_err(|e| format!("cannot create a local staging folder: {e}"))?;
+        let mut fields: Vec<Field> = target
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        fields.push(Field::new(OP, DataType::Int8, false));
+        let staged_schema = Arc::new(Schema::new(fields));
+        let staged_path = staging_dir.path().join("changes.parquet");
+        let file = std::fs::File::create(&staged_path).map_err(|e| format!("staging file: {e}"))?;
+        // Written once and read once, locally: no dictionaries, no compression (the profile
+        // of a 10-million-row load showed dictionary interning as its largest cost).
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_dictionary_enabled(false)
+            .set_compression(parquet::basic::Compression::UNCOMPRESSED)
+            .build();
+        let staging = ArrowWriter::try_new(file, staged_schema.clone(), Some(props))
+            .map_err(|e| format!("staging file: {e}"))?;
+        Ok(FileWriter {
+            object: FileObject {
+                destination: destination.to_string(),
+                format,
+                target: target.clone(),
+                location,
+                store,
+                staged_path,
+            },
+            staged_schema,
+            staging: Some(staging),
+            staged_rows: 0,
+            staged_ops: [0; 6],
+            _staging_dir: staging_dir,
+        })
+    }
 }
 
 impl FileObject {
@@ -435,7 +243,7 @@ impl FileObject {
             .iter()
             .map(|f| f.name().clone())
             .collect();
-        if self.target.behavior == crate::config::Behavior::AppendOnly {
+        if self.target.behavior == crate::behavior::Behavior::AppendOnly {
             let new_rows = changes
                 .select(
                     existing_cols

@@ -26,8 +26,10 @@ use object_store::path::Path as ObjectPath;
 use parquet::arrow::AsyncArrowWriter;
 use tokio::io::AsyncWriteExt;
 
-use super::file::FileFormat;
-use super::{BatchOutcome, DestinationError, FinishOutcome, ObjectWriter, WriteOp, WriteTarget};
+use super::format::FileFormat;
+use crate::destinations::{
+    BatchOutcome, DestinationError, FinishOutcome, ObjectWriter, WriteOp, WriteTarget,
+};
 
 /// The column naming each row's operation.
 pub const OP_COLUMN: &str = "__bf_op";

@@ -1,0 +1,132 @@
+//! MySQL / MariaDB destination: each object is a table of the URL's database, keyed by the
+//! sync's key.
+//!
+//! A missing table is created (InnoDB, utf8mb4, types mapped from the Arrow schema, the key as
+//! primary key but for append-only logs). An existing table must hold each field in a column of
+//! a compatible type; fields it lacks are added; a unique index is created on the key when there
+//! is none. Sessions run in strict SQL mode and UTC, so a value the column cannot hold is
+//! refused rather than truncated.
+//!
+//! Rows go in multi-row statements with bound values (at most 1000 rows or 60,000 values per
+//! statement), one transaction per batch: upserts as `INSERT … ON DUPLICATE KEY UPDATE`,
+//! deletes as `DELETE … WHERE key IN (…)`. Refused rows are isolated by bisecting the batch.
+//!
+//! `ON DUPLICATE KEY UPDATE` fires on a conflict with *any* unique index, so a table with a
+//! second unique index (say on e-mail) would see a new record that collides there update the
+//! other record; [`MysqlDestination::open`] refuses such tables for upserts and says why.
+
+mod schema;
+mod writer;
+
+use async_trait::async_trait;
+use mysql_async::prelude::Queryable;
+use serde::Deserialize;
+
+use super::{Destination, DestinationError, ObjectWriter, WriteTarget};
+use crate::databases::mysql::MyUrl;
+use crate::databases::{self, DatabaseError};
+
+/// `type = "mysql"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlDestinationConfig {
+    /// The environment variable holding the connection URL (its database is written).
+    pub url_env: String,
+}
+
+impl MysqlDestinationConfig {
+    pub fn validate(&self) -> Vec<String> {
+        databases::validate_url_env(&self.url_env)
+    }
+}
+
+pub(super) fn validate_object(object: &str) -> Vec<String> {
+    let mut p = Vec::new();
+    if object.trim().is_empty() {
+        p.push("the table name is empty".to_string());
+    }
+    if object.contains('\0') {
+        p.push("the table name contains a NUL character".to_string());
+    }
+    if object.chars().count() > 64 {
+        p.push("MySQL table names are at most 64 characters".to_string());
+    }
+    if object.ends_with(' ') {
+        p.push("MySQL table names may not end with a space".to_string());
+    }
+    p
+}
+
+#[derive(Debug)]
+pub struct MysqlDestination {
+    name: String,
+    config: MysqlDestinationConfig,
+}
+
+#[derive(Debug)]
+pub(super) struct Column {
+    pub name: String,
+    pub data_type: String,
+    pub column_type: String,
+    pub scale: Option<u64>,
+    /// NOT NULL without a default: an insert must give it a value.
+    pub required: bool,
+}
+
+impl MysqlDestination {
+    pub fn new(name: &str, config: &MysqlDestinationConfig) -> Self {
+        MysqlDestination {
+            name: name.to_string(),
+            config: config.clone(),
+        }
+    }
+
+    fn url(&self) -> Result<MyUrl, DestinationError> {
+        MyUrl::from_env(&self.config.url_env).map_err(|e| self.db(e))
+    }
+
+    fn db(&self, source: DatabaseError) -> DestinationError {
+        DestinationError::Database {
+            destination: self.name.clone(),
+            source,
+        }
+    }
+}
+#[async_trait]
+impl Destination for MysqlDestination {
+    async fn check(&self, target: &WriteTarget) -> Result<(), DestinationError> {
+        let url = self.url()?;
+        let (mut conn, _) = url.connect().await.map_err(|e| self.db(e))?;
+        if let Some(columns) = self.columns(&url, &mut conn, target).await? {
+            self.compare(target, &columns)?;
+        }
+        let _ = conn.disconnect().await;
+        Ok(())
+    }
+
+    fn fingerprint(&self, object: &str) -> String {
+        let server = self
+            .url()
+            .map(|u| u.server())
+            .unwrap_or_else(|_| format!("${}", self.config.url_env));
+        format!("mysql:{server}:{object}")
+    }
+
+    async fn open(&self, target: &WriteTarget) -> Result<Box<dyn ObjectWriter>, DestinationError> {
+        let url = self.url()?;
+        let (mut conn, _) = url.connect().await.map_err(|e| self.db(e))?;
+        self.prepare(&url, &mut conn, target).await?;
+        let max_packet: Option<u64> = conn
+            .query_first("SELECT @@max_allowed_packet")
+            .await
+            .map_err(|e| self.db(url.query_error(&e)))?;
+        let max_packet = max_packet.unwrap_or(4 << 20) as usize;
+        Ok(Box::new(writer::MysqlWriter {
+            max_packet,
+            destination: self.name.clone(),
+            target: target.clone(),
+            url,
+            conn: Some(conn),
+        }))
+    }
+}

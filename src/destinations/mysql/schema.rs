@@ -1,0 +1,353 @@
+//! The MySQL table a sync writes: what its columns are, whether each field fits one
+//! without a silent change of meaning, and creating or widening it before a run.
+
+use arrow::datatypes::{DataType, Field};
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+
+use crate::behavior::Behavior;
+use crate::databases::mysql::{self as my, MyUrl, quote};
+use crate::destinations::encode::is_nested;
+use crate::destinations::{DestinationError, WriteTarget};
+
+use super::{Column, MysqlDestination};
+
+impl MysqlDestination {
+    pub(super) async fn columns(
+        &self,
+        url: &MyUrl,
+        conn: &mut Conn,
+        target: &WriteTarget,
+    ) -> Result<Option<Vec<Column>>, DestinationError> {
+        let kind: Option<String> = conn
+            .exec_first(
+                "SELECT CAST(table_type AS CHAR) FROM information_schema.tables \
+                 WHERE table_schema = DATABASE() AND table_name = ?",
+                (target.object.as_str(),),
+            )
+            .await
+            .map_err(|e| self.db(url.query_error(&e)))?;
+        match kind.as_deref() {
+            None => return Ok(None),
+            Some("BASE TABLE") => {}
+            Some(k) => {
+                return Err(DestinationError::incompatible(
+                    &self.name,
+                    target,
+                    format!("\"{}\" is a {k}, not a table", target.object),
+                ));
+            }
+        }
+        let rows: Vec<(String, String, String, Option<u64>, i64)> = conn
+            .exec(
+                "SELECT CAST(column_name AS CHAR), CAST(data_type AS CHAR), CAST(column_type AS CHAR), numeric_scale, \
+                        (is_nullable = 'NO' AND column_default IS NULL AND extra NOT LIKE '%auto_increment%' \
+                         AND extra NOT LIKE '%GENERATED%')  \
+                 FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? \
+                 ORDER BY ordinal_position",
+                (target.object.as_str(),),
+            )
+            .await
+            .map_err(|e| self.db(url.query_error(&e)))?;
+        Ok(Some(
+            rows.into_iter()
+                .map(|(name, data_type, column_type, scale, required)| Column {
+                    name,
+                    data_type: data_type.to_ascii_lowercase(),
+                    column_type,
+                    scale,
+                    required: required != 0,
+                })
+                .collect(),
+        ))
+    }
+
+    pub(super) fn compare<'a>(
+        &self,
+        target: &'a WriteTarget,
+        columns: &[Column],
+    ) -> Result<Vec<&'a Field>, DestinationError> {
+        // MySQL column names are case-insensitive.
+        let find = |n: &str| columns.iter().find(|c| c.name.eq_ignore_ascii_case(n));
+        if find(&target.key).is_none() {
+            return Err(DestinationError::incompatible(
+                &self.name,
+                target,
+                format!(
+                    "the table has no key column \"{}\" (it has: {})",
+                    target.key,
+                    columns
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        let mut missing = Vec::new();
+        let mut problems = Vec::new();
+        for f in target.schema.fields() {
+            match find(f.name()) {
+                None => missing.push(f.as_ref()),
+                Some(c) => {
+                    if let Err(why) = compatible(f.data_type(), c) {
+                        problems.push(format!(
+                            "field \"{}\" ({}) cannot go into column \"{}\" of type {}: {why}",
+                            f.name(),
+                            f.data_type(),
+                            c.name,
+                            c.column_type
+                        ));
+                    }
+                }
+            }
+        }
+        if target.behavior.creates() {
+            for c in columns.iter().filter(|c| c.required) {
+                if !target
+                    .schema
+                    .fields()
+                    .iter()
+                    .any(|f| f.name().eq_ignore_ascii_case(&c.name))
+                {
+                    problems.push(format!(
+                        "column \"{}\" is NOT NULL without a default and the sync does not send it, so no record could be created; \
+                         map a field to it, give it a default, or use behavior update-only",
+                        c.name
+                    ));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(DestinationError::incompatible(
+                &self.name,
+                target,
+                problems.join("; "),
+            ));
+        }
+        Ok(missing)
+    }
+
+    /// The unique indexes of the table: (index name, its columns).
+    pub(super) async fn unique_indexes(
+        &self,
+        url: &MyUrl,
+        conn: &mut Conn,
+        target: &WriteTarget,
+    ) -> Result<Vec<(String, Vec<String>)>, DestinationError> {
+        let rows: Vec<(String, String)> = conn
+            .exec(
+                "SELECT CAST(index_name AS CHAR), CAST(column_name AS CHAR) FROM information_schema.statistics \
+                 WHERE table_schema = DATABASE() AND table_name = ? AND non_unique = 0 \
+                 ORDER BY index_name, seq_in_index",
+                (target.object.as_str(),),
+            )
+            .await
+            .map_err(|e| self.db(url.query_error(&e)))?;
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for (index, column) in rows {
+            match out.last_mut() {
+                Some((i, cols)) if *i == index => cols.push(column),
+                _ => out.push((index, vec![column])),
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn prepare(
+        &self,
+        url: &MyUrl,
+        conn: &mut Conn,
+        target: &WriteTarget,
+    ) -> Result<(), DestinationError> {
+        let table = quote(&target.object);
+        match self.columns(url, conn, target).await? {
+            None => {
+                let mut cols = Vec::new();
+                for f in target.schema.fields() {
+                    let is_key = *f.name() == target.key;
+                    cols.push(format!(
+                        "{} {}",
+                        quote(f.name()),
+                        sql_type(f.data_type(), is_key)
+                    ));
+                }
+                if target.behavior != Behavior::AppendOnly {
+                    cols.push(format!("PRIMARY KEY ({})", quote(&target.key)));
+                }
+                conn.query_drop(format!(
+                    "CREATE TABLE IF NOT EXISTS {table} ({}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+                    cols.join(", ")
+                ))
+                .await
+                .map_err(|e| {
+                    DestinationError::incompatible(
+                        &self.name,
+                        target,
+                        format!("cannot create the table: {}", my::message(&e)),
+                    )
+                })?;
+            }
+            Some(columns) => {
+                for f in self.compare(target, &columns)? {
+                    conn.query_drop(format!(
+                        "ALTER TABLE {table} ADD COLUMN {} {}",
+                        quote(f.name()),
+                        sql_type(f.data_type(), false)
+                    ))
+                    .await
+                    .map_err(|e| {
+                        DestinationError::incompatible(
+                            &self.name,
+                            target,
+                            format!("cannot add column \"{}\": {}", f.name(), my::message(&e)),
+                        )
+                    })?;
+                }
+                if target.behavior != Behavior::AppendOnly {
+                    let indexes = self.unique_indexes(url, conn, target).await?;
+                    let on_key = |cols: &Vec<String>| {
+                        cols.len() == 1 && cols[0].eq_ignore_ascii_case(&target.key)
+                    };
+                    if !indexes.iter().any(|(_, c)| on_key(c)) {
+                        let id = xxhash_rust::xxh3::xxh3_64(
+                            format!("{}\0{}", target.object, target.key).as_bytes(),
+                        );
+                        conn.query_drop(format!(
+                            "CREATE UNIQUE INDEX {} ON {table} ({})",
+                            quote(&format!("backflow_key_{id:016x}")),
+                            quote(&target.key)
+                        ))
+                        .await
+                        .map_err(|e| {
+                            DestinationError::incompatible(&self.name,
+                                target,
+                                format!(
+                                    "key column \"{}\" has no unique index and one cannot be created: {}",
+                                    target.key,
+                                    my::message(&e)
+                                ),
+                            )
+                        })?;
+                    }
+                    let others: Vec<&str> = indexes
+                        .iter()
+                        .filter(|(_, c)| !on_key(c))
+                        .map(|(i, _)| i.as_str())
+                        .collect();
+                    if !others.is_empty()
+                        && matches!(
+                            target.behavior,
+                            Behavior::Upsert | Behavior::Mirror | Behavior::UpdateOnly
+                        )
+                    {
+                        return Err(DestinationError::incompatible(
+                            &self.name,
+                            target,
+                            format!(
+                                "the table has unique indexes besides the key ({}); MySQL's ON DUPLICATE KEY UPDATE would \
+                                 update whichever record a new row collides with, not only the record with the same key. \
+                                 Drop those indexes, or write with behavior create-only or append-only",
+                                others.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(super) const TEXTS: [&str; 6] = [
+    "char",
+    "varchar",
+    "tinytext",
+    "text",
+    "mediumtext",
+    "longtext",
+];
+pub(super) const INTS: [&str; 5] = ["tinyint", "smallint", "mediumint", "int", "bigint"];
+pub(super) const BINARIES: [&str; 6] = [
+    "binary",
+    "varbinary",
+    "tinyblob",
+    "blob",
+    "mediumblob",
+    "longblob",
+];
+
+pub(super) fn compatible(dt: &DataType, col: &Column) -> Result<(), String> {
+    use DataType::*;
+    let t = col.data_type.as_str();
+    let text = TEXTS.contains(&t);
+    let ok = match dt {
+        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 => {
+            INTS.contains(&t) || t == "decimal" || t == "double" || text
+        }
+        Float16 | Float32 | Float64 => matches!(t, "float" | "double") || text,
+        Decimal32(_, s) | Decimal64(_, s) | Decimal128(_, s) | Decimal256(_, s) => {
+            if t == "decimal" && col.scale.is_some_and(|cs| (cs as i64) < i64::from(*s)) {
+                return Err(format!(
+                    "the column keeps {} decimal places and the field has {s}: values would be rounded",
+                    col.scale.unwrap_or(0)
+                ));
+            }
+            t == "decimal" || text
+        }
+        Boolean => INTS.contains(&t) || t == "bit" || text,
+        Utf8 | LargeUtf8 | Utf8View => {
+            text || matches!(
+                t,
+                "enum" | "set" | "json" | "date" | "datetime" | "timestamp" | "time" | "year"
+            )
+        }
+        Date32 | Date64 => matches!(t, "date" | "datetime") || text,
+        Timestamp(_, _) => matches!(t, "datetime" | "timestamp") || text,
+        Time32(_) | Time64(_) => t == "time" || text,
+        Binary | LargeBinary | BinaryView | FixedSizeBinary(_) => BINARIES.contains(&t),
+        dt if is_nested(dt) => t == "json" || text,
+        _ => text,
+    };
+    if ok {
+        Ok(())
+    } else if matches!(dt, Float16 | Float32 | Float64) && (INTS.contains(&t) || t == "decimal") {
+        Err("the values would be rounded".into())
+    } else {
+        Err("the types do not match".into())
+    }
+}
+
+pub(super) fn sql_type(dt: &DataType, is_key: bool) -> String {
+    use DataType::*;
+    match dt {
+        Boolean => "BOOLEAN".into(),
+        Int8 => "TINYINT".into(),
+        Int16 => "SMALLINT".into(),
+        Int32 => "INT".into(),
+        Int64 => "BIGINT".into(),
+        UInt8 => "TINYINT UNSIGNED".into(),
+        UInt16 => "SMALLINT UNSIGNED".into(),
+        UInt32 => "INT UNSIGNED".into(),
+        UInt64 => "BIGINT UNSIGNED".into(),
+        Float16 | Float32 => "FLOAT".into(),
+        Float64 => "DOUBLE".into(),
+        Decimal32(p, s) | Decimal64(p, s) | Decimal128(p, s) | Decimal256(p, s)
+            if *p <= 65 && *s >= 0 && (*s as u8) <= 30 && (*s as u8) <= *p =>
+        {
+            format!("DECIMAL({p},{s})")
+        }
+        Decimal32(..) | Decimal64(..) | Decimal128(..) | Decimal256(..) => "VARCHAR(80)".into(),
+        Date32 | Date64 => "DATE".into(),
+        Timestamp(_, _) => "DATETIME(6)".into(),
+        Time32(_) | Time64(_) => "TIME(6)".into(),
+        Binary | LargeBinary | BinaryView | FixedSizeBinary(_) if is_key => {
+            "VARBINARY(3072)".into()
+        }
+        Binary | LargeBinary | BinaryView | FixedSizeBinary(_) => "LONGBLOB".into(),
+        dt if is_nested(dt) => "JSON".into(),
+        // An index holds at most 3072 bytes: 768 four-byte characters.
+        _ if is_key => "VARCHAR(768)".into(),
+        _ => "LONGTEXT".into(),
+    }
+}

@@ -1,0 +1,256 @@
+//! Writing one table during one run.
+
+use arrow::array::RecordBatch;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::SinkExt;
+use tokio_postgres::Client;
+
+use super::schema::*;
+use super::*;
+use crate::databases::postgres::{self as pg, PgUrl, quote};
+use crate::databases::{Attempt, Bisect};
+use crate::destinations::encode::{CopyEncoder, EncodedRows};
+use crate::destinations::{
+    BatchOutcome, DestinationError, FinishOutcome, ObjectWriter, Rejection, WriteOp, WriteTarget,
+};
+
+pub(super) struct PostgresWriter {
+    /// The table was empty when the run began: creates, appends and upserts are COPY'd
+    /// straight into it (no staging, no conflict check), until a row collides with one already
+    /// there (someone else wrote), after which every batch takes the staging path.
+    pub direct: bool,
+    pub destination: String,
+    pub table: String,
+    pub target: WriteTarget,
+    pub url: PgUrl,
+    pub client: Client,
+}
+
+impl PostgresWriter {
+    fn fail(&self, reason: String) -> DestinationError {
+        DestinationError::Write {
+            destination: self.destination.clone(),
+            object: self.target.object.clone(),
+            reason: self.url.redact(&reason),
+        }
+    }
+
+    /// The statements applying the staged rows for `op`.
+    fn statement(&self, op: WriteOp, columns: &[String]) -> String {
+        let t = &self.table;
+        let key = quote(&self.target.key);
+        let stage = quote(STAGE);
+        let cols = columns
+            .iter()
+            .map(|c| quote(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let non_key: Vec<String> = columns
+            .iter()
+            .filter(|c| **c != self.target.key)
+            .map(|c| quote(c))
+            .collect();
+        match op {
+            WriteOp::Append => format!("INSERT INTO {t} ({cols}) SELECT {cols} FROM {stage}"),
+            WriteOp::Create => format!(
+                "INSERT INTO {t} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT ({key}) DO NOTHING"
+            ),
+            WriteOp::Upsert if non_key.is_empty() => format!(
+                "INSERT INTO {t} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT ({key}) DO NOTHING"
+            ),
+            WriteOp::Upsert => format!(
+                "INSERT INTO {t} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT ({key}) DO UPDATE SET {}",
+                non_key
+                    .iter()
+                    .map(|c| format!("{c} = EXCLUDED.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            WriteOp::Update if non_key.is_empty() => "SELECT 1".into(),
+            WriteOp::Update => format!(
+                "UPDATE {t} AS t SET {} FROM {stage} AS s WHERE t.{key} = s.{key}",
+                non_key
+                    .iter()
+                    .map(|c| format!("{c} = s.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            WriteOp::Delete => {
+                format!("DELETE FROM {t} AS t USING {stage} AS s WHERE t.{key} = s.{key}")
+            }
+        }
+    }
+
+    /// COPY rows `range` straight into the table, in one transaction. `Ok(None)` when a row
+    /// collided with one already in the table (nothing was written).
+    async fn attempt_direct(
+        &mut self,
+        copy: &str,
+        encoded: &EncodedRows,
+        rows: std::ops::Range<usize>,
+    ) -> Result<Option<Attempt<BatchOutcome>>, tokio_postgres::Error> {
+        // The encoded rows start with their row number, which the table has no column for.
+        let mut data = Vec::with_capacity(encoded.rows(rows.clone()).len());
+        for row in rows.clone() {
+            let line = encoded.rows(row..row + 1);
+            let start = line.iter().position(|b| *b == b'\t').map_or(0, |p| p + 1);
+            data.extend_from_slice(&line[start..]);
+        }
+        let tx = self.client.transaction().await?;
+        let result: Result<(), tokio_postgres::Error> = async {
+            let sink = tx.copy_in::<_, Bytes>(copy).await?;
+            futures::pin_mut!(sink);
+            for part in data.chunks(COPY_CHUNK) {
+                sink.send(Bytes::copy_from_slice(part)).await?;
+            }
+            sink.finish().await?;
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                tx.commit().await?;
+                Ok(Some(Attempt::Done(BatchOutcome::default())))
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                tx.rollback().await?;
+                Ok(None)
+            }
+            Err(e) if pg::is_row_error(&e) => {
+                tx.rollback().await?;
+                Ok(Some(Attempt::RowError(pg::message(&e))))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Apply rows `range` in one transaction.
+    async fn attempt(
+        &mut self,
+        op: WriteOp,
+        copy: &str,
+        statement: &str,
+        missing: &str,
+        data: &[u8],
+        rows: std::ops::Range<usize>,
+    ) -> Result<Attempt<BatchOutcome>, tokio_postgres::Error> {
+        let tx = self.client.transaction().await?;
+        let result: Result<BatchOutcome, tokio_postgres::Error> = async {
+            let sink = tx.copy_in::<_, Bytes>(copy).await?;
+            futures::pin_mut!(sink);
+            for part in data.chunks(COPY_CHUNK) {
+                sink.send(Bytes::copy_from_slice(part)).await?;
+            }
+            sink.finish().await?;
+            let mut applied = BatchOutcome::default();
+            if op == WriteOp::Update {
+                for r in tx.query(missing, &[]).await? {
+                    let row: i32 = r.get(0);
+                    applied.rejected.push(Rejection {
+                        row: row as usize,
+                        reason: crate::destinations::NO_RECORD_FOR_UPDATE.into(),
+                    });
+                }
+            }
+            let n = tx.execute(statement, &[]).await?;
+            if op == WriteOp::Create {
+                applied.skipped = rows.len().saturating_sub(n as usize);
+            }
+            Ok(applied)
+        }
+        .await;
+        match result {
+            Ok(applied) => {
+                tx.commit().await?;
+                Ok(Attempt::Done(applied))
+            }
+            Err(e) if pg::is_row_error(&e) => {
+                tx.rollback().await?;
+                Ok(Attempt::RowError(pg::message(&e)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for PostgresWriter {
+    async fn write(
+        &mut self,
+        op: WriteOp,
+        batch: RecordBatch,
+    ) -> Result<BatchOutcome, DestinationError> {
+        let columns = crate::destinations::column_names(&batch);
+        let encoded = CopyEncoder::new(&batch)
+            .and_then(|e| e.encode(batch.num_rows()))
+            .map_err(|e| self.fail(e.to_string()))?;
+        let copy = format!(
+            "COPY {} ({}, {}) FROM STDIN",
+            quote(STAGE),
+            quote(ROW),
+            columns
+                .iter()
+                .map(|c| quote(c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let statement = self.statement(op, &columns);
+        let key = quote(&self.target.key);
+        let missing = format!(
+            "SELECT s.{row} FROM {stage} AS s WHERE NOT EXISTS (SELECT 1 FROM {t} AS t WHERE t.{key} = s.{key})",
+            row = quote(ROW),
+            stage = quote(STAGE),
+            t = self.table
+        );
+        let mut bisect = Bisect::new(batch.num_rows());
+        let mut applied = Vec::new();
+        let direct_op = matches!(op, WriteOp::Upsert | WriteOp::Create | WriteOp::Append);
+        let direct_copy = format!(
+            "COPY {} ({}) FROM STDIN",
+            self.table,
+            columns
+                .iter()
+                .map(|c| quote(c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        while let Some(rows) = bisect.next_range() {
+            if self.direct && direct_op {
+                match self
+                    .attempt_direct(&direct_copy, &encoded, rows.clone())
+                    .await
+                    .map_err(|e| self.fail(pg::message(&e)))?
+                {
+                    Some(Attempt::Done(a)) => {
+                        applied.push(a);
+                        continue;
+                    }
+                    Some(Attempt::RowError(message)) => {
+                        bisect.refused(rows, message);
+                        continue;
+                    }
+                    // A record is there already: stage from now on.
+                    None => self.direct = false,
+                }
+            }
+            let data = encoded.rows(rows.clone());
+            match self
+                .attempt(op, &copy, &statement, &missing, data, rows.clone())
+                .await
+                .map_err(|e| self.fail(pg::message(&e)))?
+            {
+                Attempt::Done(a) => applied.push(a),
+                Attempt::RowError(message) => bisect.refused(rows, message),
+            }
+        }
+        let refused = bisect.into_refused();
+        Ok(crate::destinations::merge_outcomes(applied, refused, |r| {
+            self.url.redact(r)
+        }))
+    }
+
+    async fn finish(self: Box<Self>) -> Result<FinishOutcome, DestinationError> {
+        Ok(FinishOutcome::default())
+    }
+}

@@ -1,0 +1,100 @@
+//! The diff stage: every model row and every key in state classified in one join
+//! (`sql/diff.sql`): unchanged, new, changed, gone, or invalid (a NULL or duplicated key).
+
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::compute::{filter_record_batch, kernels::cmp::eq};
+use arrow::datatypes::Int8Type;
+use datafusion::prelude::DataFrame;
+
+use super::apply::destination_batch;
+use super::report::Tally;
+use super::{SyncError, SyncRef, engine};
+use crate::destinations::{WriteOp, WriteTarget};
+use crate::history::RecordKind;
+use crate::values::{cell_text, row_json};
+
+const DIFF_SQL: &str = include_str!("../../sql/diff.sql");
+
+/// Diff classes (`__bf_op` in sql/diff.sql).
+pub(super) const UNCHANGED: i8 = 0;
+pub(super) const NEW: i8 = 1;
+pub(super) const CHANGED: i8 = 2;
+pub(super) const GONE: i8 = 3;
+pub(super) const NULL_KEY: i8 = 4;
+pub(super) const DUPLICATE_KEY: i8 = 5;
+pub(super) const OP: &str = "__bf_op";
+pub(super) const PREV_KEY: &str = "__bf_prev_key";
+/// The diff of `bf_mapped` (the mapped model rows) with `bf_prev` (the state it compares
+/// with), as a plan. A run that reads the whole model finds gone keys with a full join; a cursor
+/// run reads only part of it, so it cannot, and joins the other way (see the SQL).
+pub(super) async fn plan(sync: &SyncRef<'_>) -> Result<DataFrame, SyncError> {
+    let from = if sync.config.cursor.is_some() {
+        "model m LEFT JOIN bf_prev p ON m.__bf_key = p.__bf_key"
+    } else {
+        "bf_prev p FULL JOIN model m ON m.__bf_key = p.__bf_key"
+    };
+    sync.ctx
+        .sql(&DIFF_SQL.replace("{from}", from))
+        .await
+        .map_err(engine(sync.name, "diff"))
+}
+
+pub(super) fn mask(ops: &arrow::array::Int8Array, class: i8) -> BooleanArray {
+    let scalar = arrow::array::Int8Array::new_scalar(class);
+    eq(ops, &scalar).unwrap_or_else(|_| BooleanArray::from(vec![false; ops.len()]))
+}
+
+pub(super) fn ops_of(
+    sync: &str,
+    batch: &RecordBatch,
+) -> Result<arrow::array::Int8Array, SyncError> {
+    batch
+        .column_by_name(OP)
+        .and_then(|c| c.as_primitive_opt::<Int8Type>())
+        .cloned()
+        .ok_or_else(|| SyncError::Mapping {
+            sync: sync.to_string(),
+            problems: vec!["the diff lost its op column (this is a bug in backflow)".into()],
+        })
+}
+
+/// Count and sample the invalid rows of a diff batch.
+pub(super) fn tally_invalid(
+    target: &WriteTarget,
+    batch: &RecordBatch,
+    ops: &arrow::array::Int8Array,
+    tally: &mut Tally,
+) {
+    for (class, reason) in [
+        (NULL_KEY, format!("the key \"{}\" is NULL", target.key)),
+        (
+            DUPLICATE_KEY,
+            format!(
+                "the key \"{}\" appears more than once in this run; none of its rows is sent",
+                target.key
+            ),
+        ),
+    ] {
+        let m = mask(ops, class);
+        let n = m.true_count();
+        if n == 0 {
+            continue;
+        }
+        tally.counts.invalid += n as u64;
+        if let Ok(rows) = filter_record_batch(batch, &m)
+            && let Ok(view) = destination_batch(target, &rows, WriteOp::Upsert, false)
+        {
+            for r in 0..rows.num_rows() {
+                if !tally.samples_invalid() {
+                    break;
+                }
+                tally.sample(
+                    RecordKind::Invalid,
+                    cell_text(view.column(0), r),
+                    reason.clone(),
+                    row_json(&view, r),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Commands that look without writing: `plan` (what a run would send, counted and sampled),
+//! `check` (the sync against the real schemas and its destination) and `explain` (the physical
+//! plan of its read and diff). Each builds the same plans as a run ([`super::prepare`]).
+
+use arrow::compute::filter_record_batch;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+
+use super::apply::{Counter, action, destination_batch};
+use super::diff::{CHANGED, GONE, NEW, UNCHANGED, mask, ops_of, tally_invalid};
+use super::report::{PlanReport, PlanSamples, Tally};
+use super::{RunOptions, SyncError, SyncRef, clear_cycle_tables, engine, prepare};
+use crate::destinations::WriteTarget;
+use crate::history::RunStatus;
+use crate::project::Project;
+use crate::values::row_json;
+
+/// Dry run: what a run would create, update and delete, with samples. Writes nothing.
+pub async fn plan(
+    project: &Project,
+    ctx: &SessionContext,
+    name: &str,
+    options: RunOptions,
+) -> PlanReport {
+    let sync = SyncRef::new(project, ctx, name, options);
+    let mut tally = Tally::default();
+    let mut samples = PlanSamples::default();
+    let result = async {
+        let prepared = prepare(&sync).await?;
+        let stream = prepared
+            .diff
+            .execute_stream()
+            .await
+            .map_err(engine(name, "diff"))?;
+        count(name, &prepared.target, stream, &mut tally, &mut samples).await
+    }
+    .await;
+    clear_cycle_tables(ctx);
+    let sync = sync.config;
+    let (status, error) = match result {
+        Ok(()) => (RunStatus::Succeeded, None),
+        Err(e) => (RunStatus::Failed, Some(e.to_string())),
+    };
+    PlanReport {
+        sync: name.to_string(),
+        status,
+        counts: tally.counts,
+        behavior: sync.behavior,
+        destination: sync.to.clone(),
+        object: sync.object.clone(),
+        error,
+        samples,
+    }
+}
+
+/// Validate one sync against the real schemas (reads source metadata, writes nothing):
+/// key, cursor and mapped columns exist, computed fields parse, the destination could be
+/// written, and the stored state (if any) is readable and matches.
+pub async fn check(project: &Project, ctx: &SessionContext, name: &str) -> Result<(), SyncError> {
+    let sync = SyncRef::new(project, ctx, name, RunOptions::default());
+    let prepared = prepare(&sync).await;
+    clear_cycle_tables(ctx);
+    let prepared = prepared?;
+    prepared
+        .destination
+        .check(&prepared.target)
+        .await
+        .map_err(|source| SyncError::Destination {
+            sync: name.to_string(),
+            source,
+        })?;
+    // Building the physical plan catches type errors in computed fields and filters.
+    prepared
+        .diff
+        .create_physical_plan()
+        .await
+        .map_err(engine(name, "plan"))?;
+    Ok(())
+}
+
+/// The physical plan of a sync's read and diff, as text. It shows what reaches each source:
+/// for a database source, the SQL sent to the server (with the watermark filter). Writes
+/// nothing.
+pub async fn explain(
+    project: &Project,
+    ctx: &SessionContext,
+    name: &str,
+) -> Result<String, SyncError> {
+    let sync = SyncRef::new(project, ctx, name, RunOptions::default());
+    let result = async {
+        let prepared = prepare(&sync).await?;
+        let plan = prepared
+            .diff
+            .create_physical_plan()
+            .await
+            .map_err(engine(name, "plan"))?;
+        Ok(datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(true)
+            .to_string())
+    }
+    .await;
+    clear_cycle_tables(ctx);
+    result
+}
+
+const PLAN_SAMPLE: usize = 5;
+
+/// Count what a run would do, without writing anything.
+pub(super) async fn count(
+    sync: &str,
+    target: &WriteTarget,
+    mut stream: SendableRecordBatchStream,
+    tally: &mut Tally,
+    samples: &mut PlanSamples,
+) -> Result<(), SyncError> {
+    let df_err = engine(sync, "diff");
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(&df_err)?;
+        let ops = ops_of(sync, &batch)?;
+        let gone = mask(&ops, GONE).true_count();
+        tally.counts.read += (batch.num_rows() - gone) as u64;
+        tally.counts.unchanged += mask(&ops, UNCHANGED).true_count() as u64;
+        tally_invalid(target, &batch, &ops, tally);
+        for class in [NEW, CHANGED, GONE] {
+            let m = mask(&ops, class);
+            let n = m.true_count();
+            if n == 0 {
+                continue;
+            }
+            let Some((op, counter)) = action(target.behavior, class, false) else {
+                if class != GONE {
+                    tally.counts.unchanged += n as u64;
+                }
+                continue;
+            };
+            let (list, count) = match counter {
+                Counter::Created => (&mut samples.create, &mut tally.counts.created),
+                Counter::Updated => (&mut samples.update, &mut tally.counts.updated),
+                Counter::Deleted => (&mut samples.delete, &mut tally.counts.deleted),
+                Counter::Forgotten => continue,
+            };
+            *count += n as u64;
+            if list.len() < PLAN_SAMPLE
+                && let Some(op) = op
+            {
+                let rows = filter_record_batch(&batch, &m).map_err(|e| df_err(e.into()))?;
+                let view = destination_batch(target, &rows, op, class == GONE)
+                    .map_err(|e| df_err(e.into()))?;
+                for r in 0..view.num_rows().min(PLAN_SAMPLE - list.len()) {
+                    list.push(
+                        serde_json::from_str(&row_json(&view, r))
+                            .unwrap_or(serde_json::Value::Null),
+                    );
+                }
+            }
+        }
+    }
+    samples.invalid = std::mem::take(&mut tally.samples);
+    Ok(())
+}

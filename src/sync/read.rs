@@ -1,0 +1,84 @@
+//! The read stage: the relation a sync reads (a table of the session, or what its upstream
+//! hook makes), and the incremental read of a cursor sync: the rows at or past its watermark,
+//! a filter DataFusion pushes through the mapping down to the scan (for a database source, into
+//! the SQL the server runs).
+
+use arrow::datatypes::DataType;
+use datafusion::prelude::{DataFrame, ident, lit};
+
+use super::map::CURSOR;
+use super::upstream::{UpstreamRead, Upstreams};
+use super::{SyncError, SyncRef, engine, watermark};
+use crate::state::Manifest;
+
+/// What a run reads.
+pub(super) struct Read {
+    pub relation: DataFrame,
+    /// The cursor column's type (None without a cursor, or when the column is missing: the
+    /// map stage names it).
+    pub cursor_type: Option<DataType>,
+    /// The upstream registration, for a sync whose relation is made by a hook.
+    pub upstream: Option<Box<dyn UpstreamRead>>,
+}
+
+/// The sync's `from`, registered by its upstream hook first when it has one.
+pub(super) async fn relation(sync: &SyncRef<'_>) -> Result<Read, SyncError> {
+    let upstream = match Upstreams::of(sync.ctx, sync.name) {
+        Some(hook) => Some(
+            hook.register(sync.project, sync.ctx)
+                .await
+                .map_err(|source| SyncError::Upstream {
+                    sync: sync.name.to_string(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let relation = sync
+        .ctx
+        .table(sync.config.from.as_str())
+        .await
+        .map_err(engine(sync.name, "read"))?;
+    let cursor_type = sync.config.cursor.as_ref().and_then(|c| {
+        relation
+            .schema()
+            .field_with_unqualified_name(c)
+            .ok()
+            .map(|f| f.data_type().clone())
+    });
+    Ok(Read {
+        relation,
+        cursor_type,
+        upstream,
+    })
+}
+
+/// The mapped rows a run reads: those at or past the stored watermark (moved back by
+/// `cursor_lookback`) for a cursor sync that does not read everything again (`rescan`); all
+/// of them otherwise. Ties at the watermark are read again and dropped by the diff when
+/// unchanged.
+pub(super) fn incremental(
+    sync: &SyncRef<'_>,
+    mapped: DataFrame,
+    cursor_type: Option<&DataType>,
+    previous: Option<&Manifest>,
+    rescan: bool,
+) -> Result<DataFrame, SyncError> {
+    let (Some(cursor_type), Some(wm), false) = (
+        cursor_type,
+        previous.and_then(|p| p.watermark.as_ref()),
+        rescan,
+    ) else {
+        return Ok(mapped);
+    };
+    let mut value = watermark::stored(sync.name, wm, cursor_type)?;
+    if let Some(lookback) = &sync.config.cursor_lookback {
+        value = watermark::behind(value, lookback).map_err(|message| SyncError::Settings {
+            sync: sync.name.to_string(),
+            message,
+        })?;
+    }
+    mapped
+        .filter(ident(CURSOR).gt_eq(lit(value)))
+        .map_err(engine(sync.name, "read"))
+}

@@ -1,0 +1,116 @@
+//! What a run reports: counts and samples as it goes ([`Tally`]), and at its end
+//! ([`SyncReport`], [`PlanReport`]), as printed and as stored in history.
+
+use serde::Serialize;
+
+use crate::behavior::Behavior;
+use crate::destinations::FinishOutcome;
+use crate::history::{RecordKind, RunCounts, RunStatus, SAMPLE_LIMIT, SampleRecord};
+use crate::values::scalar_text;
+
+/// The outcome of one sync's run, as printed and stored in history.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncReport {
+    pub sync: String,
+    pub status: RunStatus,
+    #[serde(flatten)]
+    pub counts: RunCounts,
+    pub behavior: Behavior,
+    pub destination: String,
+    pub object: String,
+    pub run_id: String,
+    pub duration_ms: i64,
+    pub state_version: Option<u64>,
+    pub watermark: Option<String>,
+    pub error: Option<String>,
+    /// Up to 100 invalid and 100 rejected records, with reasons.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<SampleRecord>,
+}
+
+/// What a run would do, from `plan`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub sync: String,
+    pub status: RunStatus,
+    #[serde(flatten)]
+    pub counts: RunCounts,
+    pub behavior: Behavior,
+    pub destination: String,
+    pub object: String,
+    pub error: Option<String>,
+    /// Up to 5 records per action (create, update, delete) and the invalid ones.
+    pub samples: PlanSamples,
+}
+
+/// Samples of what a run would do.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PlanSamples {
+    pub create: Vec<serde_json::Value>,
+    pub update: Vec<serde_json::Value>,
+    pub delete: Vec<serde_json::Value>,
+    pub invalid: Vec<SampleRecord>,
+}
+
+/// Counts and samples of a run in progress.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub counts: RunCounts,
+    pub samples: Vec<SampleRecord>,
+    invalid_sampled: usize,
+    rejected_sampled: usize,
+}
+
+impl Tally {
+    /// Keep a sample of an invalid or rejected record (up to [`SAMPLE_LIMIT`] of each).
+    pub(crate) fn sample(
+        &mut self,
+        kind: RecordKind,
+        key: Option<String>,
+        reason: String,
+        record: String,
+    ) {
+        let n = match kind {
+            RecordKind::Invalid => &mut self.invalid_sampled,
+            RecordKind::Rejected => &mut self.rejected_sampled,
+        };
+        if *n < SAMPLE_LIMIT {
+            *n += 1;
+            self.samples.push(SampleRecord {
+                kind,
+                key,
+                reason,
+                record,
+            });
+        }
+    }
+
+    /// Whether another invalid record would still be sampled.
+    pub(crate) fn samples_invalid(&self) -> bool {
+        self.invalid_sampled < SAMPLE_LIMIT
+    }
+
+    /// What a destination reported in `finish` was counted as written until now: move it.
+    pub fn finished(&mut self, key: &str, outcome: &FinishOutcome) {
+        let skipped = outcome.skipped.min(self.counts.created);
+        self.counts.created -= skipped;
+        self.counts.skipped += skipped;
+        self.counts.retries += outcome.retries;
+        for l in &outcome.rejected {
+            let c = &mut self.counts;
+            if c.updated > 0 {
+                c.updated -= 1;
+            } else {
+                c.created = c.created.saturating_sub(1);
+            }
+            c.rejected += 1;
+            let record = serde_json::json!({ key: scalar_text(&l.key) }).to_string();
+            self.sample(
+                RecordKind::Rejected,
+                Some(scalar_text(&l.key)),
+                l.reason.clone(),
+                record,
+            );
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! The sync's state: the keys in sync with their row hashes. A snapshot (Parquet), plus up to
+//! [`MAX_DELTAS`] deltas that cursor runs added; what the diff compares with ([`register`]:
+//! `bf_state`, `bf_prev`); what a run accepted (`sent.parquet`, [`SentWriter`]); and the next
+//! state ([`next`]): unchanged, the last one plus a delta, or a new snapshot written by
+//! `sql/next_state.sql`.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanBuilder, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::MemTable;
+use datafusion::logical_expr::cast;
+use datafusion::prelude::{DataFrame, ParquetReadOptions, ident, lit};
+use object_store::buffered::BufWriter;
+use parquet::arrow::AsyncArrowWriter;
+
+use super::intents::Intents;
+use super::map::{HASH, KEY};
+use super::{SyncError, SyncRef, engine};
+use crate::destinations::LateRejection;
+use crate::state::{Delta, Manifest, StateError, StateStore};
+
+const NEXT_STATE_SQL: &str = include_str!("../../sql/next_state.sql");
+const DELTAS_SQL: &str = include_str!("../../sql/state_with_deltas.sql");
+
+/// `sent.parquet` and deltas: whether the key stays in state (false: it left it).
+pub(crate) const KEEP: &str = "__bf_keep";
+
+/// Whether the stored state still describes this sync: the same destination object (and what
+/// the destination resolves to), cursor column and key. When it does not, a full resync
+/// discards it (None); any other run stops with what changed.
+pub(super) fn fits(
+    sync: &SyncRef<'_>,
+    previous: Option<Manifest>,
+    fingerprint: &str,
+) -> Result<Option<Manifest>, SyncError> {
+    let (config, name) = (sync.config, sync.name);
+    let Some(prev) = previous else {
+        return Ok(None);
+    };
+    let mut changed = Vec::new();
+    if prev.destination != config.to || prev.object != config.object {
+        changed.push(format!(
+            "it now writes to {}/{} but its state is about {}/{}",
+            config.to, config.object, prev.destination, prev.object
+        ));
+    } else if let Some(stored) = &prev.destination_fingerprint
+        && stored != fingerprint
+    {
+        changed.push(format!(
+            "destination \"{}\" now means {fingerprint} but the state was written for {stored}",
+            config.to
+        ));
+    }
+    if let (Some(wm), Some(cursor)) = (&prev.watermark, &config.cursor)
+        && wm.column != *cursor
+    {
+        changed.push(format!(
+            "its cursor is now \"{cursor}\" but the stored watermark is for \"{}\"",
+            wm.column
+        ));
+    }
+    if prev.key != config.key.destination() {
+        changed.push(format!(
+            "its key is now \"{}\" but its state is keyed by \"{}\"",
+            config.key.destination(),
+            prev.key
+        ));
+    }
+    if changed.is_empty() {
+        return Ok(Some(prev));
+    }
+    if sync.options.full_resync {
+        tracing::warn!(sync = name, "discarding state: {}", changed.join("; "));
+        return Ok(None);
+    }
+    Err(SyncError::StateMismatch {
+        sync: name.to_string(),
+        message: format!(
+            "{}; run it once with --full-resync to start over from the current model (rows synced under the old settings are not deleted)",
+            changed.join("; ")
+        ),
+    })
+}
+
+/// Register `bf_state` (the last snapshot, key cast to the current key type, overlaid with
+/// what a hub write-back's source `reported`) and `bf_prev` (what the diff compares with).
+pub(super) async fn register(
+    sync: &SyncRef<'_>,
+    previous: Option<&Manifest>,
+    key_type: &DataType,
+    intents: &Intents,
+    reported: Option<DataFrame>,
+) -> Result<(), SyncError> {
+    let (project, ctx, name) = (sync.project, sync.ctx, sync.name);
+    let pending = &intents.pending;
+    let damaged = !intents.damaged.is_empty();
+    let df_err = engine(name, "state");
+    let mut state_df = match previous {
+        Some(m) => {
+            ctx.register_parquet(
+                "bf_state_file",
+                &project.state.table_url(&m.snapshot),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .map_err(&df_err)?;
+            let base = ctx
+                .table("bf_state_file")
+                .await
+                .map_err(&df_err)?
+                .select(vec![
+                    cast(ident(KEY), key_type.clone()).alias(KEY),
+                    ident(HASH),
+                ])
+                .map_err(&df_err)?;
+            with_deltas(sync, base, &m.deltas, key_type).await?
+        }
+        None => {
+            let schema = state_schema(key_type);
+            let empty = MemTable::try_new(schema, vec![vec![]]).map_err(&df_err)?;
+            ctx.read_table(Arc::new(empty)).map_err(&df_err)?
+        }
+    };
+    if let Some(reported) = reported {
+        let keys = reported
+            .clone()
+            .select(vec![ident(KEY).alias("__bf_reported_key")])
+            .map_err(&df_err)?;
+        state_df = state_df
+            .join(
+                keys,
+                datafusion::common::JoinType::LeftAnti,
+                &[KEY],
+                &["__bf_reported_key"],
+                None,
+            )
+            .and_then(|s| s.union(reported))
+            .map_err(&df_err)?;
+    }
+    // Keys an interrupted run may have written without committing: their destination record
+    // may differ from what the state says (created, changed or deleted), so their hash is
+    // unknown from now on. The diff then sends them again if they are in the model, and a
+    // mirror deletes them if they are not.
+    // An intent file that cannot be read whole (damaged after it was written) says nothing
+    // about which records an interrupted run touched: every key is then unknown, and the run
+    // sends every row again.
+    if damaged {
+        state_df = state_df
+            .select(vec![
+                ident(KEY),
+                cast(lit(ScalarValue::Null), DataType::UInt64).alias(HASH),
+            ])
+            .map_err(&df_err)?;
+    }
+    if !pending.is_empty() {
+        let urls: Vec<String> = pending.iter().map(|p| project.state.table_url(p)).collect();
+        let intents = ctx
+            .read_parquet(urls, ParquetReadOptions::default())
+            .await
+            .map_err(&df_err)?
+            .select(vec![
+                cast(ident(KEY), key_type.clone()).alias("__bf_pending_key"),
+            ])
+            .map_err(&df_err)?
+            .distinct()
+            .map_err(&df_err)?;
+        let untouched = state_df
+            .join(
+                intents.clone(),
+                datafusion::common::JoinType::LeftAnti,
+                &[KEY],
+                &["__bf_pending_key"],
+                None,
+            )
+            .map_err(&df_err)?;
+        let unknown = intents
+            .select(vec![
+                ident("__bf_pending_key").alias(KEY),
+                cast(lit(ScalarValue::Null), DataType::UInt64).alias(HASH),
+            ])
+            .map_err(&df_err)?;
+        state_df = untouched.union(unknown).map_err(&df_err)?;
+    }
+    let prev_df = if sync.options.full_resync {
+        state_df
+            .clone()
+            .select(vec![
+                ident(KEY),
+                cast(lit(ScalarValue::Null), DataType::UInt64).alias(HASH),
+            ])
+            .map_err(&df_err)?
+    } else {
+        state_df.clone()
+    };
+    ctx.register_table("bf_state", state_df.into_view())
+        .map_err(&df_err)?;
+    ctx.register_table("bf_prev", prev_df.into_view())
+        .map_err(&df_err)?;
+    Ok(())
+}
+
+/// The state as `base` (a snapshot) with `deltas` applied: each key's newest delta entry
+/// replaces its snapshot row, or removes it (`__bf_keep` false). The deltas (what a few
+/// cursor runs accepted) are the build side; the snapshot streams through.
+async fn with_deltas(
+    sync: &SyncRef<'_>,
+    base: DataFrame,
+    deltas: &[Delta],
+    key_type: &DataType,
+) -> Result<DataFrame, SyncError> {
+    if deltas.is_empty() {
+        return Ok(base);
+    }
+    let (project, ctx, name) = (sync.project, sync.ctx, sync.name);
+    let df_err = engine(name, "state");
+    let mut all: Option<DataFrame> = None;
+    for (i, d) in deltas.iter().enumerate() {
+        let part = ctx
+            .read_parquet(
+                project.state.table_url(&d.path),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .and_then(|df| {
+                df.select(vec![
+                    cast(ident(KEY), key_type.clone()).alias(KEY),
+                    ident(HASH),
+                    ident(KEEP),
+                    lit(i as i64).alias("__bf_v"),
+                ])
+            })
+            .map_err(&df_err)?;
+        all = Some(match all {
+            None => part,
+            Some(a) => a.union(part).map_err(&df_err)?,
+        });
+    }
+    let Some(all) = all else { return Ok(base) };
+    ctx.register_table("bf_deltas", all.into_view())
+        .map_err(&df_err)?;
+    ctx.register_table("bf_base", base.into_view())
+        .map_err(&df_err)?;
+    ctx.sql(DELTAS_SQL).await.map_err(&df_err)
+}
+
+/// `sent.parquet`: one row per key the destination accepted in this run.
+pub struct SentWriter {
+    /// Keys written that the state did not have (new rows accepted and kept).
+    pub new_keys: u64,
+    store: StateStore,
+    writer: AsyncArrowWriter<BufWriter>,
+    schema: SchemaRef,
+    rel: String,
+    rows: u64,
+}
+
+impl SentWriter {
+    pub fn new(store: &StateStore, rel: &str, key_type: &DataType) -> Result<Self, StateError> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(KEY, key_type.clone(), true),
+            Field::new(HASH, DataType::UInt64, true),
+            Field::new(KEEP, DataType::Boolean, false),
+        ]));
+        Ok(SentWriter {
+            new_keys: 0,
+            store: store.clone(),
+            writer: store.parquet_writer(rel, schema.clone())?,
+            schema,
+            rel: rel.to_string(),
+            rows: 0,
+        })
+    }
+
+    pub(super) async fn write(
+        &mut self,
+        keys: ArrayRef,
+        hashes: ArrayRef,
+        keep: bool,
+    ) -> Result<(), SyncError> {
+        let mut keep_col = BooleanBuilder::with_capacity(keys.len());
+        keep_col.append_n(keys.len(), keep);
+        let batch = RecordBatch::try_new(
+            self.schema.clone(),
+            vec![keys, hashes, Arc::new(keep_col.finish())],
+        )
+        .map_err(|e| self.err(e.into()))?;
+        self.writer.write(&batch).await.map_err(|e| self.err(e))?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    fn err(&self, source: parquet::errors::ParquetError) -> SyncError {
+        SyncError::State(StateError::Parquet {
+            path: self.rel.clone(),
+            source,
+        })
+    }
+
+    /// Finish the file; returns how many keys it holds.
+    pub async fn close(self) -> Result<u64, SyncError> {
+        let rel = self.rel;
+        self.writer.close().await.map_err(|source| {
+            SyncError::State(StateError::Parquet {
+                path: rel.clone(),
+                source,
+            })
+        })?;
+        self.store.verify(&rel, None).await?;
+        Ok(self.rows)
+    }
+}
+
+/// The state a commit records.
+pub(super) struct NextState {
+    /// The snapshot, relative to the state root.
+    pub snapshot: String,
+    /// Keys in sync.
+    pub rows: u64,
+    pub deltas: Vec<Delta>,
+}
+
+/// What a run accepted, for the next state.
+pub(super) struct Accepted<'a> {
+    /// `sent.parquet` (relative to the state root) and its rows.
+    pub sent: &'a str,
+    pub rows: u64,
+    /// Keys the state did not have.
+    pub new_keys: u64,
+    /// Rows the destination refused only when the run finished.
+    pub late: &'a [LateRejection],
+    /// Whether the run's state holds more than the last state and what was sent: intents of
+    /// interrupted runs, what a write-back's source reported.
+    pub overlaid: bool,
+}
+
+/// The next state: unchanged when nothing was accepted; for a cursor run (few rows, many keys
+/// in state) the last one plus what it accepted, as a delta; else a new snapshot, a plan over
+/// the last state and what was accepted (which folds the deltas in).
+pub(super) async fn next(
+    sync: &SyncRef<'_>,
+    previous: Option<&Manifest>,
+    rescan: bool,
+    key_type: &DataType,
+    data_dir: &str,
+    accepted: Accepted<'_>,
+) -> Result<NextState, SyncError> {
+    let plain = accepted.late.is_empty() && !accepted.overlaid;
+    match previous {
+        Some(prev) if accepted.rows == 0 && plain => Ok(NextState {
+            snapshot: prev.snapshot.clone(),
+            rows: prev.rows,
+            deltas: prev.deltas.clone(),
+        }),
+        Some(prev)
+            if plain
+                && sync.config.cursor.is_some()
+                && !rescan
+                && delta_fits(prev, accepted.rows) =>
+        {
+            let mut deltas = prev.deltas.clone();
+            deltas.push(Delta {
+                path: accepted.sent.to_string(),
+                rows: accepted.rows,
+                bytes: None,
+            });
+            Ok(NextState {
+                snapshot: prev.snapshot.clone(),
+                rows: prev.rows + accepted.new_keys,
+                deltas,
+            })
+        }
+        _ => {
+            let (snapshot, rows) =
+                next_snapshot(sync, key_type, data_dir, accepted.sent, accepted.late).await?;
+            Ok(NextState {
+                snapshot,
+                rows,
+                deltas: Vec::new(),
+            })
+        }
+    }
+}
+
+/// Deltas a state takes before they are folded into a new snapshot.
+const MAX_DELTAS: usize = 16;
+
+/// Whether a run that accepted `sent` rows may add them to `prev` as a delta: few deltas, and
+/// all of them a small share of the state (reading them with every run must stay cheaper than
+/// writing the snapshot again).
+fn delta_fits(prev: &Manifest, sent: u64) -> bool {
+    let pending: u64 = prev.deltas.iter().map(|d| d.rows).sum();
+    prev.deltas.len() < MAX_DELTAS && (pending + sent).saturating_mul(4) <= prev.rows
+}
+
+/// Write the sync's next snapshot: `sql/next_state.sql` over the last snapshot and `sent`
+/// (minus late rejections). Returns its path (relative to the state root) and row count.
+async fn next_snapshot(
+    sync: &SyncRef<'_>,
+    key_type: &DataType,
+    data_dir: &str,
+    sent_rel: &str,
+    late: &[LateRejection],
+) -> Result<(String, u64), SyncError> {
+    let (project, ctx, name) = (sync.project, sync.ctx, sync.name);
+    let df_err = engine(name, "state");
+    ctx.register_parquet(
+        "bf_sent_file",
+        &project.state.table_url(sent_rel),
+        ParquetReadOptions::default(),
+    )
+    .await
+    .map_err(&df_err)?;
+    let mut sent_df = ctx.table("bf_sent_file").await.map_err(&df_err)?;
+    if !late.is_empty() {
+        let keys: Vec<ScalarValue> = late.iter().map(|l| l.key.clone()).collect();
+        let keys = ScalarValue::iter_to_array(keys).map_err(&df_err)?;
+        let keys = arrow::compute::cast(&keys, key_type).map_err(|e| df_err(e.into()))?;
+        let batch = arrow::array::RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new(
+                "__bf_late_key",
+                key_type.clone(),
+                true,
+            )])),
+            vec![keys],
+        )
+        .map_err(|e| df_err(e.into()))?;
+        let late_df = ctx.read_batch(batch).map_err(&df_err)?;
+        sent_df = sent_df
+            .join(
+                late_df,
+                datafusion::common::JoinType::LeftAnti,
+                &[KEY],
+                &["__bf_late_key"],
+                None,
+            )
+            .map_err(&df_err)?;
+    }
+    ctx.register_table("bf_sent", sent_df.into_view())
+        .map_err(&df_err)?;
+    let next = ctx.sql(NEXT_STATE_SQL).await.map_err(&df_err)?;
+    let snapshot_rel = format!("{data_dir}/snapshot.parquet");
+    let rows = project
+        .state
+        .write_plan(next, &snapshot_rel, Some(state_schema(key_type)))
+        .await?;
+    Ok((snapshot_rel, rows))
+}
+
+/// The snapshot schema: every key in sync with its row hash.
+pub fn state_schema(key_type: &DataType) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(KEY, key_type.clone(), true),
+        Field::new(HASH, DataType::UInt64, true),
+    ]))
+}
