@@ -14,7 +14,7 @@
 
 use indexmap::IndexMap;
 
-use super::cycle::{ATTACHED, Cycle, contrib_now, contrib_old, delta, golden_old, incoming};
+use super::context::{ATTACHED, Cycle, contrib_now, contrib_old, delta, golden_old, incoming};
 use super::read::{IN_AT, IN_SID, IN_WM, SourceRead};
 use super::sql::{lit, norm, null_of, q, tuple_key};
 use super::state::{self, at_col, mapped_fields};

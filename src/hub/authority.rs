@@ -16,7 +16,7 @@
 //! until a source changes that field.
 
 use super::HubError;
-use super::cycle::{ATTACHED, Cycle, OVER, contrib_now, contrib_old, delta, golden_old};
+use super::context::{ATTACHED, Cycle, OVER, contrib_now, contrib_old, delta, golden_old};
 use super::sql::{lit, lit_list, null_of, q, rank_case};
 use super::state::{self, at_col, mapped_fields, src_col};
 use crate::config::entity::AuthorityRule;

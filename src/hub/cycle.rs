@@ -6,163 +6,18 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use arrow::array::AsArray;
-use arrow::datatypes::{DataType, Int64Type};
-use datafusion::error::DataFusionError;
-use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
+use datafusion::prelude::SessionContext;
 use indexmap::IndexMap;
 
 use super::read::{self, SourceRead};
 use super::state::{self, HubManifest, SourceState, StateFile};
 use super::{CycleOutcome, HubError, SourceCounts, failpoint};
-use crate::config::entity::EntityConfig;
 use crate::history::SampleRecord;
 use crate::project::Project;
 use crate::state::{Chain, FORMAT_VERSION};
 
-/// The context every stage of one cycle shares.
-pub struct Cycle<'a> {
-    pub project: &'a Project,
-    pub ctx: &'a SessionContext,
-    /// The entity's name.
-    pub name: &'a str,
-    pub entity: &'a EntityConfig,
-    /// The version this cycle commits.
-    pub version: u64,
-    pub run_id: &'a str,
-    /// The cycle's clock (µs since the epoch): every change it makes is stamped with it.
-    pub now_us: i64,
-    /// This version's data folder (relative to the state root).
-    pub data_dir: String,
-    pub previous: Option<HubManifest>,
-    tables: Mutex<Vec<String>>,
-}
-
-/// Table names of a cycle.
-pub fn golden_old() -> &'static str {
-    "bf_hub_golden_old"
-}
-pub fn contrib_old(source: &str) -> String {
-    format!("bf_hub_contrib_old_{source}")
-}
-pub fn incoming(source: &str) -> String {
-    format!("bf_hub_in_{source}")
-}
-pub fn delta(source: &str) -> String {
-    format!("bf_hub_delta_{source}")
-}
-pub fn contrib_now(source: &str) -> String {
-    format!("bf_hub_contrib_now_{source}")
-}
-pub fn contrib_next(source: &str) -> String {
-    format!("bf_hub_contrib_next_{source}")
-}
-pub const ATTACHED: &str = "bf_hub_attached";
-pub const OVER: &str = "bf_hub_over";
-pub const REMAP: &str = "bf_hub_remap";
-
-impl Cycle<'_> {
-    pub fn engine(&self, stage: &'static str) -> impl Fn(DataFusionError) -> HubError + '_ {
-        move |source| HubError::Engine {
-            entity: self.name.to_string(),
-            stage,
-            source,
-        }
-    }
-
-    /// Plan `text` (SQL over the cycle's tables).
-    pub async fn sql(&self, stage: &'static str, text: &str) -> Result<DataFrame, HubError> {
-        tracing::debug!(entity = self.name, stage, sql = text, "hub stage");
-        self.ctx.sql(text).await.map_err(self.engine(stage))
-    }
-
-    /// Register `df` as `table` for the rest of the cycle.
-    pub fn register(
-        &self,
-        stage: &'static str,
-        table: &str,
-        df: DataFrame,
-    ) -> Result<(), HubError> {
-        let _ = self.ctx.deregister_table(table);
-        self.ctx
-            .register_table(table, df.into_view())
-            .map_err(self.engine(stage))?;
-        if let Ok(mut t) = self.tables.lock() {
-            t.push(table.to_string());
-        }
-        Ok(())
-    }
-
-    /// Write `df` to `file` in the version's data folder and register the file as `table`.
-    pub async fn materialize(
-        &self,
-        stage: &'static str,
-        df: DataFrame,
-        file: &str,
-        table: &str,
-        schema: Option<arrow::datatypes::SchemaRef>,
-    ) -> Result<StateFile, HubError> {
-        let rel = format!("{}/{file}", self.data_dir);
-        let rows = self.project.state.write_plan(df, &rel, schema).await?;
-        self.register_file(stage, &rel, table).await?;
-        Ok(StateFile {
-            path: rel,
-            rows,
-            bytes: None,
-        })
-    }
-
-    /// Register the state file `rel` as `table`.
-    pub async fn register_file(
-        &self,
-        stage: &'static str,
-        rel: &str,
-        table: &str,
-    ) -> Result<(), HubError> {
-        let df = self
-            .ctx
-            .read_parquet(
-                self.project.state.table_url(rel),
-                ParquetReadOptions::default(),
-            )
-            .await
-            .map_err(self.engine(stage))?;
-        self.register(stage, table, df)
-    }
-
-    /// The cycle's clock as a SQL timestamp.
-    pub fn now_sql(&self) -> String {
-        super::sql::cast_to(&self.now_us.to_string(), &state::timestamp_type())
-    }
-
-    /// A single `BIGINT` the query returns (0 when it returns nothing).
-    pub async fn count(&self, stage: &'static str, text: &str) -> Result<u64, HubError> {
-        let batches = self
-            .sql(stage, text)
-            .await?
-            .collect()
-            .await
-            .map_err(self.engine(stage))?;
-        Ok(batches
-            .iter()
-            .find(|b| b.num_rows() > 0)
-            .and_then(|b| {
-                arrow::compute::cast(b.column(0), &DataType::Int64)
-                    .ok()
-                    .filter(|a| !a.is_null(0))
-                    .map(|a| a.as_primitive::<Int64Type>().value(0).max(0) as u64)
-            })
-            .unwrap_or(0))
-    }
-
-    fn clear(&self) {
-        if let Ok(t) = self.tables.lock() {
-            for table in t.iter() {
-                let _ = self.ctx.deregister_table(table.as_str());
-            }
-        }
-    }
-}
+pub use super::context::Cycle;
+use super::context::{ATTACHED, OVER, contrib_old, golden_old, incoming};
 
 /// How a cycle treats the state (see `--full-resync`).
 #[derive(Debug, Clone, Copy, Default)]

@@ -11,7 +11,7 @@
 //! folds them into one file every [`COMPACT_AT`] cycles.
 
 use super::HubError;
-use super::cycle::{Cycle, OVER, contrib_next, contrib_old, golden_old};
+use super::context::{Cycle, OVER, contrib_next, contrib_old, golden_old};
 use super::sql::{lit, q};
 use super::state::{self, HubManifest, StateFile, log_schema};
 use crate::project::Project;

@@ -14,7 +14,7 @@
 //! source records are linked to the winner from then on.
 
 use super::HubError;
-use super::cycle::{Cycle, OVER, REMAP, contrib_next, contrib_now, golden_old};
+use super::context::{Cycle, OVER, REMAP, contrib_next, contrib_now, golden_old};
 use super::sql::{lit, norm, q, rank_case};
 use super::state::{self, StateFile, src_col};
 use crate::config::entity::{MergePolicy, WinnerRule};

@@ -31,6 +31,7 @@
 
 mod attach;
 mod authority;
+mod context;
 mod cycle;
 mod log;
 mod merge;

@@ -10,9 +10,7 @@ use arrow::datatypes::{DataType, Schema};
 use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::StreamExt;
 
-use super::diff::{
-    CHANGED, DUPLICATE_KEY, GONE, NEW, NULL_KEY, PREV_KEY, UNCHANGED, mask, ops_of, tally_invalid,
-};
+use super::diff::{CHANGED, DUPLICATE_KEY, GONE, NEW, NULL_KEY, PREV_KEY, UNCHANGED, mask, ops_of};
 use super::intents::IntentLog;
 use super::map::{HASH, KEY};
 use super::report::Tally;
@@ -339,4 +337,45 @@ pub(super) async fn apply(
         );
     }
     Ok(cursors)
+}
+
+/// Count and sample the invalid rows of a diff batch.
+pub(super) fn tally_invalid(
+    target: &WriteTarget,
+    batch: &RecordBatch,
+    ops: &arrow::array::Int8Array,
+    tally: &mut Tally,
+) {
+    for (class, reason) in [
+        (NULL_KEY, format!("the key \"{}\" is NULL", target.key)),
+        (
+            DUPLICATE_KEY,
+            format!(
+                "the key \"{}\" appears more than once in this run; none of its rows is sent",
+                target.key
+            ),
+        ),
+    ] {
+        let m = mask(ops, class);
+        let n = m.true_count();
+        if n == 0 {
+            continue;
+        }
+        tally.counts.invalid += n as u64;
+        if let Ok(rows) = filter_record_batch(batch, &m)
+            && let Ok(view) = destination_batch(target, &rows, WriteOp::Upsert, false)
+        {
+            for r in 0..rows.num_rows() {
+                if !tally.samples_invalid() {
+                    break;
+                }
+                tally.sample(
+                    RecordKind::Invalid,
+                    cell_text(view.column(0), r),
+                    reason.clone(),
+                    row_json(&view, r),
+                );
+            }
+        }
+    }
 }

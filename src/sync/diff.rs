@@ -2,16 +2,11 @@
 //! (`sql/diff.sql`): unchanged, new, changed, gone, or invalid (a NULL or duplicated key).
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
-use arrow::compute::{filter_record_batch, kernels::cmp::eq};
+use arrow::compute::kernels::cmp::eq;
 use arrow::datatypes::Int8Type;
 use datafusion::prelude::DataFrame;
 
-use super::apply::destination_batch;
-use super::report::Tally;
 use super::{SyncError, SyncRef, engine};
-use crate::destinations::{WriteOp, WriteTarget};
-use crate::history::RecordKind;
-use crate::values::{cell_text, row_json};
 
 const DIFF_SQL: &str = include_str!("../../sql/diff.sql");
 
@@ -56,45 +51,4 @@ pub(super) fn ops_of(
             sync: sync.to_string(),
             problems: vec!["the diff lost its op column (this is a bug in backflow)".into()],
         })
-}
-
-/// Count and sample the invalid rows of a diff batch.
-pub(super) fn tally_invalid(
-    target: &WriteTarget,
-    batch: &RecordBatch,
-    ops: &arrow::array::Int8Array,
-    tally: &mut Tally,
-) {
-    for (class, reason) in [
-        (NULL_KEY, format!("the key \"{}\" is NULL", target.key)),
-        (
-            DUPLICATE_KEY,
-            format!(
-                "the key \"{}\" appears more than once in this run; none of its rows is sent",
-                target.key
-            ),
-        ),
-    ] {
-        let m = mask(ops, class);
-        let n = m.true_count();
-        if n == 0 {
-            continue;
-        }
-        tally.counts.invalid += n as u64;
-        if let Ok(rows) = filter_record_batch(batch, &m)
-            && let Ok(view) = destination_batch(target, &rows, WriteOp::Upsert, false)
-        {
-            for r in 0..rows.num_rows() {
-                if !tally.samples_invalid() {
-                    break;
-                }
-                tally.sample(
-                    RecordKind::Invalid,
-                    cell_text(view.column(0), r),
-                    reason.clone(),
-                    row_json(&view, r),
-                );
-            }
-        }
-    }
 }

@@ -7,8 +7,8 @@ use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
-use super::apply::{Counter, action, destination_batch};
-use super::diff::{CHANGED, GONE, NEW, UNCHANGED, mask, ops_of, tally_invalid};
+use super::apply::{Counter, action, destination_batch, tally_invalid};
+use super::diff::{CHANGED, GONE, NEW, UNCHANGED, mask, ops_of};
 use super::report::{PlanReport, PlanSamples, Tally};
 use super::{RunOptions, SyncError, SyncRef, clear_cycle_tables, engine, prepare};
 use crate::destinations::WriteTarget;

@@ -385,3 +385,37 @@ key = "id"
         "{r:?}"
     );
 }
+
+/// Each committed manifest records the run that made it (its id and counts, as delta-rs
+/// records operation metrics in a commit): state and history can be checked against each other.
+#[tokio::test]
+async fn each_manifest_records_the_run_that_committed_it() {
+    let f = Fixture::new();
+    people_project(&f, "mirror", "");
+    f.write(
+        "people.csv",
+        "id,email,name,plan\n1,a@x.io,Ada,pro\n,nokey@x.io,No Key,free\n2,b@x.io,Bob,free\n",
+    );
+    let first = f.run_ok("people_sync").await;
+    f.write("people.csv", "id,email,name,plan\n1,a@x.io,Ada L.,pro\n");
+    let second = f.run_ok("people_sync").await;
+
+    let project = f.load().unwrap();
+    let manifest = project.state.latest("people_sync").await.unwrap().unwrap();
+    assert_eq!(manifest.run_id, second.run_id);
+    assert_eq!(manifest.counts.as_ref(), Some(&second.counts));
+    assert_eq!(
+        (manifest.counts.as_ref().map(|c| (c.updated, c.deleted))),
+        Some((1, 1))
+    );
+    let history = backflow::history::runs(&project.state, "people_sync", 10)
+        .await
+        .unwrap();
+    let recorded = history
+        .iter()
+        .find(|r| r.run_id == manifest.run_id)
+        .expect("the committing run is in history");
+    assert_eq!(recorded.counts, second.counts);
+    assert_eq!(recorded.state_version, Some(manifest.version));
+    assert_eq!(first.counts.invalid, 1);
+}
