@@ -9,7 +9,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{WriteOp, hubspot, template};
+use super::{WriteOp, template};
 
 /// `type = "http"`
 #[derive(Debug, Clone, Deserialize)]
@@ -145,17 +145,10 @@ pub enum Match {
 }
 
 impl HttpDestinationConfig {
-    /// The config with the preset's defaults filled in (what the user wrote wins).
-    pub(super) fn resolved(&self) -> HttpDestinationConfig {
-        match self.preset {
-            Some(Preset::Hubspot) => hubspot::apply(self),
-            None => self.clone(),
-        }
-    }
-
-    /// Problems found without network I/O (environment variables are read).
-    pub fn validate(&self) -> Vec<String> {
-        let c = self.resolved();
+    /// Problems of a config whose preset is already applied, found without network I/O
+    /// (environment variables are read). See `HttpDestinationConfig::validate`.
+    pub(super) fn validate_resolved(&self) -> Vec<String> {
+        let c = self;
         let mut p = Vec::new();
         match c.base_url.as_deref().map(url::Url::parse) {
             None => p.push("base_url is missing".to_string()),

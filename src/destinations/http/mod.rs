@@ -53,6 +53,22 @@ use template::{Context, Record};
 /// not refusing one record.
 const BREAKER: u64 = 8;
 
+impl HttpDestinationConfig {
+    /// The config with the preset's defaults filled in (what the user wrote wins).
+    pub(crate) fn resolved(&self) -> HttpDestinationConfig {
+        match self.preset {
+            Some(config::Preset::Hubspot) => hubspot::apply(self),
+            None => self.clone(),
+        }
+    }
+
+    /// Problems found without network I/O (environment variables are read), with the
+    /// preset's defaults applied.
+    pub fn validate(&self) -> Vec<String> {
+        self.resolved().validate_resolved()
+    }
+}
+
 #[derive(Debug)]
 pub struct HttpDestination {
     name: String,
