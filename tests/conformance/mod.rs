@@ -94,6 +94,9 @@ pub struct Capabilities {
     pub min_date: &'static str,
     /// An empty text reads back as NULL (CSV writes both as an empty field).
     pub empty_text_is_null: bool,
+    /// Columns have defaults ([`Seed::defaults`]): a record the sync creates gets them in the
+    /// columns it does not send.
+    pub column_defaults: bool,
 }
 
 /// What a fixture needs to know to set itself up.
@@ -115,6 +118,8 @@ pub struct Seed<'a> {
     /// record with a key already there is updated (its other columns kept). Unkeyed: rows are
     /// added (an event log for append-only).
     pub keyed: bool,
+    /// Defaults of the columns of a missing object, where the destination has defaults.
+    pub defaults: &'a [(&'a str, &'a str)],
 }
 
 /// What an object is declared as: column types (lowercase) and primary key columns.
@@ -299,9 +304,20 @@ impl Suite {
                         .map(|r| r.iter().map(|v| v.to_string()).collect())
                         .collect(),
                     keyed,
+                    defaults: &[("note", "kept")],
                 },
             )
             .await;
+    }
+
+    /// What a record the sync creates holds in `note` (a column of the object the sync does
+    /// not send): its default where the destination has defaults.
+    pub fn new_note(&self) -> &'static str {
+        if self.caps.column_defaults {
+            "kept"
+        } else {
+            NULL
+        }
     }
 
     /// A run after a run: nothing is sent but the `rejected` rows retried, `unchanged` rows

@@ -218,6 +218,7 @@ impl DestinationFixture for FileFixture {
             primary_key: false,
             min_date: "0001-01-01",
             empty_text_is_null: self.format == FileFormat::Csv,
+            column_defaults: false,
         }
     }
 

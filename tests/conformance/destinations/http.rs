@@ -79,6 +79,7 @@ path = "/{{object}}/{{key}}"
             primary_key: false,
             min_date: "0001-01-01",
             empty_text_is_null: false,
+            column_defaults: false,
         }
     }
 

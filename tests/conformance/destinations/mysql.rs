@@ -99,6 +99,7 @@ impl DestinationFixture for MysqlFixture {
             primary_key: true,
             min_date: "0001-01-01",
             empty_text_is_null: false,
+            column_defaults: true,
         }
     }
 
@@ -114,7 +115,10 @@ impl DestinationFixture for MysqlFixture {
             .map(|(i, c)| match (i, seed.keyed) {
                 (0, true) => format!("{} BIGINT PRIMARY KEY", q(c)),
                 (0, false) => format!("{} BIGINT", q(c)),
-                _ => format!("{} TEXT", q(c)),
+                _ => match seed.defaults.iter().find(|(d, _)| d == c) {
+                    Some((_, v)) => format!("{} TEXT DEFAULT '{}'", q(c), v.replace('\'', "''")),
+                    None => format!("{} TEXT", q(c)),
+                },
             })
             .collect();
         let mut conn = self.conn.lock().await;

@@ -92,6 +92,7 @@ impl DestinationFixture for PostgresFixture {
             primary_key: true,
             min_date: "0001-01-01",
             empty_text_is_null: false,
+            column_defaults: true,
         }
     }
 
@@ -107,7 +108,10 @@ impl DestinationFixture for PostgresFixture {
             .map(|(i, c)| match (i, seed.keyed) {
                 (0, true) => format!("{} bigint PRIMARY KEY", q(c)),
                 (0, false) => format!("{} bigint", q(c)),
-                _ => format!("{} text", q(c)),
+                _ => match seed.defaults.iter().find(|(d, _)| d == c) {
+                    Some((_, v)) => format!("{} text DEFAULT '{}'", q(c), v.replace('\'', "''")),
+                    None => format!("{} text", q(c)),
+                },
             })
             .collect();
         self.client

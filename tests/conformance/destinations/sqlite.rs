@@ -67,6 +67,7 @@ impl DestinationFixture for SqliteFixture {
             primary_key: true,
             min_date: "0001-01-01",
             empty_text_is_null: false,
+            column_defaults: true,
         }
     }
 
@@ -79,7 +80,10 @@ impl DestinationFixture for SqliteFixture {
             .map(|(i, c)| match (i, seed.keyed) {
                 (0, true) => format!("{} INTEGER PRIMARY KEY", q(c)),
                 (0, false) => format!("{} INTEGER", q(c)),
-                _ => format!("{} TEXT", q(c)),
+                _ => match seed.defaults.iter().find(|(d, _)| d == c) {
+                    Some((_, v)) => format!("{} TEXT DEFAULT '{}'", q(c), v.replace('\'', "''")),
+                    None => format!("{} TEXT", q(c)),
+                },
             })
             .collect();
         conn.execute_batch(&format!(
