@@ -827,21 +827,27 @@ pub async fn hostile_identifiers_and_values(s: &Suite) {
 
 /// Runs that fail after a destination batch or before the commit, as errors and as panics,
 /// each followed by a clean run: the object ends equal to the model, and the run after sends
-/// nothing. 20,000 rows: the initial load is two destination batches (the first one
-/// interrupted); later versions change a third of the rows and drop and add a few, so a run
-/// stops after its deletes and before its creates and updates.
+/// nothing. 20,000 rows in diff batches of at most 2,048: the initial load is two destination
+/// batches (a batch is sent once 16,384 rows are gathered), the first one interrupted; later
+/// versions change a third of the rows and drop and add a few, so a run stops after its
+/// deletes and before its creates and updates.
 #[cfg(feature = "failpoints")]
 pub async fn interrupted_run(s: &Suite) {
     use crate::common::run_faulted;
     let object = s.object("people");
-    s.configure(Source::Csv, &object, "mirror");
+    s.configure_with(
+        Source::Csv,
+        &object,
+        "mirror",
+        "[engine]\nbatch_size = 2048\n",
+    );
     let model = |version: usize| {
         let mut csv = String::from("id,name\n");
         for i in 0..20_000 + version * 50 {
             if version > 0 && (i + version).is_multiple_of(97) {
                 continue;
             }
-            let name = if i % 3 == version % 3 {
+            let name = if i % 6 == version % 6 {
                 format!("v{version}")
             } else {
                 "same".into()
@@ -870,6 +876,20 @@ pub async fn interrupted_run(s: &Suite) {
         let csv = model(version);
         s.write_csv(&csv);
         run_faulted(&s.project, &sync, point, panic).await;
+        if version == 0 {
+            // The interrupted initial load: its first batch is there (16,384 rows and the rest
+            // of the diff batch that reached them), or nothing where the destination applies
+            // the writes at the end.
+            let held = s.fx.read(&object, &[KEY]).await.len();
+            if s.caps.applies_per_batch {
+                assert!(
+                    (16_384..20_000).contains(&held),
+                    "{held} records held after the first batch"
+                );
+            } else {
+                assert_eq!(held, 0, "records held before the run's last write");
+            }
+        }
         let r = s.run().await;
         assert!(
             r.counts.created + r.counts.updated + r.counts.deleted > 0,

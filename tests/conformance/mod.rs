@@ -97,6 +97,10 @@ pub struct Capabilities {
     /// Columns have defaults ([`Seed::defaults`]): a record the sync creates gets them in the
     /// columns it does not send.
     pub column_defaults: bool,
+    /// Each destination batch is applied when it is written (a transaction, requests); false
+    /// where nothing is applied before the run's last write (a file is rewritten, a change
+    /// file completed, in `finish`).
+    pub applies_per_batch: bool,
 }
 
 /// What a fixture needs to know to set itself up.
@@ -250,6 +254,11 @@ impl Suite {
 
     /// Write the project: the model source, the destination and the check's sync.
     pub fn configure(&self, source: Source, object: &str, behavior: &str) {
+        self.configure_with(source, object, behavior, "");
+    }
+
+    /// [`Suite::configure`], with more of `backflow.toml` (an `[engine]` table).
+    pub fn configure_with(&self, source: Source, object: &str, behavior: &str, more: &str) {
         let source = match source {
             Source::Csv => "[sources.model]\ntype = \"csv\"\npath = \"model.csv\"\n",
             Source::Parquet => "[sources.model]\ntype = \"parquet\"\npath = \"model.parquet\"\n",
@@ -257,7 +266,7 @@ impl Suite {
         self.project.write(
             "backflow.toml",
             &format!(
-                "{source}\n{}\n[syncs.{}]\nfrom = \"model\"\nto = \"dest\"\nobject = {}\nbehavior = \"{behavior}\"\nkey = \"{KEY}\"\n",
+                "{more}\n{source}\n{}\n[syncs.{}]\nfrom = \"model\"\nto = \"dest\"\nobject = {}\nbehavior = \"{behavior}\"\nkey = \"{KEY}\"\n",
                 self.fx.toml(),
                 self.sync(),
                 toml_string(object),

@@ -219,6 +219,7 @@ impl DestinationFixture for FileFixture {
             min_date: "0001-01-01",
             empty_text_is_null: self.format == FileFormat::Csv,
             column_defaults: false,
+            applies_per_batch: false,
         }
     }
 

@@ -35,7 +35,7 @@ concurrency = 4
 
 [destinations.dest.upsert]
 path = "/{{object}}/batch"
-batch_size = 50
+batch_size = 100
 wrap = "records"
 errors = "errors"
 error_match = "index"
@@ -55,7 +55,7 @@ per_record = true
 
 [destinations.dest.append]
 path = "/{{object}}/append"
-batch_size = 50
+batch_size = 100
 wrap = "records"
 errors = "errors"
 error_match = "index"
@@ -80,6 +80,7 @@ path = "/{{object}}/{{key}}"
             min_date: "0001-01-01",
             empty_text_is_null: false,
             column_defaults: false,
+            applies_per_batch: true,
         }
     }
 

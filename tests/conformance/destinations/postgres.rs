@@ -93,6 +93,7 @@ impl DestinationFixture for PostgresFixture {
             min_date: "0001-01-01",
             empty_text_is_null: false,
             column_defaults: true,
+            applies_per_batch: true,
         }
     }
 

@@ -68,6 +68,7 @@ impl DestinationFixture for SqliteFixture {
             min_date: "0001-01-01",
             empty_text_is_null: false,
             column_defaults: true,
+            applies_per_batch: true,
         }
     }
 
