@@ -4,4 +4,5 @@
 //! tests that run real projects on real files.
 
 mod common;
+mod conformance;
 mod e2e;

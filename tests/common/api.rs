@@ -6,9 +6,11 @@
 //!
 //! Two dialects:
 //! - a generic REST API under `/api/{object}`: `POST /batch` (`{"records": [...]}`, upsert by
-//!   `id`, per-record errors by index, or the whole batch refused with 400 in
-//!   [`BatchErrors::WholeBatch`] mode), `PUT|PATCH|DELETE /{key}`, `POST` (create) and
-//!   `POST /delete` (`{"ids": [...]}`);
+//!   `id`: the fields sent replace those stored, others are kept; per-record errors by index,
+//!   or the whole batch refused with 400 in [`BatchErrors::WholeBatch`] mode), `PUT /{key}`
+//!   (replaces the record), `PATCH /{key}` (updates the fields sent; 404 when there is none),
+//!   `DELETE /{key}`, `POST` (create), `POST /delete` (`{"ids": [...]}`) and `POST /append`
+//!   (`{"records": [...]}` added to the object's event log, [`ApiState::logs`]);
 //! - HubSpot's CRM objects batch API under `/crm/v3/objects/{object}` (`batch/upsert`,
 //!   `batch/update`, `batch/create`, and `GET ?limit=1`), with its body and error shapes.
 //!
@@ -85,6 +87,8 @@ pub struct Logged {
 pub struct ApiState {
     /// object → key (as text) → record.
     pub objects: BTreeMap<String, BTreeMap<String, Value>>,
+    /// object → the records appended to it (an event log: `POST /api/{object}/append`).
+    pub logs: BTreeMap<String, Vec<Value>>,
     pub log: Vec<Logged>,
     /// Creates performed, per object and key.
     pub creates: HashMap<(String, String), u32>,
@@ -403,10 +407,14 @@ fn route(req: &Req, state: &Mutex<ApiState>, f: &Faults) -> Resp {
                     continue;
                 }
                 let key = key_text(&r["id"]);
-                s.objects
-                    .entry(object.to_string())
-                    .or_default()
-                    .insert(key.clone(), r.clone());
+                merge(
+                    s.objects
+                        .entry(object.to_string())
+                        .or_default()
+                        .entry(key.clone())
+                        .or_insert_with(|| json!({})),
+                    r,
+                );
                 results.push(json!({"index": i, "id": key}));
             }
             let errors: Vec<Value> = problems
@@ -414,6 +422,22 @@ fn route(req: &Req, state: &Mutex<ApiState>, f: &Faults) -> Resp {
                 .map(|(i, m)| json!({"index": i, "message": m}))
                 .collect();
             resp(200, json!({"results": results, "errors": errors}))
+        }
+        ("POST", ["api", object, "append"]) => {
+            let records = body
+                .get("records")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let mut errors = Vec::new();
+            let log = s.logs.entry(object.to_string()).or_default();
+            for (i, r) in records.into_iter().enumerate() {
+                match invalid_email(&r) {
+                    Some(m) => errors.push(json!({"index": i, "message": m})),
+                    None => log.push(r),
+                }
+            }
+            resp(200, json!({"errors": errors}))
         }
         ("POST", ["api", object, "delete"]) => {
             let ids = body
@@ -448,7 +472,7 @@ fn route(req: &Req, state: &Mutex<ApiState>, f: &Faults) -> Resp {
                 .get_mut(*key)
             {
                 Some(existing) => {
-                    *existing = body;
+                    merge(existing, &body);
                     resp(200, json!({"id": key}))
                 }
                 None => resp(
@@ -516,6 +540,18 @@ fn route(req: &Req, state: &Mutex<ApiState>, f: &Faults) -> Resp {
             404,
             json!({"message": format!("no route {} {}", req.method, req.path)}),
         ),
+    }
+}
+
+/// Set the fields of `update` on `stored` (a partial update: fields not sent are kept).
+fn merge(stored: &mut Value, update: &Value) {
+    match (stored.as_object_mut(), update.as_object()) {
+        (Some(stored), Some(update)) => {
+            for (k, v) in update {
+                stored.insert(k.clone(), v.clone());
+            }
+        }
+        _ => *stored = update.clone(),
     }
 }
 

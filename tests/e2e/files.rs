@@ -1,4 +1,7 @@
-//! File destinations (CSV, Parquet, JSON lines): the file always holds the model's rows.
+//! What is particular to file destinations (CSV, Parquet, JSON lines): fields no longer sent,
+//! object names that would leave the folder, JSON fields first seen late, a watermark held by
+//! a late rejection, a change-feed run repeated after a crash. Every behavior in both modes is
+//! the conformance suite's (`tests/conformance/`).
 
 use crate::common::*;
 
@@ -95,60 +98,6 @@ async fn read(path: &std::path::Path, format: &str) -> Vec<String> {
 
 use arrow::array::Array;
 
-async fn mirror_roundtrip(format: &str) {
-    let f = Fixture::new();
-    project(&f, format, "mirror");
-    f.write("people.csv", "id,name,zip\n1,Ada,007\n2,Bob,123\n3,Cy,\n");
-    let r = f.run_ok("s").await;
-    assert_eq!(r.counts.created, 3);
-    let file = f.path().join(format!("exports/people.{format}"));
-    assert_eq!(
-        read(&file, format).await,
-        vec![
-            "id=1,name=Ada,zip=7",
-            "id=2,name=Bob,zip=123",
-            "id=3,name=Cy,zip=NULL"
-        ]
-    );
-    f.write("people.csv", "id,name,zip\n1,Ada L.,007\n3,Cy,\n4,Di,999\n");
-    let r = f.run_ok("s").await;
-    assert_eq!(
-        (r.counts.created, r.counts.updated, r.counts.deleted),
-        (1, 1, 1)
-    );
-    assert_eq!(
-        read(&file, format).await,
-        vec![
-            "id=1,name=Ada L.,zip=7",
-            "id=3,name=Cy,zip=NULL",
-            "id=4,name=Di,zip=999"
-        ]
-    );
-    // A no-change run does not rewrite the file.
-    let before = std::fs::metadata(&file).unwrap().modified().unwrap();
-    let r = f.run_ok("s").await;
-    assert_eq!(r.counts.unchanged, 3);
-    assert_eq!(
-        std::fs::metadata(&file).unwrap().modified().unwrap(),
-        before
-    );
-}
-
-#[tokio::test]
-async fn parquet_file_mirror() {
-    mirror_roundtrip("parquet").await;
-}
-
-#[tokio::test]
-async fn csv_file_mirror() {
-    mirror_roundtrip("csv").await;
-}
-
-#[tokio::test]
-async fn jsonl_file_mirror() {
-    mirror_roundtrip("jsonl").await;
-}
-
 #[tokio::test]
 async fn csv_upsert_keeps_values_of_fields_no_longer_sent() {
     let f = Fixture::new();
@@ -175,23 +124,6 @@ async fn csv_upsert_keeps_values_of_fields_no_longer_sent() {
             "id=3,name=Cy,zip=NULL"
         ]
     );
-}
-
-#[tokio::test]
-async fn update_only_on_a_file_rejects_unknown_keys() {
-    let f = Fixture::new();
-    project(&f, "parquet", "upsert");
-    f.write("people.csv", "id,name\n1,Ada\n");
-    f.run_ok("s").await;
-    let t = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
-    f.write("backflow.toml", &t.replace("\"upsert\"", "\"update-only\""));
-    f.write("people.csv", "id,name\n1,Ada2\n2,Bob\n");
-    let r = f.run_ok("s").await;
-    assert_eq!((r.counts.updated, r.counts.rejected), (1, 1), "{r:?}");
-    let file = f.path().join("exports/people.parquet");
-    assert_eq!(read(&file, "parquet").await, vec!["id=1,name=Ada2"]);
-    let r = f.run_ok("s").await;
-    assert_eq!((r.counts.rejected, r.counts.unchanged), (1, 1));
 }
 
 #[tokio::test]
@@ -234,22 +166,6 @@ async fn jsonl_keeps_fields_first_seen_late_in_the_file() {
 }
 
 #[tokio::test]
-async fn create_only_on_a_file_counts_existing_records_as_skipped() {
-    let f = Fixture::new();
-    project(&f, "csv", "create-only");
-    std::fs::create_dir_all(f.path().join("exports")).unwrap();
-    std::fs::write(f.path().join("exports/people.csv"), "id,name\n1,theirs\n").unwrap();
-    f.write("people.csv", "id,name\n1,ours\n2,Bob\n");
-    let r = f.run_ok("s").await;
-    assert_eq!((r.counts.created, r.counts.skipped), (1, 1), "{r:?}");
-    let file = f.path().join("exports/people.csv");
-    assert_eq!(
-        read(&file, "csv").await,
-        vec!["id=1,name=theirs", "id=2,name=Bob"]
-    );
-}
-
-#[tokio::test]
 async fn a_late_rejection_keeps_the_watermark_where_it_was() {
     let f = Fixture::new();
     project(&f, "parquet", "upsert");
@@ -279,67 +195,6 @@ async fn a_late_rejection_keeps_the_watermark_where_it_was() {
         (r.counts.read, r.counts.rejected, r.counts.unchanged),
         (2, 1, 1)
     );
-}
-
-/// `mode = "changes"`: each run adds one file with the changes it sent, named after the state
-/// version it commits; nothing when nothing changed; a repeated run replaces its file.
-async fn change_feed(format: &str) {
-    let f = Fixture::new();
-    project(&f, format, "mirror");
-    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
-    f.write(
-        "backflow.toml",
-        &toml.replace(
-            &format!("format = \"{format}\""),
-            &format!("format = \"{format}\"\nmode = \"changes\""),
-        ),
-    );
-    f.write("people.csv", "id,name\n1,Ada\n2,Bob\n3,Cy\n");
-    let r = f.run_ok("s").await;
-    assert_eq!(r.counts.created, 3);
-    let feed = f.path().join("exports/people");
-    let file = |v: u64| feed.join(format!("v{v:020}.{format}"));
-    assert_eq!(
-        read(&file(1), format).await,
-        vec![
-            "__bf_op=upsert,id=1,name=Ada",
-            "__bf_op=upsert,id=2,name=Bob",
-            "__bf_op=upsert,id=3,name=Cy"
-        ]
-    );
-    f.write("people.csv", "id,name\n1,Ada L.\n3,Cy\n4,Di\n");
-    let r = f.run_ok("s").await;
-    assert_eq!(
-        (r.counts.created, r.counts.updated, r.counts.deleted),
-        (1, 1, 1)
-    );
-    assert_eq!(
-        read(&file(2), format).await,
-        vec![
-            "__bf_op=delete,id=2,name=NULL",
-            "__bf_op=upsert,id=1,name=Ada L.",
-            "__bf_op=upsert,id=4,name=Di"
-        ]
-    );
-    // Nothing changed: no file.
-    f.run_ok("s").await;
-    assert_eq!(std::fs::read_dir(&feed).unwrap().count(), 2);
-    assert!(!file(3).exists());
-}
-
-#[tokio::test]
-async fn parquet_change_feed() {
-    change_feed("parquet").await;
-}
-
-#[tokio::test]
-async fn csv_change_feed() {
-    change_feed("csv").await;
-}
-
-#[tokio::test]
-async fn jsonl_change_feed() {
-    change_feed("jsonl").await;
 }
 
 /// A run that wrote its change file but died before committing is run again: the file is

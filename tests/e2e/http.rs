@@ -1,6 +1,8 @@
 //! HTTP API destinations against the fake SaaS API of `tests/common/api.rs` (loopback only):
 //! faults (500s, slow answers, 429s), per-record refusals, batches split around bad records,
-//! the HubSpot preset, credentials, and kills in the middle of a run.
+//! the HubSpot preset, credentials, and kills in the middle of a run. Every behavior against
+//! the API's records (updates and deletes one record per request) is the conformance suite's
+//! (`tests/conformance/`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -279,59 +281,6 @@ async fn a_batch_refused_as_a_whole_is_split_around_the_bad_records() {
         api.log().len() <= 3 + 2 * 3 * 5,
         "{} requests",
         api.log().len()
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn update_only_and_delete_one_record_per_request() {
-    let api = FakeApi::start(Faults::default()).await;
-    {
-        let mut s = api.state.lock().unwrap();
-        let m = s.objects.entry("people".into()).or_default();
-        for id in 1..=5 {
-            m.insert(
-                id.to_string(),
-                json!({"id": id, "email": "old@example.com"}),
-            );
-        }
-    }
-    let f = Fixture::new();
-    project(
-        &f,
-        &api,
-        "[destinations.api.update]\nmethod = \"PATCH\"\npath = \"/{object}/{key}\"\n\n[destinations.api.delete]\npath = \"/{object}/{key}\"\n",
-        "update-only",
-    );
-    let csv = people_csv(1..=8, "v1", |_| false);
-    f.write("people.csv", &csv);
-    let r = f.run_ok("people").await;
-    assert_eq!((r.counts.updated, r.counts.rejected), (5, 3), "{r:?}");
-    assert!(
-        r.samples
-            .iter()
-            .all(|s| s.reason.contains("no record with this key"))
-    );
-    let mut want = expected(&csv);
-    want.retain(|k, _| k.parse::<u64>().unwrap() <= 5);
-    assert_eq!(api.records("people"), want);
-
-    // The same destination as a delete sync: 404 for a missing record is not an error.
-    let f = Fixture::new();
-    project(
-        &f,
-        &api,
-        "[destinations.api.delete]\npath = \"/{object}/{key}\"\n",
-        "delete",
-    );
-    f.write("people.csv", "id,email,name,plan\n2,,,\n3,,,\n99,,,\n");
-    let r = f.run_ok("people").await;
-    assert_eq!((r.counts.deleted, r.counts.rejected), (3, 0), "{r:?}");
-    let left: Vec<String> = api.records("people").into_keys().collect();
-    assert_eq!(left, vec!["1", "4", "5"]);
-    assert!(
-        api.log()
-            .iter()
-            .any(|l| l.method == "DELETE" && l.status == 404)
     );
 }
 
