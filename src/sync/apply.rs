@@ -160,7 +160,15 @@ impl<'a> Outbox<'a> {
             }
             let rows = arrow::compute::concat_batches(&batches[0].schema(), &batches)
                 .map_err(|e| engine(self.sync, "apply")(e.into()))?;
-            self.send(class, rows, tally, cursors).await?;
+            // The last diff batch can take the buffer past the limit: no destination batch
+            // (one transaction, one intent file) holds more than DESTINATION_BATCH_ROWS.
+            let mut offset = 0;
+            while offset < rows.num_rows() {
+                let len = DESTINATION_BATCH_ROWS.min(rows.num_rows() - offset);
+                self.send(class, rows.slice(offset, len), tally, cursors)
+                    .await?;
+                offset += len;
+            }
         }
         self.rows = 0;
         Ok(())

@@ -411,13 +411,7 @@ pub fn toml_string(s: &str) -> String {
 /// Checks a destination fails because of a bug in backflow, each with what its failure must
 /// say: the test passes while the check fails that way, and fails once the bug is fixed (then
 /// remove the entry). `(destination, check, the bug, a part of the failure message)`.
-const KNOWN_BUGS: &[(&str, &str, &str, &str)] = &[(
-    "file_jsonl",
-    "type_round_trip",
-    "a JSON lines snapshot is read back with inferred types when it is rewritten: a decimal of \
-     more than 15 significant digits in a row the run did not change goes through a float",
-    "9999999999999999774880982345.6034029568",
-)];
+const KNOWN_BUGS: &[(&str, &str, &str, &str)] = &[];
 
 /// Run `check`, or, for a known bug, insist that it still fails the way the bug makes it fail.
 async fn run_check(dest: &str, check: &str, body: impl Future<Output = ()>) {

@@ -373,3 +373,43 @@ async fn the_postgres_example_runs_end_to_end() {
     assert_eq!(code, 0);
     assert!(out.contains("created 0  updated 0  deleted 0"), "{out}");
 }
+
+/// A destination batch is one transaction of at most 16,384 rows, as the README says, also when
+/// the last diff batch gathered takes the buffer past that (a diff batch is up to 32,768 rows).
+#[tokio::test]
+async fn no_transaction_holds_more_than_one_destination_batch() {
+    let Some(pg) = db::postgres().await else {
+        return;
+    };
+    let schema = "bf_e2e_pg_batches";
+    db::pg_schema(&pg, schema).await;
+    let f = Fixture::new();
+    csv_to_pg(&f, schema, &sync("people", "people", "mirror"));
+    let csv = |name: &str| {
+        let mut s = String::from("id,email,name,plan\n");
+        for i in 0..40_000 {
+            s.push_str(&format!("{i},p{i}@x.io,{name}{i},pro\n"));
+        }
+        s
+    };
+    let per_transaction = format!(
+        "SELECT count(*)::text FROM {schema}.people GROUP BY xmin::text ORDER BY 1::int DESC"
+    );
+    for name in ["Ada", "Bob"] {
+        f.write("people.csv", &csv(name));
+        let r = f.run_ok("people").await;
+        assert_eq!(r.counts.created + r.counts.updated, 40_000, "{r:?}");
+        let sizes: Vec<usize> = pg_rows(&pg, &per_transaction)
+            .await
+            .iter()
+            .map(|r| r[0].parse().unwrap())
+            .collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 40_000);
+        assert!(
+            sizes[0] <= 16_384,
+            "a transaction wrote {} rows: {sizes:?}",
+            sizes[0]
+        );
+        assert!(sizes.len() >= 3, "{sizes:?}");
+    }
+}

@@ -11,8 +11,10 @@
 //!                                             └─ creates ANTI JOIN existing keys ─────────┘
 //! ```
 //!
-//! Existing rows keep their order (the changes are the hash join's build side); new rows are
-//! appended.
+//! Row order is not kept: the plan runs on the engine's partitions (one per core), so a
+//! rewritten file holds the same rows in another order (a file is a set of records keyed by
+//! the sync's key; sort it when reading if order matters). The changes are the hash join's
+//! build side, so no sort is needed.
 //!
 //! (append-only is a UNION ALL instead). The new file is uploaded whole and replaces the old one
 //! atomically (a local rename, or an object store's atomic multipart completion). Fields the
@@ -186,6 +188,35 @@ impl FileObject {
                 ctx.register_json("bf_existing", &url, opts)
                     .await
                     .map_err(read_err)?;
+                // Inferred types are guesses: a 38-digit decimal would be a float, an unsigned
+                // 64-bit integer past i64 too. The sync's numeric fields are decoded from their
+                // JSON text as the sync's types instead, so unchanged rows keep every digit.
+                let inferred = ctx
+                    .table("bf_existing")
+                    .await
+                    .map_err(read_err)?
+                    .schema()
+                    .as_arrow()
+                    .clone();
+                let exact = Schema::new(
+                    inferred
+                        .fields()
+                        .iter()
+                        .map(|f| match self.target.schema.field_with_name(f.name()) {
+                            Ok(t) if decoded_exactly(t.data_type()) => {
+                                Field::new(f.name(), t.data_type().clone(), true)
+                            }
+                            _ => f.as_ref().clone(),
+                        })
+                        .collect::<Vec<_>>(),
+                );
+                if exact != inferred {
+                    let _ = ctx.deregister_table("bf_existing");
+                    let opts = JsonReadOptions::default().file_extension("").schema(&exact);
+                    ctx.register_json("bf_existing", &url, opts)
+                        .await
+                        .map_err(read_err)?;
+                }
             }
         }
         Ok(true)
@@ -265,7 +296,7 @@ impl FileObject {
             return old_rows.union(new_rows).map_err(|e| self.fail(e));
         }
         // Existing rows stream through a hash join whose build side is the (small) set of
-        // changes, so they keep their order and no sort is needed; new rows go at the end.
+        // changes (no sort); new rows are added by an anti join and a union.
         let key = &self.target.key;
         let ckey = format!("{CHANGE_PREFIX}{key}");
         let renamed: Vec<Expr> = changes
@@ -476,6 +507,12 @@ impl FileObject {
         }
         Ok(buf)
     }
+}
+
+/// Types a JSON number is decoded into from its text, exactly (inference would pick a float
+/// for a decimal, and for an integer past the range of i64).
+fn decoded_exactly(dt: &DataType) -> bool {
+    dt.is_integer() || matches!(dt, DataType::Decimal128(..) | DataType::Decimal256(..))
 }
 
 fn existing_field_type(df: &DataFrame, name: &str) -> DataType {
