@@ -21,6 +21,7 @@ mod http;
 mod mysql;
 mod postgres;
 mod sqlite;
+mod table;
 
 use std::path::Path;
 use std::sync::Arc;

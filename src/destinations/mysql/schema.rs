@@ -8,6 +8,7 @@ use mysql_async::prelude::Queryable;
 use crate::behavior::Behavior;
 use crate::databases::mysql::{self as my, MyUrl, quote};
 use crate::destinations::encode::is_nested;
+use crate::destinations::table::{self, Names, TableColumn};
 use crate::destinations::{DestinationError, WriteTarget};
 
 use super::{Column, MysqlDestination};
@@ -62,70 +63,19 @@ impl MysqlDestination {
         ))
     }
 
+    /// Check every field against the existing columns; returns the fields to add.
     pub(super) fn compare<'a>(
         &self,
         target: &'a WriteTarget,
         columns: &[Column],
     ) -> Result<Vec<&'a Field>, DestinationError> {
-        // MySQL column names are case-insensitive.
-        let find = |n: &str| columns.iter().find(|c| c.name.eq_ignore_ascii_case(n));
-        if find(&target.key).is_none() {
-            return Err(DestinationError::incompatible(
-                &self.name,
-                target,
-                format!(
-                    "the table has no key column \"{}\" (it has: {})",
-                    target.key,
-                    columns
-                        .iter()
-                        .map(|c| c.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
-        let mut missing = Vec::new();
-        let mut problems = Vec::new();
-        for f in target.schema.fields() {
-            match find(f.name()) {
-                None => missing.push(f.as_ref()),
-                Some(c) => {
-                    if let Err(why) = compatible(f.data_type(), c) {
-                        problems.push(format!(
-                            "field \"{}\" ({}) cannot go into column \"{}\" of type {}: {why}",
-                            f.name(),
-                            f.data_type(),
-                            c.name,
-                            c.column_type
-                        ));
-                    }
-                }
-            }
-        }
-        if target.behavior.creates() {
-            for c in columns.iter().filter(|c| c.required) {
-                if !target
-                    .schema
-                    .fields()
-                    .iter()
-                    .any(|f| f.name().eq_ignore_ascii_case(&c.name))
-                {
-                    problems.push(format!(
-                        "column \"{}\" is NOT NULL without a default and the sync does not send it, so no record could be created; \
-                         map a field to it, give it a default, or use behavior update-only",
-                        c.name
-                    ));
-                }
-            }
-        }
-        if !problems.is_empty() {
-            return Err(DestinationError::incompatible(
-                &self.name,
-                target,
-                problems.join("; "),
-            ));
-        }
-        Ok(missing)
+        table::compare(
+            &self.name,
+            target,
+            columns,
+            Names::CaseInsensitive,
+            compatible,
+        )
     }
 
     /// The unique indexes of the table: (index name, its columns).
@@ -349,5 +299,17 @@ pub(super) fn sql_type(dt: &DataType, is_key: bool) -> String {
         // An index holds at most 3072 bytes: 768 four-byte characters.
         _ if is_key => "VARCHAR(768)".into(),
         _ => "LONGTEXT".into(),
+    }
+}
+
+impl TableColumn for Column {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn type_text(&self) -> &str {
+        &self.column_type
+    }
+    fn required(&self) -> bool {
+        self.required
     }
 }

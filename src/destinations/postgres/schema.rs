@@ -7,6 +7,7 @@ use tokio_postgres::Client;
 use crate::behavior::Behavior;
 use crate::databases::postgres::{PgUrl, qualified, quote};
 use crate::destinations::encode::is_nested;
+use crate::destinations::table::{self, Names, TableColumn};
 use crate::destinations::{DestinationError, WriteTarget};
 
 use super::PostgresDestination;
@@ -75,58 +76,7 @@ impl PostgresDestination {
         target: &'a WriteTarget,
         columns: &[Column],
     ) -> Result<Vec<&'a Field>, DestinationError> {
-        let mut missing = Vec::new();
-        let mut problems = Vec::new();
-        if !columns.iter().any(|c| c.name == target.key) {
-            return Err(DestinationError::incompatible(
-                &self.name,
-                target,
-                format!(
-                    "the table has no key column \"{}\" (it has: {})",
-                    target.key,
-                    columns
-                        .iter()
-                        .map(|c| c.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
-        for f in target.schema.fields() {
-            match columns.iter().find(|c| c.name == *f.name()) {
-                None => missing.push(f.as_ref()),
-                Some(c) => {
-                    if let Err(why) = compatible(f.data_type(), c) {
-                        problems.push(format!(
-                            "field \"{}\" ({}) cannot go into column \"{}\" of type {}: {why}",
-                            f.name(),
-                            f.data_type(),
-                            c.name,
-                            c.formatted
-                        ));
-                    }
-                }
-            }
-        }
-        if target.behavior.creates() {
-            for c in columns.iter().filter(|c| c.required) {
-                if !target.schema.fields().iter().any(|f| *f.name() == c.name) {
-                    problems.push(format!(
-                        "column \"{}\" is NOT NULL without a default and the sync does not send it, so no record could be created; \
-                         map a field to it, give it a default, or use behavior update-only",
-                        c.name
-                    ));
-                }
-            }
-        }
-        if !problems.is_empty() {
-            return Err(DestinationError::incompatible(
-                &self.name,
-                target,
-                problems.join("; "),
-            ));
-        }
-        Ok(missing)
+        table::compare(&self.name, target, columns, Names::Exact, compatible)
     }
 
     pub(super) async fn key_is_unique(
@@ -338,5 +288,17 @@ pub(super) fn sql_type(dt: &DataType) -> String {
         Binary | LargeBinary | BinaryView | FixedSizeBinary(_) => "bytea".into(),
         dt if is_nested(dt) => "jsonb".into(),
         _ => "text".into(),
+    }
+}
+
+impl TableColumn for Column {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn type_text(&self) -> &str {
+        &self.formatted
+    }
+    fn required(&self) -> bool {
+        self.required
     }
 }
