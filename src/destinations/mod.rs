@@ -76,6 +76,14 @@ pub enum DestinationError {
 }
 
 impl DestinationError {
+    /// The database server behind destination `destination` failed (see `databases`).
+    pub(crate) fn database(destination: &str, source: crate::databases::DatabaseError) -> Self {
+        DestinationError::Database {
+            destination: destination.to_string(),
+            source,
+        }
+    }
+
     /// The object `target` names cannot be written as it is (a missing key column, a column of
     /// the wrong type, an endpoint the behavior needs): found before any write.
     pub(crate) fn incompatible(
@@ -269,6 +277,17 @@ fn merge_outcomes(
         }));
     outcome.rejected.sort_by_key(|r| r.row);
     outcome
+}
+
+/// Problems with a destination's `path` setting, found without I/O.
+fn path_problems(path: &str) -> Vec<String> {
+    if path.trim().is_empty() {
+        vec!["path is empty".into()]
+    } else if path.contains('\0') {
+        vec!["path contains a NUL character".into()]
+    } else {
+        vec![]
+    }
 }
 
 /// Reject object names that would escape the destination (`..`, absolute paths, NUL).

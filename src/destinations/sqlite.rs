@@ -32,25 +32,12 @@ pub struct SqliteDestinationConfig {
 
 impl SqliteDestinationConfig {
     pub fn validate(&self) -> Vec<String> {
-        if self.path.trim().is_empty() {
-            vec!["path is empty".into()]
-        } else if self.path.contains('\0') {
-            vec!["path contains a NUL character".into()]
-        } else {
-            vec![]
-        }
+        super::path_problems(&self.path)
     }
 }
 
 pub(super) fn validate_object(object: &str) -> Vec<String> {
-    let mut p = Vec::new();
-    if object.trim().is_empty() {
-        p.push("the table name is empty".to_string());
-    }
-    if object.contains('\0') {
-        p.push("the table name contains a NUL character".to_string());
-    }
-    p
+    super::table::name_problems(object, None)
 }
 
 /// Quote an SQLite identifier.

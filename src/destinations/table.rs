@@ -8,6 +8,29 @@ use arrow::datatypes::{DataType, Field};
 
 use super::{DestinationError, WriteTarget};
 
+/// Problems with a table name every SQL destination refuses (empty, NUL), then the server's
+/// own limit: `max` characters (`chars`) or bytes, named `limit` in the message.
+pub(crate) fn name_problems(object: &str, limit: Option<(usize, bool, &str)>) -> Vec<String> {
+    let mut p = Vec::new();
+    if object.trim().is_empty() {
+        p.push("the table name is empty".to_string());
+    }
+    if object.contains('\0') {
+        p.push("the table name contains a NUL character".to_string());
+    }
+    if let Some((max, chars, limit)) = limit {
+        let len = if chars {
+            object.chars().count()
+        } else {
+            object.len()
+        };
+        if len > max {
+            p.push(limit.to_string());
+        }
+    }
+    p
+}
+
 /// A column of an existing table, as a server describes it.
 pub(crate) trait TableColumn {
     fn name(&self) -> &str;

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, StringArray, new_null_array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use async_trait::async_trait;
 use object_store::ObjectStore;
 use object_store::buffered::BufWriter;
@@ -83,13 +83,7 @@ impl ChangeFeedWriter {
         store: Arc<dyn ObjectStore>,
         folder: &ObjectPath,
     ) -> Self {
-        let mut fields: Vec<Field> = target
-            .schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect();
-        fields.push(Field::new(OP_COLUMN, DataType::Utf8, false));
+        let fields = super::format::fields_with_op(target, OP_COLUMN, DataType::Utf8);
         ChangeFeedWriter {
             destination: destination.to_string(),
             target: target.clone(),

@@ -44,13 +44,7 @@ pub enum FileMode {
 
 impl FileDestinationConfig {
     pub fn validate(&self) -> Vec<String> {
-        if self.path.trim().is_empty() {
-            vec!["path is empty".into()]
-        } else if self.path.contains('\0') {
-            vec!["path contains a NUL character".into()]
-        } else {
-            vec![]
-        }
+        super::path_problems(&self.path)
     }
 }
 

@@ -83,13 +83,7 @@ impl FileWriter {
     ) -> Result<FileWriter, String> {
         let staging_dir = tempfile::tempdir()
             .map_err(|e| format!("cannot create a local staging folder: {e}"))?;
-        let mut fields: Vec<Field> = target
-            .schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect();
-        fields.push(Field::new(OP, DataType::Int8, false));
+        let fields = super::format::fields_with_op(target, OP, DataType::Int8);
         let staged_schema = Arc::new(Schema::new(fields));
         let staged_path = staging_dir.path().join("changes.parquet");
         let file = std::fs::File::create(&staged_path).map_err(|e| format!("staging file: {e}"))?;

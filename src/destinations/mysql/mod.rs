@@ -41,16 +41,10 @@ impl MysqlDestinationConfig {
 }
 
 pub(super) fn validate_object(object: &str) -> Vec<String> {
-    let mut p = Vec::new();
-    if object.trim().is_empty() {
-        p.push("the table name is empty".to_string());
-    }
-    if object.contains('\0') {
-        p.push("the table name contains a NUL character".to_string());
-    }
-    if object.chars().count() > 64 {
-        p.push("MySQL table names are at most 64 characters".to_string());
-    }
+    let mut p = super::table::name_problems(
+        object,
+        Some((64, true, "MySQL table names are at most 64 characters")),
+    );
     if object.ends_with(' ') {
         p.push("MySQL table names may not end with a space".to_string());
     }
@@ -86,10 +80,7 @@ impl MysqlDestination {
     }
 
     fn db(&self, source: DatabaseError) -> DestinationError {
-        DestinationError::Database {
-            destination: self.name.clone(),
-            source,
-        }
+        DestinationError::database(&self.name, source)
     }
 }
 #[async_trait]

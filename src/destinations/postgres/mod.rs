@@ -51,17 +51,10 @@ impl PostgresDestinationConfig {
 }
 
 pub(super) fn validate_object(object: &str) -> Vec<String> {
-    let mut p = Vec::new();
-    if object.trim().is_empty() {
-        p.push("the table name is empty".to_string());
-    }
-    if object.contains('\0') {
-        p.push("the table name contains a NUL character".to_string());
-    }
-    if object.len() > 63 {
-        p.push("PostgreSQL table names are at most 63 bytes".to_string());
-    }
-    p
+    super::table::name_problems(
+        object,
+        Some((63, false, "PostgreSQL table names are at most 63 bytes")),
+    )
 }
 
 #[derive(Debug)]
@@ -86,10 +79,7 @@ impl PostgresDestination {
     }
 
     fn db(&self, source: DatabaseError) -> DestinationError {
-        DestinationError::Database {
-            destination: self.name.clone(),
-            source,
-        }
+        DestinationError::database(&self.name, source)
     }
 }
 #[async_trait]
