@@ -210,3 +210,17 @@ pub async fn run_faulted(f: &Fixture, sync: &str, point: &str, panic: bool) {
         Err(join) => assert!(panic && join.is_panic(), "{join:?}"),
     }
 }
+
+/// `people_project` with `people.csv` holding `csv`.
+pub fn people_fixture(behavior: &str, extra: &str, csv: &str) -> Fixture {
+    let f = Fixture::new();
+    people_project(&f, behavior, extra);
+    f.write("people.csv", csv);
+    f
+}
+
+/// A report's (created, updated, deleted, unchanged).
+pub fn cudu(r: &SyncReport) -> (u64, u64, u64, u64) {
+    let c = &r.counts;
+    (c.created, c.updated, c.deleted, c.unchanged)
+}

@@ -6,10 +6,9 @@ use crate::common::*;
 
 #[tokio::test]
 async fn full_resync_recreates_records_a_create_only_sync_lost() {
-    let f = Fixture::new();
-    people_project(&f, "create-only", "");
-    f.write(
-        "people.csv",
+    let f = people_fixture(
+        "create-only",
+        "",
         "id,email,name,plan\n1,a,Ada,pro\n2,b,Bob,free\n",
     );
     f.run_ok("people_sync").await;

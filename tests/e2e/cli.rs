@@ -39,10 +39,9 @@ fn init_creates_a_project_that_runs() {
 
 #[test]
 fn run_and_plan_json_have_the_documented_fields() {
-    let f = Fixture::new();
-    people_project(&f, "mirror", "");
-    f.write(
-        "people.csv",
+    let f = people_fixture(
+        "mirror",
+        "",
         "id,email,name,plan\n1,a@x.io,Ada,pro\n2,b@x.io,Bob,free\n",
     );
     let (code, out, _) = f.cli(&["plan", "--json"]);

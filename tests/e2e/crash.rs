@@ -78,15 +78,7 @@ async fn crash_then_recover(point: &str, sync: &str, panic: bool) {
     assert_eq!(r.counts.read, 3);
     // And the run after is clean.
     let r = f.run_ok(sync).await;
-    assert_eq!(
-        (
-            r.counts.created,
-            r.counts.updated,
-            r.counts.deleted,
-            r.counts.unchanged
-        ),
-        (0, 0, 0, 3)
-    );
+    assert_eq!(cudu(&r), (0, 0, 0, 3));
 }
 
 #[cfg(feature = "failpoints")]
@@ -262,10 +254,9 @@ async fn sigkill_at_random_moments_loses_nothing() {
 /// again, so the destination still ends equal to the model.
 #[tokio::test]
 async fn a_torn_newest_manifest_falls_back_and_resends() {
-    let f = Fixture::new();
-    people_project(&f, "mirror", "");
-    f.write(
-        "people.csv",
+    let f = people_fixture(
+        "mirror",
+        "",
         "id,email,name,plan\n1,a,Ada,pro\n2,b,Bob,free\n3,c,Cy,pro\n",
     );
     f.run_ok("people_sync").await;

@@ -14,9 +14,7 @@ fn assert_untouched(f: &Fixture) {
 
 #[test]
 fn unknown_config_key_names_key_and_line() {
-    let f = Fixture::new();
-    people_project(&f, "mirror", "behaviour = \"upsert\"");
-    f.write("people.csv", PEOPLE);
+    let f = people_fixture("mirror", "behaviour = \"upsert\"", PEOPLE);
     let (code, _, err) = f.cli(&["run"]);
     assert_eq!(code, 2);
     assert!(
@@ -107,9 +105,7 @@ fn model_with_a_sql_error_names_the_file() {
 
 #[test]
 fn model_cycles_and_unknown_tables_are_errors() {
-    let f = Fixture::new();
-    people_project(&f, "mirror", "");
-    f.write("people.csv", PEOPLE);
+    let f = people_fixture("mirror", "", PEOPLE);
     f.write("models/a.sql", "SELECT * FROM b");
     f.write("models/b.sql", "SELECT * FROM a");
     let (code, _, err) = f.cli(&["check"]);
@@ -184,9 +180,7 @@ fn mapping_an_unknown_column_is_reported() {
 
 #[test]
 fn unwritable_destination_fails_and_keeps_state() {
-    let f = Fixture::new();
-    people_project(&f, "mirror", "");
-    f.write("people.csv", PEOPLE);
+    let f = people_fixture("mirror", "", PEOPLE);
     f.write("out", "a file where a folder should be");
     let (code, out, _) = f.cli(&["run"]);
     assert_eq!(code, 1);
@@ -234,9 +228,7 @@ key = "id"
 
 #[tokio::test]
 async fn a_second_run_of_the_same_sync_fails_fast() {
-    let f = Fixture::new();
-    people_project(&f, "mirror", "");
-    f.write("people.csv", PEOPLE);
+    let f = people_fixture("mirror", "", PEOPLE);
     let project = f.load().unwrap();
     let _held = project.state.lock("people_sync").unwrap();
     let (code, out, _) = f.cli(&["run"]);
@@ -247,9 +239,7 @@ async fn a_second_run_of_the_same_sync_fails_fast() {
 
 #[tokio::test]
 async fn changing_the_key_requires_a_full_resync() {
-    let f = Fixture::new();
-    people_project(&f, "mirror", "");
-    f.write("people.csv", PEOPLE);
+    let f = people_fixture("mirror", "", PEOPLE);
     f.run_ok("people_sync").await;
     let text = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
     f.write(
@@ -276,10 +266,9 @@ async fn changing_the_key_requires_a_full_resync() {
 
 #[tokio::test]
 async fn changing_the_cursor_column_or_the_destination_is_noticed() {
-    let f = Fixture::new();
-    people_project(&f, "upsert", "cursor = \"ts\"");
-    f.write(
-        "people.csv",
+    let f = people_fixture(
+        "upsert",
+        "cursor = \"ts\"",
         "id,email,name,plan,ts\n1,a,Ada,p,2026-01-01T00:00:00\n",
     );
     f.run_ok("people_sync").await;

@@ -6,10 +6,9 @@ use crate::common::*;
 
 #[tokio::test]
 async fn csv_with_bom_crlf_and_quoted_newlines() {
-    let f = Fixture::new();
-    people_project(&f, "mirror", "");
-    f.write(
-        "people.csv",
+    let f = people_fixture(
+        "mirror",
+        "",
         "\u{feff}id,email,name,plan\r\n1,a@x.io,\"Ada\nLovelace\",pro\r\n2,b@x.io,\"Bob, Jr.\",free\r\n",
     );
     let r = f.run_ok("people_sync").await;

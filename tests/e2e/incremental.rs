@@ -7,9 +7,7 @@ const V1: &str = "id,email,name,plan\n1,a@x.io,Ada,pro\n2,b@x.io,Bob,free\n3,c@x
 
 #[tokio::test]
 async fn mirror_sends_only_changes_and_deletes_what_left() {
-    let f = Fixture::new();
-    people_project(&f, "mirror", "");
-    f.write("people.csv", V1);
+    let f = people_fixture("mirror", "", V1);
 
     let r = f.run_ok("people_sync").await;
     assert_eq!(
@@ -33,15 +31,7 @@ async fn mirror_sends_only_changes_and_deletes_what_left() {
 
     // No change: nothing is sent.
     let r = f.run_ok("people_sync").await;
-    assert_eq!(
-        (
-            r.counts.created,
-            r.counts.updated,
-            r.counts.deleted,
-            r.counts.unchanged
-        ),
-        (0, 0, 0, 3)
-    );
+    assert_eq!(cudu(&r), (0, 0, 0, 3));
 
     // One update, one delete, one insert.
     f.write(
@@ -49,15 +39,7 @@ async fn mirror_sends_only_changes_and_deletes_what_left() {
         "id,email,name,plan\n1,a@x.io,Ada L.,pro\n3,c@x.io,Cy,pro\n4,d@x.io,Di,pro\n",
     );
     let r = f.run_ok("people_sync").await;
-    assert_eq!(
-        (
-            r.counts.created,
-            r.counts.updated,
-            r.counts.deleted,
-            r.counts.unchanged
-        ),
-        (1, 1, 1, 1)
-    );
+    assert_eq!(cudu(&r), (1, 1, 1, 1));
     let rows = f.sqlite("out/app.db", "people");
     assert_eq!(
         pairs(&rows, "id", "name"),
@@ -90,9 +72,7 @@ async fn mirror_sends_only_changes_and_deletes_what_left() {
 
 #[tokio::test]
 async fn full_resync_sends_everything_again_and_still_deletes() {
-    let f = Fixture::new();
-    people_project(&f, "mirror", "");
-    f.write("people.csv", V1);
+    let f = people_fixture("mirror", "", V1);
     f.run_ok("people_sync").await;
     f.write(
         "people.csv",
@@ -112,10 +92,9 @@ async fn full_resync_sends_everything_again_and_still_deletes() {
 
 #[tokio::test]
 async fn cursor_reads_only_rows_past_the_watermark() {
-    let f = Fixture::new();
-    people_project(&f, "upsert", "cursor = \"updated_at\"");
-    f.write(
-        "people.csv",
+    let f = people_fixture(
+        "upsert",
+        "cursor = \"updated_at\"",
         "id,email,name,plan,updated_at\n1,a@x.io,Ada,pro,2026-01-01T00:00:00\n2,b@x.io,Bob,free,2026-01-02T00:00:00\n",
     );
     let r = f.run_ok("people_sync").await;
@@ -146,9 +125,7 @@ async fn cursor_reads_only_rows_past_the_watermark() {
 
 #[tokio::test]
 async fn removing_a_field_stops_updating_it_and_keeps_its_values() {
-    let f = Fixture::new();
-    people_project(&f, "upsert", "");
-    f.write("people.csv", V1);
+    let f = people_fixture("upsert", "", V1);
     f.run_ok("people_sync").await;
     people_project(&f, "upsert", "fields = { exclude = [\"plan\"] }");
     f.write(
@@ -390,10 +367,9 @@ key = "id"
 /// records operation metrics in a commit): state and history can be checked against each other.
 #[tokio::test]
 async fn each_manifest_records_the_run_that_committed_it() {
-    let f = Fixture::new();
-    people_project(&f, "mirror", "");
-    f.write(
-        "people.csv",
+    let f = people_fixture(
+        "mirror",
+        "",
         "id,email,name,plan\n1,a@x.io,Ada,pro\n,nokey@x.io,No Key,free\n2,b@x.io,Bob,free\n",
     );
     let first = f.run_ok("people_sync").await;

@@ -5,9 +5,11 @@ use backflow::history::{self, RecordKind};
 
 #[tokio::test]
 async fn null_and_duplicate_keys_are_invalid_and_sampled_in_history() {
-    let f = Fixture::new();
-    people_project(&f, "mirror", "");
-    f.write("people.csv", "id,email,name,plan\n1,a@x.io,Ada,pro\n,n@x.io,NoKey,pro\n2,b@x.io,Bob,free\n2,b2@x.io,Bob2,free\n3,c@x.io,Cy,pro\n");
+    let f = people_fixture(
+        "mirror",
+        "",
+        "id,email,name,plan\n1,a@x.io,Ada,pro\n,n@x.io,NoKey,pro\n2,b@x.io,Bob,free\n2,b2@x.io,Bob2,free\n3,c@x.io,Cy,pro\n",
+    );
     let r = f.run_ok("people_sync").await;
     assert_eq!(
         (r.counts.read, r.counts.invalid, r.counts.created),
@@ -129,10 +131,9 @@ async fn a_rejected_row_holds_the_watermark_back() {
 
 #[tokio::test]
 async fn invalid_rows_hold_the_watermark_until_fixed() {
-    let f = Fixture::new();
-    people_project(&f, "upsert", "cursor = \"ts\"");
-    f.write(
-        "people.csv",
+    let f = people_fixture(
+        "upsert",
+        "cursor = \"ts\"",
         "id,email,name,plan,ts\n1,a,Ada,p,10\n2,b,Bob,p,20\n2,b,Bob2,p,30\n3,c,Cy,p,40\n",
     );
     let r = f.run_ok("people_sync").await;

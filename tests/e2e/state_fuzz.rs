@@ -57,9 +57,7 @@ fn apply(bytes: &[u8], damage: &[Damage]) -> Vec<u8> {
 #[test]
 fn damaged_manifests_are_never_taken_for_good_ones() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let f = Fixture::new();
-    people_project(&f, "mirror", "");
-    f.write("people.csv", "id,email,name,plan\n1,a@x.io,Ada,pro\n");
+    let f = people_fixture("mirror", "", "id,email,name,plan\n1,a@x.io,Ada,pro\n");
     rt.block_on(f.run_ok("people_sync"));
     f.write(
         "people.csv",

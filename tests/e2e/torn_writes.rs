@@ -60,9 +60,7 @@ async fn a_torn_or_lost_state_write_is_caught_and_nothing_is_lost() {
     let (mut caught, mut whole) = (0, 0);
     for at in 0..writes.len() {
         for fault in [Fault::Torn(0.5), Fault::Torn(0.0), Fault::Lost] {
-            let f = Fixture::new();
-            people_project(&f, "mirror", "");
-            f.write("people.csv", V1);
+            let f = people_fixture("mirror", "", V1);
             f.run_ok("people_sync").await;
             f.write("people.csv", V2);
             let store = FaultyStore::new(sound(), Some((at, fault)));
