@@ -1,5 +1,14 @@
 //! The command line: parse arguments, call the library, print for people or as JSON.
 
+/// A line to stdout. A closed stdout (`backflow run | head -1`) stops the printing, never the
+/// run: the other syncs still run and commit, and the exit code still says how they went.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -192,11 +201,11 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
                 print_plan(&report, json);
                 if explain {
                     match sync::explain(&project, &ctx, &name).await {
-                        Ok(plan) if json => println!(
+                        Ok(plan) if json => out!(
                             "{}",
                             serde_json::json!({ "sync": name, "physical_plan": plan })
                         ),
-                        Ok(plan) => println!("physical plan of {name}:\n{plan}"),
+                        Ok(plan) => out!("physical plan of {name}:\n{plan}"),
                         Err(e) => {
                             ok = false;
                             eprintln!("{e}");
@@ -215,7 +224,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
             let targets = project.select_targets(&syncs).map_err(|e| e.to_string())?;
             let ctx = project.session().await.map_err(|e| e.to_string())?;
             if targets.is_empty() && !json {
-                println!(
+                out!(
                     "no syncs in {}: add a [syncs.NAME] table",
                     project.config_text.path.display()
                 );
@@ -359,7 +368,7 @@ impl Progress for TerminalProgress {
 
 fn print_run(r: &SyncReport, json: bool) {
     if json {
-        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        out!("{}", serde_json::to_string(r).unwrap_or_default());
         return;
     }
     let c = &r.counts;
@@ -368,7 +377,7 @@ fn print_run(r: &SyncReport, json: bool) {
     } else {
         "✗"
     };
-    println!(
+    out!(
         "{mark} {}  ({} → {}/{})  read {}  created {}  updated {}  deleted {}  unchanged {}  invalid {}  rejected {}{}{}  [{:.1}s]",
         r.sync,
         r.behavior,
@@ -398,27 +407,27 @@ fn print_run(r: &SyncReport, json: bool) {
             history::RecordKind::Invalid => "invalid",
             history::RecordKind::Rejected => "rejected",
         };
-        println!(
+        out!(
             "    {kind}: key {} — {}",
             s.key.as_deref().unwrap_or("NULL"),
             s.reason
         );
     }
     if r.samples.len() > 5 {
-        println!(
+        out!(
             "    … {} more in `backflow history {} --samples`",
             r.samples.len() - 5,
             r.sync
         );
     }
     if let Some(e) = &r.error {
-        println!("    error: {e}");
+        out!("    error: {e}");
     }
 }
 
 fn print_hub_run(r: &crate::hub::HubReport, json: bool) {
     if json {
-        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        out!("{}", serde_json::to_string(r).unwrap_or_default());
         return;
     }
     let mark = if r.status == RunStatus::Succeeded {
@@ -434,7 +443,7 @@ fn print_hub_run(r: &crate::hub::HubReport, json: bool) {
         .collect::<Vec<_>>()
         .join(", ");
     let sum = |f: fn(&crate::hub::SourceCounts) -> u64| r.sources.values().map(f).sum::<u64>();
-    println!(
+    out!(
         "{mark} {}  (hub, {} cycle{})  read {read} ({per_source})  linked by id {}  matched {}  new {}{}  golden: created {}  updated {}  unchanged {}  merged {}  invalid {}  [{:.1}s]",
         r.entity,
         r.cycles,
@@ -454,21 +463,21 @@ fn print_hub_run(r: &crate::hub::HubReport, json: bool) {
         r.duration_ms as f64 / 1000.0
     );
     for s in r.samples.iter().take(5) {
-        println!(
+        out!(
             "    invalid: {} — {}",
             s.key.as_deref().unwrap_or("(no id)"),
             s.reason
         );
     }
     if r.samples.len() > 5 {
-        println!(
+        out!(
             "    … {} more in `backflow history {} --samples`",
             r.samples.len() - 5,
             r.entity
         );
     }
     if let Some(e) = &r.error {
-        println!("    error: {e}");
+        out!("    error: {e}");
     }
 }
 
@@ -515,7 +524,7 @@ async fn hub_cmd(project: &Project, command: HubCommand) -> Result<ExitCode, Str
                 .await
                 .map_err(|e| e.to_string())?;
             if json {
-                println!("{}", serde_json::to_string(&record).unwrap_or_default());
+                out!("{}", serde_json::to_string(&record).unwrap_or_default());
             } else {
                 print_golden(&record);
             }
@@ -527,12 +536,12 @@ async fn hub_cmd(project: &Project, command: HubCommand) -> Result<ExitCode, Str
                 .map_err(|e| e.to_string())?;
             if json {
                 for e in &entries {
-                    println!("{}", serde_json::to_string(e).unwrap_or_default());
+                    out!("{}", serde_json::to_string(e).unwrap_or_default());
                 }
             } else if entries.is_empty() {
-                println!("no log entries yet");
+                out!("no log entries yet");
             } else {
-                println!("{}", log_table(&entries));
+                out!("{}", log_table(&entries));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -544,14 +553,14 @@ fn print_golden(r: &crate::hub::show::GoldenRecord) {
         Some(w) => format!("  (merged into golden record {w})"),
         None => String::new(),
     };
-    println!("{} golden record {}{status}", r.entity, r.golden_id);
-    println!(
+    out!("{} golden record {}{status}", r.entity, r.golden_id);
+    out!(
         "  created {}  updated {}",
         r.created_at.as_deref().unwrap_or("?"),
         r.updated_at.as_deref().unwrap_or("?")
     );
     if !r.absorbed.is_empty() {
-        println!(
+        out!(
             "  absorbed: {}",
             r.absorbed
                 .iter()
@@ -570,7 +579,7 @@ fn print_golden(r: &crate::hub::show::GoldenRecord) {
             f.source.clone().unwrap_or_default(),
         ]);
     }
-    println!("{fields}");
+    out!("{fields}");
     let mut links = comfy_table::Table::new();
     links.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
     links.set_header(vec!["source", "id", "linked by", "first read (version)"]);
@@ -582,9 +591,9 @@ fn print_golden(r: &crate::hub::show::GoldenRecord) {
             l.first_version.map(|v| v.to_string()).unwrap_or_default(),
         ]);
     }
-    println!("ID mappings:\n{links}");
+    out!("ID mappings:\n{links}");
     if !r.history.is_empty() {
-        println!("history:\n{}", log_table(&r.history));
+        out!("history:\n{}", log_table(&r.history));
     }
 }
 
@@ -617,7 +626,7 @@ fn log_table(entries: &[crate::hub::show::LogEntry]) -> comfy_table::Table {
 
 fn print_plan(r: &PlanReport, json: bool) {
     if json {
-        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        out!("{}", serde_json::to_string(r).unwrap_or_default());
         return;
     }
     let c = &r.counts;
@@ -626,7 +635,7 @@ fn print_plan(r: &PlanReport, json: bool) {
     } else {
         "✗"
     };
-    println!(
+    out!(
         "{mark} {}  ({} → {}/{})  would create {}  update {}  delete {}; unchanged {}  invalid {}  (read {})",
         r.sync,
         r.behavior,
@@ -645,18 +654,18 @@ fn print_plan(r: &PlanReport, json: bool) {
         ("delete", &r.samples.delete),
     ] {
         for v in list {
-            println!("    {label}: {v}");
+            out!("    {label}: {v}");
         }
     }
     for s in r.samples.invalid.iter().take(5) {
-        println!(
+        out!(
             "    invalid: key {} — {}",
             s.key.as_deref().unwrap_or("NULL"),
             s.reason
         );
     }
     if let Some(e) = &r.error {
-        println!("    error: {e}");
+        out!("    error: {e}");
     }
 }
 
@@ -676,7 +685,7 @@ async fn check(dir: &Path) -> Result<ExitCode, String> {
     }
     let c = &project.config;
     if problems.is_empty() {
-        println!(
+        out!(
             "✓ {} is valid: {} source(s), {} model(s), {} segment(s), {} destination(s), {} sync(s){}",
             project.dir.display(),
             c.sources.len(),
@@ -692,7 +701,7 @@ async fn check(dir: &Path) -> Result<ExitCode, String> {
         Ok(ExitCode::SUCCESS)
     } else {
         for p in &problems {
-            println!("✗ {p}");
+            out!("✗ {p}");
         }
         Ok(ExitCode::FAILURE)
     }
@@ -729,7 +738,7 @@ async fn history_cmd(
     }
     runs.sort_by_key(|r| std::cmp::Reverse(r.started_at_ms));
     if runs.is_empty() && !json {
-        println!("no runs yet");
+        out!("no runs yet");
     }
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
@@ -764,7 +773,7 @@ async fn history_cmd(
                     serde_json::to_value(&samples).unwrap_or_default(),
                 );
             }
-            println!("{v}");
+            out!("{v}");
             continue;
         }
         let c = &run.counts;
@@ -805,9 +814,9 @@ async fn history_cmd(
         }
     }
     if !json && !runs.is_empty() {
-        println!("{table}");
+        out!("{table}");
         for line in sample_lines {
-            println!("{line}");
+            out!("{line}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -846,7 +855,7 @@ fn init(dir: &Path) -> Result<(), String> {
         }
         std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    println!(
+    out!(
         "Created a starter project in {0}.\n\nNext:\n  backflow check --project {0}\n  backflow plan  --project {0}\n  backflow run   --project {0}\n\nEdit {0}/backflow.toml and {0}/models/*.sql to point it at your data.",
         dir.display()
     );

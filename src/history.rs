@@ -37,19 +37,36 @@ pub struct RunRecord {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunStatus {
     Succeeded,
     Failed,
+    /// A status this release does not know (written by another release or another tool):
+    /// shown as it is.
+    Other(String),
 }
 
 impl RunStatus {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &str {
         match self {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
+            RunStatus::Other(s) => s,
         }
+    }
+
+    fn parse(text: &str) -> RunStatus {
+        match text {
+            "succeeded" => RunStatus::Succeeded,
+            "failed" => RunStatus::Failed,
+            other => RunStatus::Other(other.to_string()),
+        }
+    }
+}
+
+impl Serialize for RunStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -219,7 +236,7 @@ pub async fn runs(
         let rel = format!("history/{sync}/runs/{f}");
         let bytes = store.read(&rel).await?;
         for batch in read_batches(bytes).map_err(|e| parquet_err(&rel, e))? {
-            out.extend(decode_runs(&batch));
+            out.extend(decode_runs(&batch, &rel)?);
         }
     }
     Ok(out)
@@ -243,6 +260,7 @@ pub async fn samples(
     };
     let mut out = Vec::new();
     for batch in read_batches(bytes).map_err(|e| parquet_err(&rel, e))? {
+        let batch = conform(&batch, &records_schema(), &rel)?;
         let col = |i: usize| batch.column(i).as_string::<i32>();
         for r in 0..batch.num_rows() {
             out.push(SampleRecord {
@@ -267,74 +285,92 @@ fn read_batches(bytes: bytes::Bytes) -> Result<Vec<RecordBatch>, parquet::errors
         .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
 }
 
-fn decode_runs(batch: &RecordBatch) -> Vec<RunRecord> {
-    let s = |name: &str| {
+/// `batch` with the columns of `schema`, by name, each cast to its type: a file another
+/// Parquet writer rewrote (timestamps in microseconds, signed counts, large or view strings,
+/// columns in another order or added) reads like one backflow wrote. A column that is missing
+/// is NULL when it may be (or 0 for a count written before it existed), an error otherwise; a
+/// value that cannot be cast is an error. Nothing here panics on what a file holds.
+fn conform(batch: &RecordBatch, schema: &SchemaRef, rel: &str) -> Result<RecordBatch, StateError> {
+    let bad = |reason: String| StateError::Corrupt {
+        owner: "history".to_string(),
+        path: rel.to_string(),
+        reason,
+    };
+    let options = arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let column = match batch.column_by_name(f.name()) {
+            Some(c) => {
+                arrow::compute::cast_with_options(c, f.data_type(), &options).map_err(|e| {
+                    bad(format!(
+                        "column \"{}\" cannot be read as {}: {e}",
+                        f.name(),
+                        f.data_type()
+                    ))
+                })?
+            }
+            None if f.is_nullable() => {
+                arrow::array::new_null_array(f.data_type(), batch.num_rows())
+            }
+            None if f.data_type() == &DataType::UInt64 => {
+                Arc::new(UInt64Array::from(vec![0; batch.num_rows()]))
+            }
+            None if f.data_type() == &DataType::Boolean => {
+                Arc::new(BooleanArray::from(vec![false; batch.num_rows()]))
+            }
+            None => return Err(bad(format!("it has no column \"{}\"", f.name()))),
+        };
+        if !f.is_nullable() && column.null_count() > 0 {
+            return Err(bad(format!("column \"{}\" holds NULLs", f.name())));
+        }
+        columns.push(column);
+    }
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| bad(e.to_string()))
+}
+
+fn decode_runs(batch: &RecordBatch, rel: &str) -> Result<Vec<RunRecord>, StateError> {
+    let batch = conform(batch, &runs_schema(), rel)?;
+    let s = |i: usize| batch.column(i).as_string::<i32>();
+    let u = |i: usize| {
         batch
-            .column_by_name(name)
-            .map(|c| c.as_string::<i32>().clone())
+            .column(i)
+            .as_primitive::<arrow::datatypes::UInt64Type>()
     };
-    let u = |name: &str| {
+    let ts = |i: usize| {
         batch
-            .column_by_name(name)
-            .map(|c| c.as_primitive::<arrow::datatypes::UInt64Type>().clone())
+            .column(i)
+            .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
     };
-    let ts = |name: &str| {
-        batch.column_by_name(name).map(|c| {
-            c.as_primitive::<arrow::datatypes::TimestampMillisecondType>()
-                .clone()
-        })
-    };
-    let (Some(run_id), Some(sync), Some(status), Some(started), Some(finished)) = (
-        s("run_id"),
-        s("sync"),
-        s("status"),
-        ts("started_at"),
-        ts("finished_at"),
-    ) else {
-        return Vec::new();
-    };
-    let get = |name: &str, r: usize| u(name).map(|c| c.value(r)).unwrap_or(0);
-    let error = s("error");
     let version = batch
-        .column_by_name("state_version")
-        .map(|c| c.as_primitive::<arrow::datatypes::Int64Type>().clone());
-    let full = batch
-        .column_by_name("full_resync")
-        .map(|c| c.as_boolean().clone());
-    (0..batch.num_rows())
+        .column(15)
+        .as_primitive::<arrow::datatypes::Int64Type>();
+    let full = batch.column(5).as_boolean();
+    Ok((0..batch.num_rows())
         .map(|r| RunRecord {
-            run_id: run_id.value(r).to_string(),
-            sync: sync.value(r).to_string(),
-            status: if status.value(r) == "succeeded" {
-                RunStatus::Succeeded
-            } else {
-                RunStatus::Failed
-            },
-            started_at_ms: started.value(r),
-            finished_at_ms: finished.value(r),
-            full_resync: full.as_ref().is_some_and(|f| f.value(r)),
+            run_id: s(0).value(r).to_string(),
+            sync: s(1).value(r).to_string(),
+            status: RunStatus::parse(s(2).value(r)),
+            started_at_ms: ts(3).value(r),
+            finished_at_ms: ts(4).value(r),
+            full_resync: full.value(r),
             counts: RunCounts {
-                read: get("read", r),
-                invalid: get("invalid", r),
-                created: get("created", r),
-                updated: get("updated", r),
-                deleted: get("deleted", r),
-                unchanged: get("unchanged", r),
-                rejected: get("rejected", r),
-                skipped: get("skipped", r),
-                // Absent from history written before HTTP destinations: 0.
-                retries: get("retries", r),
+                read: u(6).value(r),
+                invalid: u(7).value(r),
+                created: u(8).value(r),
+                updated: u(9).value(r),
+                deleted: u(10).value(r),
+                unchanged: u(11).value(r),
+                rejected: u(12).value(r),
+                skipped: u(13).value(r),
+                retries: u(14).value(r),
             },
-            state_version: version
-                .as_ref()
-                .filter(|v| !v.is_null(r))
-                .map(|v| v.value(r) as u64),
-            error: error
-                .as_ref()
-                .filter(|e| !e.is_null(r))
-                .map(|e| e.value(r).to_string()),
+            state_version: (!version.is_null(r)).then(|| version.value(r) as u64),
+            error: (!s(16).is_null(r)).then(|| s(16).value(r).to_string()),
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]

@@ -285,7 +285,7 @@ pub async fn run(
     let record = RunRecord {
         run_id: run_id.clone(),
         sync: history_name(name),
-        status,
+        status: status.clone(),
         started_at_ms: started,
         finished_at_ms: finished,
         full_resync: options.full_resync,

@@ -379,7 +379,7 @@ pub async fn run(
     let record = RunRecord {
         run_id: sync.run_id.clone(),
         sync: name.to_string(),
-        status,
+        status: status.clone(),
         started_at_ms: started,
         finished_at_ms: finished,
         full_resync: options.full_resync,

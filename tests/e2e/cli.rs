@@ -119,3 +119,129 @@ fn the_bundled_example_runs_end_to_end() {
     assert_eq!(code, 0);
     assert!(out.contains("created 0  updated 0  deleted 0"), "{out}");
 }
+
+/// History is open Parquet: a runs file another writer rewrote (microsecond timestamps, signed
+/// counts, large strings, columns in another order, an extra column, a status backflow does not
+/// know) reads like one backflow wrote, the status shown as it is; a damaged one is an error
+/// naming the file, never a panic.
+#[test]
+fn history_reads_runs_files_other_writers_rewrote() {
+    use arrow::array::{
+        ArrayRef, AsArray, Int64Array, LargeStringArray, RecordBatch, TimestampMicrosecondArray,
+    };
+    use std::sync::Arc;
+
+    let f = people_fixture("upsert", "", "id,email,name,plan\n1,a@x.io,Ada,pro\n");
+    let (code, _, err) = f.cli(&["run"]);
+    assert_eq!(code, 0, "{err}");
+    let dir = f.path().join(".backflow/history/people_sync/runs");
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let bytes = bytes::Bytes::from(std::fs::read(&file).unwrap());
+    let original = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let started_ms = original
+        .column_by_name("started_at")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+        .value(0);
+
+    let large = |v: &str| Arc::new(LargeStringArray::from(vec![v])) as ArrayRef;
+    let micros = |ms: i64| {
+        Arc::new(TimestampMicrosecondArray::from(vec![ms * 1000]).with_timezone("UTC")) as ArrayRef
+    };
+    let run_id = original
+        .column_by_name("run_id")
+        .unwrap()
+        .as_string::<i32>()
+        .value(0);
+    let foreign = RecordBatch::try_from_iter([
+        ("note", large("rewritten by another tool")),
+        ("created", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+        ("status", large("cancelled")),
+        ("finished_at", micros(started_ms + 5)),
+        ("started_at", micros(started_ms)),
+        ("sync", large("people_sync")),
+        ("run_id", large(run_id)),
+        ("read", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+    ])
+    .unwrap();
+    let mut out = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, foreign.schema(), None).unwrap();
+    w.write(&foreign).unwrap();
+    w.close().unwrap();
+    std::fs::write(&file, out).unwrap();
+
+    let (code, out, err) = f.cli(&["history", "people_sync", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let h: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(h["status"], "cancelled", "{h}");
+    assert_eq!(h["created"], 1);
+    assert_eq!(h["started_at_ms"], started_ms, "{h}");
+    assert_eq!(h["finished_at_ms"], started_ms + 5, "{h}");
+    let (code, out, _) = f.cli(&["history", "people_sync"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("cancelled"), "{out}");
+
+    // A negative count cannot be one: an error naming the file and the column.
+    let negative = RecordBatch::try_from_iter([
+        ("run_id", large(run_id)),
+        ("sync", large("people_sync")),
+        ("status", large("succeeded")),
+        ("started_at", micros(started_ms)),
+        ("finished_at", micros(started_ms)),
+        ("created", Arc::new(Int64Array::from(vec![-1])) as ArrayRef),
+    ])
+    .unwrap();
+    let mut out = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, negative.schema(), None).unwrap();
+    w.write(&negative).unwrap();
+    w.close().unwrap();
+    std::fs::write(&file, out).unwrap();
+    let (code, _, err) = f.cli(&["history", "people_sync"]);
+    assert_ne!(code, 101, "{err}");
+    assert_ne!(code, 0);
+    let name = file.file_name().unwrap().to_string_lossy().to_string();
+    assert!(err.contains(&name) && err.contains("created"), "{err}");
+
+    // Not Parquet at all.
+    std::fs::write(&file, b"not parquet").unwrap();
+    let (code, _, err) = f.cli(&["history", "people_sync"]);
+    assert_ne!(code, 101, "{err}");
+    assert!(err.contains(&name), "{err}");
+}
+
+/// `backflow run | head -1`: stdout closes after the first line; every sync still runs and
+/// commits, and the exit code is the run's.
+#[test]
+fn a_closed_stdout_never_stops_a_run() {
+    let f = people_fixture(
+        "mirror",
+        "\n[syncs.second]\nfrom = \"people\"\nto = \"app\"\nobject = \"people2\"\nbehavior = \"mirror\"\nkey = \"id\"\n",
+        "id,email,name,plan\n1,a@x.io,Ada,pro\n2,b@x.io,Bob,free\n",
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backflow"))
+        .args(["run", "--project"])
+        .arg(f.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reading end goes away before backflow prints anything.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(f.sqlite("out/app.db", "people").len(), 2);
+    assert_eq!(f.sqlite("out/app.db", "people2").len(), 2);
+}
