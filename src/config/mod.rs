@@ -430,6 +430,57 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
             }
         }
     }
+    problems.extend(shared_objects(config, text));
+    problems
+}
+
+/// Syncs (write-backs included) that write the same destination object. Each keeps its own
+/// record of what the object holds, so where two act on the same records one's writes are
+/// invisible to the other's diff (a row goes missing while a sync reports it unchanged). They may
+/// share an object only when what they do cannot meet: one creates and the other only updates
+/// (a create-only seed beside an update-only write-back), or deletes; append-only logs beside
+/// each other; delete lists beside each other. A mirror owns its object, and so does an
+/// append-only log among other syncs.
+fn shared_objects(config: &ProjectConfig, text: &ConfigText) -> Vec<String> {
+    use std::collections::BTreeMap;
+    const CREATE: u8 = 1;
+    const UPDATE: u8 = 2;
+    const DELETE: u8 = 4;
+    const ALL: u8 = 8 | CREATE | UPDATE | DELETE;
+    let acts = |b: Behavior| match b {
+        Behavior::Upsert => CREATE | UPDATE,
+        Behavior::UpdateOnly => UPDATE,
+        Behavior::CreateOnly => CREATE,
+        Behavior::Delete => DELETE,
+        Behavior::Mirror | Behavior::AppendOnly => ALL,
+    };
+    let meet = |a: Behavior, b: Behavior| {
+        let same_kind = a == b && matches!(a, Behavior::AppendOnly | Behavior::Delete);
+        !same_kind && acts(a) & acts(b) != 0
+    };
+    let writebacks = entity::writeback_syncs(config);
+    let mut by_object: BTreeMap<(&str, &str), Vec<(&str, Behavior)>> = BTreeMap::new();
+    for (name, sync) in config.syncs.iter().chain(writebacks.iter()) {
+        by_object
+            .entry((sync.to.as_str(), sync.object.as_str()))
+            .or_default()
+            .push((name.as_str(), sync.behavior));
+    }
+    let mut problems = Vec::new();
+    for ((to, object), syncs) in by_object {
+        for (i, (a, ab)) in syncs.iter().enumerate() {
+            for (b, bb) in &syncs[i + 1..] {
+                if !meet(*ab, *bb) {
+                    continue;
+                }
+                let at = text.locate("syncs", b);
+                problems.push(format!(
+                    "{at}: syncs \"{a}\" ({ab}) and \"{b}\" ({bb}) both write {to}/{object}: each keeps its own record of what the object holds, so they would undo each other's writes unseen; \
+                     give each its own object, or merge them into one sync (syncs may share an object only when one creates and the other only updates or deletes, or when all are append-only, or all delete)"
+                ));
+            }
+        }
+    }
     problems
 }
 
@@ -548,5 +599,44 @@ fields = { auto = true }
         let sync = &config.syncs["paying_to_app"];
         assert_eq!(sync.key.destination(), "Email");
         assert_eq!(sync.behavior, Behavior::UpdateOnly);
+    }
+
+    #[test]
+    fn syncs_that_would_fight_over_one_object_are_refused() {
+        let with = |first: &str, second: &str| {
+            let t = EXAMPLE.replace("behavior = \"mirror\"", &format!("behavior = \"{first}\""))
+                + &format!(
+                    "\n[syncs.second]\nfrom = \"people\"\nto = \"app\"\nobject = \"customers\"\nbehavior = \"{second}\"\nkey = \"email\"\n"
+                );
+            let config = ProjectConfig::parse(&t, Path::new("backflow.toml")).unwrap();
+            validate(&config, &["customers".to_string()], &text(&t))
+        };
+        for (a, b) in [
+            ("mirror", "upsert"),
+            ("upsert", "upsert"),
+            ("upsert", "create-only"),
+            ("upsert", "update-only"),
+            ("mirror", "delete"),
+            ("mirror", "update-only"),
+            ("append-only", "upsert"),
+        ] {
+            let problems = with(a, b);
+            assert_eq!(problems.len(), 1, "{a} + {b}: {problems:?}");
+            assert!(
+                problems[0].contains("app/customers")
+                    && problems[0].contains("\"paying_to_app\"")
+                    && problems[0].contains("\"second\"")
+                    && problems[0].contains("line 22"),
+                "{}",
+                problems[0]
+            );
+        }
+        for (a, b) in [
+            ("upsert", "delete"),
+            ("append-only", "append-only"),
+            ("delete", "delete"),
+        ] {
+            assert!(with(a, b).is_empty(), "{a} + {b}: {:?}", with(a, b));
+        }
     }
 }

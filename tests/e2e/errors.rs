@@ -302,3 +302,33 @@ async fn changing_the_cursor_column_or_the_destination_is_noticed() {
     );
     assert!(!f.path().join("elsewhere").exists());
 }
+
+/// Two syncs writing one table would fight (each diffs against its own state, so a row the
+/// other removed stays missing while this one reports it unchanged): `check` and `run` refuse
+/// the project, naming both, before anything is written.
+#[test]
+fn two_syncs_writing_one_object_are_refused_before_anything_runs() {
+    let f = people_fixture(
+        "mirror",
+        "\n[syncs.copy]\nfrom = \"people\"\nto = \"app\"\nobject = \"people\"\nbehavior = \"upsert\"\nkey = \"id\"\n",
+        "id,email,name,plan\n1,a@x.io,Ada,pro\n",
+    );
+    for command in ["check", "run"] {
+        let (code, _, err) = f.cli(&[command]);
+        assert_eq!(code, 2, "{command}: {err}");
+        assert!(
+            err.contains("\"people_sync\" (mirror) and \"copy\" (upsert) both write app/people"),
+            "{command}: {err}"
+        );
+    }
+    assert!(!f.path().join("out/app.db").exists());
+    // A delete sync beside an upsert cannot overlap: accepted.
+    f.write(
+        "backflow.toml",
+        &std::fs::read_to_string(f.path().join("backflow.toml"))
+            .unwrap()
+            .replace("behavior = \"mirror\"", "behavior = \"delete\""),
+    );
+    let (code, out, err) = f.cli(&["check"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
