@@ -9,6 +9,14 @@ macro_rules! out {
     }};
 }
 
+/// A line to stderr (errors, in text mode): never a panic when stderr is closed either.
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -153,14 +161,14 @@ pub fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            err!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(execute(cli)) {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("error: {message}");
+            err!("error: {message}");
             ExitCode::from(2)
         }
     }
@@ -177,6 +185,8 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in a log file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
@@ -208,7 +218,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
                         Ok(plan) => out!("physical plan of {name}:\n{plan}"),
                         Err(e) => {
                             ok = false;
-                            eprintln!("{e}");
+                            err!("{e}");
                         }
                     }
                 }
@@ -421,7 +431,7 @@ fn print_run(r: &SyncReport, json: bool) {
         );
     }
     if let Some(e) = &r.error {
-        out!("    error: {e}");
+        err!("    error: {e}");
     }
 }
 
@@ -477,7 +487,7 @@ fn print_hub_run(r: &crate::hub::HubReport, json: bool) {
         );
     }
     if let Some(e) = &r.error {
-        out!("    error: {e}");
+        err!("    error: {e}");
     }
 }
 
@@ -665,7 +675,7 @@ fn print_plan(r: &PlanReport, json: bool) {
         );
     }
     if let Some(e) = &r.error {
-        out!("    error: {e}");
+        err!("    error: {e}");
     }
 }
 

@@ -245,3 +245,33 @@ fn a_closed_stdout_never_stops_a_run() {
     assert_eq!(f.sqlite("out/app.db", "people").len(), 2);
     assert_eq!(f.sqlite("out/app.db", "people2").len(), 2);
 }
+
+/// In text mode a failed sync's line goes to stdout and its error to stderr; logs written to a
+/// pipe or a file carry no colour codes.
+#[test]
+fn errors_go_to_stderr_and_logs_to_a_pipe_have_no_colour_codes() {
+    let f = people_fixture(
+        "mirror",
+        "fields = { auto = false, computed = { name = \"no_such_column\" } }\n\n[syncs.good]\nfrom = \"people\"\nto = \"app\"\nobject = \"good\"\nbehavior = \"mirror\"\nkey = \"id\"\n",
+        "id,email,name,plan\n1,a@x.io,Ada,pro\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_backflow"))
+        .args(["run", "--project"])
+        .arg(f.path())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("✗ people_sync"), "{stdout}");
+    assert!(!stdout.contains("no_such_column"), "{stdout}");
+    assert!(
+        stderr.contains("error:") && stderr.contains("no_such_column"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("INFO"), "no log lines: {stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}

@@ -146,7 +146,8 @@ fn missing_key_column_is_reported_before_anything_is_written() {
         &text.replace("key = \"id\"", "key = \"idd\""),
     );
     f.write("people.csv", PEOPLE);
-    let (code, out, _) = f.cli(&["run"]);
+    // A failed sync's error is on stderr.
+    let (code, _, out) = f.cli(&["run"]);
     assert_eq!(code, 1);
     assert!(
         out.contains("key column \"idd\"") && out.contains("did you mean \"id\""),
@@ -168,7 +169,8 @@ fn mapping_an_unknown_column_is_reported() {
         "fields = { rename = { nam = \"full_name\" }, computed = { x = \"no_col + 1\" } }",
     );
     f.write("people.csv", PEOPLE);
-    let (code, out, _) = f.cli(&["run"]);
+    // A failed sync's error is on stderr.
+    let (code, _, out) = f.cli(&["run"]);
     assert_eq!(code, 1);
     assert!(
         out.contains("\"nam\"") && out.contains("did you mean \"name\""),
@@ -182,7 +184,8 @@ fn mapping_an_unknown_column_is_reported() {
 fn unwritable_destination_fails_and_keeps_state() {
     let f = people_fixture("mirror", "", PEOPLE);
     f.write("out", "a file where a folder should be");
-    let (code, out, _) = f.cli(&["run"]);
+    // A failed sync's error is on stderr.
+    let (code, _, out) = f.cli(&["run"]);
     assert_eq!(code, 1);
     assert!(
         out.contains("destination \"app\"") && out.contains("cannot write"),
@@ -231,7 +234,8 @@ async fn a_second_run_of_the_same_sync_fails_fast() {
     let f = people_fixture("mirror", "", PEOPLE);
     let project = f.load().unwrap();
     let _held = project.state.lock("people_sync").unwrap();
-    let (code, out, _) = f.cli(&["run"]);
+    // A failed sync's error is on stderr.
+    let (code, _, out) = f.cli(&["run"]);
     assert_eq!(code, 1);
     assert!(out.contains("already running"), "{out}");
     assert_untouched(&f);

@@ -438,7 +438,7 @@ async fn refused_credentials_stop_the_run_and_never_show_the_token() {
     f.write("people.csv", &people_csv(1..=30, "v1", |_| false));
     let (code, out, err) = f.cli(&["run"]);
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains("refused the credentials"), "{out}{err}");
+    assert!(err.contains("refused the credentials"), "{out}{err}");
     let (_, history, _) = f.cli(&["history", "--samples", "--json"]);
     let canary = std::env::var("BACKFLOW_TEST_API_BAD_TOKEN").unwrap();
     for text in [&out, &err, &history] {
