@@ -204,6 +204,20 @@ impl FileSource {
             delimiter: c.delimiter as u8,
         };
         let files = quarantine::files(path, display);
+        // Not one byte (not even a header line): the file says nothing about its columns, and
+        // reading it as a table with no rows would have a mirror delete everything.
+        let empty = |f: &PathBuf| std::fs::metadata(f).is_ok_and(|m| m.len() == 0);
+        if let Some(first) = files.first()
+            && files.iter().all(empty)
+        {
+            return Err(SourceError::Other {
+                name: name.to_string(),
+                reason: format!(
+                    "{}: the file is empty (0 bytes, not even a header line) — nothing was read; a CSV with no rows still needs its header",
+                    first.display()
+                ),
+            });
+        }
         let mut bad = Vec::new();
         for file in &files {
             let first = registration.quarantine.rows.len();

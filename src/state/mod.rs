@@ -175,6 +175,15 @@ impl StateStore {
         p
     }
 
+    /// How messages show an object path: the absolute local path (leading `/` included, so that
+    /// it can be pasted into a shell), or the object's URL.
+    pub fn shown(&self, path: &ObjectPath) -> String {
+        match &self.location.local {
+            Some(_) => format!("/{path}"),
+            None => format!("{}{path}", self.location.store_url()),
+        }
+    }
+
     /// A URL (or absolute local path) DataFusion can read `rel` from.
     pub fn table_url(&self, rel: &str) -> String {
         match &self.location.local {
@@ -198,7 +207,7 @@ impl StateStore {
         path: &ObjectPath,
     ) -> impl FnOnce(object_store::Error) -> StateError {
         let location = self.location.display.clone();
-        let path = path.to_string();
+        let path = self.shown(path);
         move |source| StateError::Io {
             location,
             op,
@@ -354,7 +363,7 @@ impl StateStore {
             Some(reason) => Err(StateError::Unreadable {
                 owner: chain.owner.clone(),
                 reason,
-                manifests: self.manifests_dir(chain).to_string(),
+                manifests: self.shown(&self.manifests_dir(chain)),
             }),
         }
     }
@@ -364,12 +373,13 @@ impl StateStore {
     async fn intact<M: Versioned>(&self, chain: &Chain, version: u64) -> Result<M> {
         let path = self.path(&Self::manifest_rel(chain, version));
         let bytes = self.read_manifest(chain, version).await?;
+        let shown = self.shown(&path);
         let corrupt = |reason: String| StateError::Corrupt {
             owner: chain.owner.clone(),
-            path: path.to_string(),
+            path: shown.clone(),
             reason,
         };
-        let mut manifest: M = decode(&bytes, version, &chain.owner, path.as_ref())?;
+        let mut manifest: M = decode(&bytes, version, &chain.owner, &shown)?;
         for (file, expected) in manifest.files_mut() {
             let Some(expected) = *expected else { continue };
             let file = self.path(file);
@@ -551,7 +561,7 @@ impl StateStore {
         manifest.set_checksum(Some(checksum));
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| StateError::Corrupt {
             owner: chain.owner.clone(),
-            path: path.to_string(),
+            path: self.shown(&path),
             reason: format!("cannot encode manifest: {e} (this is a bug in backflow)"),
         })?;
         let len = json.len() as u64;
@@ -671,11 +681,8 @@ impl StateStore {
 
     /// Names (relative to `rel`) of the objects directly under `rel`, sorted.
     pub async fn list_files(&self, rel: &str) -> Result<Vec<String>> {
-        let dir = self.path(rel);
-        let listing = match self.store.list_with_delimiter(Some(&dir)).await {
-            Ok(l) => l,
-            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
-            Err(e) => return Err(self.io("list", &dir)(e)),
+        let Some(listing) = self.listing(rel).await? else {
+            return Ok(Vec::new());
         };
         let mut names: Vec<String> = listing
             .objects
@@ -686,13 +693,20 @@ impl StateStore {
         Ok(names)
     }
 
+    /// What is directly under `rel` (None when there is nothing, not even the folder).
+    async fn listing(&self, rel: &str) -> Result<Option<object_store::ListResult>> {
+        let dir = self.path(rel);
+        match self.store.list_with_delimiter(Some(&dir)).await {
+            Ok(l) => Ok(Some(l)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.io("list", &dir)(e)),
+        }
+    }
+
     /// Names of the folders directly under `rel`, sorted.
     pub async fn list_dirs(&self, rel: &str) -> Result<Vec<String>> {
-        let dir = self.path(rel);
-        let listing = match self.store.list_with_delimiter(Some(&dir)).await {
-            Ok(l) => l,
-            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
-            Err(e) => return Err(self.io("list", &dir)(e)),
+        let Some(listing) = self.listing(rel).await? else {
+            return Ok(Vec::new());
         };
         let mut names: Vec<String> = listing
             .common_prefixes
@@ -885,6 +899,13 @@ mod tests {
         std::fs::write(&manifest1, "{").unwrap();
         let err = store.latest("s").await.unwrap_err();
         assert!(matches!(err, StateError::Unreadable { .. }), "{err}");
+        // The advice names the folder as a path that can be pasted: absolute, leading `/`.
+        let folder = root.join("syncs/s/_manifests");
+        assert!(
+            err.to_string()
+                .contains(&format!("move {} aside", folder.display())),
+            "{err}"
+        );
     }
 
     #[tokio::test]

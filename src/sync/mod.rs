@@ -173,7 +173,7 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
             sync: name.to_string(),
             problems: vec![format!("unknown destination \"{}\"", config.to)],
         })?;
-    let fingerprint = destination.fingerprint(&config.object);
+    let fingerprint = state::portable(&destination.fingerprint(&config.object), &project.dir);
     let previous = state::fits(sync, previous, &fingerprint)?;
 
     // A changed mapping re-sends every row once, so a cursor sync reads the whole model once.

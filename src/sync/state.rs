@@ -27,6 +27,28 @@ const DELTAS_SQL: &str = include_str!("../../sql/state_with_deltas.sql");
 /// `sent.parquet` and deltas: whether the key stays in state (false: it left it).
 pub(crate) const KEEP: &str = "__bf_keep";
 
+/// A destination's fingerprint with the project's own folder written as `<project>/`: what
+/// the state records, so that it stays valid when the project moves (a re-clone, a renamed
+/// folder). A place outside the project stays absolute: moving the project does not move it.
+/// (A fingerprint stored before this was done is absolute; it is read the same way, so a
+/// project that has not moved keeps its state.)
+pub(super) fn portable(fingerprint: &str, project_dir: &std::path::Path) -> String {
+    let mut out = fingerprint.to_string();
+    let plain = format!(
+        "{}/",
+        project_dir.display().to_string().trim_end_matches('/')
+    );
+    if plain != "/" {
+        out = out.replace(&plain, "<project>/");
+    }
+    if let Ok(url) = url::Url::from_directory_path(project_dir)
+        && url.path() != "/"
+    {
+        out = out.replace(url.path(), "<project>/");
+    }
+    out
+}
+
 /// Whether the stored state still describes this sync: the same destination object (and what
 /// the destination resolves to), cursor column and key. When it does not, a full resync
 /// discards it (None); any other run stops with what changed.
@@ -46,7 +68,7 @@ pub(super) fn fits(
             config.to, config.object, prev.destination, prev.object
         ));
     } else if let Some(stored) = &prev.destination_fingerprint
-        && stored != fingerprint
+        && portable(stored, &sync.project.dir) != fingerprint
     {
         changed.push(format!(
             "destination \"{}\" now means {fingerprint} but the state was written for {stored}",
@@ -454,4 +476,31 @@ pub fn state_schema(key_type: &DataType) -> SchemaRef {
         Field::new(KEY, key_type.clone(), true),
         Field::new(HASH, DataType::UInt64, true),
     ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::portable;
+    use std::path::Path;
+
+    #[test]
+    fn fingerprints_inside_the_project_do_not_name_its_folder() {
+        let dir = Path::new("/srv/my project");
+        assert_eq!(
+            portable("sqlite:/srv/my project/out/app.db:customers", dir),
+            "sqlite:<project>/out/app.db:customers"
+        );
+        assert_eq!(
+            portable("file:csv:file:///srv/my%20project/out/a.csv", dir),
+            "file:csv:file://<project>/out/a.csv"
+        );
+        // Outside the project, or a folder whose name only starts the same: unchanged.
+        for outside in [
+            "sqlite:/var/db/app.db:customers",
+            "sqlite:/srv/my project-2/app.db:customers",
+            "postgres:db.internal:5432/app:public.customers",
+        ] {
+            assert_eq!(portable(outside, dir), outside);
+        }
+    }
 }

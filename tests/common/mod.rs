@@ -89,14 +89,16 @@ impl Fixture {
         out
     }
 
+    /// The CLI binary with `args` and `--project` set to this project.
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_backflow"));
+        c.args(args).arg("--project").arg(self.path());
+        c
+    }
+
     /// Run the CLI binary; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_backflow"))
-            .args(args)
-            .arg("--project")
-            .arg(self.path())
-            .output()
-            .expect("run backflow");
+        let out = self.command(args).output().expect("run backflow");
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),

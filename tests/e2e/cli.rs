@@ -175,11 +175,14 @@ fn history_reads_runs_files_other_writers_rewrote() {
         ("read", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
     ])
     .unwrap();
-    let mut out = Vec::new();
-    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, foreign.schema(), None).unwrap();
-    w.write(&foreign).unwrap();
-    w.close().unwrap();
-    std::fs::write(&file, out).unwrap();
+    let write = |batch: &RecordBatch| {
+        let mut out = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
+        w.write(batch).unwrap();
+        w.close().unwrap();
+        std::fs::write(&file, out).unwrap();
+    };
+    write(&foreign);
 
     let (code, out, err) = f.cli(&["history", "people_sync", "--json"]);
     assert_eq!(code, 0, "{err}");
@@ -202,11 +205,7 @@ fn history_reads_runs_files_other_writers_rewrote() {
         ("created", Arc::new(Int64Array::from(vec![-1])) as ArrayRef),
     ])
     .unwrap();
-    let mut out = Vec::new();
-    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, negative.schema(), None).unwrap();
-    w.write(&negative).unwrap();
-    w.close().unwrap();
-    std::fs::write(&file, out).unwrap();
+    write(&negative);
     let (code, _, err) = f.cli(&["history", "people_sync"]);
     assert_ne!(code, 101, "{err}");
     assert_ne!(code, 0);
@@ -229,9 +228,8 @@ fn a_closed_stdout_never_stops_a_run() {
         "\n[syncs.second]\nfrom = \"people\"\nto = \"app\"\nobject = \"people2\"\nbehavior = \"mirror\"\nkey = \"id\"\n",
         "id,email,name,plan\n1,a@x.io,Ada,pro\n2,b@x.io,Bob,free\n",
     );
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backflow"))
-        .args(["run", "--project"])
-        .arg(f.path())
+    let mut child = f
+        .command(&["run"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -255,9 +253,8 @@ fn errors_go_to_stderr_and_logs_to_a_pipe_have_no_colour_codes() {
         "fields = { auto = false, computed = { name = \"no_such_column\" } }\n\n[syncs.good]\nfrom = \"people\"\nto = \"app\"\nobject = \"good\"\nbehavior = \"mirror\"\nkey = \"id\"\n",
         "id,email,name,plan\n1,a@x.io,Ada,pro\n",
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_backflow"))
-        .args(["run", "--project"])
-        .arg(f.path())
+    let out = f
+        .command(&["run"])
         .env("RUST_LOG", "info")
         .output()
         .unwrap();
@@ -274,4 +271,48 @@ fn errors_go_to_stderr_and_logs_to_a_pipe_have_no_colour_codes() {
     );
     assert!(stderr.contains("INFO"), "no log lines: {stderr}");
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}
+
+/// A project that moves (a re-clone, a renamed folder) keeps its state: the destinations inside
+/// it are recorded relative to it, so the next run sends nothing, and a mirror still deletes
+/// what left the model.
+#[test]
+fn a_project_that_moves_keeps_its_state() {
+    let f = people_fixture(
+        "mirror",
+        "\n[destinations.files]\ntype = \"file\"\npath = \"exports\"\nformat = \"csv\"\n\n[syncs.to_file]\nfrom = \"people\"\nto = \"files\"\nobject = \"people\"\nbehavior = \"mirror\"\nkey = \"id\"\n",
+        "id,email,name,plan\n1,a@x.io,Ada,pro\n2,b@x.io,Bob,free\n",
+    );
+    let (code, out, err) = f.cli(&["run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let parent = tempfile::tempdir().unwrap();
+    let moved = parent.path().join("renamed project");
+    std::fs::rename(f.path(), &moved).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_backflow"))
+            .args(args)
+            .arg("--project")
+            .arg(&moved)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let (code, text) = run(&["run"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(text.matches("unchanged 2").count(), 2, "{text}");
+    std::fs::write(
+        moved.join("people.csv"),
+        "id,email,name,plan\n1,a@x.io,Ada,pro\n",
+    )
+    .unwrap();
+    let (code, text) = run(&["run"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(text.matches("deleted 1").count(), 2, "{text}");
+    assert_eq!(sqlite_rows(&moved.join("out/app.db"), "people").len(), 1);
+    let csv = std::fs::read_to_string(moved.join("exports/people.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    // Put it back for the fixture's clean-up.
+    std::fs::rename(&moved, f.path()).unwrap();
 }

@@ -213,9 +213,8 @@ async fn sigkill_at_random_moments_loses_nothing() {
             csv.push_str(&format!("{k},e{k},v{v},p\n"));
         }
         f.write("people.csv", &csv);
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backflow"))
-            .args(["run", "--project"])
-            .arg(f.path())
+        let mut child = f
+            .command(&["run"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -336,3 +336,21 @@ fn two_syncs_writing_one_object_are_refused_before_anything_runs() {
     let (code, out, err) = f.cli(&["check"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// A 0-byte CSV (an export that died before its header) is named as empty, and a mirror over
+/// it deletes nothing: the run fails before anything is read or sent.
+#[test]
+fn a_zero_byte_csv_is_named_as_empty_and_deletes_nothing() {
+    let f = people_fixture("mirror", "", "id,email,name,plan\n1,a@x.io,Ada,pro\n");
+    let (code, _, err) = f.cli(&["run"]);
+    assert_eq!(code, 0, "{err}");
+    f.write("people.csv", "");
+    let (code, out, err) = f.cli(&["run"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("people.csv: the file is empty (0 bytes"),
+        "{out}{err}"
+    );
+    assert!(!err.contains("No field named"), "{err}");
+    assert_eq!(f.sqlite("out/app.db", "people").len(), 1);
+}

@@ -519,9 +519,8 @@ async fn killed_runs_resume_without_duplicates() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backflow"))
-            .args(["run", "--project"])
-            .arg(f.path())
+        let mut child = f
+            .command(&["run"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
