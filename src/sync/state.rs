@@ -33,19 +33,34 @@ pub(crate) const KEEP: &str = "__bf_keep";
 /// (A fingerprint stored before this was done is absolute; it is read the same way, so a
 /// project that has not moved keeps its state.)
 pub(super) fn portable(fingerprint: &str, project_dir: &std::path::Path) -> String {
-    let mut out = fingerprint.to_string();
     let plain = format!(
         "{}/",
         project_dir.display().to_string().trim_end_matches('/')
     );
-    if plain != "/" {
-        out = out.replace(&plain, "<project>/");
+    let mut out = anchored_replace(fingerprint, &plain);
+    if let Ok(url) = url::Url::from_directory_path(project_dir) {
+        out = anchored_replace(&out, url.path());
     }
-    if let Ok(url) = url::Url::from_directory_path(project_dir)
-        && url.path() != "/"
-    {
-        out = out.replace(url.path(), "<project>/");
+    out
+}
+
+/// `text` with each `dir` that starts a path (right after `:` or a URL's `//`) written as
+/// `<project>/`; the same characters in the middle of another path are left alone.
+fn anchored_replace(text: &str, dir: &str) -> String {
+    if dir == "/" || dir.is_empty() {
+        return text.to_string();
     }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    for (at, _) in text.match_indices(dir) {
+        let before = &text[..at];
+        if at >= rest && (before.ends_with(':') || before.ends_with("//")) {
+            out.push_str(&text[rest..at]);
+            out.push_str("<project>/");
+            rest = at + dir.len();
+        }
+    }
+    out.push_str(&text[rest..]);
     out
 }
 
@@ -498,6 +513,8 @@ mod tests {
         for outside in [
             "sqlite:/var/db/app.db:customers",
             "sqlite:/srv/my project-2/app.db:customers",
+            // The project's path in the middle of another path is not the project.
+            "sqlite:/backup/srv/my project/app.db:customers",
             "postgres:db.internal:5432/app:public.customers",
         ] {
             assert_eq!(portable(outside, dir), outside);
