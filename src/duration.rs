@@ -9,10 +9,6 @@ pub fn parse(text: &str) -> Option<Duration> {
     humantime::parse_duration(text.trim()).ok()
 }
 
-/// How a duration setting must be written, for messages.
-pub const EXPECTED: &str =
-    "a duration such as \"500ms\", \"30s\", \"15m\", \"2h\", \"1d\" or \"1h 30m\"";
-
 #[cfg(test)]
 mod tests {
     use super::*;
