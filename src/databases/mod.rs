@@ -45,6 +45,31 @@ pub fn validate_url_env(var: &str) -> Vec<String> {
     }
 }
 
+/// How long a destination's statement waits for a lock another session holds, unless its
+/// `lock_timeout` says otherwise.
+pub const DEFAULT_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long one statement may run on a PostgreSQL destination unless its `statement_timeout`
+/// says otherwise.
+pub const DEFAULT_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
+
+/// A duration setting (`lock_timeout = "30s"`), or `default` when it is not set.
+pub fn wait_setting(value: Option<&str>, default: std::time::Duration) -> std::time::Duration {
+    value
+        .and_then(crate::duration::parse)
+        .filter(|d| !d.is_zero())
+        .unwrap_or(default)
+}
+
+/// Problems with a duration setting named `key`.
+pub fn validate_wait(key: &str, value: Option<&str>) -> Vec<String> {
+    match value {
+        Some(v) if crate::duration::parse(v).is_none_or(|d| d.is_zero()) => vec![format!(
+            "{key} = \"{v}\" is not a duration above zero (e.g. \"30s\", \"5m\")"
+        )],
+        _ => vec![],
+    }
+}
+
 /// `text` with every occurrence of each non-empty secret replaced by `***`.
 pub fn redact(text: &str, secrets: &[&str]) -> String {
     let mut out = text.to_string();

@@ -25,6 +25,8 @@ pub struct MyUrl {
     url: String,
     opts: Opts,
     sslmode: String,
+    /// The longest wait for a connection (`connect_timeout` in the URL, 15 s by default).
+    connect_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for MyUrl {
@@ -64,6 +66,7 @@ impl MyUrl {
             url = url::Url::parse(&format!("mysql://{rest}")).map_err(|e| bad(e.to_string()))?;
         }
         let mut sslmode = "preferred".to_string();
+        let mut connect_timeout = std::time::Duration::from_secs(15);
         let pairs: Vec<(String, String)> = url
             .query_pairs()
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -79,6 +82,17 @@ impl MyUrl {
                         )));
                     }
                 }
+            } else if k == "connect_timeout" {
+                connect_timeout = v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .map(std::time::Duration::from_secs)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "connect_timeout \"{v}\" is not a number of seconds above zero"
+                        ))
+                    })?;
             } else {
                 kept.push((k, v));
             }
@@ -99,6 +113,7 @@ impl MyUrl {
             url: url.to_string(),
             opts,
             sslmode,
+            connect_timeout,
         })
     }
 
@@ -140,6 +155,22 @@ impl MyUrl {
 
     /// The TLS mode that works: `preferred` falls back to plain when the server has no TLS.
     pub async fn connect(&self) -> Result<(Conn, &'static str), DatabaseError> {
+        // A server that accepts the connection and never answers the handshake would hang
+        // mysql_async for ever: the whole connect is bounded.
+        tokio::time::timeout(self.connect_timeout, self.connect_unbounded())
+            .await
+            .map_err(|_| DatabaseError::Connect {
+                var: self.var.clone(),
+                server: self.server(),
+                reason: format!(
+                    "no answer within {} (the server accepted the connection but did not complete the handshake); \
+                     set connect_timeout=SECONDS in the URL to wait longer",
+                    humantime::format_duration(self.connect_timeout)
+                ),
+            })?
+    }
+
+    async fn connect_unbounded(&self) -> Result<(Conn, &'static str), DatabaseError> {
         let fail = |reason: String| DatabaseError::Connect {
             var: self.var.clone(),
             server: self.server(),
@@ -194,7 +225,17 @@ impl MyUrl {
 pub fn message(e: &mysql_async::Error) -> String {
     match e {
         mysql_async::Error::Server(s) => {
-            format!("{} [error {}, SQLSTATE {}]", s.message, s.code, s.state)
+            let advice = match s.code {
+                1205 => {
+                    ": another session holds a lock for longer than lock_timeout; raise lock_timeout \
+                     of the destination or end that session (SHOW PROCESSLIST shows it)"
+                }
+                _ => "",
+            };
+            format!(
+                "{} [error {}, SQLSTATE {}]{advice}",
+                s.message, s.code, s.state
+            )
         }
         other => other.to_string(),
     }

@@ -149,10 +149,22 @@ impl PgUrl {
             .build()
             .map_err(|e| fail(e.to_string()))?;
         let tls = postgres_native_tls::MakeTlsConnector::new(tls);
-        let (client, connection) = self
+        // tokio-postgres bounds only the TCP connect by `connect_timeout`; a server that accepts
+        // the connection and never answers the startup or TLS handshake would hang here.
+        let wait = self
             .config
-            .connect(tls)
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(std::time::Duration::from_secs(15));
+        let (client, connection) = tokio::time::timeout(wait, self.config.connect(tls))
             .await
+            .map_err(|_| {
+                fail(format!(
+                    "no answer within {} (the server accepted the connection but did not complete the handshake); \
+                     set connect_timeout=SECONDS in the URL to wait longer",
+                    humantime::format_duration(wait)
+                ))
+            })?
             .map_err(|e| fail(message(&e)))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -219,6 +231,17 @@ pub fn message(e: &tokio_postgres::Error) -> String {
                 m.push_str(&format!(" [column {c}]"));
             }
             m.push_str(&format!(" [SQLSTATE {}]", db.code().code()));
+            match db.code().code() {
+                "55P03" => m.push_str(
+                    ": another session holds a lock on the table for longer than lock_timeout; \
+                     raise lock_timeout of the destination or end that session \
+                     (SELECT * FROM pg_locks shows it)",
+                ),
+                "57014" if db.message().contains("statement timeout") => m.push_str(
+                    ": one statement ran longer than statement_timeout; raise statement_timeout of the destination",
+                ),
+                _ => {}
+            }
             m
         }
         None => {

@@ -1,5 +1,5 @@
-//! Database sources: the tables of a PostgreSQL schema, a MySQL/MariaDB database or an SQLite
-//! file, read through datafusion-table-providers. A source named `warehouse` becomes a SQL
+//! Database sources: the tables of a PostgreSQL schema (read by [`super::postgres`]), a
+//! MySQL/MariaDB database or an SQLite file (read through datafusion-table-providers). A source named `warehouse` becomes a SQL
 //! schema: its table `customers` is `warehouse.customers` in models. Filters, projections and
 //! limits of a query reach the database as SQL (the providers unparse them), so a
 //! watermark-filtered read only fetches the rows past the watermark.
@@ -74,6 +74,8 @@ pub struct PostgresSourceConfig {
     #[serde(default = "public")]
     pub schema: String,
     pub tables: TableSelection,
+    /// The longest wait for the server's next data during a read (`"5m"` by default).
+    pub read_timeout: Option<String>,
 }
 
 /// `type = "mysql"` (MySQL or MariaDB; the database is the URL's).
@@ -101,7 +103,22 @@ impl PostgresSourceConfig {
     pub fn validate(&self) -> Vec<String> {
         let mut p = databases::validate_url_env(&self.url_env);
         p.extend(self.tables.validate());
+        if let Some(t) = &self.read_timeout
+            && crate::duration::parse(t).is_none_or(|d| d.is_zero())
+        {
+            p.push(format!(
+                "read_timeout = \"{t}\" is not a duration above zero (e.g. \"30s\", \"5m\", \"1h\")"
+            ));
+        }
         p
+    }
+
+    fn read_timeout(&self) -> std::time::Duration {
+        self.read_timeout
+            .as_deref()
+            .and_then(crate::duration::parse)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(super::postgres::DEFAULT_READ_TIMEOUT)
     }
 }
 
@@ -176,35 +193,28 @@ impl Source for DatabaseSource {
         let schema = Arc::new(MemorySchemaProvider::new());
         match &self.kind {
             Kind::Postgres(c) => {
-                use datafusion_table_providers_postgres::PostgresTableFactory;
-                use datafusion_table_providers_postgres::pool::PostgresConnectionPool;
                 let url = PgUrl::from_env(&c.url_env).map_err(db_err)?;
+                let client = url.connect().await.map_err(db_err)?;
                 let tables = match &c.tables {
                     TableSelection::List(l) => l.clone(),
                     TableSelection::All => {
-                        let client = url.connect().await.map_err(db_err)?;
                         crate::databases::postgres::list_tables(&url, &client, &c.schema)
                             .await
                             .map_err(db_err)?
                     }
                 };
-                let pool = PostgresConnectionPool::new(url.provider_params())
-                    .await
-                    .map_err(|e| {
-                        db_err(DatabaseError::Connect {
-                            var: c.url_env.clone(),
-                            server: url.server(),
-                            reason: url.redact(&e.to_string()),
-                        })
-                    })?;
-                // `jsonb` is read as its text, like `json`.
-                let pool = pool.with_unsupported_type_action(
-                    datafusion_table_providers_common::UnsupportedTypeAction::String,
-                );
-                let factory = PostgresTableFactory::new(Arc::new(pool));
                 for table in tables {
-                    let reference = TableReference::partial(c.schema.as_str(), table.as_str());
-                    let provider = factory.table_provider(reference).await;
+                    let provider = super::postgres::PostgresTable::load(
+                        &client,
+                        &url,
+                        name,
+                        &c.schema,
+                        &table,
+                        c.read_timeout(),
+                    )
+                    .await
+                    .map(|t| Arc::new(t) as Arc<dyn TableProvider>)
+                    .map_err(|e| Box::new(e) as BoxError);
                     add(&schema, name, &table, provider, |m| url.redact(m))?;
                 }
             }

@@ -3,6 +3,7 @@
 
 mod database;
 mod file;
+pub mod postgres;
 pub mod quarantine;
 
 use std::path::Path;

@@ -5,6 +5,7 @@ mod crash;
 mod errors;
 mod files;
 mod fuzz_corpus;
+mod hangs;
 mod hostile;
 mod http;
 mod hub;

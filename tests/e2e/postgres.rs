@@ -27,6 +27,17 @@ fn csv_to_pg(f: &Fixture, schema: &str, syncs: &str) {
     );
 }
 
+/// `SELECT a::text, b::text, … FROM schema.table` for `columns` = "a, b, …": values as
+/// PostgreSQL prints them, to compare a source table with its copy.
+fn as_text(schema: &str, table: &str, columns: &str) -> String {
+    let list = columns
+        .split(", ")
+        .map(|c| format!("{c}::text"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("SELECT {list} FROM {schema}.{table}")
+}
+
 fn sync(name: &str, object: &str, behavior: &str) -> String {
     format!(
         "[syncs.{name}]\nfrom = \"people\"\nto = \"pg\"\nobject = \"{object}\"\nbehavior = \"{behavior}\"\nkey = \"id\"\n"
@@ -73,8 +84,7 @@ async fn an_incompatible_table_stops_the_run_before_any_write() {
 }
 
 /// Every common PostgreSQL type, read by the source and written back by the destination,
-/// compares equal as text; a re-run sends nothing; a changed row goes out alone. (The reader
-/// holds numerics in 28 significant digits: see the README.)
+/// compares equal as text; a re-run sends nothing; a changed row goes out alone.
 #[tokio::test]
 async fn types_round_trip_through_source_and_destination() {
     let Some(pg) = db::postgres().await else {
@@ -120,16 +130,7 @@ key = "id"
     );
     let r = f.run_ok("copy").await;
     assert_eq!(r.counts.created, 2, "{r:?}");
-    let text = |t: &str| {
-        format!(
-            "SELECT {} FROM {schema}.{t}",
-            columns
-                .split(", ")
-                .map(|c| format!("{c}::text"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
+    let text = |t: &str| as_text(schema, t, columns);
     let source = pg_rows(&pg, &text("typed")).await;
     let copy = pg_rows(&pg, &text("typed_copy")).await;
     assert_eq!(copy, source);
@@ -144,6 +145,193 @@ key = "id"
         pg_rows(&pg, &text("typed_copy")).await,
         pg_rows(&pg, &text("typed")).await
     );
+}
+
+/// Values at the edges of their types arrive exactly, in a PostgreSQL destination (compared
+/// as PostgreSQL's own text) and in a Parquet file: timestamps from year 1 to 9999 (outside
+/// the nanosecond range, before 1970), 38- and 60-digit numerics, an unconstrained numeric
+/// (as its text, `NaN` included), and types with no Arrow equivalent (arrays, `inet`,
+/// `char(n)`) as PostgreSQL's text.
+#[tokio::test]
+async fn values_at_the_edges_of_their_types_arrive_exactly() {
+    let Some(pg) = db::postgres().await else {
+        return;
+    };
+    let schema = "bf_e2e_pg_edges";
+    db::pg_schema(&pg, schema).await;
+    // `char(5)` is compared apart: PostgreSQL's cast to text drops the padding the value has.
+    let columns = "id, tstz, ts, d, n38, n60, n, tm, arr, addr, big, f";
+    pg.batch_execute(&format!(
+        "CREATE TABLE {schema}.edges (
+            id integer PRIMARY KEY, tstz timestamptz, ts timestamp, d date, n38 numeric(38,10),
+            n60 numeric(60,20), n numeric, tm time, arr integer[], addr inet, ch char(5),
+            big bigint, f double precision);
+         INSERT INTO {schema}.edges VALUES
+           (1, '9999-12-31 23:59:59.999999+00', '9999-12-31 23:59:59.999999', '9999-12-31',
+            9999999999999999999999999999.9999999999,
+            1234567890123456789012345678901234567890.12345678901234567890, 123.4500,
+            '23:59:59.999999', '{{1,NULL,3}}', '10.0.0.0/8', 'ab', 9223372036854775807, 1e308),
+           (2, '0001-01-01 00:00:00+00', '1900-01-01 00:00:00', '0001-01-01',
+            -9999999999999999999999999999.9999999999, -0.00000000000000000001,
+            -0.000000000000000000000000000001, '00:00:00', '{{}}', '::1', 'abcde',
+            -9223372036854775808, -2.2250738585072014e-308),
+           (3, '1969-12-31 23:59:59.999999+00', '1969-12-31 23:59:59.999999', '1969-12-31',
+            0, 0, 'NaN', '12:00:00', NULL, NULL, '', 0, 0.1),
+           (4, '2262-04-12 00:00:00+00', '2262-04-12 00:00:00.000001', '2262-04-12',
+            0.0000000001, 1, 1e40, NULL, '{{-2147483648}}', NULL, NULL, NULL, NULL),
+           (5, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);"
+    ))
+    .await
+    .unwrap();
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        &format!(
+            r#"
+[sources.wh]
+type = "postgres"
+url_env = "BACKFLOW_TEST_POSTGRES_URL"
+schema = "{schema}"
+tables = ["edges"]
+{}
+[destinations.lake]
+type = "file"
+path = "lake"
+format = "parquet"
+
+[syncs.copy]
+from = "wh.edges"
+to = "pg"
+object = "edges_copy"
+behavior = "mirror"
+key = "id"
+
+[syncs.file]
+from = "wh.edges"
+to = "lake"
+object = "edges"
+behavior = "mirror"
+key = "id"
+"#,
+            pg_destination(schema)
+        ),
+    );
+    let r = f.run_ok("copy").await;
+    assert_eq!(r.counts.created, 5, "{r:?}");
+    let text = |t: &str| as_text(schema, t, columns);
+    let source = pg_rows(&pg, &text("edges")).await;
+    let copy = pg_rows(&pg, &text("edges_copy")).await;
+    assert_eq!(copy, source);
+    assert_eq!(
+        pg_rows(
+            &pg,
+            &format!("SELECT id::text, ch FROM {schema}.edges_copy")
+        )
+        .await,
+        vec![
+            row(&["1", "ab   "]),
+            row(&["2", "abcde"]),
+            row(&["3", "     "]),
+            row(&["4", "NULL"]),
+            row(&["5", "NULL"])
+        ]
+    );
+    assert_eq!(f.run_ok("copy").await.counts.unchanged, 5);
+
+    let r = f.run_ok("file").await;
+    assert_eq!(r.counts.created, 5, "{r:?}");
+    let bytes = bytes::Bytes::from(std::fs::read(f.path().join("lake/edges.parquet")).unwrap());
+    let batches: Vec<_> =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let table = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    for expected in [
+        "9999-12-31T23:59:59.999999Z",
+        "0001-01-01T00:00:00Z",
+        "1969-12-31T23:59:59.999999Z",
+        "2262-04-12T00:00:00.000001",
+        "1900-01-01T00:00:00",
+        "9999999999999999999999999999.9999999999",
+        "-9999999999999999999999999999.9999999999",
+        "1234567890123456789012345678901234567890.12345678901234567890",
+        "-0.00000000000000000001",
+        "123.4500",
+        "-0.000000000000000000000000000001",
+        "NaN",
+        "{1,NULL,3}",
+        "10.0.0.0/8",
+        "| ab    |",
+        "9223372036854775807",
+        "-9223372036854775808",
+    ] {
+        assert!(table.contains(expected), "{expected} is missing:\n{table}");
+    }
+}
+
+/// A value that has no exact Arrow equivalent (`infinity`) stops the read with a message
+/// naming the table, the column and the row, and nothing is written; never a different value.
+#[tokio::test]
+async fn an_infinite_timestamp_stops_the_read_naming_the_column() {
+    let Some(pg) = db::postgres().await else {
+        return;
+    };
+    let schema = "bf_e2e_pg_infinity";
+    db::pg_schema(&pg, schema).await;
+    pg.batch_execute(&format!(
+        "CREATE TABLE {schema}.contracts (id integer PRIMARY KEY, valid_to timestamptz);
+         INSERT INTO {schema}.contracts VALUES (1, '2030-01-01'), (2, 'infinity');"
+    ))
+    .await
+    .unwrap();
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        &format!(
+            r#"
+[sources.wh]
+type = "postgres"
+url_env = "BACKFLOW_TEST_POSTGRES_URL"
+schema = "{schema}"
+tables = ["contracts"]
+{}
+[syncs.copy]
+from = "wh.contracts"
+to = "pg"
+object = "contracts_copy"
+behavior = "mirror"
+key = "id"
+"#,
+            pg_destination(schema)
+        ),
+    );
+    let r = f.run_with(&["copy"], Default::default()).await.remove(0);
+    let error = r.error.unwrap_or_default();
+    assert!(
+        error.contains("\"valid_to\"") && error.contains("infinity") && error.contains("row 2"),
+        "{error}"
+    );
+    assert!(f.manifests().is_empty());
+    let copied = pg
+        .query_opt(
+            &format!("SELECT to_regclass('{schema}.contracts_copy')::text"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .and_then(|r| r.get::<_, Option<String>>(0));
+    if copied.is_some() {
+        assert!(
+            pg_rows(&pg, &format!("SELECT * FROM {schema}.contracts_copy"))
+                .await
+                .is_empty()
+        );
+    }
 }
 
 /// A cursor sync on a PostgreSQL table: the watermark filter reaches the database as SQL, and
@@ -204,7 +392,10 @@ cursor = "updated_at"
     let plan = backflow::sync::explain(&project, &ctx, "events")
         .await
         .unwrap();
-    let sql: Vec<&str> = plan.lines().filter(|l| l.contains("SqlExec")).collect();
+    let sql: Vec<&str> = plan
+        .lines()
+        .filter(|l| l.contains("PostgresScan"))
+        .collect();
     // Every query sent to the server (the read and the duplicate-key check) carries the
     // watermark filter.
     assert!(!sql.is_empty(), "{plan}");
@@ -276,15 +467,22 @@ key = "id"
     );
 }
 
+/// Types with no Arrow equivalent (ranges, enums, arrays) arrive as PostgreSQL's own text for
+/// them, a domain as its base type; a table that does not exist is named.
 #[tokio::test]
-async fn a_column_type_without_an_arrow_equivalent_is_named() {
+async fn types_without_an_arrow_equivalent_arrive_as_their_postgresql_text() {
     let Some(pg) = db::postgres().await else {
         return;
     };
     let schema = "bf_e2e_pg_unmappable";
     db::pg_schema(&pg, schema).await;
     pg.batch_execute(&format!(
-        "CREATE TABLE {schema}.spans (id bigint PRIMARY KEY, span int8range)"
+        "CREATE TYPE {schema}.mood AS ENUM ('sad', 'happy');
+         CREATE DOMAIN {schema}.money2 AS numeric(10,2);
+         CREATE TABLE {schema}.spans (id bigint PRIMARY KEY, span int8range, m {schema}.mood,
+             tags text[], amount {schema}.money2);
+         INSERT INTO {schema}.spans VALUES (1, '[1,10)', 'happy', '{{\"a b\",c}}', 12.50),
+             (2, 'empty', NULL, NULL, -0.01);"
     ))
     .await
     .unwrap();
@@ -292,16 +490,55 @@ async fn a_column_type_without_an_arrow_equivalent_is_named() {
     f.write(
         "backflow.toml",
         &format!(
-            "[sources.wh]\ntype = \"postgres\"\nurl_env = \"BACKFLOW_TEST_POSTGRES_URL\"\nschema = \"{schema}\"\ntables = \"*\"\n"
+            r#"
+[sources.wh]
+type = "postgres"
+url_env = "BACKFLOW_TEST_POSTGRES_URL"
+schema = "{schema}"
+tables = "*"
+
+[destinations.app]
+type = "sqlite"
+path = "out/app.db"
+
+[syncs.spans]
+from = "wh.spans"
+to = "app"
+object = "spans"
+behavior = "mirror"
+key = "id"
+"#
         ),
+    );
+    let r = f.run_ok("spans").await;
+    assert_eq!(r.counts.created, 2, "{r:?}");
+    let rows = f.sqlite("out/app.db", "spans");
+    let get = |id: &str, c: &str| {
+        rows.iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r[c].clone())
+            .unwrap()
+    };
+    assert_eq!(get("1", "span"), "[1,10)");
+    assert_eq!(get("2", "span"), "empty");
+    assert_eq!(get("1", "m"), "happy");
+    assert_eq!(get("1", "tags"), "{\"a b\",c}");
+    assert_eq!(get("1", "amount"), "12.50");
+    assert_eq!(get("2", "amount"), "-0.01");
+
+    f.write(
+        "backflow.toml",
+        &std::fs::read_to_string(f.path().join("backflow.toml"))
+            .unwrap()
+            .replace("tables = \"*\"", "tables = [\"spans\", \"nope\"]"),
     );
     let project = f.load().unwrap();
     let e = match project.session().await {
-        Ok(_) => panic!("int8range has no Arrow type"),
+        Ok(_) => panic!("a missing table is an error"),
         Err(e) => e.to_string(),
     };
     assert!(
-        e.contains("\"spans\"") && e.contains("span") && e.contains("int8range"),
+        e.contains("\"nope\"") && e.contains("does not exist"),
         "{e}"
     );
 }

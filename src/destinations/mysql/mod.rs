@@ -32,11 +32,19 @@ use crate::databases::{self, DatabaseError};
 pub struct MysqlDestinationConfig {
     /// The environment variable holding the connection URL (its database is written).
     pub url_env: String,
+    /// The longest wait for a lock another session holds on the table or its rows (default
+    /// `"1m"`).
+    pub lock_timeout: Option<String>,
 }
 
 impl MysqlDestinationConfig {
     pub fn validate(&self) -> Vec<String> {
-        databases::validate_url_env(&self.url_env)
+        let mut p = databases::validate_url_env(&self.url_env);
+        p.extend(databases::validate_wait(
+            "lock_timeout",
+            self.lock_timeout.as_deref(),
+        ));
+        p
     }
 }
 
@@ -82,12 +90,31 @@ impl MysqlDestination {
     fn db(&self, source: DatabaseError) -> DestinationError {
         DestinationError::database(&self.name, source)
     }
+
+    /// A connection whose statements wait at most `lock_timeout` for a table's metadata lock
+    /// (`lock_wait_timeout`, a year by default in MySQL) or a row lock
+    /// (`innodb_lock_wait_timeout`).
+    async fn connect(&self, url: &MyUrl) -> Result<mysql_async::Conn, DestinationError> {
+        let (mut conn, _) = url.connect().await.map_err(|e| self.db(e))?;
+        let secs = databases::wait_setting(
+            self.config.lock_timeout.as_deref(),
+            databases::DEFAULT_LOCK_TIMEOUT,
+        )
+        .as_secs()
+        .max(1);
+        conn.query_drop(format!(
+            "SET SESSION lock_wait_timeout = {secs}, innodb_lock_wait_timeout = {secs}"
+        ))
+        .await
+        .map_err(|e| self.db(url.query_error(&e)))?;
+        Ok(conn)
+    }
 }
 #[async_trait]
 impl Destination for MysqlDestination {
     async fn check(&self, target: &WriteTarget) -> Result<(), DestinationError> {
         let url = self.url()?;
-        let (mut conn, _) = url.connect().await.map_err(|e| self.db(e))?;
+        let mut conn = self.connect(&url).await?;
         if let Some(columns) = self.columns(&url, &mut conn, target).await? {
             self.compare(target, &columns)?;
         }
@@ -105,7 +132,7 @@ impl Destination for MysqlDestination {
 
     async fn open(&self, target: &WriteTarget) -> Result<Box<dyn ObjectWriter>, DestinationError> {
         let url = self.url()?;
-        let (mut conn, _) = url.connect().await.map_err(|e| self.db(e))?;
+        let mut conn = self.connect(&url).await?;
         self.prepare(&url, &mut conn, target).await?;
         let max_packet: Option<u64> = conn
             .query_first("SELECT @@max_allowed_packet")

@@ -34,6 +34,10 @@ pub struct PostgresDestinationConfig {
     /// The schema of the tables written (default `public`).
     #[serde(default = "public")]
     pub schema: String,
+    /// The longest wait for a lock another session holds on the table (default `"1m"`).
+    pub lock_timeout: Option<String>,
+    /// The longest one statement may run (default `"15m"`).
+    pub statement_timeout: Option<String>,
 }
 
 fn public() -> String {
@@ -46,6 +50,14 @@ impl PostgresDestinationConfig {
         if self.schema.trim().is_empty() || self.schema.contains('\0') {
             p.push("schema is not a valid name".into());
         }
+        p.extend(databases::validate_wait(
+            "lock_timeout",
+            self.lock_timeout.as_deref(),
+        ));
+        p.extend(databases::validate_wait(
+            "statement_timeout",
+            self.statement_timeout.as_deref(),
+        ));
         p
     }
 }
@@ -81,12 +93,37 @@ impl PostgresDestination {
     fn db(&self, source: DatabaseError) -> DestinationError {
         DestinationError::database(&self.name, source)
     }
+
+    /// A connection whose statements wait at most `lock_timeout` for a lock and run at most
+    /// `statement_timeout`, so that a table locked by another session or a stuck statement
+    /// fails the run instead of hanging it.
+    async fn connect(&self, url: &PgUrl) -> Result<tokio_postgres::Client, DestinationError> {
+        let client = url.connect().await.map_err(|e| self.db(e))?;
+        let ms = |d: std::time::Duration| d.as_millis().min(i32::MAX as u128);
+        let lock = databases::wait_setting(
+            self.config.lock_timeout.as_deref(),
+            databases::DEFAULT_LOCK_TIMEOUT,
+        );
+        let statement = databases::wait_setting(
+            self.config.statement_timeout.as_deref(),
+            databases::DEFAULT_STATEMENT_TIMEOUT,
+        );
+        client
+            .batch_execute(&format!(
+                "SET lock_timeout = {}; SET statement_timeout = {}",
+                ms(lock),
+                ms(statement)
+            ))
+            .await
+            .map_err(|e| self.db(url.query_error(&e)))?;
+        Ok(client)
+    }
 }
 #[async_trait]
 impl Destination for PostgresDestination {
     async fn check(&self, target: &WriteTarget) -> Result<(), DestinationError> {
         let url = self.url()?;
-        let client = url.connect().await.map_err(|e| self.db(e))?;
+        let client = self.connect(&url).await?;
         if let Some(columns) = self.columns(&url, &client, target).await? {
             self.compare(target, &columns)?;
         }
@@ -103,7 +140,7 @@ impl Destination for PostgresDestination {
 
     async fn open(&self, target: &WriteTarget) -> Result<Box<dyn ObjectWriter>, DestinationError> {
         let url = self.url()?;
-        let client = url.connect().await.map_err(|e| self.db(e))?;
+        let client = self.connect(&url).await?;
         let empty = self.prepare(&url, &client, target).await?;
         Ok(Box::new(writer::PostgresWriter {
             direct: empty,
