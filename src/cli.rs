@@ -243,7 +243,16 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
                 !json && std::io::stderr().is_terminal(),
             ));
             let mut ok = true;
-            for target in targets {
+            crate::interrupt::listen();
+            let total = targets.len();
+            for (done, target) in targets.into_iter().enumerate() {
+                if crate::interrupt::requested() {
+                    err!(
+                        "interrupted: {} of {total} syncs and entities were not started",
+                        total - done
+                    );
+                    return Ok(ExitCode::from(130));
+                }
                 match target {
                     RunTarget::Entity(name) => {
                         let report = crate::hub::run(
@@ -273,6 +282,9 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
                         print_run(&report, json);
                     }
                 }
+            }
+            if crate::interrupt::requested() {
+                return Ok(ExitCode::from(130));
             }
             Ok(exit(ok))
         }
@@ -412,6 +424,12 @@ fn print_run(r: &SyncReport, json: bool) {
         },
         r.duration_ms as f64 / 1000.0
     );
+    if c.held > 0 {
+        out!(
+            "    held: {} record(s) that left the model were not deleted: the model's sources left out rows they could not read, which may be them (fix the rows and run again)",
+            c.held
+        );
+    }
     for s in r.samples.iter().take(5) {
         let kind = match s.kind {
             history::RecordKind::Invalid => "invalid",

@@ -5,14 +5,13 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
-    UInt64Array,
-};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StructArray, UInt64Array};
+use arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_arrow::schema::{SchemaLike, TracingOptions};
 
 use crate::state::{StateError, StateStore, writer_properties};
 
@@ -41,6 +40,8 @@ pub struct RunRecord {
 pub enum RunStatus {
     Succeeded,
     Failed,
+    /// Stopped by SIGINT or SIGTERM (see `interrupt`).
+    Interrupted,
     /// A status this release does not know (written by another release or another tool):
     /// shown as it is.
     Other(String),
@@ -51,6 +52,7 @@ impl RunStatus {
         match self {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
             RunStatus::Other(s) => s,
         }
     }
@@ -59,6 +61,7 @@ impl RunStatus {
         match text {
             "succeeded" => RunStatus::Succeeded,
             "failed" => RunStatus::Failed,
+            "interrupted" => RunStatus::Interrupted,
             other => RunStatus::Other(other.to_string()),
         }
     }
@@ -89,37 +92,140 @@ pub struct SampleRecord {
     pub record: String,
 }
 
-fn runs_schema() -> SchemaRef {
-    let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
-    Arc::new(Schema::new(vec![
-        Field::new("run_id", DataType::Utf8, false),
-        Field::new("sync", DataType::Utf8, false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("started_at", ts.clone(), false),
-        Field::new("finished_at", ts, false),
-        Field::new("full_resync", DataType::Boolean, false),
-        Field::new("read", DataType::UInt64, false),
-        Field::new("invalid", DataType::UInt64, false),
-        Field::new("created", DataType::UInt64, false),
-        Field::new("updated", DataType::UInt64, false),
-        Field::new("deleted", DataType::UInt64, false),
-        Field::new("unchanged", DataType::UInt64, false),
-        Field::new("rejected", DataType::UInt64, false),
-        Field::new("skipped", DataType::UInt64, false),
-        Field::new("retries", DataType::UInt64, false),
-        Field::new("state_version", DataType::Int64, true),
-        Field::new("error", DataType::Utf8, true),
-    ]))
+/// A run as stored: one row of `history/<sync>/runs/*.parquet`. The file's columns are this
+/// type's fields in order, derived from it with serde_arrow ([`stored_fields`]): the counts'
+/// fields inline (`read`, `invalid`, …), the two instants as UTC timestamps in milliseconds.
+#[derive(Serialize, Deserialize)]
+struct StoredRun {
+    run_id: String,
+    sync: String,
+    status: String,
+    started_at: i64,
+    finished_at: i64,
+    full_resync: bool,
+    counts: RunCounts,
+    state_version: Option<i64>,
+    error: Option<String>,
 }
 
-fn records_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("run_id", DataType::Utf8, false),
-        Field::new("kind", DataType::Utf8, false),
-        Field::new("key", DataType::Utf8, true),
-        Field::new("reason", DataType::Utf8, false),
-        Field::new("record", DataType::Utf8, false),
-    ]))
+/// The fields of [`StoredRun`] that hold instants.
+const INSTANTS: [&str; 2] = ["started_at", "finished_at"];
+
+/// A sample as stored: one row of `history/<sync>/records/*.parquet`.
+#[derive(Serialize, Deserialize)]
+struct StoredSample {
+    run_id: String,
+    /// `invalid` or `rejected`.
+    kind: String,
+    key: Option<String>,
+    reason: String,
+    record: String,
+}
+
+impl From<&RunRecord> for StoredRun {
+    fn from(r: &RunRecord) -> Self {
+        StoredRun {
+            run_id: r.run_id.clone(),
+            sync: r.sync.clone(),
+            status: r.status.as_str().to_string(),
+            started_at: r.started_at_ms,
+            finished_at: r.finished_at_ms,
+            full_resync: r.full_resync,
+            counts: r.counts.clone(),
+            state_version: r.state_version.map(|v| v as i64),
+            error: r.error.clone(),
+        }
+    }
+}
+
+impl From<StoredRun> for RunRecord {
+    fn from(r: StoredRun) -> Self {
+        RunRecord {
+            run_id: r.run_id,
+            sync: r.sync,
+            status: RunStatus::parse(&r.status),
+            started_at_ms: r.started_at,
+            finished_at_ms: r.finished_at,
+            full_resync: r.full_resync,
+            counts: r.counts,
+            state_version: r.state_version.map(|v| v as u64),
+            error: r.error,
+        }
+    }
+}
+
+/// The fields of a stored row type as serde_arrow traces them from the type (a struct field,
+/// like the counts, is one struct field here; [`flat_schema`] spreads it).
+fn stored_fields<T: for<'de> Deserialize<'de>>() -> Result<Vec<FieldRef>, serde_arrow::Error> {
+    let fields =
+        Vec::<FieldRef>::from_type::<T>(TracingOptions::default().strings_as_large_utf8(false))?;
+    Ok(fields
+        .into_iter()
+        .map(|f| {
+            if INSTANTS.contains(&f.name().as_str()) {
+                Arc::new(f.as_ref().clone().with_data_type(DataType::Timestamp(
+                    TimeUnit::Millisecond,
+                    Some("UTC".into()),
+                )))
+            } else {
+                f
+            }
+        })
+        .collect())
+}
+
+/// The schema of the file: each struct field replaced by its children.
+fn flat_schema(fields: &[FieldRef]) -> SchemaRef {
+    let flat: Vec<FieldRef> = fields
+        .iter()
+        .flat_map(|f| match f.data_type() {
+            DataType::Struct(children) => children.iter().cloned().collect(),
+            _ => vec![f.clone()],
+        })
+        .collect();
+    Arc::new(Schema::new(flat))
+}
+
+/// Rows as a batch of the file's (flat) schema.
+fn to_batch<T: Serialize>(fields: &[FieldRef], rows: &[T]) -> Result<RecordBatch, ArrowError> {
+    let nested = serde_arrow::to_record_batch(fields, &rows)
+        .map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
+    let mut columns = Vec::new();
+    for c in nested.columns() {
+        match c.as_struct_opt() {
+            Some(s) => columns.extend(s.columns().iter().cloned()),
+            None => columns.push(c.clone()),
+        }
+    }
+    RecordBatch::try_new(flat_schema(fields), columns)
+}
+
+/// The rows of a batch that [`conform`] gave the file's flat schema.
+fn from_batch<T: for<'de> Deserialize<'de>>(
+    fields: &[FieldRef],
+    flat: &RecordBatch,
+) -> Result<Vec<T>, ArrowError> {
+    let mut at = 0;
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(fields.len());
+    for f in fields {
+        match f.data_type() {
+            DataType::Struct(children) => {
+                let parts = flat.columns()[at..at + children.len()].to_vec();
+                at += children.len();
+                columns.push(Arc::new(StructArray::try_new(
+                    children.clone(),
+                    parts,
+                    None,
+                )?));
+            }
+            _ => {
+                columns.push(flat.column(at).clone());
+                at += 1;
+            }
+        }
+    }
+    let nested = RecordBatch::try_new(Arc::new(Schema::new(fields.to_vec())), columns)?;
+    serde_arrow::from_record_batch(&nested).map_err(|e| ArrowError::ExternalError(Box::new(e)))
 }
 
 fn to_parquet(batch: &RecordBatch) -> Result<Vec<u8>, parquet::errors::ParquetError> {
@@ -140,69 +246,33 @@ pub async fn record(
     run: &RunRecord,
     samples: &[SampleRecord],
 ) -> Result<(), StateError> {
-    let c = &run.counts;
-    let u = |v: u64| Arc::new(UInt64Array::from(vec![v])) as Arc<dyn Array>;
-    let batch = RecordBatch::try_new(
-        runs_schema(),
-        vec![
-            Arc::new(StringArray::from(vec![run.run_id.as_str()])),
-            Arc::new(StringArray::from(vec![run.sync.as_str()])),
-            Arc::new(StringArray::from(vec![run.status.as_str()])),
-            Arc::new(TimestampMillisecondArray::from(vec![run.started_at_ms]).with_timezone("UTC")),
-            Arc::new(
-                TimestampMillisecondArray::from(vec![run.finished_at_ms]).with_timezone("UTC"),
-            ),
-            Arc::new(BooleanArray::from(vec![run.full_resync])),
-            u(c.read),
-            u(c.invalid),
-            u(c.created),
-            u(c.updated),
-            u(c.deleted),
-            u(c.unchanged),
-            u(c.rejected),
-            u(c.skipped),
-            u(c.retries),
-            Arc::new(Int64Array::from(vec![run.state_version.map(|v| v as i64)])),
-            Arc::new(StringArray::from(vec![run.error.as_deref()])),
-        ],
-    )
-    .map_err(|e| parquet_err("runs", e.into()))?;
+    let arrow_err = |path: &str, e: ArrowError| parquet_err(path, e.into());
     let name = file_name(run);
     let runs_rel = format!("history/{}/runs/{name}", run.sync);
+    let fields = stored_fields::<StoredRun>()
+        .map_err(|e| arrow_err(&runs_rel, ArrowError::ExternalError(Box::new(e))))?;
+    let batch = to_batch(&fields, &[StoredRun::from(run)]).map_err(|e| arrow_err(&runs_rel, e))?;
     let bytes = to_parquet(&batch).map_err(|e| parquet_err(&runs_rel, e))?;
 
     if !samples.is_empty() {
-        let kinds: Vec<&str> = samples
+        let rel = format!("history/{}/records/{name}", run.sync);
+        let rows: Vec<StoredSample> = samples
             .iter()
-            .map(|s| match s.kind {
-                RecordKind::Invalid => "invalid",
-                RecordKind::Rejected => "rejected",
+            .map(|s| StoredSample {
+                run_id: run.run_id.clone(),
+                kind: match s.kind {
+                    RecordKind::Invalid => "invalid",
+                    RecordKind::Rejected => "rejected",
+                }
+                .to_string(),
+                key: s.key.clone(),
+                reason: s.reason.clone(),
+                record: s.record.clone(),
             })
             .collect();
-        let batch = RecordBatch::try_new(
-            records_schema(),
-            vec![
-                Arc::new(StringArray::from(vec![run.run_id.as_str(); samples.len()])),
-                Arc::new(StringArray::from(kinds)),
-                Arc::new(StringArray::from(
-                    samples.iter().map(|s| s.key.as_deref()).collect::<Vec<_>>(),
-                )),
-                Arc::new(StringArray::from(
-                    samples
-                        .iter()
-                        .map(|s| s.reason.as_str())
-                        .collect::<Vec<_>>(),
-                )),
-                Arc::new(StringArray::from(
-                    samples
-                        .iter()
-                        .map(|s| s.record.as_str())
-                        .collect::<Vec<_>>(),
-                )),
-            ],
-        )
-        .map_err(|e| parquet_err("records", e.into()))?;
-        let rel = format!("history/{}/records/{name}", run.sync);
+        let fields = stored_fields::<StoredSample>()
+            .map_err(|e| arrow_err(&rel, ArrowError::ExternalError(Box::new(e))))?;
+        let batch = to_batch(&fields, &rows).map_err(|e| arrow_err(&rel, e))?;
         let sample_bytes = to_parquet(&batch).map_err(|e| parquet_err(&rel, e))?;
         store.put_new(&rel, sample_bytes).await?;
     }
@@ -258,22 +328,27 @@ pub async fn samples(
         }
         Err(e) => return Err(e),
     };
+    let corrupt = |e: ArrowError| StateError::Corrupt {
+        owner: "history".to_string(),
+        path: rel.clone(),
+        reason: e.to_string(),
+    };
+    let fields = stored_fields::<StoredSample>()
+        .map_err(|e| corrupt(ArrowError::ExternalError(Box::new(e))))?;
     let mut out = Vec::new();
     for batch in read_batches(bytes).map_err(|e| parquet_err(&rel, e))? {
-        let batch = conform(&batch, &records_schema(), &rel)?;
-        let col = |i: usize| batch.column(i).as_string::<i32>();
-        for r in 0..batch.num_rows() {
-            out.push(SampleRecord {
-                kind: if col(1).value(r) == "invalid" {
-                    RecordKind::Invalid
-                } else {
-                    RecordKind::Rejected
-                },
-                key: (!col(2).is_null(r)).then(|| col(2).value(r).to_string()),
-                reason: col(3).value(r).to_string(),
-                record: col(4).value(r).to_string(),
-            });
-        }
+        let batch = conform(&batch, &flat_schema(&fields), &rel)?;
+        let rows: Vec<StoredSample> = from_batch(&fields, &batch).map_err(corrupt)?;
+        out.extend(rows.into_iter().map(|s| SampleRecord {
+            kind: if s.kind == "invalid" {
+                RecordKind::Invalid
+            } else {
+                RecordKind::Rejected
+            },
+            key: s.key,
+            reason: s.reason,
+            record: s.record,
+        }));
     }
     Ok(out)
 }
@@ -332,51 +407,46 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef, rel: &str) -> Result<RecordB
 }
 
 fn decode_runs(batch: &RecordBatch, rel: &str) -> Result<Vec<RunRecord>, StateError> {
-    let batch = conform(batch, &runs_schema(), rel)?;
-    let s = |i: usize| batch.column(i).as_string::<i32>();
-    let u = |i: usize| {
-        batch
-            .column(i)
-            .as_primitive::<arrow::datatypes::UInt64Type>()
+    let corrupt = |e: ArrowError| StateError::Corrupt {
+        owner: "history".to_string(),
+        path: rel.to_string(),
+        reason: e.to_string(),
     };
-    let ts = |i: usize| {
-        batch
-            .column(i)
-            .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
-    };
-    let version = batch
-        .column(15)
-        .as_primitive::<arrow::datatypes::Int64Type>();
-    let full = batch.column(5).as_boolean();
-    Ok((0..batch.num_rows())
-        .map(|r| RunRecord {
-            run_id: s(0).value(r).to_string(),
-            sync: s(1).value(r).to_string(),
-            status: RunStatus::parse(s(2).value(r)),
-            started_at_ms: ts(3).value(r),
-            finished_at_ms: ts(4).value(r),
-            full_resync: full.value(r),
-            counts: RunCounts {
-                read: u(6).value(r),
-                invalid: u(7).value(r),
-                created: u(8).value(r),
-                updated: u(9).value(r),
-                deleted: u(10).value(r),
-                unchanged: u(11).value(r),
-                rejected: u(12).value(r),
-                skipped: u(13).value(r),
-                retries: u(14).value(r),
-            },
-            state_version: (!version.is_null(r)).then(|| version.value(r) as u64),
-            error: (!s(16).is_null(r)).then(|| s(16).value(r).to_string()),
-        })
-        .collect())
+    let fields = stored_fields::<StoredRun>()
+        .map_err(|e| corrupt(ArrowError::ExternalError(Box::new(e))))?;
+    let batch = conform(batch, &flat_schema(&fields), rel)?;
+    let rows: Vec<StoredRun> = from_batch(&fields, &batch).map_err(corrupt)?;
+    Ok(rows.into_iter().map(RunRecord::from).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::storage::Location;
+
+    /// The layout files have always had (other tools read them): derived from the types now,
+    /// it must not drift.
+    #[test]
+    fn stored_layout_is_stable() {
+        let runs = flat_schema(&stored_fields::<StoredRun>().unwrap());
+        let described: Vec<String> = runs
+            .fields()
+            .iter()
+            .map(|f| format!("{}:{}:{}", f.name(), f.data_type(), f.is_nullable()))
+            .collect();
+        assert_eq!(
+            described.join(" "),
+            "run_id:Utf8:false sync:Utf8:false status:Utf8:false \
+             started_at:Timestamp(ms, \"UTC\"):false finished_at:Timestamp(ms, \"UTC\"):false \
+             full_resync:Boolean:false read:UInt64:false invalid:UInt64:false \
+             created:UInt64:false updated:UInt64:false deleted:UInt64:false \
+             unchanged:UInt64:false rejected:UInt64:false skipped:UInt64:false \
+             retries:UInt64:false held:UInt64:false state_version:Int64:true error:Utf8:true"
+        );
+        let records = flat_schema(&stored_fields::<StoredSample>().unwrap());
+        let names: Vec<&str> = records.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["run_id", "kind", "key", "reason", "record"]);
+    }
 
     #[tokio::test]
     async fn runs_and_samples_round_trip() {

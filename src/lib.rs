@@ -18,6 +18,7 @@ pub mod fuzzing;
 pub mod hash;
 pub mod history;
 pub mod hub;
+pub mod interrupt;
 pub mod memory;
 pub mod models;
 pub mod names;

@@ -30,6 +30,7 @@ fn default_batch_rows(engine: &EngineConfig) -> usize {
 impl Project {
     /// A DataFusion session in which every source, model and segment is a table.
     pub async fn session(&self) -> Result<SessionContext, ProjectError> {
+        sources::sweep_clean_copies(&self.dir);
         let ctx = session_context(&self.config.engine, &self.dir)?;
         self.state.register(&ctx)?;
         for (name, config) in &self.config.sources {

@@ -256,7 +256,7 @@ impl FileSource {
             reason,
         };
         let dir = tempfile::Builder::new()
-            .prefix(".backflow-clean-")
+            .prefix(&format!("{CLEAN_PREFIX}{}-", std::process::id()))
             .tempdir_in(&self.project_dir)
             .or_else(|_| tempfile::tempdir())
             .map_err(|e| fail(format!("cannot create a folder for clean copies: {e}")))?;
@@ -295,5 +295,52 @@ impl FileSource {
                 .unwrap_or_default()
         );
         Ok(Some(dir))
+    }
+}
+
+/// The folders of clean copies in a project start with this, then the process id.
+const CLEAN_PREFIX: &str = ".backflow-clean-";
+
+/// Remove the clean-copy folders that runs which died (killed, crashed) left in the project: a
+/// folder `.backflow-clean-<pid>-…` whose process is gone, or, where processes cannot be looked
+/// up (or the name has no process id), one older than a day. A run that ends in any other way
+/// removes its own.
+pub fn sweep_clean_copies(project_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(project_dir) else {
+        return;
+    };
+    let procfs = Path::new("/proc/self").exists();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(CLEAN_PREFIX) else {
+            continue;
+        };
+        let pid = rest
+            .split_once('-')
+            .and_then(|(p, _)| p.parse::<u32>().ok());
+        let dead = match pid {
+            Some(pid) if procfs => {
+                pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+            }
+            _ => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(86_400)),
+        };
+        if dead {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => tracing::info!(
+                    folder = %entry.path().display(),
+                    "removed the clean copies a run that died left behind"
+                ),
+                Err(e) => tracing::warn!(
+                    folder = %entry.path().display(),
+                    error = %e,
+                    "cannot remove the clean copies a run that died left behind"
+                ),
+            }
+        }
     }
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 pub use database::{
     DatabaseSource, MysqlSourceConfig, PostgresSourceConfig, SqliteSourceConfig, TableSelection,
 };
-pub use file::{CsvSourceConfig, FileSource, ParquetSourceConfig};
+pub use file::{CsvSourceConfig, FileSource, ParquetSourceConfig, sweep_clean_copies};
 
 /// Errors from registering or reading a source.
 #[derive(Debug, thiserror::Error)]

@@ -29,6 +29,10 @@ pub struct RunCounts {
     /// Requests the destination sent again after a failure, a timeout or a rate limit (HTTP
     /// APIs; 0 elsewhere).
     pub retries: u64,
+    /// Records that left the model but were not deleted, because a source of the model left
+    /// out rows it could not read (they may be those records). Deleted once the rows are fixed.
+    #[serde(default)]
+    pub held: u64,
 }
 
 /// The watermark of a sync with a cursor: the cursor value up to which rows are in sync.

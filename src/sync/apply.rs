@@ -290,6 +290,11 @@ pub(super) async fn apply(
     let mut processed = 0u64;
     let mut held = 0u64;
     while let Some(batch) = stream.next().await {
+        if crate::interrupt::requested() {
+            return Err(SyncError::Interrupted {
+                sync: sync.to_string(),
+            });
+        }
         let batch = batch.map_err(&df_err)?;
         let ops = ops_of(sync, &batch)?;
         processed += batch.num_rows() as u64;
@@ -335,13 +340,11 @@ pub(super) async fn apply(
     }
     outbox.flush(tally, &mut cursors).await?;
     if held > 0 {
-        tally.sample(
-            RecordKind::Invalid,
-            None,
-            format!(
-                "{held} record(s) that left the model were not deleted: the model's sources left out rows they could not read, which may be them (fix the rows and run again)"
-            ),
-            "{}".into(),
+        tally.counts.held += held;
+        tracing::warn!(
+            sync,
+            held,
+            "records that left the model were not deleted: the model's sources left out rows they could not read, which may be them"
         );
     }
     Ok(cursors)

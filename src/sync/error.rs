@@ -32,6 +32,8 @@ pub enum SyncError {
         sync: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("sync \"{sync}\": {}", crate::interrupt::MESSAGE)]
+    Interrupted { sync: String },
     #[error("sync \"{sync}\": injected failure at {point}")]
     Failpoint { sync: String, point: &'static str },
 }

@@ -373,6 +373,13 @@ pub async fn run(
             m.watermark.map(|w| w.value),
             None,
         ),
+        // Whatever stopped a run after a stop was asked for, the stop did.
+        Err(_) if crate::interrupt::requested() => (
+            RunStatus::Interrupted,
+            None,
+            None,
+            Some(format!("sync \"{name}\": {}", crate::interrupt::MESSAGE)),
+        ),
         Err(e) => (RunStatus::Failed, None, None, Some(e.to_string())),
     };
     let finished = now_ms();

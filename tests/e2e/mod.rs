@@ -11,6 +11,7 @@ mod http;
 mod hub;
 mod hub_property;
 mod incremental;
+mod interrupt;
 mod invalid_rejected;
 mod mysql;
 mod postgres;

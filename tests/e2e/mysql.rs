@@ -225,3 +225,67 @@ async fn every_table_of_a_database_and_an_unmappable_column_named() {
     assert!(e.contains("\"shapes\"") && e.contains("area"), "{e}");
     my.query_drop("DROP DATABASE bf_e2e_my_star").await.unwrap();
 }
+
+/// Values at the edges of MySQL's types arrive exactly in a MySQL copy (compared as MySQL's
+/// own text): DATETIME and DATE from year 1000 to 9999, DECIMAL(65,30), unsigned BIGINT's
+/// maximum, doubles at their limits. (TIME beyond a day and YEAR are the reader's limits: see
+/// the README.)
+#[tokio::test]
+async fn values_at_the_edges_of_their_types_arrive_exactly() {
+    let Some(mut my) = db::mysql().await else {
+        return;
+    };
+    let (src, copy) = ("bf_e2e_my_edges", "bf_e2e_my_edges_copy");
+    drop_tables(&mut my, &[src, copy]).await;
+    my.query_drop(format!(
+        "CREATE TABLE {src} (id INT PRIMARY KEY, dt DATETIME(6), d DATE, ts TIMESTAMP(6) NULL, \
+         n DECIMAL(65,30), u BIGINT UNSIGNED, big BIGINT, tm TIME(6), f DOUBLE, \
+         e ENUM('a','b'))"
+    ))
+    .await
+    .unwrap();
+    my.query_drop(format!(
+        "INSERT INTO {src} VALUES \
+         (1, '9999-12-31 23:59:59.999999', '9999-12-31', '2038-01-19 03:14:07.999999', \
+          99999999999999999999999999999999999.999999999999999999999999999999, \
+          18446744073709551615, 9223372036854775807, '23:59:59.999999', 1.7976931348623157e308, 'b'), \
+         (2, '1000-01-01 00:00:00', '1000-01-01', '1970-01-01 00:00:01', \
+          -0.000000000000000000000000000001, 0, -9223372036854775808, '00:00:00.000001', -2.2250738585072014e-308, 'a'), \
+         (3, '1969-12-31 23:59:59.999999', '1969-12-31', NULL, 0, NULL, 0, '00:00:00', 0.1, NULL), \
+         (4, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"
+    ))
+    .await
+    .unwrap();
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        &format!(
+            r#"
+[sources.shop]
+type = "mysql"
+url_env = "BACKFLOW_TEST_MYSQL_URL"
+tables = ["{src}"]
+{DESTINATION}
+[syncs.copy]
+from = "shop.{src}"
+to = "my"
+object = "{copy}"
+behavior = "mirror"
+key = "id"
+"#
+        ),
+    );
+    let r = f.run_ok("copy").await;
+    assert_eq!((r.counts.created, r.counts.invalid), (4, 0), "{r:?}");
+    let columns = "id, dt, d, ts, n, u, big, tm, f, e";
+    let text = |t: &str| {
+        let list = columns
+            .split(", ")
+            .map(|c| format!("CAST({c} AS CHAR)"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("SELECT {list} FROM {t}")
+    };
+    let source = my_rows(&mut my, &text(src)).await;
+    assert_eq!(my_rows(&mut my, &text(copy)).await, source);
+}

@@ -151,6 +151,9 @@ impl Client {
         let mut attempts = 0u32;
         let mut rate_limited = 0u32;
         loop {
+            if crate::interrupt::requested() {
+                return Answer::Broken(crate::interrupt::MESSAGE.into());
+            }
             let outcome = {
                 let Ok(_slot) = self.slots.acquire().await else {
                     return Answer::Broken("the request queue was closed".into());
