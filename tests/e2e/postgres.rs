@@ -650,3 +650,136 @@ async fn no_transaction_holds_more_than_one_destination_batch() {
         assert!(sizes.len() >= 3, "{sizes:?}");
     }
 }
+
+/// A random row of the property test below: each value may be NULL.
+#[derive(Debug, Clone)]
+struct RandomRow {
+    ts: Option<i64>,
+    d: Option<i32>,
+    n: Option<String>,
+    t: Option<String>,
+    big: Option<i64>,
+    f: Option<f64>,
+}
+
+fn random_row() -> impl proptest::strategy::Strategy<Value = RandomRow> {
+    use proptest::prelude::*;
+    // Years 1 to 9999, in microseconds and in days since 1970.
+    let micros = -62_135_596_800_000_000i64..=253_402_300_799_999_999i64;
+    let days = -719_162i32..=2_932_896i32;
+    let numeric = ("-?", "[0-9]{1,28}", "[0-9]{10}").prop_map(|(s, i, f)| format!("{s}{i}.{f}"));
+    let floats = proptest::num::f64::NORMAL
+        | proptest::num::f64::SUBNORMAL
+        | proptest::num::f64::ZERO
+        | proptest::num::f64::NEGATIVE
+        | proptest::num::f64::POSITIVE;
+    (
+        proptest::option::of(micros),
+        proptest::option::of(days),
+        proptest::option::of(numeric),
+        proptest::option::of("[^\u{0}]{0,12}"),
+        proptest::option::of(any::<i64>()),
+        proptest::option::of(floats),
+    )
+        .prop_map(|(ts, d, n, t, big, f)| RandomRow {
+            ts,
+            d,
+            n,
+            t,
+            big,
+            f,
+        })
+}
+
+async fn random_rows_round_trip(
+    rows: Vec<RandomRow>,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let Some(pg) = db::postgres().await else {
+        return Ok(());
+    };
+    let schema = "bf_e2e_pg_random";
+    db::pg_schema(&pg, schema).await;
+    let lit = |v: Option<String>| {
+        v.map_or("NULL".to_string(), |v| {
+            format!("'{}'", v.replace('\'', "''"))
+        })
+    };
+    let values: Vec<String> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let ts = r.ts.map(|us| {
+                chrono::DateTime::from_timestamp_micros(us)
+                    .unwrap()
+                    .format("%Y-%m-%d %H:%M:%S%.6f+00")
+                    .to_string()
+            });
+            let d = r.d.map(|d| {
+                (chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()
+                    + chrono::Duration::days(d as i64))
+                .format("%Y-%m-%d")
+                .to_string()
+            });
+            format!(
+                "({}, {}, {}, {}, {}, {}, {})",
+                i + 1,
+                lit(ts),
+                lit(d),
+                lit(r.n.clone()),
+                lit(r.t.clone()),
+                lit(r.big.map(|b| b.to_string())),
+                lit(r.f.map(|f| format!("{f:?}"))),
+            )
+        })
+        .collect();
+    pg.batch_execute(&format!(
+        "CREATE TABLE {schema}.random (id integer PRIMARY KEY, ts timestamptz, d date,
+             n numeric(38,10), t text, big bigint, f double precision);
+         INSERT INTO {schema}.random VALUES {};",
+        values.join(", ")
+    ))
+    .await
+    .unwrap();
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        &format!(
+            r#"
+[sources.wh]
+type = "postgres"
+url_env = "BACKFLOW_TEST_POSTGRES_URL"
+schema = "{schema}"
+tables = ["random"]
+{}
+[syncs.copy]
+from = "wh.random"
+to = "pg"
+object = "random_copy"
+behavior = "mirror"
+key = "id"
+"#,
+            pg_destination(schema)
+        ),
+    );
+    let r = f.run_ok("copy").await;
+    proptest::prop_assert_eq!(r.counts.created, rows.len() as u64);
+    let columns = "id, ts, d, n, t, big, f";
+    proptest::prop_assert_eq!(
+        pg_rows(&pg, &as_text(schema, "random_copy", columns)).await,
+        pg_rows(&pg, &as_text(schema, "random", columns)).await
+    );
+    Ok(())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, failure_persistence: None, ..Default::default() })]
+
+    /// Random values of the types a PostgreSQL source reads (timestamps from year 1 to 9999,
+    /// dates, numeric(38,10) with all its digits, any text, any bigint, any finite double, and
+    /// NULLs) arrive in a PostgreSQL destination equal as PostgreSQL's own text.
+    #[test]
+    fn random_values_arrive_exactly(rows in proptest::collection::vec(random_row(), 1..12)) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(random_rows_round_trip(rows))?;
+    }
+}
