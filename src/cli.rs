@@ -67,7 +67,12 @@ pub enum Command {
     },
     /// Validate the configuration, models, field mappings and keys against the real source
     /// schemas, without writing anything.
-    Check,
+    Check {
+        /// Validate only what needs no server: the project file, models (syntax, references,
+        /// order), segments and mappings' names; connection URL variables need not be set.
+        #[arg(long)]
+        offline: bool,
+    },
     /// Dry run: show what `run` would create, update and delete, with a sample of each.
     Plan {
         /// Syncs to plan (default: all).
@@ -194,7 +199,7 @@ fn init_logging(verbose: u8) {
 pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::Init { dir } => init(&dir).map(|_| ExitCode::SUCCESS),
-        Command::Check => check(&cli.project).await,
+        Command::Check { offline } => check(&cli.project, offline).await,
         Command::Plan {
             syncs,
             full_resync,
@@ -697,8 +702,25 @@ fn print_plan(r: &PlanReport, json: bool) {
     }
 }
 
-async fn check(dir: &Path) -> Result<ExitCode, String> {
+async fn check(dir: &Path, offline: bool) -> Result<ExitCode, String> {
+    if offline {
+        crate::databases::set_offline();
+    }
     let project = Project::load(dir).map_err(|e| e.to_string())?;
+    if offline {
+        let c = &project.config;
+        out!(
+            "✓ {} is valid offline: {} source(s), {} model(s), {} segment(s), {} destination(s), {} sync(s) \
+             (sources, destinations and field types were not checked: run `backflow check` where the servers can be reached)",
+            project.dir.display(),
+            c.sources.len(),
+            project.models.len(),
+            c.segments.len(),
+            c.destinations.len(),
+            c.syncs.len(),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let ctx = project.session().await.map_err(|e| e.to_string())?;
     let mut problems = Vec::new();
     for name in project.config.entities.keys() {

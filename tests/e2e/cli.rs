@@ -316,3 +316,50 @@ fn a_project_that_moves_keeps_its_state() {
     // Put it back for the fixture's clean-up.
     std::fs::rename(&moved, f.path()).unwrap();
 }
+
+/// `check --offline` validates what needs no server, so a project whose connection URL
+/// variables are not set here can be checked (in CI, before a deploy); a mistake in the files
+/// still fails it.
+#[test]
+fn check_offline_needs_no_connection_url() {
+    let f = Fixture::new();
+    f.write("people.csv", "id,name\n1,a\n");
+    let toml = r#"
+[sources.wh]
+type = "postgres"
+url_env = "BACKFLOW_TEST_NEVER_SET_URL"
+tables = ["accounts"]
+
+[destinations.app]
+type = "sqlite"
+path = "out/app.db"
+
+[syncs.accounts]
+from = "wh.accounts"
+to = "app"
+object = "accounts"
+behavior = "upsert"
+key = "id"
+"#;
+    f.write("backflow.toml", toml);
+    let (code, out, err) = f.cli(&["check"]);
+    assert_ne!(code, 0);
+    assert!(
+        format!("{out}{err}").contains("BACKFLOW_TEST_NEVER_SET_URL"),
+        "{out}{err}"
+    );
+    let (code, out, err) = f.cli(&["check", "--offline"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("valid offline") && out.contains("1 sync(s)"),
+        "{out}"
+    );
+
+    f.write(
+        "backflow.toml",
+        &toml.replace("behavior = \"upsert\"", "behavior = \"upsret\""),
+    );
+    let (code, out, err) = f.cli(&["check", "--offline"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(format!("{out}{err}").contains("upsret"), "{out}{err}");
+}
