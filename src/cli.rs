@@ -208,7 +208,10 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
         } => {
             let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
             let names = project.select_syncs(&syncs).map_err(|e| e.to_string())?;
-            let ctx = project.session().await.map_err(|e| e.to_string())?;
+            let ctx = project
+                .session_for(&names)
+                .await
+                .map_err(|e| e.to_string())?;
             let mut ok = true;
             for name in names {
                 let report = sync::plan(&project, &ctx, &name, RunOptions { full_resync }).await;
@@ -237,7 +240,16 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
         } => {
             let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
             let targets = project.select_targets(&syncs).map_err(|e| e.to_string())?;
-            let ctx = project.session().await.map_err(|e| e.to_string())?;
+            let names: Vec<String> = targets
+                .iter()
+                .map(|t| match t {
+                    RunTarget::Entity(n) | RunTarget::Sync(n) => n.clone(),
+                })
+                .collect();
+            let ctx = project
+                .session_for(&names)
+                .await
+                .map_err(|e| e.to_string())?;
             if targets.is_empty() && !json {
                 out!(
                     "no syncs in {}: add a [syncs.NAME] table",

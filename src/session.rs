@@ -3,6 +3,7 @@
 //! It sits above the hub: entities are tables of golden records that models may read, and the
 //! hub's write-backs are the syncs whose relation it registers itself (a [`sync::Upstream`]).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -30,10 +31,53 @@ fn default_batch_rows(engine: &EngineConfig) -> usize {
 impl Project {
     /// A DataFusion session in which every source, model and segment is a table.
     pub async fn session(&self) -> Result<SessionContext, ProjectError> {
+        self.session_of(None).await
+    }
+
+    /// A session for running `syncs`: only the sources, models and segments they read are
+    /// opened, so a source that cannot be read (a server down, a file missing) fails only the
+    /// syncs that need it. A project with entities opens everything (entities and their
+    /// write-backs read each other's sources).
+    pub async fn session_for(&self, syncs: &[String]) -> Result<SessionContext, ProjectError> {
+        if !self.config.entities.is_empty() {
+            return self.session().await;
+        }
+        let mut needed = BTreeSet::new();
+        let mut todo: Vec<String> = syncs
+            .iter()
+            .filter_map(|s| self.config.syncs.get(s).map(|c| c.from.clone()))
+            .collect();
+        while let Some(n) = todo.pop() {
+            if !needed.insert(n.clone()) {
+                continue;
+            }
+            if let Some(m) = self.models.iter().find(|m| m.name == n) {
+                todo.extend(m.dependencies.iter().cloned());
+            }
+            if let Some(seg) = self.config.segments.get(&n) {
+                todo.push(seg.model.clone());
+            }
+            // `source.table` reads the database source `source`.
+            if let Some((source, _)) = n.split_once('.') {
+                todo.push(source.to_string());
+            }
+        }
+        self.session_of(Some(&needed)).await
+    }
+
+    /// A session with the relations in `only` (every one when None).
+    async fn session_of(
+        &self,
+        only: Option<&BTreeSet<String>>,
+    ) -> Result<SessionContext, ProjectError> {
+        let wanted = |name: &str| only.is_none_or(|o| o.contains(name));
         sources::sweep_clean_copies(&self.dir);
         let ctx = session_context(&self.config.engine, &self.dir)?;
         self.state.register(&ctx)?;
         for (name, config) in &self.config.sources {
+            if !wanted(name) {
+                continue;
+            }
             let registration = sources::build(config, &self.dir)
                 .register(&ctx, name)
                 .await?;
@@ -53,7 +97,7 @@ impl Project {
             Some((name.clone(), Arc::new(upstream) as Arc<dyn sync::Upstream>))
         }))
         .install(&ctx);
-        for name in &self.order {
+        for name in self.order.iter().filter(|n| wanted(n)) {
             if let Some(model) = self.models.iter().find(|m| &m.name == name) {
                 let plan_err = |source| ProjectError::ModelPlan {
                     path: model.path.clone(),

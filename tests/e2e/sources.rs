@@ -149,3 +149,56 @@ cursor = "seq"
     let r = f.run_ok("events").await;
     assert_eq!((r.counts.read, r.counts.created), (2, 1), "{r:?}");
 }
+
+/// A source that cannot be read fails only the syncs that read it: `run` and `plan` of
+/// another sync open only what that sync reads (through its models).
+#[test]
+fn a_broken_source_fails_only_the_syncs_that_read_it() {
+    let f = Fixture::new();
+    f.write("people.csv", "id,name\n1,a\n2,b\n");
+    f.write(
+        "models/named.sql",
+        "SELECT id, name FROM people WHERE name IS NOT NULL",
+    );
+    f.write(
+        "backflow.toml",
+        r#"
+[sources.people]
+type = "csv"
+path = "people.csv"
+
+[sources.orders]
+type = "csv"
+path = "exports/orders.csv"
+
+[destinations.app]
+type = "sqlite"
+path = "out/app.db"
+
+[syncs.people]
+from = "named"
+to = "app"
+object = "people"
+behavior = "upsert"
+key = "id"
+
+[syncs.orders]
+from = "orders"
+to = "app"
+object = "orders"
+behavior = "upsert"
+key = "id"
+"#,
+    );
+    let (code, out, err) = f.cli(&["run", "people"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(f.sqlite("out/app.db", "people").len(), 2);
+    let (code, out, err) = f.cli(&["plan", "people"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // The sync that reads it, and a run of everything, name the missing file.
+    for args in [&["run", "orders"][..], &["run"]] {
+        let (code, out, err) = f.cli(args);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(format!("{out}{err}").contains("orders.csv"), "{out}{err}");
+    }
+}
