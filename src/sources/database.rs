@@ -212,10 +212,8 @@ impl Source for DatabaseSource {
                         &table,
                         c.read_timeout(),
                     )
-                    .await
-                    .map(|t| Arc::new(t) as Arc<dyn TableProvider>)
-                    .map_err(|e| Box::new(e) as BoxError);
-                    add(&schema, name, &table, provider, |m| url.redact(m))?;
+                    .await?;
+                    add(&schema, name, &table, Ok(Arc::new(provider)), |m| url.redact(m))?;
                 }
             }
             Kind::Mysql(c) => {

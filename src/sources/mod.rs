@@ -47,6 +47,9 @@ pub enum SourceError {
     },
     #[error("source \"{name}\": {reason}")]
     Other { name: String, reason: String },
+    /// A PostgreSQL table (its message names the source and the table).
+    #[error(transparent)]
+    Postgres(#[from] postgres::ReadError),
 }
 
 /// `[sources.NAME]`, tagged by `type`.
