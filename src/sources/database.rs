@@ -213,7 +213,9 @@ impl Source for DatabaseSource {
                         c.read_timeout(),
                     )
                     .await?;
-                    add(&schema, name, &table, Ok(Arc::new(provider)), |m| url.redact(m))?;
+                    add(&schema, name, &table, Ok(Arc::new(provider)), |m| {
+                        url.redact(m)
+                    })?;
                 }
             }
             Kind::Mysql(c) => {
