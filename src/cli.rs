@@ -720,16 +720,11 @@ async fn check(dir: &Path, offline: bool) -> Result<ExitCode, String> {
     }
     let project = Project::load(dir).map_err(|e| e.to_string())?;
     if offline {
-        let c = &project.config;
         out!(
-            "✓ {} is valid offline: {} source(s), {} model(s), {} segment(s), {} destination(s), {} sync(s) \
-             (sources, destinations and field types were not checked: run `backflow check` where the servers can be reached)",
+            "✓ {} is valid offline: {} (sources, destinations and field types were not checked: \
+             run `backflow check` where the servers can be reached)",
             project.dir.display(),
-            c.sources.len(),
-            project.models.len(),
-            c.segments.len(),
-            c.destinations.len(),
-            c.syncs.len(),
+            contents(&project)
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -745,20 +740,11 @@ async fn check(dir: &Path, offline: bool) -> Result<ExitCode, String> {
             problems.push(e.to_string());
         }
     }
-    let c = &project.config;
     if problems.is_empty() {
         out!(
-            "✓ {} is valid: {} source(s), {} model(s), {} segment(s), {} destination(s), {} sync(s){}",
+            "✓ {} is valid: {}",
             project.dir.display(),
-            c.sources.len(),
-            project.models.len(),
-            c.segments.len(),
-            c.destinations.len(),
-            c.syncs.len(),
-            match c.entities.len() {
-                0 => String::new(),
-                n => format!(", {n} entit{}", if n == 1 { "y" } else { "ies" }),
-            }
+            contents(&project)
         );
         Ok(ExitCode::SUCCESS)
     } else {
@@ -767,6 +753,23 @@ async fn check(dir: &Path, offline: bool) -> Result<ExitCode, String> {
         }
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// What a project holds, for `check`: "2 source(s), 1 model(s), …".
+fn contents(project: &Project) -> String {
+    let c = &project.config;
+    format!(
+        "{} source(s), {} model(s), {} segment(s), {} destination(s), {} sync(s){}",
+        c.sources.len(),
+        project.models.len(),
+        c.segments.len(),
+        c.destinations.len(),
+        c.syncs.len(),
+        match c.entities.len() {
+            0 => String::new(),
+            n => format!(", {n} entit{}", if n == 1 { "y" } else { "ies" }),
+        }
+    )
 }
 
 async fn history_cmd(

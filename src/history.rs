@@ -156,9 +156,10 @@ impl From<StoredRun> for RunRecord {
 
 /// The fields of a stored row type as serde_arrow traces them from the type (a struct field,
 /// like the counts, is one struct field here; [`flat_schema`] spreads it).
-fn stored_fields<T: for<'de> Deserialize<'de>>() -> Result<Vec<FieldRef>, serde_arrow::Error> {
+fn stored_fields<T: for<'de> Deserialize<'de>>() -> Result<Vec<FieldRef>, ArrowError> {
     let fields =
-        Vec::<FieldRef>::from_type::<T>(TracingOptions::default().strings_as_large_utf8(false))?;
+        Vec::<FieldRef>::from_type::<T>(TracingOptions::default().strings_as_large_utf8(false))
+            .map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
     Ok(fields
         .into_iter()
         .map(|f| {
@@ -246,14 +247,9 @@ pub async fn record(
     run: &RunRecord,
     samples: &[SampleRecord],
 ) -> Result<(), StateError> {
-    let arrow_err = |path: &str, e: ArrowError| parquet_err(path, e.into());
     let name = file_name(run);
     let runs_rel = format!("history/{}/runs/{name}", run.sync);
-    let fields = stored_fields::<StoredRun>()
-        .map_err(|e| arrow_err(&runs_rel, ArrowError::ExternalError(Box::new(e))))?;
-    let batch = to_batch(&fields, &[StoredRun::from(run)]).map_err(|e| arrow_err(&runs_rel, e))?;
-    let bytes = to_parquet(&batch).map_err(|e| parquet_err(&runs_rel, e))?;
-
+    let bytes = encode(&[StoredRun::from(run)]).map_err(|e| parquet_err(&runs_rel, e))?;
     if !samples.is_empty() {
         let rel = format!("history/{}/records/{name}", run.sync);
         let rows: Vec<StoredSample> = samples
@@ -270,10 +266,7 @@ pub async fn record(
                 record: s.record.clone(),
             })
             .collect();
-        let fields = stored_fields::<StoredSample>()
-            .map_err(|e| arrow_err(&rel, ArrowError::ExternalError(Box::new(e))))?;
-        let batch = to_batch(&fields, &rows).map_err(|e| arrow_err(&rel, e))?;
-        let sample_bytes = to_parquet(&batch).map_err(|e| parquet_err(&rel, e))?;
+        let sample_bytes = encode(&rows).map_err(|e| parquet_err(&rel, e))?;
         store.put_new(&rel, sample_bytes).await?;
     }
     // The run row goes last: a run listed in history always has its samples.
@@ -306,7 +299,8 @@ pub async fn runs(
         let rel = format!("history/{sync}/runs/{f}");
         let bytes = store.read(&rel).await?;
         for batch in read_batches(bytes).map_err(|e| parquet_err(&rel, e))? {
-            out.extend(decode_runs(&batch, &rel)?);
+            let rows: Vec<StoredRun> = decode(&batch, &rel)?;
+            out.extend(rows.into_iter().map(RunRecord::from));
         }
     }
     Ok(out)
@@ -328,17 +322,9 @@ pub async fn samples(
         }
         Err(e) => return Err(e),
     };
-    let corrupt = |e: ArrowError| StateError::Corrupt {
-        owner: "history".to_string(),
-        path: rel.clone(),
-        reason: e.to_string(),
-    };
-    let fields = stored_fields::<StoredSample>()
-        .map_err(|e| corrupt(ArrowError::ExternalError(Box::new(e))))?;
     let mut out = Vec::new();
     for batch in read_batches(bytes).map_err(|e| parquet_err(&rel, e))? {
-        let batch = conform(&batch, &flat_schema(&fields), &rel)?;
-        let rows: Vec<StoredSample> = from_batch(&fields, &batch).map_err(corrupt)?;
+        let rows: Vec<StoredSample> = decode(&batch, &rel)?;
         out.extend(rows.into_iter().map(|s| SampleRecord {
             kind: if s.kind == "invalid" {
                 RecordKind::Invalid
@@ -406,17 +392,27 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef, rel: &str) -> Result<RecordB
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| bad(e.to_string()))
 }
 
-fn decode_runs(batch: &RecordBatch, rel: &str) -> Result<Vec<RunRecord>, StateError> {
+/// One stored row type's file as Parquet.
+fn encode<T: Serialize + for<'de> Deserialize<'de>>(
+    rows: &[T],
+) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+    let batch = to_batch(&stored_fields::<T>()?, rows)?;
+    to_parquet(&batch)
+}
+
+/// The rows of a batch of a stored row type's file, whoever wrote it (see [`conform`]).
+fn decode<T: for<'de> Deserialize<'de>>(
+    batch: &RecordBatch,
+    rel: &str,
+) -> Result<Vec<T>, StateError> {
     let corrupt = |e: ArrowError| StateError::Corrupt {
         owner: "history".to_string(),
         path: rel.to_string(),
         reason: e.to_string(),
     };
-    let fields = stored_fields::<StoredRun>()
-        .map_err(|e| corrupt(ArrowError::ExternalError(Box::new(e))))?;
+    let fields = stored_fields::<T>().map_err(corrupt)?;
     let batch = conform(batch, &flat_schema(&fields), rel)?;
-    let rows: Vec<StoredRun> = from_batch(&fields, &batch).map_err(corrupt)?;
-    Ok(rows.into_iter().map(RunRecord::from).collect())
+    from_batch(&fields, &batch).map_err(corrupt)
 }
 
 #[cfg(test)]

@@ -203,28 +203,42 @@ impl Project {
         Ok(out)
     }
 
-    /// The rows the sources relation `name` reads (through models and segments) left out:
-    /// how many, and the ones kept.
-    pub fn quarantined(&self, name: &str) -> (u64, Vec<sources::quarantine::QuarantinedRow>) {
+    /// Every relation `roots` read, themselves included: the models' tables, the segments'
+    /// models, and the database source of each `source.table`, through any depth.
+    pub fn reads<'a>(&self, roots: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
         let mut seen = BTreeSet::new();
-        let mut todo = vec![name.to_string()];
-        let (mut count, mut rows) = (0, Vec::new());
-        let Ok(q) = self.quarantine.lock() else {
-            return (0, rows);
-        };
+        let mut todo: Vec<String> = roots.into_iter().map(str::to_string).collect();
         while let Some(n) = todo.pop() {
-            if !seen.insert(n.clone()) {
+            if seen.contains(&n) {
                 continue;
-            }
-            if let Some(found) = q.get(&n) {
-                count += found.count;
-                rows.extend(found.rows.iter().cloned());
             }
             if let Some(m) = self.models.iter().find(|m| m.name == n) {
                 todo.extend(m.dependencies.iter().cloned());
             }
             if let Some(s) = self.config.segments.get(&n) {
                 todo.push(s.model.clone());
+            }
+            if let Some((source, _)) = n.split_once('.')
+                && self.config.sources.contains_key(source)
+            {
+                todo.push(source.to_string());
+            }
+            seen.insert(n);
+        }
+        seen
+    }
+
+    /// The rows the sources relation `name` reads (through models and segments) left out:
+    /// how many, and the ones kept.
+    pub fn quarantined(&self, name: &str) -> (u64, Vec<sources::quarantine::QuarantinedRow>) {
+        let (mut count, mut rows) = (0, Vec::new());
+        let Ok(q) = self.quarantine.lock() else {
+            return (0, rows);
+        };
+        for n in self.reads([name]) {
+            if let Some(found) = q.get(&n) {
+                count += found.count;
+                rows.extend(found.rows.iter().cloned());
             }
         }
         (count, rows)
@@ -232,23 +246,9 @@ impl Project {
 
     /// Whether relation `name` is an entity or reads one (through models and segments).
     pub fn reads_entity(&self, name: &str) -> bool {
-        let mut seen = BTreeSet::new();
-        let mut todo = vec![name.to_string()];
-        while let Some(n) = todo.pop() {
-            if !seen.insert(n.clone()) {
-                continue;
-            }
-            if self.config.entities.contains_key(&n) {
-                return true;
-            }
-            if let Some(m) = self.models.iter().find(|m| m.name == n) {
-                todo.extend(m.dependencies.iter().cloned());
-            }
-            if let Some(s) = self.config.segments.get(&n) {
-                todo.push(s.model.clone());
-            }
-        }
-        false
+        self.reads([name])
+            .iter()
+            .any(|n| self.config.entities.contains_key(n))
     }
 
     /// The syncs to act on: all of them when `requested` is empty; unknown names are an error.

@@ -42,26 +42,11 @@ impl Project {
         if !self.config.entities.is_empty() {
             return self.session().await;
         }
-        let mut needed = BTreeSet::new();
-        let mut todo: Vec<String> = syncs
-            .iter()
-            .filter_map(|s| self.config.syncs.get(s).map(|c| c.from.clone()))
-            .collect();
-        while let Some(n) = todo.pop() {
-            if !needed.insert(n.clone()) {
-                continue;
-            }
-            if let Some(m) = self.models.iter().find(|m| m.name == n) {
-                todo.extend(m.dependencies.iter().cloned());
-            }
-            if let Some(seg) = self.config.segments.get(&n) {
-                todo.push(seg.model.clone());
-            }
-            // `source.table` reads the database source `source`.
-            if let Some((source, _)) = n.split_once('.') {
-                todo.push(source.to_string());
-            }
-        }
+        let needed = self.reads(
+            syncs
+                .iter()
+                .filter_map(|s| self.config.syncs.get(s).map(|c| c.from.as_str())),
+        );
         self.session_of(Some(&needed)).await
     }
 

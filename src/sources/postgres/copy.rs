@@ -142,7 +142,12 @@ impl Builder {
             },
             Builder::Uuid(b) => {
                 let bytes: [u8; 16] = fixed(v)?;
-                b.append_value(uuid::Uuid::from_bytes(bytes).hyphenated().to_string())
+                let mut text = uuid::Uuid::encode_buffer();
+                b.append_value(
+                    uuid::Uuid::from_bytes(bytes)
+                        .hyphenated()
+                        .encode_lower(&mut text),
+                )
             }
             Builder::Bytea(b) => b.append_value(v),
             Builder::Date(b) => {

@@ -293,23 +293,12 @@ impl TableProvider for PostgresTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let sql = self.sql(projection, filters, limit)?;
-        let (schema, kinds, names) = match projection {
+        let (schema, kinds) = match projection {
             Some(p) => (
                 Arc::new(self.schema.project(p)?),
                 p.iter().map(|&i| self.kinds[i]).collect(),
-                p.iter()
-                    .map(|&i| self.schema.field(i).name().clone())
-                    .collect(),
             ),
-            None => (
-                self.schema.clone(),
-                self.kinds.clone(),
-                self.schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().clone())
-                    .collect(),
-            ),
+            None => (self.schema.clone(), self.kinds.clone()),
         };
         Ok(Arc::new(scan::PostgresScan::new(scan::Read {
             source: self.source.clone(),
@@ -318,7 +307,6 @@ impl TableProvider for PostgresTable {
             sql,
             schema,
             kinds,
-            names,
             read_timeout: self.read_timeout,
         })))
     }

@@ -38,8 +38,6 @@ pub struct Read {
     pub sql: String,
     pub schema: SchemaRef,
     pub kinds: Vec<Kind>,
-    /// The selected columns' names, for messages.
-    pub names: Vec<String>,
     pub read_timeout: Duration,
 }
 
@@ -67,7 +65,12 @@ impl Read {
         DataFusionError::External(Box::new(ReadError::Value {
             source_name: self.source.clone(),
             table: self.table.clone(),
-            column: self.names.get(b.column).cloned().unwrap_or_default(),
+            column: self
+                .schema
+                .fields()
+                .get(b.column)
+                .map(|f| f.name().clone())
+                .unwrap_or_default(),
             row: b.row,
             reason: b.reason,
         }))
