@@ -226,3 +226,22 @@ pub fn cudu(r: &SyncReport) -> (u64, u64, u64, u64) {
     let c = &r.counts;
     (c.created, c.updated, c.deleted, c.unchanged)
 }
+
+/// Wait for `child` to end, or kill it and fail the test after `limit`: a hang, not a slow run.
+pub fn wait_or_kill(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{what} hung: still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

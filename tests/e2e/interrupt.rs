@@ -79,17 +79,13 @@ key = "id"
             .status()
             .unwrap();
         assert!(killed.success());
-        let started = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                let _ = child.kill();
-                panic!("{signal}: the run did not stop within a minute");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let status = tokio::task::block_in_place(|| {
+            wait_or_kill(
+                &mut child,
+                Duration::from_secs(60),
+                &format!("run after {signal}"),
+            )
+        });
         let output = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(status.code(), Some(130), "{signal}: {stderr}");

@@ -23,6 +23,26 @@ async fn drop_tables(my: &mut mysql_async::Conn, tables: &[&str]) {
     }
 }
 
+/// A project that syncs MySQL table `src` (source `shop`) into `copy` (sync `copy`, key `id`)
+/// with the sync `settings` (its behavior and more).
+fn copy_project(src: &str, copy: &str, settings: &str) -> String {
+    format!(
+        r#"
+[sources.shop]
+type = "mysql"
+url_env = "BACKFLOW_TEST_MYSQL_URL"
+tables = ["{src}"]
+{DESTINATION}
+[syncs.copy]
+from = "shop.{src}"
+to = "my"
+object = "{copy}"
+key = "id"
+{settings}
+"#
+    )
+}
+
 fn csv_to_mysql(f: &Fixture, object: &str, behavior: &str) {
     f.write(
         "backflow.toml",
@@ -59,22 +79,7 @@ async fn types_round_trip_and_cursor_reads_are_pushed_down() {
     let f = Fixture::new();
     f.write(
         "backflow.toml",
-        &format!(
-            r#"
-[sources.shop]
-type = "mysql"
-url_env = "BACKFLOW_TEST_MYSQL_URL"
-tables = ["{src}"]
-{DESTINATION}
-[syncs.copy]
-from = "shop.{src}"
-to = "my"
-object = "{copy}"
-behavior = "upsert"
-key = "id"
-cursor = "updated_at"
-"#
-        ),
+        &copy_project(src, copy, "behavior = \"upsert\"\ncursor = \"updated_at\""),
     );
     let r = f.run_ok("copy").await;
     assert_eq!(r.counts.created, 2, "{r:?}");
@@ -259,21 +264,7 @@ async fn values_at_the_edges_of_their_types_arrive_exactly() {
     let f = Fixture::new();
     f.write(
         "backflow.toml",
-        &format!(
-            r#"
-[sources.shop]
-type = "mysql"
-url_env = "BACKFLOW_TEST_MYSQL_URL"
-tables = ["{src}"]
-{DESTINATION}
-[syncs.copy]
-from = "shop.{src}"
-to = "my"
-object = "{copy}"
-behavior = "mirror"
-key = "id"
-"#
-        ),
+        &copy_project(src, copy, "behavior = \"mirror\""),
     );
     let r = f.run_ok("copy").await;
     assert_eq!((r.counts.created, r.counts.invalid), (4, 0), "{r:?}");

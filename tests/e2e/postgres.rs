@@ -38,6 +38,28 @@ fn as_text(schema: &str, table: &str, columns: &str) -> String {
     format!("SELECT {list} FROM {schema}.{table}")
 }
 
+/// A project that mirrors PostgreSQL table `schema.table` (source `wh`) into `table_copy` in
+/// the same schema (sync `copy`), plus `extra` TOML.
+fn copy_project(schema: &str, table: &str, extra: &str) -> String {
+    format!(
+        r#"
+[sources.wh]
+type = "postgres"
+url_env = "BACKFLOW_TEST_POSTGRES_URL"
+schema = "{schema}"
+tables = ["{table}"]
+{}
+[syncs.copy]
+from = "wh.{table}"
+to = "pg"
+object = "{table}_copy"
+behavior = "mirror"
+key = "id"
+{extra}"#,
+        pg_destination(schema)
+    )
+}
+
 fn sync(name: &str, object: &str, behavior: &str) -> String {
     format!(
         "[syncs.{name}]\nfrom = \"people\"\nto = \"pg\"\nobject = \"{object}\"\nbehavior = \"{behavior}\"\nkey = \"id\"\n"
@@ -108,26 +130,7 @@ async fn types_round_trip_through_source_and_destination() {
     .await
     .unwrap();
     let f = Fixture::new();
-    f.write(
-        "backflow.toml",
-        &format!(
-            r#"
-[sources.wh]
-type = "postgres"
-url_env = "BACKFLOW_TEST_POSTGRES_URL"
-schema = "{schema}"
-tables = ["typed"]
-{}
-[syncs.copy]
-from = "wh.typed"
-to = "pg"
-object = "typed_copy"
-behavior = "mirror"
-key = "id"
-"#,
-            pg_destination(schema)
-        ),
-    );
+    f.write("backflow.toml", &copy_project(schema, "typed", ""));
     let r = f.run_ok("copy").await;
     assert_eq!(r.counts.created, 2, "{r:?}");
     let text = |t: &str| as_text(schema, t, columns);
@@ -186,25 +189,14 @@ async fn values_at_the_edges_of_their_types_arrive_exactly() {
     let f = Fixture::new();
     f.write(
         "backflow.toml",
-        &format!(
+        &copy_project(
+            schema,
+            "edges",
             r#"
-[sources.wh]
-type = "postgres"
-url_env = "BACKFLOW_TEST_POSTGRES_URL"
-schema = "{schema}"
-tables = ["edges"]
-{}
 [destinations.lake]
 type = "file"
 path = "lake"
 format = "parquet"
-
-[syncs.copy]
-from = "wh.edges"
-to = "pg"
-object = "edges_copy"
-behavior = "mirror"
-key = "id"
 
 [syncs.file]
 from = "wh.edges"
@@ -213,7 +205,6 @@ object = "edges"
 behavior = "mirror"
 key = "id"
 "#,
-            pg_destination(schema)
         ),
     );
     let r = f.run_ok("copy").await;
@@ -290,26 +281,7 @@ async fn an_infinite_timestamp_stops_the_read_naming_the_column() {
     .await
     .unwrap();
     let f = Fixture::new();
-    f.write(
-        "backflow.toml",
-        &format!(
-            r#"
-[sources.wh]
-type = "postgres"
-url_env = "BACKFLOW_TEST_POSTGRES_URL"
-schema = "{schema}"
-tables = ["contracts"]
-{}
-[syncs.copy]
-from = "wh.contracts"
-to = "pg"
-object = "contracts_copy"
-behavior = "mirror"
-key = "id"
-"#,
-            pg_destination(schema)
-        ),
-    );
+    f.write("backflow.toml", &copy_project(schema, "contracts", ""));
     let r = f.run_with(&["copy"], Default::default()).await.remove(0);
     let error = r.error.unwrap_or_default();
     assert!(
@@ -741,26 +713,7 @@ async fn random_rows_round_trip(
     .await
     .unwrap();
     let f = Fixture::new();
-    f.write(
-        "backflow.toml",
-        &format!(
-            r#"
-[sources.wh]
-type = "postgres"
-url_env = "BACKFLOW_TEST_POSTGRES_URL"
-schema = "{schema}"
-tables = ["random"]
-{}
-[syncs.copy]
-from = "wh.random"
-to = "pg"
-object = "random_copy"
-behavior = "mirror"
-key = "id"
-"#,
-            pg_destination(schema)
-        ),
-    );
+    f.write("backflow.toml", &copy_project(schema, "random", ""));
     let r = f.run_ok("copy").await;
     proptest::prop_assert_eq!(r.counts.created, rows.len() as u64);
     let columns = "id, ts, d, n, t, big, f";
