@@ -136,14 +136,39 @@ pub struct SyncConfig {
 }
 
 /// `cursor_lookback`: a duration or an amount.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(
-    untagged,
-    expecting = "cursor_lookback must be a duration such as \"15m\", \"2h\" or \"1d\" (date and time cursors) or a whole number (numeric cursors)"
-)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Lookback {
     Amount(i64),
     Duration(String),
+}
+
+// By hand rather than `untagged`: serde's untagged enums lose the value's position, so a wrong
+// value would be reported at its table's line instead of its own.
+impl<'de> Deserialize<'de> for Lookback {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Lookback;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a duration such as \"15m\", \"2h\" or \"1d\" (date and time cursors) or a \
+                     whole number (numeric cursors)",
+                )
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Lookback, E> {
+                Ok(Lookback::Amount(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Lookback, E> {
+                i64::try_from(v)
+                    .map(Lookback::Amount)
+                    .map_err(|_| E::custom(format!("cursor_lookback {v} is too large")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Lookback, E> {
+                Ok(Lookback::Duration(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl std::fmt::Display for Lookback {
@@ -156,14 +181,43 @@ impl std::fmt::Display for Lookback {
 }
 
 /// The matching identifier: `key = "email"` or `key = { source = "email", destination = "Email" }`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(
-    untagged,
-    expecting = "a column name, or a table { source = \"col\", destination = \"col\" }"
-)]
+#[derive(Debug, Clone)]
 pub enum KeyConfig {
     Column(String),
     Pair { source: String, destination: String },
+}
+
+// By hand rather than `untagged`, so that a wrong value is reported at its own line.
+impl<'de> Deserialize<'de> for KeyConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Pair {
+            source: String,
+            destination: String,
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = KeyConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a column name, or a table { source = \"col\", destination = \"col\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KeyConfig, E> {
+                Ok(KeyConfig::Column(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<KeyConfig, A::Error> {
+                let p = Pair::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(KeyConfig::Pair {
+                    source: p.source,
+                    destination: p.destination,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl KeyConfig {
@@ -551,6 +605,31 @@ fields = { auto = true }
         let msg = err.to_string();
         assert!(msg.contains("behaviour"), "{msg}");
         assert!(msg.contains("line 18"), "{msg}");
+    }
+
+    /// A value of the wrong type is reported at its own line, not at its table's header (the
+    /// key, the lookback and a source's tables are not plain strings, so serde's untagged
+    /// enums, which lose the position, are not used for them).
+    #[test]
+    fn a_wrong_value_names_its_own_line() {
+        let line_of =
+            |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        for (from, to) in [
+            ("key = \"email\"", "key = 5"),
+            (
+                "key = \"email\"",
+                "key = { source = \"email\", destinaton = \"E\" }",
+            ),
+            ("key = \"email\"", "key = \"email\"\ncursor_lookback = [1]"),
+        ] {
+            let bad = EXAMPLE.replacen(from, to, 1);
+            let msg = ProjectConfig::parse(&bad, Path::new("backflow.toml"))
+                .unwrap_err()
+                .to_string();
+            let needle = to.lines().last().unwrap();
+            let line = line_of(&bad, needle);
+            assert!(msg.contains(&format!("line {line}:")), "{to}: {msg}");
+        }
     }
 
     #[test]

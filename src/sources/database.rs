@@ -27,24 +27,35 @@ pub enum TableSelection {
     List(Vec<String>),
 }
 
+// By hand rather than `untagged`, so that a wrong value is reported at its own line.
 impl<'de> Deserialize<'de> for TableSelection {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(
-            untagged,
-            expecting = "tables must be \"*\" (every table) or a list of table names such as [\"customers\", \"orders\"]"
-        )]
-        enum Raw {
-            One(String),
-            Many(Vec<String>),
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TableSelection;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "tables = \"*\" (every table) or a list of table names such as [\"customers\", \"orders\"]",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<TableSelection, E> {
+                if s == "*" {
+                    Ok(TableSelection::All)
+                } else {
+                    Err(E::custom(format!(
+                        "tables = \"{s}\": use \"*\" for every table or a list such as [\"{s}\"]"
+                    )))
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<TableSelection, A::Error> {
+                Vec::<String>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(TableSelection::List)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::One(s) if s == "*" => Ok(TableSelection::All),
-            Raw::One(s) => Err(serde::de::Error::custom(format!(
-                "tables = \"{s}\": use \"*\" for every table or a list such as [\"{s}\"]"
-            ))),
-            Raw::Many(v) => Ok(TableSelection::List(v)),
-        }
+        d.deserialize_any(V)
     }
 }
 

@@ -138,7 +138,11 @@ cursor_lookback = "1h"
     );
     f.write("backflow.toml", &t.replace("\"1h\"", "1.5"));
     let e = f.load().unwrap_err().to_string();
-    assert!(e.contains("cursor_lookback must be a duration"), "{e}");
+    // At the value's own line, quoted.
+    assert!(
+        e.contains("expected a duration") && e.contains("| cursor_lookback = 1.5"),
+        "{e}"
+    );
     f.write("backflow.toml", &t.replace("\"1h\"", "60"));
     let r = f.run_with(&["s"], Default::default()).await.remove(0);
     let e = r.error.unwrap_or_default();
