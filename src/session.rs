@@ -34,19 +34,30 @@ impl Project {
         self.session_of(None).await
     }
 
-    /// A session for running `syncs`: only the sources, models and segments they read are
-    /// opened, so a source that cannot be read (a server down, a file missing) fails only the
-    /// syncs that need it. A project with entities opens everything (entities and their
-    /// write-backs read each other's sources).
-    pub async fn session_for(&self, syncs: &[String]) -> Result<SessionContext, ProjectError> {
-        if !self.config.entities.is_empty() {
-            return self.session().await;
+    /// A session for running the syncs and entities `names`: only the sources, models and
+    /// segments they read are opened (an entity: its sources' relations; a write-back: its
+    /// entity's), so a source that cannot be read (a server down, a file missing) fails only
+    /// what needs it. Every entity's golden records are registered (they come from the state).
+    pub async fn session_for(&self, names: &[String]) -> Result<SessionContext, ProjectError> {
+        let mut roots: Vec<&str> = Vec::new();
+        let entity_sources = |entity: &str| {
+            self.config
+                .entities
+                .get(entity)
+                .into_iter()
+                .flat_map(|e| e.sources.values().map(|s| s.from.as_str()))
+        };
+        for name in names {
+            if let Some(sync) = self.config.syncs.get(name) {
+                roots.push(&sync.from);
+                // A write-back compares with what its source reports: the entity's sources.
+                if let Some(link) = &sync.hub {
+                    roots.extend(entity_sources(&link.entity));
+                }
+            }
+            roots.extend(entity_sources(name));
         }
-        let needed = self.reads(
-            syncs
-                .iter()
-                .filter_map(|s| self.config.syncs.get(s).map(|c| c.from.as_str())),
-        );
+        let needed = self.reads(roots);
         self.session_of(Some(&needed)).await
     }
 
