@@ -10,6 +10,8 @@
 --
 -- __bf_op:  0 unchanged   1 new   2 changed   3 gone (synced before, no longer in the model)
 --           4 invalid: NULL key   5 invalid: the key appears more than once in this run
+--           6 unowned: for a sync without state, bf_prev holds the destination's keys
+--             ({gone} is 6 then, 3 otherwise): a record there and not in the model
 --
 -- Duplicates are found with a GROUP BY over the key alone (cheap: only the key is read) rather
 -- than a window over whole rows.
@@ -39,7 +41,7 @@ model AS (
 SELECT m.*,
        p.__bf_key AS __bf_prev_key,
        CAST(CASE
-         WHEN m.__bf_present IS NULL THEN 3
+         WHEN m.__bf_present IS NULL THEN {gone}
          WHEN m.__bf_key IS NULL THEN 4
          WHEN m.__bf_dup_key IS NOT NULL THEN 5
          WHEN p.__bf_key IS NULL THEN 1

@@ -34,6 +34,11 @@ pub struct RunRecord {
     /// The committed state version, when the run committed.
     pub state_version: Option<u64>,
     pub error: Option<String>,
+    /// A sync's behavior, destination and object when it ran (None for hub entities, and in
+    /// files written before they were recorded).
+    pub behavior: Option<String>,
+    pub destination: Option<String>,
+    pub object: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +111,9 @@ struct StoredRun {
     counts: RunCounts,
     state_version: Option<i64>,
     error: Option<String>,
+    behavior: Option<String>,
+    destination: Option<String>,
+    object: Option<String>,
 }
 
 /// The fields of [`StoredRun`] that hold instants.
@@ -134,6 +142,9 @@ impl From<&RunRecord> for StoredRun {
             counts: r.counts.clone(),
             state_version: r.state_version.map(|v| v as i64),
             error: r.error.clone(),
+            behavior: r.behavior.clone(),
+            destination: r.destination.clone(),
+            object: r.object.clone(),
         }
     }
 }
@@ -150,6 +161,9 @@ impl From<StoredRun> for RunRecord {
             counts: r.counts,
             state_version: r.state_version.map(|v| v as u64),
             error: r.error,
+            behavior: r.behavior,
+            destination: r.destination,
+            object: r.object,
         }
     }
 }
@@ -437,7 +451,9 @@ mod tests {
              full_resync:Boolean:false read:UInt64:false invalid:UInt64:false \
              created:UInt64:false updated:UInt64:false deleted:UInt64:false \
              unchanged:UInt64:false rejected:UInt64:false skipped:UInt64:false \
-             retries:UInt64:false held:UInt64:false state_version:Int64:true error:Utf8:true"
+             retries:UInt64:false held:UInt64:false unowned:UInt64:false \
+             state_version:Int64:true error:Utf8:true behavior:Utf8:true \
+             destination:Utf8:true object:Utf8:true"
         );
         let records = flat_schema(&stored_fields::<StoredSample>().unwrap());
         let names: Vec<&str> = records.fields().iter().map(|f| f.name().as_str()).collect();
@@ -462,6 +478,9 @@ mod tests {
             },
             state_version: None,
             error: Some("boom".into()),
+            behavior: Some("mirror".into()),
+            destination: Some("db".into()),
+            object: None,
         };
         let samples = vec![SampleRecord {
             kind: RecordKind::Invalid,

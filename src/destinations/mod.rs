@@ -228,6 +228,47 @@ pub trait Destination: Send + Sync + std::fmt::Debug {
 
     /// Prepare the target for one run.
     async fn open(&self, target: &WriteTarget) -> Result<Box<dyn ObjectWriter>, DestinationError>;
+
+    /// The keys of the records the object holds now, as text, in chunks (NULL keys left out;
+    /// a missing object holds none), or None when this kind of destination cannot list its
+    /// records (an HTTP API, a change feed). Nothing is read until the stream is polled. What
+    /// a sync without state compares with (records it would otherwise take for new, or
+    /// mirror-delete), and what `state adopt` takes over.
+    fn keys(&self, _target: &WriteTarget) -> Option<KeyStream> {
+        None
+    }
+}
+
+/// Chunks of a destination object's keys, as text (see [`Destination::keys`]).
+pub type KeyStream = futures::stream::BoxStream<'static, Result<Vec<String>, DestinationError>>;
+
+/// How many keys a [`KeyStream`] chunk holds at most.
+pub(crate) const KEY_CHUNK: usize = 8192;
+
+/// Where a key reader sends its chunks (see [`key_stream`]).
+pub(crate) type KeySender = tokio::sync::mpsc::Sender<Result<Vec<String>, DestinationError>>;
+
+/// A [`KeyStream`] fed by `read`, a task started when the stream is first polled; its error
+/// ends the stream, and it stops early when the stream is dropped (a send fails).
+pub(crate) fn key_stream<F, Fut>(read: F) -> KeyStream
+where
+    F: FnOnce(KeySender) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), DestinationError>> + Send + 'static,
+{
+    use futures::StreamExt;
+    let start = async move {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let errors = tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = read(tx).await {
+                let _ = errors.send(Err(e)).await;
+            }
+        });
+        futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })
+    };
+    Box::pin(futures::stream::once(start).flatten())
 }
 
 /// Writes one object during one run.
@@ -277,6 +318,28 @@ fn merge_outcomes(
         }));
     outcome.rejected.sort_by_key(|r| r.row);
     outcome
+}
+
+/// Whether a run could create `path` (a file, or a folder for change feeds): its nearest
+/// existing ancestor must be a folder in which files can be created. Proven by creating and
+/// removing an empty probe file there, since permission bits do not tell (root, ACLs, a
+/// read-only mount).
+pub(crate) fn local_writable(path: &Path) -> Result<(), String> {
+    let mut dir = path.parent().map(Path::to_path_buf);
+    while let Some(d) = dir {
+        if d.exists() {
+            if !d.is_dir() {
+                return Err(format!("{} is not a folder", d.display()));
+            }
+            return tempfile::Builder::new()
+                .prefix(".backflow-probe-")
+                .tempfile_in(&d)
+                .map(drop)
+                .map_err(|e| format!("files cannot be created in {}: {e}", d.display()));
+        }
+        dir = d.parent().map(Path::to_path_buf);
+    }
+    Ok(())
 }
 
 /// Problems with a destination's `path` setting, found without I/O.

@@ -45,7 +45,7 @@ pub fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SqliteDestination {
     name: String,
     path: PathBuf,
@@ -191,16 +191,7 @@ impl Destination for SqliteDestination {
     async fn check(&self, target: &WriteTarget) -> Result<(), DestinationError> {
         // Without writing: the folder must exist or be creatable, and an existing table must
         // have the key column.
-        let mut dir = self.path.parent().map(Path::to_path_buf);
-        while let Some(d) = dir {
-            if d.exists() {
-                if !d.is_dir() {
-                    return Err(self.unwritable(format!("{} is not a folder", d.display())));
-                }
-                break;
-            }
-            dir = d.parent().map(Path::to_path_buf);
-        }
+        super::local_writable(&self.path).map_err(|reason| self.unwritable(reason))?;
         if self.path.exists() {
             let conn =
                 Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -221,6 +212,53 @@ impl Destination for SqliteDestination {
 
     fn fingerprint(&self, object: &str) -> String {
         format!("sqlite:{}:{object}", self.path.display())
+    }
+
+    fn keys(&self, target: &WriteTarget) -> Option<super::KeyStream> {
+        let (this, table, key) = (self.clone(), target.object.clone(), target.key.clone());
+        // Read on a blocking thread, a chunk at a time, once the stream is first polled.
+        let read = move |tx: super::KeySender| -> Result<(), DestinationError> {
+            if !this.path.exists() {
+                return Ok(());
+            }
+            let conn =
+                Connection::open_with_flags(&this.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    .map_err(|e| this.unwritable(e))?;
+            if Self::table_info(&conn, &table, &key)
+                .map_err(|e| this.unwritable(e))?
+                .is_none()
+            {
+                return Ok(());
+            }
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT CAST({k} AS TEXT) FROM {t} WHERE {k} IS NOT NULL",
+                    k = quote(&key),
+                    t = quote(&table)
+                ))
+                .map_err(|e| this.unwritable(e))?;
+            let mut rows = stmt.query([]).map_err(|e| this.unwritable(e))?;
+            let mut chunk = Vec::new();
+            while let Some(row) = rows.next().map_err(|e| this.unwritable(e))? {
+                chunk.push(row.get::<_, String>(0).map_err(|e| this.unwritable(e))?);
+                // A receiver that went away wants no more.
+                if chunk.len() == super::KEY_CHUNK
+                    && tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_err()
+                {
+                    return Ok(());
+                }
+            }
+            if !chunk.is_empty() {
+                let _ = tx.blocking_send(Ok(chunk));
+            }
+            Ok(())
+        };
+        let this = self.clone();
+        Some(super::key_stream(|tx| async move {
+            tokio::task::spawn_blocking(move || read(tx))
+                .await
+                .map_err(|e| this.unwritable(format!("the key reader stopped: {e}")))?
+        }))
     }
 
     async fn open(&self, target: &WriteTarget) -> Result<Box<dyn ObjectWriter>, DestinationError> {

@@ -146,7 +146,6 @@ pub struct HubReport {
     pub duration_ms: i64,
     pub state_version: Option<u64>,
     pub error: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<SampleRecord>,
 }
 
@@ -300,6 +299,9 @@ pub async fn run(
         },
         state_version,
         error: error.clone(),
+        behavior: None,
+        destination: None,
+        object: None,
     };
     if let Err(e) = history::record(&project.state, &record, &samples).await {
         let note = format!("run history was not recorded: {e}");

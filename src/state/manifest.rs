@@ -33,6 +33,10 @@ pub struct RunCounts {
     /// out rows it could not read (they may be those records). Deleted once the rows are fixed.
     #[serde(default)]
     pub held: u64,
+    /// Records the destination object holds that are not in the model and that this sync has
+    /// no record of sending (counted only by a run without state): a mirror leaves them alone.
+    #[serde(default)]
+    pub unowned: u64,
 }
 
 /// The watermark of a sync with a cursor: the cursor value up to which rows are in sync.

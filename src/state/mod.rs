@@ -665,6 +665,17 @@ impl StateStore {
         Ok(())
     }
 
+    /// Write a whole small object, replacing what is there in one step (a reader sees the old
+    /// one or the new one, never a part): `run_results.json`.
+    pub async fn put_replace(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
+        let path = self.path(rel);
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(self.io("write", &path))?;
+        Ok(())
+    }
+
     /// Write a whole small object that must not exist yet (history files).
     /// The object is flushed to disk before this returns (intents must be durable before the
     /// destination write they announce).

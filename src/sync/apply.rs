@@ -10,7 +10,10 @@ use arrow::datatypes::{DataType, Schema};
 use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::StreamExt;
 
-use super::diff::{CHANGED, DUPLICATE_KEY, GONE, NEW, NULL_KEY, PREV_KEY, UNCHANGED, mask, ops_of};
+use super::diff::{
+    CHANGED, DUPLICATE_KEY, GONE, NEW, NULL_KEY, PREV_KEY, UNCHANGED, UNOWNED, mask, model_rows,
+    ops_of,
+};
 use super::intents::IntentLog;
 use super::map::{HASH, KEY};
 use super::report::Tally;
@@ -299,9 +302,9 @@ pub(super) async fn apply(
         let ops = ops_of(sync, &batch)?;
         processed += batch.num_rows() as u64;
 
-        let model_rows = arrow::compute::kernels::boolean::not(&mask(&ops, GONE))
-            .map_err(|e| df_err(e.into()))?;
+        let model_rows = model_rows(&ops);
         tally.counts.read += model_rows.true_count() as u64;
+        tally.counts.unowned += mask(&ops, UNOWNED).true_count() as u64;
         cursors.read(&batch, &model_rows).map_err(&df_err)?;
         tally.counts.unchanged += mask(&ops, UNCHANGED).true_count() as u64;
         tally_invalid(target, &batch, &ops, tally);

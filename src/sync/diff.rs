@@ -17,21 +17,39 @@ pub(super) const CHANGED: i8 = 2;
 pub(super) const GONE: i8 = 3;
 pub(super) const NULL_KEY: i8 = 4;
 pub(super) const DUPLICATE_KEY: i8 = 5;
+/// A record the destination holds that is not in the model, of a sync without state (see
+/// `existing`): left alone.
+pub(super) const UNOWNED: i8 = 6;
 pub(super) const OP: &str = "__bf_op";
 pub(super) const PREV_KEY: &str = "__bf_prev_key";
 /// The diff of `bf_mapped` (the mapped model rows) with `bf_prev` (the state it compares
 /// with), as a plan. A run that reads the whole model finds gone keys with a full join; a cursor
-/// run reads only part of it, so it cannot, and joins the other way (see the SQL).
-pub(super) async fn plan(sync: &SyncRef<'_>) -> Result<DataFrame, SyncError> {
+/// run reads only part of it, so it cannot, and joins the other way (see the SQL). When
+/// `bf_prev` holds the destination's keys rather than a state (`foreign`), a key missing from
+/// the model is [`UNOWNED`], not gone.
+pub(super) async fn plan(sync: &SyncRef<'_>, foreign: bool) -> Result<DataFrame, SyncError> {
     let from = if sync.config.cursor.is_some() {
         "model m LEFT JOIN bf_prev p ON m.__bf_key = p.__bf_key"
     } else {
         "bf_prev p FULL JOIN model m ON m.__bf_key = p.__bf_key"
     };
+    let gone = if foreign { UNOWNED } else { GONE };
     sync.ctx
-        .sql(&DIFF_SQL.replace("{from}", from))
+        .sql(
+            &DIFF_SQL
+                .replace("{from}", from)
+                .replace("{gone}", &gone.to_string()),
+        )
         .await
         .map_err(engine(sync.name, "diff"))
+}
+
+/// Rows of the model (not gone, not unowned).
+pub(super) fn model_rows(ops: &arrow::array::Int8Array) -> BooleanArray {
+    let not_model = arrow::compute::kernels::boolean::or(&mask(ops, GONE), &mask(ops, UNOWNED))
+        .unwrap_or_else(|_| BooleanArray::from(vec![false; ops.len()]));
+    arrow::compute::kernels::boolean::not(&not_model)
+        .unwrap_or_else(|_| BooleanArray::from(vec![true; ops.len()]))
 }
 
 pub(super) fn mask(ops: &arrow::array::Int8Array, class: i8) -> BooleanArray {

@@ -21,9 +21,11 @@
 //! not committed (at-least-once).
 
 mod apply;
+mod bind;
 mod commit;
 mod diff;
 mod error;
+mod existing;
 mod intents;
 pub mod map;
 mod plan;
@@ -36,9 +38,10 @@ mod watermark;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::logical_expr::cast;
+use datafusion::logical_expr::{cast, try_cast};
 use datafusion::prelude::{DataFrame, SessionContext, ident};
 
+use crate::behavior::Behavior;
 use crate::config::SyncConfig;
 use crate::destinations::{Destination, WriteTarget};
 use crate::history::{self, RunRecord, RunStatus};
@@ -47,6 +50,7 @@ use crate::state::{Manifest, SyncLock};
 use map::{HASH, KEY};
 
 pub use crate::progress::{Delivery, NoProgress, Progress};
+pub use bind::{BindReport, adopt, rebind};
 pub use error::SyncError;
 pub(crate) use error::{engine, failpoint};
 pub use plan::{check, explain, plan};
@@ -235,21 +239,52 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
         }
         None => (None, 0),
     };
-    state::register(sync, previous.as_ref(), &key_type, &intents, reported).await?;
-    let diff = diff::plan(sync).await?;
+    let target = WriteTarget {
+        sync: name.to_string(),
+        object: config.object.clone(),
+        key: config.key.destination().to_string(),
+        schema: dest_schema,
+        behavior: config.behavior,
+        engine: ctx.copied_config(),
+        runtime: ctx.runtime_env(),
+        progress: Arc::new(NoProgress),
+        version: latest_version + 1,
+    };
+    // A sync without state compares with what the destination holds (see `existing`): only
+    // upserts and mirrors, whose counts and deletes depend on it.
+    // (An empty model whose key has no type yet has nothing to compare.)
+    let unknown_state = previous.is_none()
+        && key_type != DataType::Null
+        && intents.pending.is_empty()
+        && intents.damaged.is_empty()
+        && read.upstream.is_none();
+    let foreign = match existing::table(destination.clone(), &target) {
+        Some(table)
+            if unknown_state && matches!(config.behavior, Behavior::Upsert | Behavior::Mirror) =>
+        {
+            let keys = ctx
+                .read_table(table)
+                .and_then(|df| df.select(vec![try_cast(ident(KEY), key_type.clone()).alias(KEY)]))
+                .and_then(|df| df.filter(ident(KEY).is_not_null()))
+                .map_err(&df_err)?;
+            Some(keys)
+        }
+        _ => None,
+    };
+    let compares_with_destination = foreign.is_some();
+    state::register(
+        sync,
+        previous.as_ref(),
+        &key_type,
+        &intents,
+        reported,
+        foreign,
+    )
+    .await?;
+    let diff = diff::plan(sync, compares_with_destination).await?;
     Ok(Prepared {
         diff,
-        target: WriteTarget {
-            sync: name.to_string(),
-            object: config.object.clone(),
-            key: config.key.destination().to_string(),
-            schema: dest_schema,
-            behavior: config.behavior,
-            engine: ctx.copied_config(),
-            runtime: ctx.runtime_env(),
-            progress: Arc::new(NoProgress),
-            version: latest_version + 1,
-        },
+        target,
         key_type,
         cursor_type: read.cursor_type,
         rescan,
@@ -383,6 +418,9 @@ pub async fn run(
         Err(e) => (RunStatus::Failed, None, None, Some(e.to_string())),
     };
     let finished = now_ms();
+    for w in report::warnings(name, sync.config.behavior, &tally.counts) {
+        tracing::warn!(sync = name, "{w}");
+    }
     let record = RunRecord {
         run_id: sync.run_id.clone(),
         sync: name.to_string(),
@@ -393,6 +431,9 @@ pub async fn run(
         counts: tally.counts.clone(),
         state_version: version,
         error: error.clone(),
+        behavior: Some(sync.config.behavior.to_string()),
+        destination: Some(sync.config.to.clone()),
+        object: Some(sync.config.object.clone()),
     };
     let mut error = error;
     if let Err(e) = history::record(&project.state, &record, &tally.samples).await {
@@ -406,6 +447,7 @@ pub async fn run(
     SyncReport {
         sync: name.to_string(),
         status,
+        warnings: report::warnings(name, sync.config.behavior, &tally.counts),
         counts: tally.counts,
         behavior: sync.config.behavior,
         destination: sync.config.to.clone(),

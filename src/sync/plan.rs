@@ -8,7 +8,7 @@ use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
 use super::apply::{Counter, action, destination_batch, tally_invalid};
-use super::diff::{CHANGED, GONE, NEW, UNCHANGED, mask, ops_of};
+use super::diff::{CHANGED, GONE, NEW, UNCHANGED, UNOWNED, mask, model_rows, ops_of};
 use super::report::{PlanReport, PlanSamples, Tally};
 use super::{RunOptions, SyncError, SyncRef, clear_cycle_tables, engine, prepare};
 use crate::destinations::WriteTarget;
@@ -23,7 +23,9 @@ pub async fn plan(
     name: &str,
     options: RunOptions,
 ) -> PlanReport {
+    let started = std::time::Instant::now();
     let sync = SyncRef::new(project, ctx, name, options);
+    let run_id = sync.run_id.clone();
     let mut tally = Tally::default();
     let mut samples = PlanSamples::default();
     let result = async {
@@ -44,7 +46,10 @@ pub async fn plan(
     };
     PlanReport {
         sync: name.to_string(),
+        run_id,
+        duration_ms: started.elapsed().as_millis() as i64,
         status,
+        warnings: super::report::warnings(name, sync.behavior, &tally.counts),
         counts: tally.counts,
         behavior: sync.behavior,
         destination: sync.to.clone(),
@@ -56,8 +61,13 @@ pub async fn plan(
 
 /// Validate one sync against the real schemas (reads source metadata, writes nothing):
 /// key, cursor and mapped columns exist, computed fields parse, the destination could be
-/// written, and the stored state (if any) is readable and matches.
-pub async fn check(project: &Project, ctx: &SessionContext, name: &str) -> Result<(), SyncError> {
+/// written, and the stored state (if any) is readable and matches. Returns warnings: a
+/// mirror without state whose destination object already holds records.
+pub async fn check(
+    project: &Project,
+    ctx: &SessionContext,
+    name: &str,
+) -> Result<Vec<String>, SyncError> {
     let sync = SyncRef::new(project, ctx, name, RunOptions::default());
     let prepared = prepare(&sync).await;
     clear_cycle_tables(ctx);
@@ -76,7 +86,25 @@ pub async fn check(project: &Project, ctx: &SessionContext, name: &str) -> Resul
         .create_physical_plan()
         .await
         .map_err(engine(name, "plan"))?;
-    Ok(())
+    let mut warnings = Vec::new();
+    if prepared.previous.is_none()
+        && sync.config.behavior == crate::behavior::Behavior::Mirror
+        && super::existing::holds_records(prepared.destination.as_ref(), &prepared.target)
+            .await
+            .map_err(|source| SyncError::Destination {
+                sync: name.to_string(),
+                source,
+            })?
+            == Some(true)
+    {
+        warnings.push(format!(
+            "sync \"{name}\" has no state, but its destination object already holds records: \
+             a run updates those that are in the model and leaves the others alone (a mirror \
+             does not delete what nothing says it created). If backflow created them (its state \
+             was lost or reset), `backflow state adopt {name}` takes them over"
+        ));
+    }
+    Ok(warnings)
 }
 
 /// The physical plan of a sync's read and diff, as text. It shows what reaches each source:
@@ -118,8 +146,8 @@ pub(super) async fn count(
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(&df_err)?;
         let ops = ops_of(sync, &batch)?;
-        let gone = mask(&ops, GONE).true_count();
-        tally.counts.read += (batch.num_rows() - gone) as u64;
+        tally.counts.read += model_rows(&ops).true_count() as u64;
+        tally.counts.unowned += mask(&ops, UNOWNED).true_count() as u64;
         tally.counts.unchanged += mask(&ops, UNCHANGED).true_count() as u64;
         tally_invalid(target, &batch, &ops, tally);
         for class in [NEW, CHANGED, GONE] {

@@ -23,6 +23,8 @@ pub struct SyncReport {
     pub state_version: Option<u64>,
     pub watermark: Option<String>,
     pub error: Option<String>,
+    /// What the user should know although the run succeeded (see [`warnings`]).
+    pub warnings: Vec<String>,
     /// Up to 100 invalid and 100 rejected records, with reasons.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<SampleRecord>,
@@ -32,13 +34,17 @@ pub struct SyncReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanReport {
     pub sync: String,
+    /// An id of this plan (it commits nothing; history has no record of it).
+    pub run_id: String,
     pub status: RunStatus,
+    pub duration_ms: i64,
     #[serde(flatten)]
     pub counts: RunCounts,
     pub behavior: Behavior,
     pub destination: String,
     pub object: String,
     pub error: Option<String>,
+    pub warnings: Vec<String>,
     /// Up to 5 records per action (create, update, delete) and the invalid ones.
     pub samples: PlanSamples,
 }
@@ -50,6 +56,25 @@ pub struct PlanSamples {
     pub update: Vec<serde_json::Value>,
     pub delete: Vec<serde_json::Value>,
     pub invalid: Vec<SampleRecord>,
+}
+
+/// What a run's (or a plan's) counts call for telling the user.
+pub(crate) fn warnings(sync: &str, behavior: Behavior, counts: &RunCounts) -> Vec<String> {
+    let mut out = Vec::new();
+    if behavior == Behavior::Mirror && counts.unowned > 0 {
+        out.push(unowned_warning(sync, &counts.unowned.to_string()));
+    }
+    out
+}
+
+/// Why a mirror without state leaves `count` records of its destination alone.
+pub(crate) fn unowned_warning(sync: &str, count: &str) -> String {
+    format!(
+        "{count} record(s) in the destination object are not in the model and were not deleted: \
+         sync \"{sync}\" has no state, so nothing says backflow created them. If it did (its \
+         state was lost or reset), `backflow state adopt {sync}` takes them over, and the next \
+         run deletes them (`backflow plan {sync}` shows which first)"
+    )
 }
 
 /// Counts and samples of a run in progress.

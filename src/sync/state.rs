@@ -77,6 +77,7 @@ pub(super) fn fits(
         return Ok(None);
     };
     let mut changed = Vec::new();
+    let mut moved_only = false;
     if prev.destination != config.to || prev.object != config.object {
         changed.push(format!(
             "it now writes to {}/{} but its state is about {}/{}",
@@ -85,6 +86,7 @@ pub(super) fn fits(
     } else if let Some(stored) = &prev.destination_fingerprint
         && portable(stored, &sync.project.dir) != fingerprint
     {
+        moved_only = true;
         changed.push(format!(
             "destination \"{}\" now means {fingerprint} but the state was written for {stored}",
             config.to
@@ -98,7 +100,8 @@ pub(super) fn fits(
             wm.column
         ));
     }
-    if prev.key != config.key.destination() {
+    let key_changed = prev.key != config.key.destination();
+    if key_changed {
         changed.push(format!(
             "its key is now \"{}\" but its state is keyed by \"{}\"",
             config.key.destination(),
@@ -112,23 +115,44 @@ pub(super) fn fits(
         tracing::warn!(sync = name, "discarding state: {}", changed.join("; "));
         return Ok(None);
     }
+    // Only the destination's address changed: the records may well be the same ones.
+    let moved = changed.len() == 1 && moved_only;
+    let advice = if key_changed {
+        "a new key is a new identity for every record, and the destination matches records \
+         by it: when the records there already hold the new key's values, run it once with \
+         --full-resync; when they do not (the column is new or empty), point the sync at a \
+         new object, or empty this one, and then run it with --full-resync (otherwise every \
+         record would be sent again as a new one and refused or duplicated)"
+            .to_string()
+    } else if moved {
+        format!(
+            "if it is the same destination at a new address (the same records), run \
+             `backflow state rebind {name}` to keep the state; otherwise run it once with \
+             --full-resync to start over from the current model"
+        )
+    } else {
+        format!(
+            "run it once with --full-resync to start over from the current model (records \
+             synced under the old settings are then not deleted by a mirror; if they should be, \
+             run `backflow state adopt {name}` after that run)"
+        )
+    };
     Err(SyncError::StateMismatch {
         sync: name.to_string(),
-        message: format!(
-            "{}; run it once with --full-resync to start over from the current model (rows synced under the old settings are not deleted)",
-            changed.join("; ")
-        ),
+        message: format!("{}; {advice}", changed.join("; ")),
     })
 }
 
 /// Register `bf_state` (the last snapshot, key cast to the current key type, overlaid with
-/// what a hub write-back's source `reported`) and `bf_prev` (what the diff compares with).
+/// what a hub write-back's source `reported`) and `bf_prev` (what the diff compares with: the
+/// destination's `foreign` keys instead, for a sync without state).
 pub(super) async fn register(
     sync: &SyncRef<'_>,
     previous: Option<&Manifest>,
     key_type: &DataType,
     intents: &Intents,
     reported: Option<DataFrame>,
+    foreign: Option<DataFrame>,
 ) -> Result<(), SyncError> {
     let (project, ctx, name) = (sync.project, sync.ctx, sync.name);
     let pending = &intents.pending;
@@ -220,7 +244,15 @@ pub(super) async fn register(
             .map_err(&df_err)?;
         state_df = untouched.union(unknown).map_err(&df_err)?;
     }
-    let prev_df = if sync.options.full_resync {
+    // A sync without state compares with the destination's keys, every hash unknown (see
+    // `existing`).
+    let prev_df = if let Some(keys) = foreign {
+        keys.select(vec![
+            ident(KEY),
+            cast(lit(ScalarValue::Null), DataType::UInt64).alias(HASH),
+        ])
+        .map_err(&df_err)?
+    } else if sync.options.full_resync {
         state_df
             .clone()
             .select(vec![

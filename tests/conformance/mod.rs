@@ -81,6 +81,10 @@ pub struct Capabilities {
     /// Records can be added or edited between runs by someone else (a change feed is written
     /// only by backflow).
     pub editable: bool,
+    /// The destination can list the keys of its records (`Destination::keys`): a sync without
+    /// state counts a record already there as updated, not created, and a mirror counts one
+    /// that is not in the model as unowned.
+    pub lists_records: bool,
     /// The faults the object made by [`DestinationFixture::create_refusing`] refuses, each with
     /// a part of the destination's reason. Faults not listed must land as they are.
     pub refuses: Vec<(Fault, &'static str)>,
@@ -182,6 +186,7 @@ pub struct Counts {
     pub unchanged: u64,
     pub rejected: u64,
     pub skipped: u64,
+    pub unowned: u64,
 }
 
 pub fn counts(r: &SyncReport) -> Counts {
@@ -192,6 +197,7 @@ pub fn counts(r: &SyncReport) -> Counts {
         unchanged: r.counts.unchanged,
         rejected: r.counts.rejected,
         skipped: r.counts.skipped,
+        unowned: r.counts.unowned,
     }
 }
 

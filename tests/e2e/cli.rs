@@ -48,7 +48,19 @@ fn run_and_plan_json_have_the_documented_fields() {
     assert_eq!(code, 0, "{out}");
     let plan: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(plan["created"], 2);
-    assert_eq!(plan["samples"]["create"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        (&plan["schema_version"], &plan["command"], &plan["type"]),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!("plan"),
+            &serde_json::json!("sync")
+        )
+    );
+    assert!(plan["run_id"].is_string(), "{plan}");
+    let samples = plan["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 2);
+    assert_eq!(samples[0]["kind"], "create");
+    assert!(samples[0]["record"]["email"].is_string(), "{plan}");
     assert!(!f.path().join("out/app.db").exists(), "plan must not write");
     assert!(f.manifests().is_empty());
 
@@ -70,12 +82,81 @@ fn run_and_plan_json_have_the_documented_fields() {
     }
     assert_eq!(run["status"], "succeeded");
     assert_eq!(run["sync"], "people_sync");
+    assert_eq!(
+        (&run["schema_version"], &run["type"]),
+        (&serde_json::json!(1), &serde_json::json!("sync"))
+    );
+    assert!(
+        run["samples"].as_array().unwrap().is_empty()
+            && run["warnings"].as_array().unwrap().is_empty()
+    );
 
     let (code, out, _) = f.cli(&["history", "people_sync", "--json"]);
     assert_eq!(code, 0);
     let h: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(h["created"], 2);
     assert_eq!(h["status"], "succeeded");
+    // One shape for a sync, whichever command prints it.
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.retain(|k| k != "command");
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&h), keys(&run), "history {h}\nrun {run}");
+    assert_eq!(keys(&plan), keys(&run), "plan {plan}\nrun {run}");
+    assert_eq!(
+        (&h["behavior"], &h["destination"], &h["object"]),
+        (&run["behavior"], &run["destination"], &run["object"])
+    );
+    assert_eq!(h["run_id"], run["run_id"]);
+    assert!(h["samples"].as_array().unwrap().is_empty());
+
+    // check --json: one object per sync, the same identification fields.
+    let (code, out, _) = f.cli(&["check", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let c: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (
+            &c["command"],
+            &c["type"],
+            &c["sync"],
+            &c["status"],
+            &c["behavior"]
+        ),
+        (
+            &serde_json::json!("check"),
+            &serde_json::json!("sync"),
+            &serde_json::json!("people_sync"),
+            &serde_json::json!("succeeded"),
+            &serde_json::json!("mirror")
+        )
+    );
+
+    // The invocation's results, for a scheduler.
+    let results: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(f.path().join(".backflow/run_results.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(results["schema_version"], 1);
+    assert_eq!(results["status"], "succeeded");
+    assert_eq!(results["results"][0]["run_id"], run["run_id"]);
+
+    // A command that cannot start still prints a line a script can parse.
+    let (code, out, err) = f.cli(&["run", "nope", "--json"]);
+    assert_eq!(code, 2, "{err}");
+    let e: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (&e["type"], &e["status"]),
+        (&serde_json::json!("error"), &serde_json::json!("failed"))
+    );
+    assert!(e["error"].as_str().unwrap().contains("nope"), "{e}");
+    let results: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(f.path().join(".backflow/run_results.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(results["status"], "failed");
+    assert_eq!(results["results"][0]["type"], "error");
 
     let (code, out, _) = f.cli(&["history"]);
     assert_eq!(code, 0);
@@ -189,8 +270,9 @@ fn history_reads_runs_files_other_writers_rewrote() {
     let h: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(h["status"], "cancelled", "{h}");
     assert_eq!(h["created"], 1);
-    assert_eq!(h["started_at_ms"], started_ms, "{h}");
-    assert_eq!(h["finished_at_ms"], started_ms + 5, "{h}");
+    let started = chrono::DateTime::from_timestamp_millis(started_ms).unwrap();
+    assert_eq!(h["started_at"], started.to_rfc3339(), "{h}");
+    assert_eq!(h["duration_ms"], 5, "{h}");
     let (code, out, _) = f.cli(&["history", "people_sync"]);
     assert_eq!(code, 0);
     assert!(out.contains("cancelled"), "{out}");
@@ -362,4 +444,26 @@ key = "id"
     let (code, out, err) = f.cli(&["check", "--offline"]);
     assert_ne!(code, 0, "{out}{err}");
     assert!(format!("{out}{err}").contains("upsret"), "{out}{err}");
+}
+
+/// `check` names a destination that a run could not create (here a folder under /proc, where
+/// not even root can create files), instead of leaving it to the run.
+#[test]
+fn check_names_a_destination_that_cannot_be_written() {
+    let f = people_fixture("upsert", "", "id,email,name,plan\n1,a@x.io,Ada,pro\n");
+    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &(toml.replace("path = \"out/app.db\"", "path = \"/proc/backflow-test/app.db\"")
+            + "\n[destinations.files]\ntype = \"file\"\npath = \"/proc/backflow-test\"\nformat = \"csv\"\n\n[syncs.to_file]\nfrom = \"people\"\nto = \"files\"\nobject = \"people\"\nbehavior = \"upsert\"\nkey = \"id\"\n"),
+    );
+    let (code, out, err) = f.cli(&["check"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        out.matches("files cannot be created in /proc").count(),
+        2,
+        "{out}{err}"
+    );
+    let (code, out, err) = f.cli(&["run"]);
+    assert_eq!(code, 1, "{out}{err}");
 }

@@ -14,6 +14,7 @@ mod incremental;
 mod interrupt;
 mod invalid_rejected;
 mod mysql;
+mod ownership;
 mod postgres;
 mod property;
 mod quoting;

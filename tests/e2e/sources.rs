@@ -96,7 +96,7 @@ key = "id"
         &t.replace("tables = [\"accounts\"]", "tables = 5"),
     );
     let e = f.load().unwrap_err().to_string();
-    assert!(e.contains("tables must be \"*\""), "{e}");
+    assert!(e.contains("tables = \"*\" (every table) or a list"), "{e}");
     f.write(
         "backflow.toml",
         &t.replace("tables = [\"accounts\"]", "tables = \"accounts\""),
@@ -151,7 +151,8 @@ cursor = "seq"
 }
 
 /// A source that cannot be read fails only the syncs that read it: `run` and `plan` of
-/// another sync open only what that sync reads (through its models).
+/// another sync open only what that sync reads (through its models), in a project with a hub
+/// entity too.
 #[test]
 fn a_broken_source_fails_only_the_syncs_that_read_it() {
     let f = Fixture::new();
@@ -188,8 +189,28 @@ to = "app"
 object = "orders"
 behavior = "upsert"
 key = "id"
+
+[entities.person]
+fields = { name = "text" }
+match = [["name"]]
+
+[entities.person.sources.csv]
+from = "people"
+id = "id"
+fields = { name = "name" }
+
+[syncs.golden]
+from = "person"
+to = "app"
+object = "golden"
+behavior = "mirror"
+key = "golden_id"
 "#,
     );
+    // An entity opens its own sources only, and a sync reading its golden records none.
+    let (code, out, err) = f.cli(&["run", "person", "golden"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(f.sqlite("out/app.db", "golden").len(), 2);
     let (code, out, err) = f.cli(&["run", "people"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(f.sqlite("out/app.db", "people").len(), 2);

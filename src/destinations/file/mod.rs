@@ -52,7 +52,7 @@ pub(super) fn validate_object(object: &str) -> Vec<String> {
     super::check_relative_name(object)
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FileDestination {
     name: String,
     config: FileDestinationConfig,
@@ -102,18 +102,7 @@ impl Destination for FileDestination {
     async fn check(&self, target: &WriteTarget) -> Result<(), DestinationError> {
         let location = self.object_location(&target.object)?;
         if let Some(path) = &location.local {
-            let mut dir = path.parent().map(Path::to_path_buf);
-            while let Some(d) = dir {
-                if d.exists() {
-                    if !d.is_dir() {
-                        return Err(
-                            self.unwritable(&location, format!("{} is not a folder", d.display()))
-                        );
-                    }
-                    break;
-                }
-                dir = d.parent().map(Path::to_path_buf);
-            }
+            super::local_writable(path).map_err(|reason| self.unwritable(&location, reason))?;
             if path.is_dir() && self.config.mode == FileMode::Snapshot {
                 return Err(self.unwritable(&location, "a folder has that name"));
             }
@@ -140,6 +129,25 @@ impl Destination for FileDestination {
                 self.config.path
             ),
         }
+    }
+
+    fn keys(&self, target: &WriteTarget) -> Option<super::KeyStream> {
+        // A change feed holds operations, not records.
+        if self.config.mode == FileMode::Changes {
+            return None;
+        }
+        let (this, target) = (self.clone(), target.clone());
+        Some(super::key_stream(move |tx| async move {
+            let location = this.object_location(&target.object)?;
+            let store = location
+                .store()
+                .map_err(|source| DestinationError::Storage {
+                    destination: this.name.clone(),
+                    source,
+                })?;
+            snapshot::existing_keys(&this.name, this.config.format, &target, location, store, tx)
+                .await
+        }))
     }
 
     async fn open(&self, target: &WriteTarget) -> Result<Box<dyn ObjectWriter>, DestinationError> {

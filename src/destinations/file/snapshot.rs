@@ -113,6 +113,59 @@ impl FileWriter {
     }
 }
 
+/// The keys of the object's file as it is now, as text, in chunks to `tx` (none when there is
+/// no file yet). See `Destination::keys`.
+pub(super) async fn existing_keys(
+    destination: &str,
+    format: FileFormat,
+    target: &WriteTarget,
+    location: Location,
+    store: Arc<dyn ObjectStore>,
+    tx: crate::destinations::KeySender,
+) -> Result<(), DestinationError> {
+    let object = FileObject {
+        destination: destination.to_string(),
+        format,
+        target: target.clone(),
+        location,
+        store,
+        staged_path: PathBuf::new(),
+    };
+    let ctx = SessionContext::new_with_config_rt(target.engine.clone(), target.runtime.clone());
+    if !object.register_existing(&ctx).await? {
+        return Ok(());
+    }
+    let key = &target.key;
+    let mut stream = ctx
+        .table("bf_existing")
+        .await
+        .and_then(|df| {
+            if df.schema().field_with_unqualified_name(key).is_err() {
+                // A file without the key column holds no record of this sync.
+                return df.limit(0, Some(0))?.select(vec![lit("").alias(key)]);
+            }
+            df.select(vec![cast(ident(key), DataType::Utf8).alias(key)])?
+                .filter(ident(key).is_not_null())
+        })
+        .map_err(|e| object.fail(e))?
+        .execute_stream()
+        .await
+        .map_err(|e| object.fail(e))?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| object.fail(e))?;
+        let column =
+            arrow::compute::cast(batch.column(0), &DataType::Utf8).map_err(|e| object.fail(e))?;
+        let Some(texts) = column.as_any().downcast_ref::<arrow::array::StringArray>() else {
+            continue;
+        };
+        let keys: Vec<String> = texts.iter().flatten().map(str::to_string).collect();
+        if !keys.is_empty() && tx.send(Ok(keys)).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
 impl FileObject {
     fn fail(&self, reason: impl ToString) -> DestinationError {
         DestinationError::Write {

@@ -59,7 +59,7 @@ pub(super) fn validate_object(object: &str) -> Vec<String> {
     p
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MysqlDestination {
     name: String,
     config: MysqlDestinationConfig,
@@ -128,6 +128,44 @@ impl Destination for MysqlDestination {
             .map(|u| u.server())
             .unwrap_or_else(|_| format!("${}", self.config.url_env));
         format!("mysql:{server}:{object}")
+    }
+
+    fn keys(&self, target: &WriteTarget) -> Option<super::KeyStream> {
+        let this = self.clone();
+        let (table, key) = (
+            crate::databases::mysql::quote(&target.object),
+            crate::databases::mysql::quote(&target.key),
+        );
+        Some(super::key_stream(move |tx| async move {
+            let url = this.url()?;
+            let mut conn = this.connect(&url).await?;
+            let sql = format!("SELECT CAST({key} AS CHAR) FROM {table} WHERE {key} IS NOT NULL");
+            let mut result = match conn.query_iter(sql).await {
+                Ok(r) => r,
+                // No table yet (ER_NO_SUCH_TABLE): no records.
+                Err(mysql_async::Error::Server(e)) if e.code == 1146 => return Ok(()),
+                Err(e) => return Err(this.db(url.query_error(&e))),
+            };
+            let mut keys = Vec::new();
+            loop {
+                let row: Option<mysql_async::Row> = result
+                    .next()
+                    .await
+                    .map_err(|e| this.db(url.query_error(&e)))?;
+                let Some(row) = row else { break };
+                let value: Option<String> = row.get_opt(0).and_then(Result::ok);
+                keys.extend(value);
+                if keys.len() == super::KEY_CHUNK
+                    && tx.send(Ok(std::mem::take(&mut keys))).await.is_err()
+                {
+                    return Ok(());
+                }
+            }
+            if !keys.is_empty() {
+                let _ = tx.send(Ok(keys)).await;
+            }
+            Ok(())
+        }))
     }
 
     async fn open(&self, target: &WriteTarget) -> Result<Box<dyn ObjectWriter>, DestinationError> {

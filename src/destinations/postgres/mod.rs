@@ -69,7 +69,7 @@ pub(super) fn validate_object(object: &str) -> Vec<String> {
     )
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PostgresDestination {
     name: String,
     config: PostgresDestinationConfig,
@@ -136,6 +136,43 @@ impl Destination for PostgresDestination {
             .map(|u| u.server())
             .unwrap_or_else(|_| format!("${}", self.config.url_env));
         format!("postgres:{server}:{}.{object}", self.config.schema)
+    }
+
+    fn keys(&self, target: &WriteTarget) -> Option<super::KeyStream> {
+        let (this, table, key) = (
+            self.clone(),
+            qualified(&self.config.schema, &target.object),
+            crate::databases::postgres::quote(&target.key),
+        );
+        Some(super::key_stream(move |tx| async move {
+            use futures::StreamExt;
+            let url = this.url()?;
+            let client = this.connect(&url).await?;
+            let sql = format!("SELECT {key}::text FROM {table} WHERE {key} IS NOT NULL");
+            let rows = match client.query_raw(&sql, Vec::<String>::new()).await {
+                Ok(rows) => rows,
+                // No table yet: no records.
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                    return Ok(());
+                }
+                Err(e) => return Err(this.db(url.query_error(&e))),
+            };
+            let mut rows = std::pin::pin!(rows.chunks(super::KEY_CHUNK));
+            while let Some(chunk) = rows.next().await {
+                let mut keys = Vec::with_capacity(chunk.len());
+                for row in chunk {
+                    let row = row.map_err(|e| this.db(url.query_error(&e)))?;
+                    keys.push(
+                        row.try_get::<_, String>(0)
+                            .map_err(|e| this.db(url.query_error(&e)))?,
+                    );
+                }
+                if tx.send(Ok(keys)).await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        }))
     }
 
     async fn open(&self, target: &WriteTarget) -> Result<Box<dyn ObjectWriter>, DestinationError> {

@@ -197,6 +197,7 @@ impl DestinationFixture for FileFixture {
         Capabilities {
             checks_records: !changes,
             editable: !changes,
+            lists_records: !changes,
             // A file takes any value; only a snapshot's update-only of an unknown key is
             // refused (see `update_only`).
             refuses: Vec::new(),

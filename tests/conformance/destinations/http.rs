@@ -74,6 +74,7 @@ path = "/{{object}}/{{key}}"
         Capabilities {
             checks_records: true,
             editable: true,
+            lists_records: false,
             refuses: vec![(Fault::EmailWithoutAt, "is not a valid email address")],
             types: None,
             primary_key: false,

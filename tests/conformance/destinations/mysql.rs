@@ -75,6 +75,7 @@ impl DestinationFixture for MysqlFixture {
         Capabilities {
             checks_records: true,
             editable: true,
+            lists_records: true,
             // No unique e-mail: an upsert refuses a table with unique indexes besides the key
             // (ON DUPLICATE KEY UPDATE would fire on them).
             refuses: vec![

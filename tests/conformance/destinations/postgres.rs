@@ -66,6 +66,7 @@ impl DestinationFixture for PostgresFixture {
         Capabilities {
             checks_records: true,
             editable: true,
+            lists_records: true,
             refuses: vec![
                 (
                     Fault::EmailWithoutAt,

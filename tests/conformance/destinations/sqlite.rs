@@ -41,6 +41,7 @@ impl DestinationFixture for SqliteFixture {
         Capabilities {
             checks_records: true,
             editable: true,
+            lists_records: true,
             refuses: vec![
                 (
                     Fault::EmailWithoutAt,

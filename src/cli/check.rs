@@ -1,0 +1,108 @@
+//! `check`: the project against the real sources and destinations, writing nothing.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::json::{CheckRecord, Record};
+use crate::history::RunStatus;
+use crate::project::Project;
+
+pub(super) async fn check(dir: &Path, offline: bool, json: bool) -> Result<ExitCode, String> {
+    if offline {
+        crate::databases::set_offline();
+    }
+    let project = Project::load(dir).map_err(|e| e.to_string())?;
+    if offline {
+        if json {
+            let record = serde_json::json!({
+                "status": "succeeded",
+                "project": project.dir.display().to_string(),
+                "offline": true,
+            });
+            out!("{}", Record::new("check", "project", record).line());
+        } else {
+            out!(
+                "✓ {} is valid offline: {} (sources, destinations and field types were not \
+                 checked: run `backflow check` where the servers can be reached)",
+                project.dir.display(),
+                contents(&project)
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ctx = project.session().await.map_err(|e| e.to_string())?;
+    let mut records = Vec::new();
+    for name in project.config.entities.keys() {
+        let result = crate::hub::check(&project, &ctx, name).await;
+        records.push(CheckRecord {
+            sync: None,
+            entity: Some(name.clone()),
+            status: if result.is_ok() {
+                RunStatus::Succeeded
+            } else {
+                RunStatus::Failed
+            },
+            behavior: None,
+            destination: None,
+            object: None,
+            error: result.err().map(|e| e.to_string()),
+            warnings: Vec::new(),
+        });
+    }
+    for (name, config) in &project.config.syncs {
+        let result = crate::sync::check(&project, &ctx, name).await;
+        let (status, error, warnings) = match result {
+            Ok(w) => (RunStatus::Succeeded, None, w),
+            Err(e) => (RunStatus::Failed, Some(e.to_string()), Vec::new()),
+        };
+        records.push(CheckRecord {
+            sync: Some(name.clone()),
+            entity: None,
+            status,
+            behavior: Some(config.behavior.to_string()),
+            destination: Some(config.to.clone()),
+            object: Some(config.object.clone()),
+            error,
+            warnings,
+        });
+    }
+    let ok = records.iter().all(|r| r.status == RunStatus::Succeeded);
+    if json {
+        for r in records {
+            let kind = if r.entity.is_some() { "entity" } else { "sync" };
+            out!("{}", Record::new("check", kind, r).line());
+        }
+    } else {
+        for r in &records {
+            if let Some(e) = &r.error {
+                out!("✗ {e}");
+            }
+            super::output::print_warnings(&r.warnings);
+        }
+        if ok {
+            out!(
+                "✓ {} is valid: {}",
+                project.dir.display(),
+                contents(&project)
+            );
+        }
+    }
+    Ok(super::exit(ok))
+}
+
+/// What a project holds, for `check`: "2 source(s), 1 model(s), …".
+fn contents(project: &Project) -> String {
+    let c = &project.config;
+    format!(
+        "{} source(s), {} model(s), {} segment(s), {} destination(s), {} sync(s){}",
+        c.sources.len(),
+        project.models.len(),
+        c.segments.len(),
+        c.destinations.len(),
+        c.syncs.len(),
+        match c.entities.len() {
+            0 => String::new(),
+            n => format!(", {n} entit{}", if n == 1 { "y" } else { "ies" }),
+        }
+    )
+}

@@ -1,0 +1,121 @@
+//! `history`: past runs, newest first.
+
+use std::process::ExitCode;
+
+use super::json::{Record, SyncRecord};
+use crate::history::{self, RunRecord};
+use crate::project::Project;
+
+pub(super) async fn history_cmd(
+    project: &Project,
+    sync: Option<String>,
+    limit: usize,
+    with_samples: bool,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let names = match sync {
+        Some(s) if project.config.entities.contains_key(&s) => {
+            vec![crate::hub::history_name(&s)]
+        }
+        Some(s) => {
+            project
+                .select_syncs(std::slice::from_ref(&s))
+                .map_err(|e| e.to_string())?;
+            vec![s]
+        }
+        None => history::syncs(&project.state)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    let mut runs: Vec<RunRecord> = Vec::new();
+    for name in &names {
+        runs.extend(
+            history::runs(&project.state, name, limit)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    runs.sort_by_key(|r| std::cmp::Reverse(r.started_at_ms));
+    if runs.is_empty() && !json {
+        out!("no runs yet");
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    table.set_header(vec![
+        "started (UTC)",
+        "sync",
+        "status",
+        "read",
+        "created",
+        "updated",
+        "deleted",
+        "unchanged",
+        "invalid",
+        "rejected",
+        "secs",
+        "error",
+    ]);
+    let mut sample_lines = Vec::new();
+    for run in &runs {
+        let samples = if with_samples {
+            history::samples(&project.state, &run.sync, run)
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            Vec::new()
+        };
+        if json {
+            let kind = if run.behavior.is_none() && run.sync.starts_with("hub.") {
+                "entity"
+            } else {
+                "sync"
+            };
+            let record = SyncRecord::from_history(run, &samples);
+            out!("{}", Record::new("history", kind, record).line());
+            continue;
+        }
+        let c = &run.counts;
+        let started = chrono::DateTime::from_timestamp_millis(run.started_at_ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        table.add_row(vec![
+            started.clone(),
+            run.sync.clone(),
+            run.status.as_str().to_string(),
+            c.read.to_string(),
+            c.created.to_string(),
+            c.updated.to_string(),
+            c.deleted.to_string(),
+            c.unchanged.to_string(),
+            c.invalid.to_string(),
+            c.rejected.to_string(),
+            format!(
+                "{:.1}",
+                (run.finished_at_ms - run.started_at_ms) as f64 / 1000.0
+            ),
+            run.error.clone().unwrap_or_default(),
+        ]);
+        if !samples.is_empty() {
+            sample_lines.push(format!("{} {} (run {}):", run.sync, started, run.run_id));
+            for s in &samples {
+                let kind = match s.kind {
+                    history::RecordKind::Invalid => "invalid",
+                    history::RecordKind::Rejected => "rejected",
+                };
+                sample_lines.push(format!(
+                    "  {kind}: key {} — {}\n      {}",
+                    s.key.as_deref().unwrap_or("NULL"),
+                    s.reason,
+                    s.record
+                ));
+            }
+        }
+    }
+    if !json && !runs.is_empty() {
+        out!("{table}");
+        for line in sample_lines {
+            out!("{line}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

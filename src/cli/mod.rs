@@ -1,0 +1,494 @@
+//! The command line: parse arguments, call the library, print for people or as JSON. One file
+//! per command group (`check`, `history`, `hub`, `init`, `state`); `run` and `plan` are here,
+//! their output in `output`, the JSON shapes in `json`, the terminal's progress bar in
+//! `progress`.
+
+/// A line to stdout. A closed stdout (`backflow run | head -1`) stops the printing, never the
+/// run: the other syncs still run and commit, and the exit code still says how they went.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// A line to stderr (errors, in text mode): never a panic when stderr is closed either.
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+mod check;
+mod history;
+mod hub;
+mod init;
+pub mod json;
+mod output;
+mod progress;
+mod state;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::history::RunStatus;
+use crate::project::{Project, RunTarget};
+use crate::sync::{self, RunOptions};
+use json::{Record, RunResults, SyncRecord};
+
+/// backflow keeps the tools your teams use in sync with data defined in SQL.
+///
+/// A project is a folder with `backflow.toml` (sources, segments, destinations and syncs) and
+/// `models/*.sql` (one SELECT per file, named after the file). Each run sends only what changed
+/// since the last one: new and changed rows, and for mirror syncs the rows that left the model.
+///
+/// Start with `backflow init my-project`, then `backflow run --project my-project`.
+#[derive(Debug, Parser)]
+#[command(name = "backflow", version, about, long_about)]
+pub struct Cli {
+    /// The project folder (holding backflow.toml).
+    #[arg(
+        long,
+        short = 'p',
+        global = true,
+        default_value = ".",
+        value_name = "DIR"
+    )]
+    pub project: PathBuf,
+
+    /// Log detail: -v for info, -vv for debug (or set RUST_LOG).
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a working starter project in DIR (a CSV source, a model, a segment, an SQLite
+    /// destination and a sync), ready for `backflow run --project DIR`.
+    Init {
+        /// The folder to create (must be empty or missing).
+        dir: PathBuf,
+    },
+    /// Validate the configuration, models, field mappings and keys against the real source
+    /// schemas, without writing anything.
+    Check {
+        /// Validate only what needs no server: the project file, models (syntax, references,
+        /// order), segments and mappings' names; connection URL variables need not be set.
+        #[arg(long)]
+        offline: bool,
+        /// Print one JSON object per sync and entity instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dry run: show what `run` would create, update and delete, with a sample of each.
+    Plan {
+        /// Syncs to plan (default: all).
+        syncs: Vec<String>,
+        /// Plan as if the stored state were ignored (see `run --full-resync`).
+        #[arg(long)]
+        full_resync: bool,
+        /// Print one JSON object per sync instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also print each sync's physical plan: what is read from each source (for a database
+        /// source, the SQL sent to the server, watermark filter included).
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Run syncs and hub entities: send new, changed and removed rows to their destinations,
+    /// unify entities' records into golden records, and commit the state.
+    Run {
+        /// Syncs and entities to run (default: every entity, each followed by its write-backs,
+        /// then every sync, in the order of backflow.toml).
+        syncs: Vec<String>,
+        /// Send every row again, ignoring the stored row hashes and watermark (deletions are
+        /// still computed from the stored keys).
+        #[arg(long)]
+        full_resync: bool,
+        /// Print one JSON object per sync instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Look into a hub entity: a golden record with its sources, ID mappings and history, or
+    /// the newest transaction log entries.
+    Hub {
+        #[command(subcommand)]
+        command: HubCommand,
+    },
+    /// Deliberate changes to a sync's state (nothing is written to the destination).
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+    /// Show past runs, newest first, with their counts and errors.
+    History {
+        /// Only this sync.
+        sync: Option<String>,
+        /// How many runs per sync.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        /// Also show the invalid and rejected records kept for each run, with reasons.
+        #[arg(long)]
+        samples: bool,
+        /// Print one JSON object per run instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// The sync's destination moved (a new server address or database file, the same records):
+    /// keep its state, now about the new address. Without this, a run refuses a state written
+    /// for another address.
+    Rebind {
+        /// The sync.
+        sync: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take over the records the sync's destination object holds now, as if the sync had
+    /// sent them (for a sync whose state was lost): the next run updates those still in the
+    /// model and, for a mirror, deletes the others. `backflow plan SYNC` shows which first.
+    Adopt {
+        /// The sync.
+        sync: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HubCommand {
+    /// A golden record: each field with the source its value came from, the source records
+    /// linked to it, and its transaction log (with that of the records merged into it).
+    Show {
+        /// The entity.
+        entity: String,
+        /// The golden id (or use --source and --id).
+        golden_id: Option<i64>,
+        /// Find the golden record this source's record is linked to…
+        #[arg(long, requires = "id")]
+        source: Option<String>,
+        /// …by the record's id in that source.
+        #[arg(long, requires = "source")]
+        id: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The newest transaction log entries of an entity, oldest first.
+    Log {
+        /// The entity.
+        entity: String,
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print one JSON object per entry instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Command {
+    /// Whether the command prints JSON.
+    fn json(&self) -> bool {
+        match self {
+            Command::Init { .. } => false,
+            Command::Check { json, .. }
+            | Command::Plan { json, .. }
+            | Command::Run { json, .. }
+            | Command::History { json, .. } => *json,
+            Command::Hub { command } => match command {
+                HubCommand::Show { json, .. } | HubCommand::Log { json, .. } => *json,
+            },
+            Command::State { command } => match command {
+                StateCommand::Rebind { json, .. } | StateCommand::Adopt { json, .. } => *json,
+            },
+        }
+    }
+
+    /// The command's name in JSON records.
+    fn name(&self) -> Option<&'static str> {
+        Some(match self {
+            Command::Init { .. } => return None,
+            Command::Check { .. } => "check",
+            Command::Plan { .. } => "plan",
+            Command::Run { .. } => "run",
+            Command::History { .. } => "history",
+            Command::Hub { .. } => "hub",
+            Command::State { .. } => "state",
+        })
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            err!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = cli.command.json();
+    let command = cli.command.name();
+    match runtime.block_on(execute(cli)) {
+        Ok(code) => code,
+        Err(message) => {
+            // Scripts get the problem on stdout too, in the shape they parse.
+            if let Some(command) = command.filter(|_| json) {
+                let record = json::ErrorRecord {
+                    status: RunStatus::Failed,
+                    error: message.clone(),
+                };
+                out!("{}", json::Record::new(command, "error", record).line());
+            }
+            err!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,datafusion=warn",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in a log file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Run a parsed command. `Err` is a problem before any sync ran (exit 2).
+pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Init { dir } => init::init(&dir).map(|_| ExitCode::SUCCESS),
+        Command::Check { offline, json } => check::check(&cli.project, offline, json).await,
+        Command::Plan {
+            syncs,
+            full_resync,
+            json,
+            explain,
+        } => {
+            let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
+            let names = project.select_syncs(&syncs).map_err(|e| e.to_string())?;
+            let ctx = project
+                .session_for(&names)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut ok = true;
+            for name in names {
+                let started = now_ms();
+                let report = sync::plan(&project, &ctx, &name, RunOptions { full_resync }).await;
+                ok &= report.status == RunStatus::Succeeded;
+                if json {
+                    let record = SyncRecord::from_plan(&report, started, full_resync);
+                    out!("{}", Record::new("plan", "sync", record).line());
+                } else {
+                    output::print_plan(&report);
+                }
+                if explain {
+                    match sync::explain(&project, &ctx, &name).await {
+                        Ok(plan) if json => out!(
+                            "{}",
+                            serde_json::json!({
+                                "schema_version": json::SCHEMA_VERSION,
+                                "command": "plan",
+                                "type": "physical_plan",
+                                "sync": name,
+                                "physical_plan": plan,
+                            })
+                        ),
+                        Ok(plan) => out!("physical plan of {name}:\n{plan}"),
+                        Err(e) => {
+                            ok = false;
+                            err!("{e}");
+                        }
+                    }
+                }
+            }
+            Ok(exit(ok))
+        }
+        Command::Run {
+            syncs,
+            full_resync,
+            json,
+        } => run(&cli.project, syncs, full_resync, json).await,
+        Command::Hub { command } => {
+            let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
+            hub::hub_cmd(&project, command).await
+        }
+        Command::State { command } => {
+            let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
+            state::state_cmd(&project, command).await
+        }
+        Command::History {
+            sync,
+            limit,
+            samples,
+            json,
+        } => {
+            let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
+            history::history_cmd(&project, sync, limit, samples, json).await
+        }
+    }
+}
+
+/// `run`: each target in turn; every result is printed as it finishes and written, with the
+/// invocation's outcome, to `run_results.json`.
+async fn run(
+    dir: &std::path::Path,
+    syncs: Vec<String>,
+    full_resync: bool,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let started = now_ms();
+    let project = Project::load(dir).map_err(|e| e.to_string())?;
+    let mut results = RunResults::new(syncs.clone(), full_resync, started);
+    let prepared = async {
+        let targets = project.select_targets(&syncs).map_err(|e| e.to_string())?;
+        let names: Vec<String> = targets
+            .iter()
+            .map(|t| match t {
+                RunTarget::Entity(n) | RunTarget::Sync(n) => n.clone(),
+            })
+            .collect();
+        let ctx = project
+            .session_for(&names)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((targets, ctx))
+    }
+    .await;
+    let (targets, ctx) = match prepared {
+        Ok(p) => p,
+        Err(message) => {
+            results.push(&Record::new(
+                "run",
+                "error",
+                json::ErrorRecord {
+                    status: RunStatus::Failed,
+                    error: message.clone(),
+                },
+            ));
+            results
+                .write(&project.state, RunStatus::Failed, started)
+                .await;
+            return Err(message);
+        }
+    };
+    if targets.is_empty() && !json {
+        out!(
+            "no syncs in {}: add a [syncs.NAME] table",
+            project.config_text.path.display()
+        );
+    }
+    let progress = Arc::new(progress::TerminalProgress::new(
+        !json && std::io::stderr().is_terminal(),
+    ));
+    let mut ok = true;
+    crate::interrupt::listen();
+    let total = targets.len();
+    for (done, target) in targets.into_iter().enumerate() {
+        if crate::interrupt::requested() {
+            err!(
+                "interrupted: {} of {total} syncs and entities were not started",
+                total - done
+            );
+            break;
+        }
+        let target_started = now_ms();
+        match target {
+            RunTarget::Entity(name) => {
+                let report = crate::hub::run(
+                    &project,
+                    &ctx,
+                    &name,
+                    crate::hub::HubOptions {
+                        full_resync,
+                        max_cycles: None,
+                    },
+                )
+                .await;
+                ok &= report.status == RunStatus::Succeeded;
+                let record = Record::new("run", "entity", output::entity_json(&report));
+                if json {
+                    out!("{}", record.line());
+                } else {
+                    output::print_hub_run(&report);
+                }
+                results.push(&record);
+            }
+            RunTarget::Sync(name) => {
+                let report = sync::run(
+                    &project,
+                    &ctx,
+                    &name,
+                    RunOptions { full_resync },
+                    progress.clone(),
+                )
+                .await;
+                progress.done();
+                ok &= report.status == RunStatus::Succeeded;
+                let record = Record::new(
+                    "run",
+                    "sync",
+                    SyncRecord::from_run(&report, target_started, full_resync),
+                );
+                if json {
+                    out!("{}", record.line());
+                } else {
+                    output::print_run(&report);
+                }
+                results.push(&record);
+            }
+        }
+    }
+    let interrupted = crate::interrupt::requested();
+    let status = if interrupted {
+        RunStatus::Interrupted
+    } else if ok {
+        RunStatus::Succeeded
+    } else {
+        RunStatus::Failed
+    };
+    results.write(&project.state, status, started).await;
+    if interrupted {
+        return Ok(ExitCode::from(130));
+    }
+    Ok(exit(ok))
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,182 @@
+//! What `run` and `plan` print for people (JSON is in `json`).
+
+use crate::history::{self, RunStatus};
+use crate::sync::{PlanReport, SyncReport};
+
+/// Warnings go to stderr, like errors, so that stdout stays the results.
+pub(super) fn print_warnings(warnings: &[String]) {
+    for w in warnings {
+        err!("    warning: {w}");
+    }
+}
+
+/// An entity's run as JSON: the hub's report, its samples in the common sample shape.
+pub(super) fn entity_json(r: &crate::hub::HubReport) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        let samples: Vec<super::json::Sample> =
+            r.samples.iter().map(super::json::Sample::from).collect();
+        o.insert(
+            "samples".into(),
+            serde_json::to_value(samples).unwrap_or_default(),
+        );
+        o.insert("warnings".into(), serde_json::json!([]));
+    }
+    v
+}
+
+pub(super) fn print_run(r: &SyncReport) {
+    let c = &r.counts;
+    let mark = if r.status == RunStatus::Succeeded {
+        "✓"
+    } else {
+        "✗"
+    };
+    out!(
+        "{mark} {}  ({} → {}/{})  read {}  created {}  updated {}  deleted {}  unchanged {}  invalid {}  rejected {}{}{}  [{:.1}s]",
+        r.sync,
+        r.behavior,
+        r.destination,
+        r.object,
+        c.read,
+        c.created,
+        c.updated,
+        c.deleted,
+        c.unchanged,
+        c.invalid,
+        c.rejected,
+        if c.skipped > 0 {
+            format!("  skipped {}", c.skipped)
+        } else {
+            String::new()
+        },
+        if c.retries > 0 {
+            format!("  retries {}", c.retries)
+        } else {
+            String::new()
+        },
+        r.duration_ms as f64 / 1000.0
+    );
+    if c.held > 0 {
+        out!(
+            "    held: {} record(s) that left the model were not deleted: the model's sources left out rows they could not read, which may be them (fix the rows and run again)",
+            c.held
+        );
+    }
+    print_warnings(&r.warnings);
+    for s in r.samples.iter().take(5) {
+        let kind = match s.kind {
+            history::RecordKind::Invalid => "invalid",
+            history::RecordKind::Rejected => "rejected",
+        };
+        out!(
+            "    {kind}: key {} — {}",
+            s.key.as_deref().unwrap_or("NULL"),
+            s.reason
+        );
+    }
+    if r.samples.len() > 5 {
+        out!(
+            "    … {} more in `backflow history {} --samples`",
+            r.samples.len() - 5,
+            r.sync
+        );
+    }
+    if let Some(e) = &r.error {
+        err!("    error: {e}");
+    }
+}
+
+pub(super) fn print_hub_run(r: &crate::hub::HubReport) {
+    let mark = if r.status == RunStatus::Succeeded {
+        "✓"
+    } else {
+        "✗"
+    };
+    let read: u64 = r.sources.values().map(|s| s.read).sum();
+    let per_source = r
+        .sources
+        .iter()
+        .map(|(n, s)| format!("{n} {}", s.read))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sum = |f: fn(&crate::hub::SourceCounts) -> u64| r.sources.values().map(f).sum::<u64>();
+    out!(
+        "{mark} {}  (hub, {} cycle{})  read {read} ({per_source})  linked by id {}  matched {}  new {}{}  golden: created {}  updated {}  unchanged {}  merged {}  invalid {}  [{:.1}s]",
+        r.entity,
+        r.cycles,
+        if r.cycles == 1 { "" } else { "s" },
+        sum(|s| s.by_id),
+        sum(|s| s.matched),
+        sum(|s| s.new),
+        match sum(|s| s.unlinked) {
+            0 => String::new(),
+            n => format!("  unlinked {n}"),
+        },
+        r.created,
+        r.updated,
+        r.unchanged,
+        r.merged,
+        sum(|s| s.invalid),
+        r.duration_ms as f64 / 1000.0
+    );
+    for s in r.samples.iter().take(5) {
+        out!(
+            "    invalid: {} — {}",
+            s.key.as_deref().unwrap_or("(no id)"),
+            s.reason
+        );
+    }
+    if r.samples.len() > 5 {
+        out!(
+            "    … {} more in `backflow history {} --samples`",
+            r.samples.len() - 5,
+            r.entity
+        );
+    }
+    if let Some(e) = &r.error {
+        err!("    error: {e}");
+    }
+}
+
+pub(super) fn print_plan(r: &PlanReport) {
+    let c = &r.counts;
+    let mark = if r.status == RunStatus::Succeeded {
+        "•"
+    } else {
+        "✗"
+    };
+    out!(
+        "{mark} {}  ({} → {}/{})  would create {}  update {}  delete {}; unchanged {}  invalid {}  (read {})",
+        r.sync,
+        r.behavior,
+        r.destination,
+        r.object,
+        c.created,
+        c.updated,
+        c.deleted,
+        c.unchanged,
+        c.invalid,
+        c.read
+    );
+    print_warnings(&r.warnings);
+    for (label, list) in [
+        ("create", &r.samples.create),
+        ("update", &r.samples.update),
+        ("delete", &r.samples.delete),
+    ] {
+        for v in list {
+            out!("    {label}: {v}");
+        }
+    }
+    for s in r.samples.invalid.iter().take(5) {
+        out!(
+            "    invalid: key {} — {}",
+            s.key.as_deref().unwrap_or("NULL"),
+            s.reason
+        );
+    }
+    if let Some(e) = &r.error {
+        err!("    error: {e}");
+    }
+}
