@@ -47,6 +47,8 @@ pub enum RunStatus {
     Failed,
     /// Stopped by SIGINT or SIGTERM (see `interrupt`).
     Interrupted,
+    /// Stopped by the mass-delete guard before anything was sent.
+    Guarded,
     /// A status this release does not know (written by another release or another tool):
     /// shown as it is.
     Other(String),
@@ -58,6 +60,7 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
             RunStatus::Interrupted => "interrupted",
+            RunStatus::Guarded => "guarded",
             RunStatus::Other(s) => s,
         }
     }
@@ -67,6 +70,7 @@ impl RunStatus {
             "succeeded" => RunStatus::Succeeded,
             "failed" => RunStatus::Failed,
             "interrupted" => RunStatus::Interrupted,
+            "guarded" => RunStatus::Guarded,
             other => RunStatus::Other(other.to_string()),
         }
     }

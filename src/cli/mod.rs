@@ -113,6 +113,10 @@ pub enum Command {
         /// still computed from the stored keys).
         #[arg(long)]
         full_resync: bool,
+        /// Let mirrors delete more than their `max_deletes` in this run (after the guard
+        /// stopped one and the deletes are intended).
+        #[arg(long)]
+        allow_deletes: bool,
         /// Print one JSON object per sync instead of text.
         #[arg(long)]
         json: bool,
@@ -305,7 +309,11 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
             let mut ok = true;
             for name in names {
                 let started = now_ms();
-                let report = sync::plan(&project, &ctx, &name, RunOptions { full_resync }).await;
+                let options = RunOptions {
+                    full_resync,
+                    ..RunOptions::default()
+                };
+                let report = sync::plan(&project, &ctx, &name, options).await;
                 ok &= report.status == RunStatus::Succeeded;
                 if json {
                     let record = SyncRecord::from_plan(&report, started, full_resync);
@@ -338,8 +346,15 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
         Command::Run {
             syncs,
             full_resync,
+            allow_deletes,
             json,
-        } => run(&cli.project, syncs, full_resync, json).await,
+        } => {
+            let options = RunOptions {
+                full_resync,
+                allow_deletes,
+            };
+            run(&cli.project, syncs, options, json).await
+        }
         Command::Hub { command } => {
             let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
             hub::hub_cmd(&project, command).await
@@ -365,9 +380,10 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
 async fn run(
     dir: &std::path::Path,
     syncs: Vec<String>,
-    full_resync: bool,
+    options: RunOptions,
     json: bool,
 ) -> Result<ExitCode, String> {
+    let full_resync = options.full_resync;
     let started = now_ms();
     let project = Project::load(dir).map_err(|e| e.to_string())?;
     let mut results = RunResults::new(syncs.clone(), full_resync, started);
@@ -446,14 +462,7 @@ async fn run(
                 results.push(&record);
             }
             RunTarget::Sync(name) => {
-                let report = sync::run(
-                    &project,
-                    &ctx,
-                    &name,
-                    RunOptions { full_resync },
-                    progress.clone(),
-                )
-                .await;
+                let report = sync::run(&project, &ctx, &name, options, progress.clone()).await;
                 progress.done();
                 ok &= report.status == RunStatus::Succeeded;
                 let record = Record::new(

@@ -358,6 +358,7 @@ pub fn writeback_syncs(config: &ProjectConfig) -> IndexMap<String, SyncConfig> {
                     },
                     cursor: Some(HUB_SEQ.to_string()),
                     cursor_lookback: None,
+                    max_deletes: None,
                     hub: Some(link),
                 },
             );

@@ -129,10 +129,80 @@ pub struct SyncConfig {
     /// duration (`"15m"`, `"2h"`, `"1d"`) for date and time cursors, a number for numeric ones.
     /// Rows read again are compared by key and row hash, so nothing is sent twice.
     pub cursor_lookback: Option<Lookback>,
+    /// The most records one run of a mirror may delete: a share of the records in sync
+    /// (`"20%"`) or a count (`500`); default `"50%"`. A run over it sends nothing and commits
+    /// nothing (see `sync::guard`).
+    pub max_deletes: Option<DeleteLimit>,
     /// Set for the syncs backflow makes to write a hub entity back to one of its sources
     /// (never read from the file).
     #[serde(skip)]
     pub hub: Option<entity::HubLink>,
+}
+
+/// `max_deletes`: a share of the records in sync, or a count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DeleteLimit {
+    /// Percent, 0 to 100.
+    Share(f64),
+    Count(u64),
+}
+
+impl DeleteLimit {
+    /// A mirror's limit when it sets none.
+    pub const MIRROR_DEFAULT: DeleteLimit = DeleteLimit::Share(50.0);
+
+    /// The most deletes allowed out of `in_sync` records.
+    pub fn allows(&self, in_sync: u64) -> u64 {
+        match *self {
+            DeleteLimit::Count(n) => n,
+            DeleteLimit::Share(p) => ((in_sync as f64) * p / 100.0).floor() as u64,
+        }
+    }
+}
+
+impl std::fmt::Display for DeleteLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeleteLimit::Share(p) => write!(f, "\"{p}%\""),
+            DeleteLimit::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DeleteLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = DeleteLimit;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a share of the records in sync such as \"20%\", or a count such as 500",
+                )
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DeleteLimit, E> {
+                u64::try_from(v)
+                    .map(DeleteLimit::Count)
+                    .map_err(|_| E::custom("max_deletes must not be negative"))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<DeleteLimit, E> {
+                Ok(DeleteLimit::Count(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DeleteLimit, E> {
+                let share = v
+                    .trim()
+                    .strip_suffix('%')
+                    .and_then(|n| n.trim().parse::<f64>().ok())
+                    .filter(|p| (0.0..=100.0).contains(p));
+                match share {
+                    Some(p) => Ok(DeleteLimit::Share(p)),
+                    None => Err(E::custom(format!(
+                        "max_deletes = \"{v}\": use a share from \"0%\" to \"100%\", or a count such as 500"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `cursor_lookback`: a duration or an amount.
@@ -436,6 +506,13 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
             problems.push(format!(
                 "{at}: sync \"{name}\" is a mirror with a cursor: a mirror must read the whole model \
                  to see which rows left it; remove `cursor` or use behavior = \"upsert\""
+            ));
+        }
+        if sync.max_deletes.is_some() && sync.behavior != Behavior::Mirror {
+            problems.push(format!(
+                "{at}: sync \"{name}\" sets max_deletes, but only a mirror deletes records that \
+                 leave its model (a {} sync never does); remove it",
+                sync.behavior
             ));
         }
         match (&sync.cursor_lookback, &sync.cursor) {

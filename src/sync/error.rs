@@ -32,6 +32,9 @@ pub enum SyncError {
         sync: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The mass-delete guard stopped the run before it sent anything (see `guard`).
+    #[error("sync \"{sync}\": {message}")]
+    Guarded { sync: String, message: String },
     #[error("sync \"{sync}\": {}", crate::interrupt::MESSAGE)]
     Interrupted { sync: String },
     #[error("sync \"{sync}\": injected failure at {point}")]

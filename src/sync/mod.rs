@@ -26,6 +26,7 @@ mod commit;
 mod diff;
 mod error;
 mod existing;
+mod guard;
 mod intents;
 pub mod map;
 mod plan;
@@ -64,6 +65,8 @@ pub struct RunOptions {
     /// Ignore the stored row hashes and watermark: send every row again. Deletions are still
     /// computed against the stored keys.
     pub full_resync: bool,
+    /// Let a mirror delete more than its `max_deletes` in this run.
+    pub allow_deletes: bool,
 }
 
 /// One sync, with everything its stages need: the project and session it runs in, its name and
@@ -408,6 +411,7 @@ pub async fn run(
             m.watermark.map(|w| w.value),
             None,
         ),
+        Err(e @ SyncError::Guarded { .. }) => (RunStatus::Guarded, None, None, Some(e.to_string())),
         // Whatever stopped a run after a stop was asked for, the stop did.
         Err(_) if crate::interrupt::requested() => (
             RunStatus::Interrupted,
@@ -418,9 +422,6 @@ pub async fn run(
         Err(e) => (RunStatus::Failed, None, None, Some(e.to_string())),
     };
     let finished = now_ms();
-    for w in report::warnings(name, sync.config.behavior, &tally.counts) {
-        tracing::warn!(sync = name, "{w}");
-    }
     let record = RunRecord {
         run_id: sync.run_id.clone(),
         sync: name.to_string(),
@@ -488,6 +489,11 @@ async fn locked_cycle(
     let (project, name, config) = (sync.project, sync.name, sync.config);
     let mut prepared = prepare(sync).await?;
     prepared.target.progress = progress.clone();
+    let hold_deletes = project.quarantined(&config.from).0 > 0;
+    // Deletes a source's unreadable rows hold back are not made: nothing to guard.
+    if let Some(previous) = prepared.previous.as_ref().filter(|_| !hold_deletes) {
+        guard::check(sync, previous).await?;
+    }
     failpoint!("after_diff", name);
 
     let data_dir = project.state.new_data_dir(name, prepared.target.version);
@@ -509,7 +515,7 @@ async fn locked_cycle(
     });
     let guards = apply::Guards {
         fence: lock.fence(),
-        hold_deletes: project.quarantined(&config.from).0 > 0,
+        hold_deletes,
     };
 
     let stream = prepared

@@ -35,13 +35,26 @@ pub async fn plan(
             .execute_stream()
             .await
             .map_err(engine(name, "diff"))?;
-        count(name, &prepared.target, stream, &mut tally, &mut samples).await
+        count(name, &prepared.target, stream, &mut tally, &mut samples).await?;
+        // What the guard would say of a run.
+        let guarded = match (&prepared.previous, super::guard::limit(&sync)) {
+            (Some(_), Some(_)) => {
+                let (in_sync, deletes) = super::guard::count(&sync).await?;
+                super::guard::tripped(&sync, deletes, in_sync)
+            }
+            _ => None,
+        };
+        Ok::<_, SyncError>(guarded)
     }
     .await;
+    let mut warnings = super::report::warnings(name, sync.config.behavior, &tally.counts);
+    if let Ok(Some(stop)) = &result {
+        warnings.push(format!("a run would stop here: {stop}"));
+    }
     clear_cycle_tables(ctx);
     let sync = sync.config;
     let (status, error) = match result {
-        Ok(()) => (RunStatus::Succeeded, None),
+        Ok(_) => (RunStatus::Succeeded, None),
         Err(e) => (RunStatus::Failed, Some(e.to_string())),
     };
     PlanReport {
@@ -49,7 +62,7 @@ pub async fn plan(
         run_id,
         duration_ms: started.elapsed().as_millis() as i64,
         status,
-        warnings: super::report::warnings(name, sync.behavior, &tally.counts),
+        warnings,
         counts: tally.counts,
         behavior: sync.behavior,
         destination: sync.to.clone(),

@@ -15,7 +15,13 @@ async fn full_resync_recreates_records_a_create_only_sync_lost() {
     let conn = rusqlite::Connection::open(f.path().join("out/app.db")).unwrap();
     conn.execute("DELETE FROM people WHERE id = 1", []).unwrap();
     let r = f
-        .run_with(&["people_sync"], backflow::RunOptions { full_resync: true })
+        .run_with(
+            &["people_sync"],
+            backflow::RunOptions {
+                full_resync: true,
+                ..Default::default()
+            },
+        )
         .await
         .remove(0);
     assert_eq!((r.counts.created, r.counts.skipped), (1, 1), "{r:?}");

@@ -261,7 +261,13 @@ async fn changing_the_key_requires_a_full_resync() {
         "{r:?}"
     );
     let r = f
-        .run_with(&["people_sync"], backflow::RunOptions { full_resync: true })
+        .run_with(
+            &["people_sync"],
+            backflow::RunOptions {
+                full_resync: true,
+                ..Default::default()
+            },
+        )
         .await
         .remove(0);
     assert!(r.error.is_none(), "{r:?}");

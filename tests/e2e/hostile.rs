@@ -29,7 +29,8 @@ async fn csv_with_bom_crlf_and_quoted_newlines() {
 #[tokio::test]
 async fn csv_rows_that_cannot_be_read_are_quarantined_with_their_line() {
     let f = Fixture::new();
-    people_project(&f, "mirror", "");
+    // The fixed file deletes 3 of 5 records: over the default guard, which is not tested here.
+    people_project(&f, "mirror", "max_deletes = \"100%\"");
     let mut bytes =
         b"\xef\xbb\xbfid,email,name,plan\r\n1,a@x.io,\"Ada\nLovelace\",pro\r\n\r\n".to_vec();
     bytes.extend_from_slice(b"2,b@x.io,Bob,free,extra\r\n"); // line 5: ragged

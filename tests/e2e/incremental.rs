@@ -79,7 +79,13 @@ async fn full_resync_sends_everything_again_and_still_deletes() {
         "id,email,name,plan\n1,a@x.io,Ada,pro\n2,b@x.io,Bob,free\n",
     );
     let r = f
-        .run_with(&["people_sync"], RunOptions { full_resync: true })
+        .run_with(
+            &["people_sync"],
+            RunOptions {
+                full_resync: true,
+                ..Default::default()
+            },
+        )
         .await
         .remove(0);
     assert_eq!(

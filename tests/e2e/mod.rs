@@ -5,6 +5,7 @@ mod crash;
 mod errors;
 mod files;
 mod fuzz_corpus;
+mod guard;
 mod hangs;
 mod hostile;
 mod http;

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use crate::common::*;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum B {
     Upsert,
     UpdateOnly,
@@ -27,6 +27,15 @@ impl B {
             B::AppendOnly => "append-only",
             B::Delete => "delete",
         }
+    }
+}
+
+/// The naive model has no mass-delete guard (its own property test is in `guard.rs`).
+fn guard_off(b: B) -> &'static str {
+    if b == B::Mirror {
+        "max_deletes = \"100%\""
+    } else {
+        ""
     }
 }
 
@@ -141,9 +150,11 @@ from = "model"
 to = "db"
 object = "t"
 behavior = "{}"
+{}
 key = "id"
 "#,
-            behavior.name()
+            behavior.name(),
+            guard_off(behavior)
         ),
     );
     // The destination starts with some records of its own (update-only and delete act on them).
@@ -248,8 +259,9 @@ mod crash_matrix {
         f.write(
             "backflow.toml",
             &format!(
-                "[sources.model]\ntype = \"csv\"\npath = \"model.csv\"\n\n[destinations.db]\ntype = \"sqlite\"\npath = \"db.sqlite\"\n\n[syncs.{sync}]\nfrom = \"model\"\nto = \"db\"\nobject = \"t\"\nbehavior = \"{}\"\nkey = \"id\"\n",
-                b.name()
+                "[sources.model]\ntype = \"csv\"\npath = \"model.csv\"\n\n[destinations.db]\ntype = \"sqlite\"\npath = \"db.sqlite\"\n\n[syncs.{sync}]\nfrom = \"model\"\nto = \"db\"\nobject = \"t\"\nbehavior = \"{}\"\nkey = \"id\"\n{}\n",
+                b.name(),
+                guard_off(b)
             ),
         );
         let conn = rusqlite::Connection::open(f.path().join("db.sqlite")).unwrap();
