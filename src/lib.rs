@@ -24,6 +24,7 @@ pub mod models;
 pub mod names;
 pub mod progress;
 pub mod project;
+pub mod selection;
 pub mod session;
 pub mod sources;
 pub mod state;

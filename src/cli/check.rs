@@ -7,7 +7,12 @@ use super::json::{CheckRecord, Record};
 use crate::history::RunStatus;
 use crate::project::Project;
 
-pub(super) async fn check(dir: &Path, offline: bool, json: bool) -> Result<ExitCode, String> {
+pub(super) async fn check(
+    dir: &Path,
+    offline: bool,
+    json: bool,
+    selection: &crate::selection::Selection,
+) -> Result<ExitCode, String> {
     if offline {
         crate::databases::set_offline();
     }
@@ -30,9 +35,27 @@ pub(super) async fn check(dir: &Path, offline: bool, json: bool) -> Result<ExitC
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // Selected: the entities a tag names (or every one with no selection), and the syncs.
+    let (entities, syncs): (Vec<String>, Vec<String>) = if selection.is_empty() {
+        (
+            project.config.entities.keys().cloned().collect(),
+            project.config.syncs.keys().cloned().collect(),
+        )
+    } else {
+        let targets = selection.targets(&project).map_err(|e| e.to_string())?;
+        let mut entities = Vec::new();
+        let mut syncs = Vec::new();
+        for t in targets {
+            match t {
+                crate::project::RunTarget::Entity(n) => entities.push(n),
+                crate::project::RunTarget::Sync(n) => syncs.push(n),
+            }
+        }
+        (entities, syncs)
+    };
     let ctx = project.session().await.map_err(|e| e.to_string())?;
     let mut records = Vec::new();
-    for name in project.config.entities.keys() {
+    for name in &entities {
         let result = crate::hub::check(&project, &ctx, name).await;
         records.push(CheckRecord {
             sync: None,
@@ -49,7 +72,8 @@ pub(super) async fn check(dir: &Path, offline: bool, json: bool) -> Result<ExitC
             warnings: Vec::new(),
         });
     }
-    for (name, config) in &project.config.syncs {
+    for name in &syncs {
+        let config = &project.config.syncs[name];
         let result = crate::sync::check(&project, &ctx, name).await;
         let (status, error, warnings) = match result {
             Ok(w) => (RunStatus::Succeeded, None, w),

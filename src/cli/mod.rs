@@ -38,6 +38,7 @@ use clap::{Parser, Subcommand};
 
 use crate::history::RunStatus;
 use crate::project::{Project, RunTarget};
+use crate::selection::Selection;
 use crate::sync::{self, RunOptions};
 use json::{Record, RunResults, SyncRecord};
 
@@ -87,6 +88,13 @@ pub enum Command {
         /// Print one JSON object per sync and entity instead of text.
         #[arg(long)]
         json: bool,
+        /// Also act on these: a name, or `tag:TAG` for every sync and entity with that tag
+        /// (repeatable).
+        #[arg(long, value_name = "NAME|tag:TAG")]
+        select: Vec<String>,
+        /// Leave these out: a name, or `tag:TAG` (repeatable).
+        #[arg(long, value_name = "NAME|tag:TAG")]
+        exclude: Vec<String>,
     },
     /// Dry run: show what `run` would create, update and delete, with a sample of each.
     Plan {
@@ -102,6 +110,12 @@ pub enum Command {
         /// source, the SQL sent to the server, watermark filter included).
         #[arg(long)]
         explain: bool,
+        /// Also plan these: a name, or `tag:TAG` for every sync with that tag (repeatable).
+        #[arg(long, value_name = "NAME|tag:TAG")]
+        select: Vec<String>,
+        /// Leave these out: a name, or `tag:TAG` (repeatable).
+        #[arg(long, value_name = "NAME|tag:TAG")]
+        exclude: Vec<String>,
     },
     /// Run syncs and hub entities: send new, changed and removed rows to their destinations,
     /// unify entities' records into golden records, and commit the state.
@@ -120,6 +134,13 @@ pub enum Command {
         /// Print one JSON object per sync instead of text.
         #[arg(long)]
         json: bool,
+        /// Also act on these: a name, or `tag:TAG` for every sync and entity with that tag
+        /// (repeatable).
+        #[arg(long, value_name = "NAME|tag:TAG")]
+        select: Vec<String>,
+        /// Leave these out: a name, or `tag:TAG` (repeatable).
+        #[arg(long, value_name = "NAME|tag:TAG")]
+        exclude: Vec<String>,
     },
     /// Look into a hub entity: a golden record with its sources, ID mappings and history, or
     /// the newest transaction log entries.
@@ -293,15 +314,34 @@ fn now_ms() -> i64 {
 pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::Init { dir } => init::init(&dir).map(|_| ExitCode::SUCCESS),
-        Command::Check { offline, json } => check::check(&cli.project, offline, json).await,
+        Command::Check {
+            offline,
+            json,
+            select,
+            exclude,
+        } => {
+            let selection = Selection {
+                names: Vec::new(),
+                select,
+                exclude,
+            };
+            check::check(&cli.project, offline, json, &selection).await
+        }
         Command::Plan {
             syncs,
             full_resync,
             json,
             explain,
+            select,
+            exclude,
         } => {
             let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
-            let names = project.select_syncs(&syncs).map_err(|e| e.to_string())?;
+            let selection = Selection {
+                names: syncs,
+                select,
+                exclude,
+            };
+            let names = selection.syncs(&project).map_err(|e| e.to_string())?;
             let ctx = project
                 .session_for(&names)
                 .await
@@ -348,12 +388,19 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
             full_resync,
             allow_deletes,
             json,
+            select,
+            exclude,
         } => {
             let options = RunOptions {
                 full_resync,
                 allow_deletes,
             };
-            run(&cli.project, syncs, options, json).await
+            let selection = Selection {
+                names: syncs,
+                select,
+                exclude,
+            };
+            run(&cli.project, selection, options, json).await
         }
         Command::Hub { command } => {
             let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
@@ -379,16 +426,23 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
 /// invocation's outcome, to `run_results.json`.
 async fn run(
     dir: &std::path::Path,
-    syncs: Vec<String>,
+    selection: Selection,
     options: RunOptions,
     json: bool,
 ) -> Result<ExitCode, String> {
     let full_resync = options.full_resync;
     let started = now_ms();
     let project = Project::load(dir).map_err(|e| e.to_string())?;
-    let mut results = RunResults::new(syncs.clone(), full_resync, started);
+    let asked: Vec<String> = selection
+        .names
+        .iter()
+        .cloned()
+        .chain(selection.select.iter().cloned())
+        .chain(selection.exclude.iter().map(|e| format!("-{e}")))
+        .collect();
+    let mut results = RunResults::new(asked, full_resync, started);
     let prepared = async {
-        let targets = project.select_targets(&syncs).map_err(|e| e.to_string())?;
+        let targets = selection.targets(&project).map_err(|e| e.to_string())?;
         let names: Vec<String> = targets
             .iter()
             .map(|t| match t {
@@ -420,10 +474,14 @@ async fn run(
         }
     };
     if targets.is_empty() && !json {
-        out!(
-            "no syncs in {}: add a [syncs.NAME] table",
-            project.config_text.path.display()
-        );
+        if selection.is_empty() {
+            out!(
+                "no syncs in {}: add a [syncs.NAME] table",
+                project.config_text.path.display()
+            );
+        } else {
+            out!("nothing selected: every sync and entity asked for was excluded");
+        }
     }
     let progress = Arc::new(progress::TerminalProgress::new(
         !json && std::io::stderr().is_terminal(),

@@ -39,6 +39,9 @@ pub struct EntityConfig {
     /// The systems that contribute or receive this entity's records, in order of preference
     /// (the default priority).
     pub sources: IndexMap<String, EntitySourceConfig>,
+    /// Labels to pick entities by: `backflow run --select tag:daily`.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// `[entities.NAME.authority]`: the default rule, and per-field overrides.
@@ -359,6 +362,7 @@ pub fn writeback_syncs(config: &ProjectConfig) -> IndexMap<String, SyncConfig> {
                     cursor: Some(HUB_SEQ.to_string()),
                     cursor_lookback: None,
                     max_deletes: None,
+                    tags: Vec::new(),
                     hub: Some(link),
                 },
             );

@@ -133,6 +133,9 @@ pub struct SyncConfig {
     /// (`"20%"`) or a count (`500`); default `"50%"`. A run over it sends nothing and commits
     /// nothing (see `sync::guard`).
     pub max_deletes: Option<DeleteLimit>,
+    /// Labels to pick syncs by: `backflow run --select tag:daily`.
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// Set for the syncs backflow makes to write a hub entity back to one of its sources
     /// (never read from the file).
     #[serde(skip)]

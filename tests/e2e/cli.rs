@@ -467,3 +467,76 @@ fn check_names_a_destination_that_cannot_be_written() {
     let (code, out, err) = f.cli(&["run"]);
     assert_eq!(code, 1, "{out}{err}");
 }
+
+/// `--select NAME|tag:TAG` and `--exclude` pick what `run`, `plan` and `check` act on; a tag
+/// that matches nothing is an error, not an empty success.
+#[test]
+fn select_and_exclude_by_name_and_tag() {
+    let f = people_fixture(
+        "upsert",
+        "tags = [\"daily\", \"crm\"]",
+        "id,email,name,plan\n1,a@x.io,Ada,pro\n",
+    );
+    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &(toml
+            + "\n[syncs.second]\nfrom = \"people\"\nto = \"app\"\nobject = \"second\"\nbehavior = \"upsert\"\nkey = \"id\"\ntags = [\"daily\"]\n\n[syncs.third]\nfrom = \"people\"\nto = \"app\"\nobject = \"third\"\nbehavior = \"upsert\"\nkey = \"id\"\n"),
+    );
+    let ran = |args: &[&str]| {
+        let (code, out, err) = f.cli(args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        let mut names: Vec<String> = out
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["sync"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        ran(&["plan", "--json", "--select", "tag:daily"]),
+        ["people_sync", "second"]
+    );
+    assert_eq!(
+        ran(&[
+            "run",
+            "--json",
+            "--select",
+            "tag:daily",
+            "--exclude",
+            "tag:crm"
+        ]),
+        ["second"]
+    );
+    assert!(
+        !f.path().join(".backflow/syncs/people_sync").exists(),
+        "an excluded sync ran"
+    );
+    assert_eq!(
+        ran(&["run", "--json", "third", "--select", "second"]),
+        ["second", "third"]
+    );
+    assert_eq!(
+        ran(&["check", "--json", "--exclude", "tag:daily"]),
+        ["third"]
+    );
+    assert_eq!(
+        ran(&["run", "--json", "--exclude", "second", "--exclude", "third"]),
+        ["people_sync"]
+    );
+    for args in [
+        &["run", "--select", "tag:weekly"][..],
+        &["plan", "--exclude", "nope"],
+    ] {
+        let (code, out, err) = f.cli(args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains("weekly") || err.contains("nope"), "{err}");
+    }
+    let (_, _, err) = f.cli(&["run", "--select", "tag:weekly"]);
+    assert!(err.contains("the tags in use are: crm, daily"), "{err}");
+}
