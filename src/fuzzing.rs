@@ -13,7 +13,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::config::{ConfigText, ProjectConfig};
 use crate::hub::state::HubManifest;
-use crate::sources::quarantine::{self, CsvShape, Quarantine};
+use crate::sources::quarantine::{self, CsvFile, CsvShape, Quarantine};
 use crate::state::Manifest;
 
 /// `backflow.toml`: parsing and validation never panic, whatever the text.
@@ -64,46 +64,57 @@ pub fn manifest(data: &[u8]) {
 }
 
 /// CSV ingest: scanning never fails on content, and a clean copy keeps exactly the good rows
-/// (none bad left, none good lost); every bad row's line is within the file.
+/// (none bad left, none good lost), with and without checking values against column types
+/// inferred from the first rows; every bad row's line is within the file.
 pub fn csv(data: &[u8]) {
     let Ok(dir) = tempfile::tempdir() else { return };
     let path = dir.path().join("in.csv");
     if std::fs::write(&path, data).is_err() {
         return;
     }
+    let file = CsvFile {
+        path: path.clone(),
+        name: "in.csv".into(),
+    };
     let lines = data.iter().filter(|b| **b == b'\n').count() as u64 + 1;
     for delimiter in [b',', b';'] {
         let shape = CsvShape {
             has_header: true,
             delimiter,
         };
-        let mut found = Quarantine::default();
-        let Ok(scanned) = quarantine::scan(&path, shape, "f", &mut found) else {
-            // Only a header that is not UTF-8 (or an I/O error) stops a scan.
-            continue;
-        };
-        let clean = dir.path().join("clean.csv");
-        if quarantine::clean_copy(&path, shape, &clean).is_err() {
-            continue;
-        }
-        let mut again = Quarantine::default();
-        if let Ok(kept) = quarantine::scan(&clean, shape, "f", &mut again) {
-            assert_eq!(
-                again.count, 0,
-                "a clean copy still has bad rows: {:?}",
-                again.rows
-            );
-            assert_eq!(
-                kept.rows,
-                scanned.rows - scanned.bad,
-                "a clean copy lost or gained rows"
-            );
-        }
-        for row in &found.rows {
-            assert!(
-                row.line >= 1 && row.line <= lines,
-                "{row:?} of {lines} lines"
-            );
+        let types = quarantine::infer(std::slice::from_ref(&file), shape, 3).ok();
+        for columns in [None, types.as_ref()] {
+            let mut found = Quarantine::default();
+            let Ok(scanned) = quarantine::scan(&file, shape, columns, "f", &mut found) else {
+                // Only a header that is not UTF-8 (or an I/O error) stops a scan.
+                continue;
+            };
+            let clean = CsvFile {
+                path: dir.path().join("clean.csv"),
+                name: "clean.csv".into(),
+            };
+            if quarantine::clean_copy(&path, shape, columns, &clean.path).is_err() {
+                continue;
+            }
+            let mut again = Quarantine::default();
+            if let Ok(kept) = quarantine::scan(&clean, shape, columns, "f", &mut again) {
+                assert_eq!(
+                    again.count, 0,
+                    "a clean copy still has bad rows: {:?}",
+                    again.rows
+                );
+                assert_eq!(
+                    kept.rows,
+                    scanned.rows - scanned.left_out(),
+                    "a clean copy lost or gained rows"
+                );
+            }
+            for row in &found.rows {
+                assert!(
+                    row.line >= 1 && row.line <= lines,
+                    "{row:?} of {lines} lines"
+                );
+            }
         }
     }
 }

@@ -75,6 +75,10 @@ pub struct Project {
     pub state: StateStore,
     /// Rows each source left out when the session was made (see `sources::quarantine`).
     pub quarantine: std::sync::Mutex<indexmap::IndexMap<String, sources::quarantine::Quarantine>>,
+    /// How long opening each source took when the session was made, in milliseconds (for a
+    /// CSV source: copying it from its object store, inferring its column types and scanning
+    /// its rows).
+    pub source_ms: std::sync::Mutex<indexmap::IndexMap<String, u64>>,
     /// Clean copies sessions read (removed with the project).
     pub(crate) scratch: std::sync::Mutex<Vec<tempfile::TempDir>>,
 }
@@ -149,6 +153,7 @@ impl Project {
             order,
             state,
             quarantine: Default::default(),
+            source_ms: Default::default(),
             scratch: Default::default(),
         })
     }
@@ -242,6 +247,15 @@ impl Project {
             }
         }
         (count, rows)
+    }
+
+    /// How long opening the sources the relations `names` read took when the session was
+    /// made (each source once), in milliseconds.
+    pub fn source_time_ms<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> u64 {
+        let Ok(t) = self.source_ms.lock() else {
+            return 0;
+        };
+        self.reads(names).iter().filter_map(|n| t.get(n)).sum()
     }
 
     /// Whether relation `name` is an entity or reads one (through models and segments).

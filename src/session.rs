@@ -74,9 +74,15 @@ impl Project {
             if !wanted(name) {
                 continue;
             }
+            let started = std::time::Instant::now();
             let registration = sources::build(config, &self.dir)
                 .register(&ctx, name)
                 .await?;
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            tracing::info!(source = name.as_str(), elapsed_ms, "source opened");
+            if let Ok(mut t) = self.source_ms.lock() {
+                t.insert(name.clone(), elapsed_ms);
+            }
             if let Ok(mut q) = self.quarantine.lock() {
                 q.insert(name.clone(), registration.quarantine);
             }

@@ -144,10 +144,16 @@ fn env_options(scheme: &str) -> Vec<(String, String)> {
         "az" | "adl" | "azure" | "abfs" | "abfss" => &["AZURE_"],
         _ => &[],
     };
-    std::env::vars()
+    let mut options: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p)))
         .map(|(k, v)| (k.to_ascii_lowercase(), v))
-        .collect()
+        .collect();
+    // object_store's HTTP client refuses plain HTTP unless allowed: a URL that says
+    // `http://` asks for it.
+    if scheme == "http" {
+        options.push(("allow_http".into(), "true".into()));
+    }
+    options
 }
 
 /// Lexically remove `.` and `..` so messages and URLs show the real path.

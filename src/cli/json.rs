@@ -55,6 +55,8 @@ pub struct SyncRecord {
     /// RFC 3339, UTC.
     pub started_at: Option<String>,
     pub duration_ms: Option<i64>,
+    /// The part of `duration_ms` opening the sources took (run only).
+    pub sources_ms: Option<i64>,
     pub full_resync: bool,
     pub state_version: Option<u64>,
     pub watermark: Option<String>,
@@ -109,6 +111,7 @@ impl SyncRecord {
             object: Some(r.object.clone()),
             started_at: rfc3339(started_at_ms),
             duration_ms: Some(r.duration_ms),
+            sources_ms: Some(r.sources_ms),
             full_resync,
             state_version: r.state_version,
             watermark: r.watermark.clone(),
@@ -143,6 +146,7 @@ impl SyncRecord {
             object: Some(r.object.clone()),
             started_at: rfc3339(started_at_ms),
             duration_ms: Some(r.duration_ms),
+            sources_ms: None,
             full_resync,
             state_version: None,
             watermark: None,
@@ -163,6 +167,7 @@ impl SyncRecord {
             object: r.object.clone(),
             started_at: rfc3339(r.started_at_ms),
             duration_ms: Some(r.finished_at_ms - r.started_at_ms),
+            sources_ms: None,
             full_resync: r.full_resync,
             state_version: r.state_version,
             watermark: None,

@@ -143,7 +143,12 @@ pub struct HubReport {
     pub unchanged: u64,
     /// Golden records retired into another by a merge.
     pub merged: u64,
+    /// From opening the sources the entity reads to the end of the run (`sources_ms`
+    /// included).
     pub duration_ms: i64,
+    /// Of `duration_ms`, the time opening the sources the entity reads took before it started
+    /// (see `SyncReport::sources_ms`).
+    pub sources_ms: i64,
     pub state_version: Option<u64>,
     pub error: Option<String>,
     pub samples: Vec<SampleRecord>,
@@ -185,6 +190,14 @@ pub async fn run(
     options: HubOptions,
 ) -> HubReport {
     let started = chrono::Utc::now().timestamp_millis();
+    let sources_ms = project.source_time_ms(
+        project
+            .config
+            .entities
+            .get(name)
+            .into_iter()
+            .flat_map(|e| e.sources.values().map(|s| s.from.as_str())),
+    ) as i64;
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let mut samples = Vec::new();
     let mut total = CycleOutcome::default();
@@ -320,7 +333,8 @@ pub async fn run(
         updated: total.updated,
         unchanged: total.unchanged,
         merged: total.merged,
-        duration_ms: finished - started,
+        duration_ms: finished - started + sources_ms,
+        sources_ms,
         state_version,
         error,
         samples,

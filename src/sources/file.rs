@@ -1,7 +1,9 @@
 //! CSV and Parquet file sources, through DataFusion listing tables (local or object store).
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
+use arrow::datatypes::Schema;
 use async_trait::async_trait;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
 use serde::Deserialize;
@@ -21,9 +23,12 @@ pub struct CsvSourceConfig {
     /// The field separator, one character (default `,`).
     #[serde(default = "comma")]
     pub delimiter: char,
-    /// How many rows are read to infer column types (default: all of them, so that a column
-    /// that is empty for its first rows is not taken for an empty one). Lower it for very large
-    /// files whose early rows are representative.
+    /// How many rows are read to infer column types (default 10,000, counted from the start
+    /// of the first file). Every row is then checked against those types: a row with a value
+    /// its column's type cannot hold (`abc` in a column inferred as integers) is left out and
+    /// reported with its line, like a row that cannot be read. A column empty in every row
+    /// read is text when the file has more rows. Raise it when the first rows are not
+    /// representative; 0 reads every column as text.
     pub infer_schema_rows: Option<usize>,
 }
 
@@ -34,6 +39,9 @@ pub struct ParquetSourceConfig {
     /// A file, a directory (all `*.parquet` in it) or a glob; relative to the project, or a URL.
     pub path: String,
 }
+
+/// Rows read to infer a CSV source's column types unless `infer_schema_rows` says otherwise.
+pub const DEFAULT_INFER_SCHEMA_ROWS: usize = 10_000;
 
 fn yes() -> bool {
     true
@@ -153,18 +161,19 @@ impl Source for FileSource {
                 let mut options = CsvReadOptions::new()
                     .has_header(c.has_header)
                     .delimiter(c.delimiter as u8)
-                    .schema_infer_max_records(c.infer_schema_rows.unwrap_or(usize::MAX));
-                let mut table_path = table_path;
-                let mut ext_override = ext_override;
-                if let Some(local) = &location.local {
-                    // Rows that cannot be read are quarantined; the session reads clean copies.
-                    if let Some(dir) =
-                        self.quarantine(name, c, local, &location.display, &mut registration)?
-                    {
-                        table_path = dir.path().display().to_string();
-                        ext_override = Some(".csv");
-                        registration.scratch = Some(dir);
-                    }
+                    .schema_infer_max_records(
+                        c.infer_schema_rows.unwrap_or(DEFAULT_INFER_SCHEMA_ROWS),
+                    );
+                let prepared = self
+                    .prepare_csv(name, c, &location, &mut registration)
+                    .await?;
+                let (table_path, ext_override) = match &prepared.read {
+                    // Clean copies, or copies of objects: a folder of `.csv` files.
+                    Some(dir) => (dir.display().to_string(), Some(".csv")),
+                    None => (table_path, ext_override),
+                };
+                if let Some(schema) = &prepared.schema {
+                    options = options.schema(schema);
                 }
                 if let Some(ext) = ext_override {
                     options = options.file_extension(ext);
@@ -187,88 +196,186 @@ impl Source for FileSource {
     }
 }
 
+/// What the session reads for a CSV source.
+struct PreparedCsv {
+    /// The column types, inferred and checked (None: no file to infer them from).
+    schema: Option<Schema>,
+    /// A folder to read instead of the source's own path (clean copies, copies of objects).
+    read: Option<PathBuf>,
+}
+
 impl FileSource {
-    /// Scan the local CSV files `path` names; when some have rows that cannot be read, the
-    /// folder of clean copies (of those files; the others linked or copied as they are) to
-    /// read instead.
-    fn quarantine(
+    /// Prepare a CSV source: copy its objects here when it is in an object store, infer its
+    /// column types from the first rows, scan every row (shape, and each value against its
+    /// column's type), and when some cannot be read, write clean copies without them. The
+    /// rows left out go to `registration`, with the folder of copies.
+    async fn prepare_csv(
         &self,
         name: &str,
         c: &CsvSourceConfig,
-        path: &Path,
-        display: &str,
+        location: &Location,
         registration: &mut super::Registration,
-    ) -> Result<Option<tempfile::TempDir>, SourceError> {
-        let shape = quarantine::CsvShape {
-            has_header: c.has_header,
-            delimiter: c.delimiter as u8,
-        };
-        let files = quarantine::files(path, display);
-        // Not one byte (not even a header line): the file says nothing about its columns, and
-        // reading it as a table with no rows would have a mirror delete everything.
-        let empty = |f: &PathBuf| std::fs::metadata(f).is_ok_and(|m| m.len() == 0);
-        if let Some(first) = files.first()
-            && files.iter().all(empty)
-        {
-            return Err(SourceError::Other {
-                name: name.to_string(),
-                reason: format!(
-                    "{}: the file is empty (0 bytes, not even a header line) — nothing was read; a CSV with no rows still needs its header",
-                    first.display()
-                ),
-            });
-        }
-        let mut bad = Vec::new();
-        for file in &files {
-            let first = registration.quarantine.rows.len();
-            let scanned = quarantine::scan(file, shape, name, &mut registration.quarantine)
-                .map_err(|reason| SourceError::Other {
-                    name: name.to_string(),
-                    reason: format!("{}: {reason}", file.display()),
-                })?;
-            // Most rows unreadable: the file is not what the source says (another delimiter,
-            // a header that does not fit), not a file with a few bad rows. Reading it as empty
-            // would have a mirror delete everything.
-            if scanned.bad * 2 > scanned.rows {
-                let example = registration
-                    .quarantine
-                    .rows
-                    .get(first)
-                    .map(|r| format!(" (line {}: {})", r.line, r.reason))
-                    .unwrap_or_default();
-                return Err(SourceError::Other {
-                    name: name.to_string(),
-                    reason: format!(
-                        "{}: {} of {} rows cannot be read as rows of the file{example}; check its delimiter and header — nothing was read",
-                        file.display(),
-                        scanned.bad,
-                        scanned.rows
-                    ),
-                });
-            }
-            bad.push(scanned.bad > 0);
-        }
-        if !bad.iter().any(|b| *b) {
-            return Ok(None);
-        }
+    ) -> Result<PreparedCsv, SourceError> {
         let fail = |reason: String| SourceError::Other {
             name: name.to_string(),
             reason,
         };
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{CLEAN_PREFIX}{}-", std::process::id()))
-            .tempdir_in(&self.project_dir)
-            .or_else(|_| tempfile::tempdir())
-            .map_err(|e| fail(format!("cannot create a folder for clean copies: {e}")))?;
+        let shape = quarantine::CsvShape {
+            has_header: c.has_header,
+            delimiter: c.delimiter as u8,
+        };
+        let started = Instant::now();
+        // The files to scan, and the folder they are under (for the copies' names).
+        let (root, files) = match &location.local {
+            Some(path) => {
+                let files = quarantine::files(path, &location.display)
+                    .into_iter()
+                    .map(|p| quarantine::CsvFile {
+                        name: p.display().to_string(),
+                        path: p,
+                    })
+                    .collect();
+                (path.clone(), files)
+            }
+            None => {
+                let dir = self.scratch(name)?;
+                let root = dir.path().join("objects");
+                std::fs::create_dir_all(&root)
+                    .map_err(|e| fail(format!("cannot create {}: {e}", root.display())))?;
+                registration.scratch = Some(dir);
+                let files = super::fetch::download(location, &root)
+                    .await
+                    .map_err(|e| match e {
+                        super::fetch::FetchError::Missing { url } => SourceError::Missing {
+                            name: name.to_string(),
+                            location: url,
+                        },
+                        e => fail(e.to_string()),
+                    })?;
+                (root, files)
+            }
+        };
+        if files.is_empty() {
+            // Nothing to scan (an empty folder, a glob that matches nothing): read as it is.
+            registration.scratch = None;
+            return Ok(PreparedCsv {
+                schema: None,
+                read: None,
+            });
+        }
+        // Not one byte (not even a header line): the file says nothing about its columns, and
+        // reading it as a table with no rows would have a mirror delete everything.
+        let empty =
+            |f: &quarantine::CsvFile| std::fs::metadata(&f.path).is_ok_and(|m| m.len() == 0);
+        if files.iter().all(empty) {
+            return Err(fail(format!(
+                "{}: the file is empty (0 bytes, not even a header line) — nothing was read; a CSV with no rows still needs its header",
+                files[0].name
+            )));
+        }
+        let limit = c.infer_schema_rows.unwrap_or(DEFAULT_INFER_SCHEMA_ROWS);
+        let inferring = Instant::now();
+        let columns = quarantine::infer(&files, shape, limit).map_err(fail)?;
+        tracing::info!(
+            source = name,
+            file = %files[0].name,
+            rows = columns.sampled,
+            elapsed_ms = inferring.elapsed().as_millis() as u64,
+            "CSV column types inferred"
+        );
+        let mut bad = Vec::new();
+        for file in &files {
+            let scanning = Instant::now();
+            let first = registration.quarantine.rows.len();
+            let scanned = quarantine::scan(
+                file,
+                shape,
+                Some(&columns),
+                name,
+                &mut registration.quarantine,
+            )
+            .map_err(|reason| fail(format!("{}: {reason}", file.name)))?;
+            tracing::info!(
+                source = name,
+                file = %file.name,
+                rows = scanned.rows,
+                left_out = scanned.left_out(),
+                elapsed_ms = scanning.elapsed().as_millis() as u64,
+                "CSV file checked"
+            );
+            let example = || {
+                registration
+                    .quarantine
+                    .rows
+                    .get(first)
+                    .map(|r| format!(" (line {}: {})", r.line, r.reason))
+                    .unwrap_or_default()
+            };
+            // Most rows unreadable: the file is not what the source says (another delimiter,
+            // a header that does not fit, columns whose first rows are not like the others),
+            // not a file with a few bad rows. Reading it as (nearly) empty would have a
+            // mirror delete everything.
+            if scanned.bad * 2 > scanned.rows {
+                return Err(fail(format!(
+                    "{}: {} of {} rows cannot be read as rows of the file{}; check its delimiter and header — nothing was read",
+                    file.name,
+                    scanned.bad,
+                    scanned.rows,
+                    example()
+                )));
+            }
+            if scanned.left_out() * 2 > scanned.rows {
+                let advice = if columns.partial() {
+                    format!(
+                        "the column types were inferred from the first {} rows: set infer_schema_rows to infer them from more",
+                        columns.sampled
+                    )
+                } else {
+                    "check the file's values".to_string()
+                };
+                return Err(fail(format!(
+                    "{}: {} of {} rows cannot be read, {} of them for a value their column's type cannot hold{}; {advice} — nothing was read",
+                    file.name,
+                    scanned.left_out(),
+                    scanned.rows,
+                    scanned.mistyped,
+                    example(),
+                )));
+            }
+            bad.push(scanned.left_out() > 0);
+        }
+        tracing::info!(
+            source = name,
+            files = files.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "CSV source read and checked"
+        );
+        let schema = Some(columns.schema.clone());
+        if !bad.iter().any(|b| *b) {
+            // Copies of objects are read as they are; local files in their place.
+            let read = location.local.is_none().then_some(root);
+            return Ok(PreparedCsv { schema, read });
+        }
+        let dir = match &registration.scratch {
+            Some(dir) => dir.path().to_path_buf(),
+            None => {
+                let dir = self.scratch(name)?;
+                let path = dir.path().to_path_buf();
+                registration.scratch = Some(dir);
+                path
+            }
+        };
+        let clean = dir.join("clean");
         for (file, has_bad) in files.iter().zip(bad) {
             // The same place under the copy folder (partition folders keep their names).
             let rel = file
-                .strip_prefix(path)
+                .path
+                .strip_prefix(&root)
                 .ok()
                 .filter(|r| !r.as_os_str().is_empty())
                 .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from(file.file_name().unwrap_or_default()));
-            let mut to = dir.path().join(rel);
+                .unwrap_or_else(|| PathBuf::from(file.path.file_name().unwrap_or_default()));
+            let mut to = clean.join(rel);
             if to.extension().is_none_or(|e| e != "csv") {
                 to.set_extension("csv");
             }
@@ -277,11 +384,11 @@ impl FileSource {
                     .map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
             }
             if has_bad {
-                quarantine::clean_copy(file, shape, &to)
-                    .map_err(|e| fail(format!("{}: {e}", file.display())))?;
-            } else if std::fs::hard_link(file, &to).is_err() {
-                std::fs::copy(file, &to)
-                    .map_err(|e| fail(format!("cannot copy {}: {e}", file.display())))?;
+                quarantine::clean_copy(&file.path, shape, Some(&columns), &to)
+                    .map_err(|e| fail(format!("{}: {e}", file.name)))?;
+            } else if std::fs::hard_link(&file.path, &to).is_err() {
+                std::fs::copy(&file.path, &to)
+                    .map_err(|e| fail(format!("cannot copy {}: {e}", file.name)))?;
             }
         }
         let q = &registration.quarantine;
@@ -294,7 +401,23 @@ impl FileSource {
                 .map(|r| format!("{} line {}: {}", r.file, r.line, r.reason))
                 .unwrap_or_default()
         );
-        Ok(Some(dir))
+        Ok(PreparedCsv {
+            schema,
+            read: Some(clean),
+        })
+    }
+
+    /// A new folder for copies, in the project (removed when dropped; a run that dies leaves
+    /// it to [`sweep_clean_copies`]).
+    fn scratch(&self, name: &str) -> Result<tempfile::TempDir, SourceError> {
+        tempfile::Builder::new()
+            .prefix(&format!("{CLEAN_PREFIX}{}-", std::process::id()))
+            .tempdir_in(&self.project_dir)
+            .or_else(|_| tempfile::tempdir())
+            .map_err(|e| SourceError::Other {
+                name: name.to_string(),
+                reason: format!("cannot create a folder for copies of its files: {e}"),
+            })
     }
 }
 

@@ -2,6 +2,7 @@
 //! [`Source`]; [`build`] is the one place that lists them.
 
 mod database;
+mod fetch;
 mod file;
 pub mod postgres;
 pub mod quarantine;

@@ -387,6 +387,8 @@ pub async fn run(
 ) -> SyncReport {
     let started = now_ms();
     let sync = SyncRef::new(project, ctx, name, options);
+    // Opening the sources (a CSV source's inference and scan) came before the run started.
+    let sources_ms = project.source_time_ms([sync.config.from.as_str()]) as i64;
     let mut tally = Tally::default();
     // Rows a CSV source left out never reached the model: invalid records of this sync.
     let (quarantined, rows) = project.quarantined(&sync.config.from);
@@ -454,7 +456,8 @@ pub async fn run(
         destination: sync.config.to.clone(),
         object: sync.config.object.clone(),
         run_id: sync.run_id,
-        duration_ms: finished - started,
+        duration_ms: finished - started + sources_ms,
+        sources_ms,
         state_version: version,
         watermark,
         error,

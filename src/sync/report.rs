@@ -19,7 +19,13 @@ pub struct SyncReport {
     pub destination: String,
     pub object: String,
     pub run_id: String,
+    /// From opening the sources the sync reads to the end of the run (`sources_ms` included).
     pub duration_ms: i64,
+    /// Of `duration_ms`, the time opening the sources the sync reads took before the sync
+    /// started (for a CSV source: copying it from its object store, inferring its column
+    /// types, checking every row). A source several syncs read is opened once, and counted
+    /// in each of them.
+    pub sources_ms: i64,
     pub state_version: Option<u64>,
     pub watermark: Option<String>,
     pub error: Option<String>,

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod db;
 pub mod faulty;
+pub mod files_http;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -77,6 +77,8 @@ fn run_and_plan_json_have_the_documented_fields() {
         "deleted",
         "unchanged",
         "rejected",
+        "duration_ms",
+        "sources_ms",
     ] {
         assert!(run.get(k).is_some(), "missing {k} in {run}");
     }

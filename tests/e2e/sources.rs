@@ -223,3 +223,237 @@ key = "golden_id"
         assert!(format!("{out}{err}").contains("orders.csv"), "{out}{err}");
     }
 }
+
+/// A CSV source `payments` (read from `path`) upserted into SQLite by id.
+fn payments_project(f: &Fixture, path: &str, settings: &str) {
+    f.write(
+        "backflow.toml",
+        &format!(
+            r#"
+[sources.payments]
+type = "csv"
+path = "{path}"
+{settings}
+
+[destinations.app]
+type = "sqlite"
+path = "out/app.db"
+
+[syncs.payments]
+from = "payments"
+to = "app"
+object = "payments"
+behavior = "upsert"
+key = "id"
+"#
+        ),
+    );
+}
+
+/// `id,amount,note` rows 1..=n, the amount `id * 100` except where `odd` says otherwise.
+fn payments_csv(n: u64, odd: &[(u64, &str)]) -> String {
+    let mut csv = String::from("id,amount,note\n");
+    for id in 1..=n {
+        let amount = odd
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map_or((id * 100).to_string(), |(_, v)| v.to_string());
+        csv.push_str(&format!("{id},{amount},n{id}\n"));
+    }
+    csv
+}
+
+/// The samples' reasons of a report as JSON (`--json`).
+fn json_reasons(report: &serde_json::Value) -> Vec<String> {
+    report["samples"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .map(|s| s["reason"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Column types come from the first `infer_schema_rows` rows; a later row whose value its
+/// column's type cannot hold is an invalid row of the run, with its file, line and column (in
+/// `--json` too), not a failed run, and the other rows arrive with their values.
+#[test]
+fn a_value_its_inferred_type_cannot_hold_is_an_invalid_row_not_a_failed_run() {
+    let f = Fixture::new();
+    payments_project(&f, "payments.csv", "infer_schema_rows = 5");
+    f.write("payments.csv", &payments_csv(10, &[(8, "abc"), (9, "1.5")]));
+    let (code, out, err) = f.cli(&["run", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(
+        (report["created"].as_u64(), report["invalid"].as_u64()),
+        (Some(8), Some(2)),
+        "{report}"
+    );
+    let reasons = json_reasons(&report);
+    for (line, value) in [(9, "abc"), (10, "1.5")] {
+        let want = format!(
+            "payments.csv line {line}: column \"amount\": \"{value}\" is not an integer (Int64) (the type inferred from the first 5 rows; set infer_schema_rows to infer it from more)"
+        );
+        assert!(
+            reasons.iter().any(|r| r.ends_with(&want)),
+            "{want}\n{reasons:#?}"
+        );
+    }
+    // The time opening the source took is part of the report.
+    assert!(report["sources_ms"].is_i64(), "{report}");
+    let expected: Vec<(String, String)> = (1..=10u64)
+        .filter(|id| *id != 8 && *id != 9)
+        .map(|id| (id.to_string(), (id * 100).to_string()))
+        .collect();
+    let mut got = pairs(&f.sqlite("out/app.db", "payments"), "id", "amount");
+    got.sort_by_key(|(id, _)| id.parse::<u64>().unwrap());
+    assert_eq!(got, expected);
+    // `-v` logs the check of each file by name.
+    let (code, out, err) = f.cli(&["-v", "run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("CSV file checked") && l.contains("payments.csv")),
+        "{err}"
+    );
+    // A file most of whose rows do not fit the types of its first rows is not a file with a
+    // few bad rows: the source fails, saying what to set, rather than read as nearly empty.
+    payments_project(&f, "payments.csv", "infer_schema_rows = 2");
+    f.write(
+        "payments.csv",
+        &payments_csv(6, &[(3, "3.5"), (4, "4.5"), (5, "5.5"), (6, "6.5")]),
+    );
+    let (code, out, err) = f.cli(&["run"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("4 of 6 rows cannot be read, 4 of them for a value")
+            && err.contains("set infer_schema_rows"),
+        "{out}{err}"
+    );
+    assert_eq!(f.sqlite("out/app.db", "payments").len(), 8);
+}
+
+/// By default the types come from the first 10,000 rows, not the whole file: a text value in
+/// row 10,020 of an integer column is that row's problem, reported with its line.
+#[tokio::test]
+async fn by_default_types_are_inferred_from_the_first_ten_thousand_rows() {
+    let f = Fixture::new();
+    payments_project(&f, "payments.csv", "");
+    f.write("payments.csv", &payments_csv(10_050, &[(10_020, "abc")]));
+    let r = f.run_ok("payments").await;
+    assert_eq!((r.counts.created, r.counts.invalid), (10_049, 1), "{r:?}");
+    let reasons: Vec<&str> = r.samples.iter().map(|s| s.reason.as_str()).collect();
+    assert!(
+        reasons.iter().any(|r| r.ends_with(
+            "payments.csv line 10021: column \"amount\": \"abc\" is not an integer (Int64) (the type inferred from the first 10000 rows; set infer_schema_rows to infer it from more)"
+        )),
+        "{reasons:#?}"
+    );
+    let rows = f.sqlite("out/app.db", "payments");
+    assert_eq!(rows.len(), 10_049);
+    assert!(rows.iter().all(|r| r["id"] != "10020"));
+    assert!(
+        rows.iter()
+            .any(|r| r["id"] == "10050" && r["amount"] == "1005000")
+    );
+    // Raised past the row, the column is text and every row arrives as it is.
+    let f = Fixture::new();
+    payments_project(&f, "payments.csv", "infer_schema_rows = 20000");
+    f.write("payments.csv", &payments_csv(10_050, &[(10_020, "abc")]));
+    let r = f.run_ok("payments").await;
+    assert_eq!((r.counts.created, r.counts.invalid), (10_050, 0), "{r:?}");
+    let rows = f.sqlite("out/app.db", "payments");
+    assert!(
+        rows.iter()
+            .any(|r| r["id"] == "10020" && r["amount"] == "abc")
+    );
+}
+
+/// A CSV read through an object-store URL (`http://`, from a server on this machine) is
+/// quarantined exactly like the same file on disk: the same rows arrive and the same bad rows
+/// are reported on the same lines (a ragged row, and a value its inferred type cannot hold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_behind_an_http_url_is_quarantined_like_the_same_file_on_disk() {
+    let mut csv = payments_csv(12, &[(9, "x9")]);
+    csv = csv.replace("5,500,n5\n", "5,500,n5,extra\n");
+    let served = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("payments.csv"), &csv).unwrap();
+    let server = files_http::FileServer::start(served.path());
+
+    let on_disk = Fixture::new();
+    payments_project(&on_disk, "payments.csv", "infer_schema_rows = 4");
+    on_disk.write("payments.csv", &csv);
+    let over_http = Fixture::new();
+    payments_project(
+        &over_http,
+        &server.url("payments.csv"),
+        "infer_schema_rows = 4",
+    );
+
+    let mut outcomes = Vec::new();
+    for (f, file) in [
+        (
+            &on_disk,
+            on_disk.path().join("payments.csv").display().to_string(),
+        ),
+        (&over_http, server.url("payments.csv")),
+    ] {
+        let r = f.run_ok("payments").await;
+        let mut reasons: Vec<String> = r
+            .samples
+            .iter()
+            .map(|s| {
+                // The file as the source names it (a path, a URL); the rest is the same.
+                let prefix = format!("source payments {file} line ");
+                s.reason
+                    .strip_prefix(&prefix)
+                    .unwrap_or_else(|| panic!("{:?} does not start with {prefix:?}", s.reason))
+                    .to_string()
+            })
+            .collect();
+        reasons.sort();
+        let rows = f.sqlite("out/app.db", "payments");
+        outcomes.push((r.counts.created, r.counts.invalid, reasons, rows));
+    }
+    let (created, invalid, reasons, rows) = &outcomes[0];
+    assert_eq!((*created, *invalid), (10, 2));
+    assert_eq!(
+        reasons,
+        &vec![
+            "10: column \"amount\": \"x9\" is not an integer (Int64) (the type inferred from the first 4 rows; set infer_schema_rows to infer it from more)".to_string(),
+            "6: the row has 4 field(s), the header has 3".to_string(),
+        ]
+    );
+    assert_eq!(rows.len(), 10);
+    assert_eq!(outcomes[1], outcomes[0]);
+    assert!(
+        server.requests().iter().any(|r| r == "GET /payments.csv"),
+        "{:?}",
+        server.requests()
+    );
+    // The copy fetched from the server is gone with the run.
+    let leftovers: Vec<_> = std::fs::read_dir(over_http.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".backflow-clean")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A URL that names nothing is a missing file, named.
+    payments_project(&over_http, &server.url("nothing.csv"), "");
+    let project = over_http.load().unwrap();
+    let Err(e) = project.session().await else {
+        panic!("a missing object was read");
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("nothing.csv") && e.contains("does not exist"),
+        "{e}"
+    );
+}
