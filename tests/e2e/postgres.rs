@@ -713,7 +713,8 @@ async fn random_rows_round_trip(
     .await
     .unwrap();
     let f = Fixture::new();
-    f.write("backflow.toml", &copy_project(schema, "random", ""));
+    let to_parquet = "\n[destinations.files]\ntype = \"file\"\npath = \"out\"\nformat = \"parquet\"\n\n[syncs.to_parquet]\nfrom = \"wh.random\"\nto = \"files\"\nobject = \"random\"\nbehavior = \"mirror\"\nkey = \"id\"\n";
+    f.write("backflow.toml", &copy_project(schema, "random", to_parquet));
     let r = f.run_ok("copy").await;
     proptest::prop_assert_eq!(r.counts.created, rows.len() as u64);
     let columns = "id, ts, d, n, t, big, f";
@@ -721,6 +722,76 @@ async fn random_rows_round_trip(
         pg_rows(&pg, &as_text(schema, "random_copy", columns)).await,
         pg_rows(&pg, &as_text(schema, "random", columns)).await
     );
+    // The same values in a Parquet file: instants as microseconds, dates as days, numbers as
+    // PostgreSQL prints them, doubles bit for bit.
+    let r = f.run_ok("to_parquet").await;
+    proptest::prop_assert_eq!(r.counts.created, rows.len() as u64);
+    let float_bits = |v: &str| {
+        if v == "NULL" {
+            v.to_string()
+        } else {
+            v.parse::<f64>().unwrap().to_bits().to_string()
+        }
+    };
+    let expected: Vec<Vec<String>> = pg_rows(
+        &pg,
+        &format!(
+            "SELECT id::text, (extract(epoch FROM ts) * 1000000)::bigint::text,
+                    (d - date '1970-01-01')::text, n::text, t, big::text, f::text
+             FROM {schema}.random ORDER BY id"
+        ),
+    )
+    .await
+    .into_iter()
+    .map(|mut r| {
+        r[6] = float_bits(&r[6]);
+        r
+    })
+    .collect();
+    let bytes = bytes::Bytes::from(std::fs::read(f.path().join("out/random.parquet")).unwrap());
+    let mut got: Vec<Vec<String>> = Vec::new();
+    for batch in parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap()
+    {
+        let batch = batch.unwrap();
+        for i in 0..batch.num_rows() {
+            let cell = |name: &str| {
+                use arrow::array::Array;
+                let c = batch.column_by_name(name).unwrap();
+                if c.is_null(i) {
+                    return "NULL".to_string();
+                }
+                match c.data_type() {
+                    arrow::datatypes::DataType::Timestamp(_, _) => {
+                        let c =
+                            arrow::compute::cast(c, &arrow::datatypes::DataType::Int64).unwrap();
+                        arrow::util::display::array_value_to_string(&c, i).unwrap()
+                    }
+                    arrow::datatypes::DataType::Date32 => {
+                        let c =
+                            arrow::compute::cast(c, &arrow::datatypes::DataType::Int32).unwrap();
+                        arrow::util::display::array_value_to_string(&c, i).unwrap()
+                    }
+                    arrow::datatypes::DataType::Float64 => {
+                        let v = c
+                            .as_any()
+                            .downcast_ref::<arrow::array::Float64Array>()
+                            .unwrap()
+                            .value(i);
+                        v.to_bits().to_string()
+                    }
+                    _ => arrow::util::display::array_value_to_string(c, i).unwrap(),
+                }
+            };
+            got.push(["id", "ts", "d", "n", "t", "big", "f"].map(cell).to_vec());
+        }
+    }
+    got.sort_by_key(|r| r[0].parse::<i64>().unwrap());
+    let mut expected = expected;
+    expected.sort_by_key(|r| r[0].parse::<i64>().unwrap());
+    proptest::prop_assert_eq!(got, expected);
     Ok(())
 }
 
@@ -729,7 +800,8 @@ proptest::proptest! {
 
     /// Random values of the types a PostgreSQL source reads (timestamps from year 1 to 9999,
     /// dates, numeric(38,10) with all its digits, any text, any bigint, any finite double, and
-    /// NULLs) arrive in a PostgreSQL destination equal as PostgreSQL's own text.
+    /// NULLs) arrive in a PostgreSQL destination equal as PostgreSQL's own text, and in a
+    /// Parquet file with the same microseconds, days, digits and bits.
     #[test]
     fn random_values_arrive_exactly(rows in proptest::collection::vec(random_row(), 1..12)) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
