@@ -185,3 +185,48 @@ async fn postgres_mirror_after_state_loss_and_adopt() {
         vec![row(&["1", "Ada L"]), row(&["2", "Bob"])]
     );
 }
+
+/// A new key: the run says what works, and doing it works (a key the destination's records do
+/// not hold yet needs a new object; one they hold needs only --full-resync).
+#[test]
+fn a_changed_key_is_explained_and_the_advice_works() {
+    let f = people_fixture("mirror", "", THREE);
+    let (code, out, err) = f.cli(&["run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &toml.replace(
+            "key = \"id\"",
+            "key = { source = \"id\", destination = \"customer_id\" }",
+        ),
+    );
+    let (code, out, err) = f.cli(&["run"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("new identity") && err.contains("new object") && err.contains("--full-resync"),
+        "{err}"
+    );
+    // Following it: a new object, then a full resync.
+    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &toml.replace("object = \"people\"", "object = \"people_by_customer\""),
+    );
+    let (code, out, err) = f.cli(&["run", "--full-resync"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let rows = f.sqlite("out/app.db", "people_by_customer");
+    assert_eq!(pairs(&rows, "customer_id", "name").len(), 3);
+    // A key the records already hold (email): --full-resync alone.
+    let g = people_fixture("mirror", "", THREE);
+    assert_eq!(g.cli(&["run"]).0, 0);
+    let toml = std::fs::read_to_string(g.path().join("backflow.toml")).unwrap();
+    g.write(
+        "backflow.toml",
+        &toml.replace("key = \"id\"", "key = \"email\""),
+    );
+    assert_eq!(g.cli(&["run"]).0, 1);
+    let (code, out, err) = g.cli(&["run", "--full-resync"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(g.sqlite("out/app.db", "people").len(), 3);
+}
