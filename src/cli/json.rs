@@ -67,8 +67,10 @@ pub struct SyncRecord {
     pub samples: Vec<Sample>,
 }
 
-/// A record a command shows as an example: `invalid` or `rejected` (run, history, plan), or
-/// what a run would do with it (`create`, `update`, `delete`: plan).
+/// A record a command shows as an example: `invalid` or `rejected` (run, history, plan), what
+/// a run would do with it (`create`, `update`, `delete`: plan), or what a test run
+/// (`run --sample`) sent (`create`, `update`, `upsert`, `append`, `delete`, with the
+/// destination's answer as `reason`: `accepted` or why it refused).
 #[derive(Debug, Serialize)]
 pub struct Sample {
     pub kind: &'static str,
@@ -90,6 +92,24 @@ impl From<&SampleRecord> for Sample {
             },
             key: s.key.clone(),
             reason: Some(s.reason.clone()),
+            record: serde_json::from_str(&s.record)
+                .unwrap_or_else(|_| serde_json::Value::String(s.record.clone())),
+        }
+    }
+}
+
+impl From<&crate::sync::SentRecord> for Sample {
+    fn from(s: &crate::sync::SentRecord) -> Self {
+        Sample {
+            kind: match s.op.as_str() {
+                "create" => "create",
+                "update" => "update",
+                "delete" => "delete",
+                "append" => "append",
+                _ => "upsert",
+            },
+            key: s.key.clone(),
+            reason: Some(s.answer.clone()),
             record: serde_json::from_str(&s.record)
                 .unwrap_or_else(|_| serde_json::Value::String(s.record.clone())),
         }
@@ -118,7 +138,12 @@ impl SyncRecord {
             counts: Some(r.counts.clone()),
             error: r.error.clone(),
             warnings: r.warnings.clone(),
-            samples: r.samples.iter().map(Sample::from).collect(),
+            samples: r
+                .sent
+                .iter()
+                .map(Sample::from)
+                .chain(r.samples.iter().map(Sample::from))
+                .collect(),
         }
     }
 

@@ -131,6 +131,14 @@ pub enum Command {
         /// stopped one and the deletes are intended).
         #[arg(long)]
         allow_deletes: bool,
+        /// Test a sync: send only its first N rows by key, show each record sent and what the
+        /// destination answered, and record them as synced (nothing is deleted, the watermark
+        /// stays).
+        #[arg(long, value_name = "N", conflicts_with = "keys")]
+        sample: Option<usize>,
+        /// Test a sync on these keys only (comma-separated), like --sample.
+        #[arg(long, value_name = "KEY,…", value_delimiter = ',')]
+        keys: Vec<String>,
         /// Print one JSON object per sync instead of text.
         #[arg(long)]
         json: bool,
@@ -387,13 +395,27 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
             syncs,
             full_resync,
             allow_deletes,
+            sample,
+            keys,
             json,
             select,
             exclude,
         } => {
+            let sample = match (sample, keys.is_empty()) {
+                (Some(n), _) => Some(sync::Sample::First(n)),
+                (None, false) => Some(sync::Sample::Keys(keys)),
+                (None, true) => None,
+            };
+            if sample.is_some() && (syncs.len() != 1 || !select.is_empty()) {
+                return Err(
+                    "a test run (--sample, --keys) takes exactly one sync: `backflow run SYNC --sample 1`"
+                        .into(),
+                );
+            }
             let options = RunOptions {
                 full_resync,
                 allow_deletes,
+                sample,
             };
             let selection = Selection {
                 names: syncs,
@@ -456,6 +478,14 @@ async fn run(
         Ok::<_, String>((targets, ctx))
     }
     .await;
+    let prepared = prepared.and_then(|(targets, ctx)| {
+        if options.sample.is_some() && targets.iter().any(|t| matches!(t, RunTarget::Entity(_))) {
+            return Err(
+                "a test run (--sample, --keys) is for a sync, not a hub entity".to_string(),
+            );
+        }
+        Ok((targets, ctx))
+    });
     let (targets, ctx) = match prepared {
         Ok(p) => p,
         Err(message) => {
@@ -520,7 +550,8 @@ async fn run(
                 results.push(&record);
             }
             RunTarget::Sync(name) => {
-                let report = sync::run(&project, &ctx, &name, options, progress.clone()).await;
+                let report =
+                    sync::run(&project, &ctx, &name, options.clone(), progress.clone()).await;
                 progress.done();
                 ok &= report.status == RunStatus::Succeeded;
                 let record = Record::new(

@@ -79,6 +79,15 @@ pub(super) fn print_run(r: &SyncReport) {
         );
     }
     print_warnings(&r.warnings);
+    for s in &r.sent {
+        out!(
+            "    sent ({}): key {} → {}\n      {}",
+            s.op,
+            s.key.as_deref().unwrap_or("NULL"),
+            s.answer,
+            s.record
+        );
+    }
     for s in r.samples.iter().take(5) {
         let kind = match s.kind {
             history::RecordKind::Invalid => "invalid",

@@ -101,6 +101,8 @@ pub(super) struct Outbox<'a> {
     /// Buffered rows of GONE, NEW and CHANGED (in that order: deletes go first).
     buffered: [Vec<RecordBatch>; 3],
     rows: usize,
+    /// Keep each record sent, with the destination's answer (test runs).
+    show_sent: bool,
 }
 
 /// What holds a run's writes back.
@@ -136,7 +138,14 @@ impl<'a> Outbox<'a> {
             guards,
             buffered: [Vec::new(), Vec::new(), Vec::new()],
             rows: 0,
+            show_sent: false,
         }
+    }
+
+    /// Keep every record sent with the destination's answer (a test run's few).
+    pub fn showing_sent(mut self) -> Self {
+        self.show_sent = true;
+        self
     }
 
     fn push(&mut self, class: i8, rows: RecordBatch) {
@@ -229,6 +238,24 @@ impl<'a> Outbox<'a> {
                     r.reason.clone(),
                     record,
                 );
+            }
+            if self.show_sent {
+                for row in 0..view.num_rows() {
+                    if tally.sent.len() >= super::SAMPLE_SHOWN {
+                        break;
+                    }
+                    let answer = outcome
+                        .rejected
+                        .iter()
+                        .find(|r| r.row == row)
+                        .map_or_else(|| "accepted".to_string(), |r| r.reason.clone());
+                    tally.sent.push(super::SentRecord {
+                        op: op.as_str().to_string(),
+                        key: cell_text(view.column(0), row),
+                        record: row_json(&view, row),
+                        answer,
+                    });
+                }
             }
             if !outcome.rejected.is_empty() {
                 let rejected_mask: BooleanArray = accepted.iter().map(|a| Some(!a)).collect();

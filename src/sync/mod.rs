@@ -55,19 +55,33 @@ pub use bind::{BindReport, adopt, rebind};
 pub use error::SyncError;
 pub(crate) use error::{engine, failpoint};
 pub use plan::{check, explain, plan};
-pub use report::{PlanReport, PlanSamples, SyncReport, Tally};
+pub use report::{PlanReport, PlanSamples, SentRecord, SyncReport, Tally};
 pub use state::state_schema;
 pub use upstream::{Upstream, UpstreamError, UpstreamRead, Upstreams};
 
 /// How a run treats its state.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Ignore the stored row hashes and watermark: send every row again. Deletions are still
     /// computed against the stored keys.
     pub full_resync: bool,
     /// Let a mirror delete more than its `max_deletes` in this run.
     pub allow_deletes: bool,
+    /// A test run: only these rows (see [`Sample`]).
+    pub sample: Option<Sample>,
 }
+
+/// The rows a test run sends (`run SYNC --sample N` or `--keys a,b`): the first `N` by key, or
+/// those with the given keys. Nothing else is touched: no deletes (records outside the sample
+/// are not "gone"), the watermark stays, and the sent records join the state like any run's.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sample {
+    First(usize),
+    Keys(Vec<String>),
+}
+
+/// How many sent records a test run shows.
+pub const SAMPLE_SHOWN: usize = 1000;
 
 /// One sync, with everything its stages need: the project and session it runs in, its name and
 /// configuration, how it was asked to run, and the run's id.
@@ -188,7 +202,10 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
         .as_ref()
         .and_then(|p| p.fields.as_ref())
         .is_some_and(|f| *f != mapped.fingerprint);
-    let rescan = sync.options.full_resync || mapping_changed || upstream_restarted;
+    let rescan = sync.options.full_resync
+        || mapping_changed
+        || upstream_restarted
+        || sync.options.sample.is_some();
     if mapping_changed && config.cursor.is_some() {
         tracing::info!(
             sync = name,
@@ -203,6 +220,22 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
         rescan,
     )?;
     let rows = with_key_type(rows, config, &key_type).map_err(&df_err)?;
+    let rows = match &sync.options.sample {
+        None => rows,
+        Some(Sample::First(n)) => rows
+            .filter(ident(KEY).is_not_null())
+            .and_then(|r| r.sort(vec![ident(KEY).sort(true, false)]))
+            .and_then(|r| r.limit(0, Some(*n)))
+            .map_err(&df_err)?,
+        Some(Sample::Keys(keys)) => {
+            let list = keys
+                .iter()
+                .map(|k| cast(datafusion::prelude::lit(k.as_str()), key_type.clone()))
+                .collect();
+            rows.filter(ident(KEY).in_list(list, false))
+                .map_err(&df_err)?
+        }
+    };
     ctx.register_table("bf_mapped", rows.into_view())
         .map_err(&df_err)?;
 
@@ -430,7 +463,7 @@ pub async fn run(
         status: status.clone(),
         started_at_ms: started,
         finished_at_ms: finished,
-        full_resync: options.full_resync,
+        full_resync: sync.options.full_resync,
         counts: tally.counts.clone(),
         state_version: version,
         error: error.clone(),
@@ -451,6 +484,7 @@ pub async fn run(
         sync: name.to_string(),
         status,
         warnings: report::warnings(name, sync.config.behavior, &tally.counts),
+        sent: std::mem::take(&mut tally.sent),
         counts: tally.counts,
         behavior: sync.config.behavior,
         destination: sync.config.to.clone(),
@@ -494,7 +528,12 @@ async fn locked_cycle(
     prepared.target.progress = progress.clone();
     let hold_deletes = project.quarantined(&config.from).0 > 0;
     // Deletes a source's unreadable rows hold back are not made: nothing to guard.
-    if let Some(previous) = prepared.previous.as_ref().filter(|_| !hold_deletes) {
+    let sampled = sync.options.sample.is_some();
+    if let Some(previous) = prepared
+        .previous
+        .as_ref()
+        .filter(|_| !hold_deletes && !sampled)
+    {
         guard::check(sync, previous).await?;
     }
     failpoint!("after_diff", name);
@@ -537,6 +576,11 @@ async fn locked_cycle(
         intents.as_mut(),
         &guards,
     );
+    let outbox = if sampled {
+        outbox.showing_sent()
+    } else {
+        outbox
+    };
     let cursors = apply::apply(
         stream,
         outbox,
@@ -591,12 +635,21 @@ async fn locked_cycle(
         .as_ref()
         .and_then(|p| p.watermark.clone())
         .filter(|_| !prepared.rescan);
-    let watermark = watermark::next(
-        config.cursor.as_ref(),
-        cursors,
-        previous_watermark,
-        !finished.rejected.is_empty(),
-    );
+    let watermark = if sampled {
+        // A test run read a few rows, not the model up to some cursor value; and the hashes
+        // the state keeps for the other rows were made under the mapping it had.
+        if let Some(fields) = prepared.previous.as_ref().and_then(|p| p.fields.clone()) {
+            prepared.fields = fields;
+        }
+        prepared.previous.as_ref().and_then(|p| p.watermark.clone())
+    } else {
+        watermark::next(
+            config.cursor.as_ref(),
+            cursors,
+            previous_watermark,
+            !finished.rejected.is_empty(),
+        )
+    };
     commit::commit(
         sync,
         &prepared,

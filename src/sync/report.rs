@@ -31,6 +31,9 @@ pub struct SyncReport {
     pub error: Option<String>,
     /// What the user should know although the run succeeded (see [`warnings`]).
     pub warnings: Vec<String>,
+    /// A test run's records as sent, with what the destination answered.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sent: Vec<SentRecord>,
     /// Up to 100 invalid and 100 rejected records, with reasons.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<SampleRecord>,
@@ -83,11 +86,25 @@ pub(crate) fn unowned_warning(sync: &str, count: &str) -> String {
     )
 }
 
+/// One record a test run (`run --sample`) sent.
+#[derive(Debug, Clone, Serialize)]
+pub struct SentRecord {
+    /// `create`, `update`, `upsert`, `append` or `delete`.
+    pub op: String,
+    pub key: Option<String>,
+    /// The record's fields as sent (JSON).
+    pub record: String,
+    /// What the destination answered: `accepted`, or its reason for refusing.
+    pub answer: String,
+}
+
 /// Counts and samples of a run in progress.
 #[derive(Debug, Default)]
 pub struct Tally {
     pub counts: RunCounts,
     pub samples: Vec<SampleRecord>,
+    /// A test run's records as sent (see [`SentRecord`]).
+    pub sent: Vec<SentRecord>,
     invalid_sampled: usize,
     rejected_sampled: usize,
 }

@@ -49,7 +49,16 @@ impl Fixture {
         let ctx = project.session().await.expect("session");
         let mut out = Vec::new();
         for n in names {
-            out.push(sync::run(&project, &ctx, &n, options, std::sync::Arc::new(NoProgress)).await);
+            out.push(
+                sync::run(
+                    &project,
+                    &ctx,
+                    &n,
+                    options.clone(),
+                    std::sync::Arc::new(NoProgress),
+                )
+                .await,
+            );
         }
         out
     }

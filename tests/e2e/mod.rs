@@ -21,5 +21,6 @@ mod property;
 mod quoting;
 mod sources;
 mod state_fuzz;
+mod test_runs;
 mod torn_writes;
 mod watermarks;
