@@ -230,7 +230,7 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
         Some(Sample::Keys(keys)) => {
             let list = keys
                 .iter()
-                .map(|k| cast(datafusion::prelude::lit(k.as_str()), key_type.clone()))
+                .map(|k| try_cast(datafusion::prelude::lit(k.as_str()), key_type.clone()))
                 .collect();
             rows.filter(ident(KEY).in_list(list, false))
                 .map_err(&df_err)?
@@ -483,7 +483,29 @@ pub async fn run(
     SyncReport {
         sync: name.to_string(),
         status,
-        warnings: report::warnings(name, sync.config.behavior, &tally.counts),
+        warnings: {
+            let mut w = report::warnings(name, sync.config.behavior, &tally.counts);
+            if let Some(Sample::Keys(keys)) = &sync.options.sample {
+                let missing: Vec<&str> = keys
+                    .iter()
+                    .filter(|k| {
+                        !tally
+                            .sent
+                            .iter()
+                            .any(|s| s.key.as_deref() == Some(k.as_str()))
+                    })
+                    .map(String::as_str)
+                    .collect();
+                if !missing.is_empty() {
+                    w.push(format!(
+                        "nothing was sent for key(s) {}: no row of the model has them (or \
+                         their rows are invalid, or the behavior sends nothing for them)",
+                        missing.join(", ")
+                    ));
+                }
+            }
+            w
+        },
         sent: std::mem::take(&mut tally.sent),
         counts: tally.counts,
         behavior: sync.config.behavior,
