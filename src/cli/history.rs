@@ -119,3 +119,95 @@ pub(super) async fn history_cmd(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `history SYNC --records KEY`: every entry of the sync's record log for one key, oldest
+/// first.
+pub(super) async fn record_story(
+    project: &Project,
+    sync: &str,
+    key: &str,
+    json: bool,
+) -> Result<ExitCode, String> {
+    use arrow::array::AsArray;
+    use datafusion::prelude::{ParquetReadOptions, col, lit};
+
+    project
+        .select_syncs(&[sync.to_string()])
+        .map_err(|e| e.to_string())?;
+    let dir = crate::sync::record_log::dir(sync);
+    let files = project
+        .state
+        .list_files(&dir)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !files.iter().any(|f| f.ends_with(".parquet")) {
+        return Err(format!(
+            "sync \"{sync}\" has no record log: set `record_log = true` in [syncs.{sync}] (or in \
+             [engine]) and its next runs log every record they send"
+        ));
+    }
+    let ctx = datafusion::prelude::SessionContext::new();
+    project.state.register(&ctx).map_err(|e| e.to_string())?;
+    let url = project.state.table_url(&dir);
+    let batches = ctx
+        .read_parquet(
+            url,
+            ParquetReadOptions::default().schema(&crate::sync::record_log::schema()),
+        )
+        .await
+        .and_then(|df| df.filter(col("key").eq(lit(key))))
+        .and_then(|df| df.sort(vec![col("at").sort(true, false)]))
+        .map_err(|e| e.to_string())?
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    table.set_header(vec!["at (UTC)", "run", "op", "status", "message"]);
+    let mut found = 0;
+    for b in &batches {
+        let text = |name: &str, i: usize| {
+            b.column_by_name(name)
+                .and_then(|c| arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).ok())
+                .and_then(|c| {
+                    let c = c.as_string::<i32>();
+                    (!arrow::array::Array::is_null(c, i)).then(|| c.value(i).to_string())
+                })
+        };
+        for i in 0..b.num_rows() {
+            found += 1;
+            let at = text("at", i).unwrap_or_default();
+            if json {
+                let record = serde_json::json!({
+                    "sync": sync,
+                    "key": key,
+                    "at": at,
+                    "run_id": text("run_id", i),
+                    "op": text("op", i),
+                    "status": text("status", i),
+                    "message": text("message", i),
+                });
+                out!(
+                    "{}",
+                    super::json::Record::new("history", "record", record).line()
+                );
+            } else {
+                table.add_row(vec![
+                    at.chars().take(19).collect::<String>().replace('T', " "),
+                    text("run_id", i).unwrap_or_default(),
+                    text("op", i).unwrap_or_default(),
+                    text("status", i).unwrap_or_default(),
+                    text("message", i).unwrap_or_default(),
+                ]);
+            }
+        }
+    }
+    if !json {
+        if found == 0 {
+            out!("no entry for key {key} in the record log of {sync}");
+        } else {
+            out!("{table}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -171,6 +171,10 @@ pub enum Command {
         /// Also show the invalid and rejected records kept for each run, with reasons.
         #[arg(long)]
         samples: bool,
+        /// Instead of runs: the story of one record across runs, from the sync's record log
+        /// (`record_log = true`): each time it was sent, how, and what the destination said.
+        #[arg(long, value_name = "KEY", requires = "sync")]
+        records: Option<String>,
         /// Print one JSON object per run instead of text.
         #[arg(long)]
         json: bool,
@@ -436,10 +440,14 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
             sync,
             limit,
             samples,
+            records,
             json,
         } => {
             let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
-            history::history_cmd(&project, sync, limit, samples, json).await
+            match (records, sync) {
+                (Some(key), Some(sync)) => history::record_story(&project, &sync, &key, json).await,
+                (_, sync) => history::history_cmd(&project, sync, limit, samples, json).await,
+            }
         }
     }
 }

@@ -363,6 +363,8 @@ pub fn writeback_syncs(config: &ProjectConfig) -> IndexMap<String, SyncConfig> {
                     cursor_lookback: None,
                     max_deletes: None,
                     tags: Vec::new(),
+                    record_log: None,
+                    record_log_retention: None,
                     hub: Some(link),
                 },
             );

@@ -92,6 +92,11 @@ pub struct EngineConfig {
     pub target_partitions: Option<usize>,
     /// Rows per Arrow batch. Default: 32768, or 8192 with a memory limit.
     pub batch_size: Option<usize>,
+    /// Keep a record log for every sync (see `record_log` on a sync).
+    #[serde(default)]
+    pub record_log: bool,
+    /// How long record logs are kept (default `"30d"`).
+    pub record_log_retention: Option<String>,
 }
 
 /// `[segments.NAME]`
@@ -136,6 +141,11 @@ pub struct SyncConfig {
     /// Labels to pick syncs by: `backflow run --select tag:daily`.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Log every record each run sends, with its outcome, under the run history (default: the
+    /// `[engine]` setting, off).
+    pub record_log: Option<bool>,
+    /// How long this sync's record logs are kept (default: `[engine]`'s, or `"30d"`).
+    pub record_log_retention: Option<String>,
     /// Set for the syncs backflow makes to write a hub entity back to one of its sources
     /// (never read from the file).
     #[serde(skip)]
@@ -509,6 +519,13 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
             problems.push(format!(
                 "{at}: sync \"{name}\" is a mirror with a cursor: a mirror must read the whole model \
                  to see which rows left it; remove `cursor` or use behavior = \"upsert\""
+            ));
+        }
+        if let Some(r) = &sync.record_log_retention
+            && crate::duration::parse(r).is_none()
+        {
+            problems.push(format!(
+                "{at}: sync \"{name}\": record_log_retention \"{r}\" is not a duration such as \"7d\" or \"30d\""
             ));
         }
         if sync.max_deletes.is_some() && sync.behavior != Behavior::Mirror {

@@ -103,6 +103,8 @@ pub(super) struct Outbox<'a> {
     rows: usize,
     /// Keep each record sent, with the destination's answer (test runs).
     show_sent: bool,
+    /// Where each record sent is logged, when the sync keeps a record log.
+    log: Option<&'a mut super::record_log::RecordLog>,
 }
 
 /// What holds a run's writes back.
@@ -139,7 +141,14 @@ impl<'a> Outbox<'a> {
             buffered: [Vec::new(), Vec::new(), Vec::new()],
             rows: 0,
             show_sent: false,
+            log: None,
         }
+    }
+
+    /// Log every record sent (see `record_log`).
+    pub fn logging_to(mut self, log: Option<&'a mut super::record_log::RecordLog>) -> Self {
+        self.log = log;
+        self
     }
 
     /// Keep every record sent with the destination's answer (a test run's few).
@@ -256,6 +265,15 @@ impl<'a> Outbox<'a> {
                         answer,
                     });
                 }
+            }
+            if let Some(log) = self.log.as_deref_mut() {
+                let mut refused: Vec<Option<String>> = vec![None; rows.num_rows()];
+                for r in &outcome.rejected {
+                    if let Some(slot) = refused.get_mut(r.row) {
+                        *slot = Some(r.reason.clone());
+                    }
+                }
+                log.write(op.as_str(), &keys, &refused).await?;
             }
             if !outcome.rejected.is_empty() {
                 let rejected_mask: BooleanArray = accepted.iter().map(|a| Some(!a)).collect();

@@ -31,6 +31,7 @@ mod intents;
 pub mod map;
 mod plan;
 mod read;
+pub mod record_log;
 mod report;
 mod state;
 mod upstream;
@@ -603,14 +604,28 @@ async fn locked_cycle(
     } else {
         outbox
     };
-    let cursors = apply::apply(
+    let mut log = record_log::RecordLog::open(sync, now_ms())?;
+    let outbox = outbox.logging_to(log.as_mut());
+    let applied = apply::apply(
         stream,
         outbox,
         prepared.cursor_type.as_ref(),
         tally,
         progress.as_ref(),
     )
-    .await?;
+    .await;
+    // What was sent before a failure was sent: its log is kept.
+    let cursors = match applied {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(log) = log
+                && let Err(le) = log.close().await
+            {
+                tracing::warn!(sync = name, error = %le, "could not write the record log");
+            }
+            return Err(e);
+        }
+    };
     tracing::info!(
         sync = name,
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -629,6 +644,21 @@ async fn locked_cycle(
     let started = std::time::Instant::now();
     failpoint!("after_destination_write", name);
     tally.finished(&prepared.target.key, &finished);
+    if let Some(mut log) = log {
+        if !finished.rejected.is_empty() {
+            let keys = datafusion::common::ScalarValue::iter_to_array(
+                finished.rejected.iter().map(|r| r.key.clone()),
+            )
+            .map_err(engine(name, "record log"))?;
+            let reasons: Vec<Option<String>> = finished
+                .rejected
+                .iter()
+                .map(|r| Some(r.reason.clone()))
+                .collect();
+            log.write("finish", &keys, &reasons).await?;
+        }
+        log.close().await?;
+    }
     let new_keys = sent.new_keys;
     let sent_rows = sent.close().await?;
 
@@ -672,7 +702,7 @@ async fn locked_cycle(
             !finished.rejected.is_empty(),
         )
     };
-    commit::commit(
+    let committed = commit::commit(
         sync,
         &prepared,
         next,
@@ -681,5 +711,7 @@ async fn locked_cycle(
         lock,
         intents,
     )
-    .await
+    .await?;
+    record_log::expire(sync).await;
+    Ok(committed)
 }

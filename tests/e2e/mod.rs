@@ -19,6 +19,7 @@ mod ownership;
 mod postgres;
 mod property;
 mod quoting;
+mod record_log;
 mod sources;
 mod state_fuzz;
 mod test_runs;
