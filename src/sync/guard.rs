@@ -74,7 +74,9 @@ pub(super) async fn count(sync: &SyncRef<'_>) -> Result<(u64, u64), SyncError> {
 
 /// Stop the prepared run when the deletes it would make are over the limit.
 pub(super) async fn check(sync: &SyncRef<'_>, previous: &Manifest) -> Result<(), SyncError> {
-    if limit(sync).is_none() || sync.options.allow_deletes || previous.rows == 0 {
+    // Nothing to count when no number of deletes could be over the limit.
+    let unlimited = matches!(limit(sync), None | Some(DeleteLimit::Share(100.0)));
+    if unlimited || sync.options.allow_deletes || previous.rows == 0 {
         return Ok(());
     }
     let (in_sync, deletes) = count(sync).await?;

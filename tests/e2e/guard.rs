@@ -97,6 +97,12 @@ async fn a_count_limit_and_config_mistakes() {
     f.write("people.csv", &people(2..=10));
     assert_eq!(f.run_ok("people_sync").await.counts.deleted, 1);
 
+    // "100%" turns the guard off: an emptied model empties the mirror.
+    let g = people_fixture("mirror", "max_deletes = \"100%\"", &people(1..=4));
+    g.run_ok("people_sync").await;
+    g.write("people.csv", "id,email,name,plan\n");
+    assert_eq!(g.run_ok("people_sync").await.counts.deleted, 4);
+
     for (behavior, limit, says) in [
         ("upsert", "\"10%\"", "only a mirror deletes"),
         ("mirror", "\"120%\"", "from \"0%\" to \"100%\""),
