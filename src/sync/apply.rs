@@ -117,6 +117,16 @@ pub struct Guards {
     pub hold_deletes: bool,
 }
 
+/// The mass-delete guard, still to be decided (see `guard`): from the diff's own counts at its
+/// end, or, when the changes fill a destination batch before that, by `count` (a query) before
+/// the first batch is sent.
+pub(super) struct PendingGuard<'a> {
+    /// The error that stops the run with `deletes` of `in_sync` records to delete, if any.
+    pub verdict: Box<dyn Fn(u64, u64) -> Option<SyncError> + Send + Sync + 'a>,
+    /// (records in sync, deletes), counted by a query.
+    pub count: futures::future::BoxFuture<'a, Result<(u64, u64), SyncError>>,
+}
+
 /// Rows per destination batch (a batch is one transaction and one intent file).
 const DESTINATION_BATCH_ROWS: usize = 16_384;
 
@@ -326,6 +336,7 @@ pub(super) async fn apply(
     cursor_type: Option<&DataType>,
     tally: &mut Tally,
     progress: &dyn Progress,
+    mut guard: Option<PendingGuard<'_>>,
 ) -> Result<Cursors, SyncError> {
     let (sync, target, full_resync, guards) = (
         outbox.sync,
@@ -337,6 +348,8 @@ pub(super) async fn apply(
     let mut cursors = Cursors::new(cursor_type).map_err(&df_err)?;
     let mut processed = 0u64;
     let mut held = 0u64;
+    // What the guard needs, counted from the diff: state keys seen, and those gone.
+    let (mut in_sync, mut gone) = (0u64, 0u64);
     while let Some(batch) = stream.next().await {
         if crate::interrupt::requested() {
             return Err(SyncError::Interrupted {
@@ -348,6 +361,12 @@ pub(super) async fn apply(
         processed += batch.num_rows() as u64;
 
         let model_rows = model_rows(&ops);
+        if guard.is_some() {
+            gone += mask(&ops, GONE).true_count() as u64;
+            in_sync += batch
+                .column_by_name(PREV_KEY)
+                .map_or(0, |c| (c.len() - c.null_count()) as u64);
+        }
         tally.counts.read += model_rows.true_count() as u64;
         tally.counts.unowned += mask(&ops, UNOWNED).true_count() as u64;
         cursors.read(&batch, &model_rows).map_err(&df_err)?;
@@ -382,9 +401,21 @@ pub(super) async fn apply(
             outbox.push(class, rows);
         }
         if outbox.full() {
+            // Too many changes to hold back until the diff ends: ask before the first batch.
+            if let Some(g) = guard.take() {
+                let (in_sync, deletes) = g.count.await?;
+                if let Some(stop) = (g.verdict)(deletes, in_sync) {
+                    return Err(stop);
+                }
+            }
             outbox.flush(tally, &mut cursors).await?;
         }
         progress.rows(sync, processed);
+    }
+    if let Some(g) = guard.take()
+        && let Some(stop) = (g.verdict)(gone, in_sync)
+    {
+        return Err(stop);
     }
     outbox.flush(tally, &mut cursors).await?;
     if held > 0 {

@@ -1,7 +1,10 @@
 //! The mass-delete guard. Before a mirror sends anything, the deletes it would make are
-//! counted: the keys in state that the model no longer has (an anti join that reads only the
-//! model's keys). Over the sync's `max_deletes` (default half of the records in sync) the run
-//! stops there, having sent nothing and committed nothing, and says how to go on. The usual
+//! counted: the keys in state that the model no longer has. Over the sync's `max_deletes`
+//! (default half of the records in sync) the run stops there, having sent nothing and
+//! committed nothing, and says how to go on. The apply stage holds its first destination batch
+//! back to decide: when the whole diff fits in it (a run with few changes, the usual case) the
+//! diff itself has counted the deletes; otherwise [`count`] asks with one query (an anti join
+//! that reads only the model's keys) before the first batch goes. The usual
 //! cause is upstream: an export that came out empty, a join that lost its rows, a wrong filter;
 //! a model that suddenly returns no rows would otherwise delete every record the sync made.
 
@@ -72,17 +75,9 @@ pub(super) async fn count(sync: &SyncRef<'_>) -> Result<(u64, u64), SyncError> {
     Ok((value(0), value(1)))
 }
 
-/// Stop the prepared run when the deletes it would make are over the limit.
-pub(super) async fn check(sync: &SyncRef<'_>, previous: &Manifest) -> Result<(), SyncError> {
-    // Nothing to count when no number of deletes could be over the limit.
+/// Whether the run must be guarded: a mirror with a limit some number of deletes could pass,
+/// a state to delete from, and no `--allow-deletes`.
+pub(super) fn applies(sync: &SyncRef<'_>, previous: &Manifest) -> bool {
     let unlimited = matches!(limit(sync), None | Some(DeleteLimit::Share(100.0)));
-    if unlimited || sync.options.allow_deletes || previous.rows == 0 {
-        return Ok(());
-    }
-    let (in_sync, deletes) = count(sync).await?;
-    tracing::info!(sync = sync.name, deletes, in_sync, "delete guard");
-    match tripped(sync, deletes, in_sync) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    !unlimited && !sync.options.allow_deletes && previous.rows > 0
 }

@@ -550,15 +550,18 @@ async fn locked_cycle(
     let mut prepared = prepare(sync).await?;
     prepared.target.progress = progress.clone();
     let hold_deletes = project.quarantined(&config.from).0 > 0;
-    // Deletes a source's unreadable rows hold back are not made: nothing to guard.
     let sampled = sync.options.sample.is_some();
-    if let Some(previous) = prepared
-        .previous
-        .as_ref()
-        .filter(|_| !hold_deletes && !sampled)
-    {
-        guard::check(sync, previous).await?;
-    }
+    // Deletes a source's unreadable rows hold back are not made, nor a test run's: nothing to
+    // guard then.
+    let pending_guard = match prepared.previous.as_ref() {
+        Some(previous) if !hold_deletes && !sampled && guard::applies(sync, previous) => {
+            Some(apply::PendingGuard {
+                verdict: Box::new(move |deletes, in_sync| guard::tripped(sync, deletes, in_sync)),
+                count: Box::pin(guard::count(sync)),
+            })
+        }
+        _ => None,
+    };
     failpoint!("after_diff", name);
 
     let data_dir = project.state.new_data_dir(name, prepared.target.version);
@@ -612,6 +615,7 @@ async fn locked_cycle(
         prepared.cursor_type.as_ref(),
         tally,
         progress.as_ref(),
+        pending_guard,
     )
     .await;
     // What was sent before a failure was sent: its log is kept.

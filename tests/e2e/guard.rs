@@ -241,3 +241,31 @@ mod naive {
         }
     }
 }
+
+/// More changes than one destination batch holds: the guard cannot wait for the end of the
+/// diff and counts with a query before the first batch; the outcome is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_run_is_guarded_before_its_first_batch() {
+    let f = people_fixture("mirror", "", &people(1..=40_000));
+    f.run_ok("people_sync").await;
+    // 30,000 of 40,000 gone: over 50%, and more than a batch of deletes.
+    f.write("people.csv", &people(30_001..=40_000));
+    let r = f
+        .run_with(&["people_sync"], Default::default())
+        .await
+        .remove(0);
+    assert_eq!(r.status, RunStatus::Guarded, "{r:?}");
+    assert!(r.error.unwrap().contains("delete 30000 of the 40000"));
+    assert_eq!(f.sqlite("out/app.db", "people").len(), 40_000);
+    // 20,000 changed and 10,000 gone (25%): more than a batch, under the limit: sent.
+    let mut csv = people(1..=30_000);
+    csv = csv.replace(",pro\n", ",team\n");
+    f.write("people.csv", &csv);
+    let r = f.run_ok("people_sync").await;
+    assert_eq!(
+        (r.counts.updated, r.counts.deleted),
+        (30_000, 10_000),
+        "{r:?}"
+    );
+    assert_eq!(f.sqlite("out/app.db", "people").len(), 30_000);
+}
