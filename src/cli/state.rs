@@ -53,7 +53,8 @@ fn print(r: &BindReport) {
         ),
         "adopted" => out!(
             "✓ {}: adopted {} record(s) of the destination{version}; {} key(s) in state now.\n  \
-             `backflow plan {}` shows what the next run will update and delete.",
+             `backflow plan {}` shows what the next run will update and delete (a mirror's \
+             deletes past its max_deletes wait for `run --allow-deletes`).",
             r.sync,
             r.adopted.unwrap_or(0),
             r.keys.unwrap_or(0),
