@@ -139,6 +139,9 @@ pub enum Command {
         /// Test a sync on these keys only (comma-separated), like --sample.
         #[arg(long, value_name = "KEY,…", value_delimiter = ',')]
         keys: Vec<String>,
+        /// Test a sync on this key, taken verbatim (for a key with a comma); repeatable.
+        #[arg(long, value_name = "KEY", conflicts_with = "sample")]
+        key: Vec<String>,
         /// Print one JSON object per sync instead of text.
         #[arg(long)]
         json: bool,
@@ -271,7 +274,33 @@ impl Command {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            // A script that asked for JSON gets a line it can parse for a usage mistake too.
+            let asked_json = std::env::args().any(|a| a == "--json");
+            let shown = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+            if asked_json && !shown {
+                let record = json::ErrorRecord {
+                    status: RunStatus::Failed,
+                    error: e.kind().to_string(),
+                };
+                let command = std::env::args().nth(1).unwrap_or_default();
+                let command = match command.as_str() {
+                    "run" => "run",
+                    "plan" => "plan",
+                    "check" => "check",
+                    "history" => "history",
+                    "state" => "state",
+                    "hub" => "hub",
+                    _ => "backflow",
+                };
+                out!("{}", json::Record::new(command, "error", record).line());
+            }
+            e.exit()
+        }
+    };
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -400,11 +429,13 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
             full_resync,
             allow_deletes,
             sample,
-            keys,
+            mut keys,
+            key,
             json,
             select,
             exclude,
         } => {
+            keys.extend(key);
             let sample = match (sample, keys.is_empty()) {
                 (Some(n), _) => Some(sync::Sample::First(n)),
                 (None, false) => Some(sync::Sample::Keys(keys)),

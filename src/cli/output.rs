@@ -69,6 +69,10 @@ pub(super) fn print_run(r: &SyncReport) {
             format!("  retries {}", c.retries)
         } else {
             String::new()
+        } + &if c.unowned > 0 {
+            format!("  unowned {}", c.unowned)
+        } else {
+            String::new()
         },
         took(r.duration_ms, r.sources_ms)
     );

@@ -522,7 +522,7 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
             ));
         }
         if let Some(r) = &sync.record_log_retention
-            && crate::duration::parse(r).is_none()
+            && crate::duration::parse(r).is_none_or(|d| d.is_zero())
         {
             problems.push(format!(
                 "{at}: sync \"{name}\": record_log_retention \"{r}\" is not a duration such as \"7d\" or \"30d\""

@@ -94,6 +94,38 @@ pub async fn rebind(
                 keys: None,
             });
         }
+        // Rebind is for the same records at a new address: an object with none there is not
+        // that (a wrong address, or the records are gone).
+        if prev.rows > 0 {
+            let target = crate::destinations::WriteTarget {
+                sync: name.to_string(),
+                object: config.object.clone(),
+                key: config.key.destination().to_string(),
+                schema: std::sync::Arc::new(arrow::datatypes::Schema::empty()),
+                behavior: config.behavior,
+                engine: ctx.copied_config(),
+                runtime: ctx.runtime_env(),
+                progress: std::sync::Arc::new(super::NoProgress),
+                version: 0,
+            };
+            let holds = existing::holds_records(destination.as_ref(), &target)
+                .await
+                .map_err(|source| SyncError::Destination {
+                    sync: name.to_string(),
+                    source,
+                })?;
+            if holds == Some(false) {
+                return Err(problem(
+                    name,
+                    format!(
+                        "its state holds {} records, but {now} holds none: rebind is for the same \
+                         records at a new address. Check the address; if the records are gone, \
+                         run `backflow run {name} --full-resync` to send them again",
+                        prev.rows
+                    ),
+                ));
+            }
+        }
         let version = project.state.newest_version(name).await? + 1;
         let manifest = Manifest {
             version,

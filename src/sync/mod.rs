@@ -226,7 +226,8 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
         Some(Sample::First(n)) => rows
             .filter(ident(KEY).is_not_null())
             .and_then(|r| r.sort(vec![ident(KEY).sort(true, false)]))
-            .and_then(|r| r.limit(0, Some(*n)))
+            // (DataFusion's limits are signed.)
+            .and_then(|r| r.limit(0, Some((*n).min(i64::MAX as usize))))
             .map_err(&df_err)?,
         Some(Sample::Keys(keys)) => {
             let list = keys

@@ -35,10 +35,23 @@ pub async fn plan(
             .execute_stream()
             .await
             .map_err(engine(name, "diff"))?;
-        count(name, &prepared.target, stream, &mut tally, &mut samples).await?;
+        // Rows a CSV source leaves out are invalid records, and the deletes they may be are
+        // held back (as a run does).
+        let (quarantined, _) = project.quarantined(&sync.config.from);
+        tally.counts.invalid += quarantined;
+        let hold_deletes = quarantined > 0;
+        count(
+            name,
+            &prepared.target,
+            stream,
+            &mut tally,
+            &mut samples,
+            hold_deletes,
+        )
+        .await?;
         // What the guard would say of a run.
         let guarded = match (&prepared.previous, super::guard::limit(&sync)) {
-            (Some(_), Some(_)) => {
+            (Some(_), Some(_)) if !hold_deletes => {
                 let (in_sync, deletes) = super::guard::count(&sync).await?;
                 super::guard::tripped(&sync, deletes, in_sync)
             }
@@ -154,6 +167,7 @@ pub(super) async fn count(
     mut stream: SendableRecordBatchStream,
     tally: &mut Tally,
     samples: &mut PlanSamples,
+    hold_deletes: bool,
 ) -> Result<(), SyncError> {
     let df_err = engine(sync, "diff");
     while let Some(batch) = stream.next().await {
@@ -167,6 +181,10 @@ pub(super) async fn count(
             let m = mask(&ops, class);
             let n = m.true_count();
             if n == 0 {
+                continue;
+            }
+            if class == GONE && hold_deletes {
+                tally.counts.held += n as u64;
                 continue;
             }
             let Some((op, counter)) = action(target.behavior, class, false) else {

@@ -79,7 +79,7 @@ pub(crate) fn warnings(sync: &str, behavior: Behavior, counts: &RunCounts) -> Ve
 /// Why a mirror without state leaves `count` records of its destination alone.
 pub(crate) fn unowned_warning(sync: &str, count: &str) -> String {
     format!(
-        "{count} record(s) in the destination object are not in the model and were not deleted: \
+        "{count} record(s) in the destination object are not in the model and are left alone: \
          sync \"{sync}\" has no state, so nothing says backflow created them. If it did (its \
          state was lost or reset), `backflow state adopt {sync}` takes them over, and the next \
          run deletes them (`backflow plan {sync}` shows which first)"

@@ -153,6 +153,14 @@ fn run_and_plan_json_have_the_documented_fields() {
         (&serde_json::json!("error"), &serde_json::json!("failed"))
     );
     assert!(e["error"].as_str().unwrap().contains("nope"), "{e}");
+    // A usage mistake too.
+    let (code, out, err) = f.cli(&["run", "--json", "--sample", "abc"]);
+    assert_eq!(code, 2, "{err}");
+    let e: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (&e["type"], &e["command"]),
+        (&serde_json::json!("error"), &serde_json::json!("run"))
+    );
     let results: serde_json::Value = serde_json::from_slice(
         &std::fs::read(f.path().join(".backflow/run_results.json")).unwrap(),
     )

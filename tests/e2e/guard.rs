@@ -242,6 +242,44 @@ mod naive {
     }
 }
 
+/// A record whose row a CSV source left out (a value its column's type cannot hold) is not
+/// deleted: `plan` says so as the run does (held, invalid), and neither trips the guard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_and_run_agree_on_deletes_held_for_unreadable_rows() {
+    let f = Fixture::new();
+    people_project(&f, "mirror", "max_deletes = 0");
+    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &toml.replace(
+            "path = \"people.csv\"",
+            "path = \"people.csv\"\ninfer_schema_rows = 3",
+        ),
+    );
+    f.write("people.csv", &people(1..=5));
+    f.run_ok("people_sync").await;
+    f.write(
+        "people.csv",
+        &people(1..=5).replace("4,p4@x.io", "abc,p4@x.io"),
+    );
+    let plan = f.plan("people_sync").await;
+    assert_eq!(
+        (plan.counts.deleted, plan.counts.held, plan.counts.invalid),
+        (0, 1, 1),
+        "{plan:?}"
+    );
+    assert!(
+        plan.warnings.iter().all(|w| !w.contains("would stop")),
+        "{plan:?}"
+    );
+    let r = f.run_ok("people_sync").await;
+    assert_eq!(
+        (r.counts.deleted, r.counts.held, r.counts.invalid),
+        (0, 1, 1),
+        "{r:?}"
+    );
+}
+
 /// More changes than one destination batch holds: the guard cannot wait for the end of the
 /// diff and counts with a query before the first batch; the outcome is the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,9 @@ async fn a_mirror_that_lost_its_state_leaves_unowned_records_until_adopted() {
         err.contains("warning") && err.contains("state adopt people_sync"),
         "{err}"
     );
+    let (code, out, err) = f.cli(&["plan"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("are left alone"), "{err}");
     let r = f.run_ok("people_sync").await;
     assert_eq!(cudu(&r), (0, 2, 0, 0), "{r:?}");
     assert_eq!(r.counts.unowned, 1);
@@ -133,6 +136,12 @@ fn rebind_follows_a_destination_to_a_new_address() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("backflow state rebind people_sync"), "{err}");
 
+    // An address with none of the records is refused.
+    f.write("backflow.toml", &toml(&place.path().join("empty.db")));
+    let (code, out, err) = f.cli(&["state", "rebind", "people_sync"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("holds none"), "{err}");
+    f.write("backflow.toml", &toml(&new));
     let (code, out, err) = f.cli(&["state", "rebind", "people_sync"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("rebound") && out.contains("new.db"), "{out}");
@@ -229,4 +238,21 @@ fn a_changed_key_is_explained_and_the_advice_works() {
     let (code, out, err) = g.cli(&["run", "--full-resync"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(g.sqlite("out/app.db", "people").len(), 3);
+}
+
+/// A dotted object name for a database destination is taken whole, which is never what was
+/// meant: refused, pointing to the `schema` setting.
+#[test]
+fn a_dotted_table_name_is_refused_with_the_schema_setting_named() {
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        "[sources.people]\ntype = \"csv\"\npath = \"people.csv\"\n\n[destinations.pg]\ntype = \"postgres\"\nurl_env = \"BACKFLOW_TEST_POSTGRES_URL\"\n\n[syncs.people_sync]\nfrom = \"people\"\nto = \"pg\"\nobject = \"crm.people\"\nbehavior = \"mirror\"\nkey = \"id\"\n",
+    )
+    .write("people.csv", THREE);
+    let e = f.load().unwrap_err().to_string();
+    assert!(
+        e.contains("set schema = \"crm\"") && e.contains("object = \"people\""),
+        "{e}"
+    );
 }

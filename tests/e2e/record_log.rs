@@ -65,6 +65,14 @@ fn a_refused_record_is_logged_with_the_reason_and_no_log_is_explained() {
         "{out}"
     );
 
+    let z = people_fixture(
+        "upsert",
+        "record_log = true\nrecord_log_retention = \"0s\"",
+        "id,email,name,plan\n1,a@x.io,Ada,pro\n",
+    );
+    let e = z.load().unwrap_err().to_string();
+    assert!(e.contains("record_log_retention \"0s\""), "{e}");
+
     let g = people_fixture("upsert", "", "id,email,name,plan\n1,a@x.io,Ada,pro\n");
     assert_eq!(g.cli(&["run"]).0, 0);
     let (code, _, err) = g.cli(&["history", "people_sync", "--records", "1"]);

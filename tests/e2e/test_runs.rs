@@ -65,6 +65,24 @@ fn a_refused_record_is_shown_with_the_reason_and_bad_requests_are_named() {
     let (code, out, err) = f.cli(&["run", "people_sync", "--keys", "3,4"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.matches("→ no record with this key").count(), 2, "{out}");
+    // A key with a comma, verbatim; a sample larger than anything.
+    let g = people_fixture("upsert", "", "id,email,name,plan\n1,a@x.io,Ada,pro\n");
+    let toml = std::fs::read_to_string(g.path().join("backflow.toml")).unwrap();
+    g.write(
+        "backflow.toml",
+        &toml.replace("key = \"id\"", "key = \"name\""),
+    );
+    g.write(
+        "people.csv",
+        "id,email,name,plan\n1,a@x.io,\"Lovelace, Ada\",pro\n2,b@x.io,Bob,free\n",
+    );
+    let (code, out, err) = g.cli(&["run", "people_sync", "--key", "Lovelace, Ada"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("key Lovelace, Ada → accepted"), "{out}");
+    let (code, out, err) = g.cli(&["run", "people_sync", "--sample", "18446744073709551615"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("sent (upsert): key Bob"), "{out}");
+
     for args in [
         &["run", "--sample", "1"][..],
         &["run", "people_sync", "other", "--sample", "1"],

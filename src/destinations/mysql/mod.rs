@@ -56,6 +56,12 @@ pub(super) fn validate_object(object: &str) -> Vec<String> {
     if object.ends_with(' ') {
         p.push("MySQL table names may not end with a space".to_string());
     }
+    if object.contains('.') {
+        p.push(format!(
+            "a table name with a '.' is taken whole (a table \"{object}\" in the URL's \
+             database); to write another database, point the destination's URL at it"
+        ));
+    }
     p
 }
 

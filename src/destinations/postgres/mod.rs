@@ -63,10 +63,18 @@ impl PostgresDestinationConfig {
 }
 
 pub(super) fn validate_object(object: &str) -> Vec<String> {
-    super::table::name_problems(
+    let mut p = super::table::name_problems(
         object,
         Some((63, false, "PostgreSQL table names are at most 63 bytes")),
-    )
+    );
+    if let Some((schema, table)) = object.split_once('.') {
+        p.push(format!(
+            "a table name with a '.' is taken whole (a table \"{object}\" in the destination's \
+             schema); for table \"{table}\" of schema \"{schema}\", set schema = \"{schema}\" on \
+             the destination and object = \"{table}\""
+        ));
+    }
+    p
 }
 
 #[derive(Debug, Clone)]
