@@ -45,6 +45,9 @@ pub struct QuarantinedRow {
     pub reason: String,
     /// The row's fields as text (invalid UTF-8 replaced), joined by the delimiter.
     pub record: String,
+    /// The row's fields by column name, when it has as many as the header (a row left out
+    /// for a value, not for its shape): what names its key in messages.
+    pub fields: Vec<(String, String)>,
 }
 
 /// What the scan of one source's files found.
@@ -485,11 +488,20 @@ pub fn scan(
     found: &mut Quarantine,
 ) -> Result<Scanned, String> {
     let (mut r, breaks) = reader(&file.path, shape).map_err(|e| e.to_string())?;
+    let mut names: Vec<String> = Vec::new();
     let mut expected = if shape.has_header {
         let header = r.byte_headers().map_err(|e| e.to_string())?;
         if header.iter().any(|f| std::str::from_utf8(f).is_err()) {
             return Err("the header line is not valid UTF-8".into());
         }
+        names = header
+            .iter()
+            .map(|f| {
+                String::from_utf8_lossy(f)
+                    .trim_start_matches('\u{feff}')
+                    .to_string()
+            })
+            .collect();
         Some(header.len())
     } else {
         None
@@ -520,6 +532,15 @@ pub fn scan(
                     line,
                     reason: p.reason(),
                     record: text(&record, shape.delimiter),
+                    fields: if record.len() == names.len() {
+                        names
+                            .iter()
+                            .zip(record.iter())
+                            .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
                 });
             }
         }

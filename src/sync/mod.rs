@@ -431,9 +431,16 @@ pub async fn run(
     let result = run_cycle(&sync, &mut tally, progress).await;
     clear_cycle_tables(ctx);
     for r in rows {
+        // The key, when the row has a column named like the sync's key (a source read as it
+        // is, or a model that keeps the name).
+        let key = r
+            .fields
+            .iter()
+            .find(|(column, _)| column == sync.config.key.source())
+            .map(|(_, value)| value.clone());
         tally.sample(
             history::RecordKind::Invalid,
-            None,
+            key,
             format!(
                 "source {} {} line {}: {}",
                 r.source, r.file, r.line, r.reason

@@ -302,6 +302,15 @@ fn a_value_its_inferred_type_cannot_hold_is_an_invalid_row_not_a_failed_run() {
             "{want}\n{reasons:#?}"
         );
     }
+    // Their keys are readable, and named (rows 8 and 9).
+    let mut keys: Vec<&str> = report["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["key"].as_str())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["8", "9"], "{report}");
     // The time opening the source took is part of the report.
     assert!(report["sources_ms"].is_i64(), "{report}");
     let expected: Vec<(String, String)> = (1..=10u64)
