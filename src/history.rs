@@ -39,6 +39,8 @@ pub struct RunRecord {
     pub behavior: Option<String>,
     pub destination: Option<String>,
     pub object: Option<String>,
+    /// What the run warned about (see `SyncReport::warnings`).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +120,8 @@ struct StoredRun {
     behavior: Option<String>,
     destination: Option<String>,
     object: Option<String>,
+    /// The run's warnings, one per line (NULL when none).
+    warnings: Option<String>,
 }
 
 /// The fields of [`StoredRun`] that hold instants.
@@ -149,6 +153,7 @@ impl From<&RunRecord> for StoredRun {
             behavior: r.behavior.clone(),
             destination: r.destination.clone(),
             object: r.object.clone(),
+            warnings: (!r.warnings.is_empty()).then(|| r.warnings.join("\n")),
         }
     }
 }
@@ -168,6 +173,10 @@ impl From<StoredRun> for RunRecord {
             behavior: r.behavior,
             destination: r.destination,
             object: r.object,
+            warnings: r
+                .warnings
+                .map(|w| w.lines().map(str::to_string).collect())
+                .unwrap_or_default(),
         }
     }
 }
@@ -457,7 +466,7 @@ mod tests {
              unchanged:UInt64:false rejected:UInt64:false skipped:UInt64:false \
              retries:UInt64:false held:UInt64:false unowned:UInt64:false \
              state_version:Int64:true error:Utf8:true behavior:Utf8:true \
-             destination:Utf8:true object:Utf8:true"
+             destination:Utf8:true object:Utf8:true warnings:Utf8:true"
         );
         let records = flat_schema(&stored_fields::<StoredSample>().unwrap());
         let names: Vec<&str> = records.fields().iter().map(|f| f.name().as_str()).collect();
@@ -485,6 +494,7 @@ mod tests {
             behavior: Some("mirror".into()),
             destination: Some("db".into()),
             object: None,
+            warnings: vec!["one".into(), "two".into()],
         };
         let samples = vec![SampleRecord {
             kind: RecordKind::Invalid,

@@ -198,7 +198,7 @@ impl SyncRecord {
             watermark: None,
             counts: Some(r.counts.clone()),
             error: r.error.clone(),
-            warnings: Vec::new(),
+            warnings: r.warnings.clone(),
             samples: samples.iter().map(Sample::from).collect(),
         }
     }

@@ -383,6 +383,13 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
                 exclude,
             };
             let names = selection.syncs(&project).map_err(|e| e.to_string())?;
+            if names.is_empty() && !json {
+                if selection.is_empty() {
+                    out!("no syncs to plan");
+                } else {
+                    out!("nothing selected: every sync asked for was excluded");
+                }
+            }
             let ctx = project
                 .session_for(&names)
                 .await

@@ -315,6 +315,7 @@ pub async fn run(
         behavior: None,
         destination: None,
         object: None,
+        warnings: Vec::new(),
     };
     if let Err(e) = history::record(&project.state, &record, &samples).await {
         let note = format!("run history was not recorded: {e}");

@@ -466,6 +466,29 @@ pub async fn run(
         Err(e) => (RunStatus::Failed, None, None, Some(e.to_string())),
     };
     let finished = now_ms();
+    let warnings: Vec<String> = {
+        let mut w = report::warnings(name, sync.config.behavior, &tally.counts);
+        if let Some(Sample::Keys(keys)) = &sync.options.sample {
+            let missing: Vec<&str> = keys
+                .iter()
+                .filter(|k| {
+                    !tally
+                        .sent
+                        .iter()
+                        .any(|s| s.key.as_deref() == Some(k.as_str()))
+                })
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                w.push(format!(
+                    "nothing was sent for key(s) {}: no row of the model has them (or \
+                     their rows are invalid, or the behavior sends nothing for them)",
+                    missing.join(", ")
+                ));
+            }
+        }
+        w
+    };
     let record = RunRecord {
         run_id: sync.run_id.clone(),
         sync: name.to_string(),
@@ -479,6 +502,7 @@ pub async fn run(
         behavior: Some(sync.config.behavior.to_string()),
         destination: Some(sync.config.to.clone()),
         object: Some(sync.config.object.clone()),
+        warnings: warnings.clone(),
     };
     let mut error = error;
     if let Err(e) = history::record(&project.state, &record, &tally.samples).await {
@@ -492,29 +516,7 @@ pub async fn run(
     SyncReport {
         sync: name.to_string(),
         status,
-        warnings: {
-            let mut w = report::warnings(name, sync.config.behavior, &tally.counts);
-            if let Some(Sample::Keys(keys)) = &sync.options.sample {
-                let missing: Vec<&str> = keys
-                    .iter()
-                    .filter(|k| {
-                        !tally
-                            .sent
-                            .iter()
-                            .any(|s| s.key.as_deref() == Some(k.as_str()))
-                    })
-                    .map(String::as_str)
-                    .collect();
-                if !missing.is_empty() {
-                    w.push(format!(
-                        "nothing was sent for key(s) {}: no row of the model has them (or \
-                         their rows are invalid, or the behavior sends nothing for them)",
-                        missing.join(", ")
-                    ));
-                }
-            }
-            w
-        },
+        warnings: warnings.clone(),
         sent: std::mem::take(&mut tally.sent),
         counts: tally.counts,
         behavior: sync.config.behavior,

@@ -50,6 +50,16 @@ async fn a_mirror_that_lost_its_state_leaves_unowned_records_until_adopted() {
     assert_eq!(cudu(&r), (0, 2, 0, 0), "{r:?}");
     assert_eq!(r.counts.unowned, 1);
     assert_eq!(r.warnings.len(), 1, "{r:?}");
+    // The warning is kept in history too.
+    let (_, history, _) = f.cli(&["history", "people_sync", "--json"]);
+    let last: serde_json::Value = serde_json::from_str(history.lines().next().unwrap()).unwrap();
+    assert!(
+        last["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("state adopt"),
+        "{last}"
+    );
     let rows = f.sqlite("out/app.db", "people");
     assert_eq!(
         pairs(&rows, "id", "name"),
