@@ -442,9 +442,19 @@ impl StateStore {
         rel: &str,
         schema: SchemaRef,
     ) -> Result<AsyncArrowWriter<BufWriter>> {
+        self.parquet_writer_with(rel, schema, writer_properties())
+    }
+
+    /// A Parquet writer for a new state file `rel`, with its own settings.
+    pub fn parquet_writer_with(
+        &self,
+        rel: &str,
+        schema: SchemaRef,
+        properties: WriterProperties,
+    ) -> Result<AsyncArrowWriter<BufWriter>> {
         let path = self.path(rel);
         let writer = BufWriter::new(self.store.clone(), path);
-        AsyncArrowWriter::try_new(writer, schema, Some(writer_properties())).map_err(|source| {
+        AsyncArrowWriter::try_new(writer, schema, Some(properties)).map_err(|source| {
             StateError::Parquet {
                 path: rel.to_string(),
                 source,

@@ -58,7 +58,16 @@ impl RecordLog {
             dir(sync.name),
             sync.run_id
         );
-        let writer = sync.project.state.parquet_writer(&rel, schema())?;
+        // The run, operation and status repeat on every row: dictionaries make them nearly
+        // free; snappy keeps the cost of logging every row of a large load low.
+        let properties = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::SNAPPY)
+            .set_dictionary_enabled(true)
+            .build();
+        let writer = sync
+            .project
+            .state
+            .parquet_writer_with(&rel, schema(), properties)?;
         Ok(Some(RecordLog {
             writer,
             rel,
