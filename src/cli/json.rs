@@ -7,7 +7,6 @@
 use serde::Serialize;
 
 use crate::history::{RecordKind, RunCounts, RunRecord, RunStatus, SampleRecord};
-use crate::hub::HubReport;
 use crate::sync::{PlanReport, SyncReport};
 
 /// The version of the JSON shapes below.
@@ -225,9 +224,6 @@ pub struct ErrorRecord {
     pub status: RunStatus,
     pub error: String,
 }
-
-/// An entity's run, as `run --json` prints it: the hub's report.
-pub type EntityRecord = HubReport;
 
 /// `run_results.json`: everything one `run` did, for a scheduler to pick up.
 #[derive(Debug, Serialize)]

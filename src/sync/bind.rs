@@ -97,17 +97,9 @@ pub async fn rebind(
         // Rebind is for the same records at a new address: an object with none there is not
         // that (a wrong address, or the records are gone).
         if prev.rows > 0 {
-            let target = crate::destinations::WriteTarget {
-                sync: name.to_string(),
-                object: config.object.clone(),
-                key: config.key.destination().to_string(),
-                schema: std::sync::Arc::new(arrow::datatypes::Schema::empty()),
-                behavior: config.behavior,
-                engine: ctx.copied_config(),
-                runtime: ctx.runtime_env(),
-                progress: std::sync::Arc::new(super::NoProgress),
-                version: 0,
-            };
+            // (Listing keys needs no fields.)
+            let target =
+                sync.write_target(std::sync::Arc::new(arrow::datatypes::Schema::empty()), 0);
             let holds = existing::holds_records(destination.as_ref(), &target)
                 .await
                 .map_err(|source| SyncError::Destination {

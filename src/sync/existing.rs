@@ -20,7 +20,7 @@ use super::map::KEY;
 use crate::destinations::{Destination, DestinationError, KeyStream, WriteTarget};
 
 /// The schema of a destination's keys: one text column, [`KEY`].
-pub(crate) fn keys_schema() -> SchemaRef {
+fn keys_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new(KEY, DataType::Utf8, false)]))
 }
 
@@ -43,19 +43,13 @@ pub(crate) fn table(
 }
 
 /// Chunks of keys as record batches of [`keys_schema`].
-pub(crate) fn batches(
-    keys: KeyStream,
-) -> impl futures::Stream<Item = Result<RecordBatch, DestinationError>> {
+fn batches(keys: KeyStream) -> impl futures::Stream<Item = Result<RecordBatch, DataFusionError>> {
     keys.map(|chunk| {
-        let chunk = chunk?;
-        let array = Arc::new(StringArray::from(chunk));
-        RecordBatch::try_new(keys_schema(), vec![array]).map_err(|e| {
-            DestinationError::Incompatible {
-                destination: String::new(),
-                object: String::new(),
-                reason: format!("its keys could not be read: {e}"),
-            }
-        })
+        let chunk = chunk.map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(RecordBatch::try_new(
+            keys_schema(),
+            vec![Arc::new(StringArray::from(chunk))],
+        )?)
     })
 }
 
@@ -89,9 +83,7 @@ impl PartitionStream for DestinationKeys {
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let stream = match self.destination.keys(&self.target) {
-            Some(keys) => batches(keys)
-                .map(|b| b.map_err(|e| DataFusionError::External(Box::new(e))))
-                .boxed(),
+            Some(keys) => batches(keys).boxed(),
             None => futures::stream::empty().boxed(),
         };
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))

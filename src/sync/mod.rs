@@ -114,6 +114,25 @@ impl<'a> SyncRef<'a> {
     }
 }
 
+impl SyncRef<'_> {
+    /// What this sync writes into: its object and key, with `schema` (the fields sent) and
+    /// the state `version` a run would commit.
+    fn write_target(&self, schema: SchemaRef, version: u64) -> WriteTarget {
+        let config = self.config;
+        WriteTarget {
+            sync: self.name.to_string(),
+            object: config.object.clone(),
+            key: config.key.destination().to_string(),
+            schema,
+            behavior: config.behavior,
+            engine: self.ctx.copied_config(),
+            runtime: self.ctx.runtime_env(),
+            progress: Arc::new(NoProgress),
+            version,
+        }
+    }
+}
+
 /// Everything a cycle needs once the plans are built.
 pub(crate) struct Prepared {
     diff: DataFrame,
@@ -277,17 +296,7 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
         }
         None => (None, 0),
     };
-    let target = WriteTarget {
-        sync: name.to_string(),
-        object: config.object.clone(),
-        key: config.key.destination().to_string(),
-        schema: dest_schema,
-        behavior: config.behavior,
-        engine: ctx.copied_config(),
-        runtime: ctx.runtime_env(),
-        progress: Arc::new(NoProgress),
-        version: latest_version + 1,
-    };
+    let target = sync.write_target(dest_schema, latest_version + 1);
     // A sync without state compares with what the destination holds (see `existing`): only
     // upserts and mirrors, whose counts and deletes depend on it.
     // (An empty model whose key has no type yet has nothing to compare.)
