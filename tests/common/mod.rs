@@ -180,6 +180,17 @@ key = "id"
     );
 }
 
+/// A one-sync project reading `people.csv` into PostgreSQL (the test server, `schema`) with
+/// `behavior`: sync `people_sync`, object `people`, key `id`.
+pub fn people_pg_project(f: &Fixture, schema: &str, behavior: &str) {
+    f.write(
+        "backflow.toml",
+        &format!(
+            "[sources.people]\ntype = \"csv\"\npath = \"people.csv\"\n\n[destinations.pg]\ntype = \"postgres\"\nurl_env = \"BACKFLOW_TEST_POSTGRES_URL\"\nschema = \"{schema}\"\n\n[syncs.people_sync]\nfrom = \"people\"\nto = \"pg\"\nobject = \"people\"\nbehavior = \"{behavior}\"\nkey = \"id\"\n"
+        ),
+    );
+}
+
 /// Failpoints are process-wide: tests that configure one hold this lock from `fail::cfg` to
 /// `fail::remove`, so that two tests never configure the same point at once.
 pub static FAILPOINTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -122,13 +122,8 @@ async fn postgres_destination_is_untouched_when_the_guard_trips() {
     let schema = "bf_guard";
     db::pg_schema(&pg, schema).await;
     let f = Fixture::new();
-    f.write(
-        "backflow.toml",
-        &format!(
-            "[sources.people]\ntype = \"csv\"\npath = \"people.csv\"\n\n[destinations.pg]\ntype = \"postgres\"\nurl_env = \"BACKFLOW_TEST_POSTGRES_URL\"\nschema = \"{schema}\"\n\n[syncs.people_sync]\nfrom = \"people\"\nto = \"pg\"\nobject = \"people\"\nbehavior = \"mirror\"\nkey = \"id\"\n"
-        ),
-    )
-    .write("people.csv", &people(1..=10));
+    people_pg_project(&f, schema, "mirror");
+    f.write("people.csv", &people(1..=10));
     f.run_ok("people_sync").await;
     f.write("people.csv", &people(1..=1));
     let r = f

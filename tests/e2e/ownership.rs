@@ -179,13 +179,8 @@ async fn postgres_mirror_after_state_loss_and_adopt() {
     let schema = "bf_ownership";
     db::pg_schema(&pg, schema).await;
     let f = Fixture::new();
-    f.write(
-        "backflow.toml",
-        &format!(
-            "[sources.people]\ntype = \"csv\"\npath = \"people.csv\"\n\n[destinations.pg]\ntype = \"postgres\"\nurl_env = \"BACKFLOW_TEST_POSTGRES_URL\"\nschema = \"{schema}\"\n\n[syncs.people_sync]\nfrom = \"people\"\nto = \"pg\"\nobject = \"people\"\nbehavior = \"mirror\"\nkey = \"id\"\n"
-        ),
-    )
-    .write("people.csv", THREE);
+    people_pg_project(&f, schema, "mirror");
+    f.write("people.csv", THREE);
     assert_eq!(cudu(&f.run_ok("people_sync").await), (3, 0, 0, 0));
     std::fs::remove_dir_all(f.path().join(".backflow")).unwrap();
     f.write("people.csv", TWO);
