@@ -187,8 +187,9 @@ pub fn templates(data: &[u8]) {
         idempotency_key: "k".into(),
         api_id: None,
     };
+    let ids = vec!["id".to_string()];
     let ctx = t::Context {
-        key_field: "id",
+        key: &ids,
         object: "things",
     };
     let _ = t::unknown_placeholders(template);

@@ -19,6 +19,7 @@ pub mod hash;
 pub mod history;
 pub mod hub;
 pub mod interrupt;
+pub mod keys;
 pub mod memory;
 pub mod models;
 pub mod names;

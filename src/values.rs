@@ -6,8 +6,20 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 
-/// Text of a scalar as Arrow casts it (parsable back with the same type); empty for NULL.
+/// Text of a scalar as Arrow casts it (parsable back with the same type); empty for NULL. A
+/// composite key (a struct) is the JSON list of its parts' texts: `["acme","42"]`.
 pub fn scalar_text(v: &ScalarValue) -> String {
+    if let ScalarValue::Struct(s) = v {
+        if s.is_null(0) {
+            return String::new();
+        }
+        let parts: Vec<serde_json::Value> = s
+            .columns()
+            .iter()
+            .map(|c| cell_text(c, 0).map_or(serde_json::Value::Null, serde_json::Value::String))
+            .collect();
+        return serde_json::Value::Array(parts).to_string();
+    }
     v.to_array()
         .ok()
         .and_then(|a| arrow::compute::cast(&a, &DataType::Utf8).ok())
@@ -24,6 +36,16 @@ pub fn cell_text(array: &ArrayRef, row: usize) -> Option<String> {
     ScalarValue::try_from_array(array, row)
         .ok()
         .map(|v| scalar_text(&v))
+}
+
+/// The text of every value of `array` (see [`cell_text`]), NULL for NULL.
+pub fn texts(array: &ArrayRef) -> arrow::array::StringArray {
+    if !matches!(array.data_type(), DataType::Struct(_))
+        && let Ok(cast) = arrow::compute::cast(array, &DataType::Utf8)
+    {
+        return cast.as_string::<i32>().clone();
+    }
+    (0..array.len()).map(|r| cell_text(array, r)).collect()
 }
 
 /// One row of a batch as a JSON object (`{}` if it cannot be written).

@@ -146,6 +146,11 @@ pub(super) async fn record_story(
              [engine]) and its next runs log every record they send"
         ));
     }
+    // A composite key as the log writes it, however the user spaced its JSON list.
+    let parts = project.config.syncs[sync].key.parts().len();
+    let key = &crate::keys::key_parts(key, parts)
+        .map(|p| crate::keys::key_text_of(&p))
+        .map_err(|why| format!("--records: {why}"))?;
     let ctx = datafusion::prelude::SessionContext::new();
     project.state.register(&ctx).map_err(|e| e.to_string())?;
     let url = project.state.table_url(&dir);
@@ -155,7 +160,7 @@ pub(super) async fn record_story(
             ParquetReadOptions::default().schema(&crate::sync::record_log::schema()),
         )
         .await
-        .and_then(|df| df.filter(col("key").eq(lit(key))))
+        .and_then(|df| df.filter(col("key").eq(lit(key.as_str()))))
         .and_then(|df| df.sort(vec![col("at").sort(true, false)]))
         .map_err(|e| e.to_string())?
         .collect()

@@ -139,7 +139,8 @@ pub enum Command {
         /// Test a sync on these keys only (comma-separated), like --sample.
         #[arg(long, value_name = "KEY,…", value_delimiter = ',')]
         keys: Vec<String>,
-        /// Test a sync on this key, taken verbatim (for a key with a comma); repeatable.
+        /// Test a sync on this key, taken verbatim (for a key with a comma, or a composite key
+        /// written as a JSON list: `--key '["acme", 42]'`); repeatable.
         #[arg(long, value_name = "KEY", conflicts_with = "sample")]
         key: Vec<String>,
         /// Print one JSON object per sync instead of text.

@@ -350,10 +350,7 @@ pub fn writeback_syncs(config: &ProjectConfig) -> IndexMap<String, SyncConfig> {
                     to: wb.to.clone(),
                     object: wb.object.clone(),
                     behavior: Behavior::UpdateOnly,
-                    key: KeyConfig::Pair {
-                        source: SOURCE_ID.to_string(),
-                        destination: s.writeback_key().unwrap_or(&s.id).to_string(),
-                    },
+                    key: KeyConfig::pair(SOURCE_ID, s.writeback_key().unwrap_or(&s.id)),
                     fields: FieldsConfig {
                         auto: false,
                         computed: s.writeback_fields(),

@@ -263,15 +263,22 @@ impl std::fmt::Display for Lookback {
     }
 }
 
-/// The matching identifier: `key = "email"` or `key = { source = "email", destination = "Email" }`.
-#[derive(Debug, Clone)]
-pub enum KeyConfig {
-    Column(String),
-    Pair { source: String, destination: String },
+/// The matching identifier: `key = "email"`, `key = { source = "email", destination = "Email" }`,
+/// or a composite key, a list of either: `key = ["account_id", "email"]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyConfig {
+    parts: Vec<KeyPart>,
+}
+
+/// One column of a key: its name in the model and in the destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyPart {
+    pub source: String,
+    pub destination: String,
 }
 
 // By hand rather than `untagged`, so that a wrong value is reported at its own line.
-impl<'de> Deserialize<'de> for KeyConfig {
+impl<'de> Deserialize<'de> for KeyPart {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -281,19 +288,19 @@ impl<'de> Deserialize<'de> for KeyConfig {
         }
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = KeyConfig;
+            type Value = KeyPart;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a column name, or a table { source = \"col\", destination = \"col\" }")
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KeyConfig, E> {
-                Ok(KeyConfig::Column(v.to_string()))
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KeyPart, E> {
+                Ok(KeyPart {
+                    source: v.to_string(),
+                    destination: v.to_string(),
+                })
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<KeyConfig, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<KeyPart, A::Error> {
                 let p = Pair::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(KeyConfig::Pair {
+                Ok(KeyPart {
                     source: p.source,
                     destination: p.destination,
                 })
@@ -303,20 +310,96 @@ impl<'de> Deserialize<'de> for KeyConfig {
     }
 }
 
+impl<'de> Deserialize<'de> for KeyConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = KeyConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a column name, a table { source = \"col\", destination = \"col\" }, or a list of them (a composite key)",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KeyConfig, E> {
+                Ok(KeyConfig::column(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<KeyConfig, A::Error> {
+                let part = KeyPart::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(KeyConfig { parts: vec![part] })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<KeyConfig, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(part) = seq.next_element::<KeyPart>()? {
+                    parts.push(part);
+                }
+                if parts.is_empty() {
+                    return Err(serde::de::Error::custom(
+                        "a key needs at least one column (the list is empty)",
+                    ));
+                }
+                Ok(KeyConfig { parts })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 impl KeyConfig {
-    /// The key column in the model.
-    pub fn source(&self) -> &str {
-        match self {
-            KeyConfig::Column(c) => c,
-            KeyConfig::Pair { source, .. } => source,
+    /// A key of one column, named alike in the model and the destination.
+    pub fn column(name: &str) -> KeyConfig {
+        KeyConfig {
+            parts: vec![KeyPart {
+                source: name.to_string(),
+                destination: name.to_string(),
+            }],
         }
     }
-    /// The key column in the destination.
-    pub fn destination(&self) -> &str {
-        match self {
-            KeyConfig::Column(c) => c,
-            KeyConfig::Pair { destination, .. } => destination,
+
+    /// A key of one column with a name of its own in the destination.
+    pub fn pair(source: &str, destination: &str) -> KeyConfig {
+        KeyConfig {
+            parts: vec![KeyPart {
+                source: source.to_string(),
+                destination: destination.to_string(),
+            }],
         }
+    }
+
+    /// The key's columns, in order (one for a simple key).
+    pub fn parts(&self) -> &[KeyPart] {
+        &self.parts
+    }
+
+    /// Whether the key has more than one column.
+    pub fn is_composite(&self) -> bool {
+        self.parts.len() > 1
+    }
+
+    /// The key columns in the model.
+    pub fn sources(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().map(|p| p.source.as_str())
+    }
+
+    /// The key fields in the destination.
+    pub fn destinations(&self) -> Vec<String> {
+        self.parts.iter().map(|p| p.destination.clone()).collect()
+    }
+
+    /// Whether `column` of the model is part of the key.
+    pub fn has_source(&self, column: &str) -> bool {
+        self.sources().any(|s| s == column)
+    }
+
+    /// How the key is recorded in the state, and named in messages: the destination field's
+    /// name, or for a composite key the names as a JSON list (`["account_id","email"]`).
+    pub fn stored(&self) -> String {
+        crate::keys::stored_key(&self.destinations())
     }
 }
 
@@ -549,13 +632,27 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
             }
             _ => {}
         }
-        if sync.key.source().is_empty() || sync.key.destination().is_empty() {
-            problems.push(format!("{at}: sync \"{name}\" has an empty key"));
-        }
         let mut dest_fields = BTreeSet::new();
-        dest_fields.insert(sync.key.destination().to_string());
+        let mut key_sources = BTreeSet::new();
+        for part in sync.key.parts() {
+            if part.source.is_empty() || part.destination.is_empty() {
+                problems.push(format!("{at}: sync \"{name}\" has an empty key"));
+            }
+            if !key_sources.insert(part.source.clone()) {
+                problems.push(format!(
+                    "{at}: sync \"{name}\" names the column \"{}\" twice in its key",
+                    part.source
+                ));
+            }
+            if !dest_fields.insert(part.destination.clone()) {
+                problems.push(format!(
+                    "{at}: sync \"{name}\" maps two key columns to destination field \"{}\"",
+                    part.destination
+                ));
+            }
+        }
         for (from, to) in &sync.fields.rename {
-            if from == sync.key.source() {
+            if sync.key.has_source(from) {
                 problems.push(format!(
                     "{at}: sync \"{name}\" renames the key column \"{from}\"; use key = {{ source = \"{from}\", destination = \"{to}\" }}"
                 ));
@@ -691,7 +788,7 @@ fields = { auto = true }
         assert!(problems.is_empty(), "{problems:?}");
         let sync = &config.syncs["paying_to_app"];
         assert_eq!(sync.behavior, Behavior::Mirror);
-        assert_eq!(sync.key.source(), "email");
+        assert_eq!(sync.key, KeyConfig::column("email"));
         assert!(sync.fields.auto);
     }
 
@@ -773,8 +870,40 @@ fields = { auto = true }
             .replace("\"mirror\"", "\"update-only\"");
         let config = ProjectConfig::parse(&t, Path::new("backflow.toml")).unwrap();
         let sync = &config.syncs["paying_to_app"];
-        assert_eq!(sync.key.destination(), "Email");
+        assert_eq!(sync.key, KeyConfig::pair("email", "Email"));
         assert_eq!(sync.behavior, Behavior::UpdateOnly);
+    }
+
+    #[test]
+    fn composite_keys_parse_and_are_checked() {
+        let t = EXAMPLE.replace(
+            "key = \"email\"",
+            "key = [\"email\", { source = \"name\", destination = \"Name\" }]",
+        );
+        let config = ProjectConfig::parse(&t, Path::new("backflow.toml")).unwrap();
+        let key = &config.syncs["paying_to_app"].key;
+        assert!(key.is_composite());
+        assert_eq!(key.destinations(), vec!["email", "Name"]);
+        assert_eq!(key.stored(), r#"["email","Name"]"#);
+        for (bad, says) in [
+            ("key = []", "at least one column"),
+            ("key = [\"email\", 5]", "line"),
+        ] {
+            let msg = ProjectConfig::parse(
+                &EXAMPLE.replace("key = \"email\"", bad),
+                Path::new("backflow.toml"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(msg.contains(says), "{bad}: {msg}");
+        }
+        let twice = EXAMPLE.replace("key = \"email\"", "key = [\"email\", \"email\"]");
+        let config = ProjectConfig::parse(&twice, Path::new("backflow.toml")).unwrap();
+        let problems = validate(&config, &["customers".to_string()], &text(&twice));
+        assert!(
+            problems.iter().any(|p| p.contains("twice in its key")),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -156,8 +156,9 @@ pub fn build(name: &str, config: &DestinationConfig, project_dir: &Path) -> Arc<
 pub struct WriteTarget {
     pub sync: String,
     pub object: String,
-    /// The key field, in destination names.
-    pub key: String,
+    /// The key fields, in destination names (more than one for a composite key); the first
+    /// fields of `schema`.
+    pub key: Vec<String>,
     /// Every field the sync sends (key included), in destination names and Arrow types.
     pub schema: SchemaRef,
     pub behavior: Behavior,
@@ -169,6 +170,48 @@ pub struct WriteTarget {
     /// The state version this run commits if it succeeds: the same for a run repeated after a
     /// crash, another after a commit (what idempotency keys are scoped to).
     pub version: u64,
+}
+
+impl WriteTarget {
+    /// The key as messages name it: `email`, or `["account_id","email"]`.
+    pub fn key_label(&self) -> String {
+        crate::keys::stored_key(&self.key)
+    }
+
+    /// Whether `field` is one of the key's.
+    pub fn is_key(&self, field: &str) -> bool {
+        self.key.iter().any(|k| k == field)
+    }
+
+    /// The key fields quoted with `quote` and joined by commas: `"a", "b"`.
+    pub fn key_list(&self, quote: impl Fn(&str) -> String) -> String {
+        self.key
+            .iter()
+            .map(|k| quote(k))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Whether `columns` are exactly the key's, in any order and ASCII case (an index or
+    /// primary key on them makes keys unique).
+    pub fn key_is(&self, columns: &[String]) -> bool {
+        columns.len() == self.key.len()
+            && self
+                .key
+                .iter()
+                .all(|k| columns.iter().any(|c| c.eq_ignore_ascii_case(k)))
+    }
+
+    /// A name for the unique index backflow creates on the key, stable per object and key.
+    pub fn key_index_name(&self, parts: &[&str]) -> String {
+        let mut text = parts.join("\0");
+        text.push('\0');
+        text.push_str(&self.key.join("\0"));
+        format!(
+            "backflow_key_{:016x}",
+            xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+        )
+    }
 }
 
 impl std::fmt::Debug for WriteTarget {
@@ -240,13 +283,50 @@ pub trait Destination: Send + Sync + std::fmt::Debug {
 }
 
 /// Chunks of a destination object's keys, as text (see [`Destination::keys`]).
-pub type KeyStream = futures::stream::BoxStream<'static, Result<Vec<String>, DestinationError>>;
+pub type KeyStream = futures::stream::BoxStream<'static, Result<KeyChunk, DestinationError>>;
+
+/// Some keys as text: one list per key field (more than one for a composite key), all of the
+/// same length; a key's parts are at the same index of each.
+pub type KeyChunk = Vec<Vec<String>>;
+
+/// Gathers keys row by row into [`KeyChunk`]s.
+pub(crate) struct KeyChunkBuilder {
+    parts: Vec<Vec<String>>,
+}
+
+impl KeyChunkBuilder {
+    pub(crate) fn new(key_fields: usize) -> Self {
+        KeyChunkBuilder {
+            parts: vec![Vec::new(); key_fields.max(1)],
+        }
+    }
+
+    /// Add one key, its parts in key order.
+    pub(crate) fn push(&mut self, parts: impl IntoIterator<Item = String>) {
+        for (list, part) in self.parts.iter_mut().zip(parts) {
+            list.push(part);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.parts[0].len()
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.len() >= KEY_CHUNK
+    }
+
+    /// The keys gathered so far, leaving the builder empty.
+    pub(crate) fn take(&mut self) -> KeyChunk {
+        self.parts.iter_mut().map(std::mem::take).collect()
+    }
+}
 
 /// How many keys a [`KeyStream`] chunk holds at most.
 pub(crate) const KEY_CHUNK: usize = 8192;
 
 /// Where a key reader sends its chunks (see [`key_stream`]).
-pub(crate) type KeySender = tokio::sync::mpsc::Sender<Result<Vec<String>, DestinationError>>;
+pub(crate) type KeySender = tokio::sync::mpsc::Sender<Result<KeyChunk, DestinationError>>;
 
 /// A [`KeyStream`] fed by `read`, a task started when the stream is first polled; its error
 /// ends the stream, and it stops early when the stream is dropped (a send fails).

@@ -72,11 +72,11 @@ impl SqliteDestination {
         }
     }
 
-    /// The table's columns and whether `key` is its sole primary key, or None when missing.
+    /// The table's columns and whether the key is its primary key, or None when missing.
     fn table_info(
         conn: &Connection,
         table: &str,
-        key: &str,
+        target: &WriteTarget,
     ) -> rusqlite::Result<Option<(Vec<String>, bool)>> {
         let mut stmt = conn.prepare("SELECT name, pk FROM pragma_table_info(?1)")?;
         let rows: Vec<(String, i64)> = stmt
@@ -85,12 +85,12 @@ impl SqliteDestination {
         if rows.is_empty() {
             return Ok(None);
         }
-        let pks: Vec<&str> = rows
+        let pks: Vec<String> = rows
             .iter()
             .filter(|(_, pk)| *pk > 0)
-            .map(|(n, _)| n.as_str())
+            .map(|(n, _)| n.clone())
             .collect();
-        let key_is_pk = pks.len() == 1 && pks[0].eq_ignore_ascii_case(key);
+        let key_is_pk = target.key_is(&pks);
         Ok(Some((
             rows.into_iter().map(|(n, _)| n).collect(),
             key_is_pk,
@@ -106,7 +106,7 @@ impl SqliteDestination {
             .map_err(|e| self.unwritable(e))?;
         let table = quote(&target.object);
         let info =
-            Self::table_info(&conn, &target.object, &target.key).map_err(|e| self.unwritable(e))?;
+            Self::table_info(&conn, &target.object, target).map_err(|e| self.unwritable(e))?;
         match info {
             None => {
                 let mut cols: Vec<String> = target
@@ -116,19 +116,18 @@ impl SqliteDestination {
                     .map(|f| format!("{} {}", quote(f.name()), sql_type(f.data_type())))
                     .collect();
                 if target.behavior != Behavior::AppendOnly {
-                    cols.push(format!("PRIMARY KEY ({})", quote(&target.key)));
+                    cols.push(format!("PRIMARY KEY ({})", target.key_list(quote)));
                 }
                 conn.execute_batch(&format!("CREATE TABLE {table} ({})", cols.join(", ")))
                     .map_err(|e| self.unwritable(e))?;
             }
             Some((columns, key_is_pk)) => {
-                if !columns.iter().any(|c| c.eq_ignore_ascii_case(&target.key)) {
+                if let Some(absent) = missing_key(target, &columns) {
                     return Err(DestinationError::incompatible(
                         &self.name,
                         target,
                         format!(
-                            "the table has no key column \"{}\" (it has: {})",
-                            target.key,
+                            "the table has no key column \"{absent}\" (it has: {})",
                             columns.join(", ")
                         ),
                     ));
@@ -151,20 +150,17 @@ impl SqliteDestination {
                     }
                 }
                 if target.behavior != Behavior::AppendOnly && !key_is_pk {
-                    let id = xxhash_rust::xxh3::xxh3_64(
-                        format!("{}\0{}", target.object, target.key).as_bytes(),
-                    );
-                    let index = quote(&format!("backflow_key_{id:016x}"));
+                    let index = quote(&target.key_index_name(&[&target.object]));
                     conn.execute_batch(&format!(
                         "CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {table} ({})",
-                        quote(&target.key)
+                        target.key_list(quote)
                     ))
                     .map_err(|e| {
                         DestinationError::incompatible(&self.name,
                             target,
                             format!(
-                                "key column \"{}\" is not unique in the existing table and a unique index cannot be created ({e})",
-                                target.key
+                                "key {} is not unique in the existing table and a unique index cannot be created ({e})",
+                                target.key_label()
                             ),
                         )
                     })?;
@@ -196,14 +192,14 @@ impl Destination for SqliteDestination {
             let conn =
                 Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
                     .map_err(|e| self.unwritable(e))?;
-            if let Some((columns, _)) = Self::table_info(&conn, &target.object, &target.key)
-                .map_err(|e| self.unwritable(e))?
-                && !columns.iter().any(|c| c.eq_ignore_ascii_case(&target.key))
+            if let Some((columns, _)) =
+                Self::table_info(&conn, &target.object, target).map_err(|e| self.unwritable(e))?
+                && let Some(absent) = missing_key(target, &columns)
             {
                 return Err(DestinationError::incompatible(
                     &self.name,
                     target,
-                    format!("the table has no key column \"{}\"", target.key),
+                    format!("the table has no key column \"{absent}\""),
                 ));
             }
         }
@@ -215,7 +211,7 @@ impl Destination for SqliteDestination {
     }
 
     fn keys(&self, target: &WriteTarget) -> Option<super::KeyStream> {
-        let (this, table, key) = (self.clone(), target.object.clone(), target.key.clone());
+        let (this, target) = (self.clone(), target.clone());
         // Read on a blocking thread, a chunk at a time, once the stream is first polled.
         let read = move |tx: super::KeySender| -> Result<(), DestinationError> {
             if !this.path.exists() {
@@ -224,32 +220,41 @@ impl Destination for SqliteDestination {
             let conn =
                 Connection::open_with_flags(&this.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
                     .map_err(|e| this.unwritable(e))?;
-            if Self::table_info(&conn, &table, &key)
+            if Self::table_info(&conn, &target.object, &target)
                 .map_err(|e| this.unwritable(e))?
                 .is_none()
             {
                 return Ok(());
             }
+            let complete = target
+                .key
+                .iter()
+                .map(|k| format!("{} IS NOT NULL", quote(k)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
             let mut stmt = conn
                 .prepare(&format!(
-                    "SELECT CAST({k} AS TEXT) FROM {t} WHERE {k} IS NOT NULL",
-                    k = quote(&key),
-                    t = quote(&table)
+                    "SELECT {} FROM {} WHERE {complete}",
+                    target.key_list(|k| format!("CAST({} AS TEXT)", quote(k))),
+                    quote(&target.object)
                 ))
                 .map_err(|e| this.unwritable(e))?;
+            let parts = target.key.len();
             let mut rows = stmt.query([]).map_err(|e| this.unwritable(e))?;
-            let mut chunk = Vec::new();
+            let mut chunk = super::KeyChunkBuilder::new(parts);
             while let Some(row) = rows.next().map_err(|e| this.unwritable(e))? {
-                chunk.push(row.get::<_, String>(0).map_err(|e| this.unwritable(e))?);
+                let values = (0..parts)
+                    .map(|i| row.get::<_, String>(i))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| this.unwritable(e))?;
+                chunk.push(values);
                 // A receiver that went away wants no more.
-                if chunk.len() == super::KEY_CHUNK
-                    && tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_err()
-                {
+                if chunk.is_full() && tx.blocking_send(Ok(chunk.take())).is_err() {
                     return Ok(());
                 }
             }
-            if !chunk.is_empty() {
-                let _ = tx.blocking_send(Ok(chunk));
+            if chunk.len() > 0 {
+                let _ = tx.blocking_send(Ok(chunk.take()));
             }
             Ok(())
         };
@@ -280,7 +285,7 @@ struct SqliteWriter {
 impl SqliteWriter {
     fn statement(&self, op: WriteOp, columns: &[String]) -> String {
         let table = quote(&self.target.object);
-        let key = quote(&self.target.key);
+        let key = self.target.key_list(quote);
         let cols = columns
             .iter()
             .map(|c| quote(c))
@@ -290,7 +295,19 @@ impl SqliteWriter {
             .map(|i| format!("?{i}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let non_key: Vec<&String> = columns.iter().filter(|c| **c != self.target.key).collect();
+        let non_key: Vec<&String> = columns.iter().filter(|c| !self.target.is_key(c)).collect();
+        // `k = ?n` for each key field, n its place among the columns.
+        let same_key = self
+            .target
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let at = columns.iter().position(|c| c == k).unwrap_or(i) + 1;
+                format!("{} = ?{at}", quote(k))
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ");
         match op {
             WriteOp::Append => format!("INSERT INTO {table} ({cols}) VALUES ({params})"),
             WriteOp::Create => format!(
@@ -313,27 +330,33 @@ impl SqliteWriter {
                 }
             }
             WriteOp::Update => {
-                let key_pos = columns
-                    .iter()
-                    .position(|c| *c == self.target.key)
-                    .map(|i| i + 1)
-                    .unwrap_or(1);
                 let set = if non_key.is_empty() {
-                    format!("{key} = {key}")
+                    let first = quote(&self.target.key[0]);
+                    format!("{first} = {first}")
                 } else {
                     columns
                         .iter()
                         .enumerate()
-                        .filter(|(_, c)| **c != self.target.key)
+                        .filter(|(_, c)| !self.target.is_key(c))
                         .map(|(i, c)| format!("{} = ?{}", quote(c), i + 1))
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
-                format!("UPDATE {table} SET {set} WHERE {key} = ?{key_pos}")
+                format!("UPDATE {table} SET {set} WHERE {same_key}")
             }
-            WriteOp::Delete => format!("DELETE FROM {table} WHERE {key} = ?1"),
+            WriteOp::Delete => format!("DELETE FROM {table} WHERE {same_key}"),
         }
     }
+}
+
+/// The first key field `columns` lacks (compared as SQLite does, without regard to ASCII
+/// case).
+fn missing_key<'a>(target: &'a WriteTarget, columns: &[String]) -> Option<&'a str> {
+    target
+        .key
+        .iter()
+        .find(|k| !columns.iter().any(|c| c.eq_ignore_ascii_case(k)))
+        .map(String::as_str)
 }
 
 fn show_value(v: &Value) -> String {
@@ -393,7 +416,10 @@ impl ObjectWriter for SqliteWriter {
                     .map(Cells::new)
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| fail(e.to_string()))?;
-                let key_col = columns.iter().position(|c| *c == key);
+                let key_cols: Vec<usize> = key
+                    .iter()
+                    .filter_map(|k| columns.iter().position(|c| c == k))
+                    .collect();
                 for row in 0..batch.num_rows() {
                     let values: Vec<Value> = cells.iter().map(|c| c.value(row)).collect();
                     match stmt.execute(params_from_iter(values.iter())) {
@@ -412,9 +438,13 @@ impl ObjectWriter for SqliteWriter {
                         Err(e) => {
                             // Not about this row, or it rolled the whole transaction back (a
                             // RAISE(ROLLBACK) trigger): fail the batch.
-                            let at = key_col
-                                .map(|k| format!(" (at key {})", show_value(&values[k])))
-                                .unwrap_or_default();
+                            let at = if key_cols.is_empty() {
+                                String::new()
+                            } else {
+                                let shown: Vec<String> =
+                                    key_cols.iter().map(|k| show_value(&values[*k])).collect();
+                                format!(" (at key {})", shown.join(", "))
+                            };
                             return Err(fail(format!("{e}{at}")));
                         }
                     }

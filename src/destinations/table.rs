@@ -67,14 +67,13 @@ pub(crate) fn compare<'a, C: TableColumn>(
     compatible: impl Fn(&DataType, &C) -> Result<(), String>,
 ) -> Result<Vec<&'a Field>, DestinationError> {
     let find = |n: &str| columns.iter().find(|c| names.same(c.name(), n));
-    if find(&target.key).is_none() {
+    if let Some(absent) = target.key.iter().find(|k| find(k).is_none()) {
         let have: Vec<&str> = columns.iter().map(|c| c.name()).collect();
         return Err(DestinationError::incompatible(
             destination,
             target,
             format!(
-                "the table has no key column \"{}\" (it has: {})",
-                target.key,
+                "the table has no key column \"{absent}\" (it has: {})",
                 have.join(", ")
             ),
         ));

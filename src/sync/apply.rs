@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt64Array};
+use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, UInt64Array};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Schema};
 use datafusion::physical_plan::SendableRecordBatchStream;
@@ -23,6 +23,7 @@ use super::{SyncError, engine, failpoint};
 use crate::behavior::Behavior;
 use crate::destinations::{ObjectWriter, WriteOp, WriteTarget};
 use crate::history::RecordKind;
+use crate::keys::key_text_of;
 use crate::progress::Progress;
 use crate::values::{cell_text, row_json};
 
@@ -68,13 +69,19 @@ pub(super) fn destination_batch(
     gone: bool,
 ) -> Result<RecordBatch, arrow::error::ArrowError> {
     if op == WriteOp::Delete {
-        let key_field = target.schema.field(0).clone();
         let col = if gone { PREV_KEY } else { KEY };
         let key = rows
             .column_by_name(col)
             .cloned()
             .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("missing {col}")))?;
-        return RecordBatch::try_new(Arc::new(Schema::new(vec![key_field])), vec![key]);
+        let n = target.key.len();
+        let fields: Vec<_> = target.schema.fields().iter().take(n).cloned().collect();
+        // A composite key's parts are its struct's children.
+        let columns = match key.as_struct_opt() {
+            Some(parts) if n > 1 => parts.columns().to_vec(),
+            _ => vec![key],
+        };
+        return RecordBatch::try_new(Arc::new(Schema::new(fields)), columns);
     }
     let columns = target
         .schema
@@ -253,7 +260,7 @@ impl<'a> Outbox<'a> {
                 let record = row_json(&view, r.row);
                 tally.sample(
                     RecordKind::Rejected,
-                    cell_text(view.column(0), r.row),
+                    cell_text(&keys, r.row),
                     r.reason.clone(),
                     record,
                 );
@@ -270,7 +277,7 @@ impl<'a> Outbox<'a> {
                         .map_or_else(|| "accepted".to_string(), |r| r.reason.clone());
                     tally.sent.push(super::SentRecord {
                         op: op.as_str().to_string(),
-                        key: cell_text(view.column(0), row),
+                        key: cell_text(&keys, row),
                         record: row_json(&view, row),
                         answer,
                     });
@@ -436,14 +443,12 @@ pub(super) fn tally_invalid(
     ops: &arrow::array::Int8Array,
     tally: &mut Tally,
 ) {
+    let key = target.key_label();
     for (class, reason) in [
-        (NULL_KEY, format!("the key \"{}\" is NULL", target.key)),
+        (NULL_KEY, format!("the key {key} is NULL")),
         (
             DUPLICATE_KEY,
-            format!(
-                "the key \"{}\" appears more than once in this run; none of its rows is sent",
-                target.key
-            ),
+            format!("the key {key} appears more than once in this run; none of its rows is sent"),
         ),
     ] {
         let m = mask(ops, class);
@@ -459,12 +464,26 @@ pub(super) fn tally_invalid(
                 if !tally.samples_invalid() {
                     break;
                 }
-                tally.sample(
-                    RecordKind::Invalid,
-                    cell_text(view.column(0), r),
-                    reason.clone(),
-                    row_json(&view, r),
-                );
+                let (key, reason) = if class == NULL_KEY && target.key.len() > 1 {
+                    // Which parts are NULL.
+                    let nulls: Vec<&str> = target
+                        .key
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| view.column(*i).is_null(r))
+                        .map(|(_, k)| k.as_str())
+                        .collect();
+                    (
+                        None,
+                        format!("the key {key} has NULL parts: {}", nulls.join(", ")),
+                    )
+                } else {
+                    let parts: Option<Vec<String>> = (0..target.key.len())
+                        .map(|i| cell_text(view.column(i), r))
+                        .collect();
+                    (parts.map(|p| key_text_of(&p)), reason.clone())
+                };
+                tally.sample(RecordKind::Invalid, key, reason, row_json(&view, r));
             }
         }
     }

@@ -7,7 +7,6 @@
 //!   sent them (their row hashes unknown): the next run updates those still in the model and,
 //!   for a mirror, deletes the others. For a sync whose state was lost.
 
-use datafusion::logical_expr::try_cast;
 use datafusion::prelude::{ident, lit};
 use serde::Serialize;
 
@@ -193,12 +192,7 @@ async fn adopt_locked(
     let state = ctx.table("bf_state").await.map_err(&df_err)?;
     let adopted = ctx
         .read_table(keys)
-        .and_then(|df| {
-            df.select(vec![
-                try_cast(ident(KEY), prepared.key_type.clone()).alias(KEY),
-            ])
-        })
-        .and_then(|df| df.filter(ident(KEY).is_not_null()))
+        .and_then(|df| existing::typed(df, &prepared.key_type))
         .and_then(|df| df.distinct())
         .and_then(|df| {
             let known = state.clone().select(vec![ident(KEY).alias("__bf_known")])?;
@@ -250,7 +244,7 @@ async fn adopt_locked(
         destination: config.to.clone(),
         object: config.object.clone(),
         behavior: config.behavior.to_string(),
-        key: config.key.destination().to_string(),
+        key: config.key.stored(),
         key_type: prepared.key_type.to_string(),
         watermark: None,
         destination_fingerprint: Some(prepared.fingerprint.clone()),

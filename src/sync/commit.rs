@@ -30,7 +30,7 @@ pub(super) async fn commit(
         destination: config.to.clone(),
         object: config.object.clone(),
         behavior: config.behavior.to_string(),
-        key: config.key.destination().to_string(),
+        key: config.key.stored(),
         key_type: prepared.key_type.to_string(),
         watermark,
         destination_fingerprint: Some(prepared.fingerprint.clone()),

@@ -21,8 +21,10 @@ pub const PRESENT: &str = "__bf_present";
 /// The mapped relation and what it sends.
 pub struct Mapped {
     pub df: DataFrame,
-    /// Destination field names, key first.
+    /// Destination field names, the key's first (in key order).
     pub fields: Vec<String>,
+    /// How many of `fields` are the key's (more than one for a composite key).
+    pub key_len: usize,
     /// The row-hash header (field names and type families): changes when the mapping does.
     pub fingerprint: String,
 }
@@ -43,14 +45,15 @@ pub fn map(sync: &SyncConfig, relation: DataFrame) -> Result<Mapped, MappingProb
     let has = |c: &str| columns.iter().any(|x| x == c);
     let listing = || columns.join(", ");
 
-    let key_src = sync.key.source();
-    if !has(key_src) {
-        problems.push(format!(
-            "key column \"{key_src}\" is not a column of \"{}\"{} (its columns: {})",
-            sync.from,
-            crate::names::suggest(key_src, columns.iter().map(String::as_str)),
-            listing()
-        ));
+    for key_src in sync.key.sources() {
+        if !has(key_src) {
+            problems.push(format!(
+                "key column \"{key_src}\" is not a column of \"{}\"{} (its columns: {})",
+                sync.from,
+                crate::names::suggest(key_src, columns.iter().map(String::as_str)),
+                listing()
+            ));
+        }
     }
     if let Some(cursor) = &sync.cursor
         && !has(cursor)
@@ -79,20 +82,27 @@ pub fn map(sync: &SyncConfig, relation: DataFrame) -> Result<Mapped, MappingProb
                 listing()
             ));
         }
-        if ex == key_src {
+        if sync.key.has_source(ex) {
             problems.push(format!("fields.exclude names the key column \"{ex}\""));
         }
     }
 
-    // (destination name, expression), key first.
-    let mut fields: Vec<(String, Expr)> = vec![(
-        sync.key.destination().to_string(),
-        ident(key_src).alias(sync.key.destination()),
-    )];
+    // (destination name, expression), the key's first.
+    let mut fields: Vec<(String, Expr)> = sync
+        .key
+        .parts()
+        .iter()
+        .map(|p| {
+            (
+                p.destination.clone(),
+                ident(&p.source).alias(&p.destination),
+            )
+        })
+        .collect();
     if sync.behavior != Behavior::Delete {
         if sync.fields.auto {
             for c in &columns {
-                if c == key_src
+                if sync.key.has_source(c)
                     || sync.fields.exclude.contains(c)
                     || sync.fields.rename.contains_key(c)
                 {
@@ -165,7 +175,7 @@ pub fn map(sync: &SyncConfig, relation: DataFrame) -> Result<Mapped, MappingProb
     debug_assert_eq!(crate::hash::row_hash_udf().name(), ROW_HASH);
 
     let mut out: Vec<Expr> = names.iter().map(ident).collect();
-    out.push(ident(sync.key.destination()).alias(KEY));
+    out.push(crate::keys::key_expr(&sync.key.destinations()).alias(KEY));
     out.push(hash);
     out.push(ident(CURSOR));
     out.push(lit(true).alias(PRESENT));
@@ -175,6 +185,7 @@ pub fn map(sync: &SyncConfig, relation: DataFrame) -> Result<Mapped, MappingProb
     Ok(Mapped {
         df,
         fields: names,
+        key_len: sync.key.parts().len(),
         fingerprint: header,
     })
 }

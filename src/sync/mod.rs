@@ -122,7 +122,7 @@ impl SyncRef<'_> {
         WriteTarget {
             sync: self.name.to_string(),
             object: config.object.clone(),
-            key: config.key.destination().to_string(),
+            key: config.key.destinations(),
             schema,
             behavior: config.behavior,
             engine: self.ctx.copied_config(),
@@ -242,19 +242,46 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
     let rows = with_key_type(rows, config, &key_type).map_err(&df_err)?;
     let rows = match &sync.options.sample {
         None => rows,
-        Some(Sample::First(n)) => rows
-            .filter(ident(KEY).is_not_null())
-            .and_then(|r| r.sort(vec![ident(KEY).sort(true, false)]))
-            // (DataFusion's limits are signed.)
-            .and_then(|r| r.limit(0, Some((*n).min(i64::MAX as usize))))
-            .map_err(&df_err)?,
-        Some(Sample::Keys(keys)) => {
-            let list = keys
+        Some(Sample::First(n)) => {
+            // By key: the key fields in order (a composite key's struct is not sortable).
+            let order = config
+                .key
+                .destinations()
                 .iter()
-                .map(|k| try_cast(datafusion::prelude::lit(k.as_str()), key_type.clone()))
+                .map(|k| ident(k).sort(true, false))
                 .collect();
-            rows.filter(ident(KEY).in_list(list, false))
+            rows.filter(ident(KEY).is_not_null())
+                .and_then(|r| r.sort(order))
+                // (DataFusion's limits are signed.)
+                .and_then(|r| r.limit(0, Some((*n).min(i64::MAX as usize))))
                 .map_err(&df_err)?
+        }
+        Some(Sample::Keys(keys)) => {
+            let fields = config.key.destinations();
+            let part_types = key_part_types(&key_type, fields.len());
+            let mut wanted = Vec::with_capacity(keys.len());
+            for k in keys {
+                let parts =
+                    crate::keys::key_parts(k, fields.len()).map_err(|why| SyncError::Mapping {
+                        sync: name.to_string(),
+                        problems: vec![format!("--keys: {why}")],
+                    })?;
+                let one = fields
+                    .iter()
+                    .zip(&part_types)
+                    .zip(parts)
+                    .map(|((f, t), v)| {
+                        ident(f).eq(try_cast(datafusion::prelude::lit(v), t.clone()))
+                    })
+                    .reduce(datafusion::prelude::Expr::and)
+                    .unwrap_or(datafusion::prelude::lit(false));
+                wanted.push(one);
+            }
+            let any = wanted
+                .into_iter()
+                .reduce(datafusion::prelude::Expr::or)
+                .unwrap_or(datafusion::prelude::lit(false));
+            rows.filter(any).map_err(&df_err)?
         }
     };
     ctx.register_table("bf_mapped", rows.into_view())
@@ -301,7 +328,7 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
     // upserts and mirrors, whose counts and deletes depend on it.
     // (An empty model whose key has no type yet has nothing to compare.)
     let unknown_state = previous.is_none()
-        && key_type != DataType::Null
+        && !untyped(&key_type)
         && intents.pending.is_empty()
         && intents.damaged.is_empty()
         && read.upstream.is_none();
@@ -311,8 +338,7 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
         {
             let keys = ctx
                 .read_table(table)
-                .and_then(|df| df.select(vec![try_cast(ident(KEY), key_type.clone()).alias(KEY)]))
-                .and_then(|df| df.filter(ident(KEY).is_not_null()))
+                .and_then(|df| existing::typed(df, &key_type))
                 .map_err(&df_err)?;
             Some(keys)
         }
@@ -357,15 +383,15 @@ async fn key_type(
     let current = mapped
         .df
         .schema()
-        .field_with_unqualified_name(&mapped.fields[0])
+        .field_with_unqualified_name(KEY)
         .map(|f| f.data_type().clone())
         .unwrap_or(DataType::Null);
-    if current != DataType::Null {
+    if !untyped(&current) {
         return current;
     }
     let stored = previous
         .and_then(|p| p.key_type.parse::<DataType>().ok())
-        .filter(|t| *t != DataType::Null);
+        .filter(|t| !untyped(t));
     match stored {
         Some(t) => t,
         None => intents::key_type(sync.project, sync.ctx, pending)
@@ -374,9 +400,30 @@ async fn key_type(
     }
 }
 
-/// The fields the destination receives (key first, with `key_type`), all nullable.
+/// Whether a key type says nothing yet (an empty CSV's column is NULL-typed; so is a
+/// composite key's part then).
+fn untyped(t: &DataType) -> bool {
+    match t {
+        DataType::Null => true,
+        DataType::Struct(fields) => fields.iter().any(|f| *f.data_type() == DataType::Null),
+        _ => false,
+    }
+}
+
+/// The type of each key field, from the key's type (a composite key's is a struct of them).
+fn key_part_types(key_type: &DataType, key_len: usize) -> Vec<DataType> {
+    match key_type {
+        DataType::Struct(fields) if key_len > 1 => {
+            fields.iter().map(|f| f.data_type().clone()).collect()
+        }
+        t => vec![t.clone(); key_len],
+    }
+}
+
+/// The fields the destination receives (the key's first, with `key_type`), all nullable.
 fn destination_schema(mapped: &map::Mapped, key_type: &DataType) -> SchemaRef {
     let schema = mapped.df.schema();
+    let part_types = key_part_types(key_type, mapped.key_len);
     let fields: Vec<Field> = mapped
         .fields
         .iter()
@@ -384,33 +431,40 @@ fn destination_schema(mapped: &map::Mapped, key_type: &DataType) -> SchemaRef {
         .enumerate()
         .map(|(i, f)| {
             let f = f.as_ref().clone().with_nullable(true);
-            if i == 0 {
-                f.with_data_type(key_type.clone())
-            } else {
-                f
+            match part_types.get(i) {
+                Some(t) => f.with_data_type(t.clone()),
+                None => f,
             }
         })
         .collect();
     Arc::new(Schema::new(fields))
 }
 
-/// `rows` with the key column (and `__bf_key`) cast to `key_type`.
+/// `rows` with the key fields (and `__bf_key`) cast to `key_type`.
 fn with_key_type(
     rows: DataFrame,
     config: &SyncConfig,
     key_type: &DataType,
 ) -> Result<DataFrame, datafusion::error::DataFusionError> {
-    let key_field = config.key.destination();
+    let key_fields = config.key.destinations();
+    let part_types = key_part_types(key_type, key_fields.len());
     let columns = rows
         .schema()
         .fields()
         .iter()
         .map(|f| {
             let n = f.name();
-            if (n == key_field || n == KEY) && f.data_type() != key_type {
-                cast(ident(n), key_type.clone()).alias(n)
+            let want = if n == KEY {
+                Some(key_type)
             } else {
-                ident(n)
+                key_fields
+                    .iter()
+                    .position(|k| k == n)
+                    .and_then(|i| part_types.get(i))
+            };
+            match want {
+                Some(t) if f.data_type() != t => cast(ident(n), t.clone()).alias(n),
+                _ => ident(n),
             }
         })
         .collect::<Vec<_>>();
@@ -442,11 +496,24 @@ pub async fn run(
     for r in rows {
         // The key, when the row has a column named like the sync's key (a source read as it
         // is, or a model that keeps the name).
-        let key = r
-            .fields
-            .iter()
-            .find(|(column, _)| column == sync.config.key.source())
-            .map(|(_, value)| value.clone());
+        let parts: Vec<Option<String>> = sync
+            .config
+            .key
+            .sources()
+            .map(|k| {
+                r.fields
+                    .iter()
+                    .find(|(column, _)| column == k)
+                    .map(|(_, value)| value.clone())
+            })
+            .collect();
+        let key = if parts.iter().all(Option::is_some) {
+            Some(crate::keys::key_text_of(
+                &parts.into_iter().flatten().collect::<Vec<_>>(),
+            ))
+        } else {
+            None
+        };
         tally.sample(
             history::RecordKind::Invalid,
             key,
@@ -478,13 +545,18 @@ pub async fn run(
     let warnings: Vec<String> = {
         let mut w = report::warnings(name, sync.config.behavior, &tally.counts);
         if let Some(Sample::Keys(keys)) = &sync.options.sample {
+            let n = sync.config.key.parts().len();
             let missing: Vec<&str> = keys
                 .iter()
                 .filter(|k| {
+                    // As the run writes the key (a composite key's spacing may differ).
+                    let canonical = crate::keys::key_parts(k, n)
+                        .map(|p| crate::keys::key_text_of(&p))
+                        .unwrap_or_else(|_| k.to_string());
                     !tally
                         .sent
                         .iter()
-                        .any(|s| s.key.as_deref() == Some(k.as_str()))
+                        .any(|s| s.key.as_deref() == Some(canonical.as_str()))
                 })
                 .map(String::as_str)
                 .collect();

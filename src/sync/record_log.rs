@@ -93,8 +93,7 @@ impl RecordLog {
                 source,
             })
         };
-        let text = arrow::compute::cast(keys, &DataType::Utf8)
-            .map_err(|e| parquet(parquet::errors::ParquetError::External(Box::new(e))))?;
+        let text: ArrayRef = Arc::new(crate::values::texts(keys));
         let now = chrono::Utc::now().timestamp_millis();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(vec![self.run_id.as_str(); n])),

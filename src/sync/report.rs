@@ -139,7 +139,7 @@ impl Tally {
     }
 
     /// What a destination reported in `finish` was counted as written until now: move it.
-    pub fn finished(&mut self, key: &str, outcome: &FinishOutcome) {
+    pub fn finished(&mut self, key: &[String], outcome: &FinishOutcome) {
         let skipped = outcome.skipped.min(self.counts.created);
         self.counts.created -= skipped;
         self.counts.skipped += skipped;
@@ -152,13 +152,17 @@ impl Tally {
                 c.created = c.created.saturating_sub(1);
             }
             c.rejected += 1;
-            let record = serde_json::json!({ key: scalar_text(&l.key) }).to_string();
-            self.sample(
-                RecordKind::Rejected,
-                Some(scalar_text(&l.key)),
-                l.reason.clone(),
-                record,
-            );
+            let text = scalar_text(&l.key);
+            // The key fields and their values (a composite key's text is the list of them).
+            let parts = crate::keys::key_parts(&text, key.len())
+                .unwrap_or_else(|_| vec![text.clone(); key.len()]);
+            let record: serde_json::Map<String, serde_json::Value> = key
+                .iter()
+                .cloned()
+                .zip(parts.into_iter().map(serde_json::Value::String))
+                .collect();
+            let record = serde_json::Value::Object(record).to_string();
+            self.sample(RecordKind::Rejected, Some(text), l.reason.clone(), record);
         }
     }
 }

@@ -100,11 +100,11 @@ pub(super) fn fits(
             wm.column
         ));
     }
-    let key_changed = prev.key != config.key.destination();
+    let key_changed = prev.key != config.key.stored();
     if key_changed {
         changed.push(format!(
-            "its key is now \"{}\" but its state is keyed by \"{}\"",
-            config.key.destination(),
+            "its key is now {} but its state is keyed by {}",
+            config.key.stored(),
             prev.key
         ));
     }

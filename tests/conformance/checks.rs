@@ -914,3 +914,157 @@ pub async fn interrupted_run(s: &Suite) {
         s.assert_rerun_is_noop(&object, cols, rows, 0).await;
     }
 }
+
+/// The columns of the `composite_key` check: records are identified by `org` and `id`
+/// together.
+const MEMBERS: &[(&str, Kind)] = &[("org", Kind::Text), (KEY, Kind::Int), ("name", Kind::Text)];
+const MEMBER_KEY: &[&str] = &["org", KEY];
+/// An org that would break quoting anywhere a key is spelled into SQL, a path or JSON.
+const HOSTILE_ORG: &str = "o'r\"g; DROP TABLE x; -- ü";
+
+pub async fn composite_key(s: &Suite) {
+    use backflow::history::RecordKind;
+    let object = s.object("members");
+    s.configure_keyed(Source::Csv, &object, "mirror", "", r#"["org", "id"]"#);
+    let csv = |rows: &[[&str; 3]]| {
+        let mut out = String::from("org,id,name\n");
+        for r in rows {
+            let org = if r[0].is_empty() {
+                String::new()
+            } else {
+                format!("\"{}\"", r[0].replace('"', "\"\""))
+            };
+            out.push_str(&format!("{org},{},{}\n", r[1], r[2]));
+        }
+        out
+    };
+    // The same id under two orgs is two records; a row without its org is invalid.
+    s.write_csv(&csv(&[
+        ["acme", "1", "Ada"],
+        ["acme", "2", "Bob"],
+        ["zeta", "1", "Zed"],
+        [HOSTILE_ORG, "1", "Quote"],
+        ["", "3", "No org"],
+    ]));
+    if !s.caps.composite_keys {
+        let r = s
+            .project
+            .run_with(&[&s.sync()], backflow::RunOptions::default())
+            .await
+            .remove(0);
+        let error = r.error.unwrap_or_default();
+        assert!(
+            error.contains("cannot take the composite key [\"org\",\"id\"]"),
+            "{error}"
+        );
+        assert!(s.contents(&object, PEOPLE).await.is_empty());
+        return;
+    }
+    let r = s
+        .run_expecting(Counts {
+            created: 4,
+            ..Counts::default()
+        })
+        .await;
+    assert_eq!(r.counts.invalid, 1, "{r:#?}");
+    let invalid: Vec<_> = r
+        .samples
+        .iter()
+        .filter(|x| x.kind == RecordKind::Invalid)
+        .collect();
+    assert!(
+        invalid[0].reason.contains("NULL parts: org"),
+        "{:?}",
+        invalid[0]
+    );
+    let first = rows(&[
+        ["acme", "1", "Ada"],
+        ["acme", "2", "Bob"],
+        ["zeta", "1", "Zed"],
+        [HOSTILE_ORG, "1", "Quote"],
+    ]);
+    assert_eq!(s.contents_keyed(&object, MEMBERS, MEMBER_KEY).await, {
+        let mut e = first.clone();
+        e.sort();
+        e
+    });
+    if s.caps.primary_key {
+        let schema = s.fx.schema(&object).await.unwrap();
+        let mut pk = schema.primary_key.clone();
+        pk.sort();
+        assert_eq!(pk, ["id", "org"], "the key's columns are the primary key");
+    }
+    // One part of a key changes (acme/2 moves to beta/2): for a mirror that is another record,
+    // so the old one is deleted and the new one created. A name changes under a composite key.
+    s.write_csv(&csv(&[
+        ["acme", "1", "Ada"],
+        ["beta", "2", "Bob"],
+        ["zeta", "1", "Zoe"],
+        [HOSTILE_ORG, "1", "Quote"],
+    ]));
+    s.run_expecting(Counts {
+        created: 1,
+        updated: 1,
+        deleted: 1,
+        unchanged: 2,
+        ..Counts::default()
+    })
+    .await;
+    let mut second = rows(&[
+        ["acme", "1", "Ada"],
+        ["beta", "2", "Bob"],
+        ["zeta", "1", "Zoe"],
+        [HOSTILE_ORG, "1", "Quote"],
+    ]);
+    second.sort();
+    assert_eq!(s.contents_keyed(&object, MEMBERS, MEMBER_KEY).await, second);
+    // Without its state, the sync compares with the keys the destination lists (both parts
+    // read back): every record is found there and updated, none created again. (A change
+    // feed lists none, and refuses a state older than itself.)
+    if s.caps.lists_records {
+        std::fs::remove_dir_all(s.dir().join(".backflow")).unwrap();
+        s.run_expecting(Counts {
+            updated: 4,
+            ..Counts::default()
+        })
+        .await;
+        assert_eq!(s.contents_keyed(&object, MEMBERS, MEMBER_KEY).await, second);
+    }
+    let before = s.contents_keyed(&object, MEMBERS, MEMBER_KEY).await;
+    s.run_expecting(Counts {
+        unchanged: 4,
+        ..Counts::default()
+    })
+    .await;
+    assert_eq!(s.contents_keyed(&object, MEMBERS, MEMBER_KEY).await, before);
+    if !s.caps.checks_records {
+        return;
+    }
+    // Update-only finds records by both parts: an unknown pair is refused, named by its key.
+    s.configure_keyed(Source::Csv, &object, "update-only", "", r#"["org", "id"]"#);
+    s.write_csv(&csv(&[["acme", "1", "Ada Two"], ["acme", "7", "Nobody"]]));
+    let r = s
+        .run_expecting(Counts {
+            updated: 1,
+            rejected: 1,
+            ..Counts::default()
+        })
+        .await;
+    let rejected = Suite::rejected(&r);
+    assert!(rejected.contains_key(r#"["acme","7"]"#), "{rejected:?}");
+    // Delete removes exactly the pair named, not the same id under another org.
+    s.configure_keyed(Source::Csv, &object, "delete", "", r#"["org", "id"]"#);
+    s.write_csv(&csv(&[["zeta", "1", ""]]));
+    s.run_expecting(Counts {
+        deleted: 1,
+        ..Counts::default()
+    })
+    .await;
+    let mut last = rows(&[
+        ["acme", "1", "Ada Two"],
+        ["beta", "2", "Bob"],
+        [HOSTILE_ORG, "1", "Quote"],
+    ]);
+    last.sort();
+    assert_eq!(s.contents_keyed(&object, MEMBERS, MEMBER_KEY).await, last);
+}

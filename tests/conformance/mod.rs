@@ -14,6 +14,7 @@
 //! | `rejections` | rows the destination refuses are rejected with its reason, the others land, a fixed row lands on the next run |
 //! | `type_round_trip` | integers at their extremes, floats, decimals, booleans, dates and timestamps at their extremes, text, NULLs; the types of the columns created |
 //! | `hostile_identifiers_and_values` | object and column names with quotes, spaces, semicolons and Unicode; values that look like SQL, escapes, NULL markers |
+//! | `composite_key` | a key of two columns: the same id under two orgs, a NULL part (invalid, named), a hostile part, a part that changes (a mirror deletes and creates), the destination's keys read back without state, the primary key created |
 //! | `interrupted_run` | runs failing (as errors and as panics) after a destination batch and before the commit, then a clean run: the object equals the model |
 //!
 //! What a destination cannot do is a capability, never a skipped assertion: a change feed holds
@@ -101,6 +102,9 @@ pub struct Capabilities {
     /// Columns have defaults ([`Seed::defaults`]): a record the sync creates gets them in the
     /// columns it does not send.
     pub column_defaults: bool,
+    /// A sync's key can be composite here (the HTTP fixture's API addresses records by one
+    /// `{key}` in the path, which a composite key cannot fill: such a sync is refused).
+    pub composite_keys: bool,
     /// Each destination batch is applied when it is written (a transaction, requests); false
     /// where nothing is applied before the run's last write (a file is rewritten, a change
     /// file completed, in `finish`).
@@ -165,6 +169,12 @@ pub trait DestinationFixture: Send + Sync {
     /// The object's rows: `columns` as the destination spells them as text ([`NULL`] for a
     /// NULL or an absent field), in any order. A change feed is read by folding its files.
     async fn read(&self, object: &str, columns: &[&str]) -> Vec<Vec<String>>;
+
+    /// [`DestinationFixture::read`] for an object whose records are identified by `key` (a
+    /// composite key): only a change feed, folded by key, needs to know.
+    async fn read_keyed(&self, object: &str, columns: &[&str], _key: &[&str]) -> Vec<Vec<String>> {
+        self.read(object, columns).await
+    }
 
     /// The object's declared schema, where it has one.
     async fn schema(&self, object: &str) -> Option<ObjectSchema>;
@@ -265,6 +275,18 @@ impl Suite {
 
     /// [`Suite::configure`], with more of `backflow.toml` (an `[engine]` table).
     pub fn configure_with(&self, source: Source, object: &str, behavior: &str, more: &str) {
+        self.configure_keyed(source, object, behavior, more, &format!("\"{KEY}\""));
+    }
+
+    /// [`Suite::configure_with`] with another key (`key` is its TOML value).
+    pub fn configure_keyed(
+        &self,
+        source: Source,
+        object: &str,
+        behavior: &str,
+        more: &str,
+        key: &str,
+    ) {
         let source = match source {
             Source::Csv => "[sources.model]\ntype = \"csv\"\npath = \"model.csv\"\n",
             Source::Parquet => "[sources.model]\ntype = \"parquet\"\npath = \"model.parquet\"\n",
@@ -272,7 +294,7 @@ impl Suite {
         self.project.write(
             "backflow.toml",
             &format!(
-                "{more}\n{source}\n{}\n[syncs.{}]\nfrom = \"model\"\nto = \"dest\"\nobject = {}\nbehavior = \"{behavior}\"\nkey = \"{KEY}\"\n",
+                "{more}\n{source}\n{}\n[syncs.{}]\nfrom = \"model\"\nto = \"dest\"\nobject = {}\nbehavior = \"{behavior}\"\nkey = {key}\n",
                 self.fx.toml(),
                 self.sync(),
                 toml_string(object),
@@ -304,6 +326,18 @@ impl Suite {
     pub async fn contents(&self, object: &str, columns: &[(&str, Kind)]) -> Vec<Vec<String>> {
         let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
         let raw = self.fx.read(object, &names).await;
+        canonical_rows(raw, columns)
+    }
+
+    /// [`Suite::contents`] of an object whose records are identified by `key`.
+    pub async fn contents_keyed(
+        &self,
+        object: &str,
+        columns: &[(&str, Kind)],
+        key: &[&str],
+    ) -> Vec<Vec<String>> {
+        let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+        let raw = self.fx.read_keyed(object, &names, key).await;
         canonical_rows(raw, columns)
     }
 
@@ -468,7 +502,8 @@ macro_rules! conformance {
             use super::*;
             checks!($dest, $open;
                 upsert, mirror, update_only, create_only, append_only, delete,
-                rerun_sends_nothing, rejections, type_round_trip, hostile_identifiers_and_values);
+                rerun_sends_nothing, rejections, type_round_trip, hostile_identifiers_and_values,
+                composite_key);
             #[cfg(feature = "failpoints")]
             checks!($dest, $open; interrupted_run);
         }

@@ -596,3 +596,85 @@ async fn keys_cannot_reach_another_path() {
     assert_eq!(keys, vec!["a", "b/c?d=1#e"]);
     assert!(api.log().iter().all(|l| l.path.starts_with("/api/people/")));
 }
+
+/// A composite key against a REST API: each record's path names both parts, the body carries
+/// them, a part that changes moves the record (a delete and a create), and an endpoint that
+/// would need one key value is refused before any request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_composite_key_addresses_records_by_every_part() {
+    let api = FakeApi::start(Faults::default()).await;
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        &format!(
+            r#"
+[sources.members]
+type = "csv"
+path = "members.csv"
+
+[destinations.api]
+type = "http"
+base_url = "{url}/api"
+token_env = "BACKFLOW_TEST_API_TOKEN"
+
+[destinations.api.upsert]
+method = "PUT"
+path = "/{{object}}/{{field.org}}~{{field.id}}"
+
+[destinations.api.delete]
+method = "DELETE"
+path = "/{{object}}/{{field.org}}~{{field.id}}"
+
+[syncs.members]
+from = "members"
+to = "api"
+object = "members"
+behavior = "mirror"
+key = ["org", "id"]
+"#,
+            url = api.url()
+        ),
+    );
+    f.write(
+        "members.csv",
+        "org,id,email\nacme,1,a@x.io\nacme,2,b@x.io\nzeta,1,z@x.io\n",
+    );
+    let r = f.run_ok("members").await;
+    assert_eq!(r.counts.created, 3);
+    let keys = |api: &FakeApi| api.records("members").into_keys().collect::<Vec<_>>();
+    assert_eq!(keys(&api), ["acme~1", "acme~2", "zeta~1"]);
+    assert_eq!(
+        api.records("members")["zeta~1"],
+        json!({"org": "zeta", "id": 1, "email": "z@x.io"})
+    );
+    // acme/2 moves to beta/2.
+    f.write(
+        "members.csv",
+        "org,id,email\nacme,1,a@x.io\nbeta,2,b@x.io\nzeta,1,z@x.io\n",
+    );
+    let r = f.run_ok("members").await;
+    assert_eq!(
+        (r.counts.created, r.counts.deleted, r.counts.unchanged),
+        (1, 1, 2)
+    );
+    assert_eq!(keys(&api), ["acme~1", "beta~2", "zeta~1"]);
+
+    // `{key}` in a path cannot hold two values: refused, naming what to write instead.
+    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &toml.replace("{field.org}~{field.id}", "{key}"),
+    );
+    let requests = api.log().len();
+    let r = f
+        .run_with(&["members"], backflow::RunOptions::default())
+        .await
+        .remove(0);
+    assert_eq!(r.status, RunStatus::Failed);
+    let error = r.error.unwrap_or_default();
+    assert!(
+        error.contains("composite key") && error.contains("{field.NAME}"),
+        "{error}"
+    );
+    assert_eq!(api.log().len(), requests, "nothing was sent");
+}

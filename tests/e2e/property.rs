@@ -131,7 +131,30 @@ fn csv(v: &Version) -> String {
     s
 }
 
+/// With a composite key, the naive model's key `k` is the pair (`grp`, `id`) =
+/// (`g{k / 4}`, `k % 4`): the same `id` under two groups is two records.
+fn split(k: u8) -> (String, u8) {
+    (format!("g{}", k / 4), k % 4)
+}
+
+fn csv_composite(v: &Version) -> String {
+    let mut s = String::from("grp,id,val\n");
+    for (k, x) in v {
+        let (g, id) = split(*k);
+        s.push_str(&format!("{g},{id},{x}\n"));
+    }
+    s
+}
+
 async fn check(behavior: B, versions: Vec<Version>) -> Result<(), TestCaseError> {
+    check_keyed(behavior, versions, false).await
+}
+
+async fn check_keyed(
+    behavior: B,
+    versions: Vec<Version>,
+    composite: bool,
+) -> Result<(), TestCaseError> {
     let f = Fixture::new();
     f.write(
         "backflow.toml",
@@ -151,10 +174,15 @@ to = "db"
 object = "t"
 behavior = "{}"
 {}
-key = "id"
+key = {}
 "#,
             behavior.name(),
-            guard_off(behavior)
+            guard_off(behavior),
+            if composite {
+                r#"["grp", "id"]"#
+            } else {
+                r#""id""#
+            }
         ),
     );
     // The destination starts with some records of its own (update-only and delete act on them).
@@ -166,18 +194,36 @@ key = "id"
     };
     if !seed.is_empty() {
         let conn = rusqlite::Connection::open(f.path().join("db.sqlite")).unwrap();
-        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, val TEXT)")
+        if composite {
+            conn.execute_batch(
+                "CREATE TABLE t (grp TEXT, id INTEGER, val TEXT, PRIMARY KEY (grp, id))",
+            )
             .unwrap();
-        for (k, v) in &seed {
-            conn.execute("INSERT INTO t VALUES (?1, ?2)", rusqlite::params![k, v])
+            for (k, v) in &seed {
+                let (g, id) = split(*k);
+                conn.execute(
+                    "INSERT INTO t VALUES (?1, ?2, ?3)",
+                    rusqlite::params![g, id, v],
+                )
                 .unwrap();
+            }
+        } else {
+            conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, val TEXT)")
+                .unwrap();
+            for (k, v) in &seed {
+                conn.execute("INSERT INTO t VALUES (?1, ?2)", rusqlite::params![k, v])
+                    .unwrap();
+            }
         }
     }
     let mut naive = Naive::new(behavior, &seed);
     naive.dest.sort();
     for v in &versions {
         // Column types must stay stable: an empty model still has an `id` integer column.
-        f.write("model.csv", &csv(v));
+        f.write(
+            "model.csv",
+            &if composite { csv_composite(v) } else { csv(v) },
+        );
         let r = f.run_with(&["p"], Default::default()).await.remove(0);
         prop_assert!(r.error.is_none(), "{:?}", r.error);
         naive.apply(v);
@@ -185,7 +231,16 @@ key = "id"
             let mut rows: Vec<(u8, String)> = f
                 .sqlite("db.sqlite", "t")
                 .iter()
-                .map(|m| (m["id"].parse().unwrap(), m["val"].clone()))
+                .map(|m| {
+                    let id: u8 = m["id"].parse().unwrap();
+                    let k = if composite {
+                        let g: u8 = m["grp"].trim_start_matches('g').parse().unwrap();
+                        g * 4 + id
+                    } else {
+                        id
+                    };
+                    (k, m["val"].clone())
+                })
                 .collect();
             rows.sort();
             rows
@@ -219,6 +274,13 @@ proptest! {
     fn destination_matches_the_naive_model(b in behavior(), versions in proptest::collection::vec(version(), 1..5)) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(check(b, versions))?;
+    }
+
+    /// The same with a composite key (`grp`, `id`).
+    #[test]
+    fn a_composite_key_matches_the_naive_model(b in behavior(), versions in proptest::collection::vec(version(), 1..5)) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(check_keyed(b, versions, true))?;
     }
 }
 

@@ -92,3 +92,35 @@ fn a_refused_record_is_shown_with_the_reason_and_bad_requests_are_named() {
         assert_eq!(code, 2, "{args:?}: {out}{err}");
     }
 }
+
+/// A composite key in a test run and a record's story: each key is a JSON list of its parts;
+/// the first rows by key are the first by each part in order.
+#[test]
+fn composite_keys_are_named_as_json_lists() {
+    let f = people_fixture(
+        "mirror",
+        "record_log = true",
+        "id,email,name,plan\n2,b@x.io,Bob,pro\n1,a@x.io,Ada,pro\n1,c@x.io,Cy,free\n",
+    );
+    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &toml.replace("key = \"id\"", "key = [\"plan\", \"id\"]"),
+    );
+    let (code, out, err) = f.cli(&["run", "people_sync", "--sample", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(r#"key ["free","1"] → accepted"#), "{out}");
+    let (code, out, err) = f.cli(&["run", "people_sync", "--key", r#"[ "pro", 2 ]"#]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(r#"key ["pro","2"] → accepted"#), "{out}");
+    assert!(!out.contains("nothing was sent"), "{out}");
+    let db = f.sqlite("out/app.db", "people");
+    assert_eq!(db.len(), 2, "{db:?}");
+    // A key that is not a list of two is refused with how to write one.
+    let (code, out, err) = f.cli(&["run", "people_sync", "--key", "pro"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("JSON list of 2 values"), "{err}");
+    let (code, out, err) = f.cli(&["history", "people_sync", "--records", r#"["pro",2]"#]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("upsert"), "{out}");
+}

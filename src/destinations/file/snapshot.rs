@@ -140,12 +140,26 @@ pub(super) async fn existing_keys(
         .table("bf_existing")
         .await
         .and_then(|df| {
-            if df.schema().field_with_unqualified_name(key).is_err() {
-                // A file without the key column holds no record of this sync.
-                return df.limit(0, Some(0))?.select(vec![lit("").alias(key)]);
+            if key
+                .iter()
+                .any(|k| df.schema().field_with_unqualified_name(k).is_err())
+            {
+                // A file without the key columns holds no record of this sync.
+                return df
+                    .limit(0, Some(0))?
+                    .select(key.iter().map(|k| lit("").alias(k)).collect::<Vec<_>>());
             }
-            df.select(vec![cast(ident(key), DataType::Utf8).alias(key)])?
-                .filter(ident(key).is_not_null())
+            let complete = key
+                .iter()
+                .map(|k| ident(k).is_not_null())
+                .reduce(Expr::and)
+                .unwrap_or(lit(true));
+            df.select(
+                key.iter()
+                    .map(|k| cast(ident(k), DataType::Utf8).alias(k))
+                    .collect::<Vec<_>>(),
+            )?
+            .filter(complete)
         })
         .map_err(|e| object.fail(e))?
         .execute_stream()
@@ -153,13 +167,21 @@ pub(super) async fn existing_keys(
         .map_err(|e| object.fail(e))?;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| object.fail(e))?;
-        let column =
-            arrow::compute::cast(batch.column(0), &DataType::Utf8).map_err(|e| object.fail(e))?;
-        let Some(texts) = column.as_any().downcast_ref::<arrow::array::StringArray>() else {
-            continue;
-        };
-        let keys: Vec<String> = texts.iter().flatten().map(str::to_string).collect();
-        if !keys.is_empty() && tx.send(Ok(keys)).await.is_err() {
+        let mut chunk = Vec::with_capacity(key.len());
+        for column in batch.columns() {
+            let column =
+                arrow::compute::cast(column, &DataType::Utf8).map_err(|e| object.fail(e))?;
+            let Some(texts) = column.as_any().downcast_ref::<arrow::array::StringArray>() else {
+                return Err(object.fail("a key column did not read as text"));
+            };
+            chunk.push(
+                texts
+                    .iter()
+                    .map(|t| t.unwrap_or_default().to_string())
+                    .collect::<Vec<_>>(),
+            );
+        }
+        if batch.num_rows() > 0 && tx.send(Ok(chunk)).await.is_err() {
             break;
         }
     }
@@ -345,7 +367,10 @@ impl FileObject {
         // Existing rows stream through a hash join whose build side is the (small) set of
         // changes (no sort); new rows are added by an anti join and a union.
         let key = &self.target.key;
-        let ckey = format!("{CHANGE_PREFIX}{key}");
+        let ckey: Vec<String> = key.iter().map(|k| format!("{CHANGE_PREFIX}{k}")).collect();
+        let existing_key: Vec<String> = (0..key.len())
+            .map(|i| format!("__bf_existing_key_{i}"))
+            .collect();
         let renamed: Vec<Expr> = changes
             .schema()
             .fields()
@@ -372,8 +397,8 @@ impl FileObject {
             .join(
                 existing.clone(),
                 JoinType::Right,
-                &[ckey.as_str()],
-                &[key.as_str()],
+                &names(&ckey),
+                &names(key),
                 None,
             )
             .map_err(|e| self.fail(e))?
@@ -386,7 +411,12 @@ impl FileObject {
             .select(out)
             .map_err(|e| self.fail(e))?;
         let existing_keys = existing
-            .select(vec![ident(key).alias("__bf_existing_key")])
+            .select(
+                key.iter()
+                    .zip(&existing_key)
+                    .map(|(k, e)| ident(k).alias(e))
+                    .collect::<Vec<_>>(),
+            )
             .map_err(|e| self.fail(e))?;
         let added_cols: Vec<Expr> = existing_cols
             .iter()
@@ -404,8 +434,8 @@ impl FileObject {
             .join(
                 existing_keys,
                 JoinType::LeftAnti,
-                &[key.as_str()],
-                &["__bf_existing_key"],
+                &names(key),
+                &names(&existing_key),
                 None,
             )
             .map_err(|e| self.fail(e))?
@@ -414,7 +444,7 @@ impl FileObject {
         kept.union(added).map_err(|e| self.fail(e))
     }
 
-    /// The keys of the staged rows of one operation.
+    /// The key fields of the staged rows of one operation.
     async fn staged_keys(
         &self,
         ctx: &SessionContext,
@@ -425,7 +455,7 @@ impl FileObject {
             .map_err(|e| self.fail(e))?
             .filter(ident(OP).eq(lit(op.code())))
             .map_err(|e| self.fail(e))?
-            .select(vec![ident(&self.target.key)])
+            .select(self.target.key.iter().map(ident).collect::<Vec<_>>())
             .map_err(|e| self.fail(e))
     }
 
@@ -436,15 +466,23 @@ impl FileObject {
         op: WriteOp,
         join: JoinType,
     ) -> Result<DataFrame, DestinationError> {
-        let key = self.target.key.as_str();
+        let key = &self.target.key;
+        let existing_key: Vec<String> = (0..key.len())
+            .map(|i| format!("__bf_existing_key_{i}"))
+            .collect();
         let existing = self
             .existing(ctx)
             .await?
-            .select(vec![ident(key).alias("__bf_existing_key")])
+            .select(
+                key.iter()
+                    .zip(&existing_key)
+                    .map(|(k, e)| ident(k).alias(e))
+                    .collect::<Vec<_>>(),
+            )
             .map_err(|e| self.fail(e))?;
         self.staged_keys(ctx, op)
             .await?
-            .join(existing, join, &[key], &["__bf_existing_key"], None)
+            .join(existing, join, &names(key), &names(&existing_key), None)
             .map_err(|e| self.fail(e))
     }
 
@@ -460,6 +498,10 @@ impl FileObject {
         } else {
             self.staged_keys(ctx, WriteOp::Update).await?
         };
+        // One key column, as the sync's state holds keys (a composite key's struct).
+        let missing = missing
+            .select(vec![crate::keys::key_expr(&self.target.key)])
+            .map_err(|e| self.fail(e))?;
         let mut out = Vec::new();
         let mut stream = missing.execute_stream().await.map_err(|e| self.fail(e))?;
         while let Some(batch) = stream.next().await {
@@ -554,6 +596,11 @@ impl FileObject {
         }
         Ok(buf)
     }
+}
+
+/// Column names as the join API takes them.
+fn names(columns: &[String]) -> Vec<&str> {
+    columns.iter().map(String::as_str).collect()
 }
 
 /// Types a JSON number is decoded into from its text, exactly (inference would pick a float

@@ -393,6 +393,40 @@ impl EndpointConfig {
         }
     }
 
+    /// What this endpoint cannot do with a composite key (one whose value is several
+    /// fields): a place for one key value (a path's `{key}`, `{key_field}`), matching the
+    /// API's answers by key, or looking up the API's ids by a key field.
+    pub(super) fn composite_key_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let in_path = |name: &str| {
+            template::placeholders(&self.path).any(|(_, n, _)| n.trim_end_matches("|text") == name)
+        };
+        if in_path("key") {
+            p.push(format!(
+                "path \"{}\" puts {{key}} in the URL, but a composite key is several values: name its parts with {{field.NAME}}",
+                self.path
+            ));
+        }
+        let mut names_key_field = in_path("key_field");
+        if let Some(r) = &self.record {
+            strings(r, &mut |s| names_key_field |= s.contains("{key_field}"));
+        }
+        if names_key_field {
+            p.push("{key_field} names one field, but the key is composite: name the fields".into());
+        }
+        if self.error_match == Some(Match::Key) || self.result_match == Some(Match::Key) {
+            p.push(
+                "the API's answers are matched to records by key (error_match or result_match = \"key\"), which needs a key of one field: match by index or trace".into(),
+            );
+        }
+        if self.lookup.is_some() {
+            p.push(
+                "lookup finds the API's ids by one key field; a composite key has several".into(),
+            );
+        }
+        p
+    }
+
     pub(super) fn batch_size(&self) -> usize {
         if self.is_per_record() {
             1

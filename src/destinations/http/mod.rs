@@ -130,6 +130,20 @@ impl HttpDestination {
                     ),
                 ));
             };
+            if target.key.len() > 1 {
+                let problems = e.composite_key_problems();
+                if !problems.is_empty() {
+                    return Err(DestinationError::incompatible(
+                        &self.name,
+                        target,
+                        format!(
+                            "the {name} endpoint cannot take the composite key {}: {}",
+                            target.key_label(),
+                            problems.join("; ")
+                        ),
+                    ));
+                }
+            }
             out.insert(*op, e.clone());
         }
         Ok(out)
@@ -185,7 +199,7 @@ impl HttpDestination {
             return Ok(());
         };
         let ctx = Context {
-            key_field: &target.key,
+            key: &target.key,
             object: &target.object,
         };
         let rendered = template::render_path(path, None, &ctx)
@@ -303,7 +317,7 @@ impl Shared {
 
     fn ctx(&self) -> Context<'_> {
         Context {
-            key_field: &self.target.key,
+            key: &self.target.key,
             object: &self.target.object,
         }
     }
@@ -423,7 +437,9 @@ impl Shared {
         rows: &[usize],
     ) -> Result<Result<LookedUp, Reply>, Fatal> {
         let ctx = self.ctx();
-        let fill = |v: &Value| fill_names(v, &self.target.key, &self.target.object);
+        // (A sync with a composite key has no lookup: see `composite_key_problems`.)
+        let key_field = &self.target.key[0];
+        let fill = |v: &Value| fill_names(v, key_field, &self.target.object);
         let template = lookup
             .record
             .clone()
@@ -489,12 +505,12 @@ impl Shared {
         if !template::present(&json, results_path) {
             return unreadable(&format!("has no \"{results_path}\""));
         }
-        let key_path = lookup.result_key.replace("{key_field}", &self.target.key);
+        let key_path = lookup.result_key.replace("{key_field}", key_field);
         let id_path = lookup.result_id.as_deref().unwrap_or("id");
         let fold = lookup
             .case_insensitive_keys
             .iter()
-            .any(|k| k.eq_ignore_ascii_case(&self.target.key));
+            .any(|k| k.eq_ignore_ascii_case(key_field));
         let mut found: Vec<(String, Value)> = Vec::new();
         for result in template::lookup(&json, results_path) {
             let (Some(key), Some(id)) = (

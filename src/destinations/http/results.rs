@@ -392,7 +392,8 @@ mod tests {
         /// or is refused.
         #[test]
         fn any_key_stays_in_its_segment(key in any::<String>()) {
-            let ctx = Context { key_field: "id", object: "people" };
+            let ids = vec!["id".to_string()];
+            let ctx = Context { key: &ids, object: "people" };
             let r = Record {
                 fields: serde_json::Map::new(),
                 key: json!(key.clone()),

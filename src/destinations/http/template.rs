@@ -60,14 +60,15 @@ pub struct Record {
 
 /// What a template is rendered with, besides the record.
 pub struct Context<'a> {
-    pub key_field: &'a str,
+    /// The key fields (more than one for a composite key).
+    pub key: &'a [String],
     pub object: &'a str,
 }
 
 /// The rows of `batch` as JSON objects, with explicit NULLs, in row order.
 pub fn records(
     batch: &RecordBatch,
-    key_field: &str,
+    key: &[String],
     scope: &Scope,
 ) -> Result<Vec<Record>, ArrowError> {
     let batch = exact_numbers(batch)?;
@@ -84,7 +85,16 @@ pub fn records(
     for line in buf.split(|b| *b == b'\n').take(batch.num_rows()) {
         let fields: Map<String, Value> =
             serde_json::from_slice(line).map_err(|e| ArrowError::JsonError(e.to_string()))?;
-        let key = fields.get(key_field).cloned().unwrap_or(Value::Null);
+        // A composite key is the object of its fields.
+        let key = match key {
+            [one] => fields.get(one).cloned().unwrap_or(Value::Null),
+            parts => Value::Object(
+                parts
+                    .iter()
+                    .map(|p| (p.clone(), fields.get(p).cloned().unwrap_or(Value::Null)))
+                    .collect(),
+            ),
+        };
         let idempotency_key = idempotency_key(scope, line);
         out.push(Record {
             fields,
@@ -174,7 +184,7 @@ pub fn unknown_placeholders(s: &str) -> Vec<String> {
 
 /// Every `{name}` in `s`: (start, name, end) with `end` past the closing brace. Only names of
 /// letters, digits, `_`, `.`, `|` and `-` count, so JSON or other braces are left alone.
-fn placeholders(s: &str) -> impl Iterator<Item = (usize, &str, usize)> {
+pub(super) fn placeholders(s: &str) -> impl Iterator<Item = (usize, &str, usize)> {
     let mut from = 0;
     std::iter::from_fn(move || {
         loop {
@@ -203,11 +213,14 @@ fn resolve(name: &str, record: &Record, ctx: &Context) -> Option<Value> {
         "fields" => Value::Object(record.fields.clone()),
         "fields_without_key" => {
             let mut m = record.fields.clone();
-            m.remove(ctx.key_field);
+            for k in ctx.key {
+                m.remove(k);
+            }
             Value::Object(m)
         }
         "key" => record.key.clone(),
-        "key_field" => Value::String(ctx.key_field.to_string()),
+        // (Refused for a composite key before anything is sent.)
+        "key_field" => Value::String(ctx.key.first()?.to_string()),
         "object" => Value::String(ctx.object.to_string()),
         "idempotency_key" => Value::String(record.idempotency_key.clone()),
         "api_id" => record.api_id.clone()?,
@@ -366,8 +379,9 @@ mod tests {
 
     #[test]
     fn renders_typed_and_text_placeholders() {
+        let ids = vec!["id".to_string()];
         let ctx = Context {
-            key_field: "id",
+            key: &ids,
             object: "contacts",
         };
         let t = json!({
@@ -388,8 +402,9 @@ mod tests {
 
     #[test]
     fn paths_encode_each_value_as_one_segment() {
+        let ids = vec!["id".to_string()];
         let ctx = Context {
-            key_field: "id",
+            key: &ids,
             object: "my objects",
         };
         let mut r = record();
@@ -464,7 +479,7 @@ mod tests {
             op: "upsert",
             version: 1,
         };
-        let r = records(&batch, "id", &scope).unwrap();
+        let r = records(&batch, &["id".to_string()], &scope).unwrap();
         assert_eq!(r[0].key, json!(9_007_199_254_740_993i64));
         assert_eq!(r[0].fields["big"], json!("12345678901.234567890123456789"));
         assert_eq!(r[0].fields["small"], json!(10.5));

@@ -138,37 +138,45 @@ impl Destination for MysqlDestination {
 
     fn keys(&self, target: &WriteTarget) -> Option<super::KeyStream> {
         let this = self.clone();
-        let (table, key) = (
-            crate::databases::mysql::quote(&target.object),
-            crate::databases::mysql::quote(&target.key),
-        );
+        let table = crate::databases::mysql::quote(&target.object);
+        let parts = target.key.len();
+        let select =
+            target.key_list(|k| format!("CAST({} AS CHAR)", crate::databases::mysql::quote(k)));
+        let complete = target
+            .key
+            .iter()
+            .map(|k| format!("{} IS NOT NULL", crate::databases::mysql::quote(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         Some(super::key_stream(move |tx| async move {
             let url = this.url()?;
             let mut conn = this.connect(&url).await?;
-            let sql = format!("SELECT CAST({key} AS CHAR) FROM {table} WHERE {key} IS NOT NULL");
+            let sql = format!("SELECT {select} FROM {table} WHERE {complete}");
             let mut result = match conn.query_iter(sql).await {
                 Ok(r) => r,
                 // No table yet (ER_NO_SUCH_TABLE): no records.
                 Err(mysql_async::Error::Server(e)) if e.code == 1146 => return Ok(()),
                 Err(e) => return Err(this.db(url.query_error(&e))),
             };
-            let mut keys = Vec::new();
+            let mut keys = super::KeyChunkBuilder::new(parts);
             loop {
                 let row: Option<mysql_async::Row> = result
                     .next()
                     .await
                     .map_err(|e| this.db(url.query_error(&e)))?;
                 let Some(row) = row else { break };
-                let value: Option<String> = row.get_opt(0).and_then(Result::ok);
-                keys.extend(value);
-                if keys.len() == super::KEY_CHUNK
-                    && tx.send(Ok(std::mem::take(&mut keys))).await.is_err()
-                {
+                let values: Option<Vec<String>> = (0..parts)
+                    .map(|i| row.get_opt::<String, _>(i).and_then(Result::ok))
+                    .collect();
+                if let Some(values) = values {
+                    keys.push(values);
+                }
+                if keys.is_full() && tx.send(Ok(keys.take())).await.is_err() {
                     return Ok(());
                 }
             }
-            if !keys.is_empty() {
-                let _ = tx.send(Ok(keys)).await;
+            if keys.len() > 0 {
+                let _ = tx.send(Ok(keys.take())).await;
             }
             Ok(())
         }))

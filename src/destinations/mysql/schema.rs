@@ -115,15 +115,16 @@ impl MysqlDestination {
             None => {
                 let mut cols = Vec::new();
                 for f in target.schema.fields() {
-                    let is_key = *f.name() == target.key;
+                    // A key field's share of the index (see `sql_type`).
+                    let key_share = target.is_key(f.name()).then_some(target.key.len());
                     cols.push(format!(
                         "{} {}",
                         quote(f.name()),
-                        sql_type(f.data_type(), is_key)
+                        sql_type(f.data_type(), key_share)
                     ));
                 }
                 if target.behavior != Behavior::AppendOnly {
-                    cols.push(format!("PRIMARY KEY ({})", quote(&target.key)));
+                    cols.push(format!("PRIMARY KEY ({})", target.key_list(quote)));
                 }
                 conn.query_drop(format!(
                     "CREATE TABLE IF NOT EXISTS {table} ({}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
@@ -143,7 +144,7 @@ impl MysqlDestination {
                     conn.query_drop(format!(
                         "ALTER TABLE {table} ADD COLUMN {} {}",
                         quote(f.name()),
-                        sql_type(f.data_type(), false)
+                        sql_type(f.data_type(), None)
                     ))
                     .await
                     .map_err(|e| {
@@ -156,25 +157,21 @@ impl MysqlDestination {
                 }
                 if target.behavior != Behavior::AppendOnly {
                     let indexes = self.unique_indexes(url, conn, target).await?;
-                    let on_key = |cols: &Vec<String>| {
-                        cols.len() == 1 && cols[0].eq_ignore_ascii_case(&target.key)
-                    };
+                    let on_key = |cols: &Vec<String>| target.key_is(cols);
                     if !indexes.iter().any(|(_, c)| on_key(c)) {
-                        let id = xxhash_rust::xxh3::xxh3_64(
-                            format!("{}\0{}", target.object, target.key).as_bytes(),
-                        );
                         conn.query_drop(format!(
                             "CREATE UNIQUE INDEX {} ON {table} ({})",
-                            quote(&format!("backflow_key_{id:016x}")),
-                            quote(&target.key)
+                            quote(&target.key_index_name(&[&target.object])),
+                            target.key_list(quote)
                         ))
                         .await
                         .map_err(|e| {
-                            DestinationError::incompatible(&self.name,
+                            DestinationError::incompatible(
+                                &self.name,
                                 target,
                                 format!(
-                                    "key column \"{}\" has no unique index and one cannot be created: {}",
-                                    target.key,
+                                    "key {} has no unique index and one cannot be created: {}",
+                                    target.key_label(),
                                     my::message(&e)
                                 ),
                             )
@@ -268,7 +265,11 @@ pub(super) fn compatible(dt: &DataType, col: &Column) -> Result<(), String> {
     }
 }
 
-pub(super) fn sql_type(dt: &DataType, is_key: bool) -> String {
+/// The column type for `dt`; `key_share` is, for a key field, how many fields the key has:
+/// an index holds at most 3072 bytes, shared evenly by a composite key's text and binary parts.
+pub(super) fn sql_type(dt: &DataType, key_share: Option<usize>) -> String {
+    let is_key = key_share.is_some();
+    let share = key_share.unwrap_or(1).max(1);
     use DataType::*;
     match dt {
         Boolean => "BOOLEAN".into(),
@@ -292,12 +293,12 @@ pub(super) fn sql_type(dt: &DataType, is_key: bool) -> String {
         Timestamp(_, _) => "DATETIME(6)".into(),
         Time32(_) | Time64(_) => "TIME(6)".into(),
         Binary | LargeBinary | BinaryView | FixedSizeBinary(_) if is_key => {
-            "VARBINARY(3072)".into()
+            format!("VARBINARY({})", 3072 / share)
         }
         Binary | LargeBinary | BinaryView | FixedSizeBinary(_) => "LONGBLOB".into(),
         dt if is_nested(dt) => "JSON".into(),
         // An index holds at most 3072 bytes: 768 four-byte characters.
-        _ if is_key => "VARCHAR(768)".into(),
+        _ if is_key => format!("VARCHAR({})", 768 / share),
         _ => "LONGTEXT".into(),
     }
 }

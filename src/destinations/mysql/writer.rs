@@ -186,7 +186,14 @@ impl MysqlWriter {
         };
         let table = quote(&self.target.object);
         let key = &self.target.key;
-        let key_pos = columns.iter().position(|c| c == key).unwrap_or(0);
+        // Where each key field is among the columns (deletes carry the key fields only).
+        let key_pos: Vec<usize> = key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| columns.iter().position(|c| c == k).unwrap_or(i))
+            .collect();
+        let key_values = |r: usize| key_pos.iter().map(move |p| params[r][*p].clone());
+        let first_key = quote(&key[0]);
         let cols = columns
             .iter()
             .map(|c| quote(c))
@@ -195,7 +202,7 @@ impl MysqlWriter {
         let tuple = format!("({})", vec!["?"; columns.len()].join(", "));
         let non_key: Vec<String> = columns
             .iter()
-            .filter(|c| *c != key)
+            .filter(|c| !self.target.is_key(c))
             .map(|c| quote(c))
             .collect();
         let mut tx = conn.start_transaction(TxOpts::default()).await?;
@@ -206,16 +213,25 @@ impl MysqlWriter {
                 // Which keys have no record: compared by MySQL itself (collations included).
                 let mut missing = std::collections::HashSet::new();
                 for chunk in todo.chunks(1000) {
+                    let slots = (0..key.len())
+                        .map(|i| format!("? AS k{i}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
                     let probe = chunk
                         .iter()
-                        .map(|r| format!("SELECT {r} AS r, ? AS k"))
+                        .map(|r| format!("SELECT {r} AS r, {slots}"))
                         .collect::<Vec<_>>()
                         .join(" UNION ALL ");
+                    let same = key
+                        .iter()
+                        .enumerate()
+                        .map(|(i, k)| format!("t.{} = s.k{i}", quote(k)))
+                        .collect::<Vec<_>>()
+                        .join(" AND ");
                     let sql = format!(
-                        "SELECT s.r FROM ({probe}) AS s WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE t.{k} = s.k)",
-                        k = quote(key)
+                        "SELECT s.r FROM ({probe}) AS s WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {same})"
                     );
-                    let keys: Vec<Value> = chunk.iter().map(|r| params[*r][key_pos].clone()).collect();
+                    let keys: Vec<Value> = chunk.iter().flat_map(|r| key_values(*r)).collect();
                     let found: Vec<u64> = tx.exec(sql, keys).await?;
                     missing.extend(found.into_iter().map(|r| r as usize));
                 }
@@ -232,11 +248,11 @@ impl MysqlWriter {
                 _ => Self::chunk(columns.len()),
             };
             let row_bytes = |r: usize| -> usize {
-                let values: &[Value] = match op {
-                    WriteOp::Delete => std::slice::from_ref(&params[r][key_pos]),
-                    _ => &params[r],
+                let values = match op {
+                    WriteOp::Delete => key_pos.iter().map(|p| value_bytes(&params[r][*p])).sum::<usize>(),
+                    _ => params[r].iter().map(value_bytes).sum::<usize>(),
                 };
-                values.iter().map(value_bytes).sum::<usize>() + 8
+                values + 8
             };
             // A row that cannot fit in one packet is refused without being sent (the server
             // would drop the connection).
@@ -258,10 +274,16 @@ impl MysqlWriter {
             for range in Self::chunks(&todo, per, max_packet / 2, row_bytes) {
                 let chunk = &todo[range];
                 let sql = match op {
-                    WriteOp::Delete => format!(
-                        "DELETE FROM {table} WHERE {} IN ({})",
-                        quote(key),
+                    WriteOp::Delete if key.len() == 1 => format!(
+                        "DELETE FROM {table} WHERE {first_key} IN ({})",
                         vec!["?"; chunk.len()].join(", ")
+                    ),
+                    // A composite key: row constructors.
+                    WriteOp::Delete => format!(
+                        "DELETE FROM {table} WHERE ({}) IN ({})",
+                        self.target.key_list(quote),
+                        vec![format!("({})", vec!["?"; key.len()].join(", ")); chunk.len()]
+                            .join(", ")
                     ),
                     _ => {
                         let values = vec![tuple.as_str(); chunk.len()].join(", ");
@@ -269,10 +291,10 @@ impl MysqlWriter {
                         match op {
                             WriteOp::Append => insert,
                             WriteOp::Create => {
-                                format!("{insert} ON DUPLICATE KEY UPDATE {0} = {0}", quote(key))
+                                format!("{insert} ON DUPLICATE KEY UPDATE {first_key} = {first_key}")
                             }
                             _ if non_key.is_empty() => {
-                                format!("{insert} ON DUPLICATE KEY UPDATE {0} = {0}", quote(key))
+                                format!("{insert} ON DUPLICATE KEY UPDATE {first_key} = {first_key}")
                             }
                             _ => format!(
                                 "{insert} ON DUPLICATE KEY UPDATE {}",
@@ -286,7 +308,7 @@ impl MysqlWriter {
                     }
                 };
                 let values: Vec<Value> = match op {
-                    WriteOp::Delete => chunk.iter().map(|r| params[*r][key_pos].clone()).collect(),
+                    WriteOp::Delete => chunk.iter().flat_map(|r| key_values(*r)).collect(),
                     _ => chunk.iter().flat_map(|r| params[*r].iter().cloned()).collect(),
                 };
                 tx.exec_drop(sql, values).await?;

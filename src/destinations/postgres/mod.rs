@@ -147,16 +147,21 @@ impl Destination for PostgresDestination {
     }
 
     fn keys(&self, target: &WriteTarget) -> Option<super::KeyStream> {
-        let (this, table, key) = (
-            self.clone(),
-            qualified(&self.config.schema, &target.object),
-            crate::databases::postgres::quote(&target.key),
-        );
+        use crate::databases::postgres::quote;
+        let (this, table) = (self.clone(), qualified(&self.config.schema, &target.object));
+        let parts = target.key.len();
+        let select = target.key_list(|k| format!("{}::text", quote(k)));
+        let complete = target
+            .key
+            .iter()
+            .map(|k| format!("{} IS NOT NULL", quote(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         Some(super::key_stream(move |tx| async move {
             use futures::StreamExt;
             let url = this.url()?;
             let client = this.connect(&url).await?;
-            let sql = format!("SELECT {key}::text FROM {table} WHERE {key} IS NOT NULL");
+            let sql = format!("SELECT {select} FROM {table} WHERE {complete}");
             let rows = match client.query_raw(&sql, Vec::<String>::new()).await {
                 Ok(rows) => rows,
                 // No table yet: no records.
@@ -167,15 +172,16 @@ impl Destination for PostgresDestination {
             };
             let mut rows = std::pin::pin!(rows.chunks(super::KEY_CHUNK));
             while let Some(chunk) = rows.next().await {
-                let mut keys = Vec::with_capacity(chunk.len());
+                let mut keys = super::KeyChunkBuilder::new(parts);
                 for row in chunk {
                     let row = row.map_err(|e| this.db(url.query_error(&e)))?;
-                    keys.push(
-                        row.try_get::<_, String>(0)
-                            .map_err(|e| this.db(url.query_error(&e)))?,
-                    );
+                    let values = (0..parts)
+                        .map(|i| row.try_get::<_, String>(i))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| this.db(url.query_error(&e)))?;
+                    keys.push(values);
                 }
-                if tx.send(Ok(keys)).await.is_err() {
+                if tx.send(Ok(keys.take())).await.is_err() {
                     break;
                 }
             }

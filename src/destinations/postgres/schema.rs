@@ -90,9 +90,13 @@ impl PostgresDestination {
                 "SELECT EXISTS (SELECT 1 FROM pg_index i \
                    JOIN pg_class c ON c.oid = i.indrelid \
                    JOIN pg_namespace n ON n.oid = c.relnamespace \
-                   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0] \
-                   WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND i.indnkeyatts = 1 \
-                     AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname = $3)",
+                   WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique \
+                     AND i.indnkeyatts = cardinality($3::text[]) AND i.indnatts = i.indnkeyatts \
+                     AND i.indpred IS NULL AND i.indexprs IS NULL \
+                     AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text) \
+                            FROM pg_attribute a \
+                           WHERE a.attrelid = c.oid AND a.attnum = ANY(i.indkey::int2[])) \
+                       = (SELECT array_agg(k ORDER BY k) FROM unnest($3::text[]) k))",
                 &[&self.config.schema, &target.object, &target.key],
             )
             .await
@@ -122,7 +126,7 @@ impl PostgresDestination {
                     cols.push(format!("{} {}", quote(f.name()), sql_type(f.data_type())));
                 }
                 if target.behavior != Behavior::AppendOnly {
-                    cols.push(format!("PRIMARY KEY ({})", quote(&target.key)));
+                    cols.push(format!("PRIMARY KEY ({})", target.key_list(quote)));
                 }
                 exec(format!(
                     "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {table} ({})",
@@ -150,22 +154,18 @@ impl PostgresDestination {
                 if target.behavior != Behavior::AppendOnly
                     && !self.key_is_unique(url, client, target).await?
                 {
-                    let id = xxhash_rust::xxh3::xxh3_64(
-                        format!("{}\0{}\0{}", self.config.schema, target.object, target.key)
-                            .as_bytes(),
-                    );
                     exec(format!(
                         "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {table} ({})",
-                        quote(&format!("backflow_key_{id:016x}")),
-                        quote(&target.key)
+                        quote(&target.key_index_name(&[&self.config.schema, &target.object])),
+                        target.key_list(quote)
                     ))
                     .await
                     .map_err(|e| {
                         DestinationError::incompatible(&self.name,
                             target,
                             format!(
-                                "key column \"{}\" has no unique index and one cannot be created (are there duplicate keys?): {e}",
-                                target.key
+                                "key {} has no unique index and one cannot be created (are there duplicate keys?): {e}",
+                                target.key_label()
                             ),
                         )
                     })?;

@@ -36,10 +36,21 @@ impl PostgresWriter {
         }
     }
 
+    /// `t.k = s.k` for each key field (the table `t`, the staged rows `s`).
+    fn same_key(&self) -> String {
+        self.target
+            .key
+            .iter()
+            .map(|k| format!("t.{0} = s.{0}", quote(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
     /// The statements applying the staged rows for `op`.
     fn statement(&self, op: WriteOp, columns: &[String]) -> String {
         let t = &self.table;
-        let key = quote(&self.target.key);
+        let key = self.target.key_list(quote);
+        let same_key = self.same_key();
         let stage = quote(STAGE);
         let cols = columns
             .iter()
@@ -48,7 +59,7 @@ impl PostgresWriter {
             .join(", ");
         let non_key: Vec<String> = columns
             .iter()
-            .filter(|c| **c != self.target.key)
+            .filter(|c| !self.target.is_key(c))
             .map(|c| quote(c))
             .collect();
         match op {
@@ -69,7 +80,7 @@ impl PostgresWriter {
             ),
             WriteOp::Update if non_key.is_empty() => "SELECT 1".into(),
             WriteOp::Update => format!(
-                "UPDATE {t} AS t SET {} FROM {stage} AS s WHERE t.{key} = s.{key}",
+                "UPDATE {t} AS t SET {} FROM {stage} AS s WHERE {same_key}",
                 non_key
                     .iter()
                     .map(|c| format!("{c} = s.{c}"))
@@ -77,7 +88,7 @@ impl PostgresWriter {
                     .join(", ")
             ),
             WriteOp::Delete => {
-                format!("DELETE FROM {t} AS t USING {stage} AS s WHERE t.{key} = s.{key}")
+                format!("DELETE FROM {t} AS t USING {stage} AS s WHERE {same_key}")
             }
         }
     }
@@ -196,9 +207,9 @@ impl ObjectWriter for PostgresWriter {
                 .join(", ")
         );
         let statement = self.statement(op, &columns);
-        let key = quote(&self.target.key);
+        let same_key = self.same_key();
         let missing = format!(
-            "SELECT s.{row} FROM {stage} AS s WHERE NOT EXISTS (SELECT 1 FROM {t} AS t WHERE t.{key} = s.{key})",
+            "SELECT s.{row} FROM {stage} AS s WHERE NOT EXISTS (SELECT 1 FROM {t} AS t WHERE {same_key})",
             row = quote(ROW),
             stage = quote(STAGE),
             t = self.table

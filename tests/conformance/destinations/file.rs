@@ -97,9 +97,9 @@ impl FileFixture {
         files
     }
 
-    /// The feed folded into rows (all the columns any file has).
-    fn fold(&self, folder: &Path) -> Table {
-        let mut columns: Vec<String> = vec![KEY.to_string()];
+    /// The feed folded into rows by `key` (all the columns any file has).
+    fn fold(&self, folder: &Path, key: &[&str]) -> Table {
+        let mut columns: Vec<String> = key.iter().map(|k| k.to_string()).collect();
         // Rows in arrival order (None once deleted), and where each key's rows are.
         let mut rows: Vec<Option<Vec<String>>> = Vec::new();
         let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
@@ -118,7 +118,10 @@ impl FileFixture {
                 .iter()
                 .position(|c| c == OP)
                 .unwrap_or_else(|| panic!("v{version} has no {OP} column"));
-            let key_at = file.columns.iter().position(|c| c == KEY).unwrap();
+            let key_at: Vec<usize> = key
+                .iter()
+                .map(|k| file.columns.iter().position(|c| c == k).unwrap())
+                .collect();
             // Where each of the file's columns goes in the folded rows.
             let to: Vec<Option<usize>> = file
                 .columns
@@ -128,13 +131,17 @@ impl FileFixture {
             for row in &file.rows {
                 let op = row[op_at].as_str();
                 assert!(OPS.contains(&op), "v{version}: unknown operation {op}");
-                let key = row[key_at].clone();
+                let key = key_at
+                    .iter()
+                    .map(|i| row[*i].clone())
+                    .collect::<Vec<_>>()
+                    .join("\u{1f}");
                 let fields = || to.iter().zip(row).filter_map(|(to, v)| to.map(|i| (i, v)));
                 let present = by_key.get(&key).is_some_and(|at| !at.is_empty());
                 match op {
                     "delete" => {
                         assert!(
-                            fields().all(|(i, v)| i == 0 || v == NULL),
+                            fields().all(|(i, v)| i < key_at.len() || v == NULL),
                             "v{version}: a delete carries more than the key: {row:?}"
                         );
                         for i in by_key.remove(&key).unwrap_or_default() {
@@ -169,12 +176,12 @@ impl FileFixture {
         }
     }
 
-    fn contents(&self, object: &str) -> Table {
+    fn contents(&self, object: &str, key: &[&str]) -> Table {
         let path = self.path(object);
         match self.mode {
             FileMode::Snapshot if path.exists() => text::read_table(&path, self.ext()),
             FileMode::Snapshot => Table::default(),
-            FileMode::Changes => self.fold(&path),
+            FileMode::Changes => self.fold(&path, key),
         }
     }
 }
@@ -221,12 +228,13 @@ impl DestinationFixture for FileFixture {
             empty_text_is_null: self.format == FileFormat::Csv,
             column_defaults: false,
             applies_per_batch: false,
+            composite_keys: true,
         }
     }
 
     async fn seed(&self, object: &str, seed: Seed<'_>) {
         let (path, mut table) = match self.mode {
-            FileMode::Snapshot => (self.path(object), self.contents(object)),
+            FileMode::Snapshot => (self.path(object), self.contents(object, &[KEY])),
             FileMode::Changes => {
                 let path = self.path(object).join(format!("v{:020}.{}", 0, self.ext()));
                 assert!(
@@ -234,7 +242,7 @@ impl DestinationFixture for FileFixture {
                     "a change feed is seeded only before backflow's first run"
                 );
                 let table = if path.exists() {
-                    self.fold(&self.path(object))
+                    self.fold(&self.path(object), &[KEY])
                 } else {
                     Table::default()
                 };
@@ -280,7 +288,11 @@ impl DestinationFixture for FileFixture {
     async fn create_refusing(&self, _object: &str) {}
 
     async fn read(&self, object: &str, columns: &[&str]) -> Vec<Vec<String>> {
-        self.contents(object).project(columns)
+        self.contents(object, &[KEY]).project(columns)
+    }
+
+    async fn read_keyed(&self, object: &str, columns: &[&str], key: &[&str]) -> Vec<Vec<String>> {
+        self.contents(object, key).project(columns)
     }
 
     async fn schema(&self, object: &str) -> Option<ObjectSchema> {

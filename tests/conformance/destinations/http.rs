@@ -82,6 +82,7 @@ path = "/{{object}}/{{key}}"
             empty_text_is_null: false,
             column_defaults: false,
             applies_per_batch: true,
+            composite_keys: false,
         }
     }
 

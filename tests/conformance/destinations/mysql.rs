@@ -102,6 +102,7 @@ impl DestinationFixture for MysqlFixture {
             empty_text_is_null: false,
             column_defaults: true,
             applies_per_batch: true,
+            composite_keys: true,
         }
     }
 

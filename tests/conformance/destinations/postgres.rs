@@ -95,6 +95,7 @@ impl DestinationFixture for PostgresFixture {
             empty_text_is_null: false,
             column_defaults: true,
             applies_per_batch: true,
+            composite_keys: true,
         }
     }
 

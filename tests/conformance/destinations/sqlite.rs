@@ -70,6 +70,7 @@ impl DestinationFixture for SqliteFixture {
             empty_text_is_null: false,
             column_defaults: true,
             applies_per_batch: true,
+            composite_keys: true,
         }
     }
 
