@@ -1,6 +1,6 @@
 //! The mass-delete guard: a mirror whose run would delete more than its `max_deletes` (default
 //! half of the records in sync) sends nothing, commits nothing, is recorded as `guarded`, and
-//! goes through with `--allow-deletes`. Against SQLite and PostgreSQL.
+//! goes through with `--allow-deletes`. Against SQLite, PostgreSQL and an HTTP API.
 
 use backflow::history::RunStatus;
 
@@ -301,4 +301,83 @@ async fn a_large_run_is_guarded_before_its_first_batch() {
         "{r:?}"
     );
     assert_eq!(f.sqlite("out/app.db", "people").len(), 30_000);
+}
+
+/// Against an HTTP API: a filter that drops 90% of the rows sends no request at all (no
+/// deletes, and not the one update either) until the deletes are allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_api_gets_no_request_from_a_guarded_run() {
+    use crate::common::api::{FakeApi, Faults};
+    let api = FakeApi::start(Faults::default()).await;
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        &format!(
+            r#"
+[sources.people]
+type = "csv"
+path = "people.csv"
+
+[destinations.api]
+type = "http"
+base_url = "{url}/api"
+token_env = "BACKFLOW_TEST_API_TOKEN"
+
+[destinations.api.upsert]
+method = "PUT"
+path = "/{{object}}/{{key}}"
+
+[destinations.api.delete]
+method = "DELETE"
+path = "/{{object}}/{{key}}"
+
+[syncs.people_sync]
+from = "people"
+to = "api"
+object = "people"
+behavior = "mirror"
+key = "id"
+max_deletes = "20%"
+"#,
+            url = api.url()
+        ),
+    );
+    f.write("people.csv", &people(1..=10));
+    f.run_ok("people_sync").await;
+    assert_eq!(api.records("people").len(), 10);
+    let requests = api.log().len();
+    // Nine of ten rows filtered away, and the one left changed.
+    f.write("people.csv", "id,email,name,plan\n1,p1@x.io,Changed,pro\n");
+    let r = f
+        .run_with(&["people_sync"], backflow::RunOptions::default())
+        .await
+        .remove(0);
+    assert_eq!(r.status, RunStatus::Guarded, "{:?}", r.error);
+    assert!(r.error.unwrap().contains("delete 9 of the 10 records"));
+    assert_eq!(api.log().len(), requests, "a guarded run sent requests");
+    assert_eq!(api.records("people").len(), 10);
+    assert_eq!(api.records("people")["1"]["name"], "P1");
+
+    // A legitimate 10% delete under the 20% guard goes through.
+    f.write("people.csv", &people(1..=9));
+    let r = f.run_ok("people_sync").await;
+    assert_eq!(r.counts.deleted, 1);
+    assert_eq!(api.records("people").len(), 9);
+
+    f.write("people.csv", "id,email,name,plan\n1,p1@x.io,Changed,pro\n");
+    let r = f
+        .run_with(
+            &["people_sync"],
+            backflow::RunOptions {
+                allow_deletes: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .remove(0);
+    assert_eq!(r.status, RunStatus::Succeeded, "{:?}", r.error);
+    assert_eq!((r.counts.deleted, r.counts.updated), (8, 1));
+    let left = api.records("people");
+    assert_eq!(left.keys().collect::<Vec<_>>(), ["1"]);
+    assert_eq!(left["1"]["name"], "Changed");
 }
