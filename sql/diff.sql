@@ -5,7 +5,9 @@
 --              __bf_key (the key), __bf_hash (the row hash of the mapped fields),
 --              __bf_cursor (the cursor value, NULL without a cursor) and
 --              __bf_present (always TRUE: tells model rows from state-only rows after the join)
---   bf_prev    the sync's last committed state: __bf_key, __bf_hash
+--   bf_prev    the sync's last committed state: __bf_key, __bf_hash (and __bf_fields, the
+--              per-field hashes, for a sync with send = "changed": the fields placeholder passes them on
+--              as __bf_prev_fields)
 --              (a full resync gives every hash as NULL, so every row counts as changed)
 --
 -- __bf_op:  0 unchanged   1 new   2 changed   3 gone (synced before, no longer in the model)
@@ -39,7 +41,7 @@ model AS (
     RIGHT JOIN bf_mapped m ON d.__bf_dup_key = m.__bf_key
 )
 SELECT m.*,
-       p.__bf_key AS __bf_prev_key,
+       p.__bf_key AS __bf_prev_key{p.fields},
        CAST(CASE
          WHEN m.__bf_present IS NULL THEN {gone}
          WHEN m.__bf_key IS NULL THEN 4

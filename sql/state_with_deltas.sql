@@ -8,15 +8,15 @@
 -- A key's newest delta entry replaces its snapshot row (or removes it). The deltas are few
 -- and small: they are the left side, which hash joins build in memory; the snapshot streams.
 WITH newest AS (
-    SELECT __bf_key, __bf_hash, __bf_keep
+    SELECT __bf_key, __bf_hash{fields}, __bf_keep
     FROM (
         SELECT *, ROW_NUMBER() OVER (PARTITION BY __bf_key ORDER BY __bf_v DESC) AS __bf_rn
         FROM bf_deltas
     )
     WHERE __bf_rn = 1
 )
-SELECT s.__bf_key, s.__bf_hash
+SELECT s.__bf_key, s.__bf_hash{s.fields}
 FROM newest d
 RIGHT ANTI JOIN bf_base s ON s.__bf_key = d.__bf_key
 UNION ALL
-SELECT __bf_key, __bf_hash FROM newest WHERE __bf_keep
+SELECT __bf_key, __bf_hash{fields} FROM newest WHERE __bf_keep

@@ -360,6 +360,7 @@ pub fn writeback_syncs(config: &ProjectConfig) -> IndexMap<String, SyncConfig> {
                     cursor_lookback: None,
                     max_deletes: None,
                     tags: Vec::new(),
+                    send: super::SendMode::All,
                     record_log: None,
                     record_log_retention: None,
                     hub: Some(link),

@@ -141,6 +141,11 @@ pub struct SyncConfig {
     /// Labels to pick syncs by: `backflow run --select tag:daily`.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// What an update carries: every mapped field (`"all"`, the default), or only the fields
+    /// whose values changed since the last sync (`"changed"`), so that edits made in the
+    /// destination to the other fields survive.
+    #[serde(default)]
+    pub send: SendMode,
     /// Log every record each run sends, with its outcome, under the run history (default: the
     /// `[engine]` setting, off).
     pub record_log: Option<bool>,
@@ -150,6 +155,18 @@ pub struct SyncConfig {
     /// (never read from the file).
     #[serde(skip)]
     pub hub: Option<entity::HubLink>,
+}
+
+/// `send`: which fields an update carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SendMode {
+    /// Every mapped field.
+    #[default]
+    All,
+    /// Only the fields whose values changed since the last sync (the state keeps a hash per
+    /// field).
+    Changed,
 }
 
 /// `max_deletes`: a share of the records in sync, or a count.
@@ -590,6 +607,13 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
                 suggest(&sync.to, config.destinations.keys().map(String::as_str))
             )),
             Some(dest) => {
+                if sync.send == SendMode::Changed && matches!(dest, DestinationConfig::File(_)) {
+                    problems.push(format!(
+                        "{at}: sync \"{name}\" sets send = \"changed\", but destination \"{}\" is a file, which \
+                         backflow rewrites from the sync's own rows (no one else's edits to keep); remove it",
+                        sync.to
+                    ));
+                }
                 for p in dest.validate_object(&sync.object) {
                     problems.push(format!(
                         "{at}: sync \"{name}\": object \"{}\": {p}",
@@ -609,6 +633,18 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
         {
             problems.push(format!(
                 "{at}: sync \"{name}\": record_log_retention \"{r}\" is not a duration such as \"7d\" or \"30d\""
+            ));
+        }
+        if sync.send == SendMode::Changed
+            && !matches!(
+                sync.behavior,
+                Behavior::Upsert | Behavior::Mirror | Behavior::UpdateOnly
+            )
+        {
+            problems.push(format!(
+                "{at}: sync \"{name}\" sets send = \"changed\", which is about updates; a {} sync \
+                 sends no updates (use it with upsert, mirror or update-only)",
+                sync.behavior
             ));
         }
         if sync.max_deletes.is_some() && sync.behavior != Behavior::Mirror {

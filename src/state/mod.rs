@@ -6,6 +6,7 @@
 //!   syncs/<sync>/data/v00000000000000000007-<uuid>/
 //!       snapshot.parquet    (__bf_key, __bf_hash): every key in sync, with its row hash
 //!       sent.parquet        (__bf_key, __bf_hash, __bf_keep): what this run's destination accepted
+//!                           (both with __bf_fields, a hash per field, for send = "changed")
 //!   syncs/<sync>/pending/<run>-<n>.parquet          __bf_key: keys a run is about to write,
 //!                                                  written before the destination write,
 //!                                                  removed once a commit covers them

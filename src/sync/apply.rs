@@ -11,11 +11,11 @@ use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::StreamExt;
 
 use super::diff::{
-    CHANGED, DUPLICATE_KEY, GONE, NEW, NULL_KEY, PREV_KEY, UNCHANGED, UNOWNED, mask, model_rows,
-    ops_of,
+    CHANGED, DUPLICATE_KEY, GONE, NEW, NULL_KEY, PREV_FIELDS, PREV_KEY, UNCHANGED, UNOWNED, mask,
+    model_rows, ops_of,
 };
 use super::intents::IntentLog;
-use super::map::{HASH, KEY};
+use super::map::{FIELDS, HASH, KEY};
 use super::report::Tally;
 use super::state::SentWriter;
 use super::watermark::Cursors;
@@ -96,6 +96,87 @@ pub(super) fn destination_batch(
     RecordBatch::try_new(target.schema.clone(), columns)
 }
 
+/// `view` (a destination batch) with only the key fields and `only`.
+fn only_fields(
+    target: &WriteTarget,
+    view: RecordBatch,
+    only: &[String],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let keep: Vec<usize> = view
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| target.is_key(f.name()) || only.iter().any(|o| o == f.name()))
+        .map(|(i, _)| i)
+        .collect();
+    view.project(&keep)
+}
+
+/// Rows that changed the same fields: those fields (None: every field) and the rows.
+type FieldGroup = (Option<Vec<String>>, RecordBatch);
+
+/// Changed rows grouped by which fields changed: each group with the fields to send (None:
+/// all of them, when the state does not know a row's field hashes or they were made under
+/// another mapping), in the order the groups first appear.
+fn changed_groups(
+    target: &WriteTarget,
+    rows: &RecordBatch,
+    comparable: bool,
+) -> Result<Vec<FieldGroup>, arrow::error::ArrowError> {
+    use arrow::array::{Array, ListArray};
+    use arrow::datatypes::UInt64Type;
+    let (Some(new), Some(prev), true) = (
+        rows.column_by_name(FIELDS)
+            .and_then(|c| c.as_list_opt::<i32>()),
+        rows.column_by_name(PREV_FIELDS)
+            .and_then(|c| c.as_list_opt::<i32>()),
+        comparable,
+    ) else {
+        return Ok(vec![(None, rows.clone())]);
+    };
+    // The hashes are in field-name order (see `map`).
+    let mut names: Vec<&String> = target.schema.fields().iter().map(|f| f.name()).collect();
+    names.sort();
+    let hashes = |list: &ListArray, row: usize| -> Option<Vec<u64>> {
+        (!list.is_null(row)).then(|| {
+            let v = list.value(row);
+            v.as_primitive::<UInt64Type>().values().to_vec()
+        })
+    };
+    let mut order: Vec<Option<Vec<bool>>> = Vec::new();
+    let mut members: std::collections::HashMap<Option<Vec<bool>>, Vec<u32>> =
+        std::collections::HashMap::new();
+    for row in 0..rows.num_rows() {
+        let mask = match (hashes(new, row), hashes(prev, row)) {
+            (Some(n), Some(p)) if n.len() == p.len() && n.len() == names.len() => {
+                Some(n.iter().zip(&p).map(|(a, b)| a != b).collect::<Vec<bool>>())
+            }
+            _ => None,
+        };
+        let slot = members.entry(mask.clone()).or_insert_with(|| {
+            order.push(mask);
+            Vec::new()
+        });
+        slot.push(row as u32);
+    }
+    let mut out = Vec::with_capacity(order.len());
+    for mask in order {
+        let indices = arrow::array::UInt32Array::from(members.remove(&mask).unwrap_or_default());
+        let group = arrow::compute::take_record_batch(rows, &indices)?;
+        let only = mask.map(|m| {
+            names
+                .iter()
+                .zip(m)
+                .filter(|(n, changed)| *changed && !target.is_key(n))
+                .map(|(n, _)| (*n).clone())
+                .collect()
+        });
+        out.push((only, group));
+    }
+    Ok(out)
+}
+
 /// Rows waiting to be sent, per diff class, and everything needed to send them.
 pub(super) struct Outbox<'a> {
     pub sync: &'a str,
@@ -112,6 +193,10 @@ pub(super) struct Outbox<'a> {
     show_sent: bool,
     /// Where each record sent is logged, when the sync keeps a record log.
     log: Option<&'a mut super::record_log::RecordLog>,
+    /// `send = "changed"`: updates carry only the fields whose hashes differ from the state's
+    /// (`Some(true)`), or every field when the state's hashes were made under another mapping
+    /// (`Some(false)`); None: every field.
+    changed_fields: Option<bool>,
 }
 
 /// What holds a run's writes back.
@@ -159,7 +244,14 @@ impl<'a> Outbox<'a> {
             rows: 0,
             show_sent: false,
             log: None,
+            changed_fields: None,
         }
+    }
+
+    /// Send only the fields of changed rows whose values changed (see `changed_fields`).
+    pub fn sending_changed_fields(mut self, comparable: bool) -> Self {
+        self.changed_fields = Some(comparable);
+        self
     }
 
     /// Log every record sent (see `record_log`).
@@ -200,23 +292,40 @@ impl<'a> Outbox<'a> {
                 .map_err(|e| engine(self.sync, "apply")(e.into()))?;
             // The last diff batch can take the buffer past the limit: no destination batch
             // (one transaction, one intent file) holds more than DESTINATION_BATCH_ROWS.
-            let mut offset = 0;
-            while offset < rows.num_rows() {
-                let len = DESTINATION_BATCH_ROWS.min(rows.num_rows() - offset);
-                self.send(class, rows.slice(offset, len), tally, cursors)
+            let groups = match self.changed_fields {
+                Some(comparable) if class == CHANGED => {
+                    changed_groups(self.target, &rows, comparable)
+                        .map_err(|e| engine(self.sync, "apply")(e.into()))?
+                }
+                _ => vec![(None, rows)],
+            };
+            for (only, rows) in groups {
+                let mut offset = 0;
+                while offset < rows.num_rows() {
+                    let len = DESTINATION_BATCH_ROWS.min(rows.num_rows() - offset);
+                    self.send(
+                        class,
+                        rows.slice(offset, len),
+                        only.as_deref(),
+                        tally,
+                        cursors,
+                    )
                     .await?;
-                offset += len;
+                    offset += len;
+                }
             }
         }
         self.rows = 0;
         Ok(())
     }
 
-    /// One destination batch of one diff class.
+    /// One destination batch of one diff class; `only`: the fields to send besides the key
+    /// (None: every field).
     async fn send(
         &mut self,
         class: i8,
         rows: RecordBatch,
+        only: Option<&[String]>,
         tally: &mut Tally,
         cursors: &mut Cursors,
     ) -> Result<(), SyncError> {
@@ -236,6 +345,10 @@ impl<'a> Outbox<'a> {
         let mut skipped = 0usize;
         if let Some(op) = op {
             let view = destination_batch(target, &rows, op, class == GONE)
+                .and_then(|v| match only {
+                    Some(only) => only_fields(target, v, only),
+                    None => Ok(v),
+                })
                 .map_err(|e| df_err(e.into()))?;
             if let Some(f) = &self.guards.fence {
                 f.check()?;
@@ -330,7 +443,13 @@ impl<'a> Outbox<'a> {
         if class == NEW && keep {
             self.sent.new_keys += keys.len() as u64;
         }
-        self.sent.write(keys, hashes, keep).await?;
+        let fields = match rows.column_by_name(FIELDS) {
+            Some(f) if keep => {
+                Some(arrow::compute::filter(f, &accepted_mask).map_err(|e| df_err(e.into()))?)
+            }
+            _ => None,
+        };
+        self.sent.write(keys, hashes, fields, keep).await?;
         failpoint!("after_batch", sync);
         Ok(())
     }

@@ -190,6 +190,7 @@ async fn adopt_locked(
         ));
     };
     let state = ctx.table("bf_state").await.map_err(&df_err)?;
+    let keep = super::state::keeps_fields(sync);
     let adopted = ctx
         .read_table(keys)
         .and_then(|df| existing::typed(df, &prepared.key_type))
@@ -205,19 +206,23 @@ async fn adopt_locked(
             )
         })
         .and_then(|df| {
-            df.select(vec![
+            let mut columns = vec![
                 ident(KEY),
                 datafusion::logical_expr::cast(
                     lit(datafusion::common::ScalarValue::Null),
                     arrow::datatypes::DataType::UInt64,
                 )
                 .alias(HASH),
-            ])
+            ];
+            columns.extend(super::state::unknown_fields_if(keep));
+            df.select(columns)
         })
         .map_err(&df_err)?;
     let before = state.clone().count().await.map_err(&df_err)? as u64;
+    let mut columns = vec![ident(KEY), ident(HASH)];
+    columns.extend(super::state::fields_of(&state, keep));
     let all = state
-        .select(vec![ident(KEY), ident(HASH)])
+        .select(columns)
         .and_then(|s| s.union(adopted))
         .map_err(&df_err)?;
     let version = prepared.target.version;
@@ -228,7 +233,7 @@ async fn adopt_locked(
         .write_plan(
             all,
             &snapshot,
-            Some(super::state_schema(&prepared.key_type)),
+            Some(super::state::state_schema_of(&prepared.key_type, keep)),
         )
         .await?;
     let previous = prepared.previous.as_ref();

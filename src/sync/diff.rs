@@ -22,6 +22,8 @@ pub(super) const DUPLICATE_KEY: i8 = 5;
 pub(super) const UNOWNED: i8 = 6;
 pub(super) const OP: &str = "__bf_op";
 pub(super) const PREV_KEY: &str = "__bf_prev_key";
+/// The per-field hashes the state had for a row (a sync that sends only changed fields).
+pub(super) const PREV_FIELDS: &str = "__bf_prev_fields";
 /// The diff of `bf_mapped` (the mapped model rows) with `bf_prev` (the state it compares
 /// with), as a plan. A run that reads the whole model finds gone keys with a full join; a cursor
 /// run reads only part of it, so it cannot, and joins the other way (see the SQL). When
@@ -37,7 +39,7 @@ pub(super) async fn plan(sync: &SyncRef<'_>, foreign: bool) -> Result<DataFrame,
     let gone = if foreign { UNOWNED } else { GONE };
     sync.ctx
         .sql(
-            &DIFF_SQL
+            &super::state::fields_sql(DIFF_SQL, super::state::keeps_fields(sync))
                 .replace("{from}", from)
                 .replace("{gone}", &gone.to_string()),
         )

@@ -10,13 +10,25 @@ use std::collections::BTreeMap;
 
 use datafusion::prelude::{DataFrame, Expr, ident, lit};
 
-use crate::config::{Behavior, SyncConfig};
+use arrow::datatypes::{DataType, Field};
+
+use crate::config::{Behavior, SendMode, SyncConfig};
 use crate::hash::{ROW_HASH, type_family};
 
 pub const KEY: &str = "__bf_key";
 pub const HASH: &str = "__bf_hash";
 pub const CURSOR: &str = "__bf_cursor";
 pub const PRESENT: &str = "__bf_present";
+/// For a sync that sends only changed fields: one hash per destination field, in name order.
+pub const FIELDS: &str = "__bf_fields";
+
+/// The type of [`FIELDS`].
+pub fn fields_type() -> DataType {
+    DataType::List(std::sync::Arc::new(Field::new_list_field(
+        DataType::UInt64,
+        true,
+    )))
+}
 
 /// The mapped relation and what it sends.
 pub struct Mapped {
@@ -177,6 +189,29 @@ pub fn map(sync: &SyncConfig, relation: DataFrame) -> Result<Mapped, MappingProb
     let mut out: Vec<Expr> = names.iter().map(ident).collect();
     out.push(crate::keys::key_expr(&sync.key.destinations()).alias(KEY));
     out.push(hash);
+    if sync.send == SendMode::Changed {
+        // Each field hashed as the row is, alone (its own name and type family as header).
+        let each = sorted
+            .iter()
+            .map(|n| {
+                let family = schema
+                    .field_with_unqualified_name(n)
+                    .map(|f| type_family(f.data_type()))
+                    .unwrap_or_default();
+                Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+                    std::sync::Arc::new(crate::hash::row_hash_udf()),
+                    vec![lit(format!("{n}:{family}")), ident(n.as_str())],
+                ))
+            })
+            .collect();
+        out.push(
+            datafusion::logical_expr::cast(
+                datafusion::functions_nested::expr_fn::make_array(each),
+                fields_type(),
+            )
+            .alias(FIELDS),
+        );
+    }
     out.push(ident(CURSOR));
     out.push(lit(true).alias(PRESENT));
     let df = projected

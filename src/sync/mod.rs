@@ -141,6 +141,8 @@ pub(crate) struct Prepared {
     cursor_type: Option<DataType>,
     /// Whether the whole model is read despite a stored watermark.
     rescan: bool,
+    /// Whether the field mapping differs from the one the state was made under.
+    mapping_changed: bool,
     /// The row-hash header of this run's mapping.
     fields: String,
     destination: Arc<dyn Destination>,
@@ -309,13 +311,10 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
                         sync: name.to_string(),
                         problems: p.0,
                     })?;
-                    let keyed = mapped
-                        .df
-                        .select(vec![
-                            cast(ident(KEY), key_type.clone()).alias(KEY),
-                            ident(HASH),
-                        ])
-                        .map_err(&df_err)?;
+                    let mut columns =
+                        vec![cast(ident(KEY), key_type.clone()).alias(KEY), ident(HASH)];
+                    columns.extend(state::fields_of(&mapped.df, state::keeps_fields(sync)));
+                    let keyed = mapped.df.select(columns).map_err(&df_err)?;
                     (Some(keyed), count)
                 }
                 None => (None, 0),
@@ -361,6 +360,7 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
         key_type,
         cursor_type: read.cursor_type,
         rescan,
+        mapping_changed,
         fields: mapped.fingerprint,
         destination,
         fingerprint,
@@ -663,7 +663,12 @@ async fn locked_cycle(
     let destination = prepared.destination.clone();
     let mut writer = destination.open(&prepared.target).await.map_err(dest_err)?;
     let sent_rel = format!("{data_dir}/sent.parquet");
-    let mut sent = state::SentWriter::new(&project.state, &sent_rel, &prepared.key_type)?;
+    let mut sent = state::SentWriter::new(
+        &project.state,
+        &sent_rel,
+        &prepared.key_type,
+        state::keeps_fields(sync),
+    )?;
     // Keys about to be written are written down first (write-ahead), so that a crash between
     // the destination write and the commit cannot leave a record that differs from what the
     // state says. Append-only, create-only and delete syncs need none: they never act on a
@@ -695,6 +700,13 @@ async fn locked_cycle(
     );
     let outbox = if sampled {
         outbox.showing_sent()
+    } else {
+        outbox
+    };
+    // Only changed fields: comparable with the state's per-field hashes when those were made
+    // under this mapping (else every field of a changed row is sent).
+    let outbox = if state::keeps_fields(sync) {
+        outbox.sending_changed_fields(!prepared.mapping_changed)
     } else {
         outbox
     };

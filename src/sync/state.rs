@@ -16,7 +16,7 @@ use object_store::buffered::BufWriter;
 use parquet::arrow::AsyncArrowWriter;
 
 use super::intents::Intents;
-use super::map::{HASH, KEY};
+use super::map::{FIELDS, HASH, KEY, fields_type};
 use super::{SyncError, SyncRef, engine};
 use crate::destinations::LateRejection;
 use crate::state::{Delta, Manifest, StateError, StateStore};
@@ -26,6 +26,54 @@ const DELTAS_SQL: &str = include_str!("../../sql/state_with_deltas.sql");
 
 /// `sent.parquet` and deltas: whether the key stays in state (false: it left it).
 pub(crate) const KEEP: &str = "__bf_keep";
+
+/// Whether the sync's state keeps a hash per field besides the row's (`send = "changed"`):
+/// then snapshots, deltas and `sent.parquet` have a [`FIELDS`] column too.
+pub(super) fn keeps_fields(sync: &SyncRef<'_>) -> bool {
+    sync.config.send == crate::config::SendMode::Changed
+}
+
+/// [`FIELDS`] of `df` for a sync that keeps them: the column when `df` has it (a state
+/// written before the sync set `send = "changed"` has not: its fields are unknown), else NULL;
+/// nothing for a sync that does not keep them.
+pub(super) fn fields_of(df: &DataFrame, keep: bool) -> Vec<datafusion::prelude::Expr> {
+    if !keep {
+        return Vec::new();
+    }
+    let has = df
+        .schema()
+        .field_with_unqualified_name(FIELDS)
+        .is_ok_and(|f| *f.data_type() == fields_type());
+    vec![if has { ident(FIELDS) } else { unknown_fields() }]
+}
+
+/// Per-field hashes that are not known (NULL): every field counts as changed.
+pub(super) fn unknown_fields() -> datafusion::prelude::Expr {
+    cast(lit(ScalarValue::Null), fields_type()).alias(FIELDS)
+}
+
+/// `[NULL per-field hashes]` for a sync that keeps them, else nothing.
+pub(super) fn unknown_fields_if(keep: bool) -> Vec<datafusion::prelude::Expr> {
+    if keep {
+        vec![unknown_fields()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// The state SQL (`next_state.sql`, `state_with_deltas.sql`, `diff.sql`) with its `{fields}`
+/// placeholders filled: the per-field hash column where the sync keeps them.
+pub(super) fn fields_sql(sql: &str, keep: bool) -> String {
+    if keep {
+        sql.replace("{s.fields}", &format!(", s.{FIELDS}"))
+            .replace("{p.fields}", &format!(", p.{FIELDS} AS __bf_prev_fields"))
+            .replace("{fields}", &format!(", {FIELDS}"))
+    } else {
+        sql.replace("{s.fields}", "")
+            .replace("{p.fields}", "")
+            .replace("{fields}", "")
+    }
+}
 
 /// A destination's fingerprint with the project's own folder written as `<project>/`: what
 /// the state records, so that it stays valid when the project moves (a re-clone, a renamed
@@ -158,6 +206,7 @@ pub(super) async fn register(
     let pending = &intents.pending;
     let damaged = !intents.damaged.is_empty();
     let df_err = engine(name, "state");
+    let keep = keeps_fields(sync);
     let mut state_df = match previous {
         Some(m) => {
             ctx.register_parquet(
@@ -167,19 +216,14 @@ pub(super) async fn register(
             )
             .await
             .map_err(&df_err)?;
-            let base = ctx
-                .table("bf_state_file")
-                .await
-                .map_err(&df_err)?
-                .select(vec![
-                    cast(ident(KEY), key_type.clone()).alias(KEY),
-                    ident(HASH),
-                ])
-                .map_err(&df_err)?;
+            let file = ctx.table("bf_state_file").await.map_err(&df_err)?;
+            let mut columns = vec![cast(ident(KEY), key_type.clone()).alias(KEY), ident(HASH)];
+            columns.extend(fields_of(&file, keep));
+            let base = file.select(columns).map_err(&df_err)?;
             with_deltas(sync, base, &m.deltas, key_type).await?
         }
         None => {
-            let schema = state_schema(key_type);
+            let schema = state_schema_of(key_type, keep);
             let empty = MemTable::try_new(schema, vec![vec![]]).map_err(&df_err)?;
             ctx.read_table(Arc::new(empty)).map_err(&df_err)?
         }
@@ -208,12 +252,12 @@ pub(super) async fn register(
     // about which records an interrupted run touched: every key is then unknown, and the run
     // sends every row again.
     if damaged {
-        state_df = state_df
-            .select(vec![
-                ident(KEY),
-                cast(lit(ScalarValue::Null), DataType::UInt64).alias(HASH),
-            ])
-            .map_err(&df_err)?;
+        let mut columns = vec![
+            ident(KEY),
+            cast(lit(ScalarValue::Null), DataType::UInt64).alias(HASH),
+        ];
+        columns.extend(unknown_fields_if(keep));
+        state_df = state_df.select(columns).map_err(&df_err)?;
     }
     if !pending.is_empty() {
         let urls: Vec<String> = pending.iter().map(|p| project.state.table_url(p)).collect();
@@ -236,31 +280,29 @@ pub(super) async fn register(
                 None,
             )
             .map_err(&df_err)?;
-        let unknown = intents
-            .select(vec![
-                ident("__bf_pending_key").alias(KEY),
-                cast(lit(ScalarValue::Null), DataType::UInt64).alias(HASH),
-            ])
-            .map_err(&df_err)?;
+        let mut columns = vec![
+            ident("__bf_pending_key").alias(KEY),
+            cast(lit(ScalarValue::Null), DataType::UInt64).alias(HASH),
+        ];
+        columns.extend(unknown_fields_if(keep));
+        let unknown = intents.select(columns).map_err(&df_err)?;
         state_df = untouched.union(unknown).map_err(&df_err)?;
     }
     // A sync without state compares with the destination's keys, every hash unknown (see
     // `existing`).
-    let prev_df = if let Some(keys) = foreign {
-        keys.select(vec![
+    let unknown = || {
+        let mut columns = vec![
             ident(KEY),
             cast(lit(ScalarValue::Null), DataType::UInt64).alias(HASH),
-        ])
-        .map_err(&df_err)?
+        ];
+        columns.extend(unknown_fields_if(keep));
+        columns
+    };
+    let prev_df = if let Some(keys) = foreign {
+        keys.select(unknown()).map_err(&df_err)?
     } else if sync.options.full_resync || sync.options.sample.is_some() {
         // (A test run sends the rows it picked whatever the state says of them.)
-        state_df
-            .clone()
-            .select(vec![
-                ident(KEY),
-                cast(lit(ScalarValue::Null), DataType::UInt64).alias(HASH),
-            ])
-            .map_err(&df_err)?
+        state_df.clone().select(unknown()).map_err(&df_err)?
     } else {
         state_df.clone()
     };
@@ -285,6 +327,7 @@ async fn with_deltas(
     }
     let (project, ctx, name) = (sync.project, sync.ctx, sync.name);
     let df_err = engine(name, "state");
+    let keep = keeps_fields(sync);
     let mut all: Option<DataFrame> = None;
     for (i, d) in deltas.iter().enumerate() {
         let part = ctx
@@ -294,12 +337,11 @@ async fn with_deltas(
             )
             .await
             .and_then(|df| {
-                df.select(vec![
-                    cast(ident(KEY), key_type.clone()).alias(KEY),
-                    ident(HASH),
-                    ident(KEEP),
-                    lit(i as i64).alias("__bf_v"),
-                ])
+                let mut columns = vec![cast(ident(KEY), key_type.clone()).alias(KEY), ident(HASH)];
+                columns.extend(fields_of(&df, keep));
+                columns.push(ident(KEEP));
+                columns.push(lit(i as i64).alias("__bf_v"));
+                df.select(columns)
             })
             .map_err(&df_err)?;
         all = Some(match all {
@@ -312,7 +354,9 @@ async fn with_deltas(
         .map_err(&df_err)?;
     ctx.register_table("bf_base", base.into_view())
         .map_err(&df_err)?;
-    ctx.sql(DELTAS_SQL).await.map_err(&df_err)
+    ctx.sql(&fields_sql(DELTAS_SQL, keep))
+        .await
+        .map_err(&df_err)
 }
 
 /// `sent.parquet`: one row per key the destination accepted in this run.
@@ -327,12 +371,22 @@ pub struct SentWriter {
 }
 
 impl SentWriter {
-    pub fn new(store: &StateStore, rel: &str, key_type: &DataType) -> Result<Self, StateError> {
-        let schema = Arc::new(Schema::new(vec![
+    /// `fields`: the sync keeps per-field hashes (see [`keeps_fields`]).
+    pub fn new(
+        store: &StateStore,
+        rel: &str,
+        key_type: &DataType,
+        fields: bool,
+    ) -> Result<Self, StateError> {
+        let mut columns = vec![
             Field::new(KEY, key_type.clone(), true),
             Field::new(HASH, DataType::UInt64, true),
-            Field::new(KEEP, DataType::Boolean, false),
-        ]));
+        ];
+        if fields {
+            columns.push(Field::new(FIELDS, fields_type(), true));
+        }
+        columns.push(Field::new(KEEP, DataType::Boolean, false));
+        let schema = Arc::new(Schema::new(columns));
         Ok(SentWriter {
             new_keys: 0,
             store: store.clone(),
@@ -343,19 +397,24 @@ impl SentWriter {
         })
     }
 
+    /// `fields`: the per-field hashes, for a writer made to keep them (NULL: unknown).
     pub(super) async fn write(
         &mut self,
         keys: ArrayRef,
         hashes: ArrayRef,
+        fields: Option<ArrayRef>,
         keep: bool,
     ) -> Result<(), SyncError> {
         let mut keep_col = BooleanBuilder::with_capacity(keys.len());
         keep_col.append_n(keys.len(), keep);
-        let batch = RecordBatch::try_new(
-            self.schema.clone(),
-            vec![keys, hashes, Arc::new(keep_col.finish())],
-        )
-        .map_err(|e| self.err(e.into()))?;
+        let n = keys.len();
+        let mut columns = vec![keys, hashes];
+        if self.schema.column_with_name(FIELDS).is_some() {
+            columns.push(fields.unwrap_or_else(|| arrow::array::new_null_array(&fields_type(), n)));
+        }
+        columns.push(Arc::new(keep_col.finish()));
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| self.err(e.into()))?;
         self.writer.write(&batch).await.map_err(|e| self.err(e))?;
         self.rows += batch.num_rows() as u64;
         Ok(())
@@ -509,21 +568,34 @@ async fn next_snapshot(
     }
     ctx.register_table("bf_sent", sent_df.into_view())
         .map_err(&df_err)?;
-    let next = ctx.sql(NEXT_STATE_SQL).await.map_err(&df_err)?;
+    let keep = keeps_fields(sync);
+    let next = ctx
+        .sql(&fields_sql(NEXT_STATE_SQL, keep))
+        .await
+        .map_err(&df_err)?;
     let snapshot_rel = format!("{data_dir}/snapshot.parquet");
     let rows = project
         .state
-        .write_plan(next, &snapshot_rel, Some(state_schema(key_type)))
+        .write_plan(next, &snapshot_rel, Some(state_schema_of(key_type, keep)))
         .await?;
     Ok((snapshot_rel, rows))
 }
 
 /// The snapshot schema: every key in sync with its row hash.
 pub fn state_schema(key_type: &DataType) -> SchemaRef {
-    Arc::new(Schema::new(vec![
+    state_schema_of(key_type, false)
+}
+
+/// The snapshot schema, with the per-field hashes when the sync keeps them.
+pub(super) fn state_schema_of(key_type: &DataType, fields: bool) -> SchemaRef {
+    let mut columns = vec![
         Field::new(KEY, key_type.clone(), true),
         Field::new(HASH, DataType::UInt64, true),
-    ]))
+    ];
+    if fields {
+        columns.push(Field::new(FIELDS, fields_type(), true));
+    }
+    Arc::new(Schema::new(columns))
 }
 
 #[cfg(test)]

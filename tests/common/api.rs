@@ -81,6 +81,8 @@ pub struct Logged {
     pub path: String,
     pub status: u16,
     pub retry_after: Option<u64>,
+    /// The request's body, as text.
+    pub body: String,
 }
 
 #[derive(Debug, Default)]
@@ -335,6 +337,7 @@ async fn handle(req: &Req, state: &Mutex<ApiState>, faults: &Mutex<Faults>) -> R
         path: req.path.clone(),
         status: r.status,
         retry_after: r.retry_after,
+        body: String::from_utf8_lossy(&req.body).into_owned(),
     });
     r
 }

@@ -1,4 +1,5 @@
 mod behaviors;
+mod changed_fields;
 mod cli;
 mod config_fuzz;
 mod crash;
