@@ -170,6 +170,9 @@ pub struct WriteTarget {
     /// The state version this run commits if it succeeds: the same for a run repeated after a
     /// crash, another after a commit (what idempotency keys are scoped to).
     pub version: u64,
+    /// Updates may carry only some fields (`send = "changed"`): a batch has the key fields
+    /// and any others.
+    pub partial_updates: bool,
 }
 
 impl WriteTarget {

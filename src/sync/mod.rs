@@ -129,6 +129,7 @@ impl SyncRef<'_> {
             runtime: self.ctx.runtime_env(),
             progress: Arc::new(NoProgress),
             version,
+            partial_updates: config.send == crate::config::SendMode::Changed,
         }
     }
 }

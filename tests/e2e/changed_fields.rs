@@ -255,6 +255,28 @@ key = "id"
         sent.contains(&serde_json::json!({"id": 2, "plan": "team", "updated": 2})),
         "{sent:?}"
     );
+    // A template naming a field that an update may not carry is refused before any request
+    // (it would send the placeholder itself).
+    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &toml.replace(
+            "path = \"/{object}/{key}\"\n",
+            "path = \"/{object}/{key}\"\nrecord = { plan = \"{field.plan}\", name = \"{field.name}\" }\n",
+        ),
+    );
+    f.write("people.csv", V1);
+    let requests = api.log().len();
+    let r = f
+        .run_with(&["people_sync"], backflow::RunOptions::default())
+        .await
+        .remove(0);
+    let error = r.error.unwrap_or_default();
+    assert!(
+        error.contains("{field.plan}") && error.contains("send = \"all\""),
+        "{error}"
+    );
+    assert_eq!(api.log().len(), requests);
 }
 
 /// Field hashes kept in a cursor sync's state deltas (a few rows of a larger state) and folded
@@ -333,5 +355,38 @@ async fn mysql_keeps_edits_to_unchanged_fields() {
             vec!["2", "b@x.io", "Robert", "team"],
             vec!["3", "c@x.io", "Cy", "pro"],
         ]
+    );
+}
+
+/// A run that dies after its destination batch and before its commit: the next run cannot know
+/// what that batch changed, so it sends every field of those rows (an edit of another field
+/// made before is then overwritten, as documented), and the destination ends equal to the model.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_sends_every_field_of_its_rows_again() {
+    let f = people_fixture("mirror", "send = \"changed\"", V1);
+    f.run_ok("people_sync").await;
+    sqlite_edit(&f, "UPDATE people SET plan = 'edited' WHERE id = 1");
+    f.write("people.csv", V2);
+    run_faulted(&f, "people_sync", "after_batch", false).await;
+    assert_eq!(row(&f, "1").1, "Ada L", "the batch reached the destination");
+    assert_eq!(row(&f, "1").2, "edited");
+    let r = f.run_ok("people_sync").await;
+    assert_eq!(r.counts.updated, 2, "{r:?}");
+    assert_eq!(
+        row(&f, "1"),
+        ("a@x.io".into(), "Ada L".into(), "pro".into())
+    );
+    assert_eq!(row(&f, "2"), ("b@x.io".into(), "Bob".into(), "team".into()));
+    // From then on, only changes again.
+    sqlite_edit(&f, "UPDATE people SET plan = 'edited' WHERE id = 1");
+    f.write(
+        "people.csv",
+        "id,email,name,plan,updated\n1,a@x.io,Ada M,pro,3\n2,b@x.io,Bob,team,2\n3,c@x.io,Cy,pro,1\n",
+    );
+    f.run_ok("people_sync").await;
+    assert_eq!(
+        row(&f, "1"),
+        ("a@x.io".into(), "Ada M".into(), "edited".into())
     );
 }

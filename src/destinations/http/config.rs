@@ -427,6 +427,36 @@ impl EndpointConfig {
         p
     }
 
+    /// What this endpoint cannot do with updates that carry only the changed fields: a
+    /// `{field.NAME}` of a field that is not the key's, in the path or the record template,
+    /// has no value when that field did not change.
+    pub(super) fn partial_update_problems(&self, key: &[String]) -> Vec<String> {
+        let mut named = Vec::new();
+        let mut look = |s: &str| {
+            for (_, name, _) in template::placeholders(s) {
+                let name = name.trim_end_matches("|text");
+                if let Some(field) = name.strip_prefix("field.")
+                    && !key.iter().any(|k| k == field)
+                    && !named.contains(&field.to_string())
+                {
+                    named.push(field.to_string());
+                }
+            }
+        };
+        look(&self.path);
+        if let Some(r) = &self.record {
+            strings(r, &mut look);
+        }
+        named
+            .into_iter()
+            .map(|f| {
+                format!(
+                    "it names {{field.{f}}}, which has no value in an update when \"{f}\" did not change: use {{fields}} or {{fields_without_key}}, or send = \"all\""
+                )
+            })
+            .collect()
+    }
+
     pub(super) fn batch_size(&self) -> usize {
         if self.is_per_record() {
             1

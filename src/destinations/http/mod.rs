@@ -144,6 +144,19 @@ impl HttpDestination {
                     ));
                 }
             }
+            if target.partial_updates && matches!(op, WriteOp::Upsert | WriteOp::Update) {
+                let problems = e.partial_update_problems(&target.key);
+                if !problems.is_empty() {
+                    return Err(DestinationError::incompatible(
+                        &self.name,
+                        target,
+                        format!(
+                            "the {name} endpoint cannot send only changed fields (send = \"changed\"): {}",
+                            problems.join("; ")
+                        ),
+                    ));
+                }
+            }
             out.insert(*op, e.clone());
         }
         Ok(out)
