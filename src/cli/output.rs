@@ -187,6 +187,12 @@ pub(super) fn print_plan(r: &PlanReport) {
         c.invalid,
         c.read
     );
+    if c.rejected > 0 {
+        out!(
+            "    {} would be rejected: their lookups find no record, or more than one",
+            c.rejected
+        );
+    }
     print_warnings(&r.warnings);
     for (label, list) in [
         ("create", &r.samples.create),
@@ -198,8 +204,12 @@ pub(super) fn print_plan(r: &PlanReport) {
         }
     }
     for s in r.samples.invalid.iter().take(5) {
+        let label = match s.kind {
+            crate::history::RecordKind::Rejected => "rejected",
+            crate::history::RecordKind::Invalid => "invalid",
+        };
         out!(
-            "    invalid: key {} — {}",
+            "    {label}: key {} — {}",
             s.key.as_deref().unwrap_or("NULL"),
             s.reason
         );

@@ -436,6 +436,56 @@ pub struct FieldsConfig {
     /// Destination field → SQL expression over the model's columns.
     #[serde(default)]
     pub computed: IndexMap<String, String>,
+    /// Destination field → a value found in the destination by another field (see
+    /// [`LookupField`]).
+    #[serde(default)]
+    pub lookup: IndexMap<String, LookupField>,
+}
+
+/// `fields.lookup.NAME = { object = "companies", by = "domain", value = "company_domain" }`:
+/// the field's value is the `returns` field (default `id`) of the record of `object` whose
+/// `by` equals the row's `value`, found in the destination when the row is sent (for database
+/// destinations a join with the table, for HTTP APIs the destination's `lookups.OBJECT`
+/// request, batched and cached for the run). A row whose value finds no record, or more than
+/// one, is rejected with that reason (or sent with the field NULL, `on_missing = "null"`), and
+/// tried again on the next run like any rejected row.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupField {
+    /// The destination object searched (a table of the same database, or an object the HTTP
+    /// destination has a `lookups` entry for).
+    pub object: String,
+    /// The field of `object` compared with the row's value.
+    pub by: String,
+    /// A column of the model (or an SQL expression over its columns) whose value is looked up.
+    pub value: String,
+    /// The field of the record found that becomes this field's value (default `id`).
+    #[serde(default = "default_returns")]
+    pub returns: String,
+    /// What a row whose value finds no record gets: rejected (`"reject"`, the default) or
+    /// sent with the field NULL (`"null"`). A value that finds more than one record is always
+    /// rejected; a NULL value gives a NULL field.
+    #[serde(default)]
+    pub on_missing: OnMissing,
+    /// The type of the value found, for HTTP destinations (whose answers are JSON): `text`
+    /// (the default), `bigint`, `decimal(p,s)`, … (the entity field types). A value found that
+    /// is not of this type rejects its row. Database destinations give the field the type of
+    /// the `returns` column.
+    #[serde(rename = "type")]
+    pub value_type: Option<String>,
+}
+
+fn default_returns() -> String {
+    "id".into()
+}
+
+/// `on_missing` of a lookup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissing {
+    #[default]
+    Reject,
+    Null,
 }
 
 impl Default for FieldsConfig {
@@ -445,6 +495,7 @@ impl Default for FieldsConfig {
             rename: IndexMap::new(),
             exclude: Vec::new(),
             computed: IndexMap::new(),
+            lookup: IndexMap::new(),
         }
     }
 }
@@ -704,6 +755,55 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
                 problems.push(format!(
                     "{at}: sync \"{name}\" maps two fields to destination field \"{to}\""
                 ));
+            }
+        }
+        for (to, lookup) in &sync.fields.lookup {
+            if !dest_fields.insert(to.clone()) {
+                problems.push(format!(
+                    "{at}: sync \"{name}\" maps two fields to destination field \"{to}\""
+                ));
+            }
+            for (setting, value) in [
+                ("object", &lookup.object),
+                ("by", &lookup.by),
+                ("value", &lookup.value),
+                ("returns", &lookup.returns),
+            ] {
+                if value.trim().is_empty() {
+                    problems.push(format!(
+                        "{at}: sync \"{name}\": fields.lookup.{to} has an empty {setting}"
+                    ));
+                }
+            }
+            if sync.behavior == Behavior::Delete {
+                problems.push(format!(
+                    "{at}: sync \"{name}\": a delete sync sends only keys, so fields.lookup.{to} \
+                     would never be used; remove it"
+                ));
+            }
+            if let Some(t) = &lookup.value_type {
+                if entity::parse_type(t).is_none() {
+                    problems.push(format!(
+                        "{at}: sync \"{name}\": fields.lookup.{to}: type = \"{t}\" is not a type \
+                         (text, bigint, double, boolean, date, timestamp, decimal(p,s))"
+                    ));
+                }
+                if config
+                    .destinations
+                    .get(&sync.to)
+                    .is_some_and(|d| !matches!(d, DestinationConfig::Http(_)))
+                {
+                    problems.push(format!(
+                        "{at}: sync \"{name}\": fields.lookup.{to}: type is for HTTP destinations; \
+                         a database destination gives the field the type of its \"{}\" column",
+                        lookup.returns
+                    ));
+                }
+            }
+            if let Some(dest) = config.destinations.get(&sync.to) {
+                for p in dest.lookup_problems(&lookup.object) {
+                    problems.push(format!("{at}: sync \"{name}\": fields.lookup.{to}: {p}"));
+                }
             }
         }
         for field in dest_fields.iter() {

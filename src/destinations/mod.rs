@@ -26,7 +26,7 @@ mod table;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::common::ScalarValue;
@@ -125,6 +125,19 @@ impl DestinationConfig {
             DestinationConfig::Postgres(c) => c.validate(),
             DestinationConfig::Mysql(c) => c.validate(),
             DestinationConfig::Http(c) => c.validate(),
+        }
+    }
+
+    /// Problems with looking records of `object` up in this destination (`fields.lookup`).
+    pub fn lookup_problems(&self, object: &str) -> Vec<String> {
+        match self {
+            DestinationConfig::File(_) => vec![
+                "a file destination has no records to look values up in; join the table that \
+                 holds them in the model instead"
+                    .into(),
+            ],
+            DestinationConfig::Http(c) => c.lookup_problems(object),
+            _ => self.validate_object(object),
         }
     }
 
@@ -283,6 +296,36 @@ pub trait Destination: Send + Sync + std::fmt::Debug {
     fn keys(&self, _target: &WriteTarget) -> Option<KeyStream> {
         None
     }
+
+    /// The destination's `objects` as a source whose tables are read with their own types (the
+    /// database destinations), for field lookups done as a join; None when the destination
+    /// finds records by request instead ([`ObjectWriter::look_up`]) or not at all.
+    fn lookup_source(&self, _objects: &[String]) -> Option<Arc<dyn crate::sources::Source>> {
+        None
+    }
+}
+
+/// A search for records of `object` by one of their fields (a sync's `fields.lookup`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LookupQuery {
+    pub object: String,
+    /// The field compared with the values looked up.
+    pub by: String,
+    /// The field whose value is wanted.
+    pub returns: String,
+}
+
+/// What a lookup found for one value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Found {
+    /// No record has it.
+    Nothing,
+    /// One record has it: its `returns` value, as text.
+    One(String),
+    /// This many records have it.
+    Many(usize),
+    /// The destination refused the search for this value, or its answer cannot be used.
+    Refused(String),
 }
 
 /// Chunks of a destination object's keys, as text (see [`Destination::keys`]).
@@ -364,6 +407,21 @@ pub trait ObjectWriter: Send {
     ) -> Result<BatchOutcome, DestinationError>;
 
     async fn finish(self: Box<Self>) -> Result<FinishOutcome, DestinationError>;
+
+    /// Find records by one field (field lookups of destinations without a
+    /// [`Destination::lookup_source`]): for each of `values` (distinct, not NULL), what was found,
+    /// in the same order. An error fails the run: the destination could not be asked.
+    async fn look_up(
+        &mut self,
+        query: &LookupQuery,
+        _values: &ArrayRef,
+    ) -> Result<Vec<Found>, DestinationError> {
+        Err(DestinationError::Write {
+            destination: String::new(),
+            object: query.object.clone(),
+            reason: "this kind of destination cannot look records up".into(),
+        })
+    }
 }
 
 /// Why an update-only row is refused when the destination has no record with its key.

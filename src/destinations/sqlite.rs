@@ -184,6 +184,17 @@ fn sql_type(dt: &DataType) -> &'static str {
 
 #[async_trait]
 impl Destination for SqliteDestination {
+    fn lookup_source(&self, objects: &[String]) -> Option<Arc<dyn crate::sources::Source>> {
+        // (The path is absolute already.)
+        Some(Arc::new(crate::sources::DatabaseSource::sqlite(
+            crate::sources::SqliteSourceConfig {
+                path: self.path.to_string_lossy().into_owned(),
+                tables: crate::sources::TableSelection::List(objects.to_vec()),
+            },
+            &self.path,
+        )))
+    }
+
     async fn check(&self, target: &WriteTarget) -> Result<(), DestinationError> {
         // Without writing: the folder must exist or be creatable, and an existing table must
         // have the key column.

@@ -21,7 +21,7 @@ use super::state::SentWriter;
 use super::watermark::Cursors;
 use super::{SyncError, engine, failpoint};
 use crate::behavior::Behavior;
-use crate::destinations::{ObjectWriter, WriteOp, WriteTarget};
+use crate::destinations::{BatchOutcome, ObjectWriter, Rejection, WriteOp, WriteTarget};
 use crate::history::RecordKind;
 use crate::keys::key_text_of;
 use crate::progress::Progress;
@@ -88,9 +88,14 @@ pub(super) fn destination_batch(
         .fields()
         .iter()
         .map(|f| {
-            rows.column_by_name(f.name()).cloned().ok_or_else(|| {
+            let c = rows.column_by_name(f.name()).cloned().ok_or_else(|| {
                 arrow::error::ArrowError::SchemaError(format!("missing {}", f.name()))
-            })
+            })?;
+            // (A lookup field not found yet holds the value looked up: see `lookup`.)
+            if c.data_type() != f.data_type() {
+                return arrow::compute::cast(&c, f.data_type());
+            }
+            Ok(c)
         })
         .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new(target.schema.clone(), columns)
@@ -197,6 +202,8 @@ pub(super) struct Outbox<'a> {
     /// (`Some(true)`), or every field when the state's hashes were made under another mapping
     /// (`Some(false)`); None: every field.
     changed_fields: Option<bool>,
+    /// Finds lookup fields by request when rows are sent (see `lookup`).
+    resolver: Option<&'a mut super::lookup::Resolver>,
 }
 
 /// What holds a run's writes back.
@@ -245,7 +252,14 @@ impl<'a> Outbox<'a> {
             show_sent: false,
             log: None,
             changed_fields: None,
+            resolver: None,
         }
+    }
+
+    /// Find lookup fields by request before rows are sent (see `lookup`).
+    pub fn resolving(mut self, resolver: Option<&'a mut super::lookup::Resolver>) -> Self {
+        self.resolver = resolver;
+        self
     }
 
     /// Send only the fields of changed rows whose values changed (see `changed_fields`).
@@ -343,7 +357,17 @@ impl<'a> Outbox<'a> {
         })?;
         let mut accepted = vec![true; rows.num_rows()];
         let mut skipped = 0usize;
+        let mut rows = rows;
         if let Some(op) = op {
+            // Lookup fields: found now (by request), or by the diff's join; rows whose lookups
+            // failed are rejected with the reason instead of sent.
+            let mut failed = Vec::new();
+            if op != WriteOp::Delete {
+                if let Some(resolver) = self.resolver.as_deref_mut() {
+                    rows = resolver.resolve(sync, &mut *self.writer, rows).await?;
+                }
+                failed = super::lookup::failures(&rows);
+            }
             let view = destination_batch(target, &rows, op, class == GONE)
                 .and_then(|v| match only {
                     Some(only) => only_fields(target, v, only),
@@ -356,14 +380,40 @@ impl<'a> Outbox<'a> {
             if let Some(log) = self.intents.as_deref_mut() {
                 log.record(sync, &keys).await?;
             }
-            let outcome = self
-                .writer
-                .write(op, view.clone())
-                .await
-                .map_err(|source| SyncError::Destination {
-                    sync: sync.to_string(),
-                    source,
-                })?;
+            let dest_err = |source| SyncError::Destination {
+                sync: sync.to_string(),
+                source,
+            };
+            let outcome = if failed.is_empty() {
+                self.writer
+                    .write(op, view.clone())
+                    .await
+                    .map_err(dest_err)?
+            } else {
+                let mut keep = vec![true; view.num_rows()];
+                for (row, _) in &failed {
+                    keep[*row] = false;
+                }
+                let kept: Vec<usize> = (0..keep.len()).filter(|i| keep[*i]).collect();
+                let mut outcome = if kept.is_empty() {
+                    BatchOutcome::default()
+                } else {
+                    let sub = filter_record_batch(&view, &BooleanArray::from(keep))
+                        .map_err(|e| df_err(e.into()))?;
+                    let mut o = self.writer.write(op, sub).await.map_err(dest_err)?;
+                    for r in &mut o.rejected {
+                        r.row = kept[r.row];
+                    }
+                    o
+                };
+                outcome.rejected.extend(
+                    failed
+                        .into_iter()
+                        .map(|(row, reason)| Rejection { row, reason }),
+                );
+                outcome.rejected.sort_by_key(|r| r.row);
+                outcome
+            };
             skipped = outcome.skipped;
             for r in &outcome.rejected {
                 if let Some(a) = accepted.get_mut(r.row) {

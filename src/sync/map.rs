@@ -135,6 +135,19 @@ pub fn map(sync: &SyncConfig, relation: DataFrame) -> Result<Mapped, MappingProb
                 )),
             }
         }
+        // A lookup field carries the value looked up until the row is sent (see `lookup`): the
+        // row hash covers the value, not what the destination found for it.
+        for (to, l) in &sync.fields.lookup {
+            match relation.parse_sql_expr(&l.value) {
+                Ok(e) => fields.push((to.clone(), e.alias(to))),
+                Err(e) => problems.push(format!(
+                    "fields.lookup.{to}: value = `{}` is not a column of \"{}\" or an SQL expression over its columns{}: {e}",
+                    l.value,
+                    sync.from,
+                    crate::names::suggest(&l.value, columns.iter().map(String::as_str)),
+                )),
+            }
+        }
     }
     let mut seen = BTreeMap::new();
     for (name, _) in &fields {

@@ -28,6 +28,7 @@ mod error;
 mod existing;
 mod guard;
 mod intents;
+mod lookup;
 pub mod map;
 mod plan;
 mod read;
@@ -161,6 +162,8 @@ pub(crate) struct Prepared {
     /// For a sync with an upstream hook: how many records the destination reported since it
     /// last ran (they change the state even when nothing is sent).
     reported: u64,
+    /// Finds lookup fields by request when rows are sent (see `lookup`).
+    resolver: Option<lookup::Resolver>,
 }
 
 /// Table names a cycle registers; removed before and after each cycle.
@@ -355,8 +358,12 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
     )
     .await?;
     let diff = diff::plan(sync, compares_with_destination).await?;
+    let lookups = lookup::plan(sync, &destination, diff).await?;
+    let mut target = target;
+    target.schema = lookup::with_types(&target.schema, &lookups.types);
     Ok(Prepared {
-        diff,
+        diff: lookups.diff,
+        resolver: lookups.resolver,
         target,
         key_type,
         cursor_type: read.cursor_type,
@@ -712,7 +719,9 @@ async fn locked_cycle(
         outbox
     };
     let mut log = record_log::RecordLog::open(sync, now_ms())?;
-    let outbox = outbox.logging_to(log.as_mut());
+    let outbox = outbox
+        .logging_to(log.as_mut())
+        .resolving(prepared.resolver.as_mut());
     let applied = apply::apply(
         stream,
         outbox,

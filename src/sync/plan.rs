@@ -193,17 +193,50 @@ pub(super) async fn count(
                 }
                 continue;
             };
+            if counter == Counter::Forgotten {
+                continue;
+            }
+            // Rows whose lookups find nothing (database destinations: the diff's join) would
+            // be rejected.
+            let mut n = n as u64;
+            if op != Some(crate::destinations::WriteOp::Delete)
+                && batch.column_by_name(super::lookup::REASON).is_some()
+            {
+                let rows = filter_record_batch(&batch, &m).map_err(|e| df_err(e.into()))?;
+                let failed = super::lookup::failures(&rows);
+                n -= failed.len() as u64;
+                tally.counts.rejected += failed.len() as u64;
+                let keys = rows.column_by_name(crate::sync::map::KEY).cloned();
+                for (row, reason) in failed {
+                    let key = keys.as_ref().and_then(|k| crate::values::cell_text(k, row));
+                    let record = destination_batch(
+                        target,
+                        &rows,
+                        crate::destinations::WriteOp::Upsert,
+                        false,
+                    )
+                    .map(|v| row_json(&v, row))
+                    .unwrap_or_default();
+                    tally.sample(crate::history::RecordKind::Rejected, key, reason, record);
+                }
+            }
             let (list, count) = match counter {
                 Counter::Created => (&mut samples.create, &mut tally.counts.created),
                 Counter::Updated => (&mut samples.update, &mut tally.counts.updated),
                 Counter::Deleted => (&mut samples.delete, &mut tally.counts.deleted),
                 Counter::Forgotten => continue,
             };
-            *count += n as u64;
+            *count += n;
             if list.len() < PLAN_SAMPLE
                 && let Some(op) = op
             {
-                let rows = filter_record_batch(&batch, &m).map_err(|e| df_err(e.into()))?;
+                let mut rows = filter_record_batch(&batch, &m).map_err(|e| df_err(e.into()))?;
+                if let Some(reason) = rows.column_by_name(super::lookup::REASON)
+                    && op != crate::destinations::WriteOp::Delete
+                {
+                    let ok = arrow::compute::is_null(reason).map_err(|e| df_err(e.into()))?;
+                    rows = filter_record_batch(&rows, &ok).map_err(|e| df_err(e.into()))?;
+                }
                 let view = destination_batch(target, &rows, op, class == GONE)
                     .map_err(|e| df_err(e.into()))?;
                 for r in 0..view.num_rows().min(PLAN_SAMPLE - list.len()) {

@@ -377,6 +377,47 @@ fn route(req: &Req, state: &Mutex<ApiState>, f: &Faults) -> Resp {
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let mut s = state.lock().unwrap();
     match (req.method.as_str(), segs.as_slice()) {
+        // `GET /api/{object}?{field}={value}`: the records whose field is the value, as a
+        // bare list (a REST search).
+        ("GET", ["api", object]) if req.path.contains('?') => {
+            let query = req.path.split_once('?').map_or("", |(_, q)| q);
+            let filters: Vec<(String, String)> = query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+                .collect();
+            let found: Vec<Value> = s
+                .objects
+                .get(*object)
+                .map(|m| {
+                    m.values()
+                        .filter(|r| filters.iter().all(|(k, v)| key_text(&r[k.as_str()]) == *v))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            resp(200, Value::Array(found))
+        }
+        // `POST /api/{object}/search` with `{"field": F, "values": [...]}`: the records whose F
+        // is one of the values, under `results`.
+        ("POST", ["api", object, "search"]) => {
+            let field = body["field"].as_str().unwrap_or("").to_string();
+            let values: Vec<String> = body["values"]
+                .as_array()
+                .map(|a| a.iter().map(key_text).collect())
+                .unwrap_or_default();
+            let found: Vec<Value> = s
+                .objects
+                .get(*object)
+                .map(|m| {
+                    m.values()
+                        .filter(|r| values.contains(&key_text(&r[field.as_str()])))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            resp(200, json!({ "results": found }))
+        }
         ("GET", ["api", object]) | ("GET", ["crm", "v3", "objects", object]) => {
             let n = s.objects.get(*object).map_or(0, |m| m.len());
             resp(200, json!({"total": n, "results": []}))

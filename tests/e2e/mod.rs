@@ -15,6 +15,7 @@ mod hub_property;
 mod incremental;
 mod interrupt;
 mod invalid_rejected;
+mod lookups;
 mod mysql;
 mod ownership;
 mod postgres;

@@ -42,6 +42,52 @@ pub struct HttpDestinationConfig {
     pub create: Option<EndpointConfig>,
     pub append: Option<EndpointConfig>,
     pub delete: Option<EndpointConfig>,
+    /// How to find records of an object by one of their fields, for syncs' `fields.lookup`:
+    /// `[destinations.NAME.lookups.companies]`.
+    #[serde(default)]
+    pub lookups: IndexMap<String, FieldLookupConfig>,
+}
+
+/// `[destinations.NAME.lookups.OBJECT]`: the request that finds records of OBJECT by the
+/// values of one field. `{value}` in the path makes one request per value (GET by default:
+/// `path = "/companies?domain={value}"`); otherwise the values go in batches in the body
+/// (POST by default), each shaped by `record`. `{by}` is the field searched, `{object}` the
+/// object. The answer lists records (at `results`, default: the answer itself); a record
+/// counts when its `result_by` equals the value exactly, and gives the sync's `returns` path.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FieldLookupConfig {
+    pub method: Option<String>,
+    pub path: String,
+    /// Values per request without `{value}` in the path (default 100).
+    pub batch_size: Option<usize>,
+    /// Send the values as `{"<wrap>": [...], ...extra}` instead of a bare array.
+    pub wrap: Option<String>,
+    pub extra: Option<Value>,
+    /// The shape of one value in the request (default `"{value}"`).
+    pub record: Option<Value>,
+    /// Where the answer lists the records found (default: the answer itself, a list).
+    pub results: Option<String>,
+    /// The path, inside one record found, of the field compared (default: the lookup's `by`).
+    pub result_by: Option<String>,
+}
+
+impl FieldLookupConfig {
+    /// Whether each value is its own request (`{value}` in the path).
+    pub fn per_value(&self) -> bool {
+        template::placeholders(&self.path).any(|(_, n, _)| n == "value" || n == "value|text")
+    }
+
+    pub fn method(&self) -> Method {
+        self.method
+            .as_deref()
+            .and_then(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
+            .unwrap_or(if self.per_value() {
+                Method::GET
+            } else {
+                Method::POST
+            })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -145,6 +191,18 @@ pub enum Match {
 }
 
 impl HttpDestinationConfig {
+    /// Problems with looking records of `object` up (a sync's `fields.lookup`).
+    pub fn lookup_problems(&self, object: &str) -> Vec<String> {
+        let c = self.resolved();
+        match c.lookups.get(object) {
+            Some(_) => vec![],
+            None => vec![format!(
+                "the HTTP destination has no [lookups.{object}] saying how to find {object} records \
+                 (e.g. path = \"/{object}?domain={{value}}\")"
+            )],
+        }
+    }
+
     /// Problems of a config whose preset is already applied, found without network I/O
     /// (environment variables are read). See `HttpDestinationConfig::validate`.
     pub(super) fn validate_resolved(&self) -> Vec<String> {
@@ -161,6 +219,28 @@ impl HttpDestinationConfig {
                 p.push("base_url may not have a query or fragment (put them in paths)".into())
             }
             Some(Ok(_)) => {}
+        }
+        for (object, l) in &c.lookups {
+            if l.path.trim().is_empty() || !l.path.starts_with('/') {
+                p.push(format!("lookups.{object}: path must start with '/'"));
+            }
+            if l.batch_size == Some(0) {
+                p.push(format!("lookups.{object}: batch_size must be at least 1"));
+            }
+            if l.method
+                .as_deref()
+                .is_some_and(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).is_err())
+            {
+                p.push(format!("lookups.{object}: method is not an HTTP method"));
+            }
+            for bad in template::placeholders(&l.path)
+                .map(|(_, n, _)| n)
+                .filter(|n| !matches!(*n, "value" | "value|text" | "by" | "object"))
+            {
+                p.push(format!(
+                    "lookups.{object}: path names {{{bad}}}; a lookup path knows {{value}}, {{by}} and {{object}}"
+                ));
+            }
         }
         if c.token_env.is_some() && c.auth.is_some() {
             p.push("give either token_env or auth, not both".into());

@@ -17,6 +17,7 @@
 
 mod client;
 mod config;
+mod find;
 mod hubspot;
 mod results;
 pub mod template;
@@ -271,6 +272,7 @@ impl Destination for HttpDestination {
                 client,
                 secrets,
                 endpoints,
+                lookups: self.config.lookups.clone(),
                 queued: AtomicU64::new(0),
                 done: AtomicU64::new(0),
                 gave_up_in_a_row: AtomicU64::new(0),
@@ -286,6 +288,7 @@ struct Shared {
     client: Client,
     secrets: Vec<String>,
     endpoints: HashMap<WriteOp, EndpointConfig>,
+    lookups: indexmap::IndexMap<String, config::FieldLookupConfig>,
     queued: AtomicU64,
     done: AtomicU64,
     gave_up_in_a_row: AtomicU64,
@@ -751,6 +754,14 @@ impl ObjectWriter for HttpWriter {
         }
         outcome.rejected.sort_by_key(|r| r.row);
         Ok(outcome)
+    }
+
+    async fn look_up(
+        &mut self,
+        query: &super::LookupQuery,
+        values: &arrow::array::ArrayRef,
+    ) -> Result<Vec<super::Found>, DestinationError> {
+        self.find_records(query, values).await
     }
 
     async fn finish(self: Box<Self>) -> Result<FinishOutcome, DestinationError> {

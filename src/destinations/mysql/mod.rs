@@ -21,6 +21,7 @@ mod writer;
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use serde::Deserialize;
+use std::sync::Arc;
 
 use super::{Destination, DestinationError, ObjectWriter, WriteTarget};
 use crate::databases::mysql::MyUrl;
@@ -118,6 +119,15 @@ impl MysqlDestination {
 }
 #[async_trait]
 impl Destination for MysqlDestination {
+    fn lookup_source(&self, objects: &[String]) -> Option<Arc<dyn crate::sources::Source>> {
+        Some(Arc::new(crate::sources::DatabaseSource::mysql(
+            crate::sources::MysqlSourceConfig {
+                url_env: self.config.url_env.clone(),
+                tables: crate::sources::TableSelection::List(objects.to_vec()),
+            },
+        )))
+    }
+
     async fn check(&self, target: &WriteTarget) -> Result<(), DestinationError> {
         let url = self.url()?;
         let mut conn = self.connect(&url).await?;

@@ -20,6 +20,7 @@ mod writer;
 
 use async_trait::async_trait;
 use serde::Deserialize;
+use std::sync::Arc;
 
 use super::{Destination, DestinationError, ObjectWriter, WriteTarget};
 use crate::databases::postgres::{PgUrl, qualified};
@@ -129,6 +130,17 @@ impl PostgresDestination {
 }
 #[async_trait]
 impl Destination for PostgresDestination {
+    fn lookup_source(&self, objects: &[String]) -> Option<Arc<dyn crate::sources::Source>> {
+        Some(Arc::new(crate::sources::DatabaseSource::postgres(
+            crate::sources::PostgresSourceConfig {
+                url_env: self.config.url_env.clone(),
+                schema: self.config.schema.clone(),
+                tables: crate::sources::TableSelection::List(objects.to_vec()),
+                read_timeout: self.config.statement_timeout.clone(),
+            },
+        )))
+    }
+
     async fn check(&self, target: &WriteTarget) -> Result<(), DestinationError> {
         let url = self.url()?;
         let client = self.connect(&url).await?;
