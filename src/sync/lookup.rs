@@ -194,18 +194,13 @@ async fn joined(
             let reason = when(ident(field).is_null(), lit(ScalarValue::Utf8(None)))
                 .otherwise(missing)
                 .map_err(&df_err)?;
-            let mut select: Vec<Expr> = columns
-                .iter()
-                .map(|c| {
-                    if c == field {
-                        lit(ScalarValue::Utf8(None)).alias(c)
-                    } else {
-                        ident(c)
-                    }
-                })
-                .collect();
-            select.extend(reasons.iter().map(|r: &String| ident(r)));
-            select.push(reason.alias(&reason_column));
+            let select = resolved_columns(
+                &columns,
+                field,
+                lit(ScalarValue::Utf8(None)),
+                &reasons,
+                reason.alias(&reason_column),
+            );
             diff = diff.select(select).map_err(&df_err)?;
             reasons.push(reason_column);
             types.push((field.clone(), DataType::Utf8));
@@ -298,18 +293,13 @@ async fn joined(
         let resolved = when(ident(&records).eq(lit(1i64)), ident(&found))
             .otherwise(null_found)
             .map_err(&df_err)?;
-        let mut select: Vec<Expr> = columns
-            .iter()
-            .map(|c| {
-                if c == field {
-                    resolved.clone().alias(c)
-                } else {
-                    ident(c)
-                }
-            })
-            .collect();
-        select.extend(reasons.iter().map(|r: &String| ident(r)));
-        select.push(reason.alias(&reason_column));
+        let select = resolved_columns(
+            &columns,
+            field,
+            resolved,
+            &reasons,
+            reason.alias(&reason_column),
+        );
         diff = joined.select(select).map_err(&df_err)?;
         reasons.push(reason_column);
         types.push((field.clone(), returns_type));
@@ -326,6 +316,30 @@ async fn joined(
         types,
         resolver: None,
     })
+}
+
+/// The diff's `columns` with `field` replaced by `resolved`, then the reason columns so far and
+/// this lookup's `reason`.
+fn resolved_columns(
+    columns: &[String],
+    field: &str,
+    resolved: Expr,
+    reasons: &[String],
+    reason: Expr,
+) -> Vec<Expr> {
+    let mut select: Vec<Expr> = columns
+        .iter()
+        .map(|c| {
+            if c == field {
+                resolved.clone().alias(c)
+            } else {
+                ident(c)
+            }
+        })
+        .collect();
+    select.extend(reasons.iter().map(ident));
+    select.push(reason);
+    select
 }
 
 /// Lookups done by request when rows are sent, each value asked once per run.
