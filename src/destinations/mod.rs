@@ -51,6 +51,15 @@ pub enum DestinationError {
         location: String,
         reason: String,
     },
+    /// An HTTP API's `check_path` did not answer 2xx.
+    #[error(
+        "destination \"{destination}\": GET {location} (check_path) failed: {reason}; check base_url, the credentials and check_path"
+    )]
+    Unreachable {
+        destination: String,
+        location: String,
+        reason: String,
+    },
     #[error("destination \"{destination}\", object \"{object}\": {reason}")]
     Incompatible {
         destination: String,
@@ -186,6 +195,9 @@ pub struct WriteTarget {
     /// Updates may carry only some fields (`send = "changed"`): a batch has the key fields
     /// and any others.
     pub partial_updates: bool,
+    /// The destination has no upsert: an upsert or a mirror creates its new records and
+    /// updates its changed ones (see [`Destination::creates_and_updates`]).
+    pub creates_and_updates: bool,
 }
 
 impl WriteTarget {
@@ -302,6 +314,12 @@ pub trait Destination: Send + Sync + std::fmt::Debug {
     /// finds records by request instead ([`ObjectWriter::look_up`]) or not at all.
     fn lookup_source(&self, _objects: &[String]) -> Option<Arc<dyn crate::sources::Source>> {
         None
+    }
+
+    /// Whether upserts reach this destination as a create for each new record and an update
+    /// for each changed one (a plain REST API with no upsert), rather than as upserts.
+    fn creates_and_updates(&self) -> bool {
+        false
     }
 }
 

@@ -30,12 +30,19 @@ use crate::values::{cell_text, row_json};
 /// What the behaviour does with a diff class: the destination operation (None: nothing is
 /// sent), and whether the key stays in state.
 pub(super) fn action(
-    behavior: Behavior,
+    target: &WriteTarget,
     class: i8,
     full_resync: bool,
 ) -> Option<(Option<WriteOp>, Counter)> {
     use Behavior::*;
-    Some(match (behavior, class) {
+    Some(match (target.behavior, class) {
+        // A destination without upserts: new records are created, changed ones updated.
+        (Upsert | Mirror, NEW) if target.creates_and_updates => {
+            (Some(WriteOp::Create), Counter::Created)
+        }
+        (Upsert | Mirror, CHANGED) if target.creates_and_updates => {
+            (Some(WriteOp::Update), Counter::Updated)
+        }
         // A full resync sends every row again; for create-only that re-creates records missing
         // from the destination and leaves the others alone.
         (CreateOnly, CHANGED) if full_resync => (Some(WriteOp::Create), Counter::Created),
@@ -346,7 +353,7 @@ impl<'a> Outbox<'a> {
         let sync = self.sync;
         let target = self.target;
         let df_err = engine(sync, "apply");
-        let Some((op, counter)) = action(target.behavior, class, self.full_resync) else {
+        let Some((op, counter)) = action(target, class, self.full_resync) else {
             return Ok(());
         };
         let key_col = if class == GONE { PREV_KEY } else { KEY };
@@ -566,7 +573,7 @@ pub(super) async fn apply(
                 held += n as u64;
                 continue;
             }
-            if action(target.behavior, class, full_resync).is_none() {
+            if action(target, class, full_resync).is_none() {
                 // Changes the behaviour does not send (create-only updates, upsert's gone rows).
                 if class != GONE {
                     tally.counts.unchanged += n as u64;

@@ -131,6 +131,7 @@ impl SyncRef<'_> {
             progress: Arc::new(NoProgress),
             version,
             partial_updates: config.send == crate::config::SendMode::Changed,
+            creates_and_updates: false,
         }
     }
 }
@@ -361,6 +362,7 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
     let lookups = lookup::plan(sync, &destination, diff).await?;
     let mut target = target;
     target.schema = lookup::with_types(&target.schema, &lookups.types);
+    target.creates_and_updates = destination.creates_and_updates();
     Ok(Prepared {
         diff: lookups.diff,
         resolver: lookups.resolver,

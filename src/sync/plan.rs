@@ -187,7 +187,7 @@ pub(super) async fn count(
                 tally.counts.held += n as u64;
                 continue;
             }
-            let Some((op, counter)) = action(target.behavior, class, false) else {
+            let Some((op, counter)) = action(target, class, false) else {
                 if class != GONE {
                     tally.counts.unchanged += n as u64;
                 }

@@ -55,6 +55,12 @@ pub struct Faults {
     pub max_batch: usize,
     /// HubSpot's `batch/read` answers 200 with an HTML page (a misbehaving proxy).
     pub garbled_reads: bool,
+    /// Creates ignore `Idempotency-Key` (most plain REST APIs do).
+    pub ignore_idempotency: bool,
+    /// The status a create of a record that exists gets (409, or an API's 500).
+    pub duplicate_status: u16,
+    /// Every request is answered with this status (a gateway in front of a dead API: 503).
+    pub down_status: Option<u16>,
 }
 
 impl Default for Faults {
@@ -70,6 +76,9 @@ impl Default for Faults {
             batch_errors: BatchErrors::PerRecord,
             max_batch: 100,
             garbled_reads: false,
+            ignore_idempotency: false,
+            duplicate_status: 409,
+            down_status: None,
         }
     }
 }
@@ -311,7 +320,9 @@ async fn handle(req: &Req, state: &Mutex<ApiState>, faults: &Mutex<Faults>) -> R
         let slow = !limited && !fail && next_random(&mut s) < f.slow_rate;
         (limited, fail, slow)
     };
-    let r = if limited {
+    let r = if let Some(status) = f.down_status {
+        resp(status, json!({"message": "upstream unavailable"}))
+    } else if limited {
         Resp {
             status: 429,
             body: json!({"status": "error", "message": "You have reached your secondly limit.", "category": "RATE_LIMITS"}).to_string(),
@@ -537,7 +548,11 @@ fn route(req: &Req, state: &Mutex<ApiState>, f: &Faults) -> Resp {
             }
         }
         ("POST", ["api", object]) => {
-            let idem = req.headers.get("idempotency-key").cloned();
+            let idem = req
+                .headers
+                .get("idempotency-key")
+                .filter(|_| !f.ignore_idempotency)
+                .cloned();
             if let Some(k) = &idem
                 && let Some((status, body)) = s.idempotent.get(k).cloned()
             {
@@ -556,7 +571,7 @@ fn route(req: &Req, state: &Mutex<ApiState>, f: &Faults) -> Resp {
                 if m.contains_key(&key) {
                     s.conflicts += 1;
                     resp(
-                        409,
+                        f.duplicate_status,
                         json!({"message": format!("a record with id {key} exists")}),
                     )
                 } else {

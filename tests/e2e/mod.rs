@@ -10,6 +10,7 @@ mod guard;
 mod hangs;
 mod hostile;
 mod http;
+mod http_crud;
 mod hub;
 mod hub_property;
 mod incremental;

@@ -44,6 +44,10 @@ pub enum Answer {
     GaveUp {
         attempts: u32,
         last: String,
+        /// The API itself is out of reach, not failing on this request: the last failure was
+        /// a connection refused or reset, a DNS or TLS failure, a timeout, a gateway's
+        /// 502/503/504, or `429`s without end.
+        down: bool,
     },
     /// The request could not be built or sent at all (a bad URL, say).
     Broken(String),
@@ -162,7 +166,7 @@ impl Client {
                 self.exchange(req).await
             };
             let fallback = backoff.next().unwrap_or(self.policy.max_backoff);
-            let (reason, wait) = match outcome {
+            let (reason, wait, down) = match outcome {
                 Ok((status, headers, body)) => {
                     self.observe_quota(&headers);
                     if status == StatusCode::TOO_MANY_REQUESTS {
@@ -174,6 +178,7 @@ impl Client {
                             return Answer::GaveUp {
                                 attempts: attempts + rate_limited,
                                 last: format!("HTTP 429 {rate_limited} times in a row"),
+                                down: true,
                             };
                         }
                         self.retries.fetch_add(1, Ordering::Relaxed);
@@ -184,11 +189,12 @@ impl Client {
                     }
                     attempts += 1;
                     let wait = retry_after(&headers).map_or(fallback, |w| w.max(fallback));
-                    (status_line(status, &body), wait)
+                    let gateway = matches!(status.as_u16(), 502..=504);
+                    (status_line(status, &body), wait, gateway)
                 }
                 Err(Failure::Transient(reason)) => {
                     attempts += 1;
-                    (reason, fallback)
+                    (reason, fallback, true)
                 }
                 Err(Failure::Broken(reason)) => return Answer::Broken(reason),
             };
@@ -196,6 +202,7 @@ impl Client {
                 return Answer::GaveUp {
                     attempts,
                     last: reason,
+                    down,
                 };
             }
             tracing::debug!(url = %req.url, attempts, %reason, "retrying");

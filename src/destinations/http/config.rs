@@ -149,6 +149,23 @@ pub struct EndpointConfig {
     /// Find each record's id in the API first (for APIs that delete or update only by their
     /// own ids); the request then uses `{api_id}`.
     pub lookup: Option<LookupConfig>,
+    /// On the update endpoint: what an answer saying the record does not exist (404, or an
+    /// error that says "not found") means when an upsert or a mirror updates it: `"create"`
+    /// it with the create endpoint, or `"reject"` the row (the default). An update-only sync
+    /// never creates.
+    pub missing: Option<Missing>,
+    /// On the create endpoint: the statuses that mean the record is there already (default
+    /// `[409]`). An upsert or a mirror then updates it; a create-only sync leaves it
+    /// (`skipped`). Never retried.
+    pub exists: Option<Vec<u16>>,
+}
+
+/// `missing` on an update endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Missing {
+    Create,
+    Reject,
 }
 
 /// A request that finds the API's ids for a batch of keys.
@@ -219,6 +236,35 @@ impl HttpDestinationConfig {
                 p.push("base_url may not have a query or fragment (put them in paths)".into())
             }
             Some(Ok(_)) => {}
+        }
+        for (name, endpoint) in [
+            ("upsert", &c.upsert),
+            ("update", &c.update),
+            ("create", &c.create),
+            ("append", &c.append),
+            ("delete", &c.delete),
+        ] {
+            let Some(e) = endpoint else { continue };
+            if e.missing.is_some() && name != "update" {
+                p.push(format!(
+                    "{name}: `missing` is for the update endpoint (what a 404 to an update means)"
+                ));
+            }
+            if e.missing == Some(Missing::Create) && c.create.is_none() {
+                p.push("update: missing = \"create\" needs a create endpoint".into());
+            }
+            if e.exists.is_some() && name != "create" {
+                p.push(format!(
+                    "{name}: `exists` is for the create endpoint (the statuses that mean the record is there)"
+                ));
+            }
+            if let Some(codes) = &e.exists
+                && let Some(bad) = codes.iter().find(|c| !(400..=599).contains(*c))
+            {
+                p.push(format!(
+                    "create: exists lists {bad}, which is not an error status (400 to 599)"
+                ));
+            }
         }
         for (object, l) in &c.lookups {
             if l.path.trim().is_empty() || !l.path.starts_with('/') {
@@ -535,6 +581,14 @@ impl EndpointConfig {
                 )
             })
             .collect()
+    }
+
+    /// Whether `status` to a create means the record is there already.
+    pub(super) fn means_exists(&self, status: u16) -> bool {
+        match &self.exists {
+            Some(codes) => codes.contains(&status),
+            None => status == 409,
+        }
     }
 
     pub(super) fn batch_size(&self) -> usize {

@@ -178,7 +178,7 @@ impl Shared {
                 self.gave_up_in_a_row.store(0, Ordering::Relaxed);
                 (status, body)
             }
-            Answer::GaveUp { attempts, last } => {
+            Answer::GaveUp { attempts, last, .. } => {
                 return Err(Fatal(format!(
                     "{what} at {url} kept failing ({attempts} attempts): {last}"
                 )));

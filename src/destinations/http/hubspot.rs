@@ -55,6 +55,8 @@ pub(super) fn apply(user: &HttpDestinationConfig) -> HttpDestinationConfig {
         result_match: Some(Match::Trace),
         result_field: Some("objectWriteTraceId".into()),
         lookup: None,
+        missing: None,
+        exists: None,
     };
     c.upsert.get_or_insert_with(|| endpoint("upsert", &keyed));
     c.update.get_or_insert_with(|| endpoint("update", &keyed));

@@ -54,6 +54,13 @@ use template::{Context, Record};
 /// not refusing one record.
 const BREAKER: u64 = 8;
 
+/// Why a record an id lookup did not find is not updated.
+const NOT_IN_API: &str = "the API has no record with this key";
+
+/// The reason a create is answered with when the record is there already (`exists`): an
+/// upsert then updates it, a create-only sync counts it as skipped.
+const RECORD_EXISTS: &str = "the record exists already";
+
 impl HttpDestinationConfig {
     /// The config with the preset's defaults filled in (what the user wrote wins).
     pub(crate) fn resolved(&self) -> HttpDestinationConfig {
@@ -99,6 +106,10 @@ impl HttpDestination {
     ) -> Result<HashMap<WriteOp, EndpointConfig>, DestinationError> {
         let c = &self.config;
         let ops: &[WriteOp] = match target.behavior {
+            Behavior::Upsert if target.creates_and_updates => &[WriteOp::Create, WriteOp::Update],
+            Behavior::Mirror if target.creates_and_updates => {
+                &[WriteOp::Create, WriteOp::Update, WriteOp::Delete]
+            }
             Behavior::Upsert => &[WriteOp::Upsert],
             Behavior::Mirror => &[WriteOp::Upsert, WriteOp::Delete],
             Behavior::UpdateOnly => &[WriteOp::Update],
@@ -119,7 +130,12 @@ impl HttpDestination {
                 WriteOp::Delete => (&c.delete, "delete"),
             };
             let Some(e) = endpoint else {
-                let hint = "";
+                let hint = if *op == WriteOp::Upsert {
+                    " (or, for an API without upserts, create and update endpoints: new records \
+                     are then created and changed ones updated)"
+                } else {
+                    ""
+                };
                 return Err(DestinationError::incompatible(
                     &self.name,
                     target,
@@ -230,12 +246,12 @@ impl HttpDestination {
         let problem = match answer {
             Answer::Response { status, .. } if status.is_success() => return Ok(()),
             Answer::Response { status, body } => status_line(status, &body),
-            Answer::GaveUp { attempts, last } => {
+            Answer::GaveUp { attempts, last, .. } => {
                 format!("gave up after {attempts} attempts: {last}")
             }
             Answer::Broken(e) => e,
         };
-        Err(DestinationError::Unwritable {
+        Err(DestinationError::Unreachable {
             destination: self.name.clone(),
             location: url,
             reason: redact(&problem, secrets),
@@ -258,6 +274,11 @@ impl Destination for HttpDestination {
 
     fn fingerprint(&self, object: &str) -> String {
         format!("http {} {object}", self.base_url())
+    }
+
+    fn creates_and_updates(&self) -> bool {
+        let c = &self.config;
+        c.upsert.is_none() && c.create.is_some() && c.update.is_some()
     }
 
     async fn open(&self, target: &WriteTarget) -> Result<Box<dyn ObjectWriter>, DestinationError> {
@@ -320,6 +341,58 @@ struct LookedUp {
 struct Fatal(String);
 
 impl Shared {
+    /// Deliver one batch of one operation. The first request that fails the run (the API is
+    /// down, refuses the credentials) stops it at once: no other request starts, and those in
+    /// flight are abandoned.
+    async fn deliver_batch(
+        &self,
+        op: WriteOp,
+        batch: &RecordBatch,
+    ) -> Result<BatchOutcome, DestinationError> {
+        let s = self;
+        let fail = |reason: String| DestinationError::Write {
+            destination: s.destination.clone(),
+            object: s.target.object.clone(),
+            reason: redact(&reason, &s.secrets),
+        };
+        let endpoint = s
+            .endpoints
+            .get(&op)
+            .ok_or_else(|| fail(format!("no endpoint for {}", op.as_str())))?;
+        let scope = template::Scope {
+            sync: &s.target.sync,
+            object: &s.target.object,
+            op: op.as_str(),
+            version: s.target.version,
+        };
+        let records = template::records(batch, &s.target.key, &scope)
+            .map_err(|e| fail(format!("cannot encode records as JSON: {e}")))?;
+        s.queued.fetch_add(records.len() as u64, Ordering::Relaxed);
+        s.report();
+        let size = endpoint.batch_size();
+        let chunks: Vec<Vec<usize>> = (0..records.len())
+            .collect::<Vec<_>>()
+            .chunks(size)
+            .map(<[usize]>::to_vec)
+            .collect();
+        // Chunks in flight: twice the request slots, so that some are ready to go while others
+        // back off (more would only wait for a slot).
+        let concurrency = s.client.concurrency() * 2;
+        let mut parts = std::pin::pin!(
+            futures::stream::iter(chunks)
+                .map(|rows| s.deliver(op, &records, rows))
+                .buffer_unordered(concurrency)
+        );
+        let mut outcome = BatchOutcome::default();
+        while let Some(part) = parts.next().await {
+            let part = part.map_err(|Fatal(reason)| fail(reason))?;
+            outcome.rejected.extend(part.rejected);
+            outcome.skipped += part.skipped;
+        }
+        outcome.rejected.sort_by_key(|r| r.row);
+        Ok(outcome)
+    }
+
     fn report(&self) {
         self.target.progress.delivery(
             &self.target.sync,
@@ -405,7 +478,7 @@ impl Shared {
                     Some(reason) => unsettled.push((*r, reason.clone())),
                     // Missing from the API: a delete of it is done, anything else refused.
                     None if op == WriteOp::Delete => {}
-                    None => unsettled.push((*r, "the API has no record with this key".into())),
+                    None => unsettled.push((*r, NOT_IN_API.into())),
                 }
             }
             owned = found_rows
@@ -653,7 +726,15 @@ impl Shared {
                 self.gave_up_in_a_row.store(0, Ordering::Relaxed);
                 Ok(Ok((status, body)))
             }
-            Answer::GaveUp { attempts, last } => {
+            // The API is out of reach: no record is to blame, and none is rejected for it.
+            Answer::GaveUp {
+                attempts,
+                last,
+                down: true,
+            } => Err(Fatal(format!(
+                "the API is out of reach ({attempts} attempts, the last at {url}): {last}"
+            ))),
+            Answer::GaveUp { attempts, last, .. } => {
                 let in_a_row = self.gave_up_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
                 let reason = format!("the API kept failing ({attempts} attempts): {last}");
                 if in_a_row >= BREAKER {
@@ -696,10 +777,15 @@ impl Shared {
                 rejected: vec![(rows[0], NO_RECORD_FOR_UPDATE.to_string())],
                 skipped: 0,
             }),
-            409 if op == WriteOp::Create && rows.len() == 1 => Ok(Reply::Done {
-                rejected: vec![],
-                skipped: 1,
-            }),
+            s if op == WriteOp::Create
+                && rows.len() == 1
+                && endpoint.is_some_and(|e| e.means_exists(s)) =>
+            {
+                Ok(Reply::Done {
+                    rejected: vec![(rows[0], RECORD_EXISTS.to_string())],
+                    skipped: 0,
+                })
+            }
             _ => Ok(Reply::Split(message())),
         }
     }
@@ -712,47 +798,63 @@ impl ObjectWriter for HttpWriter {
         op: WriteOp,
         batch: RecordBatch,
     ) -> Result<BatchOutcome, DestinationError> {
-        let s = &self.shared;
-        let fail = |reason: String| DestinationError::Write {
-            destination: s.destination.clone(),
-            object: s.target.object.clone(),
-            reason: redact(&reason, &s.secrets),
-        };
-        let endpoint = s
+        let s = self.shared.clone();
+        let mut outcome = s.deliver_batch(op, &batch).await?;
+        // An API without upserts: a new record that is there already is updated, and a
+        // changed one the API lost is created, when the update endpoint says so.
+        let missing_creates = s
             .endpoints
-            .get(&op)
-            .ok_or_else(|| fail(format!("no endpoint for {}", op.as_str())))?;
-        let scope = template::Scope {
-            sync: &s.target.sync,
-            object: &s.target.object,
-            op: op.as_str(),
-            version: s.target.version,
+            .get(&WriteOp::Update)
+            .is_some_and(|e| e.missing == Some(config::Missing::Create));
+        let retry_as = match op {
+            WriteOp::Create if s.target.creates_and_updates => Some(WriteOp::Update),
+            WriteOp::Update if s.target.creates_and_updates && missing_creates => {
+                Some(WriteOp::Create)
+            }
+            _ => None,
         };
-        let records = template::records(&batch, &s.target.key, &scope)
-            .map_err(|e| fail(format!("cannot encode records as JSON: {e}")))?;
-        s.queued.fetch_add(records.len() as u64, Ordering::Relaxed);
-        s.report();
-        let size = endpoint.batch_size();
-        let chunks: Vec<Vec<usize>> = (0..records.len())
-            .collect::<Vec<_>>()
-            .chunks(size)
-            .map(<[usize]>::to_vec)
-            .collect();
-        // Chunks in flight: twice the request slots, so that some are ready to go while others
-        // back off (more would only wait for a slot).
-        let concurrency = s.client.concurrency() * 2;
-        let parts: Vec<Result<BatchOutcome, Fatal>> = futures::stream::iter(chunks)
-            .map(|rows| s.deliver(op, &records, rows))
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
-        let mut outcome = BatchOutcome::default();
-        for part in parts {
-            let part = part.map_err(|Fatal(reason)| fail(reason))?;
-            outcome.rejected.extend(part.rejected);
-            outcome.skipped += part.skipped;
+        if let Some(other) = retry_as {
+            let again: Vec<usize> = outcome
+                .rejected
+                .iter()
+                .filter(|r| match op {
+                    WriteOp::Create => r.reason == RECORD_EXISTS,
+                    _ => {
+                        r.reason.starts_with(NO_RECORD_FOR_UPDATE)
+                            || r.reason == NOT_IN_API
+                            || looks_missing(&r.reason)
+                    }
+                })
+                .map(|r| r.row)
+                .collect();
+            if !again.is_empty() {
+                let indices = arrow::array::UInt32Array::from(
+                    again.iter().map(|r| *r as u32).collect::<Vec<_>>(),
+                );
+                let subset = arrow::compute::take_record_batch(&batch, &indices).map_err(|e| {
+                    DestinationError::Write {
+                        destination: s.destination.clone(),
+                        object: s.target.object.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                let second = s.deliver_batch(other, &subset).await?;
+                outcome.rejected.retain(|r| !again.contains(&r.row));
+                outcome
+                    .rejected
+                    .extend(second.rejected.into_iter().map(|r| Rejection {
+                        row: again[r.row],
+                        reason: r.reason,
+                    }));
+                outcome.rejected.sort_by_key(|r| r.row);
+            }
         }
-        outcome.rejected.sort_by_key(|r| r.row);
+        // A create-only sync leaves a record that is there already alone.
+        if op == WriteOp::Create {
+            let before = outcome.rejected.len();
+            outcome.rejected.retain(|r| r.reason != RECORD_EXISTS);
+            outcome.skipped += before - outcome.rejected.len();
+        }
         Ok(outcome)
     }
 

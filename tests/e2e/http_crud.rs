@@ -1,0 +1,307 @@
+//! HTTP destinations as most REST APIs are: `POST /things` creates, `PATCH /things/{id}`
+//! updates (404 for an unknown id), `DELETE /things/{id}` deletes, no upsert, no idempotency
+//! keys, and a create of an id that exists answered with 409 (or, by some APIs, 500). A mirror
+//! and an upsert stay equal to the model over rounds of changes (keys that leave and come back
+//! included), a crash between the creates and the commit leaves no duplicate and no run that
+//! retries for ever, and an API that is down fails the run at once without rejecting records.
+
+use crate::common::api::{FakeApi, Faults};
+use crate::common::*;
+use backflow::history::RunStatus;
+use serde_json::json;
+
+fn crud_project(f: &Fixture, url: &str, behavior: &str, extra: &str) {
+    f.write(
+        "backflow.toml",
+        &format!(
+            r#"
+[sources.contacts]
+type = "csv"
+path = "contacts.csv"
+
+[destinations.api]
+type = "http"
+base_url = "{url}/api"
+token_env = "BACKFLOW_TEST_API_TOKEN"
+max_attempts = 2
+{extra}
+
+[destinations.api.create]
+path = "/{{object}}"
+per_record = true
+
+[destinations.api.update]
+method = "PATCH"
+path = "/{{object}}/{{key}}"
+missing = "create"
+
+[destinations.api.delete]
+path = "/{{object}}/{{key}}"
+
+[syncs.crud_contacts]
+from = "contacts"
+to = "api"
+object = "contacts"
+behavior = "{behavior}"
+key = "id"
+"#
+        ),
+    );
+}
+
+fn model(rows: &[(i64, &str)]) -> String {
+    let mut csv = "id,email\n".to_string();
+    for (id, email) in rows {
+        csv.push_str(&format!("{id},{email}\n"));
+    }
+    csv
+}
+
+/// The API's contacts as (id, email).
+fn held(api: &FakeApi) -> Vec<(i64, String)> {
+    let mut out: Vec<(i64, String)> = api
+        .records("contacts")
+        .values()
+        .map(|r| {
+            (
+                r["id"].as_i64().unwrap_or(-1),
+                r["email"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn expect(rows: &[(i64, &str)]) -> Vec<(i64, String)> {
+    rows.iter().map(|(i, e)| (*i, e.to_string())).collect()
+}
+
+fn plain_api() -> Faults {
+    Faults {
+        ignore_idempotency: true,
+        ..Faults::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_of_a_plain_crud_api_stays_equal_to_the_model() {
+    let api = FakeApi::start(plain_api()).await;
+    let f = Fixture::new();
+    crud_project(&f, &api.url(), "mirror", "");
+    let rounds: Vec<Vec<(i64, &str)>> = vec![
+        vec![(1, "a@x.io"), (2, "b@x.io"), (3, "c@x.io")],
+        // 2 changes, 3 leaves, 4 arrives.
+        vec![(1, "a@x.io"), (2, "bee@x.io"), (4, "d@x.io")],
+        // 3 comes back, 1 changes.
+        vec![
+            (1, "ay@x.io"),
+            (2, "bee@x.io"),
+            (3, "c@x.io"),
+            (4, "d@x.io"),
+        ],
+    ];
+    let counts = [(3, 0, 0), (1, 1, 1), (1, 1, 0)];
+    for (rows, (created, updated, deleted)) in rounds.iter().zip(counts) {
+        f.write("contacts.csv", &model(rows));
+        let r = f.run_ok("crud_contacts").await;
+        assert_eq!(
+            (
+                r.counts.created,
+                r.counts.updated,
+                r.counts.deleted,
+                r.counts.rejected
+            ),
+            (created, updated, deleted, 0),
+            "{r:?}"
+        );
+        assert_eq!(held(&api), expect(rows));
+    }
+    let log = api.log();
+    assert!(
+        log.iter()
+            .all(|l| l.method != "PUT" && !l.path.contains("batch"))
+    );
+    // New records went to POST, changed ones to PATCH: nothing was refused on the way.
+    assert!(log.iter().all(|l| l.status < 400), "{log:?}");
+
+    // Someone deletes a record in the API; its row changes: the update's 404 creates it.
+    api.state
+        .lock()
+        .unwrap()
+        .objects
+        .get_mut("contacts")
+        .unwrap()
+        .remove("4");
+    let rows = [
+        (1, "ay@x.io"),
+        (2, "bee@x.io"),
+        (3, "c@x.io"),
+        (4, "dee@x.io"),
+    ];
+    f.write("contacts.csv", &model(&rows));
+    let r = f.run_ok("crud_contacts").await;
+    assert_eq!((r.counts.updated, r.counts.rejected), (1, 0), "{r:?}");
+    assert_eq!(held(&api), expect(&rows));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upsert_without_state_updates_records_the_api_has() {
+    let api = FakeApi::start(plain_api()).await;
+    // The API has contact 1 already (the state was lost, or someone created it).
+    api.state
+        .lock()
+        .unwrap()
+        .objects
+        .entry("contacts".into())
+        .or_default()
+        .insert(
+            "1".into(),
+            json!({"id": 1, "email": "old@x.io", "note": "kept"}),
+        );
+    let f = Fixture::new();
+    crud_project(&f, &api.url(), "upsert", "");
+    f.write("contacts.csv", &model(&[(1, "a@x.io"), (2, "b@x.io")]));
+    let r = f.run_ok("crud_contacts").await;
+    assert_eq!((r.counts.created, r.counts.rejected), (2, 0), "{r:?}");
+    assert_eq!(held(&api), expect(&[(1, "a@x.io"), (2, "b@x.io")]));
+    // The create's 409 became an update (PATCH): the API's other fields are kept.
+    assert_eq!(api.records("contacts")["1"]["note"], json!("kept"));
+    assert_eq!(api.state.lock().unwrap().conflicts, 1);
+}
+
+/// A run that dies after its creates reached the API and before its commit, on an API that
+/// ignores idempotency keys and answers a duplicate create with `duplicate_status`: the next
+/// run updates what is there and creates what is not, once.
+async fn no_duplicates_after_a_crash(duplicate_status: u16) {
+    let api = FakeApi::start(Faults {
+        duplicate_status,
+        ..plain_api()
+    })
+    .await;
+    let f = Fixture::new();
+    crud_project(&f, &api.url(), "mirror", "");
+    let rows: Vec<(i64, String)> = (1..=40).map(|i| (i, format!("p{i}@x.io"))).collect();
+    let refs: Vec<(i64, &str)> = rows.iter().map(|(i, e)| (*i, e.as_str())).collect();
+    f.write("contacts.csv", &model(&refs));
+    run_faulted(&f, "crud_contacts", "after_batch", false).await;
+    assert_eq!(held(&api).len(), 40);
+    // As if half of the creates had never reached the API.
+    {
+        let mut s = api.state.lock().unwrap();
+        let m = s.objects.get_mut("contacts").unwrap();
+        for i in (1..=40).step_by(2) {
+            m.remove(&i.to_string());
+        }
+    }
+    let requests = api.log().len();
+    let r = f.run_ok("crud_contacts").await;
+    assert_eq!(r.counts.rejected, 0, "{r:?}");
+    assert_eq!(held(&api), rows);
+    {
+        let s = api.state.lock().unwrap();
+        // Every record created at most once per time it was missing, and no create refused.
+        assert!(s.creates.values().all(|n| *n <= 2), "{:?}", s.creates);
+        assert_eq!(s.conflicts, 0);
+        let after: Vec<_> = s.log[requests..]
+            .iter()
+            .map(|l| (l.method.clone(), l.status))
+            .collect();
+        assert_eq!(
+            after.len(),
+            40 + 20,
+            "40 updates, 20 of them missing and created: {after:?}"
+        );
+    }
+    // And the run after that has nothing to do.
+    let r = f.run_ok("crud_contacts").await;
+    assert_eq!(
+        (r.counts.created, r.counts.updated, r.counts.unchanged),
+        (0, 0, 40)
+    );
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_leaves_no_duplicate_on_an_api_answering_409() {
+    no_duplicates_after_a_crash(409).await;
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_leaves_no_duplicate_on_an_api_answering_500() {
+    no_duplicates_after_a_crash(500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_that_is_down_fails_the_run_at_once() {
+    // Nothing listens: connection refused. Three rows are fewer than the 8 failures in a row
+    // that stop a run on 5xx; the run still fails, and rejects nothing.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let f = Fixture::new();
+    crud_project(&f, &format!("http://127.0.0.1:{port}"), "mirror", "");
+    f.write(
+        "contacts.csv",
+        &model(&[(1, "a@x.io"), (2, "b@x.io"), (3, "c@x.io")]),
+    );
+    let r = f
+        .run_with(&["crud_contacts"], Default::default())
+        .await
+        .remove(0);
+    assert_eq!(r.status, RunStatus::Failed, "{r:?}");
+    assert_eq!(r.counts.rejected, 0, "{r:?}");
+    assert!(r.error.unwrap_or_default().contains("out of reach"));
+    assert!(f.manifests().is_empty());
+
+    // A gateway answering 503 for a dead API, with 2,000 records to create: the run stops
+    // after the first requests give up, not after the batch.
+    let api = FakeApi::start(Faults {
+        down_status: Some(503),
+        ..plain_api()
+    })
+    .await;
+    let rows: Vec<(i64, String)> = (1..=2000).map(|i| (i, format!("p{i}@x.io"))).collect();
+    let refs: Vec<(i64, &str)> = rows.iter().map(|(i, e)| (*i, e.as_str())).collect();
+    f.write("contacts.csv", &model(&refs));
+    crud_project(&f, &api.url(), "mirror", "");
+    let r = f
+        .run_with(&["crud_contacts"], Default::default())
+        .await
+        .remove(0);
+    assert_eq!(r.status, RunStatus::Failed, "{r:?}");
+    assert_eq!(r.counts.rejected, 0);
+    let requests = api.log().len();
+    // concurrency 4, 2 attempts each, a few more already on their way: far from 2,000.
+    assert!(requests <= 40, "{requests} requests to a dead API");
+    assert!(f.manifests().is_empty());
+
+    // The API recovers: the next run converges.
+    api.set_faults(plain_api());
+    let r = f.run_ok("crud_contacts").await;
+    assert_eq!(r.counts.rejected, 0, "{r:?}");
+    assert_eq!(held(&api), rows);
+
+    // Persistent 500s (each could be a record's fault): 8 requests in a row that give up stop
+    // the run at once too.
+    api.set_faults(Faults {
+        fail_rate: 1.0,
+        ..plain_api()
+    });
+    let changed: Vec<(i64, String)> = (1..=2000).map(|i| (i, format!("q{i}@x.io"))).collect();
+    let refs: Vec<(i64, &str)> = changed.iter().map(|(i, e)| (*i, e.as_str())).collect();
+    f.write("contacts.csv", &model(&refs));
+    let before = api.log().len();
+    let r = f
+        .run_with(&["crud_contacts"], Default::default())
+        .await
+        .remove(0);
+    assert_eq!(r.status, RunStatus::Failed, "{r:?}");
+    let requests = api.log().len() - before;
+    assert!(
+        requests <= 60,
+        "{requests} requests after the breaker tripped"
+    );
+}
