@@ -285,6 +285,9 @@ pub struct BatchOutcome {
     pub rejected: Vec<Rejection>,
     /// Rows left alone because the record already existed (create).
     pub skipped: usize,
+    /// Rows of an update whose record the destination had lost, and which it created instead
+    /// (an HTTP update endpoint's `missing = "create"`): counted as created.
+    pub created: usize,
 }
 
 /// A destination kind.

@@ -364,6 +364,7 @@ impl<'a> Outbox<'a> {
         })?;
         let mut accepted = vec![true; rows.num_rows()];
         let mut skipped = 0usize;
+        let mut created = 0usize;
         let mut rows = rows;
         if let Some(op) = op {
             // Lookup fields: found now (by request), or by the diff's join; rows whose lookups
@@ -422,6 +423,7 @@ impl<'a> Outbox<'a> {
                 outcome
             };
             skipped = outcome.skipped;
+            created = outcome.created;
             for r in &outcome.rejected {
                 if let Some(a) = accepted.get_mut(r.row) {
                     *a = false;
@@ -471,7 +473,11 @@ impl<'a> Outbox<'a> {
         let applied = (n_accepted - skipped.min(n_accepted)) as u64;
         match counter {
             Counter::Created => tally.counts.created += applied,
-            Counter::Updated => tally.counts.updated += applied,
+            Counter::Updated => {
+                let created = (created as u64).min(applied);
+                tally.counts.created += created;
+                tally.counts.updated += applied - created;
+            }
             Counter::Deleted => tally.counts.deleted += applied,
             Counter::Forgotten => {}
         }

@@ -305,3 +305,155 @@ async fn an_api_that_is_down_fails_the_run_at_once() {
         "{requests} requests after the breaker tripped"
     );
 }
+
+/// json-server (npm), a REST server nobody here wrote, kept in sync by a mirror: POST creates,
+/// PATCH updates, DELETE deletes, a duplicate id is refused with 500. Its path is in
+/// `BACKFLOW_TEST_JSON_SERVER` (`.ci/run` installs it); skipped without, except under CI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_keeps_json_server_equal_to_the_model() {
+    let Some(bin) = std::env::var_os("BACKFLOW_TEST_JSON_SERVER") else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!(
+                "BACKFLOW_TEST_JSON_SERVER is not set and CI=true (.ci/run installs json-server)"
+            );
+        }
+        eprintln!("SKIPPED: json-server not installed (set BACKFLOW_TEST_JSON_SERVER)");
+        return;
+    };
+    let f = Fixture::new();
+    f.write("db.json", r#"{"contacts": []}"#);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(
+        std::process::Command::new(&bin)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--host",
+                "127.0.0.1",
+                "db.json",
+            ])
+            .current_dir(f.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start json-server"),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let contacts = async || -> Vec<(i64, String)> {
+        let text = http
+            .get(format!("{url}/contacts"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut out: Vec<(i64, String)> = body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_i64().unwrap(),
+                    r["email"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    for _ in 0..100 {
+        if http.get(format!("{url}/contacts")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    f.write(
+        "backflow.toml",
+        &format!(
+            r#"
+[sources.contacts]
+type = "csv"
+path = "contacts.csv"
+
+[destinations.app]
+type = "http"
+base_url = "{url}"
+
+[destinations.app.create]
+path = "/{{object}}"
+per_record = true
+exists = [409, 500]
+
+[destinations.app.update]
+method = "PATCH"
+path = "/{{object}}/{{key}}"
+missing = "create"
+
+[destinations.app.delete]
+path = "/{{object}}/{{key}}"
+
+[syncs.contacts]
+from = "contacts"
+to = "app"
+object = "contacts"
+behavior = "mirror"
+key = "id"
+"#
+        ),
+    );
+    let round = |ids: Vec<i64>, tag: &str| -> Vec<(i64, String)> {
+        ids.into_iter()
+            .map(|i| (i, format!("{tag}{i}@x.io")))
+            .collect()
+    };
+    for rows in [
+        round((1..=200).collect(), "a"),
+        // Some change, some leave, some arrive.
+        round((1..=150).chain(201..=230).collect(), "a")
+            .into_iter()
+            .map(|(i, e)| {
+                if i % 7 == 0 {
+                    (i, format!("changed{i}@x.io"))
+                } else {
+                    (i, e)
+                }
+            })
+            .collect(),
+        // Those that left come back.
+        round((1..=230).collect(), "b"),
+    ] {
+        let refs: Vec<(i64, &str)> = rows.iter().map(|(i, e)| (*i, e.as_str())).collect();
+        f.write("contacts.csv", &model(&refs));
+        let r = f.run_ok("contacts").await;
+        assert_eq!(r.counts.rejected, 0, "{r:?}");
+        assert_eq!(contacts().await, rows);
+    }
+    // A record deleted in json-server by someone else comes back when its row changes.
+    http.delete(format!("{url}/contacts/5"))
+        .send()
+        .await
+        .unwrap();
+    let rows = round((1..=230).collect(), "c");
+    let refs: Vec<(i64, &str)> = rows.iter().map(|(i, e)| (*i, e.as_str())).collect();
+    f.write("contacts.csv", &model(&refs));
+    let r = f.run_ok("contacts").await;
+    assert_eq!(
+        (r.counts.created, r.counts.updated, r.counts.rejected),
+        (1, 229, 0),
+        "{r:?}"
+    );
+    assert_eq!(contacts().await, rows);
+}

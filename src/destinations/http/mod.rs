@@ -839,6 +839,9 @@ impl ObjectWriter for HttpWriter {
                     }
                 })?;
                 let second = s.deliver_batch(other, &subset).await?;
+                if other == WriteOp::Create {
+                    outcome.created += again.len() - second.rejected.len();
+                }
                 outcome.rejected.retain(|r| !again.contains(&r.row));
                 outcome
                     .rejected
