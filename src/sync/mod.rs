@@ -780,6 +780,50 @@ async fn locked_cycle(
     }
     let new_keys = sent.new_keys;
     let sent_rows = sent.close().await?;
+    let previous_watermark = prepared
+        .previous
+        .as_ref()
+        .and_then(|p| p.watermark.clone())
+        .filter(|_| !prepared.rescan);
+    let watermark = if sampled {
+        // A test run read a few rows, not the model up to some cursor value; and the hashes
+        // the state keeps for the other rows were made under the mapping it had.
+        if let Some(fields) = prepared.previous.as_ref().and_then(|p| p.fields.clone()) {
+            prepared.fields = fields;
+        }
+        prepared.previous.as_ref().and_then(|p| p.watermark.clone())
+    } else {
+        watermark::next(
+            config.cursor.as_ref(),
+            cursors,
+            previous_watermark,
+            !finished.rejected.is_empty(),
+        )
+    };
+    // A run that changed nothing commits nothing: the state stays the version it was (the run
+    // is in history all the same).
+    if let Some(previous) = prepared.previous.as_ref()
+        && sent_rows == 0
+        && finished.rejected.is_empty()
+        && !prepared.rescan
+        && !sampled
+        && prepared.pending.is_empty()
+        && prepared.covered.is_empty()
+        && prepared.reported == 0
+        && intents.as_ref().is_none_or(|i| i.files.is_empty())
+        && previous.fields.as_deref() == Some(prepared.fields.as_str())
+        && previous.upstream == prepared.upstream
+        && previous.watermark == watermark
+        && previous.format == crate::state::FORMAT_VERSION
+        && previous.key_type == prepared.key_type.to_string()
+        && previous.destination_fingerprint.as_deref() == Some(prepared.fingerprint.as_str())
+    {
+        if let Err(e) = project.state.delete(&sent_rel).await {
+            tracing::debug!(sync = name, error = %e, "could not remove an empty sent file");
+        }
+        record_log::expire(sync).await;
+        return Ok(previous.clone());
+    }
 
     let next = state::next(
         sync,
@@ -801,26 +845,6 @@ async fn locked_cycle(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "snapshot written"
     );
-    let previous_watermark = prepared
-        .previous
-        .as_ref()
-        .and_then(|p| p.watermark.clone())
-        .filter(|_| !prepared.rescan);
-    let watermark = if sampled {
-        // A test run read a few rows, not the model up to some cursor value; and the hashes
-        // the state keeps for the other rows were made under the mapping it had.
-        if let Some(fields) = prepared.previous.as_ref().and_then(|p| p.fields.clone()) {
-            prepared.fields = fields;
-        }
-        prepared.previous.as_ref().and_then(|p| p.watermark.clone())
-    } else {
-        watermark::next(
-            config.cursor.as_ref(),
-            cursors,
-            previous_watermark,
-            !finished.rejected.is_empty(),
-        )
-    };
     let committed = commit::commit(
         sync,
         &prepared,
