@@ -477,3 +477,61 @@ key = "id"
     );
     assert_eq!(contacts().await, rows);
 }
+
+/// `backflow run` as a child process, killed at pseudo-random moments while it creates records
+/// on an API that ignores idempotency keys and answers a duplicate create with 500: the next
+/// runs update what the killed ones created (their write-ahead intents name them) and create
+/// only what is missing, so no record is created twice and no create is refused.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_runs_on_a_plain_api_create_nothing_twice() {
+    use std::time::Duration;
+    let api = FakeApi::start(Faults {
+        latency: Duration::from_millis(15),
+        duplicate_status: 500,
+        ..plain_api()
+    })
+    .await;
+    let f = Fixture::new();
+    crud_project(&f, &api.url(), "mirror", "concurrency = 2");
+    let rows: Vec<(i64, String)> = (1..=300).map(|i| (i, format!("k{i}@x.io"))).collect();
+    let refs: Vec<(i64, &str)> = rows.iter().map(|(i, e)| (*i, e.as_str())).collect();
+    f.write("contacts.csv", &model(&refs));
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut killed = 0;
+    for _ in 0..4 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let mut child = f
+            .command(&["run"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let wanted = api.log().len() + 10 + (rng % 50) as usize;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while api.log().len() < wanted && tokio::time::Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        while child.try_wait().unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert!(killed >= 3, "only {killed} runs were killed");
+    let r = f.run_ok("crud_contacts").await;
+    assert_eq!(r.counts.rejected, 0, "{r:?}");
+    assert_eq!(held(&api), rows);
+    let s = api.state.lock().unwrap();
+    let twice: Vec<_> = s.creates.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "created more than once: {twice:?}");
+    assert_eq!(s.creates.len(), 300);
+    assert_eq!(s.conflicts, 0, "a create met a record that was there");
+}
