@@ -786,12 +786,27 @@ pub fn storage_schema(schema: &arrow::datatypes::Schema) -> SchemaRef {
 }
 
 /// Parquet settings for state and history files: zstd, statistics on (readers prune by key),
-/// no dictionaries (keys and row hashes are all distinct: a dictionary only costs time).
+/// no dictionaries (keys and row hashes are all distinct: a dictionary only costs time). Row
+/// hashes are stored as they are (random bits do not compress), and no statistics are kept of
+/// row and field hashes (their minimum and maximum prune nothing). Field hashes stay
+/// compressed: their list structure does compress, and a file twice the size costs more.
 pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+    use parquet::file::properties::EnabledStatistics;
+    use parquet::schema::types::ColumnPath;
+    let column =
+        |path: &str| ColumnPath::from(path.split('.').map(String::from).collect::<Vec<_>>());
+    let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_dictionary_enabled(false)
-        .build()
+        .set_column_compression(column("__bf_hash"), Compression::UNCOMPRESSED);
+    for path in [
+        "__bf_hash",
+        "__bf_fields.list.item",
+        "__bf_fields.list.element",
+    ] {
+        b = b.set_column_statistics_enabled(column(path), EnabledStatistics::None);
+    }
+    b.build()
 }
 
 /// Parquet settings for destination files: zstd, dictionaries where they pay off.

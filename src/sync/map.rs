@@ -39,6 +39,10 @@ pub struct Mapped {
     pub key_len: usize,
     /// The row-hash header (field names and type families): changes when the mapping does.
     pub fingerprint: String,
+    /// For a sync that sends only changed fields: the per-field hashes ([`FIELDS`]) of a row,
+    /// over the destination fields. Not a column of `df`: computed after the diff, for the rows
+    /// that are sent only (the state keeps the others' from earlier runs).
+    pub field_hashes: Option<Expr>,
 }
 
 /// Problems with a sync's mapping against the actual columns of its `from`.
@@ -202,7 +206,7 @@ pub fn map(sync: &SyncConfig, relation: DataFrame) -> Result<Mapped, MappingProb
     let mut out: Vec<Expr> = names.iter().map(ident).collect();
     out.push(crate::keys::key_expr(&sync.key.destinations()).alias(KEY));
     out.push(hash);
-    if sync.send == SendMode::Changed {
+    let field_hashes = if sync.send == SendMode::Changed {
         // Each field hashed as the row is, alone (its own name and type family as header).
         let each = sorted
             .iter()
@@ -217,14 +221,13 @@ pub fn map(sync: &SyncConfig, relation: DataFrame) -> Result<Mapped, MappingProb
                 ))
             })
             .collect();
-        out.push(
-            datafusion::logical_expr::cast(
-                datafusion::functions_nested::expr_fn::make_array(each),
-                fields_type(),
-            )
-            .alias(FIELDS),
-        );
-    }
+        Some(datafusion::logical_expr::cast(
+            datafusion::functions_nested::expr_fn::make_array(each),
+            fields_type(),
+        ))
+    } else {
+        None
+    };
     out.push(ident(CURSOR));
     out.push(lit(true).alias(PRESENT));
     let df = projected
@@ -235,5 +238,6 @@ pub fn map(sync: &SyncConfig, relation: DataFrame) -> Result<Mapped, MappingProb
         fields: names,
         key_len: sync.key.parts().len(),
         fingerprint: header,
+        field_hashes,
     })
 }

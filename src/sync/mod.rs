@@ -225,6 +225,7 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
     let previous = state::fits(sync, previous, &fingerprint)?;
 
     // A changed mapping re-sends every row once, so a cursor sync reads the whole model once.
+    let field_hashes = mapped.field_hashes.clone();
     let mapping_changed = previous
         .as_ref()
         .and_then(|p| p.fields.as_ref())
@@ -359,6 +360,26 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
     )
     .await?;
     let diff = diff::plan(sync, compares_with_destination).await?;
+    // Per-field hashes of the rows sent (new and changed), before lookups replace values.
+    let diff = match field_hashes {
+        Some(hashes) => {
+            let sent = ident(diff::OP).in_list(
+                vec![
+                    datafusion::prelude::lit(diff::NEW),
+                    datafusion::prelude::lit(diff::CHANGED),
+                ],
+                false,
+            );
+            let hashes = datafusion::logical_expr::when(sent, hashes)
+                .otherwise(datafusion::prelude::lit(
+                    datafusion::common::ScalarValue::try_from(&map::fields_type())
+                        .map_err(&df_err)?,
+                ))
+                .map_err(&df_err)?;
+            diff.with_column(map::FIELDS, hashes).map_err(&df_err)?
+        }
+        None => diff,
+    };
     let lookups = lookup::plan(sync, &destination, diff).await?;
     let mut target = target;
     target.schema = lookup::with_types(&target.schema, &lookups.types);
