@@ -194,6 +194,14 @@ impl Client {
                 }
                 Err(Failure::Transient(reason)) => {
                     attempts += 1;
+                    let reason = if reason.starts_with("timed out") {
+                        format!(
+                            "{reason} (no answer within the destination's timeout of {:?}; raise `timeout` if the API is slow)",
+                            self.policy.timeout
+                        )
+                    } else {
+                        reason
+                    };
                     (reason, fallback, true)
                 }
                 Err(Failure::Broken(reason)) => return Answer::Broken(reason),

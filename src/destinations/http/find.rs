@@ -50,7 +50,8 @@ impl HttpWriter {
         values: &ArrayRef,
     ) -> Result<Vec<Found>, DestinationError> {
         let s = &self.shared;
-        let fail = |reason: String| DestinationError::Write {
+        // (Not a write: the destination's own words, without "write failed".)
+        let fail = |reason: String| DestinationError::Incompatible {
             destination: s.destination.clone(),
             object: query.object.clone(),
             reason: redact(&reason, &s.secrets),
