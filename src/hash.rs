@@ -240,6 +240,80 @@ pub fn hash_rows(header: &[u8], columns: &[ArrayRef], rows: usize) -> Result<Arr
     Ok(Arc::new(out.finish()))
 }
 
+/// The SQL name of the per-field hash function.
+pub const FIELD_HASHES: &str = "backflow_field_hashes";
+
+/// `backflow_field_hashes(header1, field1, header2, field2, …)`: each field hashed as
+/// [`hash_rows`] hashes a row of that one field, the hashes packed as little-endian 64-bit
+/// words into one binary value per row (for `send = "changed"`: one plain value per row stores,
+/// reads and joins far faster than a list).
+pub fn field_hashes_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(FieldHashes {
+        signature: Signature::variadic_any(Volatility::Immutable),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct FieldHashes {
+    signature: Signature,
+}
+
+/// The hashes packed in one value of [`field_hashes_udf`].
+pub fn unpack_field_hashes(packed: &[u8]) -> Vec<u64> {
+    packed
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect()
+}
+
+impl ScalarUDFImpl for FieldHashes {
+    fn name(&self) -> &str {
+        FIELD_HASHES
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Binary)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        if !args.args.len().is_multiple_of(2) {
+            return Err(DataFusionError::Internal(format!(
+                "{FIELD_HASHES} takes (header, field) pairs (this is a bug in backflow)"
+            )));
+        }
+        let mut hashes = Vec::with_capacity(args.args.len() / 2);
+        let mut iter = args.args.into_iter();
+        while let (Some(header), Some(column)) = (iter.next(), iter.next()) {
+            let ColumnarValue::Scalar(ScalarValue::Utf8(Some(header))) = header else {
+                return Err(DataFusionError::Internal(format!(
+                    "{FIELD_HASHES} takes header string literals (this is a bug in backflow)"
+                )));
+            };
+            let column = column.into_array(rows)?;
+            hashes.push(hash_rows(header.as_bytes(), &[column], rows)?);
+        }
+        let hashes: Vec<&arrow::array::UInt64Array> = hashes
+            .iter()
+            .map(|h| h.as_primitive::<UInt64Type>())
+            .collect();
+        let mut out = arrow::array::BinaryBuilder::with_capacity(rows, rows * 8 * hashes.len());
+        let mut buf = Vec::with_capacity(8 * hashes.len());
+        for row in 0..rows {
+            buf.clear();
+            for h in &hashes {
+                buf.extend_from_slice(&h.value(row).to_le_bytes());
+            }
+            out.append_value(&buf);
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
 impl ScalarUDFImpl for RowHash {
     fn name(&self) -> &str {
         ROW_HASH
@@ -288,6 +362,40 @@ mod tests {
             .unwrap()
             .values()
             .to_vec()
+    }
+
+    #[test]
+    fn field_hashes_pack_each_field_hashed_alone() {
+        use datafusion::config::ConfigOptions;
+        use datafusion::logical_expr::ScalarFunctionArgs;
+        let a: ArrayRef = Arc::new(StringArray::from(vec![Some("x"), None]));
+        let b: ArrayRef = Arc::new(Int64Array::from(vec![Some(i64::MAX), Some(-1)]));
+        let args = ScalarFunctionArgs {
+            args: vec![
+                ColumnarValue::Scalar(ScalarValue::Utf8(Some("a:text".into()))),
+                ColumnarValue::Array(a.clone()),
+                ColumnarValue::Scalar(ScalarValue::Utf8(Some("b:int".into()))),
+                ColumnarValue::Array(b.clone()),
+            ],
+            arg_fields: vec![],
+            number_rows: 2,
+            return_field: Arc::new(arrow::datatypes::Field::new("f", DataType::Binary, true)),
+            config_options: Arc::new(ConfigOptions::default()),
+        };
+        let ColumnarValue::Array(out) = field_hashes_udf().invoke_with_args(args).unwrap() else {
+            panic!("an array")
+        };
+        let ha = hash_rows(b"a:text", &[a], 2).unwrap();
+        let hb = hash_rows(b"b:int", &[b], 2).unwrap();
+        for row in 0..2 {
+            assert_eq!(
+                unpack_field_hashes(out.as_binary::<i32>().value(row)),
+                vec![
+                    ha.as_primitive::<UInt64Type>().value(row),
+                    hb.as_primitive::<UInt64Type>().value(row)
+                ]
+            );
+        }
     }
 
     #[test]

@@ -787,24 +787,19 @@ pub fn storage_schema(schema: &arrow::datatypes::Schema) -> SchemaRef {
 
 /// Parquet settings for state and history files: zstd, statistics on (readers prune by key),
 /// no dictionaries (keys and row hashes are all distinct: a dictionary only costs time). Row
-/// hashes are stored as they are (random bits do not compress), and no statistics are kept of
-/// row and field hashes (their minimum and maximum prune nothing). Field hashes stay
-/// compressed: their list structure does compress, and a file twice the size costs more.
+/// and field hashes are stored as they are, without statistics: random bits do not compress,
+/// and their minimum and maximum prune nothing.
 pub fn writer_properties() -> WriterProperties {
     use parquet::file::properties::EnabledStatistics;
     use parquet::schema::types::ColumnPath;
-    let column =
-        |path: &str| ColumnPath::from(path.split('.').map(String::from).collect::<Vec<_>>());
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_dictionary_enabled(false)
-        .set_column_compression(column("__bf_hash"), Compression::UNCOMPRESSED);
-    for path in [
-        "__bf_hash",
-        "__bf_fields.list.item",
-        "__bf_fields.list.element",
-    ] {
-        b = b.set_column_statistics_enabled(column(path), EnabledStatistics::None);
+        .set_dictionary_enabled(false);
+    for column in ["__bf_hash", "__bf_fields"] {
+        let path = ColumnPath::from(column);
+        b = b
+            .set_column_compression(path.clone(), Compression::UNCOMPRESSED)
+            .set_column_statistics_enabled(path, EnabledStatistics::None);
     }
     b.build()
 }

@@ -136,13 +136,12 @@ fn changed_groups(
     rows: &RecordBatch,
     comparable: bool,
 ) -> Result<Vec<FieldGroup>, arrow::error::ArrowError> {
-    use arrow::array::{Array, ListArray};
-    use arrow::datatypes::UInt64Type;
+    use arrow::array::Array;
     let (Some(new), Some(prev), true) = (
         rows.column_by_name(FIELDS)
-            .and_then(|c| c.as_list_opt::<i32>()),
+            .and_then(|c| c.as_binary_opt::<i32>()),
         rows.column_by_name(PREV_FIELDS)
-            .and_then(|c| c.as_list_opt::<i32>()),
+            .and_then(|c| c.as_binary_opt::<i32>()),
         comparable,
     ) else {
         return Ok(vec![(None, rows.clone())]);
@@ -150,11 +149,8 @@ fn changed_groups(
     // The hashes are in field-name order (see `map`).
     let mut names: Vec<&String> = target.schema.fields().iter().map(|f| f.name()).collect();
     names.sort();
-    let hashes = |list: &ListArray, row: usize| -> Option<Vec<u64>> {
-        (!list.is_null(row)).then(|| {
-            let v = list.value(row);
-            v.as_primitive::<UInt64Type>().values().to_vec()
-        })
+    let hashes = |packed: &arrow::array::BinaryArray, row: usize| -> Option<Vec<u64>> {
+        (!packed.is_null(row)).then(|| crate::hash::unpack_field_hashes(packed.value(row)))
     };
     let mut order: Vec<Option<Vec<bool>>> = Vec::new();
     let mut members: std::collections::HashMap<Option<Vec<bool>>, Vec<u32>> =

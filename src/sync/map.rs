@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use datafusion::prelude::{DataFrame, Expr, ident, lit};
 
-use arrow::datatypes::{DataType, Field};
+use arrow::datatypes::DataType;
 
 use crate::config::{Behavior, SendMode, SyncConfig};
 use crate::hash::{ROW_HASH, type_family};
@@ -22,12 +22,9 @@ pub const PRESENT: &str = "__bf_present";
 /// For a sync that sends only changed fields: one hash per destination field, in name order.
 pub const FIELDS: &str = "__bf_fields";
 
-/// The type of [`FIELDS`].
+/// The type of [`FIELDS`]: the per-field hashes packed (see `hash::field_hashes_udf`).
 pub fn fields_type() -> DataType {
-    DataType::List(std::sync::Arc::new(Field::new_list_field(
-        DataType::UInt64,
-        true,
-    )))
+    DataType::Binary
 }
 
 /// The mapped relation and what it sends.
@@ -208,22 +205,20 @@ pub fn map(sync: &SyncConfig, relation: DataFrame) -> Result<Mapped, MappingProb
     out.push(hash);
     let field_hashes = if sync.send == SendMode::Changed {
         // Each field hashed as the row is, alone (its own name and type family as header).
-        let each = sorted
-            .iter()
-            .map(|n| {
-                let family = schema
-                    .field_with_unqualified_name(n)
-                    .map(|f| type_family(f.data_type()))
-                    .unwrap_or_default();
-                Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
-                    std::sync::Arc::new(crate::hash::row_hash_udf()),
-                    vec![lit(format!("{n}:{family}")), ident(n.as_str())],
-                ))
-            })
-            .collect();
-        Some(datafusion::logical_expr::cast(
-            datafusion::functions_nested::expr_fn::make_array(each),
-            fields_type(),
+        let mut args = Vec::with_capacity(sorted.len() * 2);
+        for n in &sorted {
+            let family = schema
+                .field_with_unqualified_name(n)
+                .map(|f| type_family(f.data_type()))
+                .unwrap_or_default();
+            args.push(lit(format!("{n}:{family}")));
+            args.push(ident(n.as_str()));
+        }
+        Some(Expr::ScalarFunction(
+            datafusion::logical_expr::expr::ScalarFunction::new_udf(
+                std::sync::Arc::new(crate::hash::field_hashes_udf()),
+                args,
+            ),
         ))
     } else {
         None

@@ -40,11 +40,22 @@ pub(super) fn fields_of(df: &DataFrame, keep: bool) -> Vec<datafusion::prelude::
     if !keep {
         return Vec::new();
     }
+    // (Parquet files are read with their binary columns as views; a state written before the
+    // hashes were packed holds a list, which says nothing now: unknown.)
     let has = df
         .schema()
         .field_with_unqualified_name(FIELDS)
-        .is_ok_and(|f| *f.data_type() == fields_type());
-    vec![if has { ident(FIELDS) } else { unknown_fields() }]
+        .is_ok_and(|f| {
+            matches!(
+                f.data_type(),
+                DataType::Binary | DataType::BinaryView | DataType::LargeBinary
+            )
+        });
+    vec![if has {
+        cast(ident(FIELDS), fields_type()).alias(FIELDS)
+    } else {
+        unknown_fields()
+    }]
 }
 
 /// Per-field hashes that are not known (NULL): every field counts as changed.
