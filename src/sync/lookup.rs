@@ -21,7 +21,7 @@ use datafusion::common::{ScalarValue, TableReference};
 use datafusion::functions::core::expr_fn::coalesce;
 use datafusion::functions::string::expr_fn::concat;
 use datafusion::functions_aggregate::expr_fn::{count, min};
-use datafusion::logical_expr::{JoinType, cast, try_cast, when};
+use datafusion::logical_expr::{JoinType, cast, when};
 use datafusion::prelude::{DataFrame, Expr, ident, lit};
 
 use super::{SyncError, SyncRef, engine};
@@ -234,15 +234,27 @@ async fn joined(
             format!("__bf_lk{i}_records"),
             format!("__bf_lk{i}_with_returns"),
         );
+        let by_type = provider
+            .schema()
+            .field_with_name(&l.by)
+            .map(|f| f.data_type().clone())
+            .map_err(|e| df_err(e.into()))?;
+        // Values of one type are compared as they are; of two types, as their text, so that
+        // no conversion can make two values meet (42.9 and 42, "042" and 42, a timestamp and
+        // its day).
+        let (by_key, field_key) = if by_type == input_type {
+            (ident(&l.by), field.clone())
+        } else {
+            let key = format!("__bf_lk{i}_key");
+            diff = diff
+                .with_column(&key, cast(ident(field), DataType::Utf8))
+                .map_err(&df_err)?;
+            (cast(ident(&l.by), DataType::Utf8), key)
+        };
         // One row per value of `by`: how many records have it, and what the one returns.
         let table = ctx
             .read_table(provider)
-            .and_then(|t| {
-                t.select(vec![
-                    try_cast(ident(&l.by), input_type.clone()).alias(&value),
-                    ident(&l.returns).alias(&found),
-                ])
-            })
+            .and_then(|t| t.select(vec![by_key.alias(&value), ident(&l.returns).alias(&found)]))
             // (No filter on NULL values: a NULL key joins nothing anyway, and a filter over the
             // cast would be pushed down to the database, which may not know TRY_CAST.)
             .and_then(|t| {
@@ -262,7 +274,7 @@ async fn joined(
                 diff,
                 JoinType::Right,
                 &[value.as_str()],
-                &[field.as_str()],
+                &[field_key.as_str()],
                 None,
             )
             .map_err(&df_err)?;
@@ -473,9 +485,8 @@ pub(super) fn failures(rows: &RecordBatch) -> Vec<(usize, String)> {
     let Some(c) = rows.column_by_name(REASON) else {
         return vec![];
     };
-    let Some(c) = c.as_string_opt::<i32>() else {
-        return vec![];
-    };
+    // (Whatever string type the plan gave it; a reason is never dropped for its type.)
+    let c = crate::values::texts(c);
     (0..c.len())
         .filter(|i| !c.is_null(*i))
         .map(|i| (i, c.value(i).to_string()))

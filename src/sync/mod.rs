@@ -823,7 +823,10 @@ async fn locked_cycle(
     };
     // A run that changed nothing commits nothing: the state stays the version it was (the run
     // is in history all the same).
+    // (Not when the state read is older than the newest version, which was damaged: the next
+    // commit must put an intact version above it.)
     if let Some(previous) = prepared.previous.as_ref()
+        && prepared.target.version == previous.version + 1
         && sent_rows == 0
         && finished.rejected.is_empty()
         && !prepared.rescan

@@ -476,3 +476,42 @@ async fn an_api_that_cannot_be_asked_fails_the_run() {
     let e = f.load().unwrap_err().to_string();
     assert!(e.contains("no [lookups.companies]"), "{e}");
 }
+
+/// Values of two types meet only when their text is the same: no conversion makes 42.9 find
+/// 42, or 7.0 find 7.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_other_types_are_compared_as_text() {
+    let f = Fixture::new();
+    project(
+        &f,
+        "[destinations.crm]\ntype = \"sqlite\"\npath = \"out/crm.db\"",
+        "",
+    );
+    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &toml
+            .replace("by = \"domain\"", "by = \"code\"")
+            .replace("value = \"company_domain\"", "value = \"company_code\""),
+    );
+    f.write("companies.csv", "id,code\n10,42.9\n20,7.5\n30,13.25\n");
+    f.write(
+        "contacts.csv",
+        "id,email,company_code\n1,a@x.io,42\n2,b@x.io,7\n3,c@x.io,\n",
+    );
+    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &toml.replace(
+            "fields.exclude = [\"company_domain\"]",
+            "fields.exclude = [\"company_code\"]",
+        ),
+    );
+    f.run_ok("companies").await;
+    let r = f.run_ok("contacts").await;
+    assert_eq!((r.counts.created, r.counts.rejected), (1, 2), "{r:?}");
+    assert_eq!(
+        sqlite_companies(&f),
+        vec![("3".to_string(), "NULL".to_string())]
+    );
+}

@@ -87,13 +87,14 @@ impl HttpWriter {
             .chunks(size)
             .map(<[usize]>::to_vec)
             .collect();
-        let parts: Vec<Result<Vec<(usize, Found)>, Fatal>> = futures::stream::iter(chunks)
-            .map(|rows| s.find(config, query, &records, rows))
-            .buffer_unordered(s.client.concurrency() * 2)
-            .collect()
-            .await;
+        // The first failure that stops the run stops the lookups at once (see `deliver_batch`).
+        let mut parts = std::pin::pin!(
+            futures::stream::iter(chunks)
+                .map(|rows| s.find(config, query, &records, rows))
+                .buffer_unordered(s.client.concurrency() * 2)
+        );
         let mut out = vec![Found::Nothing; records.len()];
-        for part in parts {
+        while let Some(part) = parts.next().await {
             for (row, found) in part.map_err(|Fatal(reason)| fail(reason))? {
                 if let Some(slot) = out.get_mut(row) {
                     *slot = found;

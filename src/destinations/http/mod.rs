@@ -564,7 +564,7 @@ impl Shared {
             })
             .await;
         let url = format!("{}{path}", self.base_url);
-        let (status, text) = match self.settle(answer, &url)? {
+        let (status, text) = match self.settle(answer, &url, rows.len())? {
             Ok(r) => r,
             Err(reply) => return Ok(Err(reply)),
         };
@@ -695,7 +695,7 @@ impl Shared {
                 idempotency_key,
             })
             .await;
-        let (status, body) = match self.settle(answer, &url)? {
+        let (status, body) = match self.settle(answer, &url, recs.len())? {
             Ok(r) => r,
             Err(reply) => return Ok(reply),
         };
@@ -720,11 +720,23 @@ impl Shared {
         &self,
         answer: Answer,
         url: &str,
+        records: usize,
     ) -> Result<Result<(StatusCode, String), Reply>, Fatal> {
         match answer {
             Answer::Response { status, body } => {
                 self.gave_up_in_a_row.store(0, Ordering::Relaxed);
                 Ok(Ok((status, body)))
+            }
+            // A request of several records that timed out (or that a gateway gave up on) may
+            // only be too big for the time allowed: it is split like any failing batch.
+            Answer::GaveUp {
+                attempts,
+                last,
+                down: true,
+            } if records > 1 && (last.starts_with("timed out") || last.starts_with("HTTP 504")) => {
+                Ok(Err(Reply::Split(format!(
+                    "the API kept failing ({attempts} attempts): {last}"
+                ))))
             }
             // The API is out of reach: no record is to blame, and none is rejected for it.
             Answer::GaveUp {
@@ -819,11 +831,10 @@ impl ObjectWriter for HttpWriter {
                 .iter()
                 .filter(|r| match op {
                     WriteOp::Create => r.reason == RECORD_EXISTS,
-                    _ => {
-                        r.reason.starts_with(NO_RECORD_FOR_UPDATE)
-                            || r.reason == NOT_IN_API
-                            || looks_missing(&r.reason)
-                    }
+                    // Only an answer that says the record is missing (a 404 to a per-record update,
+                    // an error a batch answer names as not found, an id lookup that found
+                    // nothing), never any message that mentions "not found".
+                    _ => r.reason.starts_with(NO_RECORD_FOR_UPDATE) || r.reason == NOT_IN_API,
                 })
                 .map(|r| r.row)
                 .collect();
