@@ -290,6 +290,19 @@ pub struct BatchOutcome {
     pub created: usize,
 }
 
+impl BatchOutcome {
+    /// The outcome of a batch made of the rows `rows` of another batch, in that batch's row
+    /// numbers.
+    pub(crate) fn mapped_to(mut self, rows: &[usize]) -> BatchOutcome {
+        for r in &mut self.rejected {
+            if let Some(row) = rows.get(r.row) {
+                r.row = *row;
+            }
+        }
+        self
+    }
+}
+
 /// A destination kind.
 #[async_trait]
 pub trait Destination: Send + Sync + std::fmt::Debug {

@@ -125,6 +125,49 @@ fn only_fields(
     view.project(&keep)
 }
 
+/// Write `view` except the rows of `failed` (their lookups found no record), which are
+/// rejected with their reasons; the outcome is in `view`'s row numbers.
+async fn write_except(
+    sync: &str,
+    writer: &mut dyn ObjectWriter,
+    op: WriteOp,
+    view: &RecordBatch,
+    failed: Vec<(usize, String)>,
+) -> Result<BatchOutcome, SyncError> {
+    let dest_err = |source| SyncError::Destination {
+        sync: sync.to_string(),
+        source,
+    };
+    if failed.is_empty() {
+        return writer.write(op, view.clone()).await.map_err(dest_err);
+    }
+    let mut keep = vec![true; view.num_rows()];
+    for (row, _) in &failed {
+        if let Some(k) = keep.get_mut(*row) {
+            *k = false;
+        }
+    }
+    let kept: Vec<usize> = (0..keep.len()).filter(|i| keep[*i]).collect();
+    let mut outcome = if kept.is_empty() {
+        BatchOutcome::default()
+    } else {
+        let sub = filter_record_batch(view, &BooleanArray::from(keep))
+            .map_err(|e| engine(sync, "apply")(e.into()))?;
+        writer
+            .write(op, sub)
+            .await
+            .map_err(dest_err)?
+            .mapped_to(&kept)
+    };
+    outcome.rejected.extend(
+        failed
+            .into_iter()
+            .map(|(row, reason)| Rejection { row, reason }),
+    );
+    outcome.rejected.sort_by_key(|r| r.row);
+    Ok(outcome)
+}
+
 /// Rows that changed the same fields: those fields (None: every field) and the rows.
 type FieldGroup = (Option<Vec<String>>, RecordBatch);
 
@@ -384,40 +427,7 @@ impl<'a> Outbox<'a> {
             if let Some(log) = self.intents.as_deref_mut() {
                 log.record(sync, &keys).await?;
             }
-            let dest_err = |source| SyncError::Destination {
-                sync: sync.to_string(),
-                source,
-            };
-            let outcome = if failed.is_empty() {
-                self.writer
-                    .write(op, view.clone())
-                    .await
-                    .map_err(dest_err)?
-            } else {
-                let mut keep = vec![true; view.num_rows()];
-                for (row, _) in &failed {
-                    keep[*row] = false;
-                }
-                let kept: Vec<usize> = (0..keep.len()).filter(|i| keep[*i]).collect();
-                let mut outcome = if kept.is_empty() {
-                    BatchOutcome::default()
-                } else {
-                    let sub = filter_record_batch(&view, &BooleanArray::from(keep))
-                        .map_err(|e| df_err(e.into()))?;
-                    let mut o = self.writer.write(op, sub).await.map_err(dest_err)?;
-                    for r in &mut o.rejected {
-                        r.row = kept[r.row];
-                    }
-                    o
-                };
-                outcome.rejected.extend(
-                    failed
-                        .into_iter()
-                        .map(|(row, reason)| Rejection { row, reason }),
-                );
-                outcome.rejected.sort_by_key(|r| r.row);
-                outcome
-            };
+            let outcome = write_except(sync, &mut *self.writer, op, &view, failed).await?;
             skipped = outcome.skipped;
             created = outcome.created;
             for r in &outcome.rejected {

@@ -8,6 +8,29 @@ use super::{Prepared, SyncError, SyncRef, failpoint};
 use crate::history::RunCounts;
 use crate::state::{FORMAT_VERSION, Manifest, SyncLock, Watermark};
 
+/// Whether committing would record nothing `previous` does not (the run sent nothing, got no
+/// late rejections and wrote no intents: the caller knows): same watermark, mapping,
+/// destination, key type, upstream and format, no intents of earlier runs to fold in, no whole
+/// read. Not when `previous` is older than the newest version (that one was damaged): the next
+/// commit must put an intact version above it.
+pub(super) fn changes_nothing(
+    prepared: &Prepared,
+    previous: &Manifest,
+    watermark: Option<&Watermark>,
+) -> bool {
+    prepared.target.version == previous.version + 1
+        && !prepared.rescan
+        && prepared.pending.is_empty()
+        && prepared.covered.is_empty()
+        && prepared.reported == 0
+        && previous.fields.as_deref() == Some(prepared.fields.as_str())
+        && previous.upstream == prepared.upstream
+        && previous.watermark.as_ref() == watermark
+        && previous.format == FORMAT_VERSION
+        && previous.key_type == prepared.key_type.to_string()
+        && previous.destination_fingerprint.as_deref() == Some(prepared.fingerprint.as_str())
+}
+
 /// Commit `next` as version `version` of the sync's state; returns the committed manifest.
 pub(super) async fn commit(
     sync: &SyncRef<'_>,

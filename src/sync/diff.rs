@@ -6,6 +6,7 @@ use arrow::compute::kernels::cmp::eq;
 use arrow::datatypes::Int8Type;
 use datafusion::prelude::DataFrame;
 
+use super::map::{FIELDS, fields_type};
 use super::{SyncError, SyncRef, engine};
 
 const DIFF_SQL: &str = include_str!("../../sql/diff.sql");
@@ -45,6 +46,20 @@ pub(super) async fn plan(sync: &SyncRef<'_>, foreign: bool) -> Result<DataFrame,
         )
         .await
         .map_err(engine(sync.name, "diff"))
+}
+
+/// `diff` with the per-field hashes ([`FIELDS`], a sync that sends only changed fields) of the
+/// rows it sends: new and changed ones. The state keeps the others' from earlier runs, so they
+/// are not computed for them.
+pub(super) fn with_field_hashes(
+    diff: DataFrame,
+    hashes: datafusion::prelude::Expr,
+) -> datafusion::error::Result<DataFrame> {
+    use datafusion::prelude::{ident, lit};
+    let sent = ident(OP).in_list(vec![lit(NEW), lit(CHANGED)], false);
+    let none = lit(datafusion::common::ScalarValue::try_from(&fields_type())?);
+    let hashes = datafusion::logical_expr::when(sent, hashes).otherwise(none)?;
+    diff.with_column(FIELDS, hashes)
 }
 
 /// Rows of the model (not gone, not unowned).

@@ -360,24 +360,9 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
     )
     .await?;
     let diff = diff::plan(sync, compares_with_destination).await?;
-    // Per-field hashes of the rows sent (new and changed), before lookups replace values.
+    // Per-field hashes of the rows sent, before lookups replace values.
     let diff = match field_hashes {
-        Some(hashes) => {
-            let sent = ident(diff::OP).in_list(
-                vec![
-                    datafusion::prelude::lit(diff::NEW),
-                    datafusion::prelude::lit(diff::CHANGED),
-                ],
-                false,
-            );
-            let hashes = datafusion::logical_expr::when(sent, hashes)
-                .otherwise(datafusion::prelude::lit(
-                    datafusion::common::ScalarValue::try_from(&map::fields_type())
-                        .map_err(&df_err)?,
-                ))
-                .map_err(&df_err)?;
-            diff.with_column(map::FIELDS, hashes).map_err(&df_err)?
-        }
+        Some(hashes) => diff::with_field_hashes(diff, hashes).map_err(&df_err)?,
         None => diff,
     };
     let lookups = lookup::plan(sync, &destination, diff).await?;
@@ -823,24 +808,13 @@ async fn locked_cycle(
     };
     // A run that changed nothing commits nothing: the state stays the version it was (the run
     // is in history all the same).
-    // (Not when the state read is older than the newest version, which was damaged: the next
-    // commit must put an intact version above it.)
+    let wrote_intents = intents.as_ref().is_some_and(|i| !i.files.is_empty());
     if let Some(previous) = prepared.previous.as_ref()
-        && prepared.target.version == previous.version + 1
+        && !sampled
         && sent_rows == 0
         && finished.rejected.is_empty()
-        && !prepared.rescan
-        && !sampled
-        && prepared.pending.is_empty()
-        && prepared.covered.is_empty()
-        && prepared.reported == 0
-        && intents.as_ref().is_none_or(|i| i.files.is_empty())
-        && previous.fields.as_deref() == Some(prepared.fields.as_str())
-        && previous.upstream == prepared.upstream
-        && previous.watermark == watermark
-        && previous.format == crate::state::FORMAT_VERSION
-        && previous.key_type == prepared.key_type.to_string()
-        && previous.destination_fingerprint.as_deref() == Some(prepared.fingerprint.as_str())
+        && !wrote_intents
+        && commit::changes_nothing(&prepared, previous, watermark.as_ref())
     {
         if let Err(e) = project.state.delete(&sent_rel).await {
             tracing::debug!(sync = name, error = %e, "could not remove an empty sent file");

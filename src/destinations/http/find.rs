@@ -147,22 +147,13 @@ impl Shared {
                 Some(_) => items.into_iter().next().unwrap_or(Value::Null),
                 None => Value::Array(items),
             };
-            let payload = match &config.wrap {
-                Some(name) => {
-                    let mut m = match config
-                        .extra
-                        .as_ref()
-                        .map(|e| fill_names(&translate_value(e), &query.by, &query.object))
-                    {
-                        Some(Value::Object(m)) => m,
-                        _ => serde_json::Map::new(),
-                    };
-                    m.insert(name.clone(), payload);
-                    Value::Object(m)
-                }
-                None => payload,
-            };
-            payload.to_string().into_bytes()
+            let extra = config
+                .extra
+                .as_ref()
+                .map(|e| fill_names(&translate_value(e), &query.by, &query.object));
+            template::wrapped(payload, config.wrap.as_deref(), extra)
+                .to_string()
+                .into_bytes()
         });
         let url = format!("{}{path}", self.base_url);
         let answer = self

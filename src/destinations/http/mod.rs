@@ -537,17 +537,11 @@ impl Shared {
             .iter()
             .map(|r| template::render(&template, &records[*r], &ctx))
             .collect();
-        let body = match &lookup.wrap {
-            Some(name) => {
-                let mut m = match lookup.extra.as_ref().map(fill) {
-                    Some(Value::Object(m)) => m,
-                    _ => serde_json::Map::new(),
-                };
-                m.insert(name.clone(), Value::Array(items));
-                Value::Object(m)
-            }
-            None => Value::Array(items),
-        };
+        let body = template::wrapped(
+            Value::Array(items),
+            lookup.wrap.as_deref(),
+            lookup.extra.as_ref().map(fill),
+        );
         let path = template::render_path(&lookup.path, None, &ctx).map_err(Fatal)?;
         let method = lookup
             .method
@@ -826,22 +820,21 @@ impl ObjectWriter for HttpWriter {
             _ => None,
         };
         if let Some(other) = retry_as {
-            let again: Vec<usize> = outcome
-                .rejected
-                .iter()
-                .filter(|r| match op {
-                    WriteOp::Create => r.reason == RECORD_EXISTS,
-                    // Only an answer that says the record is missing (a 404 to a per-record update,
-                    // an error a batch answer names as not found, an id lookup that found
-                    // nothing), never any message that mentions "not found".
-                    _ => r.reason.starts_with(NO_RECORD_FOR_UPDATE) || r.reason == NOT_IN_API,
-                })
-                .map(|r| r.row)
-                .collect();
+            let (again, rest): (Vec<Rejection>, Vec<Rejection>) =
+                std::mem::take(&mut outcome.rejected)
+                    .into_iter()
+                    .partition(|r| match op {
+                        WriteOp::Create => r.reason == RECORD_EXISTS,
+                        // Only an answer that says the record is missing (a 404 to a per-record
+                        // update, an error a batch answer names as not found, an id lookup that
+                        // found nothing), never any message that mentions "not found".
+                        _ => r.reason.starts_with(NO_RECORD_FOR_UPDATE) || r.reason == NOT_IN_API,
+                    });
+            outcome.rejected = rest;
             if !again.is_empty() {
-                let indices = arrow::array::UInt32Array::from(
-                    again.iter().map(|r| *r as u32).collect::<Vec<_>>(),
-                );
+                let rows: Vec<usize> = again.iter().map(|r| r.row).collect();
+                let indices =
+                    arrow::array::UInt32Array::from_iter_values(rows.iter().map(|r| *r as u32));
                 let subset = arrow::compute::take_record_batch(&batch, &indices).map_err(|e| {
                     DestinationError::Write {
                         destination: s.destination.clone(),
@@ -849,17 +842,11 @@ impl ObjectWriter for HttpWriter {
                         reason: e.to_string(),
                     }
                 })?;
-                let second = s.deliver_batch(other, &subset).await?;
+                let second = s.deliver_batch(other, &subset).await?.mapped_to(&rows);
                 if other == WriteOp::Create {
-                    outcome.created += again.len() - second.rejected.len();
+                    outcome.created += rows.len() - second.rejected.len();
                 }
-                outcome.rejected.retain(|r| !again.contains(&r.row));
-                outcome
-                    .rejected
-                    .extend(second.rejected.into_iter().map(|r| Rejection {
-                        row: again[r.row],
-                        reason: r.reason,
-                    }));
+                outcome.rejected.extend(second.rejected);
                 outcome.rejected.sort_by_key(|r| r.row);
             }
         }

@@ -240,6 +240,22 @@ fn resolve(name: &str, record: &Record, ctx: &Context) -> Option<Value> {
     })
 }
 
+/// A request body: `payload` alone, or under `wrap` beside the fields of `extra` (an object;
+/// anything else adds nothing).
+pub fn wrapped(payload: Value, wrap: Option<&str>, extra: Option<Value>) -> Value {
+    match wrap {
+        Some(name) => {
+            let mut m = match extra {
+                Some(Value::Object(m)) => m,
+                _ => Map::new(),
+            };
+            m.insert(name.to_string(), payload);
+            Value::Object(m)
+        }
+        None => payload,
+    }
+}
+
 /// Fill `template` with one record.
 pub fn render(template: &Value, record: &Record, ctx: &Context) -> Value {
     match template {
