@@ -101,12 +101,14 @@ macro_rules! failpoint {
 pub(crate) use failpoint;
 
 /// How a hub run treats its state.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct HubOptions {
     /// Read every source from the start again (the ID map and golden records stay).
     pub full_resync: bool,
     /// Stop after this many cycles (default: until every source is read to its end).
     pub max_cycles: Option<u64>,
+    /// The run's id (default: a new one).
+    pub run_id: Option<String>,
 }
 
 /// What one source did in a run.
@@ -198,7 +200,10 @@ pub async fn run(
             .into_iter()
             .flat_map(|e| e.sources.values().map(|s| s.from.as_str())),
     ) as i64;
-    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let run_id = options
+        .run_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let mut samples = Vec::new();
     let mut total = CycleOutcome::default();
     let mut cycles = 0u64;

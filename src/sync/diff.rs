@@ -31,8 +31,10 @@ pub(super) const PREV_FIELDS: &str = "__bf_prev_fields";
 /// `bf_prev` holds the destination's keys rather than a state (`foreign`), a key missing from
 /// the model is [`UNOWNED`], not gone.
 pub(super) async fn plan(sync: &SyncRef<'_>, foreign: bool) -> Result<DataFrame, SyncError> {
-    // A test run (a sample of the model) cannot tell which keys are gone either.
-    let from = if sync.config.cursor.is_some() || sync.options.sample.is_some() {
+    // A test run (a sample of the model) cannot tell which keys are gone either. A run for
+    // given keys reads the whole model for them, and the state of those keys only: it can.
+    let reads_part = sync.config.cursor.is_some() && sync.options.only_keys.is_none();
+    let from = if reads_part || sync.options.sample.is_some() {
         "model m LEFT JOIN bf_prev p ON m.__bf_key = p.__bf_key"
     } else {
         "bf_prev p FULL JOIN model m ON m.__bf_key = p.__bf_key"

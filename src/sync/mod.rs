@@ -71,6 +71,21 @@ pub struct RunOptions {
     pub allow_deletes: bool,
     /// A test run: only these rows (see [`Sample`]).
     pub sample: Option<Sample>,
+    /// A run for these keys only (an app telling which records just changed): their rows are
+    /// read, diffed against the state and sent like any run's; a key the model no longer has
+    /// is deleted by a mirror when the state holds it. Nothing else is touched: the watermark
+    /// stays, and the delete guard does not apply (only the keys named can be deleted).
+    pub only_keys: Option<Vec<String>>,
+    /// The run's id (default: a new one), for a caller that names the run before it starts.
+    pub run_id: Option<String>,
+}
+
+impl RunOptions {
+    /// Whether the run reads part of the model on purpose (a test run or a run for given
+    /// keys): the watermark stays, and no key is gone for not being read.
+    pub(crate) fn partial(&self) -> bool {
+        self.sample.is_some() || self.only_keys.is_some()
+    }
 }
 
 /// The rows a test run sends (`run SYNC --sample N` or `--keys a,b`): the first `N` by key, or
@@ -104,13 +119,17 @@ impl<'a> SyncRef<'a> {
         name: &'a str,
         options: RunOptions,
     ) -> Self {
+        let run_id = options
+            .run_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         SyncRef {
             project,
             ctx,
             name,
             config: &project.config.syncs[name],
             options,
-            run_id: uuid::Uuid::new_v4().simple().to_string(),
+            run_id,
         }
     }
 }
@@ -230,10 +249,8 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
         .as_ref()
         .and_then(|p| p.fields.as_ref())
         .is_some_and(|f| *f != mapped.fingerprint);
-    let rescan = sync.options.full_resync
-        || mapping_changed
-        || upstream_restarted
-        || sync.options.sample.is_some();
+    let rescan =
+        sync.options.full_resync || mapping_changed || upstream_restarted || sync.options.partial();
     if mapping_changed && config.cursor.is_some() {
         tracing::info!(
             sync = name,
@@ -265,32 +282,16 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
                 .map_err(&df_err)?
         }
         Some(Sample::Keys(keys)) => {
-            let fields = config.key.destinations();
-            let part_types = key_part_types(&key_type, fields.len());
-            let mut wanted = Vec::with_capacity(keys.len());
-            for k in keys {
-                let parts =
-                    crate::keys::key_parts(k, fields.len()).map_err(|why| SyncError::Mapping {
-                        sync: name.to_string(),
-                        problems: vec![format!("--keys: {why}")],
-                    })?;
-                let one = fields
-                    .iter()
-                    .zip(&part_types)
-                    .zip(parts)
-                    .map(|((f, t), v)| {
-                        ident(f).eq(try_cast(datafusion::prelude::lit(v), t.clone()))
-                    })
-                    .reduce(datafusion::prelude::Expr::and)
-                    .unwrap_or(datafusion::prelude::lit(false));
-                wanted.push(one);
-            }
-            let any = wanted
-                .into_iter()
-                .reduce(datafusion::prelude::Expr::or)
-                .unwrap_or(datafusion::prelude::lit(false));
-            rows.filter(any).map_err(&df_err)?
+            let wanted = keys_filter(sync, &key_type, keys, "--keys", |_, f| ident(f))?;
+            rows.filter(wanted).map_err(&df_err)?
         }
+    };
+    let rows = match &sync.options.only_keys {
+        Some(keys) => {
+            let wanted = keys_filter(sync, &key_type, keys, "keys", |_, f| ident(f))?;
+            rows.filter(wanted).map_err(&df_err)?
+        }
+        None => rows,
     };
     ctx.register_table("bf_mapped", rows.into_view())
         .map_err(&df_err)?;
@@ -424,6 +425,62 @@ fn untyped(t: &DataType) -> bool {
         DataType::Struct(fields) => fields.iter().any(|f| *f.data_type() == DataType::Null),
         _ => false,
     }
+}
+
+/// A filter that keeps the rows with one of `keys` (as people write keys: see
+/// [`crate::keys::key_parts`]), over the columns `column(i, field)` gives for each key part.
+/// A key whose value cannot be of the key's type matches nothing. The alternatives are joined
+/// as a balanced tree, so that thousands of keys do not make a plan too deep to walk.
+pub(super) fn keys_filter(
+    sync: &SyncRef<'_>,
+    key_type: &DataType,
+    keys: &[String],
+    setting: &str,
+    column: impl Fn(usize, &str) -> datafusion::prelude::Expr,
+) -> Result<datafusion::prelude::Expr, SyncError> {
+    use datafusion::prelude::{Expr, lit};
+    let fields = sync.config.key.destinations();
+    let part_types = key_part_types(key_type, fields.len());
+    if let ([field], [t]) = (fields.as_slice(), part_types.as_slice()) {
+        let values = keys
+            .iter()
+            .map(|k| try_cast(lit(k.as_str()), t.clone()))
+            .collect();
+        return Ok(column(0, field).in_list(values, false));
+    }
+    let mut wanted = Vec::with_capacity(keys.len());
+    for k in keys {
+        let parts = crate::keys::key_parts(k, fields.len()).map_err(|why| SyncError::Mapping {
+            sync: sync.name.to_string(),
+            problems: vec![format!("{setting}: {why}")],
+        })?;
+        let one = fields
+            .iter()
+            .zip(&part_types)
+            .zip(parts)
+            .enumerate()
+            .map(|(i, ((f, t), v))| column(i, f).eq(try_cast(lit(v), t.clone())))
+            .reduce(Expr::and)
+            .unwrap_or(lit(false));
+        wanted.push(one);
+    }
+    Ok(balanced_or(wanted))
+}
+
+/// `a OR b OR …` as a tree of depth log2(n).
+fn balanced_or(mut exprs: Vec<datafusion::prelude::Expr>) -> datafusion::prelude::Expr {
+    while exprs.len() > 1 {
+        let mut next = Vec::with_capacity(exprs.len().div_ceil(2));
+        let mut it = exprs.into_iter();
+        while let Some(a) = it.next() {
+            next.push(match it.next() {
+                Some(b) => a.or(b),
+                None => a,
+            });
+        }
+        exprs = next;
+    }
+    exprs.pop().unwrap_or(datafusion::prelude::lit(false))
 }
 
 /// The type of each key field, from the key's type (a composite key's is a struct of them).
@@ -658,10 +715,11 @@ async fn locked_cycle(
     prepared.target.progress = progress.clone();
     let hold_deletes = project.quarantined(&config.from).0 > 0;
     let sampled = sync.options.sample.is_some();
-    // Deletes a source's unreadable rows hold back are not made, nor a test run's: nothing to
-    // guard then.
+    let partial = sync.options.partial();
+    // Deletes a source's unreadable rows hold back are not made, nor a test run's; a run for
+    // given keys deletes only those: nothing to guard then.
     let pending_guard = match prepared.previous.as_ref() {
-        Some(previous) if !hold_deletes && !sampled && guard::applies(sync, previous) => {
+        Some(previous) if !hold_deletes && !partial && guard::applies(sync, previous) => {
             Some(apply::PendingGuard {
                 verdict: Box::new(move |deletes, in_sync| guard::tripped(sync, deletes, in_sync)),
                 count: Box::pin(guard::count(sync)),
@@ -791,8 +849,9 @@ async fn locked_cycle(
         .as_ref()
         .and_then(|p| p.watermark.clone())
         .filter(|_| !prepared.rescan);
-    let watermark = if sampled {
-        // A test run read a few rows, not the model up to some cursor value; and the hashes
+    let watermark = if partial {
+        // A test run (or a run for given keys) read a few rows, not the model up to some
+        // cursor value; and the hashes
         // the state keeps for the other rows were made under the mapping it had.
         if let Some(fields) = prepared.previous.as_ref().and_then(|p| p.fields.clone()) {
             prepared.fields = fields;

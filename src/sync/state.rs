@@ -317,6 +317,22 @@ pub(super) async fn register(
     } else {
         state_df.clone()
     };
+    // A run for given keys compares them with what the state says of those keys only: a key
+    // the state holds and the model lacks is gone, the others are not the run's business.
+    let prev_df = match &sync.options.only_keys {
+        Some(keys) => {
+            let composite = sync.config.key.is_composite();
+            let wanted = super::keys_filter(sync, key_type, keys, "keys", |_, field| {
+                if composite {
+                    datafusion::functions::core::expr_fn::get_field(ident(KEY), field)
+                } else {
+                    ident(KEY)
+                }
+            })?;
+            prev_df.filter(wanted).map_err(&df_err)?
+        }
+        None => prev_df,
+    };
     ctx.register_table("bf_state", state_df.into_view())
         .map_err(&df_err)?;
     ctx.register_table("bf_prev", prev_df.into_view())

@@ -1146,7 +1146,7 @@ async fn person_run(f: &Fixture, full_resync: bool) -> backflow::hub::HubReport 
     let ctx = project.session().await.unwrap();
     let options = backflow::hub::HubOptions {
         full_resync,
-        max_cycles: None,
+        ..Default::default()
     };
     let r = backflow::hub::run(&project, &ctx, "person", options).await;
     assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
