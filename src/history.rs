@@ -51,6 +51,9 @@ pub enum RunStatus {
     Interrupted,
     /// Stopped by the mass-delete guard before anything was sent.
     Guarded,
+    /// Not run: a scheduled tick found the sync still running, or a sync it runs after
+    /// failed (`backflow serve`). The error says which.
+    Skipped,
     /// A status this release does not know (written by another release or another tool):
     /// shown as it is.
     Other(String),
@@ -63,6 +66,7 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Interrupted => "interrupted",
             RunStatus::Guarded => "guarded",
+            RunStatus::Skipped => "skipped",
             RunStatus::Other(s) => s,
         }
     }
@@ -73,6 +77,7 @@ impl RunStatus {
             "failed" => RunStatus::Failed,
             "interrupted" => RunStatus::Interrupted,
             "guarded" => RunStatus::Guarded,
+            "skipped" => RunStatus::Skipped,
             other => RunStatus::Other(other.to_string()),
         }
     }

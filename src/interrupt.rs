@@ -8,10 +8,28 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+static STOPPED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Whether a stop was asked for.
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::Relaxed)
+}
+
+/// Wait until a stop is asked for (at once when it was).
+pub async fn stopped() {
+    loop {
+        let notified = STOPPED.notified();
+        if requested() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// Ask for a stop, as the first signal does.
+pub fn request() {
+    REQUESTED.store(true, Ordering::Relaxed);
+    STOPPED.notify_waiters();
 }
 
 /// The message of a run that stopped because of it.
@@ -34,7 +52,7 @@ pub fn listen() {
                 );
                 std::process::exit(130);
             }
-            REQUESTED.store(true, Ordering::Relaxed);
+            request();
             let _ = std::io::Write::write_all(
                 &mut std::io::stderr(),
                 b"stopping at the next safe point (send the signal again to exit at once)\n",

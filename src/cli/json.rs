@@ -64,6 +64,12 @@ pub struct SyncRecord {
     pub error: Option<String>,
     pub warnings: Vec<String>,
     pub samples: Vec<Sample>,
+    /// `plan`: when the sync runs by itself under `serve` (`manual`, `every 30s`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// `plan`: its next run by that schedule (RFC 3339, UTC), when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<String>,
 }
 
 /// A record a command shows as an example: `invalid` or `rejected` (run, history, plan), what
@@ -143,6 +149,8 @@ impl SyncRecord {
                 .map(Sample::from)
                 .chain(r.samples.iter().map(Sample::from))
                 .collect(),
+            schedule: None,
+            next_run: None,
         }
     }
 
@@ -178,6 +186,8 @@ impl SyncRecord {
             error: r.error.clone(),
             warnings: r.warnings.clone(),
             samples,
+            schedule: None,
+            next_run: None,
         }
     }
 
@@ -199,6 +209,8 @@ impl SyncRecord {
             error: r.error.clone(),
             warnings: r.warnings.clone(),
             samples: samples.iter().map(Sample::from).collect(),
+            schedule: None,
+            next_run: None,
         }
     }
 }

@@ -66,8 +66,22 @@ pub struct Cli {
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// Log errors only.
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// How log lines are written (to stderr): `text` for people, `json` for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,6 +179,25 @@ pub enum Command {
         #[command(subcommand)]
         command: StateCommand,
     },
+    /// Run the project as a service: syncs and entities on their schedules and sequences, an
+    /// HTTP API to start runs, push changed keys and read history, and Prometheus metrics.
+    /// Runs until SIGTERM or Ctrl-C.
+    Serve {
+        /// The address to listen on. Any address but loopback needs a token (see
+        /// --token-env).
+        #[arg(long, default_value = "127.0.0.1:7878", value_name = "ADDR:PORT")]
+        listen: std::net::SocketAddr,
+        /// How long a stop waits for the runs going to reach a safe point.
+        #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+        shutdown_timeout: std::time::Duration,
+        /// Runs at once, at most (others wait for a slot).
+        #[arg(long, default_value_t = 2, value_name = "N")]
+        max_concurrent: usize,
+        /// The environment variable holding the API's bearer token (required to listen on
+        /// anything but loopback; when set, every call but /healthz must carry it).
+        #[arg(long, default_value = crate::serve::TOKEN_ENV, value_name = "NAME")]
+        token_env: String,
+    },
     /// Show past runs, newest first, with their counts and errors.
     History {
         /// Only this sync.
@@ -245,7 +278,7 @@ impl Command {
     /// Whether the command prints JSON.
     fn json(&self) -> bool {
         match self {
-            Command::Init { .. } => false,
+            Command::Init { .. } | Command::Serve { .. } => false,
             Command::Check { json, .. }
             | Command::Plan { json, .. }
             | Command::Run { json, .. }
@@ -262,7 +295,7 @@ impl Command {
     /// The command's name in JSON records.
     fn name(&self) -> Option<&'static str> {
         Some(match self {
-            Command::Init { .. } => return None,
+            Command::Init { .. } | Command::Serve { .. } => return None,
             Command::Check { .. } => "check",
             Command::Plan { .. } => "plan",
             Command::Run { .. } => "run",
@@ -302,7 +335,8 @@ pub fn main() -> ExitCode {
             e.exit()
         }
     };
-    init_logging(cli.verbose);
+    let serving = matches!(cli.command, Command::Serve { .. });
+    init_logging(cli.verbose, cli.quiet, cli.log_format, serving);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -332,20 +366,35 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info,datafusion=warn",
+/// Logs go to stderr; a server logs its runs by default, a command only its warnings.
+fn init_logging(verbose: u8, quiet: bool, format: LogFormat, serving: bool) {
+    let default = match (quiet, verbose, serving) {
+        (true, _, _) => "error",
+        (false, 0, false) => "warn",
+        (false, 0, true) | (false, 1, _) => "info,datafusion=warn,sqlparser=warn",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
         // Colour codes only for a person at a terminal, never in a log file or a pipe.
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::duration::parse(text)
+        .ok_or_else(|| format!("\"{text}\" is not a duration (\"30s\", \"2m\")"))
 }
 
 fn now_ms() -> i64 {
@@ -404,11 +453,25 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
                 };
                 let report = sync::plan(&project, &ctx, &name, options).await;
                 ok &= report.status == RunStatus::Succeeded;
+                let (schedule, next_run) = next_run(&project, &name).await;
                 if json {
-                    let record = SyncRecord::from_plan(&report, started, full_resync);
+                    let mut record = SyncRecord::from_plan(&report, started, full_resync);
+                    record.schedule = schedule;
+                    record.next_run = next_run.map(|t| t.to_rfc3339());
                     out!("{}", Record::new("plan", "sync", record).line());
                 } else {
                     output::print_plan(&report);
+                    if let Some(schedule) = schedule {
+                        let next = next_run
+                            .map(|t| {
+                                format!(
+                                    ", next run {}",
+                                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                                )
+                            })
+                            .unwrap_or_default();
+                        out!("  schedule: {schedule}{next}");
+                    }
                 }
                 if explain {
                     match sync::explain(&project, &ctx, &name).await {
@@ -459,6 +522,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
                 full_resync,
                 allow_deletes,
                 sample,
+                ..RunOptions::default()
             };
             let selection = Selection {
                 names: syncs,
@@ -474,6 +538,23 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
         Command::State { command } => {
             let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
             state::state_cmd(&project, command).await
+        }
+        Command::Serve {
+            listen,
+            shutdown_timeout,
+            max_concurrent,
+            token_env,
+        } => {
+            let options = crate::serve::ServeOptions {
+                listen,
+                shutdown_timeout,
+                max_concurrent,
+                token_env,
+            };
+            crate::serve::serve(&cli.project, options)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(|e| e.to_string())
         }
         Command::History {
             sync,
@@ -583,7 +664,7 @@ async fn run(
                     &name,
                     crate::hub::HubOptions {
                         full_resync,
-                        max_cycles: None,
+                        ..Default::default()
                     },
                 )
                 .await;
@@ -628,6 +709,38 @@ async fn run(
         return Ok(ExitCode::from(130));
     }
     Ok(exit(ok))
+}
+
+/// A sync's schedule under `serve` and its next run by it (from its last run in history), for
+/// `plan`. None for a hub write-back (it runs with its entity).
+async fn next_run(
+    project: &Project,
+    name: &str,
+) -> (Option<String>, Option<chrono::DateTime<chrono::Utc>>) {
+    let Some((_, timing)) = crate::schedule::targets(&project.config)
+        .into_iter()
+        .find(|(n, _)| n == name)
+    else {
+        return (None, None);
+    };
+    let Ok(schedule) = crate::schedule::Schedule::parse(timing) else {
+        return (None, None);
+    };
+    if !timing.after.is_empty() {
+        return (Some(format!("after {}", timing.after.join(", "))), None);
+    }
+    let last = crate::history::runs(&project.state, name, 1)
+        .await
+        .ok()
+        .and_then(|r| r.into_iter().next());
+    let start = last
+        .as_ref()
+        .and_then(|r| chrono::DateTime::from_timestamp_millis(r.started_at_ms));
+    let end = last
+        .as_ref()
+        .and_then(|r| chrono::DateTime::from_timestamp_millis(r.finished_at_ms));
+    let next = schedule.next_after(chrono::Utc::now(), start, end);
+    (Some(schedule.describe()), next)
 }
 
 fn exit(ok: bool) -> ExitCode {

@@ -42,6 +42,17 @@ pub struct EntityConfig {
     /// Labels to pick entities by: `backflow run --select tag:daily`.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// When it runs under `backflow serve`: a cron line of 5 fields (`"*/15 * * * *"`),
+    /// `"every 30s"`, or `"continuous"`; none: only when asked (see `schedule`).
+    pub schedule: Option<String>,
+    /// The time zone of a cron schedule (default `"UTC"`), e.g. `"Europe/Berlin"`.
+    pub schedule_tz: Option<String>,
+    /// For `schedule = "continuous"`: the shortest time between two starts (default none).
+    pub min_interval: Option<String>,
+    /// Run when all of these syncs and entities have finished successfully in the same
+    /// round (a sequence), instead of on a schedule of its own.
+    #[serde(default)]
+    pub after: Vec<String>,
 }
 
 /// `[entities.NAME.authority]`: the default rule, and per-field overrides.
@@ -360,6 +371,10 @@ pub fn writeback_syncs(config: &ProjectConfig) -> IndexMap<String, SyncConfig> {
                     cursor_lookback: None,
                     max_deletes: None,
                     tags: Vec::new(),
+                    schedule: None,
+                    schedule_tz: None,
+                    min_interval: None,
+                    after: Vec::new(),
                     send: super::SendMode::All,
                     record_log: None,
                     record_log_retention: None,

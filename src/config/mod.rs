@@ -141,6 +141,17 @@ pub struct SyncConfig {
     /// Labels to pick syncs by: `backflow run --select tag:daily`.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// When it runs under `backflow serve`: a cron line of 5 fields (`"*/15 * * * *"`),
+    /// `"every 30s"`, or `"continuous"`; none: only when asked (see `schedule`).
+    pub schedule: Option<String>,
+    /// The time zone of a cron schedule (default `"UTC"`), e.g. `"Europe/Berlin"`.
+    pub schedule_tz: Option<String>,
+    /// For `schedule = "continuous"`: the shortest time between two starts (default none).
+    pub min_interval: Option<String>,
+    /// Run when all of these syncs and entities have finished successfully in the same
+    /// round (a sequence), instead of on a schedule of its own.
+    #[serde(default)]
+    pub after: Vec<String>,
     /// What an update carries: every mapped field (`"all"`, the default), or only the fields
     /// whose values changed since the last sync (`"changed"`), so that edits made in the
     /// destination to the other fields survive.
@@ -603,6 +614,7 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
         ));
     }
     problems.extend(entity::validate(config, &relations, text));
+    problems.extend(crate::schedule::validate(config));
     for name in config.entities.keys() {
         relations.insert(name);
     }

@@ -126,6 +126,17 @@ pub enum DestinationConfig {
 }
 
 impl DestinationConfig {
+    /// The `type` it is written with.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DestinationConfig::Sqlite(_) => "sqlite",
+            DestinationConfig::File(_) => "file",
+            DestinationConfig::Postgres(_) => "postgres",
+            DestinationConfig::Mysql(_) => "mysql",
+            DestinationConfig::Http(_) => "http",
+        }
+    }
+
     /// Problems found without I/O.
     pub fn validate(&self) -> Vec<String> {
         match self {

@@ -23,6 +23,7 @@ mod postgres;
 mod property;
 mod quoting;
 mod record_log;
+mod serve;
 mod sources;
 mod state_fuzz;
 mod test_runs;

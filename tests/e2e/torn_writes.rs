@@ -95,7 +95,9 @@ async fn a_torn_or_lost_state_write_is_caught_and_nothing_is_lost() {
                             .contains("history was not recorded")
                     );
                 }
-                RunStatus::Interrupted | RunStatus::Guarded => panic!("a run ended as {status:?}"),
+                RunStatus::Interrupted | RunStatus::Guarded | RunStatus::Skipped => {
+                    panic!("a run ended as {status:?}")
+                }
                 RunStatus::Other(s) => panic!("a run ended as {s}"),
             }
             // The state is readable as it is, and the next runs make up for the fault.

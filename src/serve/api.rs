@@ -1,0 +1,645 @@
+//! The HTTP API (JSON), on axum: the syncs and entities with their state and last run,
+//! starting runs, runs live and past with their samples, keys pushed by apps, golden records,
+//! metrics and health. `openapi.json` beside this file describes it and is served at
+//! `/api/openapi.json`; the tests check the server against it.
+//!
+//! With a token (from the environment, see `serve`), every call but `/healthz` must carry it
+//! as `Authorization: Bearer TOKEN`; nothing served holds a secret either way (destinations
+//! are shown by name and type, never by URL).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use super::jobs::{Jobs, Kind, RunView, StartError, Trigger};
+use super::keys::MAX_KEYS_PER_REQUEST;
+use crate::history;
+
+/// The API's own description.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct Api {
+    pub jobs: Arc<Jobs>,
+    /// The bearer token calls must carry, when one is configured.
+    pub token: Option<Arc<str>>,
+}
+
+pub fn router(api: Api) -> Router {
+    let guarded = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/syncs", get(list_syncs))
+        .route("/api/syncs/{name}", get(get_sync))
+        .route("/api/syncs/{name}/runs", get(sync_runs).post(start_sync))
+        .route("/api/syncs/{name}/keys", post(post_keys))
+        .route("/api/entities", get(list_entities))
+        .route("/api/entities/{name}", get(get_entity))
+        .route(
+            "/api/entities/{name}/runs",
+            get(entity_runs).post(start_entity),
+        )
+        .route("/api/entities/{name}/golden", get(golden_by_source))
+        .route("/api/entities/{name}/golden/{id}", get(golden_by_id))
+        .route("/api/runs/{run_id}", get(get_run))
+        .route("/api/runs/{run_id}/records", get(run_records))
+        .route_layer(axum::middleware::from_fn_with_state(api.clone(), authorize));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(guarded)
+        .fallback(not_found)
+        .with_state(api)
+}
+
+/// An error as the API answers it: a status and `{"error": "..."}`.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+type Answer<T> = Result<T, ApiError>;
+
+fn not_found_named(kind: &str, name: &str, api: &Api) -> ApiError {
+    let known: Vec<&str> = api
+        .jobs
+        .targets
+        .values()
+        .filter(|t| kind_name(t.kind) == kind)
+        .map(|t| t.name.as_str())
+        .collect();
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no {kind} \"{name}\"{}",
+            crate::names::suggest(name, known.iter().copied())
+        ),
+    )
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Sync => "sync",
+        Kind::Entity => "entity",
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; the API is described at /api/openapi.json".into(),
+    )
+}
+
+/// Every guarded call carries the token, when there is one.
+async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Response {
+    if let Some(token) = &api.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+            let mut response = ApiError(
+                StatusCode::UNAUTHORIZED,
+                "this server needs its token: send `Authorization: Bearer TOKEN` (the value \
+                 of the environment variable serve was started with)"
+                    .into(),
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+/// Equal, in a time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn healthz(State(api): State<Api>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "status": if api.jobs.stopping() { "stopping" } else { "ok" },
+        "running": api.jobs.active(),
+    }))
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    let text = api.jobs.metrics.encode(api.jobs.keys.waiting_total());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// A sync or entity as the API lists it.
+#[derive(Serialize)]
+struct Summary {
+    name: String,
+    kind: Kind,
+    /// idle, queued or running.
+    state: super::jobs::State,
+    /// The run going or waiting, when there is one.
+    current_run: Option<String>,
+    schedule: String,
+    after: Vec<String>,
+    next_run: Option<chrono::DateTime<chrono::Utc>>,
+    last_run: Option<RunView>,
+    tags: Vec<String>,
+    /// Keys accepted and not yet synced (syncs).
+    keys_waiting: u64,
+    /// The sync's settings (no secrets: the destination by name and type only).
+    config: serde_json::Value,
+}
+
+fn summary(api: &Api, name: &str) -> Option<Summary> {
+    let jobs = &api.jobs;
+    let target = jobs.targets.get(name)?;
+    let config = &jobs.project.config;
+    let (state, current_run) = jobs.state(name);
+    let (tags, details) = match target.kind {
+        Kind::Sync => {
+            let s = config.syncs.get(name)?;
+            let destination_type = config.destinations.get(&s.to).map(|d| d.kind().to_string());
+            (
+                s.tags.clone(),
+                serde_json::json!({
+                    "from": s.from,
+                    "destination": s.to,
+                    "destination_type": destination_type,
+                    "object": s.object,
+                    "behavior": s.behavior.to_string(),
+                    "key": s.key.destinations(),
+                    "cursor": s.cursor,
+                    "send": match s.send { crate::config::SendMode::All => "all", crate::config::SendMode::Changed => "changed" },
+                }),
+            )
+        }
+        Kind::Entity => {
+            let e = config.entities.get(name)?;
+            (
+                e.tags.clone(),
+                serde_json::json!({
+                    "fields": e.fields.keys().collect::<Vec<_>>(),
+                    "sources": e.sources.keys().collect::<Vec<_>>(),
+                }),
+            )
+        }
+    };
+    Some(Summary {
+        name: name.to_string(),
+        kind: target.kind,
+        state,
+        current_run,
+        schedule: target.schedule.describe(),
+        after: target.after.clone(),
+        next_run: jobs.next_run(name),
+        last_run: jobs.last_run(name),
+        tags,
+        keys_waiting: if target.kind == Kind::Sync {
+            jobs.keys.waiting(name)
+        } else {
+            0
+        },
+        config: details,
+    })
+}
+
+fn list(api: &Api, kind: Kind) -> Vec<Summary> {
+    api.jobs
+        .targets
+        .values()
+        .filter(|t| t.kind == kind)
+        .filter_map(|t| summary(api, &t.name))
+        .collect()
+}
+
+async fn list_syncs(State(api): State<Api>) -> Json<Vec<Summary>> {
+    Json(list(&api, Kind::Sync))
+}
+
+async fn list_entities(State(api): State<Api>) -> Json<Vec<Summary>> {
+    Json(list(&api, Kind::Entity))
+}
+
+fn one(api: &Api, kind: Kind, name: &str) -> Answer<Summary> {
+    match api.jobs.targets.get(name) {
+        Some(t) if t.kind == kind => {
+            summary(api, name).ok_or_else(|| not_found_named(kind_name(kind), name, api))
+        }
+        _ => Err(not_found_named(kind_name(kind), name, api)),
+    }
+}
+
+async fn get_sync(State(api): State<Api>, Path(name): Path<String>) -> Answer<Json<Summary>> {
+    one(&api, Kind::Sync, &name).map(Json)
+}
+
+async fn get_entity(State(api): State<Api>, Path(name): Path<String>) -> Answer<Json<Summary>> {
+    one(&api, Kind::Entity, &name).map(Json)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RunBody {
+    #[serde(default)]
+    full_resync: bool,
+}
+
+/// A JSON body that may be empty.
+fn body_or_default<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Answer<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not valid: {e}"),
+        )
+    })
+}
+
+#[derive(Serialize)]
+struct Started {
+    run_id: String,
+    status: &'static str,
+    /// Where to follow it.
+    url: String,
+}
+
+fn start(api: &Api, kind: Kind, name: &str, body: &Bytes) -> Answer<(StatusCode, Json<Started>)> {
+    if !api.jobs.targets.get(name).is_some_and(|t| t.kind == kind) {
+        return Err(not_found_named(kind_name(kind), name, api));
+    }
+    let body: RunBody = body_or_default(body)?;
+    let request = super::jobs::Request {
+        full_resync: body.full_resync,
+    };
+    match api.jobs.start(name, Trigger::Api, request) {
+        Ok(run_id) => Ok((
+            StatusCode::ACCEPTED,
+            Json(Started {
+                url: format!("/api/runs/{run_id}"),
+                run_id,
+                status: "queued",
+            }),
+        )),
+        Err(e @ StartError::Running { .. }) => Err(ApiError(StatusCode::CONFLICT, e.to_string())),
+        Err(e @ StartError::Unknown(_)) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
+        Err(e @ StartError::Stopping) => {
+            Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+        }
+    }
+}
+
+async fn start_sync(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Answer<(StatusCode, Json<Started>)> {
+    start(&api, Kind::Sync, &name, &body)
+}
+
+async fn start_entity(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Answer<(StatusCode, Json<Started>)> {
+    start(&api, Kind::Entity, &name, &body)
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+fn limit(q: Result<Query<Limit>, QueryRejection>) -> Answer<Option<usize>> {
+    q.map(|Query(l)| l.limit).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be a whole number of runs: {e}"),
+        )
+    })
+}
+
+/// The most runs one history call returns.
+const MAX_LIMIT: usize = 1000;
+
+async fn runs_of(
+    api: &Api,
+    kind: Kind,
+    name: &str,
+    limit: Option<usize>,
+) -> Answer<Json<Vec<RunView>>> {
+    if !api.jobs.targets.get(name).is_some_and(|t| t.kind == kind) {
+        return Err(not_found_named(kind_name(kind), name, api));
+    }
+    let limit = match limit {
+        None => 20,
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
+        Some(n) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("limit {n}: ask for 1 to {MAX_LIMIT} runs"),
+            ));
+        }
+    };
+    let runs = history::runs(&api.jobs.project.state, &kind.history_name(name), limit)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(
+        runs.iter().map(|r| RunView::from_record(r, kind)).collect(),
+    ))
+}
+
+async fn sync_runs(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    q: Result<Query<Limit>, QueryRejection>,
+) -> Answer<Json<Vec<RunView>>> {
+    runs_of(&api, Kind::Sync, &name, limit(q)?).await
+}
+
+async fn entity_runs(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    q: Result<Query<Limit>, QueryRejection>,
+) -> Answer<Json<Vec<RunView>>> {
+    runs_of(&api, Kind::Entity, &name, limit(q)?).await
+}
+
+/// A finished run in history: its target's kind and record.
+async fn find_run(api: &Api, run_id: &str) -> Answer<Option<(Kind, history::RunRecord)>> {
+    if run_id.is_empty() || !run_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Ok(None);
+    }
+    let suffix = format!("-{run_id}.parquet");
+    let state = &api.jobs.project.state;
+    for t in api.jobs.targets.values() {
+        let history_name = t.kind.history_name(&t.name);
+        let files = state
+            .list_files(&format!("history/{history_name}/runs"))
+            .await
+            .unwrap_or_default();
+        if !files.iter().any(|f| f.ends_with(&suffix)) {
+            continue;
+        }
+        let runs = history::runs(state, &history_name, usize::MAX)
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        if let Some(r) = runs.into_iter().find(|r| r.run_id == run_id) {
+            return Ok(Some((t.kind, r)));
+        }
+    }
+    Ok(None)
+}
+
+fn no_run(run_id: &str) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("no run \"{run_id}\""))
+}
+
+async fn get_run(State(api): State<Api>, Path(run_id): Path<String>) -> Answer<Json<RunView>> {
+    if let Some(v) = api.jobs.view(&run_id) {
+        return Ok(Json(v));
+    }
+    match find_run(&api, &run_id).await? {
+        Some((kind, r)) => Ok(Json(RunView::from_record(&r, kind))),
+        None => Err(no_run(&run_id)),
+    }
+}
+
+#[derive(Serialize)]
+struct Sample {
+    /// invalid (never sent) or rejected (refused by the destination).
+    kind: history::RecordKind,
+    key: Option<String>,
+    reason: String,
+    /// The record, as JSON.
+    record: serde_json::Value,
+}
+
+async fn run_records(
+    State(api): State<Api>,
+    Path(run_id): Path<String>,
+) -> Answer<Json<Vec<Sample>>> {
+    let Some((kind, run)) = find_run(&api, &run_id).await? else {
+        return match api.jobs.view(&run_id) {
+            // Going, or ended without a history record yet.
+            Some(_) => Ok(Json(Vec::new())),
+            None => Err(no_run(&run_id)),
+        };
+    };
+    let history_name = kind.history_name(run.sync.strip_prefix("hub.").unwrap_or(&run.sync));
+    let samples = history::samples(&api.jobs.project.state, &history_name, &run)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(
+        samples
+            .into_iter()
+            .map(|s| Sample {
+                kind: s.kind,
+                key: s.key,
+                reason: s.reason,
+                record: serde_json::from_str(&s.record)
+                    .unwrap_or(serde_json::Value::String(s.record)),
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysBody {
+    keys: Vec<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct KeysAccepted {
+    accepted: usize,
+    /// Keys waiting for the sync now, these included.
+    waiting: u64,
+}
+
+async fn post_keys(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Answer<(StatusCode, Json<KeysAccepted>)> {
+    if !api
+        .jobs
+        .targets
+        .get(&name)
+        .is_some_and(|t| t.kind == Kind::Sync)
+    {
+        return Err(not_found_named("sync", &name, &api));
+    }
+    let body: KeysBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be {{\"keys\": [...]}}: {e}"),
+        )
+    })?;
+    if body.keys.len() > MAX_KEYS_PER_REQUEST {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} keys in one request; send at most {MAX_KEYS_PER_REQUEST} per request",
+                body.keys.len()
+            ),
+        ));
+    }
+    let n = api
+        .jobs
+        .project
+        .config
+        .syncs
+        .get(&name)
+        .map_or(1, |s| s.key.parts().len());
+    let mut keys = Vec::with_capacity(body.keys.len());
+    for k in body.keys {
+        let text = match (k, n) {
+            (serde_json::Value::String(s), _) => s,
+            (v @ serde_json::Value::Number(_), 1) => v.to_string(),
+            (v @ serde_json::Value::Array(_), n) if n > 1 => v.to_string(),
+            (v, _) => {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "key {v} is not a key of sync \"{name}\": {}",
+                        if n > 1 {
+                            format!("its key has {n} parts, so each key is a list of {n} values")
+                        } else {
+                            "each key is a string or a number".to_string()
+                        }
+                    ),
+                ));
+            }
+        };
+        if n > 1 {
+            crate::keys::key_parts(&text, n)
+                .map_err(|why| ApiError(StatusCode::BAD_REQUEST, why))?;
+        }
+        keys.push(text);
+    }
+    if keys.is_empty() {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(KeysAccepted {
+                accepted: 0,
+                waiting: api.jobs.keys.waiting(&name),
+            }),
+        ));
+    }
+    if api.jobs.stopping() {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is stopping; send the keys again when it is back".into(),
+        ));
+    }
+    let accepted = keys.len();
+    api.jobs.keys.accept(&name, keys).await.map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the keys could not be stored, so they were not accepted: {e}"),
+        )
+    })?;
+    api.jobs.keys_arrived(&name);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(KeysAccepted {
+            accepted,
+            waiting: api.jobs.keys.waiting(&name),
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct BySource {
+    source: Option<String>,
+    id: Option<String>,
+}
+
+async fn golden_by_source(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Query(q): Query<BySource>,
+) -> Answer<Response> {
+    match (q.source, q.id) {
+        (Some(source), Some(id)) => {
+            golden(
+                &api,
+                &name,
+                crate::hub::show::Lookup::SourceRecord { source, id },
+            )
+            .await
+        }
+        _ => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "name a golden record: /golden/GOLDEN_ID, or /golden?source=SOURCE&id=ID".into(),
+        )),
+    }
+}
+
+async fn golden_by_id(
+    State(api): State<Api>,
+    Path((name, id)): Path<(String, String)>,
+) -> Answer<Response> {
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("\"{id}\" is not a golden id (a whole number)"),
+        )
+    })?;
+    golden(&api, &name, crate::hub::show::Lookup::Golden(id)).await
+}
+
+async fn golden(api: &Api, entity: &str, lookup: crate::hub::show::Lookup) -> Answer<Response> {
+    if !api
+        .jobs
+        .targets
+        .get(entity)
+        .is_some_and(|t| t.kind == Kind::Entity)
+    {
+        return Err(not_found_named("entity", entity, api));
+    }
+    let internal = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
+    let project = &api.jobs.project;
+    let ctx = crate::session::session_context(&project.config.engine, &project.dir)
+        .map_err(|e| internal(e.to_string()))?;
+    project
+        .state
+        .register(&ctx)
+        .map_err(|e| internal(e.to_string()))?;
+    match crate::hub::show::golden_record(project, &ctx, entity, &lookup).await {
+        Ok(record) => Ok(Json(record).into_response()),
+        Err(e @ crate::hub::HubError::Settings { .. }) => {
+            Err(ApiError(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(e) => Err(internal(e.to_string())),
+    }
+}
