@@ -130,7 +130,7 @@ struct StoredRun {
 }
 
 /// The fields of [`StoredRun`] that hold instants.
-const INSTANTS: [&str; 2] = ["started_at", "finished_at"];
+const INSTANTS: [&str; 3] = ["started_at", "finished_at", "sent_at"];
 
 /// A sample as stored: one row of `history/<sync>/records/*.parquet`.
 #[derive(Serialize, Deserialize)]
@@ -271,6 +271,57 @@ fn to_parquet(batch: &RecordBatch) -> Result<Vec<u8>, parquet::errors::ParquetEr
 
 fn file_name(run: &RunRecord) -> String {
     format!("{:013}-{}.parquet", run.started_at_ms, run.run_id)
+}
+
+/// An alert `backflow serve` sent (or tried to): one row of `alerts/*.parquet`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlertRecord {
+    /// The `[alerts.NAME]` it came from.
+    pub alert: String,
+    /// The sync or entity.
+    pub target: String,
+    /// `failure`, `recovery`, `rejected_over`, `invalid_over` or `no_success_for`.
+    pub condition: String,
+    pub message: String,
+    /// The run it is about, when one.
+    pub run_id: Option<String>,
+    /// When it was sent (or given up on), UTC milliseconds.
+    pub sent_at: i64,
+    pub delivered: bool,
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub error: Option<String>,
+}
+
+/// Where alerts are recorded, under the state root.
+const ALERTS: &str = "alerts";
+
+/// Record an alert.
+pub async fn record_alert(store: &StateStore, alert: &AlertRecord) -> Result<(), StateError> {
+    let rel = format!(
+        "{ALERTS}/{:013}-{}.parquet",
+        alert.sent_at,
+        uuid::Uuid::new_v4().simple()
+    );
+    let bytes = encode(std::slice::from_ref(alert)).map_err(|e| parquet_err(&rel, e))?;
+    store.put_new(&rel, bytes).await
+}
+
+/// The newest `limit` alerts, newest first.
+pub async fn alerts(store: &StateStore, limit: usize) -> Result<Vec<AlertRecord>, StateError> {
+    let mut files = store.list_files(ALERTS).await?;
+    files.retain(|f| f.ends_with(".parquet"));
+    files.sort();
+    files.reverse();
+    let mut out = Vec::new();
+    for f in files.into_iter().take(limit) {
+        let rel = format!("{ALERTS}/{f}");
+        let bytes = store.read(&rel).await?;
+        for batch in read_batches(bytes).map_err(|e| parquet_err(&rel, e))? {
+            out.extend(decode::<AlertRecord>(&batch, &rel)?);
+        }
+    }
+    Ok(out)
 }
 
 /// Store a finished run and its samples.

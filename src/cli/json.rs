@@ -64,11 +64,10 @@ pub struct SyncRecord {
     pub error: Option<String>,
     pub warnings: Vec<String>,
     pub samples: Vec<Sample>,
-    /// `plan`: when the sync runs by itself under `serve` (`manual`, `every 30s`, …).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// `plan`: when the sync runs by itself under `serve` (`manual`, `every 30s`, …); null
+    /// elsewhere.
     pub schedule: Option<String>,
     /// `plan`: its next run by that schedule (RFC 3339, UTC), when it has one.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub next_run: Option<String>,
 }
 

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use serde::Deserialize;
 
+pub mod alert;
 pub mod entity;
 
 pub use crate::behavior::Behavior;
@@ -63,6 +64,10 @@ pub struct ProjectConfig {
     /// Hub entities: golden records unified from several sources (see `hub`).
     #[serde(default)]
     pub entities: IndexMap<String, entity::EntityConfig>,
+    /// Who is told when syncs under `backflow serve` fail, recover, reject too many records
+    /// or go stale.
+    #[serde(default)]
+    pub alerts: IndexMap<String, alert::AlertConfig>,
 }
 
 /// `[state]`
@@ -615,6 +620,11 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
     }
     problems.extend(entity::validate(config, &relations, text));
     problems.extend(crate::schedule::validate(config));
+    let targets: Vec<String> = crate::schedule::targets(config)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    problems.extend(alert::validate(&config.alerts, &targets));
     for name in config.entities.keys() {
         relations.insert(name);
     }

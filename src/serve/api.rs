@@ -51,6 +51,7 @@ pub fn router(api: Api) -> Router {
         )
         .route("/api/entities/{name}/golden", get(golden_by_source))
         .route("/api/entities/{name}/golden/{id}", get(golden_by_id))
+        .route("/api/alerts", get(list_alerts))
         .route("/api/runs/{run_id}", get(get_run))
         .route("/api/runs/{run_id}/records", get(run_records))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), authorize));
@@ -276,12 +277,19 @@ fn body_or_default<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Answ
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| {
+    let bad = |e: String| {
         ApiError(
             StatusCode::BAD_REQUEST,
             format!("the body is not valid: {e}"),
         )
-    })
+    };
+    // (serde would take a list for a struct.)
+    match serde_json::from_slice::<serde_json::Value>(body).map_err(|e| bad(e.to_string()))? {
+        v @ serde_json::Value::Object(_) => {
+            serde_json::from_value(v).map_err(|e| bad(e.to_string()))
+        }
+        _ => Err(bad("it must be a JSON object".into())),
+    }
 }
 
 #[derive(Serialize)]
@@ -342,7 +350,7 @@ fn limit(q: Result<Query<Limit>, QueryRejection>) -> Answer<Option<usize>> {
     q.map(|Query(l)| l.limit).map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
-            format!("limit must be a whole number of runs: {e}"),
+            format!("limit must be a whole number: {e}"),
         )
     })
 }
@@ -417,6 +425,26 @@ async fn find_run(api: &Api, run_id: &str) -> Answer<Option<(Kind, history::RunR
         }
     }
     Ok(None)
+}
+
+async fn list_alerts(
+    State(api): State<Api>,
+    q: Result<Query<Limit>, QueryRejection>,
+) -> Answer<Json<Vec<history::AlertRecord>>> {
+    let limit = match limit(q)? {
+        None => 50,
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
+        Some(n) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("limit {n}: ask for 1 to {MAX_LIMIT} alerts"),
+            ));
+        }
+    };
+    history::alerts(&api.jobs.project.state, limit)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 fn no_run(run_id: &str) -> ApiError {
@@ -498,12 +526,19 @@ async fn post_keys(
     {
         return Err(not_found_named("sync", &name, &api));
     }
-    let body: KeysBody = serde_json::from_slice(&body).map_err(|e| {
+    let bad = |e: String| {
         ApiError(
             StatusCode::BAD_REQUEST,
             format!("the body must be {{\"keys\": [...]}}: {e}"),
         )
-    })?;
+    };
+    let body: KeysBody = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v @ serde_json::Value::Object(_)) => {
+            serde_json::from_value(v).map_err(|e| bad(e.to_string()))?
+        }
+        Ok(_) => return Err(bad("it is not a JSON object".into())),
+        Err(e) => return Err(bad(e.to_string())),
+    };
     if body.keys.len() > MAX_KEYS_PER_REQUEST {
         return Err(ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -224,6 +224,7 @@ pub struct Jobs {
     finished: mpsc::UnboundedSender<Finished>,
     pub metrics: Metrics,
     pub keys: AcceptedKeys,
+    pub alerts: Arc<super::alerts::Alerts>,
     /// Each target's last run that was not a skip (from history at start, then as they end).
     last: Mutex<HashMap<String, RunView>>,
     /// When each scheduled target is due next (the scheduler keeps it).
@@ -243,6 +244,7 @@ impl Jobs {
         dir: PathBuf,
         project: Arc<Project>,
         max_concurrent: usize,
+        alerts: Arc<super::alerts::Alerts>,
     ) -> Result<(Arc<Jobs>, mpsc::UnboundedReceiver<Finished>), String> {
         let mut targets: IndexMap<String, Target> = IndexMap::new();
         for (name, timing) in crate::schedule::targets(&project.config) {
@@ -287,6 +289,7 @@ impl Jobs {
                 finished: tx,
                 metrics,
                 keys,
+                alerts,
                 last: Mutex::new(HashMap::new()),
                 next_due: Mutex::new(HashMap::new()),
             }),
@@ -300,6 +303,11 @@ impl Jobs {
             let history_name = target.kind.history_name(&target.name);
             match history::runs(&self.project.state, &history_name, 20).await {
                 Ok(runs) => {
+                    if let Some(r) = runs.iter().find(|r| r.status == RunStatus::Succeeded)
+                        && let Some(at) = DateTime::from_timestamp_millis(r.finished_at_ms)
+                    {
+                        self.alerts.succeeded_at(&target.name, at);
+                    }
                     if let Some(r) = runs.iter().find(|r| r.status != RunStatus::Skipped) {
                         let view = RunView::from_record(r, target.kind);
                         if r.status == RunStatus::Succeeded {
@@ -654,9 +662,12 @@ impl Jobs {
         });
         if status != RunStatus::Skipped
             && let Some(view) = self.view(run_id)
-            && let Ok(mut last) = self.last.lock()
         {
-            last.insert(target.name.clone(), view);
+            if let Ok(mut last) = self.last.lock() {
+                last.insert(target.name.clone(), view.clone());
+            }
+            // (Delivery is in the background: a run never waits for a webhook.)
+            self.alerts.run_ended(target.kind, &view).await;
         }
         let retry_keys = trigger == Trigger::Keys && status == RunStatus::Failed;
         let keys_waiting = match self.slots.lock() {

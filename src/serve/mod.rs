@@ -1,7 +1,7 @@
 //! `backflow serve`: the project as a service, in one process with nothing else to run. Syncs
 //! and entities run on their schedules and in their sequences ([`scheduler`]), when the API
 //! asks ([`api`]), or for keys apps push ([`keys`]); every run goes through [`jobs`], which
-//! calls the same engine as `backflow run`. Run history, accepted keys and schedules' state
+//! calls the same engine as `backflow run`, and its end goes past [`alerts`]. Run history, accepted keys and schedules' state
 //! live in the project's state, as for `run`.
 //!
 //! Stopping: SIGTERM or SIGINT stops the scheduler and new runs, asks the runs going to stop
@@ -10,6 +10,7 @@
 //! once. Two servers on one state never run the same sync at once: the state's lock or lease
 //! refuses the second run, which is recorded as failed with the reason.
 
+pub mod alerts;
 pub mod api;
 pub mod jobs;
 pub mod keys;
@@ -75,9 +76,18 @@ pub async fn serve(dir: &Path, options: ServeOptions) -> Result<(), ServeError> 
             env: options.token_env.clone(),
         });
     }
-    let (jobs, finished) =
-        jobs::Jobs::new(dir.to_path_buf(), project.clone(), options.max_concurrent)
-            .map_err(ServeError::Settings)?;
+    let alerts = Arc::new(
+        alerts::Alerts::new(project.clone())
+            .await
+            .map_err(ServeError::Settings)?,
+    );
+    let (jobs, finished) = jobs::Jobs::new(
+        dir.to_path_buf(),
+        project.clone(),
+        options.max_concurrent,
+        alerts.clone(),
+    )
+    .map_err(ServeError::Settings)?;
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -108,6 +118,20 @@ pub async fn serve(dir: &Path, options: ServeOptions) -> Result<(), ServeError> 
         );
     }
     let scheduler = tokio::spawn(scheduler::run(jobs.clone(), finished));
+    let staleness = (!alerts.is_empty()).then(|| {
+        let targets: Vec<(String, jobs::Kind)> = jobs
+            .targets
+            .values()
+            .map(|t| (t.name.clone(), t.kind))
+            .collect();
+        let alerts = alerts.clone();
+        tokio::spawn(async move {
+            loop {
+                alerts.look_for_stale(&targets).await;
+                tokio::time::sleep(alerts::STALENESS_EVERY).await;
+            }
+        })
+    });
     // Keys accepted before a stop or a crash are run for now.
     for t in jobs.targets.values() {
         if t.kind == jobs::Kind::Sync && jobs.keys.recount(&t.name).await > 0 {
@@ -126,6 +150,9 @@ pub async fn serve(dir: &Path, options: ServeOptions) -> Result<(), ServeError> 
     .await;
     scheduler.abort();
     server.abort();
+    if let Some(s) = staleness {
+        s.abort();
+    }
     match waited {
         Ok(()) => {
             tracing::info!("stopped");
