@@ -57,6 +57,7 @@ pub fn router(api: Api) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), authorize));
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(super::page::routes())
         .merge(guarded)
         .fallback(not_found)
         .with_state(api)

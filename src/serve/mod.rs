@@ -15,6 +15,7 @@ pub mod api;
 pub mod jobs;
 pub mod keys;
 pub mod metrics;
+pub mod page;
 pub mod scheduler;
 
 use std::net::SocketAddr;

@@ -1179,3 +1179,129 @@ fn serve_names_an_alert_whose_url_variable_is_missing() {
         "{err}"
     );
 }
+
+/// The page in a real browser: Debian's chromium driven by playwright-core (npm), from
+/// `tests/browser/page.cjs`. `BACKFLOW_TEST_PLAYWRIGHT` is the `node_modules` folder holding
+/// playwright-core (`.ci/run` installs it and chromium); skipped without, except under CI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_runs_a_sync_and_shows_the_new_run_in_a_real_browser() {
+    let Some(modules) = std::env::var_os("BACKFLOW_TEST_PLAYWRIGHT") else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!(
+                "BACKFLOW_TEST_PLAYWRIGHT is not set and CI=true (.ci/run installs playwright-core and chromium)"
+            );
+        }
+        eprintln!("SKIPPED: playwright-core not installed (set BACKFLOW_TEST_PLAYWRIGHT)");
+        return;
+    };
+    let f = Fixture::new();
+    f.write(
+        "people.csv",
+        "id,name\n1,Ada\n2,Bob\n3,Cy\n4,Di\n5,Ed\n,nobody\n",
+    );
+    f.write(
+        "crm.csv",
+        "id,name,email\n1,Acme,a@acme.test\n2,Globex,g@globex.test\n",
+    );
+    f.write(
+        "backflow.toml",
+        r#"
+[sources.people]
+type = "csv"
+path = "people.csv"
+
+[sources.crm]
+type = "csv"
+path = "crm.csv"
+
+[destinations.app]
+type = "sqlite"
+path = "out/app.db"
+
+[syncs.people]
+from = "people"
+to = "app"
+object = "people"
+behavior = "mirror"
+key = "id"
+
+[entities.account]
+fields = { name = "text", email = "text" }
+match = [["email"]]
+
+[entities.account.sources.crm]
+from = "crm"
+id = "id"
+fields = { name = "name", email = "email" }
+"#,
+    );
+    let server = Server::start(&f, &[], &[("BACKFLOW_API_TOKEN", "page-token")]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/page.cjs");
+    let shots = f.path().join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let (url, shots) = (server.url.clone(), shots.clone());
+        move || {
+            std::process::Command::new("node")
+                .arg(script)
+                .arg(url)
+                .arg("page-token")
+                .arg(shots)
+                .env("NODE_PATH", modules)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        seen["overview"],
+        serde_json::json!(["account", "people"]),
+        "{seen}"
+    );
+    // The new run's row: status, then read, created, updated, deleted, unchanged, rejected,
+    // invalid.
+    let cells = |k: &str| -> Vec<String> {
+        seen[k]["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(seen["run_now"]["status"], "succeeded", "{seen}");
+    assert_eq!(
+        cells("run_now")[2..9],
+        ["6", "5", "0", "0", "0", "0", "1"],
+        "{seen}"
+    );
+    assert!(
+        seen["samples"][0][2].as_str().unwrap().contains("NULL"),
+        "{seen}"
+    );
+    assert_eq!(seen["full_resync"]["status"], "succeeded", "{seen}");
+    assert_eq!(cells("full_resync")[4], "5", "{seen}");
+    assert_eq!(seen["entity_run"]["status"], "succeeded", "{seen}");
+    assert!(
+        seen["golden"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r[0] == "name" && r[1] == "Acme" && r[2] == "crm"),
+        "{seen}"
+    );
+    assert_eq!(f.sqlite("out/app.db", "people").len(), 5);
+    assert!(shots.join("sync.png").exists());
+    if let Some(keep) = std::env::var_os("BACKFLOW_TEST_SCREENSHOTS") {
+        for png in ["overview.png", "sync.png", "entity.png"] {
+            let _ = std::fs::copy(shots.join(png), std::path::Path::new(&keep).join(png));
+        }
+    }
+}
