@@ -8,11 +8,34 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+/// Whether the lines below go out as JSON (`--log-format json`).
+static JSON: AtomicBool = AtomicBool::new(false);
 static STOPPED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Whether a stop was asked for.
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::Relaxed)
+}
+
+/// Say what a signal did as JSON log lines (`--log-format json`) instead of text.
+pub fn json_lines(on: bool) {
+    JSON.store(on, Ordering::Relaxed);
+}
+
+/// A line to stderr, whatever the log level: a stop is always worth saying.
+fn say(message: &str) {
+    let line = if JSON.load(Ordering::Relaxed) {
+        serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "level": "WARN",
+            "fields": { "message": message },
+            "target": "backflow::interrupt",
+        })
+        .to_string()
+    } else {
+        message.to_string()
+    };
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
 }
 
 /// Wait until a stop is asked for (at once when it was).
@@ -46,17 +69,11 @@ pub fn listen() {
             }
             signals += 1;
             if signals > 1 {
-                let _ = std::io::Write::write_all(
-                    &mut std::io::stderr(),
-                    b"second signal: exiting now\n",
-                );
+                say("second signal: exiting now");
                 std::process::exit(130);
             }
             request();
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr(),
-                b"stopping at the next safe point (send the signal again to exit at once)\n",
-            );
+            say("stopping at the next safe point (send the signal again to exit at once)");
         }
     });
 }

@@ -337,6 +337,7 @@ pub fn main() -> ExitCode {
     };
     let serving = matches!(cli.command, Command::Serve { .. });
     init_logging(cli.verbose, cli.quiet, cli.log_format, serving);
+    crate::interrupt::json_lines(cli.log_format == LogFormat::Json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -550,6 +551,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
                 shutdown_timeout,
                 max_concurrent,
                 token_env,
+                log_json: cli.log_format == LogFormat::Json,
             };
             crate::serve::serve(&cli.project, options)
                 .await

@@ -57,6 +57,17 @@ pub enum Trigger {
     Keys,
 }
 
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::After => "after",
+            Trigger::Api => "api",
+            Trigger::Keys => "keys",
+        }
+    }
+}
+
 /// What a caller asks of a run.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
@@ -603,7 +614,7 @@ impl Jobs {
         self.metrics.running(1);
         // Every line the run logs carries the sync (or entity) and the run id.
         let span = tracing::info_span!("run", target_name = %name, run_id = %run_id);
-        tracing::info!(parent: &span, ?trigger, "run started");
+        tracing::info!(parent: &span, trigger = trigger.as_str(), "run started");
         let outcome = tracing::Instrument::instrument(
             self.run_target(&target, &run_id, &request, only_keys, live.clone()),
             span.clone(),

@@ -38,6 +38,8 @@ pub struct ServeOptions {
     pub max_concurrent: usize,
     /// The environment variable holding the API token.
     pub token_env: String,
+    /// Whether log lines are JSON (then the line saying where the server listens is JSON too).
+    pub log_json: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,15 +110,25 @@ pub async fn serve(dir: &Path, options: ServeOptions) -> Result<(), ServeError> 
             .with_graceful_shutdown(crate::interrupt::stopped())
             .await
     });
-    // (A line scripts and tests can wait for.)
-    tracing::info!(%address, "backflow serve is listening");
+    // A line scripts and tests can wait for, whatever the log level (JSON among JSON logs).
     {
         use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
+        let message = format!(
             "backflow serve: listening on http://{address} ({} syncs and entities; stop with Ctrl-C or SIGTERM)",
             jobs.targets.len()
         );
+        let line = if options.log_json {
+            serde_json::json!({
+                "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "level": "INFO",
+                "fields": { "message": message, "address": address.to_string() },
+                "target": "backflow::serve",
+            })
+            .to_string()
+        } else {
+            message
+        };
+        let _ = writeln!(std::io::stderr(), "{line}");
     }
     let scheduler = tokio::spawn(scheduler::run(jobs.clone(), finished));
     let staleness = (!alerts.is_empty()).then(|| {
