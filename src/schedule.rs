@@ -29,7 +29,7 @@ pub enum Schedule {
     /// Every so often, counted from the start of the last tick.
     Every(Duration),
     /// Back to back: the next run starts when the last one ended, and no sooner than
-    /// `min_interval` after the last one started.
+    /// `min_interval` (default 10s) after the last one started.
     Continuous { min_interval: Duration },
 }
 
@@ -41,6 +41,11 @@ pub struct TimingConfig<'a> {
     pub min_interval: Option<&'a str>,
     pub after: &'a [String],
 }
+
+/// A continuous schedule's shortest time between two starts when it sets none: back to back
+/// for runs that take longer, and no history file every few milliseconds for runs that find
+/// nothing to do (`min_interval = "0s"` asks for that).
+pub const CONTINUOUS_DEFAULT: Duration = Duration::from_secs(10);
 
 /// The shortest interval: a schedule that fires more often would be mostly skips.
 const SHORTEST: Duration = Duration::from_secs(1);
@@ -72,7 +77,7 @@ impl Schedule {
         if text == "continuous" {
             let min_interval = match t.min_interval {
                 Some(m) => duration(m, "min_interval")?,
-                None => Duration::ZERO,
+                None => CONTINUOUS_DEFAULT,
             };
             return Ok(Schedule::Continuous { min_interval });
         }

@@ -379,7 +379,7 @@ fn init_logging(verbose: u8, quiet: bool, format: LogFormat, serving: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| Quiet(std::io::stderr()));
     let _ = match format {
         LogFormat::Json => builder
             .json()
@@ -391,6 +391,22 @@ fn init_logging(verbose: u8, quiet: bool, format: LogFormat, serving: bool) {
             .with_ansi(std::io::stderr().is_terminal())
             .try_init(),
     };
+}
+
+/// stderr for log lines, where a failed write (a closed pipe: `serve 2>&1 | head`) is dropped:
+/// the logger would otherwise report it on stderr, and that report panics.
+struct Quiet(std::io::Stderr);
+
+impl std::io::Write for Quiet {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

@@ -112,7 +112,13 @@ async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Resp
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            // (The scheme is case-insensitive.)
+            .and_then(|v| {
+                let (scheme, rest) = v.split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then_some(rest.trim_start())
+            });
         if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
             let mut response = ApiError(
                 StatusCode::UNAUTHORIZED,
@@ -138,7 +144,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 async fn healthz(State(api): State<Api>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
-        "status": if api.jobs.stopping() { "stopping" } else { "ok" },
+        "status": if api.jobs.stopping() || crate::interrupt::requested() { "stopping" } else { "ok" },
         "running": api.jobs.active(),
     }))
 }
@@ -560,7 +566,17 @@ async fn post_keys(
     for k in body.keys {
         let text = match (k, n) {
             (serde_json::Value::String(s), _) => s,
-            (v @ serde_json::Value::Number(_), 1) => v.to_string(),
+            // A whole number as written; 5.0 or 1e3 would become text no key has.
+            (serde_json::Value::Number(n), 1) if n.is_i64() || n.is_u64() => n.to_string(),
+            (v @ serde_json::Value::Number(_), 1) => {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "key {v} is not a whole number: send such a key as a string, exactly \
+                         as the model has it"
+                    ),
+                ));
+            }
             (v @ serde_json::Value::Array(_), n) if n > 1 => v.to_string(),
             (v, _) => {
                 return Err(ApiError(

@@ -236,6 +236,8 @@ pub struct Jobs {
     pub metrics: Metrics,
     pub keys: AcceptedKeys,
     pub alerts: Arc<super::alerts::Alerts>,
+    /// The runtime runs go on (apart from the one serving the API).
+    engine: tokio::runtime::Handle,
     /// Each target's last run that was not a skip (from history at start, then as they end).
     last: Mutex<HashMap<String, RunView>>,
     /// When each scheduled target is due next (the scheduler keeps it).
@@ -256,6 +258,7 @@ impl Jobs {
         project: Arc<Project>,
         max_concurrent: usize,
         alerts: Arc<super::alerts::Alerts>,
+        engine: tokio::runtime::Handle,
     ) -> Result<(Arc<Jobs>, mpsc::UnboundedReceiver<Finished>), String> {
         let mut targets: IndexMap<String, Target> = IndexMap::new();
         for (name, timing) in crate::schedule::targets(&project.config) {
@@ -301,6 +304,7 @@ impl Jobs {
                 metrics,
                 keys,
                 alerts,
+                engine,
                 last: Mutex::new(HashMap::new()),
                 next_due: Mutex::new(HashMap::new()),
             }),
@@ -615,15 +619,47 @@ impl Jobs {
         // Every line the run logs carries the sync (or entity) and the run id.
         let span = tracing::info_span!("run", target_name = %name, run_id = %run_id);
         tracing::info!(parent: &span, trigger = trigger.as_str(), "run started");
-        let outcome = tracing::Instrument::instrument(
-            self.run_target(&target, &run_id, &request, only_keys, live.clone()),
-            span.clone(),
-        )
-        .await;
+        // The run goes on the engine's own runtime: its CPU-bound stretches (checking a large
+        // CSV, hashing) never hold up the API, the scheduler or the signals. A run that panics
+        // ends as failed, never leaving its sync "running".
+        let run = {
+            let jobs = self.clone();
+            let (target, run_id, live) = (target.clone(), run_id.clone(), live.clone());
+            tracing::Instrument::instrument(
+                async move {
+                    jobs.run_target(&target, &run_id, &request, only_keys, live)
+                        .await
+                },
+                span.clone(),
+            )
+        };
+        let outcome = match self.engine.spawn(run).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let error = format!(
+                    "the run stopped on an internal error ({}); nothing was committed past its \
+                     last commit, and the next run picks up from there",
+                    if e.is_panic() { "a panic" } else { "cancelled" }
+                );
+                self.record_failure(&target, &run_id, RunStatus::Failed, &error)
+                    .await;
+                Outcome {
+                    status: RunStatus::Failed,
+                    counts: None,
+                    error: Some(error),
+                    writebacks: Vec::new(),
+                }
+            }
+        };
         self.metrics.running(-1);
         drop(permit);
         let status = outcome.status.clone();
-        tracing::info!(parent: &span, status = status.as_str(), error = ?outcome.error, "run finished");
+        tracing::info!(
+            parent: &span,
+            status = status.as_str(),
+            error = outcome.error.as_deref().unwrap_or(""),
+            "run finished"
+        );
         if status == RunStatus::Succeeded {
             // The keys taken are done; those of a failed run stay, for the next one.
             if let Err(e) = self.keys.done(&name, &taken).await {
@@ -732,7 +768,8 @@ impl Jobs {
             Ok(p) => p,
             Err(e) => {
                 let error = e.to_string();
-                self.record_failure(target, run_id, &error).await;
+                self.record_failure(target, run_id, RunStatus::Failed, &error)
+                    .await;
                 return failed(error);
             }
         };
@@ -743,7 +780,8 @@ impl Jobs {
                     "{e} (the project changed since the server started; restart it to pick up \
                      new or renamed syncs)"
                 );
-                self.record_failure(target, run_id, &error).await;
+                self.record_failure(target, run_id, RunStatus::Failed, &error)
+                    .await;
                 return failed(error);
             }
         };
@@ -757,7 +795,8 @@ impl Jobs {
             Ok(c) => c,
             Err(e) => {
                 let error = e.to_string();
-                self.record_failure(target, run_id, &error).await;
+                self.record_failure(target, run_id, RunStatus::Failed, &error)
+                    .await;
                 return failed(error);
             }
         };
@@ -769,6 +808,20 @@ impl Jobs {
         };
         for run in runs {
             if crate::interrupt::requested() {
+                // Stopped before this part started (opening the sources took the time): the
+                // run did not happen, and says so.
+                if outcome.status == RunStatus::Succeeded {
+                    let error = format!(
+                        "\"{name}\": the server was asked to stop before the run started \
+                         (while its sources were being opened); nothing was sent"
+                    );
+                    if outcome.counts.is_none() {
+                        self.record_failure(target, run_id, RunStatus::Interrupted, &error)
+                            .await;
+                    }
+                    outcome.status = RunStatus::Interrupted;
+                    outcome.error = Some(error);
+                }
                 break;
             }
             match run {
@@ -827,13 +880,20 @@ impl Jobs {
         outcome
     }
 
-    /// A run that failed before the engine started it is in history all the same.
-    async fn record_failure(&self, target: &Target, run_id: &str, error: &str) {
+    /// A run that failed (or was stopped) before the engine started it is in history all the
+    /// same. Not when the project's folder is gone: its state would be made again there.
+    async fn record_failure(&self, target: &Target, run_id: &str, status: RunStatus, error: &str) {
+        if self.project.state.local_dir().is_some()
+            && !self.dir.join(crate::config::CONFIG_FILE).exists()
+        {
+            tracing::warn!(target_name = %target.name, error, "the project's folder is gone: not recorded in its history");
+            return;
+        }
         let now = Utc::now().timestamp_millis();
         let record = RunRecord {
             run_id: run_id.to_string(),
             sync: target.kind.history_name(&target.name),
-            status: RunStatus::Failed,
+            status,
             started_at_ms: now,
             finished_at_ms: now,
             full_resync: false,

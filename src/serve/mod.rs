@@ -84,11 +84,41 @@ pub async fn serve(dir: &Path, options: ServeOptions) -> Result<(), ServeError> 
             .await
             .map_err(ServeError::Settings)?,
     );
+    // Runs go on a runtime of their own, so that a run busy on the CPU never holds up the
+    // API, the scheduler or the signals (which stay on this one).
+    let engine = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("backflow-run")
+        .build()
+        .map_err(|e| ServeError::Settings(format!("cannot start the runs' runtime: {e}")))?;
+    let result = serve_with(
+        dir,
+        options,
+        project,
+        token,
+        alerts,
+        engine.handle().clone(),
+    )
+    .await;
+    // (Runs still going after the timeout are dropped with the process.)
+    engine.shutdown_background();
+    result
+}
+
+async fn serve_with(
+    dir: &Path,
+    options: ServeOptions,
+    project: Arc<Project>,
+    token: Option<String>,
+    alerts: Arc<alerts::Alerts>,
+    engine: tokio::runtime::Handle,
+) -> Result<(), ServeError> {
     let (jobs, finished) = jobs::Jobs::new(
         dir.to_path_buf(),
         project.clone(),
         options.max_concurrent,
         alerts.clone(),
+        engine,
     )
     .map_err(ServeError::Settings)?;
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -105,10 +135,16 @@ pub async fn serve(dir: &Path, options: ServeOptions) -> Result<(), ServeError> 
         jobs: jobs.clone(),
         token: token.map(Arc::from),
     });
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(crate::interrupt::stopped())
-            .await
+    // The API keeps answering while the runs stop (health says "stopping", new runs get
+    // 503), and closes once they have.
+    let drained = Arc::new(tokio::sync::Notify::new());
+    let server = tokio::spawn({
+        let drained = drained.clone();
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { drained.notified().await })
+                .await
+        }
     });
     // A line scripts and tests can wait for, whatever the log level (JSON among JSON logs).
     {
@@ -162,7 +198,8 @@ pub async fn serve(dir: &Path, options: ServeOptions) -> Result<(), ServeError> 
     })
     .await;
     scheduler.abort();
-    server.abort();
+    drained.notify_one();
+    let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     if let Some(s) = staleness {
         s.abort();
     }

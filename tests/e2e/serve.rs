@@ -179,6 +179,16 @@ impl Drop for Server {
     }
 }
 
+trait JsonValue {
+    async fn json_value(self) -> Value;
+}
+
+impl JsonValue for reqwest::Response {
+    async fn json_value(self) -> Value {
+        serde_json::from_str(&self.text().await.unwrap_or_default()).unwrap_or(Value::Null)
+    }
+}
+
 fn statuses(runs: &[Value]) -> Vec<&str> {
     runs.iter().filter_map(|r| r["status"].as_str()).collect()
 }
@@ -814,6 +824,28 @@ async fn sigterm_during_a_run_exits_in_time_and_the_next_start_finishes_the_job(
     }
     let signalled = Instant::now();
     server.signal("-TERM");
+    // While the run stops, the API still answers: stopping, and no new runs.
+    let asked = Instant::now();
+    while asked.elapsed() < Duration::from_secs(5) {
+        let Ok(r) = server
+            .request(reqwest::Method::GET, "/healthz")
+            .send()
+            .await
+        else {
+            break; // (already gone)
+        };
+        if r.json_value().await["status"] == "stopping" {
+            if let Ok(r) = server
+                .request(reqwest::Method::POST, "/api/syncs/local/runs")
+                .send()
+                .await
+            {
+                assert_eq!(r.status().as_u16(), 503);
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let status = server.wait(Duration::from_secs(25));
     assert!(signalled.elapsed() < Duration::from_secs(21));
     assert_eq!(status.code(), Some(0));
@@ -1303,5 +1335,113 @@ fields = { name = "name", email = "email" }
         for png in ["overview.png", "sync.png", "entity.png"] {
             let _ = std::fs::copy(shots.join(png), std::path::Path::new(&keep).join(png));
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_accepted_just_before_a_sigterm_are_synced_after_the_restart() {
+    // A model large enough that opening it takes a while: the stop may come while the run for
+    // the keys opens its sources, sends, or has not started; the keys must wait for the next
+    // start whatever the moment.
+    let f = Fixture::new();
+    let rows = 200_000;
+    f.write("people.csv", &csv(1..=rows, "v1"));
+    f.write(
+        "backflow.toml",
+        "[sources.people]\ntype = \"csv\"\npath = \"people.csv\"\n\n[destinations.app]\ntype = \"sqlite\"\npath = \"out/app.db\"\n\n[syncs.people]\nfrom = \"people\"\nto = \"app\"\nobject = \"people\"\nbehavior = \"upsert\"\nkey = \"id\"\n",
+    );
+    let (code, _, err) = f.cli(&["run"]);
+    assert_eq!(code, 0, "{err}");
+    let mut model = csv(1..=rows, "v1");
+    for (round, delay_ms) in [0u64, 300, 1500].into_iter().enumerate() {
+        // This round's records change, and the app says so.
+        let ids = [7 + round as u32, 70 + round as u32];
+        for id in ids {
+            model = model.replace(
+                &format!("\n{id},name {id} v1\n"),
+                &format!("\n{id},name {id} v2\n"),
+            );
+        }
+        f.write("people.csv", &model);
+        let mut server = Server::start(&f, &[], &[]);
+        let (status, _) = server
+            .post("/api/syncs/people/keys", serde_json::json!({ "keys": ids }))
+            .await;
+        assert_eq!(status, 202);
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        server.signal("-TERM");
+        server.wait(Duration::from_secs(60));
+        drop(server);
+
+        let server = Server::start(&f, &[], &[]);
+        let started = Instant::now();
+        loop {
+            let (_, summary) = server.get("/api/syncs/people").await;
+            if summary["keys_waiting"] == 0 && summary["state"] == "idle" {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(120), "{summary}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let table = f.sqlite("out/app.db", "people");
+        let name =
+            |id: u32| table.iter().find(|r| r["id"] == id.to_string()).unwrap()["name"].clone();
+        for id in ids {
+            assert_eq!(
+                name(id),
+                format!("name {id} v2"),
+                "stop after {delay_ms} ms"
+            );
+        }
+        assert_eq!(name(100), "name 100 v1");
+        // No run in history "succeeded" without having run.
+        let (_, runs) = server.get("/api/syncs/people/runs?limit=50").await;
+        for r in runs.as_array().unwrap() {
+            if r["status"] == "succeeded" {
+                assert!(r["counts"]["read"].as_u64().unwrap() > 0, "{r}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_does_not_stop_the_server() {
+    let f = Fixture::new();
+    f.write("people.csv", &csv(1..=5, "v1"));
+    f.write(
+        "backflow.toml",
+        "[sources.people]\ntype = \"csv\"\npath = \"people.csv\"\n\n[destinations.app]\ntype = \"sqlite\"\npath = \"out/app.db\"\n\n[syncs.people]\nfrom = \"people\"\nto = \"app\"\nobject = \"people\"\nbehavior = \"upsert\"\nkey = \"id\"\n",
+    );
+    // `serve 2>&1 | head -1`: the reader goes away after the first line.
+    let mut child = f
+        .command(&["serve", "--listen", "127.0.0.1:0", "-v"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    {
+        let mut reader = std::io::BufReader::new(child.stderr.take().unwrap());
+        while !first.contains("listening on http://") {
+            first.clear();
+            reader.read_line(&mut first).unwrap();
+        }
+    }
+    let url = first[first.find("http://").unwrap()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let server = Server {
+        child,
+        url,
+        token: None,
+        client: reqwest::Client::new(),
+    };
+    for _ in 0..3 {
+        let (status, started) = server.post("/api/syncs/people/runs", Value::Null).await;
+        assert_eq!(status, 202, "{started}");
+        let run = server.finished(started["run_id"].as_str().unwrap()).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
     }
 }
