@@ -365,17 +365,24 @@ async fn mysql_keeps_edits_to_unchanged_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_run_sends_every_field_of_its_rows_again() {
     let f = people_fixture("mirror", "send = \"changed\"", V1);
-    f.run_ok("people_sync").await;
+    // A sync name of its own: failpoints are process-wide, and other tests run syncs named
+    // people_sync at the same time.
+    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &toml.replace("[syncs.people_sync", "[syncs.changed_interrupted"),
+    );
+    f.run_ok("changed_interrupted").await;
     sqlite_edit(&f, "UPDATE people SET plan = 'edited' WHERE id = 1");
     f.write("people.csv", V2);
-    run_faulted(&f, "people_sync", "after_batch", false).await;
+    run_faulted(&f, "changed_interrupted", "after_batch", false).await;
     // Ada's name and Bob's plan changed: two destination batches (one per set of fields
     // changed), in the diff's order; the run died after the first.
     let ada_sent = row(&f, "1").1 == "Ada L";
     let bob_sent = row(&f, "2").2 == "team";
     assert!(ada_sent != bob_sent, "one batch reached the destination");
     assert_eq!(row(&f, "1").2, "edited");
-    let r = f.run_ok("people_sync").await;
+    let r = f.run_ok("changed_interrupted").await;
     assert_eq!(r.counts.updated, 2, "{r:?}");
     // The rows of the interrupted batch get every field again (Ada's plan edit is overwritten
     // when hers was that batch); the other's only what changed.
@@ -388,7 +395,7 @@ async fn an_interrupted_run_sends_every_field_of_its_rows_again() {
         "people.csv",
         "id,email,name,plan,updated\n1,a@x.io,Ada M,pro,3\n2,b@x.io,Bob,team,2\n3,c@x.io,Cy,pro,1\n",
     );
-    f.run_ok("people_sync").await;
+    f.run_ok("changed_interrupted").await;
     assert_eq!(
         row(&f, "1"),
         ("a@x.io".into(), "Ada M".into(), "edited".into())
