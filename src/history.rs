@@ -379,12 +379,32 @@ pub async fn runs(
     files.reverse();
     let mut out = Vec::new();
     for f in files.into_iter().take(limit) {
-        let rel = format!("history/{sync}/runs/{f}");
-        let bytes = store.read(&rel).await?;
-        for batch in read_batches(bytes).map_err(|e| parquet_err(&rel, e))? {
-            let rows: Vec<StoredRun> = decode(&batch, &rel)?;
-            out.extend(rows.into_iter().map(RunRecord::from));
-        }
+        out.extend(read_runs(store, &format!("history/{sync}/runs/{f}")).await?);
+    }
+    Ok(out)
+}
+
+/// One run of a sync by its id (None when the sync has no such run): only its file is read.
+pub async fn run(
+    store: &StateStore,
+    sync: &str,
+    run_id: &str,
+) -> Result<Option<RunRecord>, StateError> {
+    let suffix = format!("-{run_id}.parquet");
+    let files = store.list_files(&format!("history/{sync}/runs")).await?;
+    let Some(f) = files.iter().find(|f| f.ends_with(&suffix)) else {
+        return Ok(None);
+    };
+    let runs = read_runs(store, &format!("history/{sync}/runs/{f}")).await?;
+    Ok(runs.into_iter().find(|r| r.run_id == run_id))
+}
+
+async fn read_runs(store: &StateStore, rel: &str) -> Result<Vec<RunRecord>, StateError> {
+    let bytes = store.read(rel).await?;
+    let mut out = Vec::new();
+    for batch in read_batches(bytes).map_err(|e| parquet_err(rel, e))? {
+        let rows: Vec<StoredRun> = decode(&batch, rel)?;
+        out.extend(rows.into_iter().map(RunRecord::from));
     }
     Ok(out)
 }

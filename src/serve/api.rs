@@ -413,21 +413,12 @@ async fn find_run(api: &Api, run_id: &str) -> Answer<Option<(Kind, history::RunR
     if run_id.is_empty() || !run_id.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Ok(None);
     }
-    let suffix = format!("-{run_id}.parquet");
     let state = &api.jobs.project.state;
     for t in api.jobs.targets.values() {
-        let history_name = t.kind.history_name(&t.name);
-        let files = state
-            .list_files(&format!("history/{history_name}/runs"))
-            .await
-            .unwrap_or_default();
-        if !files.iter().any(|f| f.ends_with(&suffix)) {
-            continue;
-        }
-        let runs = history::runs(state, &history_name, usize::MAX)
+        let found = history::run(state, &t.kind.history_name(&t.name), run_id)
             .await
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        if let Some(r) = runs.into_iter().find(|r| r.run_id == run_id) {
+        if let Some(r) = found {
             return Ok(Some((t.kind, r)));
         }
     }

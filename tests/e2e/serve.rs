@@ -193,6 +193,63 @@ fn statuses(runs: &[Value]) -> Vec<&str> {
     runs.iter().filter_map(|r| r["status"].as_str()).collect()
 }
 
+/// No two of these runs were going at the same time.
+fn assert_no_overlap<'a>(runs: impl Iterator<Item = &'a Value>) {
+    let at = |r: &Value, k: &str| {
+        chrono::DateTime::parse_from_rfc3339(r[k].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis()
+    };
+    let mut spans: Vec<(i64, i64)> = runs
+        .map(|r| (at(r, "started_at"), at(r, "finished_at")))
+        .collect();
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0, "two runs overlapped: {spans:?}");
+    }
+}
+
+/// A sync (`people`, CSV into SQLite, mirror) and an entity (`account`, from `crm.csv`).
+fn sync_and_entity_project(f: &Fixture, people_csv: &str) {
+    f.write("people.csv", people_csv);
+    f.write(
+        "crm.csv",
+        "id,name,email\n1,Acme,a@acme.test\n2,Globex,g@globex.test\n",
+    );
+    f.write(
+        "backflow.toml",
+        r#"
+[sources.people]
+type = "csv"
+path = "people.csv"
+
+[sources.crm]
+type = "csv"
+path = "crm.csv"
+
+[destinations.app]
+type = "sqlite"
+path = "out/app.db"
+
+[syncs.people]
+from = "people"
+to = "app"
+object = "people"
+behavior = "mirror"
+key = "id"
+
+[entities.account]
+fields = { name = "text", email = "text" }
+match = [["email"]]
+
+[entities.account.sources.crm]
+from = "crm"
+id = "id"
+fields = { name = "name", email = "email" }
+"#,
+    );
+}
+
 fn csv(rows: std::ops::RangeInclusive<u32>, version: &str) -> String {
     let mut s = String::from("id,name\n");
     for id in rows {
@@ -401,22 +458,7 @@ async fn a_tick_that_finds_its_sync_running_is_skipped_and_recorded() {
             statuses(runs).contains(&"succeeded")
         })
         .await;
-    let mut spans: Vec<(i64, i64)> = runs
-        .iter()
-        .filter(|r| r["status"] != "skipped")
-        .map(|r| {
-            let t = |k: &str| {
-                chrono::DateTime::parse_from_rfc3339(r[k].as_str().unwrap())
-                    .unwrap()
-                    .timestamp_millis()
-            };
-            (t("started_at"), t("finished_at"))
-        })
-        .collect();
-    spans.sort();
-    for w in spans.windows(2) {
-        assert!(w[0].1 <= w[1].0, "two runs overlapped: {spans:?}");
-    }
+    assert_no_overlap(runs.iter().filter(|r| r["status"] != "skipped"));
     assert_eq!(api.records("people").len(), 8);
 }
 
@@ -897,22 +939,7 @@ async fn two_servers_on_one_state_never_run_a_sync_at_once() {
             .contains("already running")),
         "{refused:#?}"
     );
-    let mut spans: Vec<(i64, i64)> = runs
-        .iter()
-        .filter(|r| r["status"] == "succeeded")
-        .map(|r| {
-            let t = |k: &str| {
-                chrono::DateTime::parse_from_rfc3339(r[k].as_str().unwrap())
-                    .unwrap()
-                    .timestamp_millis()
-            };
-            (t("started_at"), t("finished_at"))
-        })
-        .collect();
-    spans.sort();
-    for w in spans.windows(2) {
-        assert!(w[0].1 <= w[1].0, "two runs overlapped: {spans:?}");
-    }
+    assert_no_overlap(runs.iter().filter(|r| r["status"] == "succeeded"));
     assert_eq!(api.records("people").len(), 10);
 }
 
@@ -932,43 +959,7 @@ async fn the_server_keeps_to_its_openapi_document() {
         return;
     };
     let f = Fixture::new();
-    f.write("people.csv", &csv(1..=20, "v1"));
-    f.write(
-        "crm.csv",
-        "id,name,email\n1,Acme,a@acme.test\n2,Globex,g@globex.test\n",
-    );
-    f.write(
-        "backflow.toml",
-        r#"
-[sources.people]
-type = "csv"
-path = "people.csv"
-
-[sources.crm]
-type = "csv"
-path = "crm.csv"
-
-[destinations.app]
-type = "sqlite"
-path = "out/app.db"
-
-[syncs.people]
-from = "people"
-to = "app"
-object = "people"
-behavior = "mirror"
-key = "id"
-
-[entities.account]
-fields = { name = "text", email = "text" }
-match = [["email"]]
-
-[entities.account.sources.crm]
-from = "crm"
-id = "id"
-fields = { name = "name", email = "email" }
-"#,
-    );
+    sync_and_entity_project(&f, &csv(1..=20, "v1"));
     let server = Server::start(&f, &[], &[("BACKFLOW_API_TOKEN", "schema-token")]);
     for path in ["/api/syncs/people/runs", "/api/entities/account/runs"] {
         let (status, started) = server.post(path, Value::Null).await;
@@ -1227,46 +1218,7 @@ async fn the_page_runs_a_sync_and_shows_the_new_run_in_a_real_browser() {
         return;
     };
     let f = Fixture::new();
-    f.write(
-        "people.csv",
-        "id,name\n1,Ada\n2,Bob\n3,Cy\n4,Di\n5,Ed\n,nobody\n",
-    );
-    f.write(
-        "crm.csv",
-        "id,name,email\n1,Acme,a@acme.test\n2,Globex,g@globex.test\n",
-    );
-    f.write(
-        "backflow.toml",
-        r#"
-[sources.people]
-type = "csv"
-path = "people.csv"
-
-[sources.crm]
-type = "csv"
-path = "crm.csv"
-
-[destinations.app]
-type = "sqlite"
-path = "out/app.db"
-
-[syncs.people]
-from = "people"
-to = "app"
-object = "people"
-behavior = "mirror"
-key = "id"
-
-[entities.account]
-fields = { name = "text", email = "text" }
-match = [["email"]]
-
-[entities.account.sources.crm]
-from = "crm"
-id = "id"
-fields = { name = "name", email = "email" }
-"#,
-    );
+    sync_and_entity_project(&f, "id,name\n1,Ada\n2,Bob\n3,Cy\n4,Di\n5,Ed\n,nobody\n");
     let server = Server::start(&f, &[], &[("BACKFLOW_API_TOKEN", "page-token")]);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/page.cjs");
     let shots = f.path().join("screenshots");
