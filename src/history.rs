@@ -41,6 +41,11 @@ pub struct RunRecord {
     pub object: Option<String>,
     /// What the run warned about (see `SyncReport::warnings`).
     pub warnings: Vec<String>,
+    /// What started the run, when a caller said (`backflow serve`: `schedule`, `after`,
+    /// `api`, `keys`; None for `backflow run`).
+    pub trigger: Option<String>,
+    /// How many keys (or source ids) a run for given keys was for.
+    pub keys: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +132,10 @@ struct StoredRun {
     object: Option<String>,
     /// The run's warnings, one per line (NULL when none).
     warnings: Option<String>,
+    /// What started the run (NULL: not said, and in files written before it was recorded).
+    trigger: Option<String>,
+    /// Keys of a run for given keys.
+    keys: Option<i64>,
 }
 
 /// The fields of [`StoredRun`] that hold instants.
@@ -159,6 +168,8 @@ impl From<&RunRecord> for StoredRun {
             destination: r.destination.clone(),
             object: r.object.clone(),
             warnings: (!r.warnings.is_empty()).then(|| r.warnings.join("\n")),
+            trigger: r.trigger.clone(),
+            keys: r.keys.map(|k| k as i64),
         }
     }
 }
@@ -182,6 +193,8 @@ impl From<StoredRun> for RunRecord {
                 .warnings
                 .map(|w| w.lines().map(str::to_string).collect())
                 .unwrap_or_default(),
+            trigger: r.trigger,
+            keys: r.keys.map(|k| k.max(0) as u64),
         }
     }
 }
@@ -542,7 +555,7 @@ mod tests {
              unchanged:UInt64:false rejected:UInt64:false skipped:UInt64:false \
              retries:UInt64:false held:UInt64:false unowned:UInt64:false \
              state_version:Int64:true error:Utf8:true behavior:Utf8:true \
-             destination:Utf8:true object:Utf8:true warnings:Utf8:true"
+             destination:Utf8:true object:Utf8:true warnings:Utf8:true trigger:Utf8:true keys:Int64:true"
         );
         let records = flat_schema(&stored_fields::<StoredSample>().unwrap());
         let names: Vec<&str> = records.fields().iter().map(|f| f.name().as_str()).collect();
@@ -571,6 +584,8 @@ mod tests {
             destination: Some("db".into()),
             object: None,
             warnings: vec!["one".into(), "two".into()],
+            trigger: Some("keys".into()),
+            keys: Some(3),
         };
         let samples = vec![SampleRecord {
             kind: RecordKind::Invalid,

@@ -21,11 +21,13 @@ use super::context::{ATTACHED, OVER, contrib_old, golden_old, incoming};
 
 /// How a cycle treats the state (see `--full-resync`).
 #[derive(Debug, Clone, Copy, Default)]
-pub(super) struct CycleOptions {
+pub(super) struct CycleOptions<'a> {
     /// Read every source from the start, whatever its position.
     pub from_start: bool,
     /// Decide every field of every golden record a source touched, changed or not.
     pub decide_all: bool,
+    /// Read only these ids of these sources (see `HubOptions::only_ids`).
+    pub only_ids: Option<&'a std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 /// Run one cycle and commit it. `skip` lists sources already read to their end in this run.
@@ -35,7 +37,7 @@ pub(super) async fn run(
     ctx: &SessionContext,
     name: &str,
     run_id: &str,
-    options: CycleOptions,
+    options: CycleOptions<'_>,
     skip: &BTreeSet<String>,
     samples: &mut Vec<SampleRecord>,
     lock: &crate::state::SyncLock,
@@ -63,7 +65,7 @@ pub(super) async fn run(
 async fn stages(
     cycle: &Cycle<'_>,
     chain: &Chain,
-    options: CycleOptions,
+    options: CycleOptions<'_>,
     skip: &BTreeSet<String>,
     samples: &mut Vec<SampleRecord>,
     lock: &crate::state::SyncLock,
@@ -100,13 +102,14 @@ async fn stages(
         let from = before
             .and_then(|b| b.position.as_ref())
             .filter(|_| !options.from_start);
-        let (plan, id_type) = read::plan(
-            &context,
-            relation.clone(),
-            source,
-            config,
-            read::Window::After(from),
-        )?;
+        let ids = options
+            .only_ids
+            .map(|by_source| by_source.get(source).map_or(&[][..], Vec::as_slice));
+        let window = match ids {
+            Some(ids) => read::Window::Ids(ids),
+            None => read::Window::After(from),
+        };
+        let (plan, id_type) = read::plan(&context, relation.clone(), source, config, window)?;
         let old_schema = state::contributions_schema(entity, source, &id_type);
         let files: Vec<&StateFile> = before.map(|b| vec![&b.contributions]).unwrap_or_default();
         let old = state::read_aligned(&project.state, cycle.ctx, &files, &old_schema)
@@ -115,7 +118,7 @@ async fn stages(
         cycle.register("state", &contrib_old(source), old)?;
 
         let raw_table = format!("bf_hub_raw_{source}");
-        let plan = if skip.contains(source) {
+        let plan = if skip.contains(source) || ids.is_some_and(<[String]>::is_empty) {
             plan.limit(0, Some(0)).map_err(cycle.engine("read"))?
         } else {
             plan
@@ -129,7 +132,8 @@ async fn stages(
                 None,
             )
             .await?;
-        let full = raw.rows >= entity.batch_size() as u64;
+        // A read of given ids is whole, however many they are.
+        let full = ids.is_none() && raw.rows >= entity.batch_size() as u64;
         let last = read::last_position(cycle.ctx, &raw_table, config.watermark.is_some(), !full)
             .await
             .map_err(cycle.engine("read"))?;
@@ -169,6 +173,8 @@ async fn stages(
             }
         }
         let position = match (last, config.watermark.is_some()) {
+            // Records read by id leave the source's position where it was.
+            _ if ids.is_some() => before.and_then(|b| b.position.clone()),
             // A walk without a watermark that reached the end starts over next run.
             (_, false) if !full => None,
             (Some(p), _) => Some(p),
@@ -192,7 +198,7 @@ async fn stages(
             },
         );
         outcome.more |= full;
-        if !full {
+        if !full && ids.is_none() {
             outcome.drained.insert(source.clone());
         }
         reads.insert(

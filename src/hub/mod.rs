@@ -109,6 +109,13 @@ pub struct HubOptions {
     pub max_cycles: Option<u64>,
     /// The run's id (default: a new one).
     pub run_id: Option<String>,
+    /// Read only these records, by source and id (ids as text, as people write them), in one
+    /// cycle: an app saying which of its records just changed. Other sources are not read,
+    /// and no source's position moves, so the next full read sees these records again (as
+    /// unchanged). An id the source does not have reads nothing.
+    pub only_ids: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    /// What started the run, kept in its history.
+    pub trigger: Option<String>,
 }
 
 /// What one source did in a run.
@@ -231,6 +238,7 @@ pub async fn run(
                 cycle::CycleOptions {
                     from_start: options.full_resync && first,
                     decide_all: options.full_resync,
+                    only_ids: options.only_ids.as_ref(),
                 },
                 &drained,
                 &mut samples,
@@ -256,6 +264,7 @@ pub async fn run(
             total.version = outcome.version;
             if !outcome.committed
                 || !outcome.more
+                || options.only_ids.is_some()
                 || options.max_cycles.is_some_and(|m| cycles >= m)
             {
                 return Ok(());
@@ -321,6 +330,11 @@ pub async fn run(
         destination: None,
         object: None,
         warnings: Vec::new(),
+        trigger: options.trigger.clone(),
+        keys: options
+            .only_ids
+            .as_ref()
+            .map(|ids| ids.values().map(|i| i.len() as u64).sum()),
     };
     if let Err(e) = history::record(&project.state, &record, &samples).await {
         let note = format!("run history was not recorded: {e}");

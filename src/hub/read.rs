@@ -70,6 +70,9 @@ pub enum Window<'a> {
     /// Every record with exactly this position's watermark and id (a batch that ended
     /// inside a group of such records takes all of them).
     At(&'a Position),
+    /// Every record with one of these ids (as text; an id that cannot be of the id column's
+    /// type matches nothing), whatever the position.
+    Ids(&'a [String]),
 }
 
 /// The mapped, filtered, ordered and limited read of one source (not yet executed).
@@ -179,6 +182,25 @@ pub fn plan(
         Window::After(Some(pos)) => {
             let filter = past(pos, source, &id_type, wm_type.as_ref()).map_err(&problem)?;
             df = df.filter(filter).map_err(df_err)?;
+        }
+        Window::Ids(ids) => {
+            let values = ids
+                .iter()
+                .map(|i| try_cast(lit(i.as_str()), id_type.clone()))
+                .collect();
+            df = df
+                .filter(ident(&source.id).in_list(values, false))
+                .map_err(df_err)?;
+            let mut order = Vec::new();
+            if let Some(w) = &source.watermark {
+                order.push(ident(w).sort(true, true));
+            }
+            order.push(ident(&source.id).sort(true, true));
+            let df = df
+                .sort(order)
+                .and_then(|df| df.select(exprs))
+                .map_err(df_err)?;
+            return Ok((df, id_type));
         }
         Window::At(pos) => {
             let filter = at(pos, source, &id_type, wm_type.as_ref()).map_err(&problem)?;

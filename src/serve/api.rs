@@ -49,6 +49,7 @@ pub fn router(api: Api) -> Router {
             "/api/entities/{name}/runs",
             get(entity_runs).post(start_entity),
         )
+        .route("/api/entities/{name}/sources/{source}/ids", post(post_ids))
         .route("/api/entities/{name}/golden", get(golden_by_source))
         .route("/api/entities/{name}/golden/{id}", get(golden_by_id))
         .route("/api/alerts", get(list_alerts))
@@ -179,7 +180,7 @@ struct Summary {
     next_run: Option<chrono::DateTime<chrono::Utc>>,
     last_run: Option<RunView>,
     tags: Vec<String>,
-    /// Keys accepted and not yet synced (syncs).
+    /// Keys (an entity's source ids) accepted and not yet run for.
     keys_waiting: u64,
     /// The sync's settings (no secrets: the destination by name and type only).
     config: serde_json::Value,
@@ -229,11 +230,7 @@ fn summary(api: &Api, name: &str) -> Option<Summary> {
         next_run: jobs.next_run(name),
         last_run: jobs.last_run(name),
         tags,
-        keys_waiting: if target.kind == Kind::Sync {
-            jobs.keys.waiting(name)
-        } else {
-            0
-        },
+        keys_waiting: jobs.keys.waiting(name),
         config: details,
     })
 }
@@ -504,11 +501,129 @@ struct KeysBody {
     keys: Vec<serde_json::Value>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdsBody {
+    ids: Vec<serde_json::Value>,
+}
+
 #[derive(Serialize)]
 struct KeysAccepted {
     accepted: usize,
-    /// Keys waiting for the sync now, these included.
+    /// Keys (or ids) waiting for the sync (or entity) now, these included.
     waiting: u64,
+}
+
+/// The JSON object of a request's body, as `T`; `shape` says what it must look like.
+fn json_object<T: serde::de::DeserializeOwned>(body: &Bytes, shape: &str) -> Answer<T> {
+    let bad = |e: String| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be {shape}: {e}"),
+        )
+    };
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v @ serde_json::Value::Object(_)) => {
+            serde_json::from_value(v).map_err(|e| bad(e.to_string()))
+        }
+        Ok(_) => Err(bad("it is not a JSON object".into())),
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+/// Keys as people write them (see [`crate::keys::key_parts`]): a string, a whole number, or
+/// for a key of `parts` parts a list of that many values. `of` names what they are keys of.
+fn key_texts(values: Vec<serde_json::Value>, parts: usize, of: &str) -> Answer<Vec<String>> {
+    if values.len() > MAX_KEYS_PER_REQUEST {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} keys in one request; send at most {MAX_KEYS_PER_REQUEST} per request",
+                values.len()
+            ),
+        ));
+    }
+    let mut keys = Vec::with_capacity(values.len());
+    for k in values {
+        let text = match (k, parts) {
+            (serde_json::Value::String(s), _) => s,
+            // A whole number as written; 5.0 or 1e3 would become text no key has.
+            (serde_json::Value::Number(n), 1) if n.is_i64() || n.is_u64() => n.to_string(),
+            (v @ serde_json::Value::Number(_), 1) => {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "key {v} is not a whole number: send such a key as a string, exactly \
+                         as the model has it"
+                    ),
+                ));
+            }
+            (v @ serde_json::Value::Array(_), n) if n > 1 => v.to_string(),
+            (v, n) => {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "key {v} is not a key of {of}: {}",
+                        if n > 1 {
+                            format!("its key has {n} parts, so each key is a list of {n} values")
+                        } else {
+                            "each key is a string or a number".to_string()
+                        }
+                    ),
+                ));
+            }
+        };
+        if parts > 1 {
+            crate::keys::key_parts(&text, parts)
+                .map_err(|why| ApiError(StatusCode::BAD_REQUEST, why))?;
+        }
+        keys.push(text);
+    }
+    Ok(keys)
+}
+
+/// Store keys for a run of `name` (ids of its `source`, for an entity) and start it, or have
+/// it follow the run going.
+async fn accept_keys(
+    api: &Api,
+    name: &str,
+    source: Option<&str>,
+    keys: Vec<String>,
+) -> Answer<(StatusCode, Json<KeysAccepted>)> {
+    if !keys.is_empty() {
+        if api.jobs.stopping() {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is stopping; send the keys again when it is back".into(),
+            ));
+        }
+        let n = keys.len();
+        api.jobs
+            .keys
+            .accept(name, source, keys)
+            .await
+            .map_err(|e| {
+                ApiError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the keys could not be stored, so they were not accepted: {e}"),
+                )
+            })?;
+        api.jobs.keys_arrived(name);
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(KeysAccepted {
+                accepted: n,
+                waiting: api.jobs.keys.waiting(name),
+            }),
+        ));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(KeysAccepted {
+            accepted: 0,
+            waiting: api.jobs.keys.waiting(name),
+        }),
+    ))
 }
 
 async fn post_keys(
@@ -524,101 +639,52 @@ async fn post_keys(
     {
         return Err(not_found_named("sync", &name, &api));
     }
-    let bad = |e: String| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("the body must be {{\"keys\": [...]}}: {e}"),
-        )
-    };
-    let body: KeysBody = match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(v @ serde_json::Value::Object(_)) => {
-            serde_json::from_value(v).map_err(|e| bad(e.to_string()))?
-        }
-        Ok(_) => return Err(bad("it is not a JSON object".into())),
-        Err(e) => return Err(bad(e.to_string())),
-    };
-    if body.keys.len() > MAX_KEYS_PER_REQUEST {
-        return Err(ApiError(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "{} keys in one request; send at most {MAX_KEYS_PER_REQUEST} per request",
-                body.keys.len()
-            ),
-        ));
-    }
-    let n = api
+    let body: KeysBody = json_object(&body, "{\"keys\": [...]}")?;
+    let parts = api
         .jobs
         .project
         .config
         .syncs
         .get(&name)
         .map_or(1, |s| s.key.parts().len());
-    let mut keys = Vec::with_capacity(body.keys.len());
-    for k in body.keys {
-        let text = match (k, n) {
-            (serde_json::Value::String(s), _) => s,
-            // A whole number as written; 5.0 or 1e3 would become text no key has.
-            (serde_json::Value::Number(n), 1) if n.is_i64() || n.is_u64() => n.to_string(),
-            (v @ serde_json::Value::Number(_), 1) => {
-                return Err(ApiError(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "key {v} is not a whole number: send such a key as a string, exactly \
-                         as the model has it"
-                    ),
-                ));
-            }
-            (v @ serde_json::Value::Array(_), n) if n > 1 => v.to_string(),
-            (v, _) => {
-                return Err(ApiError(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "key {v} is not a key of sync \"{name}\": {}",
-                        if n > 1 {
-                            format!("its key has {n} parts, so each key is a list of {n} values")
-                        } else {
-                            "each key is a string or a number".to_string()
-                        }
-                    ),
-                ));
-            }
-        };
-        if n > 1 {
-            crate::keys::key_parts(&text, n)
-                .map_err(|why| ApiError(StatusCode::BAD_REQUEST, why))?;
-        }
-        keys.push(text);
+    let keys = key_texts(body.keys, parts, &format!("sync \"{name}\""))?;
+    accept_keys(&api, &name, None, keys).await
+}
+
+async fn post_ids(
+    State(api): State<Api>,
+    Path((name, source)): Path<(String, String)>,
+    body: Bytes,
+) -> Answer<(StatusCode, Json<KeysAccepted>)> {
+    if !api
+        .jobs
+        .targets
+        .get(&name)
+        .is_some_and(|t| t.kind == Kind::Entity)
+    {
+        return Err(not_found_named("entity", &name, &api));
     }
-    if keys.is_empty() {
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(KeysAccepted {
-                accepted: 0,
-                waiting: api.jobs.keys.waiting(&name),
-            }),
-        ));
-    }
-    if api.jobs.stopping() {
+    let Some(entity) = api.jobs.project.config.entities.get(&name) else {
+        return Err(not_found_named("entity", &name, &api));
+    };
+    if !entity.sources.contains_key(&source) {
+        let names: Vec<&str> = entity.sources.keys().map(String::as_str).collect();
         return Err(ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is stopping; send the keys again when it is back".into(),
+            StatusCode::NOT_FOUND,
+            format!(
+                "entity \"{name}\" has no source \"{source}\"{} (its sources: {})",
+                crate::names::suggest(&source, names.iter().copied()),
+                names.join(", ")
+            ),
         ));
     }
-    let accepted = keys.len();
-    api.jobs.keys.accept(&name, keys).await.map_err(|e| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the keys could not be stored, so they were not accepted: {e}"),
-        )
-    })?;
-    api.jobs.keys_arrived(&name);
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(KeysAccepted {
-            accepted,
-            waiting: api.jobs.keys.waiting(&name),
-        }),
-    ))
+    let body: IdsBody = json_object(&body, "{\"ids\": [...]}")?;
+    let ids = key_texts(
+        body.ids,
+        1,
+        &format!("source \"{source}\" of entity \"{name}\""),
+    )?;
+    accept_keys(&api, &name, Some(&source), ids).await
 }
 
 #[derive(Deserialize)]

@@ -58,6 +58,17 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    pub fn parse(text: &str) -> Option<Trigger> {
+        [
+            Trigger::Schedule,
+            Trigger::After,
+            Trigger::Api,
+            Trigger::Keys,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Schedule => "schedule",
@@ -162,9 +173,9 @@ impl RunView {
             target: name,
             kind,
             status: r.status.as_str().to_string(),
-            trigger: None,
+            trigger: r.trigger.as_deref().and_then(Trigger::parse),
             full_resync: r.full_resync,
-            keys: None,
+            keys: r.keys,
             started_at: DateTime::from_timestamp_millis(r.started_at_ms),
             finished_at: DateTime::from_timestamp_millis(r.finished_at_ms),
             counts: Some(r.counts.clone()),
@@ -436,8 +447,15 @@ impl Jobs {
         }
     }
 
+    /// What started run `run_id`, as history keeps it.
+    fn trigger_of(&self, run_id: &str) -> Option<String> {
+        self.view(run_id)
+            .and_then(|v| v.trigger)
+            .map(|t| t.as_str().to_string())
+    }
+
     /// Record that a run of `name` was due but not started, and why (history and metrics).
-    pub async fn skip(&self, name: &str, reason: String) {
+    pub async fn skip(&self, name: &str, trigger: Trigger, reason: String) {
         let Some(target) = self.targets.get(name) else {
             return;
         };
@@ -459,6 +477,8 @@ impl Jobs {
             destination: None,
             object: None,
             warnings: Vec::new(),
+            trigger: Some(trigger.as_str().to_string()),
+            keys: None,
         };
         if let Err(e) = history::record(&self.project.state, &record, &[]).await {
             tracing::warn!(target_name = name, error = %e, "could not record a skipped run");
@@ -594,8 +614,8 @@ impl Jobs {
         } else {
             keys::Taken::default()
         };
-        let only_keys = (trigger == Trigger::Keys).then(|| taken.keys.clone());
-        if trigger == Trigger::Keys && taken.keys.is_empty() {
+        let only_keys = (trigger == Trigger::Keys).then(|| taken.clone());
+        if trigger == Trigger::Keys && taken.is_empty() {
             // A run before this one took them.
             let why = "no keys were waiting: a run before this one took them".to_string();
             self.end(
@@ -752,10 +772,11 @@ impl Jobs {
         target: &Target,
         run_id: &str,
         request: &Request,
-        only_keys: Option<Vec<String>>,
+        only_keys: Option<keys::Taken>,
         live: Arc<Live>,
     ) -> Outcome {
         let name = target.name.as_str();
+        let trigger = self.trigger_of(run_id);
         let failed = |error: String| Outcome {
             status: RunStatus::Failed,
             counts: None,
@@ -833,6 +854,8 @@ impl Jobs {
                         crate::hub::HubOptions {
                             full_resync: request.full_resync,
                             run_id: Some(run_id.to_string()),
+                            only_ids: only_keys.as_ref().map(|t| t.ids.clone()),
+                            trigger: trigger.clone(),
                             ..Default::default()
                         },
                     )
@@ -857,8 +880,9 @@ impl Jobs {
                     let main = sync == name;
                     let options = RunOptions {
                         full_resync: request.full_resync,
-                        only_keys: only_keys.clone().filter(|_| main),
+                        only_keys: only_keys.as_ref().filter(|_| main).map(|t| t.keys.clone()),
                         run_id: main.then(|| run_id.to_string()),
+                        trigger: trigger.clone(),
                         ..RunOptions::default()
                     };
                     let report =
@@ -904,6 +928,8 @@ impl Jobs {
             destination: None,
             object: None,
             warnings: Vec::new(),
+            trigger: self.trigger_of(run_id),
+            keys: None,
         };
         if let Err(e) = history::record(&self.project.state, &record, &[]).await {
             tracing::warn!(target_name = %target.name, error = %e, "could not record a failed run");

@@ -1,4 +1,6 @@
-//! Keys accepted by `POST /api/syncs/{name}/keys` (an app saying which records just changed).
+//! Keys accepted by `POST /api/syncs/{name}/keys`, and source ids by
+//! `POST /api/entities/{entity}/sources/{source}/ids` (an app saying which records just
+//! changed).
 //! Each request's keys are written to the state as a file of their own before the request is
 //! answered, so that neither a run going at the time nor a crash of the server loses them. A
 //! run for keys takes the files there when it starts, and removes them when it succeeded; keys
@@ -22,13 +24,30 @@ pub const MAX_KEYS_PER_REQUEST: usize = 100_000;
 struct Stored {
     keys: Vec<String>,
     accepted_at_ms: i64,
+    /// The entity's source the keys are ids of (None: a sync's keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
 }
 
 /// The keys a run took: their files (removed when the run succeeded) and the keys, each once.
 #[derive(Debug, Default, Clone)]
 pub struct Taken {
     pub files: Vec<String>,
+    /// A sync's keys.
     pub keys: Vec<String>,
+    /// An entity's ids, by source.
+    pub ids: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Taken {
+    /// Keys and ids, all sources together.
+    pub fn len(&self) -> usize {
+        self.keys.len() + self.ids.values().map(Vec::len).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The keys waiting for each sync.
@@ -50,12 +69,19 @@ impl AcceptedKeys {
         format!("{DIR}/{sync}")
     }
 
-    /// Keep `keys` for a run of `sync`: written to the state before this returns.
-    pub async fn accept(&self, sync: &str, keys: Vec<String>) -> Result<(), StateError> {
+    /// Keep `keys` for a run of `sync` (or ids of an entity's `source`): written to the state
+    /// before this returns.
+    pub async fn accept(
+        &self,
+        sync: &str,
+        source: Option<&str>,
+        keys: Vec<String>,
+    ) -> Result<(), StateError> {
         let n = keys.len() as u64;
         let stored = Stored {
             keys,
             accepted_at_ms: chrono::Utc::now().timestamp_millis(),
+            source: source.map(str::to_string),
         };
         let bytes = serde_json::to_vec(&stored).unwrap_or_default();
         // Named by time first, so that runs take them in the order they came.
@@ -78,7 +104,7 @@ impl AcceptedKeys {
         let mut files = self.project.state.list_files(&dir).await?;
         files.retain(|f| f.ends_with(".json"));
         files.sort();
-        let mut seen = BTreeSet::new();
+        let mut seen: BTreeSet<(Option<String>, String)> = BTreeSet::new();
         let mut taken = Taken::default();
         for f in files {
             let rel = format!("{dir}/{f}");
@@ -86,8 +112,12 @@ impl AcceptedKeys {
             match serde_json::from_slice::<Stored>(&bytes) {
                 Ok(stored) => {
                     for k in stored.keys {
-                        if seen.insert(k.clone()) {
-                            taken.keys.push(k);
+                        if !seen.insert((stored.source.clone(), k.clone())) {
+                            continue;
+                        }
+                        match &stored.source {
+                            None => taken.keys.push(k),
+                            Some(s) => taken.ids.entry(s.clone()).or_default().push(k),
                         }
                     }
                 }
@@ -115,7 +145,7 @@ impl AcceptedKeys {
     /// Count the keys waiting for `sync` again, from the files.
     pub async fn recount(&self, sync: &str) -> u64 {
         let n = match self.take(sync).await {
-            Ok(t) => t.keys.len() as u64,
+            Ok(t) => t.len() as u64,
             Err(_) => return self.waiting(sync),
         };
         if let Ok(mut w) = self.waiting.lock() {

@@ -93,6 +93,7 @@ async fn tick(jobs: &Arc<Jobs>, name: &str, at: DateTime<Utc>) {
         Err(StartError::Running { run_id, .. }) => {
             jobs.skip(
                 name,
+                Trigger::Schedule,
                 format!(
                     "skipped: the tick due at {} found run {run_id} still going",
                     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -140,7 +141,7 @@ async fn after_run(
                 continue;
             }
             counted.remove(&d);
-            jobs.skip(&d, reason.clone()).await;
+            jobs.skip(&d, Trigger::After, reason.clone()).await;
             if let Some(t) = jobs.targets.get(&d) {
                 todo.extend(t.dependents.iter().cloned());
             }
@@ -162,6 +163,7 @@ async fn after_run(
             Err(StartError::Running { run_id, .. }) => {
                 jobs.skip(
                     d,
+                    Trigger::After,
                     format!(
                         "skipped: \"{}\" finished, but run {run_id} was still going",
                         news.target

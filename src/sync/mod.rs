@@ -78,6 +78,8 @@ pub struct RunOptions {
     pub only_keys: Option<Vec<String>>,
     /// The run's id (default: a new one), for a caller that names the run before it starts.
     pub run_id: Option<String>,
+    /// What started the run, kept in its history (see [`RunRecord::trigger`]).
+    pub trigger: Option<String>,
 }
 
 impl RunOptions {
@@ -657,6 +659,8 @@ pub async fn run(
         destination: Some(sync.config.to.clone()),
         object: Some(sync.config.object.clone()),
         warnings: warnings.clone(),
+        trigger: sync.options.trigger.clone(),
+        keys: sync.options.only_keys.as_ref().map(|k| k.len() as u64),
     };
     let mut error = error;
     if let Err(e) = history::record(&project.state, &record, &tally.samples).await {

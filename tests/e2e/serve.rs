@@ -1266,6 +1266,8 @@ async fn the_page_runs_a_sync_and_shows_the_new_run_in_a_real_browser() {
         ["6", "5", "0", "0", "0", "0", "1"],
         "{seen}"
     );
+    // Started by the page's button, through the API.
+    assert_eq!(cells("run_now")[10], "api", "{seen}");
     assert!(
         seen["samples"][0][2].as_str().unwrap().contains("NULL"),
         "{seen}"
@@ -1395,5 +1397,127 @@ async fn a_closed_stderr_does_not_stop_the_server() {
         assert_eq!(status, 202, "{started}");
         let run = server.finished(started["run_id"].as_str().unwrap()).await;
         assert_eq!(run["status"], "succeeded", "{run}");
+    }
+}
+
+/// The value of `field` in a golden record as the API shows it.
+fn golden_field<'a>(golden: &'a Value, field: &str) -> &'a Value {
+    golden["fields"]
+        .as_array()
+        .and_then(|fields| fields.iter().find(|f| f["field"] == field))
+        .map_or(&Value::Null, |f| &f["value"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_posted_for_an_entity_source_are_read_now_whatever_its_watermark() {
+    let f = Fixture::new();
+    f.write(
+        "crm.csv",
+        "id,name,updated_at\n1,Acme,2026-01-01T00:00:00\n2,Globex,2026-01-01T00:00:00\n3,Initech,2026-02-01T00:00:00\n",
+    );
+    f.write(
+        "backflow.toml",
+        r#"
+[sources.crm]
+type = "csv"
+path = "crm.csv"
+
+[entities.account]
+fields = { name = "text" }
+
+[entities.account.sources.crm]
+from = "crm"
+id = "id"
+watermark = "updated_at"
+fields = { name = "name" }
+"#,
+    );
+    let server = Server::start(&f, &[], &[]);
+    let (status, started) = server.post("/api/entities/account/runs", Value::Null).await;
+    assert_eq!(status, 202, "{started}");
+    let run = server.finished(started["run_id"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["counts"]["created"], 3, "{run}");
+
+    // Two records change in the CRM, but their watermark does not move (a system that does
+    // not keep it, a bulk fix): a scheduled read would not see them. The app names one.
+    f.write(
+        "crm.csv",
+        "id,name,updated_at\n1,Acme Two,2026-01-01T00:00:00\n2,Globex Corp,2026-01-01T00:00:00\n3,Initech,2026-02-01T00:00:00\n",
+    );
+    let (status, body) = server
+        .post(
+            "/api/entities/account/sources/crm/ids",
+            serde_json::json!({"ids": [2, "2", 404]}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"], 3, "{body}");
+    let started = Instant::now();
+    let runs = loop {
+        let (_, runs) = server.get("/api/entities/account/runs?limit=10").await;
+        let runs = runs.as_array().cloned().unwrap_or_default();
+        if runs.len() >= 2 {
+            break runs;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "{runs:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(runs[0]["status"], "succeeded", "{runs:#?}");
+    // History keeps what started each run, and for how many ids (2 and 404: each once).
+    assert_eq!(runs[0]["trigger"], "keys", "{runs:#?}");
+    assert_eq!(runs[0]["keys"], 2, "{runs:#?}");
+    assert_eq!(runs[1]["trigger"], "api", "{runs:#?}");
+    assert_eq!(runs[0]["counts"]["read"], 1, "{runs:#?}");
+    assert_eq!(runs[0]["counts"]["updated"], 1, "{runs:#?}");
+    let (status, two) = server
+        .get("/api/entities/account/golden?source=crm&id=2")
+        .await;
+    assert_eq!(status, 200, "{two}");
+    assert_eq!(golden_field(&two, "name"), "Globex Corp", "{two}");
+    let (_, one) = server
+        .get("/api/entities/account/golden?source=crm&id=1")
+        .await;
+    assert_eq!(golden_field(&one, "name"), "Acme", "{one}");
+    let (_, summary) = server.get("/api/entities/account").await;
+    assert_eq!(summary["keys_waiting"], 0, "{summary}");
+
+    // The source's position stayed where it was: a later read takes only the newest
+    // watermark's record again, and record 1's change stays unseen (no one named it).
+    let (_, started) = server.post("/api/entities/account/runs", Value::Null).await;
+    let run = server.finished(started["run_id"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["counts"]["read"], 1, "{run}");
+    assert_eq!(run["counts"]["updated"], 0, "{run}");
+    let (_, one) = server
+        .get("/api/entities/account/golden?source=crm&id=1")
+        .await;
+    assert_eq!(golden_field(&one, "name"), "Acme", "{one}");
+
+    // What is refused, and why.
+    let (status, body) = server
+        .post(
+            "/api/entities/account/sources/erp/ids",
+            serde_json::json!({"ids": [1]}),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("crm"), "{body}");
+    let (status, _) = server
+        .post(
+            "/api/entities/acount/sources/crm/ids",
+            serde_json::json!({"ids": [1]}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    for bad in [
+        serde_json::json!({"ids": [1.5]}),
+        serde_json::json!({"keys": [1]}),
+        serde_json::json!([1]),
+    ] {
+        let (status, body) = server
+            .post("/api/entities/account/sources/crm/ids", bad.clone())
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
     }
 }

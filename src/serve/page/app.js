@@ -185,7 +185,7 @@ async function target(kind, name) {
   const table = el(
     "table",
     { id: "runs" },
-    el("thead", {}, el("tr", {}, ["started", "status", "read", "created", "updated", "deleted", "unchanged", "rejected", "invalid", "took", "error"].map((h, i) => el("th", { class: i >= 2 && i <= 8 ? "num" : null }, h)))),
+    el("thead", {}, el("tr", {}, ["started", "status", "read", "created", "updated", "deleted", "unchanged", "rejected", "invalid", "took", "started by", "error"].map((h, i) => el("th", { class: i >= 2 && i <= 8 ? "num" : null }, h)))),
     el(
       "tbody",
       {},
@@ -198,6 +198,7 @@ async function target(kind, name) {
           el("td", {}, badge(r.status)),
           ["read", "created", "updated", "deleted", "unchanged", "rejected", "invalid"].map((k) => el("td", { class: "num" }, c[k] ?? "")),
           el("td", { class: "muted" }, duration(r)),
+          el("td", { class: "muted" }, r.trigger ? (r.keys != null ? `${r.trigger} (${r.keys})` : r.trigger) : "—"),
           el("td", { class: "error" }, r.error || ""),
         );
       }),
