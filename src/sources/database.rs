@@ -253,7 +253,10 @@ impl Source for DatabaseSource {
                 let factory = MySQLTableFactory::new(Arc::new(pool));
                 for table in tables {
                     let reference = TableReference::bare(table.as_str());
-                    let provider = factory.table_provider(reference).await;
+                    let provider = factory
+                        .table_provider(reference)
+                        .await
+                        .map(super::pushdown::SafeFilters::wrap);
                     add(&schema, name, &table, provider, |m| url.redact(m))?;
                 }
             }
@@ -288,7 +291,8 @@ impl Source for DatabaseSource {
                 for table in tables {
                     let provider = factory
                         .table_provider(TableReference::bare(table.as_str()))
-                        .await;
+                        .await
+                        .map(super::pushdown::SafeFilters::wrap);
                     add(&schema, name, &table, provider, |m| m.to_string())?;
                 }
             }

@@ -5,6 +5,7 @@ mod database;
 mod fetch;
 mod file;
 pub mod postgres;
+mod pushdown;
 pub mod quarantine;
 
 use std::path::Path;
