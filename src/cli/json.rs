@@ -69,6 +69,11 @@ pub struct SyncRecord {
     pub schedule: Option<String>,
     /// `plan`: its next run by that schedule (RFC 3339, UTC), when it has one.
     pub next_run: Option<String>,
+    /// `history`: what started the run under `serve` (`schedule`, `after`, `api`, `keys`);
+    /// null for `backflow run` and elsewhere.
+    pub trigger: Option<String>,
+    /// `history`: how many keys a run for given keys was for.
+    pub keys: Option<u64>,
 }
 
 /// A record a command shows as an example: `invalid` or `rejected` (run, history, plan), what
@@ -150,6 +155,8 @@ impl SyncRecord {
                 .collect(),
             schedule: None,
             next_run: None,
+            trigger: None,
+            keys: None,
         }
     }
 
@@ -187,6 +194,8 @@ impl SyncRecord {
             samples,
             schedule: None,
             next_run: None,
+            trigger: None,
+            keys: None,
         }
     }
 
@@ -210,6 +219,8 @@ impl SyncRecord {
             samples: samples.iter().map(Sample::from).collect(),
             schedule: None,
             next_run: None,
+            trigger: r.trigger.clone(),
+            keys: r.keys,
         }
     }
 }

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
@@ -42,14 +44,20 @@ pub fn router(api: Api) -> Router {
         .route("/api/syncs", get(list_syncs))
         .route("/api/syncs/{name}", get(get_sync))
         .route("/api/syncs/{name}/runs", get(sync_runs).post(start_sync))
-        .route("/api/syncs/{name}/keys", post(post_keys))
+        .route(
+            "/api/syncs/{name}/keys",
+            post(post_keys).layer(DefaultBodyLimit::max(KEYS_BODY_LIMIT)),
+        )
         .route("/api/entities", get(list_entities))
         .route("/api/entities/{name}", get(get_entity))
         .route(
             "/api/entities/{name}/runs",
             get(entity_runs).post(start_entity),
         )
-        .route("/api/entities/{name}/sources/{source}/ids", post(post_ids))
+        .route(
+            "/api/entities/{name}/sources/{source}/ids",
+            post(post_ids).layer(DefaultBodyLimit::max(KEYS_BODY_LIMIT)),
+        )
         .route("/api/entities/{name}/golden", get(golden_by_source))
         .route("/api/entities/{name}/golden/{id}", get(golden_by_id))
         .route("/api/alerts", get(list_alerts))
@@ -62,6 +70,23 @@ pub fn router(api: Api) -> Router {
         .merge(guarded)
         .fallback(not_found)
         .with_state(api)
+}
+
+/// The largest body of a request with keys: room for the most keys one request may carry,
+/// long ones (UUIDs, composite keys) included.
+const KEYS_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// A request's body, or why it could not be read (too large, cut off) as the API answers.
+fn read_body(body: Result<Bytes, BytesRejection>) -> Answer<Bytes> {
+    body.map_err(|e| {
+        let status = e.status();
+        let why = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "the body is too large: send fewer keys per request".to_string()
+        } else {
+            format!("the body could not be read: {e}")
+        };
+        ApiError(status, why)
+    })
 }
 
 /// An error as the API answers it: a status and `{"error": "..."}`.
@@ -332,17 +357,17 @@ fn start(api: &Api, kind: Kind, name: &str, body: &Bytes) -> Answer<(StatusCode,
 async fn start_sync(
     State(api): State<Api>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Answer<(StatusCode, Json<Started>)> {
-    start(&api, Kind::Sync, &name, &body)
+    start(&api, Kind::Sync, &name, &read_body(body)?)
 }
 
 async fn start_entity(
     State(api): State<Api>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Answer<(StatusCode, Json<Started>)> {
-    start(&api, Kind::Entity, &name, &body)
+    start(&api, Kind::Entity, &name, &read_body(body)?)
 }
 
 #[derive(Deserialize)]
@@ -532,13 +557,19 @@ fn json_object<T: serde::de::DeserializeOwned>(body: &Bytes, shape: &str) -> Ans
 }
 
 /// Keys as people write them (see [`crate::keys::key_parts`]): a string, a whole number, or
-/// for a key of `parts` parts a list of that many values. `of` names what they are keys of.
-fn key_texts(values: Vec<serde_json::Value>, parts: usize, of: &str) -> Answer<Vec<String>> {
+/// for a key of `parts` parts a list of that many values. `what` says what they are (`key`,
+/// `id`), `of` what they are keys of.
+fn key_texts(
+    values: Vec<serde_json::Value>,
+    parts: usize,
+    what: &str,
+    of: &str,
+) -> Answer<Vec<String>> {
     if values.len() > MAX_KEYS_PER_REQUEST {
         return Err(ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "{} keys in one request; send at most {MAX_KEYS_PER_REQUEST} per request",
+                "{} {what}s in one request; send at most {MAX_KEYS_PER_REQUEST} per request",
                 values.len()
             ),
         ));
@@ -553,8 +584,9 @@ fn key_texts(values: Vec<serde_json::Value>, parts: usize, of: &str) -> Answer<V
                 return Err(ApiError(
                     StatusCode::BAD_REQUEST,
                     format!(
-                        "key {v} is not a whole number: send such a key as a string, exactly \
-                         as the model has it"
+                        "{what} {v} is not a whole number of at most 64 bits: send such a \
+                         {what} as a string, exactly as {of} has it (JSON numbers this large \
+                         or with a fraction cannot be read exactly)"
                     ),
                 ));
             }
@@ -563,11 +595,11 @@ fn key_texts(values: Vec<serde_json::Value>, parts: usize, of: &str) -> Answer<V
                 return Err(ApiError(
                     StatusCode::BAD_REQUEST,
                     format!(
-                        "key {v} is not a key of {of}: {}",
+                        "{what} {v} is not a {what} of {of}: {}",
                         if n > 1 {
                             format!("its key has {n} parts, so each key is a list of {n} values")
                         } else {
-                            "each key is a string or a number".to_string()
+                            format!("each {what} is a string or a whole number")
                         }
                     ),
                 ));
@@ -629,8 +661,9 @@ async fn accept_keys(
 async fn post_keys(
     State(api): State<Api>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Answer<(StatusCode, Json<KeysAccepted>)> {
+    let body = read_body(body)?;
     if !api
         .jobs
         .targets
@@ -647,15 +680,16 @@ async fn post_keys(
         .syncs
         .get(&name)
         .map_or(1, |s| s.key.parts().len());
-    let keys = key_texts(body.keys, parts, &format!("sync \"{name}\""))?;
+    let keys = key_texts(body.keys, parts, "key", &format!("sync \"{name}\""))?;
     accept_keys(&api, &name, None, keys).await
 }
 
 async fn post_ids(
     State(api): State<Api>,
     Path((name, source)): Path<(String, String)>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Answer<(StatusCode, Json<KeysAccepted>)> {
+    let body = read_body(body)?;
     if !api
         .jobs
         .targets
@@ -682,6 +716,7 @@ async fn post_ids(
     let ids = key_texts(
         body.ids,
         1,
+        "id",
         &format!("source \"{source}\" of entity \"{name}\""),
     )?;
     accept_keys(&api, &name, Some(&source), ids).await

@@ -865,7 +865,7 @@ impl Jobs {
                         invalid: report.sources.values().map(|s| s.invalid).sum(),
                         created: report.created,
                         updated: report.updated,
-                        deleted: report.merged,
+                        deleted: report.merged + report.retired,
                         unchanged: report.unchanged,
                         ..Default::default()
                     });
@@ -929,7 +929,7 @@ impl Jobs {
             object: None,
             warnings: Vec::new(),
             trigger: self.trigger_of(run_id),
-            keys: None,
+            keys: self.view(run_id).and_then(|v| v.keys),
         };
         if let Err(e) = history::record(&self.project.state, &record, &[]).await {
             tracing::warn!(target_name = %target.name, error = %e, "could not record a failed run");

@@ -182,9 +182,10 @@ async fn serve_with(
         })
     });
     // Keys accepted before a stop or a crash are run for now.
+    // (Ids of an entity's source records as well.)
     for t in jobs.targets.values() {
-        if t.kind == jobs::Kind::Sync && jobs.keys.recount(&t.name).await > 0 {
-            tracing::info!(sync = %t.name, "running for keys accepted before the restart");
+        if jobs.keys.recount(&t.name).await > 0 {
+            tracing::info!(target_name = %t.name, "running for keys accepted before the restart");
             jobs.keys_arrived(&t.name);
         }
     }

@@ -1432,7 +1432,7 @@ watermark = "updated_at"
 fields = { name = "name" }
 "#,
     );
-    let server = Server::start(&f, &[], &[]);
+    let mut server = Server::start(&f, &[], &[]);
     let (status, started) = server.post("/api/entities/account/runs", Value::Null).await;
     assert_eq!(status, 202, "{started}");
     let run = server.finished(started["run_id"].as_str().unwrap()).await;
@@ -1520,4 +1520,43 @@ fields = { name = "name" }
             .await;
         assert_eq!(status, 400, "{bad}: {body}");
     }
+
+    // Ids whose run failed (the source is gone for a while) wait, across a restart, and are
+    // read once it is back.
+    let crm = std::fs::read_to_string(f.path().join("crm.csv")).unwrap();
+    std::fs::remove_file(f.path().join("crm.csv")).unwrap();
+    let (status, _) = server
+        .post(
+            "/api/entities/account/sources/crm/ids",
+            serde_json::json!({"ids": ["1"]}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let started = Instant::now();
+    loop {
+        let (_, runs) = server.get("/api/entities/account/runs?limit=1").await;
+        if runs[0]["trigger"] == "keys" && runs[0]["status"] == "failed" {
+            assert_eq!(runs[0]["keys"], 1, "{runs}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "{runs}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.signal("-TERM");
+    server.wait(Duration::from_secs(30));
+    std::fs::write(f.path().join("crm.csv"), crm).unwrap();
+    let server = Server::start(&f, &[], &[]);
+    let started = Instant::now();
+    loop {
+        let (_, one) = server
+            .get("/api/entities/account/golden?source=crm&id=1")
+            .await;
+        if golden_field(&one, "name") == "Acme Two" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "{one}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, summary) = server.get("/api/entities/account").await;
+    assert_eq!(summary["keys_waiting"], 0, "{summary}");
 }

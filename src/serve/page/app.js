@@ -226,7 +226,8 @@ function goldenFinder(entity) {
     try {
       const g = await api(`/api/entities/${encodeURIComponent(entity)}/golden${query}`);
       out.replaceChildren(
-        el("h2", {}, `Golden record ${g.golden_id}${g.merged_into ? ` (merged into ${g.merged_into})` : ""}`),
+        el("h2", {}, `Golden record ${g.golden_id}${g.merged_into ? ` (merged into ${g.merged_into})` : g.retired_at ? ` (retired ${g.retired_at})` : ""}`),
+        g.retired_reason ? el("p", { class: "muted", id: "retired" }, g.retired_reason) : "",
         el("table", { id: "golden-fields" }, el("thead", {}, el("tr", {}, el("th", {}, "field"), el("th", {}, "value"), el("th", {}, "from"))), el("tbody", {}, g.fields.map((f) => el("tr", {}, el("td", {}, f.field), el("td", {}, f.value ?? "NULL"), el("td", { class: "muted" }, f.source ?? "—"))))),
         el("h2", {}, "ID map"),
         el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "source"), el("th", {}, "id"), el("th", {}, "linked by"))), el("tbody", {}, g.links.map((l) => el("tr", {}, el("td", {}, l.source), el("td", {}, l.source_id), el("td", { class: "muted" }, l.linked_by ?? "—"))))),
