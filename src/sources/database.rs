@@ -287,11 +287,13 @@ impl Source for DatabaseSource {
                     name: name.to_string(),
                     reason: format!("{}: {e}", path.display()),
                 })?;
-                let factory = SqliteTableFactory::new(Arc::new(pool));
+                let pool = Arc::new(pool);
+                let factory = SqliteTableFactory::new(pool.clone());
                 for table in tables {
                     let provider = factory
                         .table_provider(TableReference::bare(table.as_str()))
                         .await
+                        .map(|inferred| declared_types(path, &table, inferred, &pool))
                         .map(super::pushdown::SafeFilters::wrap);
                     add(&schema, name, &table, provider, |m| m.to_string())?;
                 }
@@ -360,4 +362,70 @@ fn sqlite_tables(path: &Path) -> rusqlite::Result<Vec<String>> {
         .query_map([], |r| r.get::<_, String>(0))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(names)
+}
+
+/// An SQLite table's provider with the column types its declaration gives (SQLite's affinity
+/// rules: `INT` → integer, `CHAR`/`CLOB`/`TEXT` → text, `REAL`/`FLOA`/`DOUB` → double, `BLOB`
+/// → bytes), instead of the types the provider infers from the table's first row, which are
+/// wrong when that row holds a NULL (every value of the column would be read as NULL) and
+/// absent when the table is empty. Columns declared otherwise (`NUMERIC`, `DATE`, none) keep
+/// the inferred type (text, in an empty table).
+fn declared_types(
+    path: &Path,
+    table: &str,
+    inferred: Arc<dyn TableProvider>,
+    pool: &Arc<datafusion_table_providers_sqlite::pool::SqliteConnectionPool>,
+) -> Arc<dyn TableProvider> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let Ok(declared) = sqlite_columns(path, table) else {
+        return inferred;
+    };
+    if declared.is_empty() {
+        return inferred;
+    }
+    let have = inferred.schema();
+    let fields: Vec<Field> = declared
+        .iter()
+        .map(|(name, decl)| {
+            let decl = decl.to_ascii_uppercase();
+            let by_affinity = if decl.contains("INT") {
+                Some(DataType::Int64)
+            } else if decl.contains("CHAR") || decl.contains("CLOB") || decl.contains("TEXT") {
+                Some(DataType::Utf8)
+            } else if decl.contains("REAL") || decl.contains("FLOA") || decl.contains("DOUB") {
+                Some(DataType::Float64)
+            } else if decl.contains("BLOB") {
+                Some(DataType::Binary)
+            } else {
+                None
+            };
+            let data_type = by_affinity.unwrap_or_else(|| {
+                have.field_with_name(name)
+                    .map(|f| f.data_type().clone())
+                    .unwrap_or(DataType::Utf8)
+            });
+            Field::new(name, data_type, true)
+        })
+        .collect();
+    let dyn_pool: Arc<datafusion_table_providers_sqlite::DynSqliteConnectionPool> = pool.clone();
+    Arc::new(
+        datafusion_table_providers_sqlite::sql_table::SQLiteTable::new_with_schema(
+            &dyn_pool,
+            Arc::new(Schema::new(fields)),
+            TableReference::bare(table),
+        ),
+    )
+}
+
+/// An SQLite table's (or view's) columns and their declared types, in order.
+fn sqlite_columns(path: &Path, table: &str) -> rusqlite::Result<Vec<(String, String)>> {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut stmt = conn.prepare("SELECT name, type FROM pragma_table_info(?1)")?;
+    let columns = stmt
+        .query_map([table], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(columns)
 }

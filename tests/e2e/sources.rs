@@ -589,3 +589,58 @@ fields = { name = "name" }
     assert_eq!(v["created"], 11, "{v}");
     assert_eq!(v["cycles"], 3, "{v}");
 }
+
+/// SQLite columns have the types they are declared with: a NULL in the first row does not make
+/// every value of its column NULL, and an emptied table still has its columns.
+#[test]
+fn sqlite_columns_have_their_declared_types() {
+    let f = Fixture::new();
+    std::fs::create_dir_all(f.path().join("in")).unwrap();
+    let conn = rusqlite::Connection::open(f.path().join("in/app.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT, mrr REAL, note VARCHAR(20));
+         INSERT INTO accounts VALUES (1, NULL, NULL, NULL), (2, 'Globex', 2.5, 'n2'), (3, 'Initech', 3, NULL);",
+    )
+    .unwrap();
+    drop(conn);
+    f.write(
+        "backflow.toml",
+        r#"
+[sources.app]
+type = "sqlite"
+path = "in/app.db"
+tables = ["accounts"]
+
+[destinations.out]
+type = "sqlite"
+path = "out/crm.db"
+
+[syncs.accounts]
+from = "app.accounts"
+to = "out"
+object = "accounts"
+behavior = "mirror"
+key = "id"
+max_deletes = "100%"
+"#,
+    );
+    let (code, out, err) = f.cli(&["run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let mut rows: Vec<String> = f
+        .sqlite("out/crm.db", "accounts")
+        .iter()
+        .map(|r| format!("{}|{}|{}|{}", r["id"], r["name"], r["mrr"], r["note"]))
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        ["1|NULL|NULL|NULL", "2|Globex|2.5|n2", "3|Initech|3|NULL"]
+    );
+    // Emptied: the table keeps its columns, and the mirror empties the object.
+    let conn = rusqlite::Connection::open(f.path().join("in/app.db")).unwrap();
+    conn.execute_batch("DELETE FROM accounts").unwrap();
+    drop(conn);
+    let (code, out, err) = f.cli(&["run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(f.sqlite("out/crm.db", "accounts").is_empty());
+}
