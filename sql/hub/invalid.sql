@@ -13,4 +13,4 @@ FROM (
     FROM {input}
 )
 WHERE __bf_sid IS NULL
-   OR ((__bf_wm IS NOT DISTINCT FROM __bf_latest) AND (__bf_ties > 1 OR __bf_bad <> ''))
+   OR ((__bf_wm IS NOT DISTINCT FROM __bf_latest) AND (__bf_ties > 1 OR (__bf_bad <> '' AND NOT __bf_deleted)))

@@ -3,7 +3,8 @@
 -- Input {input}: the records one cycle read from one source (built in src/hub/read.rs):
 --   __bf_sid (the source's id), __bf_wm (its watermark, NULL without one), the entity fields the
 --   source maps, __bf_change_at (when the record changed, µs since the epoch), __bf_bad (the
---   fields whose value could not be read as the field's type; empty when none).
+--   fields whose value could not be read as the field's type; empty when none), __bf_deleted
+--   (the source marks the record deleted: its values do not matter).
 --
 -- A NULL id cannot be linked to anything, and an id read twice at the same watermark value
 -- is ambiguous (which version is current?): both are left out and reported as invalid by
@@ -18,4 +19,4 @@ FROM (
     FROM {input}
     WHERE __bf_sid IS NOT NULL
 )
-WHERE __bf_rn = 1 AND __bf_ties = 1 AND __bf_bad = ''
+WHERE __bf_rn = 1 AND __bf_ties = 1 AND (__bf_bad = '' OR __bf_deleted)

@@ -73,9 +73,13 @@ pub(super) async fn hub_cmd(project: &Project, command: HubCommand) -> Result<Ex
 }
 
 fn print_golden(r: &crate::hub::show::GoldenRecord) {
-    let status = match r.merged_into {
-        Some(w) => format!("  (merged into golden record {w})"),
-        None => String::new(),
+    let status = match (r.merged_into, &r.retired_at) {
+        (Some(w), _) => format!("  (merged into golden record {w})"),
+        (None, Some(at)) => format!(
+            "  (retired {at}: {})",
+            r.retired_reason.as_deref().unwrap_or("no reason recorded")
+        ),
+        (None, None) => String::new(),
     };
     out!("{} golden record {}{status}", r.entity, r.golden_id);
     out!(

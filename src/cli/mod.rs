@@ -141,8 +141,9 @@ pub enum Command {
         /// still computed from the stored keys).
         #[arg(long)]
         full_resync: bool,
-        /// Let mirrors delete more than their `max_deletes` in this run (after the guard
-        /// stopped one and the deletes are intended).
+        /// Let mirrors delete more than their `max_deletes`, and entities retire more golden
+        /// records than their `max_retirements`, in this run (after the guard stopped one and
+        /// the deletes are intended).
         #[arg(long)]
         allow_deletes: bool,
         /// Test a sync: send only its first N rows by key, show each record sent and what the
@@ -682,6 +683,7 @@ async fn run(
                     &name,
                     crate::hub::HubOptions {
                         full_resync,
+                        allow_retirements: options.allow_deletes,
                         ..Default::default()
                     },
                 )

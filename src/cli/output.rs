@@ -130,7 +130,7 @@ pub(super) fn print_hub_run(r: &crate::hub::HubReport) {
         .join(", ");
     let sum = |f: fn(&crate::hub::SourceCounts) -> u64| r.sources.values().map(f).sum::<u64>();
     out!(
-        "{mark} {}  (hub, {} cycle{})  read {read} ({per_source})  linked by id {}  matched {}  new {}{}  golden: created {}  updated {}  unchanged {}  merged {}  invalid {}  [{}]",
+        "{mark} {}  (hub, {} cycle{})  read {read} ({per_source})  linked by id {}  matched {}  new {}{}{}  golden: created {}  updated {}  unchanged {}  merged {}{}  invalid {}  [{}]",
         r.entity,
         r.cycles,
         if r.cycles == 1 { "" } else { "s" },
@@ -141,10 +141,18 @@ pub(super) fn print_hub_run(r: &crate::hub::HubReport) {
             0 => String::new(),
             n => format!("  unlinked {n}"),
         },
+        match sum(|s| s.deleted) {
+            0 => String::new(),
+            n => format!("  deleted in sources {n}"),
+        },
         r.created,
         r.updated,
         r.unchanged,
         r.merged,
+        match r.retired {
+            0 => String::new(),
+            n => format!("  retired {n}"),
+        },
         sum(|s| s.invalid),
         took(r.duration_ms, r.sources_ms)
     );

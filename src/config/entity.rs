@@ -53,6 +53,11 @@ pub struct EntityConfig {
     /// round (a sequence), instead of on a schedule of its own.
     #[serde(default)]
     pub after: Vec<String>,
+    /// The most golden records one cycle may retire (records deleted in every source that
+    /// had them): a share of the live golden records (`"20%"`) or a count. Default `"50%"`;
+    /// a cycle over it commits nothing and fails (`backflow run ENTITY --allow-deletes`
+    /// lets one run through).
+    pub max_retirements: Option<super::DeleteLimit>,
 }
 
 /// `[entities.NAME.authority]`: the default rule, and per-field overrides.
@@ -171,6 +176,14 @@ pub struct EntitySourceConfig {
     /// What the source does (default `contributing`).
     #[serde(default)]
     pub role: Role,
+    /// A SQL condition over the source's columns that marks a record as deleted (a soft
+    /// delete: `deleted = "is_deleted"`, `deleted = "status = 'archived'"`). Such a record
+    /// leaves its golden record, like one that disappeared.
+    pub deleted: Option<String>,
+    /// Whether a record that is no longer in the source counts as deleted: every run compares
+    /// the source's ids with the ID map (default: true for a source read in full, one without
+    /// a `watermark`; false for one read by watermark, which only ever sees what changed).
+    pub detect_deletes: Option<bool>,
     /// Entity field → SQL expression over this source's columns (a plain column name, or
     /// `domain_of(website)`, `normalize_email(email)`, …).
     #[serde(default)]
@@ -229,6 +242,12 @@ pub struct WritebackConfig {
 impl EntityConfig {
     pub fn batch_size(&self) -> usize {
         self.batch_size.unwrap_or(DEFAULT_BATCH_SIZE).max(1)
+    }
+
+    /// The retirement limit in force (see `max_retirements`).
+    pub fn retirement_limit(&self) -> super::DeleteLimit {
+        self.max_retirements
+            .unwrap_or(super::DeleteLimit::MIRROR_DEFAULT)
     }
 
     /// The sources that contribute values, in the entity's order.
@@ -299,6 +318,11 @@ impl EntityConfig {
 }
 
 impl EntitySourceConfig {
+    /// Whether records gone from the source are looked for (see `detect_deletes`).
+    pub fn detects_deletes(&self) -> bool {
+        self.detect_deletes.unwrap_or(self.watermark.is_none())
+    }
+
     /// The write-back's destination key field.
     pub fn writeback_key(&self) -> Option<&str> {
         self.writeback
@@ -592,6 +616,9 @@ fn validate_source(
         m.push(
             "it maps no fields (fields = { entity_field = \"column or SQL expression\" })".into(),
         );
+    }
+    if s.deleted.as_deref().is_some_and(|d| d.trim().is_empty()) {
+        m.push("deleted is empty: give a SQL condition such as \"is_deleted\"".into());
     }
     for (field, expr) in &s.fields {
         if !entity.fields.contains_key(field) {

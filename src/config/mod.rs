@@ -221,14 +221,12 @@ impl<'de> Deserialize<'de> for DeleteLimit {
         impl serde::de::Visitor<'_> for V {
             type Value = DeleteLimit;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str(
-                    "a share of the records in sync such as \"20%\", or a count such as 500",
-                )
+                f.write_str("a share such as \"20%\", or a count such as 500")
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DeleteLimit, E> {
                 u64::try_from(v)
                     .map(DeleteLimit::Count)
-                    .map_err(|_| E::custom("max_deletes must not be negative"))
+                    .map_err(|_| E::custom("a limit must not be negative"))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<DeleteLimit, E> {
                 Ok(DeleteLimit::Count(v))
@@ -242,7 +240,7 @@ impl<'de> Deserialize<'de> for DeleteLimit {
                 match share {
                     Some(p) => Ok(DeleteLimit::Share(p)),
                     None => Err(E::custom(format!(
-                        "max_deletes = \"{v}\": use a share from \"0%\" to \"100%\", or a count such as 500"
+                        "\"{v}\": use a share from \"0%\" to \"100%\", or a count such as 500"
                     ))),
                 }
             }

@@ -14,7 +14,9 @@
 
 use indexmap::IndexMap;
 
-use super::context::{ATTACHED, Cycle, contrib_now, contrib_old, delta, golden_old, incoming};
+use super::context::{
+    ATTACHED, Cycle, contrib_now, contrib_old, delta, golden_old, gone, incoming,
+};
 use super::read::{IN_AT, IN_SID, IN_WM, SourceRead};
 use super::sql::{lit, norm, null_of, q, tuple_key};
 use super::state::{self, at_col, mapped_fields};
@@ -51,7 +53,8 @@ pub async fn attach(
         let retry = format!(
             "SELECT o.{IN_SID}, {wm} AS {IN_WM}{sep}{fields}, {now} AS {IN_AT}, FALSE AS __bf_read \
              FROM {read} r RIGHT ANTI JOIN {old} o ON o.{IN_SID} = r.{IN_SID} \
-             WHERE o.__bf_golden_id IS NULL",
+             WHERE o.__bf_golden_id IS NULL \
+               AND NOT EXISTS (SELECT 1 FROM {gone} g WHERE g.{IN_SID} = o.{IN_SID})",
             wm = null_of(&arrow::datatypes::DataType::Null),
             sep = if cols.is_empty() { "" } else { ", " },
             fields = cols
@@ -62,6 +65,7 @@ pub async fn attach(
             now = cycle.now_us,
             read = reads[source].table,
             old = contrib_old(source),
+            gone = gone(source),
         );
         let union = format!(
             "SELECT {IN_SID}, {IN_WM}{sep}{fields}, {IN_AT}, TRUE AS __bf_read FROM {read} UNION ALL {retry}",
@@ -127,7 +131,7 @@ fn attach_sql(cycle: &Cycle<'_>) -> String {
     let rules = &cycle.entity.match_rules;
     let next = cycle.previous.as_ref().map_or(1, |m| m.next_golden_id);
     let mut ctes = vec![format!(
-        "live AS (SELECT * FROM {} WHERE __bf_merged_into IS NULL)",
+        "live AS (SELECT * FROM {} WHERE __bf_merged_into IS NULL AND __bf_retired_at IS NULL)",
         golden_old()
     )];
     let mut joins = Vec::new();
@@ -363,9 +367,11 @@ pub async fn deltas(cycle: &Cycle<'_>) -> Result<u64, HubError> {
             .sql(
                 "attach",
                 &format!(
-                    "SELECT o.* FROM {d} d RIGHT ANTI JOIN {old} o ON o.{IN_SID} = d.{IN_SID} \
+                    "SELECT o.* FROM (SELECT {IN_SID} FROM {d} UNION ALL SELECT {IN_SID} FROM {g}) d \
+                     RIGHT ANTI JOIN {old} o ON o.{IN_SID} = d.{IN_SID} \
                      UNION ALL SELECT * FROM {d}",
                     d = delta(source),
+                    g = gone(source),
                     old = contrib_old(source),
                 ),
             )

@@ -16,7 +16,10 @@
 //! until a source changes that field.
 
 use super::HubError;
-use super::context::{ATTACHED, Cycle, OVER, contrib_now, contrib_old, delta, golden_old};
+use super::context::{
+    ATTACHED, Cycle, LOST, OVER, REMOVED, contrib_now, contrib_old, delta, golden_old,
+};
+use super::deletes::lost_col;
 use super::sql::{lit, lit_list, null_of, q, rank_case};
 use super::state::{self, at_col, mapped_fields, src_col};
 use crate::config::entity::AuthorityRule;
@@ -30,12 +33,16 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
     let v = cycle.version;
     let contributors: Vec<String> = entity.contributors().map(|(n, _)| n.clone()).collect();
 
-    // Candidates: every contribution linked to a touched golden record, in one shape.
+    // Candidates: every contribution linked to a touched golden record (one a source record
+    // was attached to or left), in one shape.
     let touched = format!(
-        "SELECT DISTINCT __bf_golden_id FROM {ATTACHED} \
-         WHERE __bf_golden_id IS NOT NULL AND __bf_source IN ({})",
-        lit_list(&contributors)
+        "SELECT __bf_golden_id FROM {ATTACHED} \
+         WHERE __bf_golden_id IS NOT NULL AND __bf_source IN ({list}) \
+         UNION SELECT __bf_golden_id FROM {REMOVED} \
+         WHERE __bf_golden_id IS NOT NULL AND __bf_source IN ({list})",
+        list = lit_list(&contributors)
     );
+    super::deletes::lost(cycle, &contributors).await?;
     let types: Vec<(String, arrow::datatypes::DataType)> = entity
         .field_types()
         .into_iter()
@@ -161,20 +168,23 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
     let mut changed = Vec::new();
     for (f, _) in &types {
         let (fq, sq) = (q(f), q(&src_col(f)));
+        // A golden record that lost a contributing record has every field decided again.
         let decide = if full_resync {
             "TRUE".to_string()
         } else {
             format!(
-                "(o.golden_id IS NULL) OR COALESCE(t.{}, FALSE)",
+                "(o.golden_id IS NULL) OR COALESCE(t.{}, FALSE) OR (l.__bf_golden_id IS NOT NULL)",
                 q(&format!("__bf_t_{f}"))
             )
         };
+        // A value whose source lost its record is not kept for want of another.
+        let lost = format!("COALESCE(l.{}, FALSE)", q(&lost_col(f)));
         let (value, source) = if entity.authority(f).null_overwrites {
             (format!("n.{fq}"), format!("n.{sq}"))
         } else {
             (
-                format!("COALESCE(n.{fq}, o.{fq})"),
-                format!("CASE WHEN n.{fq} IS NULL THEN o.{sq} ELSE n.{sq} END"),
+                format!("CASE WHEN {lost} THEN n.{fq} ELSE COALESCE(n.{fq}, o.{fq}) END"),
+                format!("CASE WHEN {lost} OR n.{fq} IS NOT NULL THEN n.{sq} ELSE o.{sq} END"),
             )
         };
         values.push(format!(
@@ -200,7 +210,8 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
                 CASE WHEN (x.__bf_old_id IS NULL) OR {changed} THEN {v} ELSE x.__bf_old_seq END AS {seq},
                 COALESCE(x.__bf_old_created_at, {now}) AS {created_at},
                 CASE WHEN (x.__bf_old_id IS NULL) OR {changed} THEN {now} ELSE x.__bf_old_updated_at END AS {updated_at},
-                CAST(NULL AS BIGINT) AS {merged_into}
+                CAST(NULL AS BIGINT) AS {merged_into},
+                {null_at} AS {retired_at}, CAST(NULL AS VARCHAR) AS {retired_reason}
          FROM (
             SELECT n.golden_id, {values}, {olds},
                    o.golden_id AS __bf_old_id, o.{created_seq} AS __bf_old_created_seq,
@@ -208,7 +219,14 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
                    o.{updated_at} AS __bf_old_updated_at
             FROM ({authority}) n LEFT JOIN {golden} o ON o.golden_id = n.golden_id
             LEFT JOIN ({touched_fields}) t ON t.__bf_golden_id = n.golden_id
-         ) x",
+            LEFT JOIN {LOST} l ON l.__bf_golden_id = n.golden_id
+         ) x
+         UNION ALL
+         {retired}",
+        retired = super::deletes::retired_sql(cycle, CANDIDATES),
+        null_at = null_of(&state::timestamp_type()),
+        retired_at = state::RETIRED_AT,
+        retired_reason = state::RETIRED_REASON,
         fields = fields.join(", "),
         values = values.join(", "),
         olds = olds.join(", "),

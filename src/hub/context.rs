@@ -50,7 +50,17 @@ pub fn contrib_now(source: &str) -> String {
 pub fn contrib_next(source: &str) -> String {
     format!("bf_hub_contrib_next_{source}")
 }
+/// A source's records deleted this cycle: `__bf_sid`, `__bf_why`.
+pub fn gone(source: &str) -> String {
+    format!("bf_hub_gone_{source}")
+}
 pub const ATTACHED: &str = "bf_hub_attached";
+/// Contributions that leave this cycle: `__bf_source`, `__bf_sid_text`, `__bf_golden_id`,
+/// `__bf_why`.
+pub const REMOVED: &str = "bf_hub_removed";
+/// Per golden record that lost a contributing record: whether each field's value came from a
+/// source that lost one (`__bf_lost_<field>`), and why (`__bf_reason`).
+pub const LOST: &str = "bf_hub_lost";
 pub const OVER: &str = "bf_hub_over";
 pub const REMAP: &str = "bf_hub_remap";
 

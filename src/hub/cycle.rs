@@ -28,6 +28,12 @@ pub(super) struct CycleOptions<'a> {
     pub decide_all: bool,
     /// Read only these ids of these sources (see `HubOptions::only_ids`).
     pub only_ids: Option<&'a std::collections::BTreeMap<String, Vec<String>>>,
+    /// Look for records gone from sources that detect deletes (the run's first cycle).
+    pub detect_gone: bool,
+    /// Let the cycle retire more golden records than `max_retirements` allows.
+    pub allow_retirements: bool,
+    /// What the run's guard counts against.
+    pub budget: super::deletes::Budget,
 }
 
 /// Run one cycle and commit it. `skip` lists sources already read to their end in this run.
@@ -109,7 +115,15 @@ async fn stages(
             Some(ids) => read::Window::Ids(ids),
             None => read::Window::After(from),
         };
-        let (plan, id_type) = read::plan(&context, relation.clone(), source, config, window)?;
+        let stored = before.and_then(|b| b.id_type.parse::<arrow::datatypes::DataType>().ok());
+        let (plan, id_type) = read::plan(
+            &context,
+            relation.clone(),
+            source,
+            config,
+            window,
+            stored.as_ref(),
+        )?;
         let old_schema = state::contributions_schema(entity, source, &id_type);
         let files: Vec<&StateFile> = before.map(|b| vec![&b.contributions]).unwrap_or_default();
         let old = state::read_aligned(&project.state, cycle.ctx, &files, &old_schema)
@@ -141,8 +155,14 @@ async fn stages(
         // whole group (an id twice at one watermark is invalid: all of it must be seen).
         let mut raw = raw;
         if let (true, Some(last)) = (full, &last) {
-            let (group, _) =
-                read::plan(&context, relation, source, config, read::Window::At(last))?;
+            let (group, _) = read::plan(
+                &context,
+                relation,
+                source,
+                config,
+                read::Window::At(last),
+                stored.as_ref(),
+            )?;
             let table = format!("bf_hub_group_{source}");
             cycle.register("read", &table, group)?;
             let extra = cycle
@@ -188,7 +208,35 @@ async fn stages(
         let (valid, invalid) = read::validate(cycle.ctx, &raw_table, source, samples)
             .await
             .map_err(cycle.engine("read"))?;
-        cycle.register("read", &table, valid)?;
+        // Records the source marks deleted leave; the rest are this cycle's records.
+        let kept = valid
+            .clone()
+            .filter(!datafusion::prelude::col(read::IN_DELETED))
+            .map_err(cycle.engine("read"))?;
+        cycle.register("read", &table, kept)?;
+        // A source some of whose rows could not be read (a CSV row with too many fields) does
+        // not tell which records are gone: theirs would look so.
+        let unreadable = project.quarantined(&config.from).0;
+        if unreadable > 0 && options.detect_gone && config.detects_deletes() {
+            tracing::warn!(
+                entity = name,
+                source = source.as_str(),
+                unreadable,
+                "rows of the source could not be read: records missing from it are not taken as deleted in this run"
+            );
+        }
+        let look = match ids {
+            _ if !options.detect_gone
+                || !config.detects_deletes()
+                || skip.contains(source)
+                || unreadable > 0 =>
+            {
+                super::deletes::Look::No
+            }
+            Some(ids) => super::deletes::Look::Ids(ids),
+            None => super::deletes::Look::All,
+        };
+        super::deletes::gone(cycle, source, config, valid, look, &id_type).await?;
         outcome.sources.insert(
             source.clone(),
             SourceCounts {
@@ -210,6 +258,14 @@ async fn stages(
             },
         );
     }
+    // Which contributions leave this cycle, and the golden records they leave.
+    let removed = super::deletes::removed(cycle).await?;
+    for (source, n) in &removed {
+        if let Some(c) = outcome.sources.get_mut(source) {
+            c.deleted = *n;
+        }
+    }
+    let removed: u64 = removed.values().sum();
     // Nothing new read and nowhere moved: nothing to commit.
     let unmoved = reads.iter().all(|(s, r)| {
         previous
@@ -217,7 +273,7 @@ async fn stages(
             .and_then(|m| m.sources.get(s))
             .is_some_and(|b| b.position == r.position)
     });
-    let nothing_read = outcome.sources.values().all(|c| c.read == 0);
+    let nothing_read = outcome.sources.values().all(|c| c.read == 0) && removed == 0;
     if unmoved && nothing_read && !options.decide_all {
         return Ok(outcome);
     }
@@ -226,7 +282,7 @@ async fn stages(
     // attach
     super::attach::attach(cycle, &reads).await?;
     super::attach::count(cycle, &mut outcome.sources).await?;
-    let changed = super::attach::deltas(cycle).await?;
+    let changed = super::attach::deltas(cycle).await? + removed;
     if changed == 0 && !options.decide_all {
         // Only records read again as they were (ties at a watermark, a source without one):
         // nothing to commit but where the reading stands, if it moved.
@@ -254,6 +310,7 @@ async fn stages(
 
     // authority
     outcome.unchanged = super::authority::run(cycle, options.decide_all).await?;
+    super::deletes::guard(cycle, options.allow_retirements, options.budget).await?;
 
     // merge
     let merges = super::merge::run(cycle).await?;
@@ -292,6 +349,7 @@ async fn stages(
     outcome.created = counts.created;
     outcome.updated = counts.updated;
     outcome.merged = counts.merged;
+    outcome.retired = counts.retired;
     let mut log = previous.as_ref().map(|m| m.log.clone()).unwrap_or_default();
     log.push(log_file);
     let log = super::log::compact(cycle, log).await?;

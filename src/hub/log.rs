@@ -6,12 +6,14 @@
 //! | `set` | a field changed | the field, its old and new value (as text) | the source the new value came from | — |
 //! | `link` | a source record was linked to the golden record | — / the golden id it had / the new one | the source record | how: `id`, `new`, `match: …`, `merge` |
 //! | `merge` | the golden record was merged into another and retired | — / — / the winner's id | — | — |
+//! | `unlink` | a source record left the golden record: deleted in its source | — / the golden id it had / — | the source record | why: `no longer in the source`, `marked deleted in the source` |
+//! | `retire` | the golden record's last source record was deleted: it is end-dated | — | — | the reason |
 //!
 //! One file per cycle under `hub/<entity>/log/`; the manifest lists them, oldest first, and
 //! folds them into one file every [`COMPACT_AT`] cycles.
 
 use super::HubError;
-use super::context::{Cycle, OVER, contrib_next, contrib_old, golden_old};
+use super::context::{Cycle, OVER, REMOVED, contrib_next, contrib_old, golden_old};
 use super::sql::{lit, q};
 use super::state::{self, HubManifest, StateFile, log_schema};
 use crate::project::Project;
@@ -26,6 +28,7 @@ pub struct LogCounts {
     pub created: u64,
     pub updated: u64,
     pub merged: u64,
+    pub retired: u64,
 }
 
 fn log_dir(cycle: &Cycle<'_>) -> String {
@@ -72,6 +75,22 @@ pub async fn write(cycle: &Cycle<'_>) -> Result<(StateFile, LogCounts), HubError
          WHERE n.{merged} IS NOT NULL AND o.{merged} IS NULL",
         old = golden_old()
     ));
+    parts.push(format!(
+        "SELECT {head}, r.__bf_golden_id, 'unlink', CAST(NULL AS VARCHAR),
+                CAST(r.__bf_golden_id AS VARCHAR), CAST(NULL AS VARCHAR), r.__bf_source,
+                r.__bf_sid_text, r.__bf_why
+         FROM {REMOVED} r"
+    ));
+    parts.push(format!(
+        "SELECT {head}, n.golden_id, 'retire', CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR),
+                CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR),
+                n.{reason}
+         FROM {OVER} n LEFT JOIN {old} o ON o.golden_id = n.golden_id
+         WHERE n.{retired} IS NOT NULL AND o.{retired} IS NULL",
+        old = golden_old(),
+        retired = state::RETIRED_AT,
+        reason = state::RETIRED_REASON,
+    ));
     for source in cycle.entity.sources.keys() {
         parts.push(format!(
             "SELECT {head}, n.{link}, 'link', CAST(NULL AS VARCHAR), CAST(o.{link} AS VARCHAR),
@@ -113,6 +132,9 @@ pub async fn write(cycle: &Cycle<'_>) -> Result<(StateFile, LogCounts), HubError
             .await?,
         merged: cycle
             .count("log", "SELECT COUNT(*) FROM bf_hub_log WHERE op = 'merge'")
+            .await?,
+        retired: cycle
+            .count("log", "SELECT COUNT(*) FROM bf_hub_log WHERE op = 'retire'")
             .await?,
     };
     Ok((

@@ -189,7 +189,7 @@ fn dups_sql(cycle: &Cycle<'_>, rule: &[String]) -> String {
     format!(
         "WITH keyed AS (
             SELECT l.*, {key_exprs} FROM {LIVE} l
-            WHERE l.{merged} IS NULL AND {not_null}
+            WHERE l.{merged} IS NULL AND l.{retired_at} IS NULL AND {not_null}
          ),
          keys AS (
             SELECT DISTINCT {k_keys} FROM {OVER} v JOIN keyed k ON k.golden_id = v.golden_id
@@ -205,6 +205,7 @@ fn dups_sql(cycle: &Cycle<'_>, rule: &[String]) -> String {
          ) WHERE __bf_n > 1",
         key_exprs = key_exprs.join(", "),
         merged = state::MERGED_INTO,
+        retired_at = state::RETIRED_AT,
         not_null = not_null.join(" AND "),
         k_keys = keys
             .iter()
@@ -261,12 +262,14 @@ fn merged_sql(cycle: &Cycle<'_>, key_count: usize) -> String {
                    {v} AS {seq},
                    first_value({created_at} ORDER BY __bf_rank) AS {created_at},
                    {now} AS {updated_at},
-                   CAST(NULL AS BIGINT) AS {merged}
+                   CAST(NULL AS BIGINT) AS {merged},
+                   {null_at} AS {retired_at}, CAST(NULL AS VARCHAR) AS {retired_reason}
             FROM {DUPS} GROUP BY {group_by}
          ),
          losers AS (
             SELECT golden_id, {plain}, {created_seq}, {v} AS {seq}, {created_at},
-                   {now} AS {updated_at}, __bf_winner AS {merged}
+                   {now} AS {updated_at}, __bf_winner AS {merged},
+                   {null_at} AS {retired_at}, CAST(NULL AS VARCHAR) AS {retired_reason}
             FROM {DUPS} WHERE __bf_rank > 1
          )
          SELECT o.* FROM {DUPS} d RIGHT ANTI JOIN {OVER} o ON o.golden_id = d.golden_id
@@ -280,6 +283,9 @@ fn merged_sql(cycle: &Cycle<'_>, key_count: usize) -> String {
         created_at = state::CREATED_AT,
         updated_at = state::UPDATED_AT,
         merged = state::MERGED_INTO,
+        retired_at = state::RETIRED_AT,
+        retired_reason = state::RETIRED_REASON,
+        null_at = super::sql::null_of(&state::timestamp_type()),
     )
 }
 

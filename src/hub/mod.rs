@@ -33,6 +33,7 @@ mod attach;
 mod authority;
 mod context;
 mod cycle;
+mod deletes;
 mod log;
 mod merge;
 mod read;
@@ -74,6 +75,24 @@ pub enum HubError {
     State(#[from] StateError),
     #[error("entity \"{entity}\": injected failure at {point}")]
     Failpoint { entity: String, point: &'static str },
+    #[error(
+        "entity \"{entity}\": this run would retire {retiring} of its {live} live golden \
+         records (their last source record was deleted), more than max_retirements = {limit} \
+         allows; nothing was committed. If the deletes are real, run `backflow run {entity} \
+         --allow-deletes` once, or raise max_retirements; if a source lost its records by \
+         mistake (an empty export, a wrong filter), fix it and run again"
+    )]
+    Guarded {
+        entity: String,
+        retiring: u64,
+        live: u64,
+        limit: crate::config::DeleteLimit,
+    },
+    #[error(
+        "entity \"{entity}\": stopped by a signal after {cycles} committed cycle(s); the next \
+         run reads on from there"
+    )]
+    Interrupted { entity: String, cycles: u64 },
 }
 
 /// Stop here when the failpoint `point` is configured with this entity's name (or `*`).
@@ -116,6 +135,8 @@ pub struct HubOptions {
     pub only_ids: Option<std::collections::BTreeMap<String, Vec<String>>>,
     /// What started the run, kept in its history.
     pub trigger: Option<String>,
+    /// Let a cycle retire more golden records than `max_retirements` allows.
+    pub allow_retirements: bool,
 }
 
 /// What one source did in a run.
@@ -133,6 +154,9 @@ pub struct SourceCounts {
     pub new: u64,
     /// Receive-only records that match no golden record (yet).
     pub unlinked: u64,
+    /// Records deleted in the source (gone, or marked by `deleted`), taken out of their
+    /// golden records.
+    pub deleted: u64,
 }
 
 /// The outcome of one entity's run, as printed and stored in history.
@@ -152,6 +176,8 @@ pub struct HubReport {
     pub unchanged: u64,
     /// Golden records retired into another by a merge.
     pub merged: u64,
+    /// Golden records retired because every source record they had was deleted.
+    pub retired: u64,
     /// From opening the sources the entity reads to the end of the run (`sources_ms`
     /// included).
     pub duration_ms: i64,
@@ -171,6 +197,7 @@ pub(crate) struct CycleOutcome {
     pub updated: u64,
     pub unchanged: u64,
     pub merged: u64,
+    pub retired: u64,
     /// Whether some source had more records waiting.
     pub more: bool,
     /// The sources read to their end (the run reads them no more).
@@ -229,6 +256,7 @@ pub async fn run(
                 }
             }));
         };
+        let live_at_start = deletes::live(project, ctx, name).await?;
         loop {
             let outcome = cycle::run(
                 project,
@@ -239,6 +267,12 @@ pub async fn run(
                     from_start: options.full_resync && first,
                     decide_all: options.full_resync,
                     only_ids: options.only_ids.as_ref(),
+                    detect_gone: first,
+                    allow_retirements: options.allow_retirements,
+                    budget: deletes::Budget {
+                        live_at_start,
+                        retired: total.retired,
+                    },
                 },
                 &drained,
                 &mut samples,
@@ -256,11 +290,13 @@ pub async fn run(
                 t.matched += c.matched;
                 t.new += c.new;
                 t.unlinked += c.unlinked;
+                t.deleted += c.deleted;
             }
             total.created += outcome.created;
             total.updated += outcome.updated;
             total.unchanged += outcome.unchanged;
             total.merged += outcome.merged;
+            total.retired += outcome.retired;
             total.version = outcome.version;
             if !outcome.committed
                 || !outcome.more
@@ -268,6 +304,13 @@ pub async fn run(
                 || options.max_cycles.is_some_and(|m| cycles >= m)
             {
                 return Ok(());
+            }
+            // A cycle is the safe point: what committed stays, the rest waits for the next run.
+            if crate::interrupt::requested() {
+                return Err(HubError::Interrupted {
+                    entity: name.to_string(),
+                    cycles,
+                });
             }
         }
     }
@@ -297,15 +340,18 @@ pub async fn run(
     // Later syncs read the golden records just committed.
     let registered = register(project, ctx, name).await;
     let finished = chrono::Utc::now().timestamp_millis();
+    let guarded = matches!(result, Err(HubError::Guarded { .. }));
+    let interrupted = matches!(result, Err(HubError::Interrupted { .. }));
     let mut error = match (result, registered) {
         (Err(e), _) => Some(e.to_string()),
         (Ok(()), Err(e)) => Some(e.to_string()),
         (Ok(()), Ok(())) => None,
     };
-    let status = if error.is_none() {
-        RunStatus::Succeeded
-    } else {
-        RunStatus::Failed
+    let status = match (&error, guarded, interrupted) {
+        (None, _, _) => RunStatus::Succeeded,
+        (Some(_), true, _) => RunStatus::Guarded,
+        (Some(_), _, true) => RunStatus::Interrupted,
+        (Some(_), false, false) => RunStatus::Failed,
     };
     let state_version = (total.version > 0).then_some(total.version);
     let record = RunRecord {
@@ -320,7 +366,7 @@ pub async fn run(
             invalid: total.sources.values().map(|s| s.invalid).sum(),
             created: total.created,
             updated: total.updated,
-            deleted: total.merged,
+            deleted: total.merged + total.retired,
             unchanged: total.unchanged,
             ..Default::default()
         },
@@ -353,6 +399,7 @@ pub async fn run(
         updated: total.updated,
         unchanged: total.unchanged,
         merged: total.merged,
+        retired: total.retired,
         duration_ms: finished - started + sources_ms,
         sources_ms,
         state_version,
@@ -379,7 +426,11 @@ pub async fn register(project: &Project, ctx: &SessionContext, name: &str) -> Re
     exprs.push(datafusion::prelude::ident(state::CREATED_AT).alias("golden_created_at"));
     exprs.push(datafusion::prelude::ident(state::UPDATED_AT).alias("golden_updated_at"));
     let live = golden
-        .filter(datafusion::prelude::ident(state::MERGED_INTO).is_null())
+        .filter(
+            datafusion::prelude::ident(state::MERGED_INTO)
+                .is_null()
+                .and(datafusion::prelude::ident(state::RETIRED_AT).is_null()),
+        )
         .and_then(|df| df.select(exprs))
         .map_err(engine)?;
     let _ = ctx.deregister_table(name);
@@ -417,12 +468,17 @@ pub async fn check(project: &Project, ctx: &SessionContext, name: &str) -> Resul
             .as_ref()
             .and_then(|m| m.sources.get(source))
             .and_then(|s| s.position.as_ref());
+        let stored = manifest
+            .as_ref()
+            .and_then(|m| m.sources.get(source))
+            .and_then(|s| s.id_type.parse::<arrow::datatypes::DataType>().ok());
         let (plan, _) = read::plan(
             &context,
             relation,
             source,
             config,
             read::Window::After(from),
+            stored.as_ref(),
         )?;
         plan.create_physical_plan()
             .await

@@ -32,6 +32,8 @@ pub const IN_WM: &str = "__bf_wm";
 pub const IN_AT: &str = "__bf_change_at";
 /// The fields of a record that could not be read as their type (empty: none).
 pub const IN_BAD: &str = "__bf_bad";
+/// Whether the source marks the record deleted (its `deleted` condition).
+pub const IN_DELETED: &str = "__bf_deleted";
 
 const VALID_SQL: &str = include_str!("../../sql/hub/valid.sql");
 const INVALID_SQL: &str = include_str!("../../sql/hub/invalid.sql");
@@ -76,18 +78,42 @@ pub enum Window<'a> {
 }
 
 /// The mapped, filtered, ordered and limited read of one source (not yet executed).
+/// `stored_id_type` is the type the source's ids had in the state, when it has one.
 pub fn plan(
     cycle: &ReadContext,
     ctx_relation: DataFrame,
     name: &str,
     source: &EntitySourceConfig,
     window: Window<'_>,
+    stored_id_type: Option<&DataType>,
 ) -> Result<(DataFrame, DataType), HubError> {
     let entity = cycle.entity;
     let problem = |message: String| HubError::Source {
         entity: cycle.name.to_string(),
         source_name: name.to_string(),
         message,
+    };
+    // Ids keep the type they had when it is text (a file whose last text id left is read as
+    // numbers now; as text they are the same ids), or when the source has no rows to tell.
+    let current = ctx_relation
+        .schema()
+        .field_with_unqualified_name(&source.id)
+        .ok()
+        .map(|f| f.data_type().clone());
+    let ctx_relation = match (current, stored_id_type) {
+        (Some(now), Some(stored))
+            if now != *stored
+                && (now == DataType::Null
+                    || matches!(
+                        stored,
+                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                    )) =>
+        {
+            ctx_relation
+                .with_column(&source.id, cast(ident(&source.id), stored.clone()))
+                .map_err(|e| problem(e.to_string()))?
+        }
+        _ => ctx_relation,
     };
     let schema = ctx_relation.schema().clone();
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
@@ -171,6 +197,34 @@ pub fn plan(
     } else {
         datafusion::functions::string::expr_fn::concat_ws(lit(", "), bad).alias(IN_BAD)
     });
+    exprs.push(match &source.deleted {
+        Some(sql) => match ctx_relation.parse_sql_expr(sql).and_then(|e| {
+            use datafusion::logical_expr::ExprSchemable as _;
+            let t = e.get_type(ctx_relation.schema())?;
+            Ok((e, t))
+        }) {
+            Ok((e, DataType::Boolean)) => {
+                datafusion::functions::expr_fn::coalesce(vec![e, lit(false)]).alias(IN_DELETED)
+            }
+            // A column with no values at all (every cell empty, or no rows): none is marked.
+            Ok((_, DataType::Null)) => lit(false).alias(IN_DELETED),
+            Ok((_, t)) => {
+                problems.push(format!(
+                    "deleted = `{sql}` is of type {t}, not a condition: write one that is true \
+                     for a deleted record, such as `status = 'archived'` or `deleted_at IS NOT NULL`"
+                ));
+                lit(false).alias(IN_DELETED)
+            }
+            Err(e) => {
+                problems.push(format!(
+                    "deleted = `{sql}` is not a valid SQL condition over \"{}\": {e}",
+                    source.from
+                ));
+                lit(false).alias(IN_DELETED)
+            }
+        },
+        None => lit(false).alias(IN_DELETED),
+    });
     if !problems.is_empty() {
         return Err(problem(problems.join("; ")));
     }
@@ -179,6 +233,11 @@ pub fn plan(
     let mut df = ctx_relation;
     match window {
         Window::After(None) => {}
+        // A watermark column with no values (a file of a header only): only records with a
+        // NULL watermark, read from the start, could be there; none is past the position.
+        Window::After(Some(_)) if wm_type == Some(DataType::Null) => {
+            df = df.filter(lit(false)).map_err(df_err)?;
+        }
         Window::After(Some(pos)) => {
             let filter = past(pos, source, &id_type, wm_type.as_ref()).map_err(&problem)?;
             df = df.filter(filter).map_err(df_err)?;

@@ -54,6 +54,9 @@ pub struct GoldenRecord {
     pub golden_id: i64,
     /// Set when the record was merged into another and retired.
     pub merged_into: Option<i64>,
+    /// Set when the record was retired because its last source record was deleted.
+    pub retired_at: Option<String>,
+    pub retired_reason: Option<String>,
     /// Golden records merged into this one (and into those, …).
     pub absorbed: Vec<i64>,
     pub created_at: Option<String>,
@@ -257,6 +260,8 @@ pub async fn golden_record(
         entity: entity_name.to_string(),
         golden_id,
         merged_into: int(&batch, state::MERGED_INTO, 0),
+        retired_at: text(&batch, state::RETIRED_AT, 0),
+        retired_reason: text(&batch, state::RETIRED_REASON, 0),
         absorbed,
         created_at: text(&batch, state::CREATED_AT, 0),
         updated_at: text(&batch, state::UPDATED_AT, 0),

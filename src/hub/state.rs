@@ -7,7 +7,9 @@
 //!   data/v…07-<uuid>/golden.parquet         golden_id, the fields, __bf_src__<field> (where each
 //!                                          value came from), __bf_created_seq, __bf_seq (the
 //!                                          cycle of the last change), __bf_created_at,
-//!                                          __bf_updated_at, __bf_merged_into (set on losers)
+//!                                          __bf_updated_at, __bf_merged_into (set on losers),
+//!                                          __bf_retired_at and __bf_retired_reason (set when
+//!                                          its last source record was deleted)
 //!   data/v…07-<uuid>/contrib-<source>.parquet
 //!                                          one row per source record: __bf_sid (its id),
 //!                                          __bf_golden_id (NULL: a receive-only record that
@@ -39,6 +41,8 @@ pub const SEQ: &str = "__bf_seq";
 pub const CREATED_AT: &str = "__bf_created_at";
 pub const UPDATED_AT: &str = "__bf_updated_at";
 pub const MERGED_INTO: &str = "__bf_merged_into";
+pub const RETIRED_AT: &str = "__bf_retired_at";
+pub const RETIRED_REASON: &str = "__bf_retired_reason";
 
 pub const SID: &str = "__bf_sid";
 pub const LINK: &str = "__bf_golden_id";
@@ -183,6 +187,8 @@ pub fn golden_schema(entity: &EntityConfig) -> SchemaRef {
         Field::new(CREATED_AT, timestamp_type(), true),
         Field::new(UPDATED_AT, timestamp_type(), true),
         Field::new(MERGED_INTO, DataType::Int64, true),
+        Field::new(RETIRED_AT, timestamp_type(), true),
+        Field::new(RETIRED_REASON, DataType::Utf8, true),
     ]);
     Arc::new(Schema::new(fields))
 }

@@ -116,7 +116,11 @@ async fn register(
     exposed.extend(entity.fields.keys().map(ident));
     exposed.push(col(state::SEQ).alias("__bf_golden_seq"));
     let mut golden = golden
-        .filter(ident(state::MERGED_INTO).is_null())
+        .filter(
+            ident(state::MERGED_INTO)
+                .is_null()
+                .and(ident(state::RETIRED_AT).is_null()),
+        )
         .and_then(|g| g.select(exposed))
         .map_err(engine)?;
     let observable = observable(project, ctx, link, &golden).await?;

@@ -1,0 +1,298 @@
+//! Deletes in sources: a record a source no longer has, or one it marks deleted, leaves its
+//! golden record.
+//!
+//! - **Gone**: for a source read in full (`detect_deletes`, the default without a watermark),
+//!   the first cycle of a run compares the ID map with the source's ids: an anti-join of the
+//!   source's contributions with the ids the source has now, as a plan.
+//! - **Marked**: a source's `deleted` condition marks records among those read (a soft
+//!   delete); they are not read as records.
+//!
+//! The contributions that leave are `bf_hub_removed`; the authority stage decides the fields
+//! of the golden records they leave again from the contributors that remain (a value that came
+//! from a source that lost its record is not kept when no one else has one), and a golden
+//! record no contributor is left in is retired: kept, end-dated with `__bf_retired_at` and the
+//! reason, gone from the entity's table (so a mirror sync from the entity deletes it) and from
+//! its write-backs. A cycle that would retire more than `max_retirements` of the live golden
+//! records commits nothing ([`guard`]).
+
+use arrow::datatypes::DataType;
+use datafusion::common::JoinType;
+use datafusion::logical_expr::{cast, lit, try_cast};
+use datafusion::prelude::{DataFrame, col, ident};
+use indexmap::IndexMap;
+
+use super::HubError;
+use super::context::{Cycle, OVER, REMOVED, contrib_old, golden_old, gone as gone_table};
+use super::read::{self, IN_DELETED, IN_SID};
+use super::sql::lit as sql_lit;
+use super::state;
+use crate::config::entity::EntitySourceConfig;
+
+/// Why a record left, as the log and a retired record's reason say.
+const WHY: &str = "__bf_why";
+const MARKED: &str = "marked deleted in the source";
+const MISSING: &str = "no longer in the source";
+
+/// Which records gone from a source a cycle looks for.
+#[derive(Debug, Clone, Copy)]
+pub enum Look<'a> {
+    /// None (the source does not detect deletes, or a later cycle of the run).
+    No,
+    /// Every record of the ID map the source no longer has.
+    All,
+    /// Among these ids only (a read of given ids).
+    Ids(&'a [String]),
+}
+
+/// Register `bf_hub_gone_<source>`: the ids of the source's records deleted this cycle, with
+/// why. `valid` is the cycle's valid read of the source (with its `deleted` flags).
+pub async fn gone(
+    cycle: &Cycle<'_>,
+    source: &str,
+    config: &EntitySourceConfig,
+    valid: DataFrame,
+    look: Look<'_>,
+    id_type: &DataType,
+) -> Result<(), HubError> {
+    let engine = cycle.engine("read");
+    let mut all = valid
+        .filter(col(IN_DELETED))
+        .and_then(|df| df.select(vec![col(IN_SID), lit(MARKED).alias(WHY)]))
+        .map_err(&engine)?;
+    if !matches!(look, Look::No) {
+        let present = read::relation(cycle.ctx, cycle.name, source, config)
+            .await?
+            .select(vec![
+                cast(ident(&config.id), id_type.clone()).alias("__bf_present"),
+            ])
+            .map_err(&engine)?;
+        let mut old = cycle
+            .ctx
+            .table(contrib_old(source).as_str())
+            .await
+            .and_then(|df| df.select(vec![col(state::SID)]))
+            .map_err(&engine)?;
+        if let Look::Ids(ids) = look {
+            let values = ids
+                .iter()
+                .map(|i| try_cast(lit(i.as_str()), id_type.clone()))
+                .collect();
+            old = old
+                .filter(col(state::SID).in_list(values, false))
+                .map_err(&engine)?;
+        }
+        let missing = old
+            .join(
+                present,
+                JoinType::LeftAnti,
+                &[state::SID],
+                &["__bf_present"],
+                None,
+            )
+            .and_then(|df| df.select(vec![col(state::SID), lit(MISSING).alias(WHY)]))
+            .map_err(&engine)?;
+        all = all.union(missing).map_err(&engine)?;
+    }
+    cycle
+        .materialize(
+            "read",
+            all,
+            &format!("gone-{source}.parquet"),
+            &gone_table(source),
+            None,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Register `bf_hub_removed`, the contributions that leave this cycle (a deleted record the
+/// ID map never had changes nothing), and count them per source.
+pub async fn removed(cycle: &Cycle<'_>) -> Result<IndexMap<String, u64>, HubError> {
+    let parts: Vec<String> = cycle
+        .entity
+        .sources
+        .keys()
+        .map(|source| {
+            format!(
+                "SELECT {src} AS __bf_source, CAST(g.{sid} AS VARCHAR) AS __bf_sid_text, \
+                 o.{link} AS __bf_golden_id, g.{WHY} AS {WHY} \
+                 FROM {gone} g JOIN {old} o ON o.{sid} = g.{sid}",
+                src = sql_lit(source),
+                sid = state::SID,
+                link = state::LINK,
+                gone = gone_table(source),
+                old = contrib_old(source),
+            )
+        })
+        .collect();
+    let df = cycle.sql("read", &parts.join("\nUNION ALL\n")).await?;
+    cycle
+        .materialize("read", df, "removed.parquet", REMOVED, None)
+        .await?;
+    let batches = cycle
+        .sql(
+            "read",
+            &format!("SELECT __bf_source, COUNT(*) AS n FROM {REMOVED} GROUP BY __bf_source"),
+        )
+        .await?
+        .collect()
+        .await
+        .map_err(cycle.engine("read"))?;
+    let mut counts = IndexMap::new();
+    for batch in batches {
+        let names = arrow::compute::cast(batch.column(0), &DataType::Utf8)
+            .map_err(|e| cycle.engine("read")(e.into()))?;
+        let names = arrow::array::AsArray::as_string::<i32>(&names);
+        let n = arrow::compute::cast(batch.column(1), &DataType::Int64)
+            .map_err(|e| cycle.engine("read")(e.into()))?;
+        let n = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(&n);
+        for r in 0..batch.num_rows() {
+            counts.insert(names.value(r).to_string(), n.value(r).max(0) as u64);
+        }
+    }
+    Ok(counts)
+}
+
+/// The live golden records of the entity's newest state (the guard's base for a run).
+pub async fn live(
+    project: &crate::project::Project,
+    ctx: &datafusion::prelude::SessionContext,
+    name: &str,
+) -> Result<u64, HubError> {
+    let manifest = super::latest(project, name).await?;
+    let engine = |source| HubError::Engine {
+        entity: name.to_string(),
+        stage: "state",
+        source,
+    };
+    let n = super::golden_table(project, ctx, name, manifest.as_ref())
+        .await
+        .and_then(|g| {
+            g.filter(
+                ident(state::MERGED_INTO)
+                    .is_null()
+                    .and(ident(state::RETIRED_AT).is_null()),
+            )
+        })
+        .map_err(engine)?
+        .count()
+        .await
+        .map_err(engine)?;
+    Ok(n as u64)
+}
+
+/// What the guard counts against over a run: the live golden records when it started, and
+/// those its committed cycles retired.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Budget {
+    pub live_at_start: u64,
+    pub retired: u64,
+}
+
+/// Stop a cycle that would take the run's retirements past what `max_retirements` allows
+/// of the live golden records at the start of the run (unless `allow`), before anything is
+/// committed: records marked deleted and read over several cycles are counted together.
+pub async fn guard(cycle: &Cycle<'_>, allow: bool, budget: Budget) -> Result<(), HubError> {
+    let retiring = cycle
+        .count(
+            "authority",
+            &format!(
+                "SELECT COUNT(*) FROM {OVER} n JOIN {old} o ON o.golden_id = n.golden_id \
+                 WHERE n.{at} IS NOT NULL AND o.{at} IS NULL",
+                old = golden_old(),
+                at = state::RETIRED_AT,
+            ),
+        )
+        .await?;
+    if retiring == 0 || allow {
+        return Ok(());
+    }
+    let live = budget.live_at_start;
+    let retiring = retiring + budget.retired;
+    let limit = cycle.entity.retirement_limit();
+    if retiring > limit.allows(live) {
+        return Err(HubError::Guarded {
+            entity: cycle.name.to_string(),
+            retiring,
+            live,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// Register `bf_hub_lost`: per golden record that lost a contributing record this cycle,
+/// whether each field's value came from a source that lost one (`__bf_lost_<field>`: such a
+/// value is decided again without falling back on itself), and why (`__bf_reason`).
+pub async fn lost(cycle: &Cycle<'_>, contributors: &[String]) -> Result<(), HubError> {
+    let fields: Vec<String> = cycle
+        .entity
+        .fields
+        .keys()
+        .map(|f| {
+            format!(
+                "bool_or(r.__bf_source = g.{src}) AS {lost}",
+                src = super::sql::q(&state::src_col(f)),
+                lost = super::sql::q(&lost_col(f)),
+            )
+        })
+        .collect();
+    let sql = format!(
+        "SELECT r.__bf_golden_id, {fields}{sep}\
+                max(r.__bf_source || ' record ' || r.__bf_sid_text || ': ' || r.{WHY}) AS __bf_reason \
+         FROM {REMOVED} r JOIN {old} g ON g.golden_id = r.__bf_golden_id \
+         WHERE r.__bf_source IN ({sources}) \
+         GROUP BY r.__bf_golden_id",
+        fields = fields.join(", "),
+        sep = if fields.is_empty() { "" } else { ", " },
+        old = golden_old(),
+        sources = super::sql::lit_list(contributors),
+    );
+    let df = cycle.sql("authority", &sql).await?;
+    cycle.register("authority", super::context::LOST, df)
+}
+
+/// `__bf_lost_<field>` of `bf_hub_lost`.
+pub fn lost_col(field: &str) -> String {
+    format!("__bf_lost_{field}")
+}
+
+/// The golden records retired this cycle, in the golden table's columns: those that lost a
+/// contributing record and have no contributor left (`candidates` holds every contribution
+/// of a touched golden record), live until now.
+pub fn retired_sql(cycle: &Cycle<'_>, candidates: &str) -> String {
+    let q = super::sql::q;
+    let fields: Vec<String> = cycle
+        .entity
+        .fields
+        .keys()
+        .map(|f| format!("o.{}", q(f)))
+        .chain(
+            cycle
+                .entity
+                .fields
+                .keys()
+                .map(|f| format!("o.{}", q(&state::src_col(f)))),
+        )
+        .collect();
+    let now = cycle.now_sql();
+    format!(
+        "SELECT o.golden_id, {fields}, o.{created_seq}, {v} AS {seq}, o.{created_at}, \
+                {now} AS {updated_at}, o.{merged}, {now} AS {retired_at}, \
+                'its last source record was deleted (' || l.__bf_reason || ')' AS {reason}
+         FROM {old} o JOIN {lost} l ON l.__bf_golden_id = o.golden_id
+         WHERE o.{merged} IS NULL AND o.{retired_at} IS NULL
+           AND NOT EXISTS (SELECT 1 FROM {candidates} c WHERE c.__bf_golden_id = o.golden_id)",
+        fields = fields.join(", "),
+        v = cycle.version,
+        created_seq = state::CREATED_SEQ,
+        seq = state::SEQ,
+        created_at = state::CREATED_AT,
+        updated_at = state::UPDATED_AT,
+        merged = state::MERGED_INTO,
+        retired_at = state::RETIRED_AT,
+        reason = state::RETIRED_REASON,
+        old = golden_old(),
+        lost = super::context::LOST,
+    )
+}
