@@ -13,8 +13,9 @@ missed when history holds neither a run nor a "still running" skip for it.
 
 load: one sync of the generated Parquet model (generate.py) into a Parquet file destination,
 started through the API twice on fresh state: alone, then while wrk hammers `GET /api/syncs`
-(2 threads, 16 connections). Reports wrk's p50/p99 latency and the run's slowdown (the run's own
-duration, from history, with load / without).
+(2 threads, 16 connections, on the same 2 cores, for about as long as the run takes under load).
+Reports wrk's p50/p99 latency and the run's slowdown (the run's own duration, from history,
+with load / without).
 """
 
 import argparse
@@ -110,12 +111,19 @@ def ticks(args):
     began = time.time()
     time.sleep(args.seconds)
     metrics = get(url + "/metrics")
-    counted = {}
-    for i in range(args.syncs):
-        runs = json.loads(get(f"{url}/api/syncs/s{i}/runs?limit=1000"))
-        counted[f"s{i}"] = runs
     elapsed = time.time() - began
+    # Stopped first, so the runs still going at the cut-off finish and are in history.
     stop(p)
+    out = subprocess.run([BIN, "history", "--project", project, "--json", "--limit", "100000"],
+                         capture_output=True, text=True).stdout
+    counted = {f"s{i}": [] for i in range(args.syncs)}
+    for line in out.splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if r.get("sync") in counted:
+            counted[r["sync"]].append(r)
     p50, n = quantile_from_histogram(metrics, "backflow_schedule_lateness_seconds", 0.5)
     p99, _ = quantile_from_histogram(metrics, "backflow_schedule_lateness_seconds", 0.99)
     expected = int(args.seconds // 5) + 1
@@ -200,7 +208,7 @@ def one_run(project, model, load_seconds=None):
     took = (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
     latency = None
     if wrk:
-        wrk.terminate()
+        # wrk prints its figures when its time is up (it was sized to end with the run).
         out = wrk.communicate()[0]
         latency = {m.group(1): m.group(2) for m in re.finditer(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
         reqs = re.search(r"Requests/sec:\s+(\S+)", out)
@@ -217,7 +225,9 @@ def load(args):
     v1, _ = generate(args.rows, data)
     work = tempfile.mkdtemp(prefix="bf-load-")
     alone, _ = one_run(os.path.join(work, "alone"), os.path.abspath(v1))
-    loaded, latency = one_run(os.path.join(work, "loaded"), os.path.abspath(v1), load_seconds=int(alone * 3) + 30)
+    # wrk for about as long as the run takes under load, so that it measures the API while
+    # the run goes (it shares the machine's cores with the run).
+    loaded, latency = one_run(os.path.join(work, "loaded"), os.path.abspath(v1), load_seconds=max(5, int(alone * 1.5)))
     result = {
         "rows": args.rows,
         "run_alone_s": round(alone, 2),
