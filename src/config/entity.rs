@@ -237,6 +237,33 @@ pub struct WritebackConfig {
     /// every entity field the source maps from a plain column goes back to that column.
     #[serde(default)]
     pub fields: IndexMap<String, String>,
+    /// What happens to this system's records of a golden record that is retired (its last
+    /// contributing record was deleted): `"ignore"` (default: they are left as they are),
+    /// `"delete"`, or `{ update = { status = "'inactive'" } }` (destination field → SQL
+    /// expression over the entity's fields, as the retired record had them).
+    pub on_delete: Option<OnDelete>,
+}
+
+/// `writeback.on_delete`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum OnDelete {
+    /// `"ignore"` or `"delete"`.
+    Named(String),
+    Update {
+        update: IndexMap<String, String>,
+    },
+}
+
+impl OnDelete {
+    /// The behavior of the sync that carries it out, and the fields it sends (None: ignore).
+    pub fn action(&self) -> Option<(Behavior, IndexMap<String, String>)> {
+        match self {
+            OnDelete::Named(n) if n == "delete" => Some((Behavior::Delete, IndexMap::new())),
+            OnDelete::Update { update } => Some((Behavior::UpdateOnly, update.clone())),
+            OnDelete::Named(_) => None,
+        }
+    }
 }
 
 impl EntityConfig {
@@ -351,11 +378,19 @@ pub fn writeback_sync_name(entity: &str, source: &str) -> String {
     format!("{entity}-to-{source}")
 }
 
+/// The name of the sync that carries out `source`'s `on_delete` for retired golden records.
+pub fn retired_sync_name(entity: &str, source: &str) -> String {
+    format!("{entity}-to-{source}-retired")
+}
+
 /// The entity and source a write-back sync belongs to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HubLink {
     pub entity: String,
     pub source: String,
+    /// The sync of the source's `on_delete`: it reads the source's records of retired golden
+    /// records instead of live ones.
+    pub retired: bool,
 }
 
 /// The write-back relation's column with the source record's id.
@@ -365,7 +400,8 @@ pub const HUB_SEQ: &str = "__bf_hub_seq";
 
 /// The relation a write-back sync reads (registered by [`register`]).
 pub fn view_name(link: &HubLink) -> String {
-    format!("__bf_hub_{}__{}", link.entity, link.source)
+    let retired = if link.retired { "__retired" } else { "" };
+    format!("__bf_hub_{}__{}{retired}", link.entity, link.source)
 }
 
 /// The write-back syncs of every entity, named `<entity>-to-<source>`.
@@ -377,7 +413,41 @@ pub fn writeback_syncs(config: &ProjectConfig) -> IndexMap<String, SyncConfig> {
             let link = HubLink {
                 entity: entity.clone(),
                 source: source.clone(),
+                retired: false,
             };
+            if let Some((behavior, fields)) = wb.on_delete.as_ref().and_then(OnDelete::action) {
+                let retired = HubLink {
+                    retired: true,
+                    ..link.clone()
+                };
+                out.insert(
+                    retired_sync_name(entity, source),
+                    SyncConfig {
+                        from: view_name(&retired),
+                        to: wb.to.clone(),
+                        object: wb.object.clone(),
+                        behavior,
+                        key: KeyConfig::pair(SOURCE_ID, s.writeback_key().unwrap_or(&s.id)),
+                        fields: FieldsConfig {
+                            auto: false,
+                            computed: fields,
+                            ..FieldsConfig::default()
+                        },
+                        cursor: Some(HUB_SEQ.to_string()),
+                        cursor_lookback: None,
+                        max_deletes: None,
+                        tags: Vec::new(),
+                        schedule: None,
+                        schedule_tz: None,
+                        min_interval: None,
+                        after: Vec::new(),
+                        send: super::SendMode::All,
+                        record_log: None,
+                        record_log_retention: None,
+                        hub: Some(retired),
+                    },
+                );
+            }
             out.insert(
                 writeback_sync_name(entity, source),
                 SyncConfig {
@@ -655,6 +725,33 @@ fn validate_source(
         m.push(format!(
             "its write-back runs as sync \"{sync}\", and a [syncs.{sync}] exists already: rename one"
         ));
+    }
+    match &wb.on_delete {
+        None => {}
+        Some(OnDelete::Named(n)) if n == "ignore" || n == "delete" => {}
+        Some(OnDelete::Named(n)) => m.push(format!(
+            "writeback.on_delete = \"{n}\": use \"ignore\", \"delete\" or {{ update = {{ field = \"SQL expression\" }} }}"
+        )),
+        Some(OnDelete::Update { update }) => {
+            if update.is_empty() {
+                m.push("writeback.on_delete.update sets no field".into());
+            }
+            if let Some(key) = s.writeback_key()
+                && update.contains_key(key)
+            {
+                m.push(format!(
+                    "writeback.on_delete.update writes the key field \"{key}\": the key is the source's id and is never changed"
+                ));
+            }
+        }
+    }
+    if wb.on_delete.as_ref().and_then(OnDelete::action).is_some() {
+        let retired = retired_sync_name(entity_name, source);
+        if config.syncs.contains_key(&retired) {
+            m.push(format!(
+                "its on_delete runs as sync \"{retired}\", and a [syncs.{retired}] exists already: rename one"
+            ));
+        }
     }
     let fields = s.writeback_fields();
     if fields.is_empty() {

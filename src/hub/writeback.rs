@@ -9,6 +9,9 @@
 //! - **Watermark**: the hub version of the row's last change (of the golden record, or of the
 //!   source record's link or report), so each run reads only what changed since it last ran:
 //!   each write-back has its own destination watermark.
+//! - **on_delete**: a source's `writeback.on_delete` (`"delete"`, or `{ update = { … } }`) is a
+//!   second sync, `<entity>-to-<source>-retired` (delete, or update-only), over the source's
+//!   records of *retired* golden records, with the same watermark.
 //! - **No echo**: what the sync compares with (its snapshot) is overlaid with what the source
 //!   itself reported since the hub version the sync last ran against, hashed the same way. A
 //!   value that came from the source is then "unchanged" for it and not sent back; one the hub
@@ -115,15 +118,18 @@ async fn register(
     let mut exposed = vec![col(state::GOLDEN_ID)];
     exposed.extend(entity.fields.keys().map(ident));
     exposed.push(col(state::SEQ).alias("__bf_golden_seq"));
+    // A write-back sends live golden records; its on_delete, the retired ones.
+    let retired = if link.retired {
+        ident(state::RETIRED_AT).is_not_null()
+    } else {
+        ident(state::RETIRED_AT).is_null()
+    };
     let mut golden = golden
-        .filter(
-            ident(state::MERGED_INTO)
-                .is_null()
-                .and(ident(state::RETIRED_AT).is_null()),
-        )
+        .filter(ident(state::MERGED_INTO).is_null().and(retired))
         .and_then(|g| g.select(exposed))
         .map_err(engine)?;
-    let observable = observable(project, ctx, link, &golden).await?;
+    // (What an on_delete sends is not what the source reports: it compares with what it sent.)
+    let observable = !link.retired && observable(project, ctx, link, &golden).await?;
     if let Some(filter) = source.writeback.as_ref().and_then(|w| w.filter.as_ref()) {
         let expr = golden
             .parse_sql_expr(filter)

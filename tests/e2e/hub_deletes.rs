@@ -382,3 +382,136 @@ async fn unreadable_rows_empty_columns_and_drifting_id_types_are_not_deletes() {
     assert_eq!((r.retired, r.sources["a"].deleted), (1, 1), "{r:?}");
     assert_eq!(live_emails(&f).await, ["a@x.io", "b@x.io"]);
 }
+
+/// Rows of an SQLite table, each as `|`-joined text, sorted.
+fn table(f: &Fixture, db: &str, t: &str, columns: &[&str]) -> Vec<String> {
+    let mut rows: Vec<String> = f
+        .sqlite(db, t)
+        .iter()
+        .map(|r| {
+            columns
+                .iter()
+                .map(|c| r.get(*c).cloned().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_golden_record_follows_each_write_back_on_delete_policy() {
+    let f = Fixture::new();
+    let conn = rusqlite::Connection::open(f.path().join("crm.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE contacts (id TEXT PRIMARY KEY, email TEXT, status TEXT);
+         INSERT INTO contacts VALUES ('c1', 'p@x.io', 'active'), ('c2', 'q@x.io', 'active');",
+    )
+    .unwrap();
+    drop(conn);
+    let conn = rusqlite::Connection::open(f.path().join("support.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE users (id TEXT PRIMARY KEY, email TEXT);
+         INSERT INTO users VALUES ('u1', 'p@x.io'), ('u2', 'q@x.io');",
+    )
+    .unwrap();
+    drop(conn);
+    f.write(
+        "backflow.toml",
+        r#"
+[sources.a]
+type = "csv"
+path = "a.csv"
+
+[sources.crm]
+type = "sqlite"
+path = "crm.db"
+tables = ["contacts"]
+
+[sources.support]
+type = "sqlite"
+path = "support.db"
+tables = ["users"]
+
+[destinations.crm_db]
+type = "sqlite"
+path = "crm.db"
+
+[destinations.support_db]
+type = "sqlite"
+path = "support.db"
+
+[entities.person]
+fields = { email = "text" }
+match = [["email"]]
+
+[entities.person.sources.a]
+from = "a"
+id = "id"
+fields = { email = "email" }
+
+[entities.person.sources.crm]
+from = "crm.contacts"
+id = "id"
+role = "receive-only"
+fields = { email = "email" }
+writeback = { to = "crm_db", object = "contacts", on_delete = { update = { status = "'inactive'" } } }
+
+[entities.person.sources.support]
+from = "support.users"
+id = "id"
+role = "receive-only"
+fields = { email = "email" }
+writeback = { to = "support_db", object = "users", on_delete = "delete" }
+"#,
+    );
+    f.write(
+        "a.csv",
+        "id,email\n1,p@x.io\n2,q@x.io\n3,r@x.io\n4,s@x.io\n5,t@x.io\n",
+    );
+    let (code, out, err) = f.cli(&["run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let contacts = || table(&f, "crm.db", "contacts", &["id", "email", "status"]);
+    let users = || table(&f, "support.db", "users", &["id", "email"]);
+    assert_eq!(contacts(), ["c1|p@x.io|active", "c2|q@x.io|active"]);
+    assert_eq!(users(), ["u1|p@x.io", "u2|q@x.io"]);
+
+    // p is deleted in the only system that contributes it: its golden record is retired, the
+    // CRM marks its contact inactive, the support tool deletes its user; q is untouched.
+    f.write(
+        "a.csv",
+        "id,email\n2,q@x.io\n3,r@x.io\n4,s@x.io\n5,t@x.io\n",
+    );
+    let (code, out, err) = f.cli(&["run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("retired 1"), "{out}");
+    assert!(out.contains("person-to-crm-retired"), "{out}");
+    assert_eq!(contacts(), ["c1|p@x.io|inactive", "c2|q@x.io|active"]);
+    assert_eq!(users(), ["u2|q@x.io"]);
+
+    // Nothing more the next time.
+    let (code, out, err) = f.cli(&["run", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for k in ["created", "updated", "deleted"] {
+            assert_eq!(v[k].as_u64().unwrap_or(0), 0, "{line}");
+        }
+    }
+    assert_eq!(contacts(), ["c1|p@x.io|inactive", "c2|q@x.io|active"]);
+
+    // A policy that is not one is named by check.
+    f.write(
+        "backflow.toml",
+        &std::fs::read_to_string(f.path().join("backflow.toml"))
+            .unwrap()
+            .replace("on_delete = \"delete\"", "on_delete = \"purge\""),
+    );
+    let (code, out, err) = f.cli(&["check"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("on_delete = \"purge\""),
+        "{out}{err}"
+    );
+}
