@@ -131,6 +131,15 @@ async fn serve_with(
     crate::interrupt::listen();
     jobs.load_last_runs().await;
 
+    // Keys (and an entity's source ids) accepted before a stop or a crash are counted before
+    // the API answers (it never says none wait while some do) and run for now.
+    for t in jobs.targets.values() {
+        if jobs.keys.recount(&t.name).await > 0 {
+            tracing::info!(target_name = %t.name, "running for keys accepted before the restart");
+            jobs.keys_arrived(&t.name);
+        }
+    }
+
     let app = api::router(api::Api {
         jobs: jobs.clone(),
         token: token.map(Arc::from),
@@ -181,14 +190,6 @@ async fn serve_with(
             }
         })
     });
-    // Keys accepted before a stop or a crash are run for now.
-    // (Ids of an entity's source records as well.)
-    for t in jobs.targets.values() {
-        if jobs.keys.recount(&t.name).await > 0 {
-            tracing::info!(target_name = %t.name, "running for keys accepted before the restart");
-            jobs.keys_arrived(&t.name);
-        }
-    }
 
     crate::interrupt::stopped().await;
     jobs.stop();
