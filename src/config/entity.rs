@@ -404,61 +404,25 @@ pub fn view_name(link: &HubLink) -> String {
     format!("__bf_hub_{}__{}{retired}", link.entity, link.source)
 }
 
-/// The write-back syncs of every entity, named `<entity>-to-<source>`.
+/// The write-back syncs of every entity, named `<entity>-to-<source>`, and the syncs of their
+/// `on_delete`, `<entity>-to-<source>-retired`.
 pub fn writeback_syncs(config: &ProjectConfig) -> IndexMap<String, SyncConfig> {
     let mut out = IndexMap::new();
     for (entity, e) in &config.entities {
         for (source, s) in &e.sources {
             let Some(wb) = &s.writeback else { continue };
-            let link = HubLink {
-                entity: entity.clone(),
-                source: source.clone(),
-                retired: false,
-            };
-            if let Some((behavior, fields)) = wb.on_delete.as_ref().and_then(OnDelete::action) {
-                let retired = HubLink {
-                    retired: true,
-                    ..link.clone()
-                };
-                out.insert(
-                    retired_sync_name(entity, source),
-                    SyncConfig {
-                        from: view_name(&retired),
-                        to: wb.to.clone(),
-                        object: wb.object.clone(),
-                        behavior,
-                        key: KeyConfig::pair(SOURCE_ID, s.writeback_key().unwrap_or(&s.id)),
-                        fields: FieldsConfig {
-                            auto: false,
-                            computed: fields,
-                            ..FieldsConfig::default()
-                        },
-                        cursor: Some(HUB_SEQ.to_string()),
-                        cursor_lookback: None,
-                        max_deletes: None,
-                        tags: Vec::new(),
-                        schedule: None,
-                        schedule_tz: None,
-                        min_interval: None,
-                        after: Vec::new(),
-                        send: super::SendMode::All,
-                        record_log: None,
-                        record_log_retention: None,
-                        hub: Some(retired),
-                    },
-                );
-            }
-            out.insert(
-                writeback_sync_name(entity, source),
+            // Both read the source's records of golden records (live ones, or retired ones)
+            // from the hub, keyed by the source's id, by the hub version of their last change.
+            let sync = |link: HubLink, behavior: Behavior, computed: IndexMap<String, String>| {
                 SyncConfig {
                     from: view_name(&link),
                     to: wb.to.clone(),
                     object: wb.object.clone(),
-                    behavior: Behavior::UpdateOnly,
+                    behavior,
                     key: KeyConfig::pair(SOURCE_ID, s.writeback_key().unwrap_or(&s.id)),
                     fields: FieldsConfig {
                         auto: false,
-                        computed: s.writeback_fields(),
+                        computed,
                         ..FieldsConfig::default()
                     },
                     cursor: Some(HUB_SEQ.to_string()),
@@ -473,7 +437,26 @@ pub fn writeback_syncs(config: &ProjectConfig) -> IndexMap<String, SyncConfig> {
                     record_log: None,
                     record_log_retention: None,
                     hub: Some(link),
-                },
+                }
+            };
+            let link = HubLink {
+                entity: entity.clone(),
+                source: source.clone(),
+                retired: false,
+            };
+            if let Some((behavior, fields)) = wb.on_delete.as_ref().and_then(OnDelete::action) {
+                let retired = HubLink {
+                    retired: true,
+                    ..link.clone()
+                };
+                out.insert(
+                    retired_sync_name(entity, source),
+                    sync(retired, behavior, fields),
+                );
+            }
+            out.insert(
+                writeback_sync_name(entity, source),
+                sync(link, Behavior::UpdateOnly, s.writeback_fields()),
             );
         }
     }

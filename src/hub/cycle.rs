@@ -32,8 +32,8 @@ pub(super) struct CycleOptions<'a> {
     pub detect_gone: bool,
     /// Let the cycle retire more golden records than `max_retirements` allows.
     pub allow_retirements: bool,
-    /// What the run's guard counts against.
-    pub budget: super::deletes::Budget,
+    /// Golden records the run's earlier cycles retired (the guard counts them too).
+    pub retired_before: u64,
 }
 
 /// Run one cycle and commit it. `skip` lists sources already read to their end in this run.
@@ -89,6 +89,8 @@ async fn stages(
 
     // read
     let mut reads: IndexMap<String, SourceRead> = IndexMap::new();
+    // Whether some source can have deleted records this cycle.
+    let mut may_delete = false;
     let mut outcome = CycleOutcome {
         version: cycle.version,
         ..Default::default()
@@ -236,7 +238,7 @@ async fn stages(
             Some(ids) => super::deletes::Look::Ids(ids),
             None => super::deletes::Look::All,
         };
-        super::deletes::gone(cycle, source, config, valid, look, &id_type).await?;
+        may_delete |= super::deletes::gone(cycle, source, config, valid, look, &id_type).await?;
         outcome.sources.insert(
             source.clone(),
             SourceCounts {
@@ -259,7 +261,7 @@ async fn stages(
         );
     }
     // Which contributions leave this cycle, and the golden records they leave.
-    let removed = super::deletes::removed(cycle).await?;
+    let removed = super::deletes::removed(cycle, may_delete).await?;
     for (source, n) in &removed {
         if let Some(c) = outcome.sources.get_mut(source) {
             c.deleted = *n;
@@ -310,7 +312,7 @@ async fn stages(
 
     // authority
     outcome.unchanged = super::authority::run(cycle, options.decide_all).await?;
-    super::deletes::guard(cycle, options.allow_retirements, options.budget).await?;
+    super::deletes::guard(cycle, options.allow_retirements, options.retired_before).await?;
 
     // merge
     let merges = super::merge::run(cycle).await?;

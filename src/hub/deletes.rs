@@ -45,7 +45,8 @@ pub enum Look<'a> {
 }
 
 /// Register `bf_hub_gone_<source>`: the ids of the source's records deleted this cycle, with
-/// why. `valid` is the cycle's valid read of the source (with its `deleted` flags).
+/// why. `valid` is the cycle's valid read of the source (with its `deleted` flags). Returns
+/// whether the source can have any (it marks deletes, or was looked at).
 pub async fn gone(
     cycle: &Cycle<'_>,
     source: &str,
@@ -53,12 +54,17 @@ pub async fn gone(
     valid: DataFrame,
     look: Look<'_>,
     id_type: &DataType,
-) -> Result<(), HubError> {
+) -> Result<bool, HubError> {
     let engine = cycle.engine("read");
     let mut all = valid
         .filter(col(IN_DELETED))
         .and_then(|df| df.select(vec![col(IN_SID), lit(MARKED).alias(WHY)]))
         .map_err(&engine)?;
+    if config.deleted.is_none() && matches!(look, Look::No) {
+        // Nothing to look for: an empty relation, nothing written.
+        cycle.register("read", &gone_table(source), all)?;
+        return Ok(false);
+    }
     if !matches!(look, Look::No) {
         let present = read::relation(cycle.ctx, cycle.name, source, config)
             .await?
@@ -102,12 +108,13 @@ pub async fn gone(
             None,
         )
         .await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Register `bf_hub_removed`, the contributions that leave this cycle (a deleted record the
-/// ID map never had changes nothing), and count them per source.
-pub async fn removed(cycle: &Cycle<'_>) -> Result<IndexMap<String, u64>, HubError> {
+/// ID map never had changes nothing), and count them per source. `any`: whether some source
+/// can have deleted records (else the relation is empty, and nothing is written or counted).
+pub async fn removed(cycle: &Cycle<'_>, any: bool) -> Result<IndexMap<String, u64>, HubError> {
     let parts: Vec<String> = cycle
         .entity
         .sources
@@ -126,6 +133,10 @@ pub async fn removed(cycle: &Cycle<'_>) -> Result<IndexMap<String, u64>, HubErro
         })
         .collect();
     let df = cycle.sql("read", &parts.join("\nUNION ALL\n")).await?;
+    if !any {
+        cycle.register("read", REMOVED, df)?;
+        return Ok(IndexMap::new());
+    }
     cycle
         .materialize("read", df, "removed.parquet", REMOVED, None)
         .await?;
@@ -153,46 +164,11 @@ pub async fn removed(cycle: &Cycle<'_>) -> Result<IndexMap<String, u64>, HubErro
     Ok(counts)
 }
 
-/// The live golden records of the entity's newest state (the guard's base for a run).
-pub async fn live(
-    project: &crate::project::Project,
-    ctx: &datafusion::prelude::SessionContext,
-    name: &str,
-) -> Result<u64, HubError> {
-    let manifest = super::latest(project, name).await?;
-    let engine = |source| HubError::Engine {
-        entity: name.to_string(),
-        stage: "state",
-        source,
-    };
-    let n = super::golden_table(project, ctx, name, manifest.as_ref())
-        .await
-        .and_then(|g| {
-            g.filter(
-                ident(state::MERGED_INTO)
-                    .is_null()
-                    .and(ident(state::RETIRED_AT).is_null()),
-            )
-        })
-        .map_err(engine)?
-        .count()
-        .await
-        .map_err(engine)?;
-    Ok(n as u64)
-}
-
-/// What the guard counts against over a run: the live golden records when it started, and
-/// those its committed cycles retired.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Budget {
-    pub live_at_start: u64,
-    pub retired: u64,
-}
-
-/// Stop a cycle that would take the run's retirements past what `max_retirements` allows
-/// of the live golden records at the start of the run (unless `allow`), before anything is
-/// committed: records marked deleted and read over several cycles are counted together.
-pub async fn guard(cycle: &Cycle<'_>, allow: bool, budget: Budget) -> Result<(), HubError> {
+/// Stop a cycle that would take the run's retirements (`retired_before`: those of its earlier
+/// cycles) past what `max_retirements` allows of the golden records live at the start of the
+/// run (unless `allow`), before anything is committed: records marked deleted and read over
+/// several cycles are counted together.
+pub async fn guard(cycle: &Cycle<'_>, allow: bool, retired_before: u64) -> Result<(), HubError> {
     let retiring = cycle
         .count(
             "authority",
@@ -207,8 +183,20 @@ pub async fn guard(cycle: &Cycle<'_>, allow: bool, budget: Budget) -> Result<(),
     if retiring == 0 || allow {
         return Ok(());
     }
-    let live = budget.live_at_start;
-    let retiring = retiring + budget.retired;
+    // Live now, and those the run retired so far: live when it started (and any it created).
+    let live = cycle
+        .count(
+            "authority",
+            &format!(
+                "SELECT COUNT(*) FROM {} WHERE {} IS NULL AND {} IS NULL",
+                golden_old(),
+                state::MERGED_INTO,
+                state::RETIRED_AT
+            ),
+        )
+        .await?
+        + retired_before;
+    let retiring = retiring + retired_before;
     let limit = cycle.entity.retirement_limit();
     if retiring > limit.allows(live) {
         return Err(HubError::Guarded {

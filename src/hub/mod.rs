@@ -256,7 +256,6 @@ pub async fn run(
                 }
             }));
         };
-        let live_at_start = deletes::live(project, ctx, name).await?;
         loop {
             let outcome = cycle::run(
                 project,
@@ -269,10 +268,7 @@ pub async fn run(
                     only_ids: options.only_ids.as_ref(),
                     detect_gone: first,
                     allow_retirements: options.allow_retirements,
-                    budget: deletes::Budget {
-                        live_at_start,
-                        retired: total.retired,
-                    },
+                    retired_before: total.retired,
                 },
                 &drained,
                 &mut samples,

@@ -306,19 +306,7 @@ fn body_or_default<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Answ
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    let bad = |e: String| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("the body is not valid: {e}"),
-        )
-    };
-    // (serde would take a list for a struct.)
-    match serde_json::from_slice::<serde_json::Value>(body).map_err(|e| bad(e.to_string()))? {
-        v @ serde_json::Value::Object(_) => {
-            serde_json::from_value(v).map_err(|e| bad(e.to_string()))
-        }
-        _ => Err(bad("it must be a JSON object".into())),
-    }
+    json_object(body, "a JSON object")
 }
 
 #[derive(Serialize)]
@@ -539,7 +527,8 @@ struct KeysAccepted {
     waiting: u64,
 }
 
-/// The JSON object of a request's body, as `T`; `shape` says what it must look like.
+/// The JSON object of a request's body, as `T` (serde alone would take a list for a struct);
+/// `shape` says what it must look like.
 fn json_object<T: serde::de::DeserializeOwned>(body: &Bytes, shape: &str) -> Answer<T> {
     let bad = |e: String| {
         ApiError(
@@ -622,14 +611,14 @@ async fn accept_keys(
     source: Option<&str>,
     keys: Vec<String>,
 ) -> Answer<(StatusCode, Json<KeysAccepted>)> {
-    if !keys.is_empty() {
+    let accepted = keys.len();
+    if accepted > 0 {
         if api.jobs.stopping() {
             return Err(ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the server is stopping; send the keys again when it is back".into(),
             ));
         }
-        let n = keys.len();
         api.jobs
             .keys
             .accept(name, source, keys)
@@ -641,18 +630,11 @@ async fn accept_keys(
                 )
             })?;
         api.jobs.keys_arrived(name);
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(KeysAccepted {
-                accepted: n,
-                waiting: api.jobs.keys.waiting(name),
-            }),
-        ));
     }
     Ok((
         StatusCode::ACCEPTED,
         Json(KeysAccepted {
-            accepted: 0,
+            accepted,
             waiting: api.jobs.keys.waiting(name),
         }),
     ))
@@ -664,22 +646,12 @@ async fn post_keys(
     body: Result<Bytes, BytesRejection>,
 ) -> Answer<(StatusCode, Json<KeysAccepted>)> {
     let body = read_body(body)?;
-    if !api
-        .jobs
-        .targets
-        .get(&name)
-        .is_some_and(|t| t.kind == Kind::Sync)
-    {
+    // (The server's syncs and entities are the project's as it loaded them.)
+    let Some(sync) = api.jobs.project.config.syncs.get(&name) else {
         return Err(not_found_named("sync", &name, &api));
-    }
+    };
     let body: KeysBody = json_object(&body, "{\"keys\": [...]}")?;
-    let parts = api
-        .jobs
-        .project
-        .config
-        .syncs
-        .get(&name)
-        .map_or(1, |s| s.key.parts().len());
+    let parts = sync.key.parts().len();
     let keys = key_texts(body.keys, parts, "key", &format!("sync \"{name}\""))?;
     accept_keys(&api, &name, None, keys).await
 }
@@ -690,14 +662,6 @@ async fn post_ids(
     body: Result<Bytes, BytesRejection>,
 ) -> Answer<(StatusCode, Json<KeysAccepted>)> {
     let body = read_body(body)?;
-    if !api
-        .jobs
-        .targets
-        .get(&name)
-        .is_some_and(|t| t.kind == Kind::Entity)
-    {
-        return Err(not_found_named("entity", &name, &api));
-    }
     let Some(entity) = api.jobs.project.config.entities.get(&name) else {
         return Err(not_found_named("entity", &name, &api));
     };

@@ -100,13 +100,19 @@ async fn live(f: &Fixture) -> Vec<String> {
 
 /// The mirror's rows as `email|name|phone`.
 fn mirrored(f: &Fixture) -> Vec<String> {
+    table(f, "out/app.db", "people", &["email", "name", "phone"])
+}
+
+/// Rows of an SQLite table (none when it is not there), each as `|`-joined text with NULL as
+/// `∅`, sorted.
+fn table(f: &Fixture, db: &str, t: &str, columns: &[&str]) -> Vec<String> {
     let mut rows: Vec<String> = f
-        .sqlite("out/app.db", "people")
-        .into_iter()
+        .sqlite(db, t)
+        .iter()
         .map(|r| {
-            ["email", "name", "phone"]
+            columns
                 .iter()
-                .map(|k| match r.get(*k).map(String::as_str) {
+                .map(|c| match r.get(*c).map(String::as_str) {
                     None | Some("NULL") => "∅".to_string(),
                     Some(v) => v.to_string(),
                 })
@@ -381,23 +387,6 @@ async fn unreadable_rows_empty_columns_and_drifting_id_types_are_not_deletes() {
     assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
     assert_eq!((r.retired, r.sources["a"].deleted), (1, 1), "{r:?}");
     assert_eq!(live_emails(&f).await, ["a@x.io", "b@x.io"]);
-}
-
-/// Rows of an SQLite table, each as `|`-joined text, sorted.
-fn table(f: &Fixture, db: &str, t: &str, columns: &[&str]) -> Vec<String> {
-    let mut rows: Vec<String> = f
-        .sqlite(db, t)
-        .iter()
-        .map(|r| {
-            columns
-                .iter()
-                .map(|c| r.get(*c).cloned().unwrap_or_default())
-                .collect::<Vec<_>>()
-                .join("|")
-        })
-        .collect();
-    rows.sort();
-    rows
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -473,36 +473,14 @@ async fn a_csv_behind_an_http_url_is_quarantined_like_the_same_file_on_disk() {
 #[test]
 fn keys_with_quotes_and_backslashes_are_values_never_sql() {
     let f = Fixture::new();
-    std::fs::create_dir_all(f.path().join("in")).unwrap();
-    let conn = rusqlite::Connection::open(f.path().join("in/app.db")).unwrap();
-    conn.execute_batch(
+    accounts_into_sqlite(
+        &f,
         "CREATE TABLE accounts (code TEXT PRIMARY KEY, name TEXT);
          INSERT INTO accounts VALUES ('it''s', 'Quote'), ('a''''b', 'Two quotes'), ('a''b', 'One quote'),
                                      ('C:\\temp', 'Backslash'), ('plain', 'Plain');
          CREATE TABLE secrets (k TEXT, v TEXT);
          INSERT INTO secrets VALUES ('api_key', 'hunter2');",
-    )
-    .unwrap();
-    drop(conn);
-    f.write(
-        "backflow.toml",
-        r#"
-[sources.app]
-type = "sqlite"
-path = "in/app.db"
-tables = ["accounts"]
-
-[destinations.out]
-type = "sqlite"
-path = "out/crm.db"
-
-[syncs.accounts]
-from = "app.accounts"
-to = "out"
-object = "accounts"
-behavior = "upsert"
-key = "code"
-"#,
+        "behavior = \"upsert\"\nkey = \"code\"",
     );
     let sent = |f: &Fixture| -> Vec<(String, String)> {
         let mut rows = pairs(&f.sqlite("out/crm.db", "accounts"), "code", "name");
@@ -595,34 +573,11 @@ fields = { name = "name" }
 #[test]
 fn sqlite_columns_have_their_declared_types() {
     let f = Fixture::new();
-    std::fs::create_dir_all(f.path().join("in")).unwrap();
-    let conn = rusqlite::Connection::open(f.path().join("in/app.db")).unwrap();
-    conn.execute_batch(
+    accounts_into_sqlite(
+        &f,
         "CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT, mrr REAL, note VARCHAR(20));
          INSERT INTO accounts VALUES (1, NULL, NULL, NULL), (2, 'Globex', 2.5, 'n2'), (3, 'Initech', 3, NULL);",
-    )
-    .unwrap();
-    drop(conn);
-    f.write(
-        "backflow.toml",
-        r#"
-[sources.app]
-type = "sqlite"
-path = "in/app.db"
-tables = ["accounts"]
-
-[destinations.out]
-type = "sqlite"
-path = "out/crm.db"
-
-[syncs.accounts]
-from = "app.accounts"
-to = "out"
-object = "accounts"
-behavior = "mirror"
-key = "id"
-max_deletes = "100%"
-"#,
+        "behavior = \"mirror\"\nkey = \"id\"\nmax_deletes = \"100%\"",
     );
     let (code, out, err) = f.cli(&["run"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -643,4 +598,35 @@ max_deletes = "100%"
     let (code, out, err) = f.cli(&["run"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(f.sqlite("out/crm.db", "accounts").is_empty());
+}
+
+/// A project whose sync `accounts` reads table `accounts` of `in/app.db` (made by `sql`) into
+/// `out/crm.db`, with `settings` (its behavior and key).
+fn accounts_into_sqlite(f: &Fixture, sql: &str, settings: &str) {
+    std::fs::create_dir_all(f.path().join("in")).unwrap();
+    rusqlite::Connection::open(f.path().join("in/app.db"))
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
+    f.write(
+        "backflow.toml",
+        &format!(
+            r#"
+[sources.app]
+type = "sqlite"
+path = "in/app.db"
+tables = ["accounts"]
+
+[destinations.out]
+type = "sqlite"
+path = "out/crm.db"
+
+[syncs.accounts]
+from = "app.accounts"
+to = "out"
+object = "accounts"
+{settings}
+"#
+        ),
+    );
 }
