@@ -262,6 +262,65 @@ pub enum HubCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The records kept out of the golden records until settled: those that match several
+    /// golden records by the same rule, and invalid ones (see `hub resolve`).
+    Quarantine {
+        /// The entity.
+        entity: String,
+        /// Also list the records set aside with `hub resolve --drop`.
+        #[arg(long)]
+        all: bool,
+        /// Print one JSON object per record instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Settle a record in quarantine: attach it to a golden record, give it one of its own,
+    /// or set this version of it aside. Runs one cycle of the entity (no source is read), then
+    /// its write-backs.
+    #[command(group(clap::ArgGroup::new("decision").required(true).args(["attach", "new", "drop"])))]
+    Resolve {
+        /// The entity.
+        entity: String,
+        /// The record's source…
+        #[arg(long)]
+        source: String,
+        /// …and its id there.
+        #[arg(long)]
+        id: String,
+        /// Attach it to this golden record.
+        #[arg(long, value_name = "GOLDEN_ID")]
+        attach: Option<i64>,
+        /// Start a golden record of its own.
+        #[arg(long)]
+        new: bool,
+        /// Leave this version out; it is ignored while the source sends it unchanged.
+        #[arg(long)]
+        drop: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a source record out of a golden record into a golden record of its own (a wrong
+    /// match or merge); the two are never merged again. Runs one cycle of the entity (no
+    /// source is read), then its write-backs.
+    Unmerge {
+        /// The entity.
+        entity: String,
+        /// The golden record the source record is in now.
+        golden_id: i64,
+        /// The record's source…
+        #[arg(long)]
+        source: String,
+        /// …and its id there.
+        #[arg(long)]
+        id: String,
+        /// Show what would change (as `plan ENTITY` does) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// The newest transaction log entries of an entity, oldest first.
     Log {
         /// The entity.
@@ -285,7 +344,11 @@ impl Command {
             | Command::Run { json, .. }
             | Command::History { json, .. } => *json,
             Command::Hub { command } => match command {
-                HubCommand::Show { json, .. } | HubCommand::Log { json, .. } => *json,
+                HubCommand::Show { json, .. }
+                | HubCommand::Log { json, .. }
+                | HubCommand::Quarantine { json, .. }
+                | HubCommand::Resolve { json, .. }
+                | HubCommand::Unmerge { json, .. } => *json,
             },
             Command::State { command } => match command {
                 StateCommand::Rebind { json, .. } | StateCommand::Adopt { json, .. } => *json,
@@ -445,13 +508,22 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
             exclude,
         } => {
             let project = Project::load(&cli.project).map_err(|e| e.to_string())?;
+            // Entities named are planned too: what their next cycle would do.
+            let (entities, syncs): (Vec<String>, Vec<String>) = syncs.into_iter().partition(|n| {
+                project.config.entities.contains_key(n) && !project.config.syncs.contains_key(n)
+            });
+            let only_entities = !entities.is_empty() && syncs.is_empty() && select.is_empty();
             let selection = Selection {
                 names: syncs,
                 select,
                 exclude,
             };
-            let names = selection.syncs(&project).map_err(|e| e.to_string())?;
-            if names.is_empty() && !json {
+            let names = if only_entities {
+                Vec::new()
+            } else {
+                selection.syncs(&project).map_err(|e| e.to_string())?
+            };
+            if names.is_empty() && entities.is_empty() && !json {
                 if selection.is_empty() {
                     out!("no syncs to plan");
                 } else {
@@ -459,10 +531,19 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
                 }
             }
             let ctx = project
-                .session_for(&names)
+                .session_for(&[names.clone(), entities.clone()].concat())
                 .await
                 .map_err(|e| e.to_string())?;
             let mut ok = true;
+            for name in entities {
+                let plan = crate::hub::plan::plan(&project, &ctx, &name, full_resync).await;
+                ok &= plan.status == RunStatus::Succeeded;
+                if json {
+                    out!("{}", Record::new("plan", "entity", &plan).line());
+                } else {
+                    output::print_entity_plan(&plan);
+                }
+            }
             for name in names {
                 let started = now_ms();
                 let options = RunOptions {

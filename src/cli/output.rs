@@ -130,7 +130,7 @@ pub(super) fn print_hub_run(r: &crate::hub::HubReport) {
         .join(", ");
     let sum = |f: fn(&crate::hub::SourceCounts) -> u64| r.sources.values().map(f).sum::<u64>();
     out!(
-        "{mark} {}  (hub, {} cycle{})  read {read} ({per_source})  linked by id {}  matched {}  new {}{}{}  golden: created {}  updated {}  unchanged {}  merged {}{}  invalid {}  [{}]",
+        "{mark} {}  (hub, {} cycle{})  read {read} ({per_source})  linked by id {}  matched {}  new {}{}{}{}  golden: created {}  updated {}  unchanged {}  merged {}{}  invalid {}  [{}]",
         r.entity,
         r.cycles,
         if r.cycles == 1 { "" } else { "s" },
@@ -144,6 +144,10 @@ pub(super) fn print_hub_run(r: &crate::hub::HubReport) {
         match sum(|s| s.deleted) {
             0 => String::new(),
             n => format!("  deleted in sources {n}"),
+        },
+        match sum(|s| s.quarantined) {
+            0 => String::new(),
+            n => format!("  quarantined {n} (`backflow hub quarantine {}`)", r.entity),
         },
         r.created,
         r.updated,
@@ -223,6 +227,71 @@ pub(super) fn print_plan(r: &PlanReport) {
         );
     }
     if let Some(e) = &r.error {
+        err!("    error: {e}");
+    }
+}
+
+pub(super) fn print_entity_plan(p: &crate::hub::plan::EntityPlan) {
+    let mark = if p.status == RunStatus::Succeeded {
+        "✓"
+    } else {
+        "✗"
+    };
+    let read = p
+        .sources
+        .iter()
+        .map(|(n, s)| format!("{n} {}", s.read))
+        .collect::<Vec<_>>()
+        .join(", ");
+    out!(
+        "{mark} {}  (hub plan)  would read {}  golden: create {}  update {}  merge {}  retire {}  quarantine {}{}  [{:.1}s]",
+        p.entity,
+        if read.is_empty() {
+            "nothing".to_string()
+        } else {
+            read
+        },
+        p.created,
+        p.updated,
+        p.merged,
+        p.retired,
+        p.quarantined,
+        if p.more {
+            "  (more records wait: a run takes more cycles; this plans the first)"
+        } else {
+            ""
+        },
+        p.duration_ms as f64 / 1000.0
+    );
+    if let Some(g) = &p.guarded {
+        out!("  a run would stop here: {g}");
+    }
+    for c in &p.changes {
+        let record = match (&c.source, &c.source_id) {
+            (Some(s), Some(id)) => format!(" {s}:{id}"),
+            _ => String::new(),
+        };
+        let golden = if c.op == "quarantine" {
+            String::new()
+        } else {
+            format!(" golden {}", c.golden_id)
+        };
+        let field = match (&c.field, &c.old_value, &c.new_value) {
+            (Some(f), old, new) => format!(
+                " {f}: {} → {}",
+                old.as_deref().unwrap_or("NULL"),
+                new.as_deref().unwrap_or("NULL")
+            ),
+            _ => String::new(),
+        };
+        let detail = c
+            .detail
+            .as_deref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
+        out!("    {}{golden}{record}{field}{detail}", c.op);
+    }
+    if let Some(e) = &p.error {
         err!("    error: {e}");
     }
 }

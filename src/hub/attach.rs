@@ -3,7 +3,9 @@
 //! 1. A record seen before keeps its golden record (the ID map: its contribution).
 //! 2. Otherwise the match rules are tried in priority order: the first rule under which a
 //!    live golden record has equal values (compared trimmed and case-insensitively, none NULL)
-//!    attaches it, to the lowest golden id when several match.
+//!    attaches it. When that rule finds two or more live golden records, the record is
+//!    attached to none: it goes to quarantine (see `quarantine.rs`) until the data or
+//!    `hub resolve` settles it. A decision of `hub resolve` comes before the rules.
 //! 3. Otherwise a contributing record starts a new golden record, shared by the other new
 //!    records with the same values under the first match rule they can be compared by.
 //!    A receive-only record joins such a new record when it has the same key, or stays
@@ -17,6 +19,7 @@ use indexmap::IndexMap;
 use super::context::{
     ATTACHED, Cycle, contrib_now, contrib_old, delta, golden_old, gone, incoming,
 };
+use super::quarantine::{self, DECISION, QUARANTINED, RESOLVED, UNMERGE, UNMERGED};
 use super::read::{IN_AT, IN_SID, IN_WM, SourceRead};
 use super::sql::{lit, norm, null_of, q, tuple_key};
 use super::state::{self, at_col, mapped_fields};
@@ -35,6 +38,7 @@ pub fn rule_name(rule: &[String]) -> String {
 pub async fn attach(
     cycle: &Cycle<'_>,
     reads: &IndexMap<String, SourceRead>,
+    resolution: Option<&quarantine::Resolution>,
 ) -> Result<(), HubError> {
     let entity = cycle.entity;
     let types: Vec<(String, arrow::datatypes::DataType)> = entity
@@ -43,38 +47,65 @@ pub async fn attach(
         .map(|(n, t)| (n, t.unwrap_or(arrow::datatypes::DataType::Utf8)))
         .collect();
 
-    // Receive-only sources: the records that matched nothing before are tried again.
+    // Each source's records of this cycle: those read (less those dropped from quarantine and
+    // read again unchanged), and those tried again: ambiguous records in quarantine, and the
+    // receive-only records that matched nothing before.
     for (source, config) in &entity.sources {
-        if config.role.contributes() {
-            continue;
-        }
         let mapped = mapped_fields(entity, source);
-        let cols: Vec<String> = mapped.iter().map(|f| q(f)).collect();
-        let retry = format!(
-            "SELECT o.{IN_SID}, {wm} AS {IN_WM}{sep}{fields}, {now} AS {IN_AT}, FALSE AS __bf_read \
-             FROM {read} r RIGHT ANTI JOIN {old} o ON o.{IN_SID} = r.{IN_SID} \
-             WHERE o.__bf_golden_id IS NULL \
-               AND NOT EXISTS (SELECT 1 FROM {gone} g WHERE g.{IN_SID} = o.{IN_SID})",
-            wm = null_of(&arrow::datatypes::DataType::Null),
-            sep = if cols.is_empty() { "" } else { ", " },
-            fields = cols
+        let fields = |alias: &str| -> String {
+            mapped
                 .iter()
-                .map(|c| format!("o.{c}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            now = cycle.now_us,
-            read = reads[source].table,
-            old = contrib_old(source),
-            gone = gone(source),
-        );
-        let union = format!(
-            "SELECT {IN_SID}, {IN_WM}{sep}{fields}, {IN_AT}, TRUE AS __bf_read FROM {read} UNION ALL {retry}",
-            sep = if cols.is_empty() { "" } else { ", " },
-            fields = cols.join(", "),
-            read = reads[source].table,
-        );
+                .map(|f| format!(", {alias}.{}", q(f)))
+                .collect::<String>()
+        };
+        let read = &reads[source].table;
+        let mut parts = vec![quarantine::kept_sql(
+            cycle,
+            source,
+            read,
+            &format!(
+                "r.{IN_SID}, r.{IN_WM}{}, r.{IN_AT}, TRUE AS __bf_read",
+                fields("r")
+            ),
+        )];
+        let no_wm = null_of(&arrow::datatypes::DataType::Null);
+        if !config.role.contributes() {
+            parts.push(format!(
+                "SELECT o.{IN_SID}, {no_wm} AS {IN_WM}{fields}, {now} AS {IN_AT}, FALSE AS __bf_read \
+                 FROM {read} r RIGHT ANTI JOIN {old} o ON o.{IN_SID} = r.{IN_SID} \
+                 WHERE o.__bf_golden_id IS NULL \
+                   AND NOT EXISTS (SELECT 1 FROM {gone} g WHERE g.{IN_SID} = o.{IN_SID}) \
+                   AND {not_dropped}",
+                fields = fields("o"),
+                now = cycle.now_us,
+                old = contrib_old(source),
+                gone = gone(source),
+                not_dropped = quarantine::not_dropped(source, "o"),
+            ));
+        }
+        // A record being unmerged comes in again as the ID map has it.
+        if let Some(r) = resolution.filter(|r| &r.source == source)
+            && let quarantine::Decision::Unmerge(g) = r.decision
+        {
+            parts.push(format!(
+                    "SELECT o.{IN_SID}, {no_wm} AS {IN_WM}{fields}, {now} AS {IN_AT}, FALSE AS __bf_read \
+                     FROM {old} o WHERE CAST(o.{IN_SID} AS VARCHAR) = {id} AND o.__bf_golden_id = {g}",
+                    fields = fields("o"),
+                    now = cycle.now_us,
+                    old = contrib_old(source),
+                    id = lit(&r.id),
+                ));
+        }
+        parts.push(quarantine::retry_sql(
+            source,
+            read,
+            &format!(
+                "o.{IN_SID}, {no_wm} AS {IN_WM}{}, o.{IN_AT}, FALSE AS __bf_read",
+                fields("o")
+            ),
+        ));
         // The plan holds the table it reads, so the name can be taken over.
-        let df = cycle.sql("attach", &union).await?;
+        let df = cycle.sql("attach", &parts.join("\nUNION ALL\n")).await?;
         cycle.register("attach", &incoming(source), df)?;
     }
 
@@ -94,14 +125,9 @@ pub async fn attach(
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let read_flag = if config.role.contributes() {
-            "TRUE".to_string()
-        } else {
-            "__bf_read".to_string()
-        };
         parts.push(format!(
             "SELECT {src} AS __bf_source, CAST({IN_SID} AS VARCHAR) AS __bf_sid_text, \
-             {contributes} AS __bf_contributes, {read_flag} AS __bf_read, {fields} FROM {table}",
+             {contributes} AS __bf_contributes, __bf_read, {fields} FROM {table}",
             src = lit(source),
             contributes = config.role.contributes(),
             table = incoming(source),
@@ -135,8 +161,14 @@ fn attach_sql(cycle: &Cycle<'_>) -> String {
         golden_old()
     )];
     let mut joins = Vec::new();
-    let mut found = vec!["l.__bf_golden_id".to_string()];
-    let mut how = vec!["WHEN l.__bf_golden_id IS NOT NULL THEN 'id'".to_string()];
+    let mut found = Vec::new();
+    let mut how = vec![
+        "WHEN i.__bf_lid IS NOT NULL THEN 'id'".to_string(),
+        format!("WHEN i.__bf_action = 'attach' THEN {}", lit(RESOLVED)),
+    ];
+    // How many live golden records the first rule that finds any finds.
+    let mut candidates =
+        vec!["WHEN i.__bf_lid IS NOT NULL OR i.__bf_action IS NOT NULL THEN 1".to_string()];
     let mut group = Vec::new();
     for (r, rule) in rules.iter().enumerate() {
         let keys: Vec<String> = rule
@@ -154,7 +186,7 @@ fn attach_sql(cycle: &Cycle<'_>) -> String {
             .collect::<Vec<_>>()
             .join(", ");
         ctes.push(format!(
-            "m{r} AS (SELECT {group_by}, MIN(golden_id) AS __bf_g FROM \
+            "m{r} AS (SELECT {group_by}, MIN(golden_id) AS __bf_g, COUNT(*) AS __bf_n FROM \
              (SELECT golden_id, {keys} FROM live WHERE {not_null}) GROUP BY {group_by})",
             keys = keys.join(", ")
         ));
@@ -166,6 +198,7 @@ fn attach_sql(cycle: &Cycle<'_>) -> String {
             .join(" AND ");
         joins.push(format!("LEFT JOIN m{r} ON {on}"));
         found.push(format!("m{r}.__bf_g"));
+        candidates.push(format!("WHEN m{r}.__bf_g IS NOT NULL THEN m{r}.__bf_n"));
         how.push(format!(
             "WHEN m{r}.__bf_g IS NOT NULL THEN {}",
             lit(&rule_name(rule))
@@ -200,10 +233,20 @@ fn attach_sql(cycle: &Cycle<'_>) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ");
-    let group_case = if group.is_empty() {
-        record_key.clone()
+    // A record settled as new (`hub resolve --new`) or unmerged has a golden record of its own.
+    let group_case = format!(
+        "CASE WHEN i.__bf_action IN ('new', {unmerge}) THEN {record_key} {} ELSE {record_key} END",
+        group.join(" "),
+        unmerge = lit(UNMERGE),
+    );
+    let found = if found.is_empty() {
+        "i.__bf_lid, CASE WHEN i.__bf_action = 'attach' THEN i.__bf_to END".to_string()
     } else {
-        format!("CASE {} ELSE {record_key} END", group.join(" "))
+        format!(
+            "i.__bf_lid, CASE WHEN i.__bf_action = 'attach' THEN i.__bf_to END, \
+             CASE WHEN i.__bf_action IS NULL THEN COALESCE({}) END",
+            found.join(", ")
+        )
     };
     let group_rule_case = if group_rule.is_empty() {
         "CAST(NULL AS VARCHAR)".to_string()
@@ -212,14 +255,22 @@ fn attach_sql(cycle: &Cycle<'_>) -> String {
     };
     format!(
         "WITH {ctes},
-found AS (
-    SELECT i.__bf_source, i.__bf_sid_text, i.__bf_contributes, i.__bf_read,
-           COALESCE({found}) AS __bf_found,
-           CASE {how} END AS __bf_how,
-           {group_case} AS __bf_group,
-           {group_rule_case} AS __bf_group_rule
+linked AS (
+    -- The ID map's golden record (set aside for a record being unmerged) and a decision.
+    SELECT i.*, d.__bf_action, d.__bf_to,
+           CASE WHEN d.__bf_action = {unmerge} THEN NULL ELSE l.__bf_golden_id END AS __bf_lid
     FROM {INCOMING} i
     LEFT JOIN {LINKS_OLD} l ON l.__bf_source = i.__bf_source AND l.__bf_sid_text = i.__bf_sid_text
+    LEFT JOIN {DECISION} d ON d.__bf_source = i.__bf_source AND d.__bf_sid_text = i.__bf_sid_text
+),
+found AS (
+    SELECT i.__bf_source, i.__bf_sid_text, i.__bf_contributes, i.__bf_read, i.__bf_action,
+           COALESCE({found}) AS __bf_found,
+           CASE {how} END AS __bf_how,
+           CASE {candidates} ELSE 0 END AS __bf_n,
+           {group_case} AS __bf_group,
+           {group_rule_case} AS __bf_group_rule
+    FROM linked i
     {joins}
 ),
 groups AS (
@@ -229,18 +280,24 @@ groups AS (
           FROM found WHERE __bf_found IS NULL AND __bf_contributes GROUP BY __bf_group)
 )
 SELECT f.__bf_source, f.__bf_sid_text, f.__bf_read,
-       COALESCE(f.__bf_found, g.__bf_new_id) AS __bf_golden_id,
-       CASE WHEN f.__bf_found IS NOT NULL THEN f.__bf_how
+       CASE WHEN f.__bf_n > 1 THEN NULL ELSE COALESCE(f.__bf_found, g.__bf_new_id) END AS __bf_golden_id,
+       CASE WHEN f.__bf_n > 1 THEN {quarantined}
+            WHEN f.__bf_found IS NOT NULL THEN f.__bf_how
+            WHEN g.__bf_new_id IS NOT NULL AND f.__bf_contributes AND f.__bf_action = {unmerge} THEN {unmerged}
             WHEN g.__bf_new_id IS NOT NULL AND f.__bf_contributes THEN 'new'
             WHEN g.__bf_new_id IS NOT NULL THEN f.__bf_group_rule
-       END AS __bf_linked_by
+       END AS __bf_linked_by,
+       f.__bf_how AS __bf_rule, f.__bf_n
 FROM found f LEFT JOIN groups g ON g.__bf_group = f.__bf_group",
+        quarantined = lit(QUARANTINED),
+        unmerge = lit(UNMERGE),
+        unmerged = lit(UNMERGED),
+        candidates = candidates.join(" "),
         ctes = ctes.join(",\n"),
         rank = super::sql::rank_case(
             "__bf_source",
             &cycle.entity.sources.keys().cloned().collect::<Vec<_>>()
         ),
-        found = found.join(", "),
         how = how.join(" "),
         joins = joins.join("\n    "),
     )
@@ -259,8 +316,9 @@ pub async fn count(
                    SUM(CASE WHEN __bf_linked_by = 'id' THEN 1 ELSE 0 END), \
                    SUM(CASE WHEN __bf_linked_by LIKE 'match:%' THEN 1 ELSE 0 END), \
                    SUM(CASE WHEN __bf_linked_by = 'new' THEN 1 ELSE 0 END), \
-                   SUM(CASE WHEN __bf_golden_id IS NULL THEN 1 ELSE 0 END) \
-                 FROM {ATTACHED} WHERE __bf_read GROUP BY __bf_source"
+                   SUM(CASE WHEN __bf_golden_id IS NULL AND __bf_linked_by IS DISTINCT FROM {quarantined} THEN 1 ELSE 0 END) \
+                 FROM {ATTACHED} WHERE __bf_read GROUP BY __bf_source",
+                quarantined = lit(QUARANTINED),
             ),
         )
         .await?
@@ -341,7 +399,14 @@ pub async fn deltas(cycle: &Cycle<'_>) -> Result<u64, HubError> {
             "SELECT {cols}
              FROM {inc} i
              JOIN {ATTACHED} a ON a.__bf_source = {src} AND a.__bf_sid_text = CAST(i.{IN_SID} AS VARCHAR)
-             LEFT JOIN {old} o ON o.{IN_SID} = i.{IN_SID}",
+             LEFT JOIN {old} o ON o.{IN_SID} = i.{IN_SID}
+             {held}",
+            held = if cycle.entity.sources[source].role.contributes() {
+                // A contributing record in quarantine contributes nothing (yet).
+                format!("WHERE a.__bf_linked_by IS DISTINCT FROM {}", lit(QUARANTINED))
+            } else {
+                String::new()
+            },
             cols = cols.join(",\n  "),
             inc = incoming(source),
             src = lit(source),

@@ -28,6 +28,9 @@ pub struct Cycle<'a> {
     /// This version's data folder (relative to the state root).
     pub data_dir: String,
     pub previous: Option<HubManifest>,
+    /// A plan (`backflow plan ENTITY`): everything is computed, nothing is committed, and
+    /// the files written go to `data_dir` only, which is removed at the end.
+    pub dry_run: bool,
     pub(super) tables: Mutex<Vec<String>>,
 }
 
@@ -62,6 +65,8 @@ pub const REMOVED: &str = "bf_hub_removed";
 /// source that lost one (`__bf_lost_<field>`), and why (`__bf_reason`).
 pub const LOST: &str = "bf_hub_lost";
 pub const OVER: &str = "bf_hub_over";
+/// Pairs of golden records kept apart, as committed (see `state::apart_schema`).
+pub const APART_OLD: &str = "bf_hub_apart_old";
 pub const REMAP: &str = "bf_hub_remap";
 
 impl Cycle<'_> {

@@ -17,7 +17,7 @@ use crate::project::Project;
 use crate::state::{Chain, FORMAT_VERSION};
 
 pub use super::context::Cycle;
-use super::context::{ATTACHED, OVER, contrib_old, golden_old, incoming};
+use super::context::{APART_OLD, ATTACHED, OVER, contrib_old, golden_old, incoming};
 
 /// How a cycle treats the state (see `--full-resync`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,6 +34,10 @@ pub(super) struct CycleOptions<'a> {
     pub allow_retirements: bool,
     /// Golden records the run's earlier cycles retired (the guard counts them too).
     pub retired_before: u64,
+    /// Settle one quarantined record (see `HubOptions::resolution`).
+    pub resolution: Option<&'a super::quarantine::Resolution>,
+    /// Compute what the cycle would do, commit nothing (see `Cycle::dry_run`).
+    pub dry_run: bool,
 }
 
 /// Run one cycle and commit it. `skip` lists sources already read to their end in this run.
@@ -46,7 +50,7 @@ pub(super) async fn run(
     options: CycleOptions<'_>,
     skip: &BTreeSet<String>,
     samples: &mut Vec<SampleRecord>,
-    lock: &crate::state::SyncLock,
+    lock: Option<&crate::state::SyncLock>,
 ) -> Result<CycleOutcome, HubError> {
     let chain = Chain::entity(name);
     let previous: Option<HubManifest> = project.state.latest_in(&chain).await?;
@@ -61,10 +65,22 @@ pub(super) async fn run(
         now_us: chrono::Utc::now().timestamp_micros(),
         data_dir: project.state.new_data_dir_in(&chain, version),
         previous,
+        dry_run: options.dry_run,
         tables: Mutex::new(Vec::new()),
     };
     let result = stages(&cycle, &chain, options, skip, samples, lock).await;
     cycle.clear();
+    if options.dry_run {
+        // A plan leaves nothing behind.
+        if let Ok(files) = project.state.list_files(&cycle.data_dir).await {
+            for f in files {
+                let _ = project
+                    .state
+                    .delete(&format!("{}/{f}", cycle.data_dir))
+                    .await;
+            }
+        }
+    }
     result
 }
 
@@ -74,7 +90,7 @@ async fn stages(
     options: CycleOptions<'_>,
     skip: &BTreeSet<String>,
     samples: &mut Vec<SampleRecord>,
-    lock: &crate::state::SyncLock,
+    lock: Option<&crate::state::SyncLock>,
 ) -> Result<CycleOutcome, HubError> {
     let entity = cycle.entity;
     let name = cycle.name;
@@ -86,6 +102,16 @@ async fn stages(
         .await
         .map_err(cycle.engine("state"))?;
     cycle.register("state", golden_old(), golden)?;
+    let apart_files: Vec<&StateFile> = previous.iter().filter_map(|m| m.apart.as_ref()).collect();
+    let apart = state::read_aligned(
+        &project.state,
+        cycle.ctx,
+        &apart_files,
+        &state::apart_schema(),
+    )
+    .await
+    .map_err(cycle.engine("state"))?;
+    cycle.register("state", APART_OLD, apart)?;
 
     // read
     let mut reads: IndexMap<String, SourceRead> = IndexMap::new();
@@ -210,6 +236,16 @@ async fn stages(
         let (valid, invalid) = read::validate(cycle.ctx, &raw_table, source, samples)
             .await
             .map_err(cycle.engine("read"))?;
+        super::quarantine::load(
+            cycle,
+            source,
+            before.and_then(|b| b.quarantine.as_ref()),
+            &id_type,
+            &raw_table,
+            invalid,
+            options.resolution,
+        )
+        .await?;
         // Records the source marks deleted leave; the rest are this cycle's records.
         let kept = valid
             .clone()
@@ -261,7 +297,7 @@ async fn stages(
         );
     }
     // Which contributions leave this cycle, and the golden records they leave.
-    let removed = super::deletes::removed(cycle, may_delete).await?;
+    let removed = super::deletes::removed(cycle, may_delete, options.resolution).await?;
     for (source, n) in &removed {
         if let Some(c) = outcome.sources.get_mut(source) {
             c.deleted = *n;
@@ -276,19 +312,32 @@ async fn stages(
             .is_some_and(|b| b.position == r.position)
     });
     let nothing_read = outcome.sources.values().all(|c| c.read == 0) && removed == 0;
-    if unmoved && nothing_read && !options.decide_all {
+    if unmoved && nothing_read && !options.decide_all && options.resolution.is_none() {
         return Ok(outcome);
     }
     failpoint!("hub_after_read", name);
 
     // attach
-    super::attach::attach(cycle, &reads).await?;
+    super::quarantine::register_decision(cycle, options.resolution).await?;
+    super::attach::attach(cycle, &reads, options.resolution).await?;
     super::attach::count(cycle, &mut outcome.sources).await?;
-    let changed = super::attach::deltas(cycle).await? + removed;
+    let mut changed = super::attach::deltas(cycle).await? + removed;
+    let mut quarantines = IndexMap::new();
+    for (source, read) in &reads {
+        let next = super::quarantine::next(cycle, source, &read.id_type).await?;
+        changed += next.changed;
+        if let Some(c) = outcome.sources.get_mut(source) {
+            c.quarantined = next.added;
+        }
+        quarantines.insert(source.clone(), next.file);
+    }
     if changed == 0 && !options.decide_all {
         // Only records read again as they were (ties at a watermark, a source without one):
         // nothing to commit but where the reading stands, if it moved.
-        if let (false, Some(prev)) = (unmoved, &previous) {
+        if options.dry_run {
+            return Ok(outcome);
+        }
+        if let (false, Some(prev), Some(lock)) = (unmoved, &previous, lock) {
             let mut manifest = prev.clone();
             manifest.version = cycle.version;
             manifest.run_id = cycle.run_id.to_string();
@@ -312,9 +361,16 @@ async fn stages(
 
     // authority
     outcome.unchanged = super::authority::run(cycle, options.decide_all).await?;
-    super::deletes::guard(cycle, options.allow_retirements, options.retired_before).await?;
+    match super::deletes::guard(cycle, options.allow_retirements, options.retired_before).await {
+        // A plan says it, and goes on to say what the cycle would do if allowed.
+        Err(e @ HubError::Guarded { .. }) if options.dry_run => {
+            outcome.guarded = Some(e.to_string())
+        }
+        other => other?,
+    }
 
     // merge
+    super::merge::register_apart(cycle, options.resolution).await?;
     let merges = super::merge::run(cycle).await?;
     failpoint!("hub_after_merge", name);
 
@@ -344,6 +400,7 @@ async fn stages(
                 contributions,
                 id_type: read.id_type.to_string(),
                 position: read.position.clone(),
+                quarantine: quarantines.shift_remove(source).flatten(),
             },
         );
     }
@@ -352,6 +409,17 @@ async fn stages(
     outcome.updated = counts.updated;
     outcome.merged = counts.merged;
     outcome.retired = counts.retired;
+    if options.dry_run {
+        outcome.changes = super::plan::changes(cycle).await?;
+        return Ok(outcome);
+    }
+    let Some(lock) = lock else {
+        return Err(HubError::Settings {
+            entity: name.to_string(),
+            message: "a cycle that commits needs the entity's lock (this is a bug in backflow)"
+                .into(),
+        });
+    };
     let mut log = previous.as_ref().map(|m| m.log.clone()).unwrap_or_default();
     log.push(log_file);
     let log = super::log::compact(cycle, log).await?;
@@ -359,7 +427,7 @@ async fn stages(
     let next_golden_id = cycle
         .count(
             "attach",
-            &format!("SELECT MAX(__bf_golden_id) + 1 FROM {ATTACHED} WHERE __bf_linked_by = 'new'"),
+            &format!("SELECT MAX(__bf_golden_id) + 1 FROM {ATTACHED} WHERE __bf_linked_by IN ('new', {})", super::sql::lit(super::quarantine::UNMERGED)),
         )
         .await? as i64;
     let manifest = HubManifest {
@@ -376,6 +444,7 @@ async fn stages(
         },
         sources,
         log,
+        apart: super::merge::write_apart(cycle, options.resolution).await?,
         checksum: None,
     };
     failpoint!("hub_before_commit", name);

@@ -32,6 +32,8 @@ use crate::config::entity::EntitySourceConfig;
 const WHY: &str = "__bf_why";
 const MARKED: &str = "marked deleted in the source";
 const MISSING: &str = "no longer in the source";
+/// Why a record unmerged leaves its golden record.
+pub const UNMERGED_WHY: &str = "taken out into a golden record of its own (hub unmerge)";
 
 /// Which records gone from a source a cycle looks for.
 #[derive(Debug, Clone, Copy)]
@@ -72,11 +74,19 @@ pub async fn gone(
                 cast(ident(&config.id), id_type.clone()).alias("__bf_present"),
             ])
             .map_err(&engine)?;
+        // Records in quarantine that the source no longer has leave it too.
+        let held = cycle
+            .ctx
+            .table(super::quarantine::old_table(source).as_str())
+            .await
+            .and_then(|df| df.select(vec![col(read::IN_SID).alias(state::SID)]))
+            .map_err(&engine)?;
         let mut old = cycle
             .ctx
             .table(contrib_old(source).as_str())
             .await
             .and_then(|df| df.select(vec![col(state::SID)]))
+            .and_then(|df| df.union(held))
             .map_err(&engine)?;
         if let Look::Ids(ids) = look {
             let values = ids
@@ -114,8 +124,14 @@ pub async fn gone(
 /// Register `bf_hub_removed`, the contributions that leave this cycle (a deleted record the
 /// ID map never had changes nothing), and count them per source. `any`: whether some source
 /// can have deleted records (else the relation is empty, and nothing is written or counted).
-pub async fn removed(cycle: &Cycle<'_>, any: bool) -> Result<IndexMap<String, u64>, HubError> {
-    let parts: Vec<String> = cycle
+/// A record `hub unmerge` takes out of its golden record leaves it too (its values are decided
+/// again without it), though it is not deleted: it is not counted.
+pub async fn removed(
+    cycle: &Cycle<'_>,
+    any: bool,
+    resolution: Option<&super::quarantine::Resolution>,
+) -> Result<IndexMap<String, u64>, HubError> {
+    let mut parts: Vec<String> = cycle
         .entity
         .sources
         .keys()
@@ -132,6 +148,19 @@ pub async fn removed(cycle: &Cycle<'_>, any: bool) -> Result<IndexMap<String, u6
             )
         })
         .collect();
+    let mut any = any;
+    if let Some(r) = resolution
+        && let super::quarantine::Decision::Unmerge(g) = r.decision
+    {
+        any = true;
+        parts.push(format!(
+            "SELECT {} AS __bf_source, {} AS __bf_sid_text, CAST({g} AS BIGINT) AS __bf_golden_id, \
+             {} AS {WHY}",
+            sql_lit(&r.source),
+            sql_lit(&r.id),
+            sql_lit(UNMERGED_WHY)
+        ));
+    }
     let df = cycle.sql("read", &parts.join("\nUNION ALL\n")).await?;
     if !any {
         cycle.register("read", REMOVED, df)?;
@@ -143,7 +172,10 @@ pub async fn removed(cycle: &Cycle<'_>, any: bool) -> Result<IndexMap<String, u6
     let batches = cycle
         .sql(
             "read",
-            &format!("SELECT __bf_source, COUNT(*) AS n FROM {REMOVED} GROUP BY __bf_source"),
+            &format!(
+                "SELECT __bf_source, COUNT(*) AS n FROM {REMOVED} WHERE {WHY} <> {} GROUP BY __bf_source",
+                sql_lit(UNMERGED_WHY)
+            ),
         )
         .await?
         .collect()

@@ -32,6 +32,9 @@ pub struct LogCounts {
 }
 
 fn log_dir(cycle: &Cycle<'_>) -> String {
+    if cycle.dry_run {
+        return cycle.data_dir.clone();
+    }
     format!("hub/{}/log", cycle.name)
 }
 

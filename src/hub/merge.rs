@@ -14,7 +14,9 @@
 //! source records are linked to the winner from then on.
 
 use super::HubError;
-use super::context::{Cycle, OVER, REMAP, contrib_next, contrib_now, golden_old};
+use super::context::{
+    APART_OLD, ATTACHED, Cycle, OVER, REMAP, contrib_next, contrib_now, golden_old,
+};
 use super::sql::{lit, norm, q, rank_case};
 use super::state::{self, StateFile, src_col};
 use crate::config::entity::{MergePolicy, WinnerRule};
@@ -22,6 +24,8 @@ use crate::config::entity::{MergePolicy, WinnerRule};
 const LIVE: &str = "bf_hub_live";
 const DUPS: &str = "bf_hub_dups";
 const RANKS: &str = "bf_hub_ranks";
+/// Pairs of golden records kept apart (see [`register_apart`]).
+const APART: &str = "bf_hub_apart";
 
 /// Run every merge rule over the golden records; `bf_hub_over` ends as every golden record
 /// this cycle changed (losers included) and `bf_hub_remap` maps each loser to its winner.
@@ -186,8 +190,13 @@ fn dups_sql(cycle: &Cycle<'_>, rule: &[String]) -> String {
             ),
         ),
     };
+    let plain_keys = keys.join(", ");
+    // A loser kept apart from its group's winner (`hub unmerge`) stays out of the group.
     format!(
-        "WITH keyed AS (
+        "SELECT * EXCEPT (__bf_left) FROM (
+         SELECT *, COUNT(*) OVER (PARTITION BY {plain_keys}) AS __bf_left FROM (
+         SELECT d.* FROM (
+         WITH keyed AS (
             SELECT l.*, {key_exprs} FROM {LIVE} l
             WHERE l.{merged} IS NULL AND l.{retired_at} IS NULL AND {not_null}
          ),
@@ -202,7 +211,12 @@ fn dups_sql(cycle: &Cycle<'_>, rule: &[String]) -> String {
                    ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY {order}) AS __bf_rank,
                    FIRST_VALUE(m.golden_id) OVER (PARTITION BY {partition} ORDER BY {order}) AS __bf_winner
             FROM members m {join}
-         ) WHERE __bf_n > 1",
+         ) WHERE __bf_n > 1
+         ) d LEFT ANTI JOIN (
+            SELECT __bf_a AS __bf_x, __bf_b AS __bf_y FROM {APART}
+            UNION ALL SELECT __bf_b, __bf_a FROM {APART}
+         ) a ON a.__bf_x = d.golden_id AND a.__bf_y = d.__bf_winner
+         )) WHERE __bf_left > 1",
         key_exprs = key_exprs.join(", "),
         merged = state::MERGED_INTO,
         retired_at = state::RETIRED_AT,
@@ -339,4 +353,59 @@ pub async fn write_contributions(
             Some(schema),
         )
         .await
+}
+
+/// Register `bf_hub_apart`: the pairs of golden records kept apart, those committed and the
+/// record `hub unmerge` splits out this cycle with the one it leaves (known once attached).
+pub async fn register_apart(
+    cycle: &Cycle<'_>,
+    resolution: Option<&super::quarantine::Resolution>,
+) -> Result<(), HubError> {
+    let mut sql = format!("SELECT * FROM {APART_OLD}");
+    if let Some((r, g)) = unmerged(resolution) {
+        sql.push_str(&format!(
+            " UNION ALL
+             SELECT CAST({g} AS BIGINT), __bf_golden_id, __bf_source, __bf_sid_text, CAST({v} AS BIGINT)
+             FROM {ATTACHED} WHERE __bf_source = {src} AND __bf_sid_text = {id} AND __bf_golden_id IS NOT NULL",
+            v = cycle.version,
+            src = lit(&r.source),
+            id = lit(&r.id),
+        ));
+    }
+    let df = cycle.sql("merge", &sql).await?;
+    cycle.register("merge", APART, df)
+}
+
+fn unmerged(
+    resolution: Option<&super::quarantine::Resolution>,
+) -> Option<(&super::quarantine::Resolution, i64)> {
+    resolution.and_then(|r| match r.decision {
+        super::quarantine::Decision::Unmerge(g) => Some((r, g)),
+        _ => None,
+    })
+}
+
+/// The pairs of golden records kept apart after this cycle (see [`register_apart`]). None:
+/// there are none.
+pub async fn write_apart(
+    cycle: &Cycle<'_>,
+    resolution: Option<&super::quarantine::Resolution>,
+) -> Result<Option<StateFile>, HubError> {
+    let previous = cycle.previous.as_ref().and_then(|m| m.apart.clone());
+    if unmerged(resolution).is_none() {
+        return Ok(previous);
+    }
+    let df = cycle
+        .sql("state", &format!("SELECT * FROM {APART}"))
+        .await?;
+    let file = cycle
+        .materialize(
+            "state",
+            df,
+            "apart.parquet",
+            "bf_hub_apart_next",
+            Some(state::apart_schema()),
+        )
+        .await?;
+    Ok(Some(file))
 }

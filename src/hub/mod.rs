@@ -36,10 +36,13 @@ mod cycle;
 mod deletes;
 mod log;
 mod merge;
+pub mod plan;
+pub mod quarantine;
 mod read;
 pub mod show;
 mod sql;
 pub mod state;
+pub mod unmerge;
 pub mod writeback;
 
 use datafusion::error::DataFusionError;
@@ -137,6 +140,9 @@ pub struct HubOptions {
     pub trigger: Option<String>,
     /// Let a cycle retire more golden records than `max_retirements` allows.
     pub allow_retirements: bool,
+    /// Settle one quarantined record (`backflow hub resolve`): the run is one cycle that
+    /// reads no source.
+    pub resolution: Option<quarantine::Resolution>,
 }
 
 /// What one source did in a run.
@@ -157,6 +163,9 @@ pub struct SourceCounts {
     /// Records deleted in the source (gone, or marked by `deleted`), taken out of their
     /// golden records.
     pub deleted: u64,
+    /// Records put in quarantine (an ambiguous match, or invalid with an id) that were not
+    /// there before.
+    pub quarantined: u64,
 }
 
 /// The outcome of one entity's run, as printed and stored in history.
@@ -204,6 +213,10 @@ pub(crate) struct CycleOutcome {
     pub drained: std::collections::BTreeSet<String>,
     /// Whether the cycle committed a version (one that read nothing new does not).
     pub committed: bool,
+    /// A plan: the mass-retirement guard's message, when the cycle would trip it.
+    pub guarded: Option<String>,
+    /// A plan: samples of the changes the cycle would make.
+    pub changes: Vec<show::LogEntry>,
     pub version: u64,
 }
 
@@ -269,10 +282,12 @@ pub async fn run(
                     detect_gone: first,
                     allow_retirements: options.allow_retirements,
                     retired_before: total.retired,
+                    resolution: options.resolution.as_ref(),
+                    dry_run: false,
                 },
                 &drained,
                 &mut samples,
-                lock,
+                Some(lock),
             )
             .await?;
             first = false;
@@ -287,6 +302,7 @@ pub async fn run(
                 t.new += c.new;
                 t.unlinked += c.unlinked;
                 t.deleted += c.deleted;
+                t.quarantined += c.quarantined;
             }
             total.created += outcome.created;
             total.updated += outcome.updated;
@@ -297,6 +313,7 @@ pub async fn run(
             if !outcome.committed
                 || !outcome.more
                 || options.only_ids.is_some()
+                || options.resolution.is_some()
                 || options.max_cycles.is_some_and(|m| cycles >= m)
             {
                 return Ok(());

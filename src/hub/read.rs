@@ -380,6 +380,11 @@ pub async fn last_position(
     }))
 }
 
+/// The invalid records of the read registered as `raw` (see sql/hub/invalid.sql).
+pub fn invalid_sql(raw: &str) -> String {
+    INVALID_SQL.replace("{input}", raw)
+}
+
 /// The valid records of the read registered as `raw` (an id, and one record per id — the
 /// latest by watermark), and the number of invalid ones, sampled into `samples`.
 pub async fn validate(
@@ -389,7 +394,7 @@ pub async fn validate(
     samples: &mut Vec<SampleRecord>,
 ) -> datafusion::error::Result<(DataFrame, u64)> {
     let valid = ctx.sql(&VALID_SQL.replace("{input}", raw)).await?;
-    let invalid_sql = INVALID_SQL.replace("{input}", raw);
+    let invalid_sql = invalid_sql(raw);
     let count = ctx
         .sql(&format!("SELECT COUNT(*) AS n FROM ({invalid_sql})"))
         .await?

@@ -315,22 +315,25 @@ pub async fn log_entries(
         .map_err(&err)?;
     Ok(batches
         .iter()
-        .flat_map(|b| {
-            (0..b.num_rows()).map(move |r| LogEntry {
-                version: int(b, "version", r).unwrap_or(0),
-                at: text(b, "at", r).unwrap_or_default(),
-                golden_id: int(b, "golden_id", r).unwrap_or(0),
-                op: text(b, "op", r).unwrap_or_default(),
-                field: text(b, "field", r),
-                old_value: text(b, "old_value", r),
-                new_value: text(b, "new_value", r),
-                source: text(b, "source", r),
-                source_id: text(b, "source_id", r),
-                detail: text(b, "detail", r),
-                run_id: text(b, "run_id", r).unwrap_or_default(),
-            })
-        })
+        .flat_map(|b| (0..b.num_rows()).map(move |r| log_entry(b, r)))
         .collect())
+}
+
+/// Row `r` of a batch of log rows.
+pub(super) fn log_entry(b: &RecordBatch, r: usize) -> LogEntry {
+    LogEntry {
+        version: int(b, "version", r).unwrap_or(0),
+        at: text(b, "at", r).unwrap_or_default(),
+        golden_id: int(b, "golden_id", r).unwrap_or(0),
+        op: text(b, "op", r).unwrap_or_default(),
+        field: text(b, "field", r),
+        old_value: text(b, "old_value", r),
+        new_value: text(b, "new_value", r),
+        source: text(b, "source", r),
+        source_id: text(b, "source_id", r),
+        detail: text(b, "detail", r),
+        run_id: text(b, "run_id", r).unwrap_or_default(),
+    }
 }
 
 /// The newest `limit` log entries of an entity.
@@ -344,4 +347,91 @@ pub async fn recent_log(
         Some(m) => log_entries(project, ctx, entity_name, &m, None, Some(limit)).await,
         None => Ok(Vec::new()),
     }
+}
+
+/// A record in quarantine, as `backflow hub quarantine` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineEntry {
+    pub source: String,
+    pub source_id: String,
+    /// `ambiguous` or `invalid`.
+    pub kind: String,
+    pub reason: String,
+    /// The match rule that found several golden records (ambiguous records).
+    pub rule: Option<String>,
+    /// The live golden records it matched (ambiguous records), as of when it was last tried.
+    pub candidates: Vec<i64>,
+    /// When it was first put in quarantine (RFC 3339, UTC).
+    pub since: Option<String>,
+    /// `drop` when `hub resolve --drop` set this version aside.
+    pub decision: Option<String>,
+    /// The values read, in the entity's fields.
+    pub values: serde_json::Value,
+}
+
+/// The records in quarantine of an entity, by source and id; dropped ones only with `all`.
+pub async fn quarantine(
+    project: &Project,
+    ctx: &SessionContext,
+    entity_name: &str,
+    all: bool,
+) -> Result<Vec<QuarantineEntry>, HubError> {
+    use super::quarantine as qu;
+    let err = engine(entity_name);
+    let entity = &project.config.entities[entity_name];
+    let Some(manifest) = super::latest(project, entity_name).await? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (source, s) in &manifest.sources {
+        let (Some(file), true) = (&s.quarantine, entity.sources.contains_key(source)) else {
+            continue;
+        };
+        let id_type: DataType = s.id_type.parse().unwrap_or(DataType::Utf8);
+        let schema = qu::schema(entity, source, &id_type);
+        let mut df = state::read_aligned(&project.state, ctx, &[file], &schema)
+            .await
+            .map_err(&err)?;
+        if !all {
+            df = df.filter(col(qu::DECIDED).is_null()).map_err(&err)?;
+        }
+        let batches = df
+            .sort(vec![col(read_sid()).sort(true, true)])
+            .map_err(&err)?
+            .collect()
+            .await
+            .map_err(&err)?;
+        let mapped = state::mapped_fields(entity, source);
+        for b in &batches {
+            let values = b
+                .project(
+                    &mapped
+                        .iter()
+                        .filter_map(|f| b.schema().index_of(f).ok())
+                        .collect::<Vec<_>>(),
+                )
+                .map_err(|e| err(e.into()))?;
+            for r in 0..b.num_rows() {
+                out.push(QuarantineEntry {
+                    source: source.clone(),
+                    source_id: text(b, read_sid(), r).unwrap_or_default(),
+                    kind: text(b, qu::KIND, r).unwrap_or_default(),
+                    reason: text(b, qu::REASON, r).unwrap_or_default(),
+                    rule: text(b, qu::RULE, r),
+                    candidates: text(b, qu::CANDIDATES, r)
+                        .map(|c| c.split(',').filter_map(|g| g.trim().parse().ok()).collect())
+                        .unwrap_or_default(),
+                    since: text(b, qu::SINCE, r),
+                    decision: text(b, qu::DECIDED, r),
+                    values: serde_json::from_str(&crate::values::row_json(&values, r))
+                        .unwrap_or(serde_json::Value::Null),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn read_sid() -> &'static str {
+    super::read::IN_SID
 }

@@ -17,7 +17,14 @@
 //!                                          field __bf_at__<field> (µs of its last change);
 //!                                          __bf_read_seq, __bf_link_seq, __bf_first_seq,
 //!                                          __bf_linked_by
+//!   data/v…07-<uuid>/quarantine-<source>.parquet
+//!                                          the source's records kept out of the golden
+//!                                          records: ambiguous matches and invalid records,
+//!                                          with why (see quarantine.rs)
 //!   data/v…07-<uuid>/in-<source>.parquet    what the cycle read (kept with its version)
+//!   data/v…05-<uuid>/apart.parquet          golden records never to be merged: __bf_a (split
+//!                                          out of) and __bf_b (the one split out), the source
+//!                                          record, the version (see `hub unmerge`)
 //!   log/v…07-<uuid>.parquet                 the transaction log entries of cycle 7
 //! ```
 //!
@@ -129,6 +136,9 @@ pub struct SourceState {
     pub id_type: String,
     /// How far the source has been read (None: from the start).
     pub position: Option<Position>,
+    /// The source's records in quarantine (see `quarantine.rs`); None: none ever were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<StateFile>,
 }
 
 /// One committed cycle of an entity. Stored as JSON in `hub/<entity>/_manifests/`.
@@ -145,6 +155,9 @@ pub struct HubManifest {
     pub sources: IndexMap<String, SourceState>,
     /// The transaction log, oldest first.
     pub log: Vec<StateFile>,
+    /// Pairs of golden records never to be merged (`hub unmerge` split them); None: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apart: Option<StateFile>,
     /// XXH3-64 of the manifest with this field empty (see `state::Versioned`).
     #[serde(default)]
     pub checksum: Option<String>,
@@ -164,9 +177,15 @@ impl Versioned for HubManifest {
         let mut files = vec![(self.golden.path.as_str(), &mut self.golden.bytes)];
         for s in self.sources.values_mut() {
             files.push((s.contributions.path.as_str(), &mut s.contributions.bytes));
+            if let Some(q) = &mut s.quarantine {
+                files.push((q.path.as_str(), &mut q.bytes));
+            }
         }
         for l in &mut self.log {
             files.push((l.path.as_str(), &mut l.bytes));
+        }
+        if let Some(a) = &mut self.apart {
+            files.push((a.path.as_str(), &mut a.bytes));
         }
         files
     }
@@ -292,4 +311,15 @@ pub fn align(df: DataFrame, schema: &SchemaRef) -> datafusion::error::Result<Dat
         })
         .collect();
     df.select(exprs)
+}
+
+/// The schema of the pairs of golden records kept apart.
+pub fn apart_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("__bf_a", DataType::Int64, true),
+        Field::new("__bf_b", DataType::Int64, true),
+        Field::new("__bf_source", DataType::Utf8, true),
+        Field::new("__bf_sid_text", DataType::Utf8, true),
+        Field::new("__bf_version", DataType::Int64, true),
+    ]))
 }

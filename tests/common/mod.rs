@@ -84,6 +84,45 @@ impl Fixture {
         sqlite_rows(&self.path().join(db), table)
     }
 
+    /// Rows of an SQLite table (none when it is not there), each as `|`-joined text of
+    /// `columns` with NULL as `∅`, sorted.
+    pub fn sqlite_cells(&self, db: &str, table: &str, columns: &[&str]) -> Vec<String> {
+        let mut rows: Vec<String> = self
+            .sqlite(db, table)
+            .iter()
+            .map(|r| {
+                columns
+                    .iter()
+                    .map(|c| match r.get(*c).map(String::as_str) {
+                        None | Some("NULL") => "∅".to_string(),
+                        Some(v) => v.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    /// Every file under `rel` (recursively), relative to the project, sorted.
+    pub fn files_under(&self, rel: &str) -> Vec<String> {
+        fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, base, out);
+                } else if let Ok(r) = p.strip_prefix(base) {
+                    out.push(r.display().to_string());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.path().join(rel), self.path(), &mut out);
+        out.sort();
+        out
+    }
+
     /// Every manifest file of the state folder (to prove state was not touched).
     pub fn manifests(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();

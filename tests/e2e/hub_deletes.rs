@@ -100,28 +100,7 @@ async fn live(f: &Fixture) -> Vec<String> {
 
 /// The mirror's rows as `email|name|phone`.
 fn mirrored(f: &Fixture) -> Vec<String> {
-    table(f, "out/app.db", "people", &["email", "name", "phone"])
-}
-
-/// Rows of an SQLite table (none when it is not there), each as `|`-joined text with NULL as
-/// `∅`, sorted.
-fn table(f: &Fixture, db: &str, t: &str, columns: &[&str]) -> Vec<String> {
-    let mut rows: Vec<String> = f
-        .sqlite(db, t)
-        .iter()
-        .map(|r| {
-            columns
-                .iter()
-                .map(|c| match r.get(*c).map(String::as_str) {
-                    None | Some("NULL") => "∅".to_string(),
-                    Some(v) => v.to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join("|")
-        })
-        .collect();
-    rows.sort();
-    rows
+    f.sqlite_cells("out/app.db", "people", &["email", "name", "phone"])
 }
 
 async fn show(f: &Fixture, golden_id: i64) -> GoldenRecord {
@@ -461,8 +440,8 @@ writeback = { to = "support_db", object = "users", on_delete = "delete" }
     );
     let (code, out, err) = f.cli(&["run"]);
     assert_eq!(code, 0, "{out}{err}");
-    let contacts = || table(&f, "crm.db", "contacts", &["id", "email", "status"]);
-    let users = || table(&f, "support.db", "users", &["id", "email"]);
+    let contacts = || f.sqlite_cells("crm.db", "contacts", &["id", "email", "status"]);
+    let users = || f.sqlite_cells("support.db", "users", &["id", "email"]);
     assert_eq!(contacts(), ["c1|p@x.io|active", "c2|q@x.io|active"]);
     assert_eq!(users(), ["u1|p@x.io", "u2|q@x.io"]);
 

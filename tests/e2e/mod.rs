@@ -14,6 +14,8 @@ mod http_crud;
 mod hub;
 mod hub_deletes;
 mod hub_property;
+mod hub_quarantine;
+mod hub_unmerge;
 mod incremental;
 mod interrupt;
 mod invalid_rejected;
