@@ -7,8 +7,12 @@
 //! | `normalize_email(text)` | trimmed and lowercased; NULL when it is not an address | ` Ann@Acme.COM ` → `ann@acme.com` |
 //! | `normalize_phone(text)` | digits only, a leading `+` kept; NULL when fewer than 5 digits | `+1 (555) 010-9999` → `+15550109999` |
 //! | `normalize_text(text)` | trimmed, inner whitespace collapsed to one space, lowercased; NULL when blank | `  Acme   Corp ` → `acme corp` |
+//! | `jaro_winkler(a, b)` | Jaro-Winkler similarity, 0 to 1 (strsim) | `('martha', 'marhta')` → 0.961 |
+//! | `levenshtein_similarity(a, b)` | 1 − Levenshtein distance / the longer length | `('kitten', 'sitting')` → 0.571 |
+//! | `token_set_similarity(a, b)` | word order and repeats do not matter: the best Levenshtein similarity among the shared words and each side's shared plus own words, sorted | `('anna lee smith', 'smith anna')` → 1.0 |
 //!
-//! Each takes any string type and returns `Utf8`; NULL in gives NULL out.
+//! The text functions take any string type and return `Utf8`; the similarities return
+//! `Float64`. NULL in gives NULL out.
 
 use std::sync::Arc;
 
@@ -29,6 +33,110 @@ pub fn register(ctx: &SessionContext) {
             f: *f,
             signature: Signature::string(1, Volatility::Immutable),
         }));
+    }
+    for (name, f) in SIMILARITIES {
+        ctx.register_udf(ScalarUDF::new_from_impl(SimilarityFunction {
+            name,
+            f: *f,
+            signature: Signature::string(2, Volatility::Immutable),
+        }));
+    }
+}
+
+type SimilarityFn = fn(&str, &str) -> f64;
+
+const SIMILARITIES: &[(&str, SimilarityFn)] = &[
+    ("jaro_winkler", strsim::jaro_winkler),
+    ("levenshtein_similarity", strsim::normalized_levenshtein),
+    ("token_set_similarity", token_set_similarity),
+];
+
+/// Token-set similarity (as fuzzy matchers define it): with `shared` the sorted words both
+/// have and `a_own`/`b_own` each side's other words, the best normalised Levenshtein
+/// similarity among `shared` vs `shared + a_own`, `shared` vs `shared + b_own`, and
+/// `shared + a_own` vs `shared + b_own`. Word order and repeated words do not matter, and a
+/// text whose words are all in the other scores 1.
+pub fn token_set_similarity(a: &str, b: &str) -> f64 {
+    use std::collections::BTreeSet;
+    let wa: BTreeSet<&str> = a.split_whitespace().collect();
+    let wb: BTreeSet<&str> = b.split_whitespace().collect();
+    if wa.is_empty() && wb.is_empty() {
+        return 1.0;
+    }
+    let join = |words: Vec<&str>| words.join(" ");
+    let shared = join(wa.intersection(&wb).copied().collect());
+    let with = |own: Vec<&str>| {
+        let own = join(own);
+        match (shared.is_empty(), own.is_empty()) {
+            (true, _) => own,
+            (false, true) => shared.clone(),
+            (false, false) => format!("{shared} {own}"),
+        }
+    };
+    let ta = with(wa.difference(&wb).copied().collect());
+    let tb = with(wb.difference(&wa).copied().collect());
+    let mut best = strsim::normalized_levenshtein(&ta, &tb);
+    if !shared.is_empty() {
+        best = best
+            .max(strsim::normalized_levenshtein(&shared, &ta))
+            .max(strsim::normalized_levenshtein(&shared, &tb));
+    }
+    best
+}
+
+#[derive(Debug)]
+struct SimilarityFunction {
+    name: &'static str,
+    f: SimilarityFn,
+    signature: Signature,
+}
+
+impl PartialEq for SimilarityFunction {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+impl Eq for SimilarityFunction {}
+impl std::hash::Hash for SimilarityFunction {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state)
+    }
+}
+
+impl ScalarUDFImpl for SimilarityFunction {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let mut texts = Vec::with_capacity(2);
+        for a in args.args {
+            texts.push(cast(&a.into_array(rows)?, &DataType::Utf8)?);
+        }
+        let strings = |i: usize| {
+            texts
+                .get(i)
+                .and_then(|a| a.as_any().downcast_ref::<StringArray>())
+                .ok_or_else(|| {
+                    datafusion::error::DataFusionError::Internal(format!(
+                        "{}: expected two texts (this is a bug in backflow)",
+                        self.name
+                    ))
+                })
+        };
+        let (a, b) = (strings(0)?, strings(1)?);
+        let out: arrow::array::Float64Array = a
+            .iter()
+            .zip(b.iter())
+            .map(|(x, y)| Some((self.f)(x?, y?)))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
     }
 }
 
@@ -193,6 +301,31 @@ mod tests {
             Some("acme corp")
         );
         assert_eq!(normalize_text("  "), None);
+    }
+
+    #[test]
+    fn similarities() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-3;
+        assert!(close(strsim::jaro_winkler("martha", "marhta"), 0.961));
+        assert!(close(
+            strsim::normalized_levenshtein("kitten", "sitting"),
+            0.571
+        ));
+        assert!(close(
+            token_set_similarity("anna lee smith", "smith anna"),
+            1.0
+        ));
+        assert!(close(token_set_similarity("smith anna", "anna smith"), 1.0));
+        assert!(close(token_set_similarity("", ""), 1.0));
+        assert!(token_set_similarity("acme corp", "globex inc") < 0.5);
+        // Symmetric, and within 0..=1.
+        for (a, b) in [("a b c", "c d"), ("jon", "john smith"), ("x", "")] {
+            let (s, t) = (token_set_similarity(a, b), token_set_similarity(b, a));
+            assert!(
+                close(s, t) && (0.0..=1.0).contains(&s),
+                "{a} / {b}: {s} {t}"
+            );
+        }
     }
 
     #[tokio::test]

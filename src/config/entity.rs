@@ -25,9 +25,10 @@ pub struct EntityConfig {
     /// bigint, integer, double, boolean, date, timestamp, timestamptz, decimal(p,s).
     pub fields: IndexMap<String, String>,
     /// Match rules, in priority order: each a list of fields that must all be equal (and not
-    /// NULL) for an incoming record to attach to an existing golden record.
+    /// NULL) for an incoming record to attach to an existing golden record, or a fuzzy rule
+    /// (`{ fields = [...], compare = "jaro_winkler", threshold = 0.92, block = [...] }`).
     #[serde(default, rename = "match")]
-    pub match_rules: Vec<Vec<String>>,
+    pub match_rules: Vec<MatchRule>,
     /// Records read per source per cycle (default 100000).
     pub batch_size: Option<usize>,
     /// Which source's value a field takes.
@@ -58,6 +59,84 @@ pub struct EntityConfig {
     /// a cycle over it commits nothing and fails (`backflow run ENTITY --allow-deletes`
     /// lets one run through).
     pub max_retirements: Option<super::DeleteLimit>,
+}
+
+/// One match rule: fields that must be equal, or a comparison by similarity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum MatchRule {
+    /// `["email"]`, `["name", "phone"]`: equal after trimming and lowercasing, none NULL.
+    Exact(Vec<String>),
+    Fuzzy(FuzzyRule),
+}
+
+/// `{ fields = ["name", "city"], compare = "jaro_winkler", threshold = 0.92, block = ["postcode"] }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FuzzyRule {
+    /// The fields compared, joined by a space after normalising (trimmed, lowercased, inner
+    /// whitespace collapsed); none may be NULL.
+    pub fields: Vec<String>,
+    /// The similarity measure.
+    pub compare: Similarity,
+    /// The lowest similarity (0 to 1) that counts as the same entity.
+    pub threshold: f64,
+    /// Blocking: only records with equal values of these fields (as exact rules compare) are
+    /// compared. Without it every record is compared with every golden record.
+    #[serde(default)]
+    pub block: Vec<String>,
+}
+
+/// A similarity measure between two texts, from 0 (nothing alike) to 1 (equal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Similarity {
+    /// Jaro-Winkler: good for short strings such as names; rewards a common prefix.
+    JaroWinkler,
+    /// 1 − Levenshtein distance / the longer length.
+    Levenshtein,
+    /// Token-set: the best Levenshtein similarity among the shared words and each side's
+    /// shared plus own words, all sorted: word order and repeated words do not matter.
+    TokenSet,
+}
+
+impl Similarity {
+    /// The SQL function computing it (see `functions.rs`).
+    pub fn function(self) -> &'static str {
+        match self {
+            Similarity::JaroWinkler => "jaro_winkler",
+            Similarity::Levenshtein => "levenshtein_similarity",
+            Similarity::TokenSet => "token_set_similarity",
+        }
+    }
+}
+
+impl MatchRule {
+    /// The fields of an exact rule.
+    pub fn exact(&self) -> Option<&Vec<String>> {
+        match self {
+            MatchRule::Exact(f) => Some(f),
+            MatchRule::Fuzzy(_) => None,
+        }
+    }
+
+    /// Every field the rule reads (compared and blocking).
+    pub fn fields(&self) -> Vec<String> {
+        match self {
+            MatchRule::Exact(f) => f.clone(),
+            MatchRule::Fuzzy(r) => r.fields.iter().chain(&r.block).cloned().collect(),
+        }
+    }
+
+    /// Its name in the ID map and the log: `match: email`, `match: name, city ~ jaro_winkler`.
+    pub fn name(&self) -> String {
+        match self {
+            MatchRule::Exact(f) => format!("match: {}", f.join(", ")),
+            MatchRule::Fuzzy(r) => {
+                format!("match: {} ~ {}", r.fields.join(", "), r.compare.function())
+            }
+        }
+    }
 }
 
 /// `[entities.NAME.authority]`: the default rule, and per-field overrides.
@@ -282,9 +361,22 @@ impl EntityConfig {
         self.sources.iter().filter(|(_, s)| s.role.contributes())
     }
 
-    /// The merge rules in force (the match rules unless set).
-    pub fn merge_rules(&self) -> &[Vec<String>] {
-        self.merge.rules.as_deref().unwrap_or(&self.match_rules)
+    /// The merge rules in force (the exact match rules unless set: fuzzy rules attach
+    /// records, they do not merge golden records).
+    pub fn merge_rules(&self) -> Vec<Vec<String>> {
+        match &self.merge.rules {
+            Some(rules) => rules.clone(),
+            None => self
+                .match_rules
+                .iter()
+                .filter_map(|r| r.exact().cloned())
+                .collect(),
+        }
+    }
+
+    /// Whether some match rule compares by similarity.
+    pub fn has_fuzzy_rules(&self) -> bool {
+        self.match_rules.iter().any(|r| r.exact().is_none())
     }
 
     /// The authority of `field`, with its defaults filled in.
@@ -594,7 +686,22 @@ fn validate_entity(
             ));
         }
     }
-    m.extend(check_rules(entity, "match", &entity.match_rules));
+    let exact: Vec<Vec<String>> = entity.match_rules.iter().map(MatchRule::fields).collect();
+    m.extend(check_rules(entity, "match", &exact));
+    for (i, rule) in entity.match_rules.iter().enumerate() {
+        if let MatchRule::Fuzzy(r) = rule {
+            if r.fields.is_empty() {
+                m.push(format!("match rule {} compares no field", i + 1));
+            }
+            if !(r.threshold > 0.0 && r.threshold <= 1.0) {
+                m.push(format!(
+                    "match rule {}: threshold {} is not a similarity: use a number above 0 and at most 1, such as 0.92",
+                    i + 1,
+                    r.threshold
+                ));
+            }
+        }
+    }
     if let Some(rules) = &entity.merge.rules {
         m.extend(check_rules(entity, "merge", rules));
     }

@@ -24,13 +24,48 @@ use super::read::{IN_AT, IN_SID, IN_WM, SourceRead};
 use super::sql::{lit, norm, null_of, q, tuple_key};
 use super::state::{self, at_col, mapped_fields};
 use super::{HubError, SourceCounts};
+use crate::config::entity::{FuzzyRule, MatchRule};
 
 const INCOMING: &str = "bf_hub_incoming";
 const LINKS_OLD: &str = "bf_hub_links_old";
 
-/// A rule's name in the ID map and the log: `match: email` or `match: name, phone`.
+/// An exact rule's name in the ID map and the log: `match: email` or `match: name, phone`.
 pub fn rule_name(rule: &[String]) -> String {
-    format!("match: {}", rule.join(", "))
+    MatchRule::Exact(rule.to_vec()).name()
+}
+
+/// The text a fuzzy rule compares, from the fields of the relation `alias`: each normalised
+/// (`normalize_text`), joined by a space; and the condition that none of them is blank.
+fn fuzzy_text(rule: &FuzzyRule, alias: &str) -> (String, String) {
+    let parts: Vec<String> = rule
+        .fields
+        .iter()
+        .map(|f| format!("normalize_text(CAST({alias}.{} AS VARCHAR))", q(f)))
+        .collect();
+    let present = parts
+        .iter()
+        .map(|p| format!("{p} IS NOT NULL"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    (format!("concat_ws(' ', {})", parts.join(", ")), present)
+}
+
+/// The join condition of a fuzzy rule's blocking fields between `a` and `b` (TRUE without).
+fn block_on(rule: &FuzzyRule, a: &str, b: &str) -> String {
+    if rule.block.is_empty() {
+        return "TRUE".into();
+    }
+    rule.block
+        .iter()
+        .map(|f| {
+            format!(
+                "{} = {}",
+                norm(&format!("{a}.{}", q(f))),
+                norm(&format!("{b}.{}", q(f)))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
 }
 
 /// Register `bf_hub_incoming` (every source's records of this cycle in the entity's fields)
@@ -149,6 +184,158 @@ pub async fn attach(
     cycle
         .materialize("attach", df, "attached.parquet", ATTACHED, None)
         .await?;
+    join_similar_new_records(cycle).await
+}
+
+/// New golden records of this cycle whose records a fuzzy rule finds similar (in the same
+/// block, at or above the threshold) become one, transitively: the pairs are the edges of a
+/// graph whose connected components (a union-find) are the golden records, each keeping its
+/// lowest id. The records that join another's get the rule and the score as how they were
+/// linked.
+async fn join_similar_new_records(cycle: &Cycle<'_>) -> Result<(), HubError> {
+    let fuzzy: Vec<&FuzzyRule> = cycle
+        .entity
+        .match_rules
+        .iter()
+        .filter_map(|r| match r {
+            MatchRule::Fuzzy(f) => Some(f),
+            MatchRule::Exact(_) => None,
+        })
+        .collect();
+    if fuzzy.is_empty() {
+        return Ok(());
+    }
+    let news = format!(
+        "(SELECT a.__bf_golden_id AS __bf_g, i.* FROM {ATTACHED} a JOIN {INCOMING} i \
+           ON i.__bf_source = a.__bf_source AND i.__bf_sid_text = a.__bf_sid_text \
+         WHERE a.__bf_linked_by = 'new')"
+    );
+    let pairs: Vec<String> = fuzzy
+        .iter()
+        .map(|fr| {
+            let (ta, pa) = fuzzy_text(fr, "a");
+            let (tb, pb) = fuzzy_text(fr, "b");
+            format!(
+                "SELECT a.__bf_g AS x, b.__bf_g AS y, {f}({ta}, {tb}) AS s, {name} AS rule \
+                 FROM {news} a JOIN {news} b ON {on} AND a.__bf_g < b.__bf_g \
+                 WHERE {pa} AND {pb} AND {f}({ta}, {tb}) >= {threshold}",
+                f = fr.compare.function(),
+                name = lit(&MatchRule::Fuzzy((*fr).clone()).name()),
+                on = block_on(fr, "a", "b"),
+                threshold = fr.threshold,
+            )
+        })
+        .collect();
+    let batches = cycle
+        .sql("attach", &pairs.join(" UNION ALL "))
+        .await?
+        .collect()
+        .await
+        .map_err(cycle.engine("attach"))?;
+    let mut index: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+    let mut edges: Vec<(i64, i64, f64, String)> = Vec::new();
+    for b in &batches {
+        let col = |i: usize, t: &arrow::datatypes::DataType| {
+            arrow::compute::cast(b.column(i), t).map_err(|e| cycle.engine("attach")(e.into()))
+        };
+        let (x, y) = (
+            col(0, &arrow::datatypes::DataType::Int64)?,
+            col(1, &arrow::datatypes::DataType::Int64)?,
+        );
+        let (sc, rule) = (
+            col(2, &arrow::datatypes::DataType::Float64)?,
+            col(3, &arrow::datatypes::DataType::Utf8)?,
+        );
+        use arrow::array::AsArray;
+        let x = x.as_primitive::<arrow::datatypes::Int64Type>();
+        let y = y.as_primitive::<arrow::datatypes::Int64Type>();
+        let sc = sc.as_primitive::<arrow::datatypes::Float64Type>();
+        let rule = rule.as_string::<i32>();
+        for r in 0..b.num_rows() {
+            for g in [x.value(r), y.value(r)] {
+                let next = index.len();
+                index.entry(g).or_insert(next);
+            }
+            edges.push((
+                x.value(r),
+                y.value(r),
+                sc.value(r),
+                rule.value(r).to_string(),
+            ));
+        }
+    }
+    if edges.is_empty() {
+        return Ok(());
+    }
+    let mut sets = petgraph::unionfind::UnionFind::<usize>::new(index.len());
+    for (x, y, _, _) in &edges {
+        sets.union(index[x], index[y]);
+    }
+    // Each component keeps its lowest golden id.
+    let mut lowest: std::collections::HashMap<usize, i64> = std::collections::HashMap::new();
+    for (g, i) in &index {
+        let root = sets.find(*i);
+        let e = lowest.entry(root).or_insert(*g);
+        *e = (*e).min(*g);
+    }
+    // How each joining record was linked: its best edge.
+    let mut how: std::collections::BTreeMap<i64, (f64, String)> = std::collections::BTreeMap::new();
+    for (x, y, score, rule) in &edges {
+        for g in [x, y] {
+            let e = how.entry(*g).or_insert((*score, rule.clone()));
+            if *score > e.0 {
+                *e = (*score, rule.clone());
+            }
+        }
+    }
+    let mut losers = Vec::new();
+    let mut winners = Vec::new();
+    let mut hows = Vec::new();
+    for (g, i) in &index {
+        let w = lowest[&sets.find(*i)];
+        if w != *g {
+            let (score, rule) = &how[g];
+            losers.push(*g);
+            winners.push(w);
+            hows.push(format!("{rule} ({:.3})", score));
+        }
+    }
+    let remap = arrow::array::RecordBatch::try_from_iter(vec![
+        (
+            "__bf_loser",
+            std::sync::Arc::new(arrow::array::Int64Array::from(losers)) as arrow::array::ArrayRef,
+        ),
+        (
+            "__bf_winner",
+            std::sync::Arc::new(arrow::array::Int64Array::from(winners)) as _,
+        ),
+        (
+            "__bf_how",
+            std::sync::Arc::new(arrow::array::StringArray::from(hows)) as _,
+        ),
+    ])
+    .map_err(|e| cycle.engine("attach")(e.into()))?;
+    let remap = cycle
+        .ctx
+        .read_batch(remap)
+        .map_err(cycle.engine("attach"))?;
+    cycle.register("attach", "bf_hub_fuzzy_remap", remap)?;
+    let df = cycle
+        .sql(
+            "attach",
+            &format!(
+                "SELECT a.__bf_source, a.__bf_sid_text, a.__bf_read, \
+                   COALESCE(m.__bf_winner, a.__bf_golden_id) AS __bf_golden_id, \
+                   CASE WHEN m.__bf_winner IS NOT NULL THEN m.__bf_how ELSE a.__bf_linked_by END AS __bf_linked_by, \
+                   a.__bf_rule, a.__bf_n \
+                 FROM {ATTACHED} a LEFT JOIN bf_hub_fuzzy_remap m \
+                   ON m.__bf_loser = a.__bf_golden_id AND a.__bf_linked_by = 'new'"
+            ),
+        )
+        .await?;
+    cycle
+        .materialize("attach", df, "attached-joined.parquet", ATTACHED, None)
+        .await?;
     Ok(())
 }
 
@@ -170,7 +357,43 @@ fn attach_sql(cycle: &Cycle<'_>) -> String {
     let mut candidates =
         vec!["WHEN i.__bf_lid IS NOT NULL OR i.__bf_action IS NOT NULL THEN 1".to_string()];
     let mut group = Vec::new();
+    // Fuzzy rules: candidate pairs from the blocking join, scored; the best-scoring golden
+    // record(s) of each record that the ID map does not know.
+    let mut fuzzy_ctes = Vec::new();
     for (r, rule) in rules.iter().enumerate() {
+        let rule = match rule {
+            MatchRule::Exact(fields) => fields,
+            MatchRule::Fuzzy(fr) => {
+                let (ti, pi) = fuzzy_text(fr, "i");
+                let (tg, pg) = fuzzy_text(fr, "g");
+                fuzzy_ctes.push(format!(
+                    "p{r} AS (
+    SELECT i.__bf_source, i.__bf_sid_text, g.golden_id, {f}({ti}, {tg}) AS __bf_s
+    FROM linked i JOIN live g ON {on}
+    WHERE i.__bf_lid IS NULL AND i.__bf_action IS NULL AND {pi} AND {pg}
+      AND {f}({ti}, {tg}) >= {threshold}
+),
+m{r} AS (
+    SELECT __bf_source, __bf_sid_text, MIN(golden_id) AS __bf_g, COUNT(*) AS __bf_n, MAX(__bf_s) AS __bf_s
+    FROM (SELECT *, MAX(__bf_s) OVER (PARTITION BY __bf_source, __bf_sid_text) AS __bf_best FROM p{r})
+    WHERE __bf_s = __bf_best GROUP BY __bf_source, __bf_sid_text
+),",
+                    f = fr.compare.function(),
+                    on = block_on(fr, "i", "g"),
+                    threshold = fr.threshold,
+                ));
+                joins.push(format!(
+                    "LEFT JOIN m{r} ON m{r}.__bf_source = i.__bf_source AND m{r}.__bf_sid_text = i.__bf_sid_text"
+                ));
+                found.push(format!("m{r}.__bf_g"));
+                candidates.push(format!("WHEN m{r}.__bf_g IS NOT NULL THEN m{r}.__bf_n"));
+                how.push(format!(
+                    "WHEN m{r}.__bf_g IS NOT NULL THEN {} || ' (' || CAST(round(m{r}.__bf_s, 3) AS VARCHAR) || ')'",
+                    lit(&MatchRule::Fuzzy(fr.clone()).name())
+                ));
+                continue;
+            }
+        };
         let keys: Vec<String> = rule
             .iter()
             .enumerate()
@@ -221,6 +444,7 @@ fn attach_sql(cycle: &Cycle<'_>) -> String {
     // Which rule a group key came from, for the ID map's "how".
     let group_rule = rules
         .iter()
+        .filter_map(MatchRule::exact)
         .map(|rule| {
             format!(
                 "WHEN {} THEN {}",
@@ -263,6 +487,7 @@ linked AS (
     LEFT JOIN {LINKS_OLD} l ON l.__bf_source = i.__bf_source AND l.__bf_sid_text = i.__bf_sid_text
     LEFT JOIN {DECISION} d ON d.__bf_source = i.__bf_source AND d.__bf_sid_text = i.__bf_sid_text
 ),
+{fuzzy}
 found AS (
     SELECT i.__bf_source, i.__bf_sid_text, i.__bf_contributes, i.__bf_read, i.__bf_action,
            COALESCE({found}) AS __bf_found,
@@ -300,6 +525,7 @@ FROM found f LEFT JOIN groups g ON g.__bf_group = f.__bf_group",
         ),
         how = how.join(" "),
         joins = joins.join("\n    "),
+        fuzzy = fuzzy_ctes.join("\n"),
     )
 }
 

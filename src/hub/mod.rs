@@ -261,6 +261,7 @@ pub async fn run(
         Err(e) => (None, Some(e)),
     };
     let result: Result<(), HubError> = async {
+        check_blocking(project, ctx, name).await?;
         let Some(lock) = &lock else {
             return Err(refused.take().map(HubError::State).unwrap_or_else(|| {
                 HubError::Settings {
@@ -500,6 +501,55 @@ pub async fn check(project: &Project, ctx: &SessionContext, name: &str) -> Resul
                 source_name: source.clone(),
                 message: e.to_string(),
             })?;
+    }
+    check_blocking(project, ctx, name).await
+}
+
+/// The most records a source may have for a fuzzy match rule without `block`: past it, every
+/// record would be compared with every golden record.
+pub const UNBLOCKED_LIMIT: u64 = 100_000;
+
+/// Refuse a fuzzy match rule without a blocking key when a source has more than
+/// [`UNBLOCKED_LIMIT`] records (counted only when such a rule exists).
+pub async fn check_blocking(
+    project: &Project,
+    ctx: &SessionContext,
+    name: &str,
+) -> Result<(), HubError> {
+    let entity = &project.config.entities[name];
+    let unblocked: Vec<String> = entity
+        .match_rules
+        .iter()
+        .filter(|r| matches!(r, crate::config::entity::MatchRule::Fuzzy(f) if f.block.is_empty()))
+        .map(|r| r.name())
+        .collect();
+    if unblocked.is_empty() {
+        return Ok(());
+    }
+    for (source, config) in entity.contributors() {
+        let rows = read::relation(ctx, name, source, config)
+            .await?
+            .count()
+            .await
+            .map_err(|e| HubError::Source {
+                entity: name.to_string(),
+                source_name: source.clone(),
+                message: e.to_string(),
+            })? as u64;
+        if rows > UNBLOCKED_LIMIT {
+            return Err(HubError::Settings {
+                entity: name.to_string(),
+                message: format!(
+                    "match rule \"{}\" has no `block` and source \"{source}\" has {rows} records: \
+                     every record would be compared with every golden record (billions of \
+                     comparisons). Add `block = [\"...\"]` naming fields that similar records \
+                     share exactly (a postcode, a city, the first letters of a name through a \
+                     field mapping), so that only records in the same block are compared; \
+                     without a block a fuzzy rule is allowed up to {UNBLOCKED_LIMIT} records",
+                    unblocked.join("\", \"")
+                ),
+            });
+        }
     }
     Ok(())
 }

@@ -341,24 +341,62 @@ pub async fn next(cycle: &Cycle<'_>, source: &str, id_type: &DataType) -> Result
     );
     let mut candidates = Vec::new();
     for rule in &entity.match_rules {
-        if !rule.iter().all(|f| mapped.contains(f)) {
+        if !rule.fields().iter().all(|f| mapped.contains(f)) {
             continue;
         }
-        let on = rule
-            .iter()
-            .map(|f| {
-                format!(
-                    "{} = {}",
-                    norm(&format!("g.{}", q(f))),
-                    norm(&format!("h.{}", q(f)))
+        let (on, same_rule) = match rule {
+            crate::config::entity::MatchRule::Exact(fields) => (
+                fields
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{} = {}",
+                            norm(&format!("g.{}", q(f))),
+                            norm(&format!("h.{}", q(f)))
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" AND "),
+                format!("h.__bf_rule = {}", lit(&rule.name())),
+            ),
+            crate::config::entity::MatchRule::Fuzzy(fr) => {
+                let text = |alias: &str| {
+                    fr.fields
+                        .iter()
+                        .map(|f| format!("normalize_text(CAST({alias}.{} AS VARCHAR))", q(f)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let mut on = fr
+                    .block
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{} = {}",
+                            norm(&format!("g.{}", q(f))),
+                            norm(&format!("h.{}", q(f)))
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                on.push(format!(
+                    "{f}(concat_ws(' ', {tg}), concat_ws(' ', {th})) >= {t}",
+                    f = fr.compare.function(),
+                    tg = text("g"),
+                    th = text("h"),
+                    t = fr.threshold
+                ));
+                (
+                    on.join(" AND "),
+                    format!(
+                        "starts_with(h.__bf_rule, {})",
+                        lit(&format!("{} (", rule.name()))
+                    ),
                 )
-            })
-            .collect::<Vec<_>>()
-            .join(" AND ");
+            }
+        };
         candidates.push(format!(
             "SELECT h.{IN_SID}, array_to_string(array_agg(g.golden_id ORDER BY g.golden_id), ', ') AS c \
-             FROM {held} h JOIN {live} g ON {on} WHERE h.__bf_rule = {name} GROUP BY h.{IN_SID}",
-            name = lit(&super::attach::rule_name(rule)),
+             FROM {held} h JOIN {live} g ON {on} WHERE {same_rule} GROUP BY h.{IN_SID}",
         ));
     }
     let candidates = if candidates.is_empty() {

@@ -13,6 +13,7 @@ mod http;
 mod http_crud;
 mod hub;
 mod hub_deletes;
+mod hub_fuzzy;
 mod hub_property;
 mod hub_quarantine;
 mod hub_unmerge;
