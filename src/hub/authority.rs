@@ -35,9 +35,29 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
 
     // Candidates: every contribution linked to a touched golden record (one a source record
     // was attached to or left), in one shape.
+    // A record read again exactly as it was (its delta row keeps its old read and link
+    // versions) touches nothing; on a full resync every record read does.
+    let read_now = if full_resync {
+        format!(
+            "SELECT __bf_golden_id FROM {ATTACHED} \
+             WHERE __bf_golden_id IS NOT NULL AND __bf_source IN ({list})",
+            list = lit_list(&contributors)
+        )
+    } else {
+        contributors
+            .iter()
+            .map(|s| {
+                format!(
+                    "SELECT __bf_golden_id FROM {} WHERE __bf_golden_id IS NOT NULL \
+                     AND (__bf_read_seq = {v} OR __bf_link_seq = {v})",
+                    delta(s)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ")
+    };
     let touched = format!(
-        "SELECT __bf_golden_id FROM {ATTACHED} \
-         WHERE __bf_golden_id IS NOT NULL AND __bf_source IN ({list}) \
+        "SELECT __bf_golden_id FROM ({read_now}) \
          UNION SELECT __bf_golden_id FROM {REMOVED} \
          WHERE __bf_golden_id IS NOT NULL AND __bf_source IN ({list})",
         list = lit_list(&contributors)
