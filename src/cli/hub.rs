@@ -100,6 +100,7 @@ pub(super) async fn hub_cmd(project: &Project, command: HubCommand) -> Result<Ex
                     source,
                     id,
                     decision,
+                    apart_from: Vec::new(),
                 },
             )
             .await
@@ -308,7 +309,10 @@ async fn after_decision(
     use crate::history::RunStatus;
     let mut ok = report.status == RunStatus::Succeeded;
     if json {
-        out!("{}", super::output::entity_json(report));
+        out!(
+            "{}",
+            super::json::Record::new("hub", "entity", super::output::entity_json(report)).line()
+        );
     } else {
         super::output::print_hub_run(report);
     }
@@ -334,10 +338,12 @@ async fn after_decision(
             if json {
                 out!(
                     "{}",
-                    serde_json::to_string(&super::json::SyncRecord::from_run(
-                        &report, started, false
-                    ))
-                    .unwrap_or_default()
+                    super::json::Record::new(
+                        "hub",
+                        "sync",
+                        super::json::SyncRecord::from_run(&report, started, false)
+                    )
+                    .line()
                 );
             } else {
                 super::output::print_run(&report);

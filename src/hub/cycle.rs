@@ -70,8 +70,9 @@ pub(super) async fn run(
     };
     let result = stages(&cycle, &chain, options, skip, samples, lock).await;
     cycle.clear();
-    if options.dry_run {
-        // A plan leaves nothing behind.
+    // A plan, or a cycle that found nothing to commit, leaves nothing behind. (A failed
+    // cycle's files are left to the vacuum: it may have failed after its commit.)
+    if options.dry_run || result.as_ref().is_ok_and(|o| !o.committed) {
         if let Ok(files) = project.state.list_files(&cycle.data_dir).await {
             for f in files {
                 let _ = project
@@ -79,6 +80,9 @@ pub(super) async fn run(
                     .delete(&format!("{}/{f}", cycle.data_dir))
                     .await;
             }
+        }
+        if let Some(root) = project.state.local_dir() {
+            let _ = std::fs::remove_dir(root.join(&cycle.data_dir));
         }
     }
     result
@@ -444,7 +448,7 @@ async fn stages(
         },
         sources,
         log,
-        apart: super::merge::write_apart(cycle, options.resolution).await?,
+        apart: super::merge::write_apart(cycle, options.resolution, merges > 0).await?,
         checksum: None,
     };
     failpoint!("hub_before_commit", name);

@@ -42,6 +42,10 @@ pub async fn run(cycle: &Cycle<'_>) -> Result<u64, HubError> {
         .materialize("merge", remap, "remap-0.parquet", REMAP, None)
         .await?;
     let mut retired = 0u64;
+    let apart = cycle
+        .count("merge", &format!("SELECT COUNT(*) FROM {APART}"))
+        .await?
+        > 0;
     for (r, rule) in entity.merge_rules().iter().enumerate() {
         let live = cycle
             .sql(
@@ -57,7 +61,7 @@ pub async fn run(cycle: &Cycle<'_>) -> Result<u64, HubError> {
         if entity.merge.winner == WinnerRule::Priority {
             register_ranks(cycle).await?;
         }
-        let dups = cycle.sql("merge", &dups_sql(cycle, rule)).await?;
+        let dups = cycle.sql("merge", &dups_sql(cycle, rule, apart)).await?;
         let found = cycle
             .materialize(
                 "merge",
@@ -136,7 +140,7 @@ async fn register_ranks(cycle: &Cycle<'_>) -> Result<(), HubError> {
 }
 
 /// The members of every group of duplicates under `rule`, ranked by the winner rule.
-fn dups_sql(cycle: &Cycle<'_>, rule: &[String]) -> String {
+fn dups_sql(cycle: &Cycle<'_>, rule: &[String], apart: bool) -> String {
     let entity = cycle.entity;
     let keys: Vec<String> = (0..rule.len()).map(|i| format!("__bf_k{i}")).collect();
     let key_exprs: Vec<String> = rule
@@ -191,12 +195,8 @@ fn dups_sql(cycle: &Cycle<'_>, rule: &[String]) -> String {
         ),
     };
     let plain_keys = keys.join(", ");
-    // A loser kept apart from its group's winner (`hub unmerge`) stays out of the group.
-    format!(
-        "SELECT * EXCEPT (__bf_left) FROM (
-         SELECT *, COUNT(*) OVER (PARTITION BY {plain_keys}) AS __bf_left FROM (
-         SELECT d.* FROM (
-         WITH keyed AS (
+    let raw = format!(
+        "(WITH keyed AS (
             SELECT l.*, {key_exprs} FROM {LIVE} l
             WHERE l.{merged} IS NULL AND l.{retired_at} IS NULL AND {not_null}
          ),
@@ -211,12 +211,7 @@ fn dups_sql(cycle: &Cycle<'_>, rule: &[String]) -> String {
                    ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY {order}) AS __bf_rank,
                    FIRST_VALUE(m.golden_id) OVER (PARTITION BY {partition} ORDER BY {order}) AS __bf_winner
             FROM members m {join}
-         ) WHERE __bf_n > 1
-         ) d LEFT ANTI JOIN (
-            SELECT __bf_a AS __bf_x, __bf_b AS __bf_y FROM {APART}
-            UNION ALL SELECT __bf_b, __bf_a FROM {APART}
-         ) a ON a.__bf_x = d.golden_id AND a.__bf_y = d.__bf_winner
-         )) WHERE __bf_left > 1",
+         ) WHERE __bf_n > 1)",
         key_exprs = key_exprs.join(", "),
         merged = state::MERGED_INTO,
         retired_at = state::RETIRED_AT,
@@ -227,6 +222,44 @@ fn dups_sql(cycle: &Cycle<'_>, rule: &[String]) -> String {
             .collect::<Vec<_>>()
             .join(", "),
         on = on.join(" AND "),
+    );
+    if !apart {
+        return format!("SELECT * FROM {raw}");
+    }
+    // A member kept apart from a better-ranked member of its group (`hub unmerge`, `hub
+    // resolve --new`) stays out of the group, so no two records kept apart are ever merged,
+    // not even through a third.
+    let same_group = keys
+        .iter()
+        .map(|k| format!("e.{k} = d.{k}"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    format!(
+        "SELECT * EXCEPT (__bf_left) FROM (
+           SELECT *, COUNT(*) OVER (PARTITION BY {plain_keys}) AS __bf_left FROM (
+             SELECT d.* FROM {raw} d LEFT ANTI JOIN (
+               SELECT d.golden_id AS __bf_blocked FROM {raw} d
+               JOIN ({pairs}) p ON p.__bf_x = d.golden_id
+               JOIN {raw} e ON e.golden_id = p.__bf_y AND {same_group}
+               WHERE e.__bf_rank < d.__bf_rank
+             ) b ON b.__bf_blocked = d.golden_id
+           )
+         ) WHERE __bf_left > 1",
+        pairs = apart_pairs_sql(),
+    )
+}
+
+/// The pairs kept apart as they stand in this cycle (each side through the merges made so
+/// far), both ways round: `__bf_x`, `__bf_y`.
+fn apart_pairs_sql() -> String {
+    let mapped = format!(
+        "SELECT COALESCE(ra.__bf_winner, a.__bf_a) AS __bf_a, COALESCE(rb.__bf_winner, a.__bf_b) AS __bf_b \
+         FROM {APART} a LEFT JOIN {REMAP} ra ON ra.__bf_loser = a.__bf_a \
+         LEFT JOIN {REMAP} rb ON rb.__bf_loser = a.__bf_b"
+    );
+    format!(
+        "SELECT __bf_a AS __bf_x, __bf_b AS __bf_y FROM ({mapped}) \
+         UNION ALL SELECT __bf_b, __bf_a FROM ({mapped})"
     )
 }
 
@@ -355,48 +388,54 @@ pub async fn write_contributions(
         .await
 }
 
-/// Register `bf_hub_apart`: the pairs of golden records kept apart, those committed and the
-/// record `hub unmerge` splits out this cycle with the one it leaves (known once attached).
+/// Register `bf_hub_apart`: the pairs of golden records kept apart, those committed and those
+/// this cycle's decision adds (the record's new golden record with each of `apart_from`,
+/// known once attached).
 pub async fn register_apart(
     cycle: &Cycle<'_>,
     resolution: Option<&super::quarantine::Resolution>,
 ) -> Result<(), HubError> {
     let mut sql = format!("SELECT * FROM {APART_OLD}");
-    if let Some((r, g)) = unmerged(resolution) {
-        sql.push_str(&format!(
-            " UNION ALL
-             SELECT CAST({g} AS BIGINT), __bf_golden_id, __bf_source, __bf_sid_text, CAST({v} AS BIGINT)
-             FROM {ATTACHED} WHERE __bf_source = {src} AND __bf_sid_text = {id} AND __bf_golden_id IS NOT NULL",
-            v = cycle.version,
-            src = lit(&r.source),
-            id = lit(&r.id),
-        ));
+    if let Some(r) = resolution {
+        for g in &r.apart_from {
+            sql.push_str(&format!(
+                " UNION ALL
+                 SELECT CAST({g} AS BIGINT), __bf_golden_id, __bf_source, __bf_sid_text, CAST({v} AS BIGINT)
+                 FROM {ATTACHED} WHERE __bf_source = {src} AND __bf_sid_text = {id} AND __bf_golden_id IS NOT NULL",
+                v = cycle.version,
+                src = lit(&r.source),
+                id = lit(&r.id),
+            ));
+        }
     }
     let df = cycle.sql("merge", &sql).await?;
     cycle.register("merge", APART, df)
 }
 
-fn unmerged(
-    resolution: Option<&super::quarantine::Resolution>,
-) -> Option<(&super::quarantine::Resolution, i64)> {
-    resolution.and_then(|r| match r.decision {
-        super::quarantine::Decision::Unmerge(g) => Some((r, g)),
-        _ => None,
-    })
-}
-
-/// The pairs of golden records kept apart after this cycle (see [`register_apart`]). None:
-/// there are none.
+/// The pairs of golden records kept apart after this cycle: those before and this cycle's,
+/// each side through this cycle's merges (so a pair follows a record merged into another).
+/// None: there are none.
 pub async fn write_apart(
     cycle: &Cycle<'_>,
     resolution: Option<&super::quarantine::Resolution>,
+    merged: bool,
 ) -> Result<Option<StateFile>, HubError> {
     let previous = cycle.previous.as_ref().and_then(|m| m.apart.clone());
-    if unmerged(resolution).is_none() {
+    let added = resolution.is_some_and(|r| !r.apart_from.is_empty());
+    let remapped = merged && previous.is_some();
+    if !(added || remapped) {
         return Ok(previous);
     }
     let df = cycle
-        .sql("state", &format!("SELECT * FROM {APART}"))
+        .sql(
+            "state",
+            &format!(
+                "SELECT DISTINCT COALESCE(ra.__bf_winner, a.__bf_a) AS __bf_a, \
+                   COALESCE(rb.__bf_winner, a.__bf_b) AS __bf_b, a.__bf_source, a.__bf_sid_text, a.__bf_version \
+                 FROM {APART} a LEFT JOIN {REMAP} ra ON ra.__bf_loser = a.__bf_a \
+                 LEFT JOIN {REMAP} rb ON rb.__bf_loser = a.__bf_b"
+            ),
+        )
         .await?;
     let file = cycle
         .materialize(

@@ -89,6 +89,36 @@ pub struct Resolution {
     pub source: String,
     pub id: String,
     pub decision: Decision,
+    /// Golden records the record's new golden record is never to be merged with (`--new`:
+    /// the candidates it matched; an unmerge: the one it leaves).
+    pub apart_from: Vec<i64>,
+}
+
+/// The id among `ids` that `typed` names: the same text, or else the only one equal to it as
+/// an integer (`7` for `007`). `Err(None)`: none; `Err(Some(list))`: several equal as numbers.
+pub fn pick_id<'a>(ids: &[&'a str], typed: &str) -> Result<&'a str, Option<String>> {
+    if let Some(id) = ids.iter().find(|i| **i == typed) {
+        return Ok(id);
+    }
+    let Ok(n) = typed.trim().parse::<i128>() else {
+        return Err(None);
+    };
+    let same: Vec<&str> = ids
+        .iter()
+        .copied()
+        .filter(|i| i.trim().parse::<i128>().is_ok_and(|m| m == n))
+        .collect();
+    match same.as_slice() {
+        [] => Err(None),
+        [one] => Ok(one),
+        several => Err(Some(
+            several
+                .iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )),
+    }
 }
 
 /// A source's quarantine file schema: its id type and the entity fields it maps.
@@ -136,17 +166,22 @@ pub async fn load(
         .await
         .map_err(cycle.engine("read"))?;
     cycle.register("read", &stored_table(source), stored)?;
-    let drop_id = resolution
-        .filter(|r| r.source == source && r.decision == Decision::Drop)
-        .map(|r| r.id.as_str());
+    // This cycle's decision on the record: a drop sets it aside; an attach or a new golden
+    // record takes back one that was set aside.
+    let decided = resolution
+        .filter(|r| r.source == source)
+        .and_then(|r| match r.decision {
+            Decision::Drop => Some((r.id.as_str(), lit(DROP))),
+            Decision::Attach(_) | Decision::New => Some((r.id.as_str(), "NULL".to_string())),
+            Decision::Unmerge(_) => None,
+        });
     let cols: Vec<String> = schema
         .fields()
         .iter()
-        .map(|f| match (f.name().as_str(), drop_id) {
-            (DECIDED, Some(id)) => format!(
-                "CASE WHEN CAST({IN_SID} AS VARCHAR) = {} THEN {} ELSE {DECIDED} END AS {DECIDED}",
+        .map(|f| match (f.name().as_str(), &decided) {
+            (DECIDED, Some((id, value))) => format!(
+                "CASE WHEN CAST({IN_SID} AS VARCHAR) = {} THEN {value} ELSE {DECIDED} END AS {DECIDED}",
                 lit(id),
-                lit(DROP)
             ),
             (name, _) => q(name),
         })
@@ -520,20 +555,32 @@ pub async fn resolve(
         )));
     };
     let entries = super::show::quarantine(project, ctx, name, true).await?;
-    let same_id = |listed: &str| {
-        listed == resolution.id
-            || matches!(
-                (listed.parse::<i128>(), resolution.id.trim().parse::<i128>()),
-                (Ok(a), Ok(b)) if a == b
-            )
+    let ids: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.source == resolution.source)
+        .map(|e| e.source_id.as_str())
+        .collect();
+    let found = match pick_id(&ids, &resolution.id) {
+        Ok(id) => id,
+        Err(None) => {
+            return Err(refuse(format!(
+                "record \"{}\" of source \"{}\" is not in quarantine; `backflow hub quarantine {name}` lists the records that are",
+                resolution.id, resolution.source
+            )));
+        }
+        Err(Some(several)) => {
+            return Err(refuse(format!(
+                "records {several} of source \"{}\" are all \"{}\" as numbers: name one exactly",
+                resolution.source, resolution.id
+            )));
+        }
     };
     let Some(entry) = entries
         .iter()
-        .find(|e| e.source == resolution.source && same_id(&e.source_id))
+        .find(|e| e.source == resolution.source && e.source_id == found)
     else {
         return Err(refuse(format!(
-            "record \"{}\" of source \"{}\" is not in quarantine; `backflow hub quarantine {name}` lists the records that are",
-            resolution.id, resolution.source
+            "record \"{found}\" vanished from quarantine"
         )));
     };
     // The id as the state writes it, so the cycle finds it.
@@ -557,6 +604,11 @@ pub async fn resolve(
         }
         Decision::Drop if entry.decision.as_deref() == Some(DROP) => {
             return Err(refuse(format!("{what} is already dropped")));
+        }
+        Decision::New => {
+            // Its own golden record, kept apart from those it matched (a merge would
+            // otherwise fold it into one of them in the same cycle).
+            resolution.apart_from = entry.candidates.clone();
         }
         Decision::Attach(g) => {
             let manifest = super::latest(project, name).await?;
@@ -674,4 +726,23 @@ pub async fn added(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_id;
+
+    #[test]
+    fn ids_are_picked_exactly_first_then_as_numbers() {
+        let ids = ["007", "7", "x", "08"];
+        assert_eq!(pick_id(&ids, "7"), Ok("7"));
+        assert_eq!(pick_id(&ids, "007"), Ok("007"));
+        assert_eq!(pick_id(&ids, "8"), Ok("08"));
+        assert_eq!(pick_id(&ids, "9"), Err(None));
+        assert_eq!(pick_id(&ids, "y"), Err(None));
+        assert_eq!(
+            pick_id(&["007", "7"], "0007"),
+            Err(Some("\"007\", \"7\"".into()))
+        );
+    }
 }

@@ -87,8 +87,9 @@ fn text(batch: &RecordBatch, name: &str, row: usize) -> Option<String> {
     if c.is_null(row) {
         return None;
     }
-    let c = arrow::compute::cast(c, &DataType::Utf8).ok()?;
-    Some(c.as_string::<i32>().value(row).to_string())
+    // The one value, not the whole column (this is called for every row).
+    let c = arrow::compute::cast(&c.slice(row, 1), &DataType::Utf8).ok()?;
+    Some(c.as_string::<i32>().value(0).to_string())
 }
 
 fn int(batch: &RecordBatch, name: &str, row: usize) -> Option<i64> {

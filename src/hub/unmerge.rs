@@ -67,17 +67,25 @@ pub async fn unmerge(
     if record.retired_at.is_some() {
         return Err(refuse(format!("golden record {golden} is retired")));
     }
-    let same_id = |listed: &str| {
-        listed == id
-            || matches!(
-                (listed.parse::<i128>(), id.trim().parse::<i128>()),
-                (Ok(a), Ok(b)) if a == b
-            )
+    let ids: Vec<&str> = record
+        .links
+        .iter()
+        .filter(|l| l.source == source)
+        .map(|l| l.source_id.as_str())
+        .collect();
+    let picked = match super::quarantine::pick_id(&ids, id) {
+        Ok(p) => Some(p.to_string()),
+        Err(Some(several)) => {
+            return Err(refuse(format!(
+                "records {several} of source \"{source}\" are all \"{id}\" as numbers: name one exactly"
+            )));
+        }
+        Err(None) => None,
     };
     let Some(link) = record
         .links
         .iter()
-        .find(|l| l.source == source && same_id(&l.source_id))
+        .find(|l| l.source == source && Some(&l.source_id) == picked.as_ref())
     else {
         let listed = record
             .links
@@ -111,6 +119,7 @@ pub async fn unmerge(
         source: source.to_string(),
         id: link.source_id.clone(),
         decision: Decision::Unmerge(golden),
+        apart_from: vec![golden],
     };
     if dry_run {
         return Ok(Outcome::Planned(

@@ -226,6 +226,35 @@ async fn ambiguous_and_invalid_records_wait_in_quarantine_until_resolved() {
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("already dropped"), "{err}");
+    // An ambiguous record dropped can still be attached later.
+    f.write(
+        "b.csv",
+        "id,email,name\n10, X@E.com ,Ann B\n11,z@e.com,Zed\n13,q@e.com,Q1\n13,q@e.com,Q2\n20,x@e.com,Twenty\n",
+    );
+    run(&f).await;
+    let resolve = |decision: &[&str]| {
+        let mut args = vec![
+            "hub", "resolve", "person", "--source", "b", "--id", "20", "--json",
+        ];
+        args.extend_from_slice(decision);
+        f.cli(&args)
+    };
+    let (code, out, err) = resolve(&["--drop"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = resolve(&["--attach", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (first["command"].as_str(), first["type"].as_str()),
+        (Some("hub"), Some("entity")),
+        "{out}"
+    );
+    assert_eq!(linked(&f, "b", "20").await.0, 1);
+    f.write(
+        "b.csv",
+        "id,email,name\n10, X@E.com ,Ann B\n11,z@e.com,Zed\n13,q@e.com,Q1\n13,q@e.com,Q2\n",
+    );
+    run(&f).await;
     // Corrected in the source, it is read as any record and leaves quarantine.
     f.write(
         "b.csv",

@@ -265,3 +265,74 @@ fields = { email = "email", name = "name" }
         assert!(show["merged_into"].is_null(), "round {round}: {show}");
     }
 }
+
+/// Records kept apart are not merged through a third record, nor after one of them is merged
+/// into another golden record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_kept_apart_stay_apart_through_a_third() {
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        r#"
+[sources.a]
+type = "csv"
+path = "a.csv"
+
+[sources.b]
+type = "csv"
+path = "b.csv"
+
+[entities.person]
+fields = { email = "text", name = "text" }
+match = [["email"]]
+
+[entities.person.sources.a]
+from = "a"
+id = "id"
+fields = { email = "email", name = "name" }
+
+[entities.person.sources.b]
+from = "b"
+id = "id"
+fields = { email = "email", name = "name" }
+"#,
+    );
+    let golden_of = |f: &Fixture, source: &str, id: &str| -> i64 {
+        let (_, show, err) = f.cli(&[
+            "hub", "show", "person", "--source", source, "--id", id, "--json",
+        ]);
+        let show: serde_json::Value =
+            serde_json::from_str(show.trim()).unwrap_or_else(|_| panic!("{err}"));
+        show["golden_id"].as_i64().unwrap()
+    };
+    f.write("a.csv", "id,email,name\n1,p@p.com,Pat\n2,q@q.com,Quinn\n");
+    f.write("b.csv", "id,email,name\n10,r@r.com,Rob\n");
+    run(&f);
+    // Rob takes Quinn's email: merged into Quinn's golden record; then taken out again.
+    f.write("b.csv", "id,email,name\n10,q@q.com,Rob\n");
+    run(&f);
+    let quinn = golden_of(&f, "a", "2");
+    assert_eq!(golden_of(&f, "b", "10"), quinn);
+    let (code, out, err) = f.cli(&[
+        "hub",
+        "unmerge",
+        "person",
+        &quinn.to_string(),
+        "--source",
+        "b",
+        "--id",
+        "10",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_ne!(golden_of(&f, "b", "10"), quinn);
+    // Pat takes the email too: Pat and Quinn may merge, Rob stays out.
+    f.write("a.csv", "id,email,name\n1,q@q.com,Pat\n2,q@q.com,Quinn\n");
+    run(&f);
+    run(&f);
+    assert_eq!(golden_of(&f, "a", "1"), golden_of(&f, "a", "2"));
+    assert_ne!(golden_of(&f, "b", "10"), golden_of(&f, "a", "2"));
+    // Rob changes; the merge stage looks at him again, against the merged record.
+    f.write("b.csv", "id,email,name\n10,q@q.com,Robert\n");
+    run(&f);
+    assert_ne!(golden_of(&f, "b", "10"), golden_of(&f, "a", "2"));
+}
