@@ -112,7 +112,7 @@ pub enum Command {
     },
     /// Dry run: show what `run` would create, update and delete, with a sample of each.
     Plan {
-        /// Syncs to plan (default: all).
+        /// Syncs and entities to plan (default: all of them; an entity: what its next cycle would do).
         syncs: Vec<String>,
         /// Plan as if the stored state were ignored (see `run --full-resync`).
         #[arg(long)]
@@ -513,6 +513,18 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, String> {
                 project.config.entities.contains_key(n) && !project.config.syncs.contains_key(n)
             });
             let only_entities = !entities.is_empty() && syncs.is_empty() && select.is_empty();
+            // Nothing named: every entity too, as `run` runs them.
+            let entities = if entities.is_empty() && syncs.is_empty() && select.is_empty() {
+                project
+                    .config
+                    .entities
+                    .keys()
+                    .filter(|e| !exclude.contains(e))
+                    .cloned()
+                    .collect()
+            } else {
+                entities
+            };
             let selection = Selection {
                 names: syncs,
                 select,

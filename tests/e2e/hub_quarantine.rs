@@ -344,8 +344,8 @@ async fn plan_entity_says_what_the_next_cycle_would_do_and_writes_nothing() {
         "{plan}"
     );
     assert_eq!(f.files_under(".backflow"), before, "a plan writes nothing");
-    // The text form says the same.
-    let (code, out, _) = f.cli(&["plan", "person"]);
+    // The text form says the same, and a plan of everything includes the entity.
+    let (code, out, _) = f.cli(&["plan"]);
     assert_eq!(code, 0);
     assert!(
         out.contains("create 1") && out.contains("retire 1"),
