@@ -611,61 +611,33 @@ pub async fn resolve(
             resolution.apart_from = entry.candidates.clone();
         }
         Decision::Attach(g) => {
-            let manifest = super::latest(project, name).await?;
-            let golden = super::golden_table(project, ctx, name, manifest.as_ref())
-                .await
-                .and_then(|df| {
-                    df.filter(
-                        datafusion::prelude::col(state::GOLDEN_ID).eq(datafusion::prelude::lit(g)),
-                    )
-                })
-                .map_err(|e| HubError::Engine {
-                    entity: name.to_string(),
-                    stage: "resolve",
-                    source: e,
-                })?
-                .collect()
-                .await
-                .map_err(|e| HubError::Engine {
-                    entity: name.to_string(),
-                    stage: "resolve",
-                    source: e,
-                })?;
-            let row = golden.iter().find(|b| b.num_rows() > 0);
-            let value = |col: &str| {
-                row.and_then(|b| b.column_by_name(col))
-                    .filter(|c| !c.is_null(0))
-                    .and_then(|c| arrow::compute::cast(c, &DataType::Utf8).ok())
-                    .map(|c| {
-                        arrow::array::AsArray::as_string::<i32>(&c)
-                            .value(0)
-                            .to_string()
-                    })
+            let lookup = super::show::Lookup::Golden(g);
+            let target = match super::show::golden_record(project, ctx, name, &lookup).await {
+                Ok(t) => t,
+                Err(HubError::Settings { .. }) => {
+                    let matched = entry
+                        .candidates
+                        .iter()
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(refuse(format!(
+                        "there is no golden record {g}{}",
+                        if matched.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; {what} matched {matched}")
+                        }
+                    )));
+                }
+                Err(e) => return Err(e),
             };
-            if row.is_none() {
-                return Err(refuse(format!(
-                    "there is no golden record {g}{}",
-                    if entry.candidates.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            "; {what} matched {}",
-                            entry
-                                .candidates
-                                .iter()
-                                .map(i64::to_string)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    }
-                )));
-            }
-            if let Some(w) = value(state::MERGED_INTO) {
+            if let Some(w) = target.merged_into {
                 return Err(refuse(format!(
                     "golden record {g} was merged into golden record {w}: attach {what} to {w}"
                 )));
             }
-            if let Some(at) = value(state::RETIRED_AT) {
+            if let Some(at) = target.retired_at {
                 return Err(refuse(format!(
                     "golden record {g} was retired at {at}: attach {what} to a live golden record, or use --new"
                 )));

@@ -145,7 +145,22 @@ async fn ambiguous_and_invalid_records_wait_in_quarantine_until_resolved() {
     let since = q[0]["since"].clone();
     let (code, out, _) = f.cli(&["hub", "quarantine", "person"]);
     assert_eq!(code, 0);
-    assert!(out.contains("b:10") || out.contains("10"), "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.contains("ambiguous"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        row.contains(" b ")
+            && row.contains(" 10 ")
+            && row.contains("1, 2")
+            && row.contains("Ann B"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains(" 13 ") && l.contains("invalid")),
+        "{out}"
+    );
     assert!(out.contains("hub resolve person"), "{out}");
 
     // Read again unchanged: the quarantine stays as it was, and nothing new is committed.

@@ -70,6 +70,14 @@ fn people(f: &Fixture) -> Vec<String> {
     )
 }
 
+/// `hub show person --source S --id I --json`: the golden record the source record is in.
+fn shown(f: &Fixture, source: &str, id: &str) -> serde_json::Value {
+    let (_, show, err) = f.cli(&[
+        "hub", "show", "person", "--source", source, "--id", id, "--json",
+    ]);
+    serde_json::from_str(show.trim()).unwrap_or_else(|_| panic!("{source}:{id}: {err}"))
+}
+
 fn state_files(f: &Fixture) -> Vec<String> {
     f.files_under(".backflow/hub")
 }
@@ -162,10 +170,7 @@ async fn an_unmerged_record_gets_its_own_golden_record_and_stays_apart() {
             "3|x@e.com|Imposter|555"
         ]
     );
-    let (_, show, _) = f.cli(&[
-        "hub", "show", "person", "--source", "b", "--id", "1", "--json",
-    ]);
-    let show: serde_json::Value = serde_json::from_str(show.trim()).unwrap();
+    let show = shown(&f, "b", "1");
     assert_eq!(show["golden_id"], 3, "{show}");
     assert_eq!(
         show["links"][0]["linked_by"], "unmerged (hub unmerge)",
@@ -241,10 +246,7 @@ fields = { email = "email", name = "name" }
     // Bob's email becomes Ann's: the merge stage merges golden record 2 into 1.
     f.write("a.csv", "id,email,name\n1,x@e.com,Ann\n2,x@e.com,Bob\n");
     run(&f);
-    let (_, show, _) = f.cli(&[
-        "hub", "show", "person", "--source", "a", "--id", "2", "--json",
-    ]);
-    let show: serde_json::Value = serde_json::from_str(show.trim()).unwrap();
+    let show = shown(&f, "a", "2");
     assert_eq!(show["golden_id"], 1, "{show}");
     let (code, out, err) = f.cli(&[
         "hub", "unmerge", "person", "1", "--source", "a", "--id", "2",
@@ -257,10 +259,7 @@ fields = { email = "email", name = "name" }
             &format!("id,email,name\n1,x@e.com,Ann\n2,x@e.com,Bob {round}\n"),
         );
         run(&f);
-        let (_, show, _) = f.cli(&[
-            "hub", "show", "person", "--source", "a", "--id", "2", "--json",
-        ]);
-        let show: serde_json::Value = serde_json::from_str(show.trim()).unwrap();
+        let show = shown(&f, "a", "2");
         assert_eq!(show["golden_id"], 3, "round {round}: {show}");
         assert!(show["merged_into"].is_null(), "round {round}: {show}");
     }
@@ -298,12 +297,7 @@ fields = { email = "email", name = "name" }
 "#,
     );
     let golden_of = |f: &Fixture, source: &str, id: &str| -> i64 {
-        let (_, show, err) = f.cli(&[
-            "hub", "show", "person", "--source", source, "--id", id, "--json",
-        ]);
-        let show: serde_json::Value =
-            serde_json::from_str(show.trim()).unwrap_or_else(|_| panic!("{err}"));
-        show["golden_id"].as_i64().unwrap()
+        shown(f, source, id)["golden_id"].as_i64().unwrap()
     };
     f.write("a.csv", "id,email,name\n1,p@p.com,Pat\n2,q@q.com,Quinn\n");
     f.write("b.csv", "id,email,name\n10,r@r.com,Rob\n");
