@@ -321,6 +321,26 @@ pub struct WritebackConfig {
     /// `"delete"`, or `{ update = { status = "'inactive'" } }` (destination field → SQL
     /// expression over the entity's fields, as the retired record had them).
     pub on_delete: Option<OnDelete>,
+    /// Whether golden records this system has no record of are created in it (default false:
+    /// only its own records are updated). Each new record's id is chosen by the hub
+    /// (`create_id`) and linked into the ID map when the cycle commits, before the record is
+    /// sent: the next read of the source attaches the record to its golden record, and a
+    /// create sent again after a crash finds its record there (create-only, by key).
+    #[serde(default)]
+    pub create: bool,
+    /// The id a created record gets: a SQL expression over the entity's fields and
+    /// `golden_id`, unique per golden record (default `'hub-' || golden_id`, for text ids).
+    pub create_id: Option<String>,
+}
+
+/// The id a write-back gives the records it creates, when `create_id` is not set.
+pub const DEFAULT_CREATE_ID: &str = "'hub-' || CAST(golden_id AS VARCHAR)";
+
+impl WritebackConfig {
+    /// The expression of the ids of created records.
+    pub fn create_id(&self) -> &str {
+        self.create_id.as_deref().unwrap_or(DEFAULT_CREATE_ID)
+    }
 }
 
 /// `writeback.on_delete`
@@ -475,14 +495,29 @@ pub fn retired_sync_name(entity: &str, source: &str) -> String {
     format!("{entity}-to-{source}-retired")
 }
 
+/// The name of the sync that creates golden records in `source` (`writeback.create`).
+pub fn create_sync_name(entity: &str, source: &str) -> String {
+    format!("{entity}-to-{source}-create")
+}
+
 /// The entity and source a write-back sync belongs to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HubLink {
     pub entity: String,
     pub source: String,
-    /// The sync of the source's `on_delete`: it reads the source's records of retired golden
-    /// records instead of live ones.
-    pub retired: bool,
+    pub kind: LinkKind,
+}
+
+/// Which of a source's records a write-back sync reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// The records of live golden records that the source has reported (updated).
+    Update,
+    /// The records the hub linked to live golden records for the source to create
+    /// (`writeback.create`), until the source reports them.
+    Create,
+    /// The records of retired golden records (the source's `on_delete`).
+    Retired,
 }
 
 /// The write-back relation's column with the source record's id.
@@ -492,8 +527,12 @@ pub const HUB_SEQ: &str = "__bf_hub_seq";
 
 /// The relation a write-back sync reads (registered by [`register`]).
 pub fn view_name(link: &HubLink) -> String {
-    let retired = if link.retired { "__retired" } else { "" };
-    format!("__bf_hub_{}__{}{retired}", link.entity, link.source)
+    let kind = match link.kind {
+        LinkKind::Update => "",
+        LinkKind::Create => "__create",
+        LinkKind::Retired => "__retired",
+    };
+    format!("__bf_hub_{}__{}{kind}", link.entity, link.source)
 }
 
 /// The write-back syncs of every entity, named `<entity>-to-<source>`, and the syncs of their
@@ -534,16 +573,26 @@ pub fn writeback_syncs(config: &ProjectConfig) -> IndexMap<String, SyncConfig> {
             let link = HubLink {
                 entity: entity.clone(),
                 source: source.clone(),
-                retired: false,
+                kind: LinkKind::Update,
             };
             if let Some((behavior, fields)) = wb.on_delete.as_ref().and_then(OnDelete::action) {
                 let retired = HubLink {
-                    retired: true,
+                    kind: LinkKind::Retired,
                     ..link.clone()
                 };
                 out.insert(
                     retired_sync_name(entity, source),
                     sync(retired, behavior, fields),
+                );
+            }
+            if wb.create {
+                let create = HubLink {
+                    kind: LinkKind::Create,
+                    ..link.clone()
+                };
+                out.insert(
+                    create_sync_name(entity, source),
+                    sync(create, Behavior::CreateOnly, s.writeback_fields()),
                 );
             }
             out.insert(
@@ -842,6 +891,22 @@ fn validate_source(
                 "its on_delete runs as sync \"{retired}\", and a [syncs.{retired}] exists already: rename one"
             ));
         }
+    }
+    if wb.create {
+        let create = create_sync_name(entity_name, source);
+        if config.syncs.contains_key(&create) {
+            m.push(format!(
+                "its creates run as sync \"{create}\", and a [syncs.{create}] exists already: rename one"
+            ));
+        }
+        if wb.create_id().trim().is_empty() {
+            m.push("writeback.create_id is empty".into());
+        }
+    } else if wb.create_id.is_some() {
+        m.push(
+            "writeback.create_id is set but create is not: add create = true, or remove create_id"
+                .into(),
+        );
     }
     let fields = s.writeback_fields();
     if fields.is_empty() {

@@ -95,7 +95,9 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
             });
         }
         parts.push(format!(
-            "SELECT {} FROM ({touched}) t JOIN {} c ON c.__bf_golden_id = t.__bf_golden_id",
+            // (A record linked for its source to create has reported no value yet.)
+            "SELECT {} FROM ({touched}) t JOIN {} c ON c.__bf_golden_id = t.__bf_golden_id \
+             WHERE c.__bf_read_seq IS NOT NULL",
             cols.join(", "),
             contrib_now(source)
         ));

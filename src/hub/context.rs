@@ -65,6 +65,8 @@ pub const REMOVED: &str = "bf_hub_removed";
 /// source that lost one (`__bf_lost_<field>`), and why (`__bf_reason`).
 pub const LOST: &str = "bf_hub_lost";
 pub const OVER: &str = "bf_hub_over";
+/// Every golden record after this cycle (as committed).
+pub const GOLDEN_NEXT: &str = "bf_hub_golden_next";
 /// Pairs of golden records kept apart, as committed (see `state::apart_schema`).
 pub const APART_OLD: &str = "bf_hub_apart_old";
 pub const REMAP: &str = "bf_hub_remap";

@@ -17,7 +17,7 @@ use crate::project::Project;
 use crate::state::{Chain, FORMAT_VERSION};
 
 pub use super::context::Cycle;
-use super::context::{APART_OLD, ATTACHED, OVER, contrib_old, golden_old, incoming};
+use super::context::{APART_OLD, ATTACHED, GOLDEN_NEXT, OVER, contrib_old, golden_old, incoming};
 
 /// How a cycle treats the state (see `--full-resync`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -147,7 +147,10 @@ async fn stages(
             Some(ids) => read::Window::Ids(ids),
             None => read::Window::After(from),
         };
-        let stored = before.and_then(|b| b.id_type.parse::<arrow::datatypes::DataType>().ok());
+        let mut stored = before.and_then(|b| b.id_type.parse::<arrow::datatypes::DataType>().ok());
+        if let Some(t) = super::create::empty_id_type(cycle, source, &relation).await? {
+            stored = Some(t);
+        }
         let (plan, id_type) = read::plan(
             &context,
             relation.clone(),
@@ -316,7 +319,23 @@ async fn stages(
             .is_some_and(|b| b.position == r.position)
     });
     let nothing_read = outcome.sources.values().all(|c| c.read == 0) && removed == 0;
-    if unmoved && nothing_read && !options.decide_all && options.resolution.is_none() {
+    // Golden records a source that creates records has none of yet are linked for it even
+    // when nothing was read.
+    let creating: Vec<(String, arrow::datatypes::DataType)> = super::create::sources(cycle)
+        .into_iter()
+        .filter_map(|s| reads.get(&s).map(|r| (s, r.id_type.clone())))
+        .collect();
+    let waiting = if creating.is_empty() {
+        0
+    } else {
+        super::create::waiting(cycle, &creating).await?
+    };
+    if unmoved
+        && nothing_read
+        && waiting == 0
+        && !options.decide_all
+        && options.resolution.is_none()
+    {
         return Ok(outcome);
     }
     failpoint!("hub_after_read", name);
@@ -335,7 +354,7 @@ async fn stages(
         }
         quarantines.insert(source.clone(), next.file);
     }
-    if changed == 0 && !options.decide_all {
+    if changed == 0 && waiting == 0 && !options.decide_all {
         // Only records read again as they were (ties at a watermark, a source without one):
         // nothing to commit but where the reading stands, if it moved.
         if options.dry_run {
@@ -390,10 +409,16 @@ async fn stages(
             ),
         )
         .await?;
-    let golden_rows = project
-        .state
-        .write_plan(next_golden, &golden_rel, Some(state::golden_schema(entity)))
-        .await?;
+    let golden_rows = cycle
+        .materialize(
+            "state",
+            next_golden,
+            "golden.parquet",
+            GOLDEN_NEXT,
+            Some(state::golden_schema(entity)),
+        )
+        .await?
+        .rows;
     let mut sources = IndexMap::new();
     for (source, read) in &reads {
         let contributions =

@@ -81,10 +81,12 @@ pub async fn gone(
             .await
             .and_then(|df| df.select(vec![col(read::IN_SID).alias(state::SID)]))
             .map_err(&engine)?;
+        // (A record linked for the source to create is not there until it is sent.)
         let mut old = cycle
             .ctx
             .table(contrib_old(source).as_str())
             .await
+            .and_then(|df| df.filter(!super::create::pending()))
             .and_then(|df| df.select(vec![col(state::SID)]))
             .and_then(|df| df.union(held))
             .map_err(&engine)?;

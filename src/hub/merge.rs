@@ -15,7 +15,7 @@
 
 use super::HubError;
 use super::context::{
-    APART_OLD, ATTACHED, Cycle, OVER, REMAP, contrib_next, contrib_now, golden_old,
+    APART_OLD, ATTACHED, Cycle, GOLDEN_NEXT, OVER, REMAP, contrib_next, contrib_now, golden_old,
 };
 use super::sql::{lit, norm, q, rank_case};
 use super::state::{self, StateFile, src_col};
@@ -367,14 +367,27 @@ pub async fn write_contributions(
                 }
             })
             .collect();
+        // A record linked for its source to create that the source has not reported yet is
+        // not carried over to the winner: the winner gets one of its own, if it has none
+        // (a record already sent is matched when the source reports it).
         format!(
-            "SELECT {} FROM {REMAP} m RIGHT JOIN {} c ON m.__bf_loser = c.{}",
+            "SELECT {} FROM {REMAP} m RIGHT JOIN {} c ON m.__bf_loser = c.{} \
+             WHERE m.__bf_winner IS NULL OR c.{} IS NOT NULL",
             cols.join(", "),
             contrib_now(source),
-            state::LINK
+            state::LINK,
+            state::READ_SEQ,
         )
     } else {
         format!("SELECT * FROM {}", contrib_now(source))
+    };
+    // A source that creates records gets its new golden records linked (see create.rs).
+    let sql = if super::create::sources(cycle).iter().any(|s| s == source) {
+        let links =
+            super::create::links_sql(cycle, source, GOLDEN_NEXT, &sql, id_type, true).await?;
+        format!("{sql}\nUNION ALL\n{links}")
+    } else {
+        sql
     };
     let df = cycle.sql("state", &sql).await?;
     cycle

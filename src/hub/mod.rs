@@ -32,6 +32,7 @@
 mod attach;
 mod authority;
 mod context;
+mod create;
 mod cycle;
 mod deletes;
 mod log;
@@ -501,6 +502,25 @@ pub async fn check(project: &Project, ctx: &SessionContext, name: &str) -> Resul
                 source_name: source.clone(),
                 message: e.to_string(),
             })?;
+        if config.writeback.as_ref().is_some_and(|w| w.create) {
+            let id_type = match stored {
+                Some(t) => t,
+                None => read::relation(ctx, name, source, config)
+                    .await?
+                    .schema()
+                    .field_with_unqualified_name(&config.id)
+                    .map(|f| f.data_type().clone())
+                    .unwrap_or(arrow::datatypes::DataType::Utf8),
+            };
+            let golden = golden_table(project, ctx, name, manifest.as_ref())
+                .await
+                .map_err(|e| HubError::Engine {
+                    entity: name.to_string(),
+                    stage: "check",
+                    source: e,
+                })?;
+            create::id_expr(name, source, config, &id_type, &golden)?;
+        }
     }
     check_blocking(project, ctx, name).await
 }

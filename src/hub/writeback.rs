@@ -12,6 +12,9 @@
 //! - **on_delete**: a source's `writeback.on_delete` (`"delete"`, or `{ update = { … } }`) is a
 //!   second sync, `<entity>-to-<source>-retired` (delete, or update-only), over the source's
 //!   records of *retired* golden records, with the same watermark.
+//! - **create**: a source with `writeback.create = true` gets a third sync,
+//!   `<entity>-to-<source>-create` (create-only), over the records the hub linked to it for
+//!   live golden records it had none of (see `create.rs`), until the source reports them.
 //! - **No echo**: what the sync compares with (its snapshot) is overlaid with what the source
 //!   itself reported since the hub version the sync last ran against, hashed the same way. A
 //!   value that came from the source is then "unchanged" for it and not sent back; one the hub
@@ -25,7 +28,7 @@ use datafusion::prelude::{DataFrame, Expr, SessionContext, col, ident};
 
 use super::HubError;
 use super::state::{self, HubManifest, contributions_schema, mapped_fields};
-use crate::config::entity::{HUB_SEQ, HubLink, SOURCE_ID, view_name};
+use crate::config::entity::{HUB_SEQ, HubLink, LinkKind, SOURCE_ID, view_name};
 use crate::project::Project;
 use crate::sync::{Upstream, UpstreamError, UpstreamRead};
 
@@ -119,7 +122,7 @@ async fn register(
     exposed.extend(entity.fields.keys().map(ident));
     exposed.push(col(state::SEQ).alias("__bf_golden_seq"));
     // A write-back sends live golden records; its on_delete, the retired ones.
-    let retired = if link.retired {
+    let retired = if link.kind == LinkKind::Retired {
         ident(state::RETIRED_AT).is_not_null()
     } else {
         ident(state::RETIRED_AT).is_null()
@@ -129,7 +132,8 @@ async fn register(
         .and_then(|g| g.select(exposed))
         .map_err(engine)?;
     // (What an on_delete sends is not what the source reports: it compares with what it sent.)
-    let observable = !link.retired && observable(project, ctx, link, &golden).await?;
+    let observable =
+        link.kind == LinkKind::Update && observable(project, ctx, link, &golden).await?;
     if let Some(filter) = source.writeback.as_ref().and_then(|w| w.filter.as_ref()) {
         let expr = golden
             .parse_sql_expr(filter)
@@ -154,6 +158,14 @@ async fn register(
         ])
         .alias(HUB_SEQ),
     );
+    // Records linked for the source to create are created, and updated only once the source
+    // has reported them (a record it has not got yet cannot be updated).
+    let pending = super::create::pending();
+    let contributions = match link.kind {
+        LinkKind::Create => contributions.filter(pending),
+        LinkKind::Update | LinkKind::Retired => contributions.filter(!pending),
+    }
+    .map_err(engine)?;
     let links = contributions
         .select(vec![
             ident(state::SID),

@@ -845,7 +845,7 @@ from = "aa"
 id = "id"
 fields = { email = "email", phone = "phone" }
 role = "contribute-only"
-writeback = { to = "nowhere", object = "people" }
+writeback = { to = "nowhere", object = "people", create_id = "'p-' || golden_id" }
 
 [entities.person.sources.b]
 from = "b"
@@ -868,6 +868,7 @@ writeback = { to = "db", object = "people", fields = { id = "email" } }
         "source \"a\": it is contribute-only, so nothing is written back to it",
         "writeback goes to unknown destination \"nowhere\"",
         "source \"b\": writeback.fields writes the key field \"id\"",
+        "source \"a\": writeback.create_id is set but create is not",
     ] {
         assert!(err.contains(part), "{part:?} missing in:\n{err}");
     }

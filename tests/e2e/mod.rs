@@ -12,6 +12,7 @@ mod hostile;
 mod http;
 mod http_crud;
 mod hub;
+mod hub_create;
 mod hub_deletes;
 mod hub_fuzzy;
 mod hub_property;

@@ -1,0 +1,451 @@
+//! Write-backs that create (`writeback.create = true`): golden records that a CRM-like SQLite
+//! table and an HTTP API (the fake API; its records come back to the hub through an export, as
+//! a warehouse copy of a SaaS tool would) have no record of are created there, each with the id
+//! the hub chose and linked into the ID map in the cycle that found it missing; the next reads
+//! attach the created records to their golden records, and further cycles create nothing
+//! twice, also after a crash at every step of the create path.
+
+use backflow::history::RunStatus;
+use backflow::hub::show::{GoldenRecord, Lookup};
+use backflow::project::RunTarget;
+use backflow::sync::{NoProgress, RunOptions};
+
+use crate::common::Fixture;
+use crate::common::api::{FakeApi, Faults};
+use crate::e2e::hub::lines;
+
+fn project(f: &Fixture, url: &str, entity: &str) {
+    f.write(
+        "backflow.toml",
+        &format!(
+            r#"
+[sources.app]
+type = "csv"
+path = "app.csv"
+
+[sources.crm]
+type = "sqlite"
+path = "crm.db"
+tables = ["contacts"]
+
+[sources.api_export]
+type = "csv"
+path = "api_contacts.csv"
+
+[destinations.crm_db]
+type = "sqlite"
+path = "crm.db"
+
+[destinations.api]
+type = "http"
+base_url = "{url}/api"
+token_env = "BACKFLOW_TEST_API_TOKEN"
+max_attempts = 2
+
+[destinations.api.create]
+path = "/{{object}}"
+per_record = true
+
+[destinations.api.update]
+method = "PATCH"
+path = "/{{object}}/{{key}}"
+
+[entities.{entity}]
+fields = {{ email = "text", name = "text" }}
+match = [["email"]]
+
+[entities.{entity}.sources.app]
+from = "app"
+id = "id"
+fields = {{ email = "email", name = "name" }}
+
+[entities.{entity}.sources.crm]
+from = "crm.contacts"
+id = "id"
+fields = {{ email = "email", name = "name" }}
+writeback = {{ to = "crm_db", object = "contacts", create = true }}
+
+[entities.{entity}.sources.api]
+from = "api_export"
+id = "id"
+role = "receive-only"
+fields = {{ email = "email", name = "name" }}
+writeback = {{ to = "api", object = "contacts", create = true, create_id = "'api-' || golden_id", filter = "email NOT LIKE '%@internal.io'" }}
+"#
+        ),
+    );
+    f.write(
+        "app.csv",
+        "id,email,name\n1,a@x.io,Ann\n2,b@x.io,Bob\n3,c@x.io,Cy\n4,ops@internal.io,Ops\n",
+    );
+    let conn = rusqlite::Connection::open(f.path().join("crm.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE contacts (id TEXT PRIMARY KEY, email TEXT, name TEXT);
+         INSERT INTO contacts VALUES ('c1', 'b@x.io', 'Bobby');",
+    )
+    .unwrap();
+    export(f, &FakeApiRecords(Vec::new()));
+}
+
+/// The API's contacts as a warehouse copy would have them.
+struct FakeApiRecords(Vec<(String, String, String)>);
+
+fn api_records(api: &FakeApi) -> FakeApiRecords {
+    FakeApiRecords(
+        api.records("contacts")
+            .values()
+            .map(|r| {
+                let text = |k: &str| r[k].as_str().unwrap_or("").to_string();
+                (text("id"), text("email"), text("name"))
+            })
+            .collect(),
+    )
+}
+
+fn export(f: &Fixture, records: &FakeApiRecords) {
+    let mut csv = "id,email,name\n".to_string();
+    for (id, email, name) in &records.0 {
+        csv.push_str(&format!("{id},{email},{name}\n"));
+    }
+    f.write("api_contacts.csv", &csv);
+}
+
+/// One `backflow run` (the entity, then its write-backs), then the API's export.
+async fn run_all(f: &Fixture, api: &FakeApi) {
+    let project = f.load().expect("project loads");
+    let ctx = project.session().await.expect("session");
+    for target in project.select_targets(&[]).unwrap() {
+        match target {
+            RunTarget::Entity(name) => {
+                let r = backflow::hub::run(&project, &ctx, &name, Default::default()).await;
+                assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
+            }
+            RunTarget::Sync(name) => {
+                let r = backflow::sync::run(
+                    &project,
+                    &ctx,
+                    &name,
+                    RunOptions::default(),
+                    std::sync::Arc::new(NoProgress),
+                )
+                .await;
+                assert_eq!(r.status, RunStatus::Succeeded, "{name}: {r:?}");
+            }
+        }
+    }
+    export(f, &api_records(api));
+}
+
+/// The live golden records as `email|name`.
+async fn golden(f: &Fixture, entity: &str) -> Vec<String> {
+    let project = f.load().unwrap();
+    let ctx = project.session().await.unwrap();
+    lines(
+        &ctx.sql(&format!("SELECT email, name FROM {entity} ORDER BY email"))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap(),
+    )
+}
+
+fn crm(f: &Fixture) -> Vec<String> {
+    f.sqlite_cells("crm.db", "contacts", &["id", "email", "name"])
+}
+
+fn api_held(api: &FakeApi) -> Vec<String> {
+    let mut v: Vec<String> = api_records(api)
+        .0
+        .into_iter()
+        .map(|(i, e, n)| format!("{i}|{e}|{n}"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Creates the API performed per key: none twice.
+fn creates_per_key(api: &FakeApi) -> Vec<u32> {
+    let s = api.state.lock().unwrap();
+    let mut v: Vec<u32> = s.creates.values().copied().collect();
+    v.sort();
+    v
+}
+
+async fn show(f: &Fixture, email_owner: (&str, &str)) -> GoldenRecord {
+    let project = f.load().unwrap();
+    let ctx = project.session().await.unwrap();
+    let lookup = Lookup::SourceRecord {
+        source: email_owner.0.into(),
+        id: email_owner.1.into(),
+    };
+    backflow::hub::show::golden_record(&project, &ctx, "person", &lookup)
+        .await
+        .unwrap()
+}
+
+/// `source:id (how)` of each record linked to a golden record.
+fn links(r: &GoldenRecord) -> Vec<String> {
+    let mut v: Vec<String> = r
+        .links
+        .iter()
+        .map(|l| {
+            let how = l.linked_by.as_deref().unwrap_or("");
+            format!("{}:{} ({how})", l.source, l.source_id)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// How many golden records the entity has, retired and merged ones included (a duplicate
+/// golden record would show here even if merged later).
+async fn golden_ever(f: &Fixture, entity: &str) -> i64 {
+    let project = f.load().unwrap();
+    let ctx = project.session().await.unwrap();
+    let manifest = backflow::hub::latest(&project, entity).await.unwrap();
+    let all = backflow::hub::golden_table(&project, &ctx, entity, manifest.as_ref())
+        .await
+        .unwrap();
+    all.count().await.unwrap() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_records_are_created_in_a_table_and_an_api_and_linked_without_duplicates() {
+    const E: &str = "person";
+    let api = FakeApi::start(Faults::default()).await;
+    let f = Fixture::new();
+    project(&f, &api.url(), E);
+    run_all(&f, &api).await;
+    assert_eq!(
+        golden(&f, E).await,
+        [
+            "a@x.io|Ann",
+            "b@x.io|Bob",
+            "c@x.io|Cy",
+            "ops@internal.io|Ops"
+        ]
+    );
+    // The CRM had Bob; it gets the three others, with the ids the hub chose.
+    let ann = show(&f, ("app", "1")).await;
+    let cy = show(&f, ("app", "3")).await;
+    let ops = show(&f, ("app", "4")).await;
+    assert_eq!(
+        crm(&f),
+        [
+            "c1|b@x.io|Bob".to_string(),
+            format!("hub-{}|a@x.io|Ann", ann.golden_id),
+            format!("hub-{}|c@x.io|Cy", cy.golden_id),
+            format!("hub-{}|ops@internal.io|Ops", ops.golden_id),
+        ]
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+    );
+    // The API gets every golden record its filter lets through.
+    assert_eq!(api_held(&api).len(), 3, "{:?}", api_held(&api));
+    assert!(api_held(&api).contains(&format!("api-{}|a@x.io|Ann", ann.golden_id)));
+    assert!(!api_held(&api).iter().any(|r| r.contains("internal.io")));
+    // The created ids are in the ID map from the cycle that created them.
+    assert_eq!(
+        links(&ann),
+        [
+            format!("api:api-{} (created (write-back))", ann.golden_id),
+            "app:1 (new)".to_string(),
+            format!("crm:hub-{} (created (write-back))", ann.golden_id),
+        ]
+    );
+
+    // The next reads attach the created records to their golden records; three further cycles
+    // (with a new person and an edit in between) create no duplicate anywhere.
+    let crm_before = crm(&f);
+    run_all(&f, &api).await;
+    assert_eq!(golden_ever(&f, E).await, 4);
+    assert_eq!(crm(&f), crm_before);
+    let ann = show(&f, ("crm", &format!("hub-{}", ann.golden_id))).await;
+    let name = ann.fields.iter().find(|v| v.field == "name").unwrap();
+    assert_eq!(name.value.as_deref(), Some("Ann"), "{ann:?}");
+    assert_eq!(
+        links(&ann).len(),
+        3,
+        "the created records are read and attached by id: {:?}",
+        links(&ann)
+    );
+    f.write(
+        "app.csv",
+        "id,email,name\n1,a@x.io,Ann\n2,b@x.io,Bob\n3,c@x.io,Cyrus\n4,ops@internal.io,Ops\n5,d@x.io,Dee\n",
+    );
+    for _ in 0..3 {
+        run_all(&f, &api).await;
+    }
+    assert_eq!(golden_ever(&f, E).await, 5);
+    let dee = show(&f, ("app", "5")).await;
+    let rows = crm(&f);
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert!(rows.contains(&format!("hub-{}|d@x.io|Dee", dee.golden_id)));
+    assert!(
+        rows.contains(&format!("hub-{}|c@x.io|Cyrus", cy.golden_id)),
+        "{rows:?}"
+    );
+    let held = api_held(&api);
+    assert_eq!(held.len(), 4, "{held:?}");
+    assert!(
+        held.contains(&format!("api-{}|c@x.io|Cyrus", cy.golden_id)),
+        "{held:?}"
+    );
+    assert!(held.contains(&format!("api-{}|d@x.io|Dee", dee.golden_id)));
+    assert_eq!(creates_per_key(&api), [1, 1, 1, 1]);
+}
+
+#[test]
+fn a_create_id_that_does_not_fit_the_source_id_is_refused_with_the_way_out() {
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        r#"
+[sources.app]
+type = "csv"
+path = "app.csv"
+
+[sources.crm]
+type = "csv"
+path = "crm.csv"
+
+[destinations.crm_db]
+type = "sqlite"
+path = "crm.db"
+
+[entities.person]
+fields = { email = "text" }
+match = [["email"]]
+
+[entities.person.sources.app]
+from = "app"
+id = "id"
+fields = { email = "email" }
+
+[entities.person.sources.crm]
+from = "crm"
+id = "id"
+fields = { email = "email" }
+writeback = { to = "crm_db", object = "contacts", create = true }
+"#,
+    );
+    f.write("app.csv", "id,email\n1,a@x.io\n");
+    f.write("crm.csv", "id,email\n7,b@x.io\n");
+    let (code, _, err) = f.cli(&["run", "person"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("create_id") && err.contains("Int64"),
+        "the error names the setting and the id's type: {err}"
+    );
+}
+
+/// A crash at any step of the create path (the cycle that links, the create syncs before and
+/// after sending, before and after their commit), then runs again: the same golden records,
+/// the same records in the CRM and the API, and no record created twice.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_anywhere_on_the_create_path_creates_nothing_twice() {
+    // (Another entity name than the other tests': failpoints are set for one process.)
+    const E: &str = "member";
+    let expected = {
+        let api = FakeApi::start(Faults::default()).await;
+        let f = Fixture::new();
+        project(&f, &api.url(), E);
+        run_all(&f, &api).await;
+        run_all(&f, &api).await;
+        (
+            golden(&f, E).await,
+            crm(&f),
+            api_held(&api),
+            golden_ever(&f, E).await,
+        )
+    };
+    let mut cases = Vec::new();
+    for point in ["hub_after_merge", "hub_before_commit", "hub_after_commit"] {
+        cases.push((point, E, false));
+        cases.push((point, E, true));
+    }
+    for point in [
+        "after_diff",
+        "after_destination_write",
+        "before_commit",
+        "after_commit",
+    ] {
+        cases.push((point, "member-to-crm-create", false));
+        cases.push((point, "member-to-api-create", true));
+    }
+    for (point, target, panic) in cases {
+        let api = FakeApi::start(Faults::default()).await;
+        let f = Fixture::new();
+        project(&f, &api.url(), E);
+        assert!(
+            run_faulted(&f, point, target, panic).await,
+            "{point} for {target} never stopped the run"
+        );
+        export(&f, &api_records(&api));
+        run_all(&f, &api).await;
+        run_all(&f, &api).await;
+        let got = (
+            golden(&f, E).await,
+            crm(&f),
+            api_held(&api),
+            golden_ever(&f, E).await,
+        );
+        assert_eq!(got, expected, "after {point} for {target} (panic: {panic})");
+        assert!(
+            creates_per_key(&api).iter().all(|n| *n == 1),
+            "after {point} for {target}: {:?}",
+            creates_per_key(&api)
+        );
+    }
+}
+
+/// One `backflow run` with failpoint `point` set to fail `target`; whether it stopped there.
+#[cfg(feature = "failpoints")]
+async fn run_faulted(f: &Fixture, point: &str, target: &str, panic: bool) -> bool {
+    let arg = if panic {
+        format!("panic:{target}")
+    } else {
+        target.to_string()
+    };
+    let _failpoints = crate::common::FAILPOINTS.lock().await;
+    fail::cfg(point, &format!("return({arg})")).unwrap();
+    let path = f.path().to_path_buf();
+    let point_name = point.to_string();
+    let outcome = tokio::spawn(async move {
+        let project = backflow::Project::load(&path).unwrap();
+        let ctx = project.session().await.unwrap();
+        let mut stopped = false;
+        for t in project.select_targets(&[]).unwrap() {
+            let error = match t {
+                RunTarget::Entity(name) => {
+                    backflow::hub::run(&project, &ctx, &name, Default::default())
+                        .await
+                        .error
+                }
+                RunTarget::Sync(name) => {
+                    backflow::sync::run(
+                        &project,
+                        &ctx,
+                        &name,
+                        RunOptions::default(),
+                        std::sync::Arc::new(NoProgress),
+                    )
+                    .await
+                    .error
+                }
+            };
+            stopped |= error.is_some_and(|e| e.contains(&point_name));
+        }
+        stopped
+    })
+    .await;
+    fail::remove(point);
+    match outcome {
+        Ok(stopped) => stopped,
+        Err(join) => join.is_panic(),
+    }
+}
