@@ -1,4 +1,4 @@
--- A sync's state as its snapshot with the deltas of later cursor runs (src/sync/mod.rs).
+-- A sync's state as its snapshot with the deltas of later runs that accepted few rows (src/sync/state.rs).
 --
 -- Inputs:
 --   bf_base    the snapshot: __bf_key, __bf_hash

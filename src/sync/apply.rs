@@ -512,6 +512,9 @@ impl<'a> Outbox<'a> {
         if class == NEW && keep {
             self.sent.new_keys += keys.len() as u64;
         }
+        if class != NEW && !keep {
+            self.sent.left_keys += keys.len() as u64;
+        }
         let fields = match rows.column_by_name(FIELDS) {
             Some(f) if keep => {
                 Some(arrow::compute::filter(f, &accepted_mask).map_err(|e| df_err(e.into()))?)

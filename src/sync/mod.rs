@@ -846,7 +846,7 @@ async fn locked_cycle(
         }
         log.close().await?;
     }
-    let new_keys = sent.new_keys;
+    let (new_keys, left_keys) = (sent.new_keys, sent.left_keys);
     let sent_rows = sent.close().await?;
     let previous_watermark = prepared
         .previous
@@ -896,6 +896,7 @@ async fn locked_cycle(
             sent: &sent_rel,
             rows: sent_rows,
             new_keys,
+            left_keys,
             late: &finished.rejected,
             overlaid: !prepared.pending.is_empty() || prepared.reported > 0,
         },

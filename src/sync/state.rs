@@ -1,5 +1,5 @@
 //! The sync's state: the keys in sync with their row hashes. A snapshot (Parquet), plus up to
-//! [`MAX_DELTAS`] deltas that cursor runs added; what the diff compares with ([`register`]:
+//! [`MAX_DELTAS`] deltas that small runs added; what the diff compares with ([`register`]:
 //! `bf_state`, `bf_prev`); what a run accepted (`sent.parquet`, [`SentWriter`]); and the next
 //! state ([`next`]): unchanged, the last one plus a delta, or a new snapshot written by
 //! `sql/next_state.sql`.
@@ -390,6 +390,8 @@ async fn with_deltas(
 pub struct SentWriter {
     /// Keys written that the state did not have (new rows accepted and kept).
     pub new_keys: u64,
+    /// Keys written that leave the state (deleted, forgotten).
+    pub left_keys: u64,
     store: StateStore,
     writer: AsyncArrowWriter<BufWriter>,
     schema: SchemaRef,
@@ -416,6 +418,7 @@ impl SentWriter {
         let schema = Arc::new(Schema::new(columns));
         Ok(SentWriter {
             new_keys: 0,
+            left_keys: 0,
             store: store.clone(),
             writer: store.parquet_writer(rel, schema.clone())?,
             schema,
@@ -484,6 +487,8 @@ pub(super) struct Accepted<'a> {
     pub rows: u64,
     /// Keys the state did not have.
     pub new_keys: u64,
+    /// Keys that leave the state.
+    pub left_keys: u64,
     /// Rows the destination refused only when the run finished.
     pub late: &'a [LateRejection],
     /// Whether the run's state holds more than the last state and what was sent: intents of
@@ -491,9 +496,10 @@ pub(super) struct Accepted<'a> {
     pub overlaid: bool,
 }
 
-/// The next state: unchanged when nothing was accepted; for a cursor run (few rows, many keys
-/// in state) the last one plus what it accepted, as a delta; else a new snapshot, a plan over
-/// the last state and what was accepted (which folds the deltas in).
+/// The next state: unchanged when nothing was accepted; for a run that accepted few rows for
+/// the keys in state (a cursor run, an incremental run of a full scan) the last one plus what
+/// it accepted, as a delta; else a new snapshot, a plan over the last state and what was
+/// accepted (which folds the deltas in).
 pub(super) async fn next(
     sync: &SyncRef<'_>,
     previous: Option<&Manifest>,
@@ -509,12 +515,7 @@ pub(super) async fn next(
             rows: prev.rows,
             deltas: prev.deltas.clone(),
         }),
-        Some(prev)
-            if plain
-                && sync.config.cursor.is_some()
-                && !rescan
-                && delta_fits(prev, accepted.rows) =>
-        {
+        Some(prev) if plain && !rescan && delta_fits(prev, accepted.rows) => {
             let mut deltas = prev.deltas.clone();
             deltas.push(Delta {
                 path: accepted.sent.to_string(),
@@ -523,7 +524,7 @@ pub(super) async fn next(
             });
             Ok(NextState {
                 snapshot: prev.snapshot.clone(),
-                rows: prev.rows + accepted.new_keys,
+                rows: (prev.rows + accepted.new_keys).saturating_sub(accepted.left_keys),
                 deltas,
             })
         }
