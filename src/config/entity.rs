@@ -545,6 +545,9 @@ pub fn writeback_syncs(config: &ProjectConfig) -> IndexMap<String, SyncConfig> {
             // Both read the source's records of golden records (live ones, or retired ones)
             // from the hub, keyed by the source's id, by the hub version of their last change.
             let sync = |link: HubLink, behavior: Behavior, computed: IndexMap<String, String>| {
+                // Creates read every record waiting to be created (few), so that a record that
+                // left (read from its source) is forgotten and created again if it comes back.
+                let cursor = (link.kind != LinkKind::Create).then(|| HUB_SEQ.to_string());
                 SyncConfig {
                     from: view_name(&link),
                     to: wb.to.clone(),
@@ -556,7 +559,7 @@ pub fn writeback_syncs(config: &ProjectConfig) -> IndexMap<String, SyncConfig> {
                         computed,
                         ..FieldsConfig::default()
                     },
-                    cursor: Some(HUB_SEQ.to_string()),
+                    cursor,
                     cursor_lookback: None,
                     max_deletes: None,
                     tags: Vec::new(),

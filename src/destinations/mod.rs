@@ -209,6 +209,10 @@ pub struct WriteTarget {
     /// The destination has no upsert: an upsert or a mirror creates its new records and
     /// updates its changed ones (see [`Destination::creates_and_updates`]).
     pub creates_and_updates: bool,
+    /// A create-only sync forgets a key that left its model, so that the key is created again
+    /// if it comes back (a hub write-back's creates: a record linked again after its source
+    /// deleted it is created again).
+    pub forget_gone: bool,
 }
 
 impl WriteTarget {

@@ -598,9 +598,12 @@ pub async fn deltas(cycle: &Cycle<'_>) -> Result<u64, HubError> {
                 at = q(&at_col(f))
             )
         }));
-        // A record read again exactly as it was keeps its row: nothing new was reported.
+        // A record read again exactly as it was keeps its row: nothing new was reported. (A
+        // record linked for its source to create is reported the first time it is read,
+        // whatever its values.)
         let same = std::iter::once(format!(
-            "(o.{IN_SID} IS NOT NULL) AND (o.__bf_golden_id IS NOT DISTINCT FROM a.__bf_golden_id)"
+            "(o.{IN_SID} IS NOT NULL) AND (o.__bf_read_seq IS NOT NULL) \
+             AND (o.__bf_golden_id IS NOT DISTINCT FROM a.__bf_golden_id)"
         ))
         .chain(
             mapped
@@ -669,7 +672,8 @@ pub async fn deltas(cycle: &Cycle<'_>) -> Result<u64, HubError> {
             .await?;
         cycle.register("attach", &contrib_now(source), now)?;
         let differs: Vec<String> = std::iter::once(format!(
-            "(o.{IN_SID} IS NULL) OR (d.__bf_golden_id IS DISTINCT FROM o.__bf_golden_id)"
+            "(o.{IN_SID} IS NULL) OR (o.__bf_read_seq IS NULL) \
+             OR (d.__bf_golden_id IS DISTINCT FROM o.__bf_golden_id)"
         ))
         .chain(
             mapped

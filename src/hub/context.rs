@@ -32,6 +32,9 @@ pub struct Cycle<'a> {
     /// the files written go to `data_dir` only, which is removed at the end.
     pub dry_run: bool,
     pub(super) tables: Mutex<Vec<String>>,
+    /// Sources that create records whose `create_id` or `filter` could not be evaluated in
+    /// this cycle: no record is linked for them to create (see create.rs).
+    pub(super) no_creates: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Table names of a cycle.

@@ -141,7 +141,7 @@ pub fn id_expr(
         ));
     }
     let sql = wb.create_id();
-    golden.parse_sql_expr(sql).map_err(|e| {
+    let expr = golden.parse_sql_expr(sql).map_err(|e| {
         problem(
             entity,
             source,
@@ -149,7 +149,29 @@ pub fn id_expr(
                 "writeback.create_id `{sql}` is not a valid SQL expression over the entity's fields and golden_id: {e}"
             ),
         )
-    })
+    })?;
+    // An id is kept exactly: text takes any value, an integer id takes integers only (a
+    // fraction would be cut, a date or a text read as something else).
+    use datafusion::logical_expr::ExprSchemable;
+    let t = expr
+        .get_type(golden.schema())
+        .map_err(|e| problem(entity, source, format!("writeback.create_id `{sql}`: {e}")))?;
+    let fits = is_text
+        || t == *id_type
+        || *id_type == arrow::datatypes::DataType::Null
+        || (t.is_integer() && id_type.is_integer());
+    if !fits {
+        return Err(problem(
+            entity,
+            source,
+            format!(
+                "writeback.create_id `{sql}` gives values of type {t}, and the source's id \"{}\" \
+                 is of type {id_type}: make it give ids of that type (for example with CAST)",
+                config.id
+            ),
+        ));
+    }
+    Ok(expr)
 }
 
 /// The id type of a source that creates records and has none yet (an empty table or file
@@ -194,8 +216,8 @@ pub async fn empty_id_type(
 }
 
 /// How many golden records of the committed state are waiting to be linked for a source to
-/// create (a cycle that read nothing new still links them). `id_types`: each creating
-/// source's id type.
+/// create (a cycle that read nothing new still links them), with a warning for those that
+/// cannot be. `id_types`: each creating source's id type.
 pub async fn waiting(
     cycle: &Cycle<'_>,
     id_types: &[(String, arrow::datatypes::DataType)],
@@ -203,12 +225,76 @@ pub async fn waiting(
     let mut n = 0;
     for (source, id_type) in id_types {
         let old = format!("SELECT * FROM {}", super::context::contrib_old(source));
-        let links = links_sql(cycle, source, golden_old(), &old, id_type, false).await?;
-        n += cycle
-            .count("state", &format!("SELECT COUNT(*) FROM ({links})"))
-            .await?;
+        let counted = async {
+            let links = links_sql(cycle, source, golden_old(), &old, id_type, true).await?;
+            cycle
+                .count("state", &format!("SELECT COUNT(*) FROM ({links})"))
+                .await
+        }
+        .await;
+        match counted {
+            Ok(c) => n += c,
+            Err(HubError::Engine { source: e, .. }) => held_up(cycle, source, &e),
+            Err(e) => return Err(e),
+        }
     }
     Ok(n)
+}
+
+/// An expression that fails on some golden record's values (a CAST of a text that is not a
+/// number, say) holds up the source's creates in this cycle, not the cycle.
+fn held_up(cycle: &Cycle<'_>, source: &str, e: &datafusion::error::DataFusionError) {
+    tracing::warn!(
+        entity = cycle.name,
+        source,
+        "no record is created in the source in this cycle: writeback.create_id or \
+         writeback.filter fails on the values of some golden record ({e}); fix the expression \
+         (TRY_CAST gives NULL where CAST fails: such a golden record is then left out)"
+    );
+    if let Ok(mut s) = cycle.no_creates.lock() {
+        s.insert(source.to_string());
+    }
+}
+
+/// The next contributions of a source that creates records (`contributions`: their SQL): a
+/// record linked for it to create that it has not reported yet is dropped when the source has
+/// reported another record of that golden record (one a person made meanwhile, say), and the
+/// golden records of `golden` it has no record of are linked.
+pub async fn with_links(
+    cycle: &Cycle<'_>,
+    source: &str,
+    golden: &str,
+    contributions: &str,
+    id_type: &arrow::datatypes::DataType,
+) -> Result<String, HubError> {
+    let (link, read) = (state::LINK, state::READ_SEQ);
+    let kept = format!(
+        "SELECT c.* FROM ({contributions}) c WHERE c.{read} IS NOT NULL OR c.{link} IS NULL \
+         OR c.{link} NOT IN (SELECT {link} FROM ({contributions}) \
+                             WHERE {read} IS NOT NULL AND {link} IS NOT NULL)"
+    );
+    let held = cycle
+        .no_creates
+        .lock()
+        .map(|s| s.contains(source))
+        .unwrap_or(true);
+    if held {
+        return Ok(kept);
+    }
+    register_wanted(cycle, source, golden, id_type).await?;
+    let evaluated = cycle
+        .count(
+            "state",
+            &format!("SELECT COUNT({}) FROM {}", state::SID, wanted(source)),
+        )
+        .await;
+    if let Err(HubError::Engine { source: e, .. }) = &evaluated {
+        held_up(cycle, source, e);
+        return Ok(kept);
+    }
+    evaluated?;
+    let links = links_sql(cycle, source, golden, &kept, id_type, false).await?;
+    Ok(format!("{kept}\nUNION ALL\n{links}"))
 }
 
 /// The SQL of the records to link for `source` to create, in its contributions schema:
@@ -216,7 +302,7 @@ pub async fn waiting(
 /// in `contributions` (SQL of the next contributions) is linked to, with their chosen ids. An
 /// id some record of the source has already, or that two golden records would get, is left
 /// out (with a warning when `warn`): two records of the source would share it.
-pub async fn links_sql(
+async fn links_sql(
     cycle: &Cycle<'_>,
     source: &str,
     golden: &str,

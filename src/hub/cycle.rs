@@ -67,6 +67,7 @@ pub(super) async fn run(
         previous,
         dry_run: options.dry_run,
         tables: Mutex::new(Vec::new()),
+        no_creates: Mutex::new(BTreeSet::new()),
     };
     let result = stages(&cycle, &chain, options, skip, samples, lock).await;
     cycle.clear();
@@ -346,8 +347,10 @@ async fn stages(
     super::attach::count(cycle, &mut outcome.sources).await?;
     let mut changed = super::attach::deltas(cycle).await? + removed;
     let mut quarantines = IndexMap::new();
+    let ambiguous = super::quarantine::ambiguous(cycle).await?;
     for (source, read) in &reads {
-        let next = super::quarantine::next(cycle, source, &read.id_type).await?;
+        let held = ambiguous.get(source).copied().unwrap_or(0);
+        let next = super::quarantine::next(cycle, source, &read.id_type, held).await?;
         changed += next.changed;
         if let Some(c) = outcome.sources.get_mut(source) {
             c.quarantined = next.added;

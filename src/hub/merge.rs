@@ -383,9 +383,7 @@ pub async fn write_contributions(
     };
     // A source that creates records gets its new golden records linked (see create.rs).
     let sql = if super::create::sources(cycle).iter().any(|s| s == source) {
-        let links =
-            super::create::links_sql(cycle, source, GOLDEN_NEXT, &sql, id_type, true).await?;
-        format!("{sql}\nUNION ALL\n{links}")
+        super::create::with_links(cycle, source, GOLDEN_NEXT, &sql, id_type).await?
     } else {
         sql
     };

@@ -24,6 +24,7 @@
 
 use std::sync::Arc;
 
+use arrow::array::AsArray;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::HubError;
@@ -317,7 +318,45 @@ pub struct Next {
 /// After the attach stage: the source's quarantine as this cycle leaves it. Entries of
 /// records this cycle saw (read, tried again, invalid or deleted) are replaced by what it
 /// found; the others stay.
-pub async fn next(cycle: &Cycle<'_>, source: &str, id_type: &DataType) -> Result<Next, HubError> {
+/// How many records of each source the attach stage found ambiguous (one pass over the
+/// attached records for every source; sources with none are absent).
+pub async fn ambiguous(
+    cycle: &Cycle<'_>,
+) -> Result<std::collections::HashMap<String, u64>, HubError> {
+    let batches = cycle
+        .sql(
+            "quarantine",
+            &format!(
+                "SELECT CAST(__bf_source AS VARCHAR), COUNT(*) FROM {ATTACHED} \
+                 WHERE __bf_linked_by = {} GROUP BY __bf_source",
+                lit(QUARANTINED)
+            ),
+        )
+        .await?
+        .collect()
+        .await
+        .map_err(cycle.engine("quarantine"))?;
+    let mut out = std::collections::HashMap::new();
+    for b in &batches {
+        let names = b.column(0).as_string::<i32>();
+        let counts = arrow::compute::cast(b.column(1), &DataType::Int64)
+            .map_err(|e| cycle.engine("quarantine")(e.into()))?;
+        let counts = counts.as_primitive::<arrow::datatypes::Int64Type>();
+        for r in 0..b.num_rows() {
+            out.insert(names.value(r).to_string(), counts.value(r).max(0) as u64);
+        }
+    }
+    Ok(out)
+}
+
+/// `ambiguous`: how many of the source's records the attach stage found ambiguous (see
+/// [`ambiguous`]).
+pub async fn next(
+    cycle: &Cycle<'_>,
+    source: &str,
+    id_type: &DataType,
+    ambiguous: u64,
+) -> Result<Next, HubError> {
     let entity = cycle.entity;
     let schema = schema(entity, source, id_type);
     let mapped = mapped_fields(entity, source);
@@ -326,15 +365,6 @@ pub async fn next(cycle: &Cycle<'_>, source: &str, id_type: &DataType) -> Result
         .count(
             "quarantine",
             &format!("SELECT COUNT(*) FROM {}", stored_table(source)),
-        )
-        .await?;
-    let ambiguous = cycle
-        .count(
-            "quarantine",
-            &format!(
-                "SELECT COUNT(*) FROM {ATTACHED} WHERE __bf_source = {src} AND __bf_linked_by = {}",
-                lit(QUARANTINED)
-            ),
         )
         .await?;
     let invalid = cycle

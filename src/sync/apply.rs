@@ -56,6 +56,7 @@ pub(super) fn action(
         // A key that left a delete sync's list leaves its state, so it is deleted again if it
         // comes back.
         (Delete, GONE) => (None, Counter::Forgotten),
+        (CreateOnly, GONE) if target.forget_gone => (None, Counter::Forgotten),
         _ => return None,
     })
 }

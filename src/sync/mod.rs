@@ -153,6 +153,10 @@ impl SyncRef<'_> {
             version,
             partial_updates: config.send == crate::config::SendMode::Changed,
             creates_and_updates: false,
+            forget_gone: config
+                .hub
+                .as_ref()
+                .is_some_and(|l| l.kind == crate::config::entity::LinkKind::Create),
         }
     }
 }

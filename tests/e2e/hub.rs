@@ -32,7 +32,7 @@ fn system(f: &Fixture, db: &str, table: &str, key: &str, create: &str, rows: &[&
 }
 
 /// Run SQL against a system's database (as its users would).
-fn edit(f: &Fixture, db: &str, sql: &str) {
+pub fn edit(f: &Fixture, db: &str, sql: &str) {
     let conn = rusqlite::Connection::open(f.path().join(db)).unwrap();
     conn.execute_batch(sql).unwrap();
 }

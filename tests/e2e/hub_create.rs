@@ -296,6 +296,105 @@ async fn golden_records_are_created_in_a_table_and_an_api_and_linked_without_dup
     );
     assert!(held.contains(&format!("api-{}|d@x.io|Dee", dee.golden_id)));
     assert_eq!(creates_per_key(&api), [1, 1, 1, 1]);
+
+    // A person deletes a created record in the CRM: it is created again (create means the CRM
+    // has every golden record), under the same id.
+    let ann_id = format!("hub-{}", ann.golden_id);
+    crate::e2e::hub::edit(
+        &f,
+        "crm.db",
+        &format!("DELETE FROM contacts WHERE id = '{ann_id}'"),
+    );
+    run_all(&f, &api).await;
+    run_all(&f, &api).await;
+    assert!(
+        crm(&f).contains(&format!("{ann_id}|a@x.io|Ann")),
+        "{:?}",
+        crm(&f)
+    );
+
+    // A create the CRM refuses is tried again; when a person types the record in meanwhile,
+    // the typed record is linked and the create is dropped: one record per person.
+    crate::e2e::hub::edit(
+        &f,
+        "crm.db",
+        "CREATE TRIGGER refuse BEFORE INSERT ON contacts WHEN NEW.id LIKE 'hub-%' \
+         BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+    );
+    f.write(
+        "app.csv",
+        "id,email,name\n1,a@x.io,Ann\n2,b@x.io,Bob\n3,c@x.io,Cyrus\n4,ops@internal.io,Ops\n5,d@x.io,Dee\n6,e@x.io,Eve\n7,,\n",
+    );
+    run_all(&f, &api).await;
+    assert!(
+        !crm(&f).iter().any(|r| r.contains("e@x.io")),
+        "{:?}",
+        crm(&f)
+    );
+    crate::e2e::hub::edit(
+        &f,
+        "crm.db",
+        "INSERT INTO contacts VALUES ('typed-1', 'e@x.io', 'Eve'); DROP TRIGGER refuse;",
+    );
+    run_all(&f, &api).await;
+    run_all(&f, &api).await;
+    let eves: Vec<String> = crm(&f)
+        .into_iter()
+        .filter(|r| r.contains("e@x.io"))
+        .collect();
+    assert_eq!(eves, ["typed-1|e@x.io|Eve"]);
+    assert!(
+        links(&show(&f, ("app", "6")).await).contains(&"crm:typed-1 (match: email)".to_string()),
+        "{:?}",
+        links(&show(&f, ("app", "6")).await)
+    );
+
+    // A golden record with no values is created empty, read back, and updated once it has
+    // some.
+    let blank = show(&f, ("app", "7")).await;
+    let blank_id = format!("hub-{}", blank.golden_id);
+    assert!(
+        crm(&f).contains(&format!("{blank_id}|∅|∅")),
+        "{:?}",
+        crm(&f)
+    );
+    f.write(
+        "app.csv",
+        "id,email,name\n1,a@x.io,Ann\n2,b@x.io,Bob\n3,c@x.io,Cyrus\n4,ops@internal.io,Ops\n5,d@x.io,Dee\n6,e@x.io,Eve\n7,g@x.io,Gus\n",
+    );
+    run_all(&f, &api).await;
+    run_all(&f, &api).await;
+    assert!(
+        crm(&f).contains(&format!("{blank_id}|g@x.io|Gus")),
+        "{:?}",
+        crm(&f)
+    );
+    assert_eq!(crm(&f).len(), 7, "one record per golden record: {:?}", crm(&f));
+    assert_eq!(golden_ever(&f, E).await, 7);
+    assert!(
+        creates_per_key(&api).iter().all(|n| *n == 1),
+        "{:?}",
+        creates_per_key(&api)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_id_that_fails_on_some_values_holds_up_its_creates_not_the_hub() {
+    let api = FakeApi::start(Faults::default()).await;
+    let f = Fixture::new();
+    project(&f, &api.url(), "person");
+    let text = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &text.replace(
+            "object = \"contacts\", create = true }",
+            "object = \"contacts\", create = true, create_id = \"CAST(name AS BIGINT)\" }",
+        ),
+    );
+    run_all(&f, &api).await;
+    assert_eq!(golden(&f, "person").await.len(), 4);
+    assert_eq!(crm(&f), ["c1|b@x.io|Bob"]);
+    assert_eq!(api_held(&api).len(), 3, "the other source's creates go on");
 }
 
 #[test]
