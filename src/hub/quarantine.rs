@@ -338,7 +338,9 @@ pub async fn ambiguous(
         .map_err(cycle.engine("quarantine"))?;
     let mut out = std::collections::HashMap::new();
     for b in &batches {
-        let names = b.column(0).as_string::<i32>();
+        let names = arrow::compute::cast(b.column(0), &DataType::Utf8)
+            .map_err(|e| cycle.engine("quarantine")(e.into()))?;
+        let names = names.as_string::<i32>();
         let counts = arrow::compute::cast(b.column(1), &DataType::Int64)
             .map_err(|e| cycle.engine("quarantine")(e.into()))?;
         let counts = counts.as_primitive::<arrow::datatypes::Int64Type>();
