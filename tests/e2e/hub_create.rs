@@ -369,7 +369,12 @@ async fn golden_records_are_created_in_a_table_and_an_api_and_linked_without_dup
         "{:?}",
         crm(&f)
     );
-    assert_eq!(crm(&f).len(), 7, "one record per golden record: {:?}", crm(&f));
+    assert_eq!(
+        crm(&f).len(),
+        7,
+        "one record per golden record: {:?}",
+        crm(&f)
+    );
     assert_eq!(golden_ever(&f, E).await, 7);
     assert!(
         creates_per_key(&api).iter().all(|n| *n == 1),
