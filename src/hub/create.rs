@@ -141,15 +141,7 @@ pub fn id_expr(
         ));
     }
     let sql = wb.create_id();
-    let expr = golden.parse_sql_expr(sql).map_err(|e| {
-        problem(
-            entity,
-            source,
-            format!(
-                "writeback.create_id `{sql}` is not a valid SQL expression over the entity's fields and golden_id: {e}"
-            ),
-        )
-    })?;
+    let expr = parse_create_id(entity, source, sql, golden)?;
     // An id is kept exactly: text takes any value, an integer id takes integers only (a
     // fraction would be cut, a date or a text read as something else).
     use datafusion::logical_expr::ExprSchemable;
@@ -199,20 +191,29 @@ pub async fn empty_id_type(
         .table(golden_old())
         .await
         .map_err(cycle.engine("read"))?;
-    let sql = wb.create_id();
-    let expr = golden.parse_sql_expr(sql).map_err(|e| {
+    let expr = parse_create_id(cycle.name, source, wb.create_id(), &golden)?;
+    let t = expr
+        .get_type(golden.schema())
+        .map_err(cycle.engine("read"))?;
+    Ok(Some(t))
+}
+
+/// `create_id` (`sql`) as an expression over `golden` (golden records).
+fn parse_create_id(
+    entity: &str,
+    source: &str,
+    sql: &str,
+    golden: &datafusion::prelude::DataFrame,
+) -> Result<Expr, HubError> {
+    golden.parse_sql_expr(sql).map_err(|e| {
         problem(
-            cycle.name,
+            entity,
             source,
             format!(
                 "writeback.create_id `{sql}` is not a valid SQL expression over the entity's fields and golden_id: {e}"
             ),
         )
-    })?;
-    let t = expr
-        .get_type(golden.schema())
-        .map_err(cycle.engine("read"))?;
-    Ok(Some(t))
+    })
 }
 
 /// How many golden records of the committed state are waiting to be linked for a source to

@@ -577,7 +577,7 @@ fn changes(f: &Fixture) {
 /// Everything one `backflow run` would do, with failpoint `point` set to fail `target` (an
 /// error, or a panic that ends the run). Returns whether some part of the run stopped there.
 #[cfg(feature = "failpoints")]
-async fn run_faulted_all(f: &Fixture, point: &str, target: &str, panic: bool) -> bool {
+pub async fn run_faulted_all(f: &Fixture, point: &str, target: &str, panic: bool) -> bool {
     let arg = if panic {
         format!("panic:{target}")
     } else {

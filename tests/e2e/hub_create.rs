@@ -486,7 +486,7 @@ async fn a_crash_anywhere_on_the_create_path_creates_nothing_twice() {
         let f = Fixture::new();
         project(&f, &api.url(), E);
         assert!(
-            run_faulted(&f, point, target, panic).await,
+            crate::e2e::hub::run_faulted_all(&f, point, target, panic).await,
             "{point} for {target} never stopped the run"
         );
         export(&f, &api_records(&api));
@@ -504,52 +504,5 @@ async fn a_crash_anywhere_on_the_create_path_creates_nothing_twice() {
             "after {point} for {target}: {:?}",
             creates_per_key(&api)
         );
-    }
-}
-
-/// One `backflow run` with failpoint `point` set to fail `target`; whether it stopped there.
-#[cfg(feature = "failpoints")]
-async fn run_faulted(f: &Fixture, point: &str, target: &str, panic: bool) -> bool {
-    let arg = if panic {
-        format!("panic:{target}")
-    } else {
-        target.to_string()
-    };
-    let _failpoints = crate::common::FAILPOINTS.lock().await;
-    fail::cfg(point, &format!("return({arg})")).unwrap();
-    let path = f.path().to_path_buf();
-    let point_name = point.to_string();
-    let outcome = tokio::spawn(async move {
-        let project = backflow::Project::load(&path).unwrap();
-        let ctx = project.session().await.unwrap();
-        let mut stopped = false;
-        for t in project.select_targets(&[]).unwrap() {
-            let error = match t {
-                RunTarget::Entity(name) => {
-                    backflow::hub::run(&project, &ctx, &name, Default::default())
-                        .await
-                        .error
-                }
-                RunTarget::Sync(name) => {
-                    backflow::sync::run(
-                        &project,
-                        &ctx,
-                        &name,
-                        RunOptions::default(),
-                        std::sync::Arc::new(NoProgress),
-                    )
-                    .await
-                    .error
-                }
-            };
-            stopped |= error.is_some_and(|e| e.contains(&point_name));
-        }
-        stopped
-    })
-    .await;
-    fail::remove(point);
-    match outcome {
-        Ok(stopped) => stopped,
-        Err(join) => join.is_panic(),
     }
 }
