@@ -79,6 +79,8 @@ pub struct Project {
     /// CSV source: copying it from its object store, inferring its column types and scanning
     /// its rows).
     pub source_ms: std::sync::Mutex<indexmap::IndexMap<String, u64>>,
+    /// What each source warned about when the session was made (a dbt model not built yet).
+    pub source_warnings: std::sync::Mutex<indexmap::IndexMap<String, Vec<String>>>,
     /// Clean copies sessions read (removed with the project).
     pub(crate) scratch: std::sync::Mutex<Vec<tempfile::TempDir>>,
 }
@@ -154,6 +156,7 @@ impl Project {
             state,
             quarantine: Default::default(),
             source_ms: Default::default(),
+            source_warnings: Default::default(),
             scratch: Default::default(),
         })
     }

@@ -86,6 +86,12 @@ impl Project {
             if let Ok(mut q) = self.quarantine.lock() {
                 q.insert(name.clone(), registration.quarantine);
             }
+            for w in &registration.warnings {
+                tracing::warn!(source = name.as_str(), "{w}");
+            }
+            if let Ok(mut w) = self.source_warnings.lock() {
+                w.insert(name.clone(), registration.warnings);
+            }
             if let (Some(dir), Ok(mut s)) = (registration.scratch, self.scratch.lock()) {
                 s.push(dir);
             }

@@ -149,9 +149,18 @@ fn env_options(scheme: &str) -> Vec<(String, String)> {
         .map(|(k, v)| (k.to_ascii_lowercase(), v))
         .collect();
     // object_store's HTTP client refuses plain HTTP unless allowed: a URL that says
-    // `http://` asks for it.
+    // `http://` asks for it, and so does an S3 endpoint that says `http://` (a local
+    // S3-compatible server), unless AWS_ALLOW_HTTP says otherwise.
     if scheme == "http" {
         options.push(("allow_http".into(), "true".into()));
+    }
+    let plain_endpoint = options.iter().any(|(k, v)| {
+        matches!(k.as_str(), "aws_endpoint_url" | "aws_endpoint")
+            && v.get(..7)
+                .is_some_and(|p| p.eq_ignore_ascii_case("http://"))
+    });
+    if plain_endpoint && !options.iter().any(|(k, _)| k == "aws_allow_http") {
+        options.push(("aws_allow_http".into(), "true".into()));
     }
     options
 }

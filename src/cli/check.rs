@@ -55,9 +55,33 @@ pub(super) async fn check(
     };
     let ctx = project.session().await.map_err(|e| e.to_string())?;
     let mut records = Vec::new();
+    let warned: Vec<(String, Vec<String>)> = project
+        .source_warnings
+        .lock()
+        .map(|w| {
+            w.iter()
+                .filter(|(_, w)| !w.is_empty())
+                .map(|(n, w)| (n.clone(), w.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (name, warnings) in warned {
+        records.push(CheckRecord {
+            source: Some(name),
+            sync: None,
+            entity: None,
+            status: RunStatus::Succeeded,
+            behavior: None,
+            destination: None,
+            object: None,
+            error: None,
+            warnings,
+        });
+    }
     for name in &entities {
         let result = crate::hub::check(&project, &ctx, name).await;
         records.push(CheckRecord {
+            source: None,
             sync: None,
             entity: Some(name.clone()),
             status: if result.is_ok() {
@@ -80,6 +104,7 @@ pub(super) async fn check(
             Err(e) => (RunStatus::Failed, Some(e.to_string()), Vec::new()),
         };
         records.push(CheckRecord {
+            source: None,
             sync: Some(name.clone()),
             entity: None,
             status,
@@ -93,13 +118,22 @@ pub(super) async fn check(
     let ok = records.iter().all(|r| r.status == RunStatus::Succeeded);
     if json {
         for r in records {
-            let kind = if r.entity.is_some() { "entity" } else { "sync" };
+            let kind = if r.entity.is_some() {
+                "entity"
+            } else if r.source.is_some() {
+                "source"
+            } else {
+                "sync"
+            };
             out!("{}", Record::new("check", kind, r).line());
         }
     } else {
         for r in &records {
             if let Some(e) = &r.error {
                 out!("✗ {e}");
+            }
+            if let Some(source) = &r.source {
+                err!("! source \"{source}\":");
             }
             super::output::print_warnings(&r.warnings);
         }

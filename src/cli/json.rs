@@ -228,6 +228,9 @@ impl SyncRecord {
 /// What `check` found for one sync or entity.
 #[derive(Debug, Serialize)]
 pub struct CheckRecord {
+    /// A source's warnings (a dbt model the warehouse lacks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

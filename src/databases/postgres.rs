@@ -116,6 +116,16 @@ impl PgUrl {
         })
     }
 
+    /// The database the URL names (None: the server's default, the user's name).
+    pub fn database(&self) -> Option<&str> {
+        self.config.get_dbname()
+    }
+
+    /// The user the URL connects as.
+    pub fn user(&self) -> Option<&str> {
+        self.config.get_user()
+    }
+
     /// `host:port/database`, for messages.
     pub fn server(&self) -> String {
         let host = match self.config.get_hosts().first() {

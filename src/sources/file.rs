@@ -187,13 +187,55 @@ impl Source for FileSource {
                 if let Some(ext) = ext_override {
                     options = options.file_extension(ext);
                 }
-                ctx.register_parquet(name, &table_path, options)
-                    .await
-                    .map_err(read_err)?;
+                if location.local.is_none() && location.is_glob() {
+                    register_remote_glob(ctx, name, &location, options)
+                        .await
+                        .map_err(read_err)?;
+                } else {
+                    ctx.register_parquet(name, &table_path, options)
+                        .await
+                        .map_err(read_err)?;
+                }
             }
         }
         Ok(registration)
     }
+}
+
+/// Register a glob of objects (`s3://bucket/exports/part-*.parquet`) as one table. DataFusion
+/// takes globs only in local paths; for a URL the listing prefix (up to the last `/` before the
+/// first glob character) and the pattern are given to it apart.
+async fn register_remote_glob(
+    ctx: &SessionContext,
+    name: &str,
+    location: &Location,
+    options: ParquetReadOptions<'_>,
+) -> datafusion::error::Result<()> {
+    use datafusion::datasource::file_format::options::ReadOptions;
+    use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
+    use datafusion::error::DataFusionError;
+    let raw = location.url.as_str();
+    let first = raw.find(['*', '?', '[']).unwrap_or(raw.len());
+    let cut = raw[..first].rfind('/').map_or(0, |i| i + 1);
+    let (prefix, pattern) = raw.split_at(cut);
+    let external = |e: String| DataFusionError::External(e.into());
+    let prefix = url::Url::parse(prefix).map_err(|e| external(format!("{prefix}: {e}")))?;
+    let pattern = glob::Pattern::new(&percent_decode(pattern))
+        .map_err(|e| external(format!("the glob {pattern}: {e}")))?;
+    let table_url = ListingTableUrl::try_new(prefix, Some(pattern))?;
+    let listing = options.to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
+    let schema = listing.infer_schema(&ctx.state(), &table_url).await?;
+    let config = ListingTableConfig::new(table_url)
+        .with_listing_options(listing)
+        .with_schema(schema);
+    ctx.register_table(name, std::sync::Arc::new(ListingTable::try_new(config)?))?;
+    Ok(())
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// What the session reads for a CSV source.

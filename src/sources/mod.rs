@@ -2,6 +2,7 @@
 //! [`Source`]; [`build`] is the one place that lists them.
 
 mod database;
+mod dbt;
 mod fetch;
 mod file;
 pub mod postgres;
@@ -18,6 +19,7 @@ use serde::Deserialize;
 pub use database::{
     DatabaseSource, MysqlSourceConfig, PostgresSourceConfig, SqliteSourceConfig, TableSelection,
 };
+pub use dbt::DbtSourceConfig;
 pub use file::{CsvSourceConfig, FileSource, ParquetSourceConfig, sweep_clean_copies};
 
 /// Errors from registering or reading a source.
@@ -68,6 +70,8 @@ pub enum SourceConfig {
     Mysql(MysqlSourceConfig),
     /// Tables of an SQLite file; in models, `SOURCE.table`.
     Sqlite(SqliteSourceConfig),
+    /// The relations a dbt project built (its manifest names them); in models, `SOURCE.model`.
+    Dbt(DbtSourceConfig),
 }
 
 impl SourceConfig {
@@ -79,14 +83,18 @@ impl SourceConfig {
             SourceConfig::Postgres(c) => c.validate(),
             SourceConfig::Mysql(c) => c.validate(),
             SourceConfig::Sqlite(c) => c.validate(),
+            SourceConfig::Dbt(c) => c.validate(),
         }
     }
 
     /// For a database source, the tables it exposes (as `SOURCE.table`); None for a file
-    /// source, which is one table under its own name.
+    /// source, which is one table under its own name. A dbt source's tables are known once
+    /// its manifest is read: all of them.
     pub fn tables(&self) -> Option<&TableSelection> {
+        static ALL: TableSelection = TableSelection::All;
         match self {
             SourceConfig::Csv(_) | SourceConfig::Parquet(_) => None,
+            SourceConfig::Dbt(_) => Some(&ALL),
             SourceConfig::Postgres(c) => Some(&c.tables),
             SourceConfig::Mysql(c) => Some(&c.tables),
             SourceConfig::Sqlite(c) => Some(&c.tables),
@@ -102,6 +110,9 @@ pub struct Registration {
     /// Files the session reads instead of the source's own (clean copies); removed when
     /// dropped, so the project keeps it as long as the session.
     pub scratch: Option<tempfile::TempDir>,
+    /// What the user should know about the source that does not stop it (a dbt model the
+    /// warehouse lacks); `check` shows them.
+    pub warnings: Vec<String>,
 }
 
 /// A source registers itself as a table of a session.
@@ -120,5 +131,6 @@ pub fn build(config: &SourceConfig, project_dir: &Path) -> Arc<dyn Source> {
         SourceConfig::Postgres(c) => Arc::new(DatabaseSource::postgres(c.clone())),
         SourceConfig::Mysql(c) => Arc::new(DatabaseSource::mysql(c.clone())),
         SourceConfig::Sqlite(c) => Arc::new(DatabaseSource::sqlite(c.clone(), project_dir)),
+        SourceConfig::Dbt(c) => Arc::new(dbt::DbtSource::new(c.clone(), project_dir)),
     }
 }

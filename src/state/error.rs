@@ -41,6 +41,14 @@ pub enum StateError {
         "{owner}: this run lost its lease (another run took it over after it expired, or it could not be renewed); it stops here without committing, and the next run re-checks what it sent"
     )]
     LeaseLost { owner: String },
+    #[error(
+        "state store {location} cannot hold backflow's state: {reason}. Runs lease and commit state \
+         with create-if-absent writes, so that two runs never both commit; without them they \
+         could. Use a store with conditional writes (AWS S3, Google Cloud Storage, Azure Blob \
+         Storage, Cloudflare R2, MinIO, Ceph RGW of 2024 or later) or a local state path; \
+         nothing was run or changed"
+    )]
+    NoConditionalWrites { location: String, reason: String },
     #[error("cannot create lock file {path}: {source}")]
     Lock {
         path: String,

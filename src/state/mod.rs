@@ -95,6 +95,9 @@ pub struct StateStore {
     location: Location,
     root: ObjectPath,
     lease_ttl: std::time::Duration,
+    /// Whether the store was seen to honour create-if-absent writes (checked once, before the
+    /// first lease of an object-store state).
+    conditional: Arc<tokio::sync::OnceCell<()>>,
 }
 
 /// Held while a sync (or an entity) runs: an OS file lock on local state, a lease in an object
@@ -142,6 +145,7 @@ impl StateStore {
             location,
             root,
             lease_ttl: crate::state::lease::DEFAULT_TTL,
+            conditional: Arc::new(tokio::sync::OnceCell::new()),
         })
     }
 
@@ -259,6 +263,9 @@ impl StateStore {
         if self.location.local.is_some() {
             return self.lock_chain(chain);
         }
+        self.conditional
+            .get_or_try_init(|| self.check_conditional())
+            .await?;
         let path = self.path(&format!("locks/{}.lease", chain.lock));
         let lease = crate::state::lease::Lease::acquire(
             self.store.clone(),
@@ -272,6 +279,52 @@ impl StateStore {
             _file: None,
             lease: Some(lease),
         })
+    }
+
+    /// Whether the object store refuses a second create-if-absent write of one object. Leases
+    /// and commits rest on it: a store that ignores the condition (an S3-compatible server
+    /// without `If-None-Match`) would let two runs both commit the same version, so state is
+    /// not kept there. One probe object, written twice and removed.
+    async fn check_conditional(&self) -> Result<()> {
+        let path = self.path(&format!(
+            "locks/.conditional-write-check-{}",
+            uuid::Uuid::new_v4()
+        ));
+        let put = || {
+            self.store.put_opts(
+                &path,
+                PutPayload::from_static(b"probe"),
+                PutMode::Create.into(),
+            )
+        };
+        let refused = |reason: String| StateError::NoConditionalWrites {
+            location: self.location.display.clone(),
+            reason,
+        };
+        match put().await {
+            Ok(_) => {}
+            Err(object_store::Error::NotImplemented { .. }) => {
+                return Err(refused(
+                    "its client has conditional writes turned off (AWS_CONDITIONAL_PUT=disabled, \
+                     or a store type without them)"
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(self.io("check conditional writes on", &path)(e)),
+        }
+        let second = put().await;
+        if let Err(e) = self.store.delete(&path).await {
+            tracing::debug!(error = %e, "could not remove the conditional-write probe");
+        }
+        match second {
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Ok(_) => Err(refused(
+                "the server accepted a second create-if-absent write of the same object: it \
+                 ignores If-None-Match"
+                    .into(),
+            )),
+            Err(e) => Err(self.io("check conditional writes on", &path)(e)),
+        }
     }
 
     /// Take the sync's run lock (see [`StateStore::lock_chain`]).

@@ -34,11 +34,32 @@ pub(super) async fn relation(sync: &SyncRef<'_>) -> Result<Read, SyncError> {
         ),
         None => None,
     };
-    let relation = sync
-        .ctx
-        .table(sync.config.from.as_str())
-        .await
-        .map_err(engine(sync.name, "read"))?;
+    let from = sync.config.from.as_str();
+    let relation = match sync.ctx.table(from).await {
+        Ok(r) => r,
+        Err(e) => {
+            // A source that left the table out said why (a dbt model not built yet).
+            let said = from.split_once('.').and_then(|(source, _)| {
+                let warnings = sync.project.source_warnings.lock().ok()?;
+                let needle = format!("{from} cannot be read");
+                warnings
+                    .get(source)?
+                    .iter()
+                    .find(|w| w.contains(&needle))
+                    .cloned()
+            });
+            return Err(match said {
+                Some(message) => SyncError::Settings {
+                    sync: sync.name.to_string(),
+                    message: format!(
+                        "source \"{}\": {message}",
+                        from.split('.').next().unwrap_or(from)
+                    ),
+                },
+                None => engine(sync.name, "read")(e),
+            });
+        }
+    };
     let cursor_type = sync.config.cursor.as_ref().and_then(|c| {
         relation
             .schema()

@@ -7,6 +7,7 @@ pub mod api;
 pub mod db;
 pub mod faulty;
 pub mod files_http;
+pub mod s3;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

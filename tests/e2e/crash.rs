@@ -300,15 +300,31 @@ async fn a_torn_newest_manifest_falls_back_and_resends() {
 #[cfg(feature = "failpoints")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn runs_on_object_store_state_hold_a_lease_and_a_frozen_run_commits_nothing() {
+    let f = Fixture::new();
+    let shared: std::sync::Arc<dyn object_store::ObjectStore> =
+        std::sync::Arc::new(object_store::memory::InMemory::new());
+    overlapping_runs(&f, "memory:///shared", "overlap", shared).await;
+}
+
+/// A project of one mirror sync, `sync`, with its state at `state` (an object-store URL) read
+/// and written through `shared`, run as above: four runs together, one frozen past its lease.
+/// The sync's name names its failpoint, so use one no other test uses.
+#[cfg(feature = "failpoints")]
+pub async fn overlapping_runs(
+    f: &Fixture,
+    state: &str,
+    sync: &'static str,
+    shared: std::sync::Arc<dyn object_store::ObjectStore>,
+) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
-    let f = Fixture::new();
     f.write(
         "backflow.toml",
-        r#"
+        &format!(
+            r#"
 [state]
-path = "memory:///shared"
+path = "{state}"
 lease = "3s"
 
 [sources.people]
@@ -319,16 +335,15 @@ path = "people.csv"
 type = "sqlite"
 path = "out/app.db"
 
-[syncs.overlap]
+[syncs.{sync}]
 from = "people"
 to = "app"
 object = "people"
 behavior = "mirror"
 key = "id"
-"#,
+"#
+        ),
     );
-    let shared: Arc<dyn object_store::ObjectStore> =
-        Arc::new(object_store::memory::InMemory::new());
     let model = |n: usize, tag: &str| {
         let mut csv = String::from("id,name\n");
         for i in 0..n {
@@ -347,35 +362,28 @@ key = "id"
             backflow::sync::run(
                 &project,
                 &ctx,
-                "overlap",
+                sync,
                 Default::default(),
                 Arc::new(backflow::sync::NoProgress),
             )
             .await
         })
     };
+    let failpoint = format!("before_commit:{sync}");
     // Runs reaching their commit wait there: the first `pause_first` ms when given, else all.
     let pause = |ms: u64, only_first: bool| {
         let arrived = Arc::new(AtomicUsize::new(0));
-        // Named for this sync: other tests' syncs pass `before_commit` meanwhile.
-        fail::cfg_callback("before_commit:overlap", move || {
+        fail::cfg_callback(failpoint.as_str(), move || {
             if !only_first || arrived.fetch_add(1, Ordering::SeqCst) == 0 {
                 std::thread::sleep(Duration::from_millis(ms));
             }
         })
         .unwrap();
     };
-    let latest = || {
-        let path = f.path().to_path_buf();
-        let shared = shared.clone();
-        async move {
-            let project = backflow::Project::load(&path).unwrap();
-            backflow::state::StateStore::with_store(project.state.location().clone(), shared)
-                .unwrap()
-                .latest("overlap")
-                .await
-                .unwrap()
-        }
+    let store = || {
+        let project = backflow::Project::load(f.path()).unwrap();
+        backflow::state::StateStore::with_store(project.state.location().clone(), shared.clone())
+            .unwrap()
     };
     let _failpoints = FAILPOINTS.lock().await;
 
@@ -389,7 +397,7 @@ key = "id"
     for r in runs {
         outcomes.push(r.await.unwrap());
     }
-    fail::remove("before_commit:overlap");
+    fail::remove(failpoint.as_str());
     let won: Vec<_> = outcomes.iter().filter(|r| r.error.is_none()).collect();
     assert_eq!(won.len(), 1, "{outcomes:#?}");
     assert_eq!(won[0].state_version, Some(1));
@@ -400,7 +408,12 @@ key = "id"
             "{e}"
         );
     }
-    assert_eq!(latest().await.unwrap().rows, 500);
+
+    // The commit itself is create-if-absent in the store: version 1 cannot be written twice.
+    let committed = store().latest(sync).await.unwrap().unwrap();
+    assert_eq!((committed.version, committed.rows), (1, 500));
+    let again = store().commit(&committed).await.unwrap_err().to_string();
+    assert!(again.contains("committed state version 1 first"), "{again}");
 
     // A run frozen at its commit past its lease; another takes the lease over meanwhile.
     f.write("people.csv", &model(400, "b"));
@@ -410,13 +423,13 @@ key = "id"
     tokio::time::sleep(Duration::from_millis(3800)).await;
     let other = start(f.path().to_path_buf(), shared.clone()).await.unwrap();
     let frozen = frozen.await.unwrap();
-    fail::remove("before_commit:overlap");
+    fail::remove(failpoint.as_str());
     fail::remove("lease_renew");
     assert_eq!(other.error, None, "{other:#?}");
     assert_eq!(other.state_version, Some(2));
     let e = frozen.error.clone().unwrap_or_default();
     assert!(e.contains("lost its lease"), "{frozen:#?}");
-    let state = latest().await.unwrap();
+    let state = store().latest(sync).await.unwrap().unwrap();
     assert_eq!((state.version, state.rows), (2, 400));
 
     // The next run (re-checking what the frozen one sent) leaves the table equal to the model.
@@ -425,5 +438,5 @@ key = "id"
     let rows = f.sqlite("out/app.db", "people");
     assert_eq!(rows.len(), 400);
     assert!(rows.iter().all(|r| r["name"].starts_with('b')));
-    assert_eq!(latest().await.unwrap().rows, 400);
+    assert_eq!(store().latest(sync).await.unwrap().unwrap().rows, 400);
 }
