@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Every model, seed and snapshot of the manifest becomes a table of the source, named as dbt
-//! names it (`dbt.customers` in models and syncs), reading the relation dbt built: the node's
+//! names it, in lower case (`dbt.customers` in models and syncs), reading the relation dbt built: the node's
 //! database, schema and alias. A versioned model is `<name>_v<version>`, and its latest version
 //! is also `<name>`. Ephemeral models have no relation (dbt inlines them) and are left out. A
 //! node whose relation is not in the warehouse (not built yet, or dropped) is left out with a
@@ -167,8 +167,9 @@ pub fn parse(text: &str, shown: &str) -> Result<Relations, String> {
             .alias
             .filter(|a| !a.is_empty())
             .unwrap_or_else(|| node.name.clone());
+        // SQL folds unquoted names to lower case: `from = "dbt.Customers"` finds `customers`.
         let base = Relation {
-            table: node.name.clone(),
+            table: node.name.to_lowercase(),
             kind: node.resource_type.clone(),
             node: node.name.clone(),
             database: node.database.filter(|d| !d.is_empty()),
@@ -179,7 +180,7 @@ pub fn parse(text: &str, shown: &str) -> Result<Relations, String> {
             Some(v) => {
                 let version = version_text(v);
                 relations.push(Relation {
-                    table: format!("{}_v{version}", node.name),
+                    table: format!("{}_v{version}", node.name).to_lowercase(),
                     node: format!("{}.v{version}", node.name),
                     ..base.clone()
                 });
@@ -207,7 +208,8 @@ pub fn parse(text: &str, shown: &str) -> Result<Relations, String> {
     if !clashes.is_empty() {
         return Err(format!(
             "{shown}: more than one dbt node is named {} (models of the same name in two \
-             packages); backflow cannot tell which one a sync means",
+             packages, or names differing only in case); backflow cannot tell which one a sync \
+             means",
             clashes.join(", ")
         ));
     }

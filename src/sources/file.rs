@@ -3,8 +3,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use arrow::datatypes::Schema;
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
 use async_trait::async_trait;
+use datafusion::datasource::file_format::options::ReadOptions;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
 use serde::Deserialize;
 
@@ -178,19 +184,27 @@ impl Source for FileSource {
                 if let Some(ext) = ext_override {
                     options = options.file_extension(ext);
                 }
-                ctx.register_csv(name, &table_path, options)
-                    .await
-                    .map_err(read_err)?;
+                if prepared.read.is_none() && location.is_glob() {
+                    // The files the rows were checked in, not DataFusion's own glob.
+                    let listing = options
+                        .to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
+                    let schema = prepared.schema.clone().map(Arc::new);
+                    register_glob(ctx, name, &location, listing, schema).await?;
+                } else {
+                    ctx.register_csv(name, &table_path, options)
+                        .await
+                        .map_err(read_err)?;
+                }
             }
             Format::Parquet => {
                 let mut options = ParquetReadOptions::default();
                 if let Some(ext) = ext_override {
                     options = options.file_extension(ext);
                 }
-                if location.local.is_none() && location.is_glob() {
-                    register_remote_glob(ctx, name, &location, options)
-                        .await
-                        .map_err(read_err)?;
+                if location.is_glob() {
+                    let listing = options
+                        .to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
+                    register_glob(ctx, name, &location, listing, None).await?;
                 } else {
                     ctx.register_parquet(name, &table_path, options)
                         .await
@@ -202,40 +216,116 @@ impl Source for FileSource {
     }
 }
 
-/// Register a glob of objects (`s3://bucket/exports/part-*.parquet`) as one table. DataFusion
-/// takes globs only in local paths; for a URL the listing prefix (up to the last `/` before the
-/// first glob character) and the pattern are given to it apart.
-async fn register_remote_glob(
+/// The files a glob names: those directly in its folder whose name matches it (a glob is the
+/// path's last part, as for every file source: `exports/part-*.parquet`). Listed here rather
+/// than by DataFusion, whose globs work in local paths only and which drops path parts holding
+/// `=` before matching (so `k=v.parquet` would be left out and `date=…/` folders read).
+async fn glob_files(location: &Location) -> Result<Vec<ListingTableUrl>, String> {
+    let raw = location.display.as_str();
+    let last = raw.rfind('/').map_or(0, |i| i + 1);
+    if raw[..last].contains(['*', '?', '[']) {
+        return Err(format!(
+            "{raw}: a glob works in the last part of the path only (\"exports/*.parquet\"); to \
+             read partition folders (\"date=2026-01-01/\"), name their parent folder"
+        ));
+    }
+    let pattern = &raw[last..];
+    let mut urls = Vec::new();
+    match &location.local {
+        Some(path) => {
+            for file in quarantine::files(path, raw) {
+                let url = url::Url::from_file_path(&file)
+                    .map_err(|_| format!("{} is not an absolute path", file.display()))?;
+                urls.push(ListingTableUrl::try_new(url, None).map_err(|e| e.to_string())?);
+            }
+        }
+        None => {
+            let store = location.store().map_err(|e| e.to_string())?;
+            let dir = location.object_path().map_err(|e| e.to_string())?;
+            let dir = dir.parts().collect::<Vec<_>>();
+            let dir: object_store::path::Path =
+                dir[..dir.len().saturating_sub(1)].iter().cloned().collect();
+            let listing = store
+                .list_with_delimiter(Some(&dir))
+                .await
+                .map_err(|e| format!("cannot list {raw}: {e}"))?;
+            let mut names: Vec<_> = listing
+                .objects
+                .into_iter()
+                .filter(|o| {
+                    o.location
+                        .filename()
+                        .is_some_and(|n| quarantine::glob_match(pattern, n))
+                })
+                .map(|o| o.location)
+                .collect();
+            names.sort();
+            for name in names {
+                let mut url = location.store_url();
+                url.set_path(&name.as_ref().replace('%', "%25"));
+                urls.push(ListingTableUrl::try_new(url, None).map_err(|e| e.to_string())?);
+            }
+        }
+    }
+    if urls.is_empty() {
+        return Err(format!("no file matches {raw}"));
+    }
+    Ok(urls)
+}
+
+/// Register the files a glob names as one table `name` (see [`glob_files`]).
+async fn register_glob(
     ctx: &SessionContext,
     name: &str,
     location: &Location,
-    options: ParquetReadOptions<'_>,
-) -> datafusion::error::Result<()> {
-    use datafusion::datasource::file_format::options::ReadOptions;
-    use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
-    use datafusion::error::DataFusionError;
-    let raw = location.url.as_str();
-    let first = raw.find(['*', '?', '[']).unwrap_or(raw.len());
-    let cut = raw[..first].rfind('/').map_or(0, |i| i + 1);
-    let (prefix, pattern) = raw.split_at(cut);
-    let external = |e: String| DataFusionError::External(e.into());
-    let prefix = url::Url::parse(prefix).map_err(|e| external(format!("{prefix}: {e}")))?;
-    let pattern = glob::Pattern::new(&percent_decode(pattern))
-        .map_err(|e| external(format!("the glob {pattern}: {e}")))?;
-    let table_url = ListingTableUrl::try_new(prefix, Some(pattern))?;
-    let listing = options.to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
-    let schema = listing.infer_schema(&ctx.state(), &table_url).await?;
-    let config = ListingTableConfig::new(table_url)
-        .with_listing_options(listing)
-        .with_schema(schema);
-    ctx.register_table(name, std::sync::Arc::new(ListingTable::try_new(config)?))?;
-    Ok(())
+    options: ListingOptions,
+    schema: Option<SchemaRef>,
+) -> Result<(), SourceError> {
+    let files = glob_files(location)
+        .await
+        .map_err(|reason| SourceError::Other {
+            name: name.to_string(),
+            reason,
+        })?;
+    register_files(ctx, name, files, options, schema)
+        .await
+        .map_err(|source| SourceError::Read {
+            name: name.to_string(),
+            location: location.display.clone(),
+            source,
+        })
 }
 
-fn percent_decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8_lossy()
-        .into_owned()
+/// Register `files` as one table `name` read with `options` (its schema inferred from them
+/// unless given).
+async fn register_files(
+    ctx: &SessionContext,
+    name: &str,
+    files: Vec<ListingTableUrl>,
+    options: ListingOptions,
+    schema: Option<SchemaRef>,
+) -> datafusion::error::Result<()> {
+    let schema = match schema {
+        Some(s) => s,
+        None => {
+            let mut inferred = Vec::new();
+            for f in &files {
+                inferred.push(
+                    options
+                        .infer_schema(&ctx.state(), f)
+                        .await?
+                        .as_ref()
+                        .clone(),
+                );
+            }
+            Arc::new(Schema::try_merge(inferred)?)
+        }
+    };
+    let config = ListingTableConfig::new_with_multi_paths(files)
+        .with_listing_options(options)
+        .with_schema(schema);
+    ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
+    Ok(())
 }
 
 /// What the session reads for a CSV source.

@@ -3,6 +3,7 @@
 
 mod database;
 mod dbt;
+mod delta;
 mod fetch;
 mod file;
 pub mod postgres;
@@ -20,6 +21,7 @@ pub use database::{
     DatabaseSource, MysqlSourceConfig, PostgresSourceConfig, SqliteSourceConfig, TableSelection,
 };
 pub use dbt::DbtSourceConfig;
+pub use delta::DeltaSourceConfig;
 pub use file::{CsvSourceConfig, FileSource, ParquetSourceConfig, sweep_clean_copies};
 
 /// Errors from registering or reading a source.
@@ -72,6 +74,8 @@ pub enum SourceConfig {
     Sqlite(SqliteSourceConfig),
     /// The relations a dbt project built (its manifest names them); in models, `SOURCE.model`.
     Dbt(DbtSourceConfig),
+    /// A Delta Lake table: its folder, local or in an object store (the `delta` feature).
+    Delta(DeltaSourceConfig),
 }
 
 impl SourceConfig {
@@ -84,6 +88,7 @@ impl SourceConfig {
             SourceConfig::Mysql(c) => c.validate(),
             SourceConfig::Sqlite(c) => c.validate(),
             SourceConfig::Dbt(c) => c.validate(),
+            SourceConfig::Delta(c) => c.validate(),
         }
     }
 
@@ -93,7 +98,7 @@ impl SourceConfig {
     pub fn tables(&self) -> Option<&TableSelection> {
         static ALL: TableSelection = TableSelection::All;
         match self {
-            SourceConfig::Csv(_) | SourceConfig::Parquet(_) => None,
+            SourceConfig::Csv(_) | SourceConfig::Parquet(_) | SourceConfig::Delta(_) => None,
             SourceConfig::Dbt(_) => Some(&ALL),
             SourceConfig::Postgres(c) => Some(&c.tables),
             SourceConfig::Mysql(c) => Some(&c.tables),
@@ -132,5 +137,6 @@ pub fn build(config: &SourceConfig, project_dir: &Path) -> Arc<dyn Source> {
         SourceConfig::Mysql(c) => Arc::new(DatabaseSource::mysql(c.clone())),
         SourceConfig::Sqlite(c) => Arc::new(DatabaseSource::sqlite(c.clone(), project_dir)),
         SourceConfig::Dbt(c) => Arc::new(dbt::DbtSource::new(c.clone(), project_dir)),
+        SourceConfig::Delta(c) => Arc::new(delta::DeltaSource::new(c.clone(), project_dir)),
     }
 }

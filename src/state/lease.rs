@@ -149,7 +149,8 @@ impl Lease {
         let locked = |until: i64, holder: &str| StateError::Locked {
             owner: owner.to_string(),
             path: format!(
-                "{path} (a lease of run {holder} until {})",
+                "{path} (a lease of run {holder} until {}; a run that was killed keeps it until \
+                 then)",
                 chrono::DateTime::from_timestamp_millis(until)
                     .map(|t| t.to_rfc3339())
                     .unwrap_or_default()

@@ -48,6 +48,18 @@ pub(super) async fn relation(sync: &SyncRef<'_>) -> Result<Read, SyncError> {
                     .find(|w| w.contains(&needle))
                     .cloned()
             });
+            // A dbt source's table that its manifest does not have.
+            let said = said.or_else(|| {
+                let (source, table) = from.split_once('.')?;
+                match sync.project.config.sources.get(source)? {
+                    crate::sources::SourceConfig::Dbt(c) => Some(format!(
+                        "dbt manifest {} has no model, seed or snapshot named {table} (dbt names \
+                         are read in lower case); run `dbt compile` after adding it",
+                        c.manifest
+                    )),
+                    _ => None,
+                }
+            });
             return Err(match said {
                 Some(message) => SyncError::Settings {
                     sync: sync.name.to_string(),

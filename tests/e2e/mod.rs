@@ -4,6 +4,8 @@ mod cli;
 mod config_fuzz;
 mod crash;
 mod dbt;
+#[cfg(feature = "delta")]
+mod delta;
 mod errors;
 mod files;
 mod fuzz_corpus;

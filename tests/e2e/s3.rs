@@ -204,6 +204,13 @@ async fn a_glob_of_parquet_objects_feeds_a_change_feed_in_the_bucket() {
     s3.put("in/part-2.parquet", part(&[(3, "Alan")])).await;
     s3.put("in/other.parquet", part(&[(9, "not in the glob")]))
         .await;
+    // A name holding `=` matches like any other; a file in a subfolder is not in the glob.
+    s3.put("in/part-k=v.parquet", part(&[(4, "Kay")])).await;
+    s3.put(
+        "in/date=2026/part-5.parquet",
+        part(&[(8, "in a subfolder")]),
+    )
+    .await;
     f.write(
         "backflow.toml",
         &format!(
@@ -235,13 +242,13 @@ key = "id"
     );
     let (code, first, err) = run(&f, &s3, &[]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(counts(&first["people_feed"]), (3, 0, 0, 0));
+    assert_eq!(counts(&first["people_feed"]), (4, 0, 0, 0));
     s3.put("in/part-2.parquet", part(&[(3, "Alan Turing")]))
         .await;
     s3.put("in/part-1.parquet", part(&[(1, "Ada")])).await;
     let (code, second, err) = run(&f, &s3, &[]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(counts(&second["people_feed"]), (0, 1, 1, 1));
+    assert_eq!(counts(&second["people_feed"]), (0, 1, 1, 2));
     let feed = s3.keys("out/people").await;
     assert_eq!(feed.len(), 2, "{feed:#?}");
     let last = String::from_utf8_lossy(&s3.get(&feed[1]).await.unwrap()).to_string();
@@ -498,4 +505,86 @@ key = "id"
     let (code, reports, err) = run(&f, &s3, &[]);
     assert_eq!(code, 0, "{reports:#?}\n{err}");
     assert_eq!(counts(&reports["people"]), (1, 0, 0, 0));
+}
+
+/// A run that resumes after another writer replaced its snapshot file (a newer run, while this
+/// one was frozen past its lease) must not overwrite it: the upload is conditional on the
+/// version the run read, so it fails and the newer file stays.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_stale_run_cannot_overwrite_a_snapshot_file_a_newer_run_wrote() {
+    use std::io::BufRead;
+    let Some(s3) = S3Server::start("stale-bucket").await else {
+        return;
+    };
+    let f = Fixture::new();
+    f.write("people.csv", "id,name\n1,Ada\n2,Bob\n");
+    f.write(
+        "backflow.toml",
+        &format!(
+            r#"
+[sources.people]
+type = "csv"
+path = "people.csv"
+
+[destinations.lake]
+type = "file"
+path = "{out}"
+format = "csv"
+
+[syncs.people]
+from = "people"
+to = "lake"
+object = "people.csv"
+behavior = "mirror"
+key = "id"
+"#,
+            out = s3.url("out")
+        ),
+    );
+    let (code, _, err) = run(&f, &s3, &[]);
+    assert_eq!(code, 0, "{err}");
+    f.write("people.csv", "id,name\n1,Ada L.\n3,Cy\n");
+    let mut child = backflow(&f, &s3, &["run", "-v", "--json"])
+        .env("FAILPOINTS", "file_before_put=sleep(6000)")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the run has read the file and is about to upload, another writer replaces it.
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("diff and apply done") {
+                let _ = tx.send(());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the run reaches its destination's finish");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let newer = "id,name\n1,Ada (newer run)\n3,Cy\n";
+    s3.put("out/people.csv", newer.as_bytes().to_vec()).await;
+    let out = child.wait_with_output().unwrap();
+    let log = reader.join().unwrap();
+    assert!(!out.status.success(), "{log}");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("the file changed since this run read it"),
+        "{report}\n{log}"
+    );
+    let kept = s3.get("out/people.csv").await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&kept), newer);
+    // The next run goes on from the last commit and makes the file equal to the model.
+    let (code, reports, err) = run(&f, &s3, &[]);
+    assert_eq!(code, 0, "{reports:#?}\n{err}");
+    let file = String::from_utf8_lossy(&s3.get("out/people.csv").await.unwrap()).to_string();
+    let mut lines: Vec<&str> = file.lines().skip(1).collect();
+    lines.sort();
+    assert_eq!(lines, vec!["1,Ada L.", "3,Cy"], "{file}");
 }

@@ -630,3 +630,56 @@ object = "accounts"
         ),
     );
 }
+
+/// A glob names the files directly in its folder whose names match, `=` in a name or not; the
+/// files whose rows were checked are the files read; a glob before the last part is refused.
+#[test]
+fn a_glob_reads_exactly_the_files_it_names() {
+    let f = Fixture::new();
+    f.write("lc/a.csv", "id,name\n1,Ada\n");
+    f.write("lc/k=v.csv", "id,name\n2,Kay\n");
+    // Not in `lc/*.csv`: a row here that cannot be read must not matter.
+    f.write("lc/date=1/p.csv", "id,name\nabc,bad\n");
+    f.write(
+        "backflow.toml",
+        r#"
+[sources.people]
+type = "csv"
+path = "lc/*.csv"
+
+[destinations.app]
+type = "sqlite"
+path = "out/app.db"
+
+[syncs.people]
+from = "people"
+to = "app"
+object = "people"
+behavior = "mirror"
+key = "id"
+"#,
+    );
+    let (code, out, err) = f.cli(&["run", "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (&report["created"], &report["invalid"]),
+        (&2.into(), &0.into()),
+        "{report}"
+    );
+    let mut names = f.sqlite_cells("out/app.db", "people", &["name"]);
+    names.sort();
+    assert_eq!(names, vec!["Ada", "Kay"]);
+
+    let toml = std::fs::read_to_string(f.path().join("backflow.toml")).unwrap();
+    f.write(
+        "backflow.toml",
+        &toml.replace("lc/*.csv", "lc/date=*/p.csv"),
+    );
+    let (code, out, err) = f.cli(&["run", "--json"]);
+    assert_ne!(code, 0);
+    assert!(
+        (out.clone() + &err).contains("a glob works in the last part of the path only"),
+        "{out}\n{err}"
+    );
+}

@@ -17,7 +17,8 @@
 //! build side, so no sort is needed.
 //!
 //! (append-only is a UNION ALL instead). The new file is uploaded whole and replaces the old one
-//! atomically (a local rename, or an object store's atomic multipart completion). Fields the
+//! atomically: a local rename, or in an object store one conditional PUT (only if the object is
+//! still the version this run read, so a stale run cannot overwrite a newer run's file). Fields the
 //! existing file has that the sync no longer sends are kept, never dropped. A run with no
 //! changes does not touch the file.
 
@@ -36,7 +37,7 @@ use datafusion::prelude::{
 };
 use futures::StreamExt;
 use object_store::buffered::BufWriter;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
 use parquet::arrow::ArrowWriter;
 use tokio::io::AsyncWriteExt;
 
@@ -199,10 +200,18 @@ impl FileObject {
 
     /// Register the existing object as `bf_existing`; false when there is none.
     async fn register_existing(&self, ctx: &SessionContext) -> Result<bool, DestinationError> {
+        Ok(self.register_existing_at(ctx).await?.is_some())
+    }
+
+    /// Register the existing file as `bf_existing`; the version read (None: there is none).
+    async fn register_existing_at(
+        &self,
+        ctx: &SessionContext,
+    ) -> Result<Option<UpdateVersion>, DestinationError> {
         let path = self.location.object_path().map_err(|e| self.fail(e))?;
         let meta = match self.store.head(&path).await {
             Ok(m) => m,
-            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.fail(format!("cannot read the existing file: {e}"))),
         };
         let url = match &self.location.local {
@@ -288,7 +297,10 @@ impl FileObject {
                 }
             }
         }
-        Ok(true)
+        Ok(Some(UpdateVersion {
+            e_tag: meta.e_tag,
+            version: meta.version,
+        }))
     }
 
     /// The existing rows with the sync's fields cast to the sync's types.
@@ -535,9 +547,13 @@ impl FileObject {
         &self,
         ctx: &SessionContext,
         df: DataFrame,
+        read_at: Option<UpdateVersion>,
     ) -> Result<(), DestinationError> {
         let path = self.location.object_path().map_err(|e| self.fail(e))?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        if self.location.local.is_none() {
+            return self.put_conditional(df, path, schema, read_at).await;
+        }
         if self.format == FileFormat::Parquet {
             // DataFusion's Parquet sink encodes columns in parallel.
             let url = match &self.location.local {
@@ -575,6 +591,71 @@ impl FileObject {
         }
         out.shutdown().await.map_err(|e| self.fail(e))?;
         Ok(())
+    }
+
+    /// In an object store the new file is uploaded in one PUT that only succeeds if the object
+    /// is still the version this run read (or still absent): a run that lost its lease and
+    /// resumes mid-write cannot replace what a newer run wrote. The file is encoded in memory
+    /// for it (one PUT holds up to 5 GB on S3).
+    async fn put_conditional(
+        &self,
+        df: DataFrame,
+        path: object_store::path::Path,
+        schema: SchemaRef,
+        read_at: Option<UpdateVersion>,
+    ) -> Result<(), DestinationError> {
+        let mut stream = df.execute_stream().await.map_err(|e| self.fail(e))?;
+        let mut bytes = Vec::new();
+        if self.format == FileFormat::Parquet {
+            let props = crate::state::file_writer_properties();
+            let mut w =
+                ArrowWriter::try_new(&mut bytes, schema, Some(props)).map_err(|e| self.fail(e))?;
+            while let Some(batch) = stream.next().await {
+                w.write(&batch.map_err(|e| self.fail(e))?)
+                    .map_err(|e| self.fail(e))?;
+            }
+            w.close().map_err(|e| self.fail(e))?;
+        } else {
+            let mut first = true;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| self.fail(e))?;
+                bytes.extend(self.encode_text(&batch, first)?);
+                first = false;
+            }
+            if first && self.format == FileFormat::Csv {
+                bytes.extend(self.encode_text(&RecordBatch::new_empty(schema), true)?);
+            }
+        }
+        let mode = match read_at {
+            Some(v) => PutMode::Update(v),
+            None => PutMode::Create,
+        };
+        let payload = PutPayload::from(bytes);
+        // Tests hold the run here while another writer replaces the object.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("file_before_put");
+        let put = self
+            .store
+            .put_opts(&path, payload.clone(), mode.into())
+            .await;
+        match put {
+            Ok(_) => Ok(()),
+            // A store that cannot write conditionally (an HTTP server): as before.
+            Err(object_store::Error::NotImplemented { .. }) => self
+                .store
+                .put(&path, payload)
+                .await
+                .map(|_| ())
+                .map_err(|e| self.fail(e)),
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => Err(self.fail(
+                "the file changed since this run read it (another run wrote it meanwhile): \
+                 this run wrote nothing and commits nothing; the next run re-checks",
+            )),
+            Err(e) => Err(self.fail(e)),
+        }
     }
 
     fn encode_text(&self, batch: &RecordBatch, header: bool) -> Result<Vec<u8>, DestinationError> {
@@ -663,7 +744,8 @@ impl ObjectWriter for FileWriter {
             object.target.engine.clone(),
             object.target.runtime.clone(),
         );
-        let has_existing = object.register_existing(&ctx).await?;
+        let read_at = object.register_existing_at(&ctx).await?;
+        let has_existing = read_at.is_some();
         if staged_rows == 0 && has_existing {
             return Ok(FinishOutcome::default());
         }
@@ -685,7 +767,7 @@ impl ObjectWriter for FileWriter {
             0
         };
         let merged = object.merged(&ctx, has_existing).await?;
-        object.write_object(&ctx, merged).await?;
+        object.write_object(&ctx, merged, read_at).await?;
         drop(_staging_dir);
         Ok(FinishOutcome {
             rejected,
