@@ -85,7 +85,7 @@ impl Source for DeltaSource {
         _ctx: &SessionContext,
         name: &str,
     ) -> Result<super::Registration, SourceError> {
-        let _ = &self.project_dir;
+        let _ = (&self.config, &self.project_dir);
         Err(SourceError::Other {
             name: name.to_string(),
             reason: "this backflow was built without Delta Lake support; build it with \
