@@ -41,7 +41,7 @@ pub(super) async fn relation(sync: &SyncRef<'_>) -> Result<Read, SyncError> {
             // A source that left the table out said why (a dbt model not built yet).
             let said = from.split_once('.').and_then(|(source, _)| {
                 let warnings = sync.project.source_warnings.lock().ok()?;
-                let needle = format!("{from} cannot be read");
+                let needle = format!("{} cannot be read", from.to_lowercase());
                 warnings
                     .get(source)?
                     .iter()
