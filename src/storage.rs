@@ -165,6 +165,18 @@ fn env_options(scheme: &str) -> Vec<(String, String)> {
     options
 }
 
+/// For an object-store error that ran out of retries (a server that does not answer, or
+/// answers with errors), what bounds the wait and how to shorten it; empty otherwise.
+pub fn wait_hint(error: &str) -> &'static str {
+    if error.contains("retry_timeout") {
+        " (each object-store request waits at most AWS_TIMEOUT, GOOGLE_TIMEOUT or AZURE_TIMEOUT, \
+         30s by default, and failed requests are retried for up to 3 minutes: check that the \
+         server answers, or set a shorter AWS_TIMEOUT such as 5s)"
+    } else {
+        ""
+    }
+}
+
 /// Lexically remove `.` and `..` so messages and URLs show the real path.
 fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
@@ -204,6 +216,14 @@ mod tests {
         assert_eq!(loc.object_path().unwrap().as_ref(), "a/b.parquet");
         let loc = Location::resolve("file:///tmp/x.csv", Path::new("/proj")).unwrap();
         assert_eq!(loc.local.as_deref(), Some(Path::new("/tmp/x.csv")));
+    }
+
+    #[test]
+    fn an_exhausted_retry_names_the_timeout_setting() {
+        let e = "Error after 6 retries in 180.2s, max_retries: 10, retry_timeout: 180s, source: \
+                 error sending request";
+        assert!(wait_hint(e).contains("AWS_TIMEOUT"));
+        assert_eq!(wait_hint("Object at location x not found"), "");
     }
 
     #[test]

@@ -382,7 +382,10 @@ impl FileSource {
                             name: name.to_string(),
                             location: url,
                         },
-                        e => fail(e.to_string()),
+                        e => {
+                            let e = e.to_string();
+                            fail(format!("{e}{}", crate::storage::wait_hint(&e)))
+                        }
                     })?;
                 (root, files)
             }

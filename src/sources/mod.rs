@@ -34,7 +34,7 @@ pub enum SourceError {
         name: String,
         source: crate::storage::StorageError,
     },
-    #[error("source \"{name}\" ({location}) cannot be read: {source}")]
+    #[error("source \"{name}\" ({location}) cannot be read: {source}{}", crate::storage::wait_hint(&source.to_string()))]
     Read {
         name: String,
         location: String,

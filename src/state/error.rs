@@ -6,7 +6,7 @@ use crate::storage::StorageError;
 pub enum StateError {
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("state store {location}: {op} {path}: {source}")]
+    #[error("state store {location}: {op} {path}: {source}{}", crate::storage::wait_hint(&source.to_string()))]
     Io {
         location: String,
         op: &'static str,
