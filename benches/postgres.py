@@ -47,6 +47,19 @@ def timed(cmd, env=None):
     return time.perf_counter() - start, p.stdout.decode()
 
 
+def same_tables(schema):
+    """Exit unless backflow's `customers` and the baseline's `copied` in `schema` hold the same rows."""
+    check = subprocess.run(
+        ["psql", URL.replace("?sslmode=disable", ""), "-tAc",
+         f"SELECT (SELECT count(*) FROM {schema}.customers), (SELECT count(*) FROM {schema}.copied), "
+         f"(SELECT count(*) FROM (SELECT id, email, name, company, plan, mrr, updated_at FROM {schema}.customers "
+         f"EXCEPT SELECT * FROM {schema}.copied) x)"],
+        capture_output=True, check=True).stdout.decode().strip()
+    a, b, diff = check.split("|")
+    if a != b or diff != "0":
+        sys.exit(f"the two tables differ: {check}")
+
+
 def backflow(project):
     env = dict(os.environ, BENCH_PG_URL=URL)
     t, out = timed([BIN, "run", "s", "--json", "--project", project], env)
@@ -137,15 +150,7 @@ COMMIT;
     d_incr, _ = timed(["psql", base, "-q", "-v", "ON_ERROR_STOP=1", "-f", sp])
 
     # Both tables must hold v2.
-    check = subprocess.run(
-        ["psql", base, "-tAc",
-         f"SELECT (SELECT count(*) FROM {SCHEMA}.customers), (SELECT count(*) FROM {SCHEMA}.copied), "
-         f"(SELECT count(*) FROM (SELECT id, email, name, company, plan, mrr, updated_at FROM {SCHEMA}.customers "
-         f"EXCEPT SELECT * FROM {SCHEMA}.copied) x)"],
-        capture_output=True, check=True).stdout.decode().strip()
-    a, b, diff = check.split("|")
-    if a != b or diff != "0":
-        sys.exit(f"the two tables differ: {check}")
+    same_tables(SCHEMA)
 
     changed = n_changed + n_deleted
     rows = [

@@ -38,35 +38,10 @@ pub(super) async fn relation(sync: &SyncRef<'_>) -> Result<Read, SyncError> {
     let relation = match sync.ctx.table(from).await {
         Ok(r) => r,
         Err(e) => {
-            // A source that left the table out said why (a dbt model not built yet).
-            let said = from.split_once('.').and_then(|(source, _)| {
-                let warnings = sync.project.source_warnings.lock().ok()?;
-                let needle = format!("{} cannot be read", from.to_lowercase());
-                warnings
-                    .get(source)?
-                    .iter()
-                    .find(|w| w.contains(&needle))
-                    .cloned()
-            });
-            // A dbt source's table that its manifest does not have.
-            let said = said.or_else(|| {
-                let (source, table) = from.split_once('.')?;
-                match sync.project.config.sources.get(source)? {
-                    crate::sources::SourceConfig::Dbt(c) => Some(format!(
-                        "dbt manifest {} has no model, seed or snapshot named {table} (dbt names \
-                         are read in lower case); run `dbt compile` after adding it",
-                        c.manifest
-                    )),
-                    _ => None,
-                }
-            });
-            return Err(match said {
-                Some(message) => SyncError::Settings {
+            return Err(match missing_table(sync, from) {
+                Some((source, message)) => SyncError::Settings {
                     sync: sync.name.to_string(),
-                    message: format!(
-                        "source \"{}\": {message}",
-                        from.split('.').next().unwrap_or(from)
-                    ),
+                    message: format!("source \"{source}\": {message}"),
                 },
                 None => engine(sync.name, "read")(e),
             });
@@ -84,6 +59,33 @@ pub(super) async fn relation(sync: &SyncRef<'_>) -> Result<Read, SyncError> {
         cursor_type,
         upstream,
     })
+}
+
+/// Why `SOURCE.table` is not a table, when its source knows: the source's own warning (a dbt
+/// model not built yet), or a dbt manifest without that name. The source's name and the reason.
+fn missing_table<'a>(sync: &SyncRef<'_>, from: &'a str) -> Option<(&'a str, String)> {
+    let (source, table) = from.split_once('.')?;
+    let needle = format!("{} cannot be read", from.to_lowercase());
+    let warned = sync
+        .project
+        .source_warnings
+        .lock()
+        .ok()
+        .and_then(|w| w.get(source)?.iter().find(|w| w.contains(&needle)).cloned());
+    if let Some(w) = warned {
+        return Some((source, w));
+    }
+    match sync.project.config.sources.get(source)? {
+        crate::sources::SourceConfig::Dbt(c) => Some((
+            source,
+            format!(
+                "dbt manifest {} has no model, seed or snapshot named {table} (dbt names are \
+                 read in lower case); run `dbt compile` after adding it",
+                c.manifest
+            ),
+        )),
+        _ => None,
+    }
 }
 
 /// The mapped rows a run reads: those at or past the stored watermark (moved back by

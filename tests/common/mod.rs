@@ -157,6 +157,15 @@ impl Fixture {
     }
 }
 
+/// `id,name` with rows `0,<tag>0` … `n-1,<tag>n-1`.
+pub fn numbered_csv(n: usize, tag: &str) -> String {
+    let mut csv = String::from("id,name\n");
+    for i in 0..n {
+        csv.push_str(&format!("{i},{tag}{i}\n"));
+    }
+    csv
+}
+
 pub fn sqlite_rows(db: &Path, table: &str) -> Vec<BTreeMap<String, String>> {
     let conn = rusqlite::Connection::open(db).expect("open sqlite");
     let mut stmt = conn

@@ -344,13 +344,6 @@ key = "id"
 "#
         ),
     );
-    let model = |n: usize, tag: &str| {
-        let mut csv = String::from("id,name\n");
-        for i in 0..n {
-            csv.push_str(&format!("{i},{tag}{i}\n"));
-        }
-        csv
-    };
     let start = |path: std::path::PathBuf, shared: Arc<dyn object_store::ObjectStore>| {
         tokio::spawn(async move {
             let mut project = backflow::Project::load(&path).unwrap();
@@ -388,7 +381,7 @@ key = "id"
     let _failpoints = FAILPOINTS.lock().await;
 
     // Four runs started together: one holds the lease, the others are turned away.
-    f.write("people.csv", &model(500, "a"));
+    f.write("people.csv", &numbered_csv(500, "a"));
     pause(1500, false);
     let runs: Vec<_> = (0..4)
         .map(|_| start(f.path().to_path_buf(), shared.clone()))
@@ -416,7 +409,7 @@ key = "id"
     assert!(again.contains("committed state version 1 first"), "{again}");
 
     // A run frozen at its commit past its lease; another takes the lease over meanwhile.
-    f.write("people.csv", &model(400, "b"));
+    f.write("people.csv", &numbered_csv(400, "b"));
     fail::cfg("lease_renew", "return").unwrap();
     pause(5000, true);
     let frozen = start(f.path().to_path_buf(), shared.clone());

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::s3::S3Server;
-use crate::common::{Fixture, sqlite_rows};
+use crate::common::{Fixture, numbered_csv, sqlite_rows};
 
 fn backflow(f: &Fixture, s3: &S3Server, args: &[&str]) -> Command {
     let mut c = f.command(args);
@@ -46,6 +46,13 @@ fn run(
         reports,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+fn parquet_rows(file: bytes::Bytes) -> usize {
+    parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 1024)
+        .unwrap()
+        .map(|b| b.unwrap().num_rows())
+        .sum()
 }
 
 fn counts(r: &serde_json::Value) -> (u64, u64, u64, u64) {
@@ -116,11 +123,7 @@ async fn the_bundled_example_runs_with_its_files_and_state_on_s3() {
         sqlite_rows(&f.path().join("out/app.db"), "customers").len(),
         5
     );
-    let lake = s3.get("example/out/customers.parquet").await.unwrap();
-    let rows: usize = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(lake, 1024)
-        .unwrap()
-        .map(|b| b.unwrap().num_rows())
-        .sum();
+    let rows = parquet_rows(s3.get("example/out/customers.parquet").await.unwrap());
     assert_eq!(rows, 7);
     let csv = s3.get("example/out/accounts_summary.csv").await.unwrap();
     let summary = String::from_utf8_lossy(&csv).to_string();
@@ -155,11 +158,7 @@ async fn the_bundled_example_runs_with_its_files_and_state_on_s3() {
     assert_eq!(app.len(), 5);
     assert!(app.iter().any(|r| r["email"] == "kay@xerox.com"));
     assert!(!app.iter().any(|r| r["email"] == "ada@analytical.io"));
-    let lake = s3.get("example/out/customers.parquet").await.unwrap();
-    let rows: usize = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(lake, 1024)
-        .unwrap()
-        .map(|b| b.unwrap().num_rows())
-        .sum();
+    let rows = parquet_rows(s3.get("example/out/customers.parquet").await.unwrap());
     assert_eq!(rows, 8);
 
     // history reads the runs back from the bucket.
@@ -273,13 +272,6 @@ async fn runs_killed_at_random_moments_on_s3_state_lose_nothing() {
         return;
     };
     let f = Fixture::new();
-    let model = |n: usize, tag: &str| {
-        let mut csv = String::from("id,name\n");
-        for i in 0..n {
-            csv.push_str(&format!("{i},{tag}{i}\n"));
-        }
-        csv
-    };
     f.write(
         "backflow.toml",
         &format!(
@@ -323,8 +315,11 @@ key = "id"
     let mut tag = String::new();
     for (round, delay_ms) in [150u64, 400, 700, 1000, 1500, 2500].into_iter().enumerate() {
         tag = format!("r{round}-");
-        s3.put("people.csv", model(5_000 + round * 300, &tag).into_bytes())
-            .await;
+        s3.put(
+            "people.csv",
+            numbered_csv(5_000 + round * 300, &tag).into_bytes(),
+        )
+        .await;
         let mut child = backflow(&f, &s3, &["run"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -426,7 +421,7 @@ async fn unconditional_proxy(upstream: String) -> String {
     format!("http://{addr}")
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_without_conditional_writes_is_refused_before_anything_runs() {
     let Some(s3) = S3Server::start("plain-bucket").await else {
         return;
@@ -471,32 +466,16 @@ key = "id"
     );
     assert!(!f.path().join("out/app.db").exists());
 
-    // A server that takes If-None-Match and ignores it.
+    // A server that takes If-None-Match and ignores it (the proxy runs on another worker
+    // while `run` waits for the process).
     let proxy = unconditional_proxy(s3.endpoint.clone()).await;
-    let (code, reports, err) = tokio::task::spawn_blocking({
-        let (path, env) = (f.path().to_path_buf(), s3.env());
-        move || {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_backflow"));
-            c.args(["run", "--json", "--project"]).arg(&path);
-            for (k, v) in env {
-                c.env(k, v);
-            }
-            c.env("AWS_ENDPOINT_URL", &proxy);
-            let o = c.output().unwrap();
-            (
-                o.status.code(),
-                String::from_utf8_lossy(&o.stdout).into_owned(),
-                String::from_utf8_lossy(&o.stderr).into_owned(),
-            )
-        }
-    })
-    .await
-    .unwrap();
-    assert_ne!(code, Some(0));
-    assert!(
-        reports.contains("ignores If-None-Match") || err.contains("ignores If-None-Match"),
-        "{reports}\n{err}"
-    );
+    let (code, reports, err) = run(&f, &s3, &[("AWS_ENDPOINT_URL", &proxy)]);
+    assert_ne!(code, 0);
+    let e = reports["people"]["error"]
+        .as_str()
+        .unwrap_or(&err)
+        .to_string();
+    assert!(e.contains("ignores If-None-Match"), "{e}\n{err}");
     assert!(!f.path().join("out/app.db").exists());
     // No probe object is left in the bucket.
     assert!(s3.keys("state/locks").await.is_empty());

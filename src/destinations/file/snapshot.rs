@@ -133,7 +133,7 @@ pub(super) async fn existing_keys(
         staged_path: PathBuf::new(),
     };
     let ctx = SessionContext::new_with_config_rt(target.engine.clone(), target.runtime.clone());
-    if !object.register_existing(&ctx).await? {
+    if object.register_existing_at(&ctx).await?.is_none() {
         return Ok(());
     }
     let key = &target.key;
@@ -199,10 +199,6 @@ impl FileObject {
     }
 
     /// Register the existing object as `bf_existing`; false when there is none.
-    async fn register_existing(&self, ctx: &SessionContext) -> Result<bool, DestinationError> {
-        Ok(self.register_existing_at(ctx).await?.is_some())
-    }
-
     /// Register the existing file as `bf_existing`; the version read (None: there is none).
     async fn register_existing_at(
         &self,
