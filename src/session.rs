@@ -70,6 +70,7 @@ impl Project {
         sources::sweep_clean_copies(&self.dir);
         let ctx = session_context(&self.config.engine, &self.dir)?;
         self.state.register(&ctx)?;
+        let mut feeds = sources::change_feed::ChangeFeeds::default();
         for (name, config) in &self.config.sources {
             if !wanted(name) {
                 continue;
@@ -95,7 +96,11 @@ impl Project {
             if let (Some(dir), Ok(mut s)) = (registration.scratch, self.scratch.lock()) {
                 s.push(dir);
             }
+            if let Some(feed) = registration.change_feed {
+                feeds.insert(name, feed);
+            }
         }
+        feeds.install(&ctx);
         crate::hub::register_all(self, &ctx)
             .await
             .map_err(|e| ProjectError::Entity(Box::new(e)))?;

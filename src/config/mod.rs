@@ -685,6 +685,13 @@ pub fn validate(config: &ProjectConfig, models: &[String], text: &ConfigText) ->
                         sync.to
                     ));
                 }
+                if sync.send == SendMode::Changed && matches!(dest, DestinationConfig::Delta(_)) {
+                    problems.push(format!(
+                        "{at}: sync \"{name}\" sets send = \"changed\", but destination \"{}\" is a \
+                         Delta table, whose MERGE writes whole rows; remove it",
+                        sync.to
+                    ));
+                }
                 for p in dest.validate_object(&sync.object) {
                     problems.push(format!(
                         "{at}: sync \"{name}\": object \"{}\": {p}",

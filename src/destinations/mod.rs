@@ -15,12 +15,14 @@
 //! - Only rows that were neither rejected nor failed are marked synced, so a rejected row is
 //!   retried on the next run.
 
+mod delta;
 mod encode;
 mod file;
 mod http;
 mod mysql;
 mod postgres;
 mod sqlite;
+mod staging;
 mod table;
 
 use std::path::Path;
@@ -32,6 +34,7 @@ use async_trait::async_trait;
 use datafusion::common::ScalarValue;
 use serde::Deserialize;
 
+pub use delta::{DeltaDestination, DeltaDestinationConfig};
 pub use file::{FileDestination, FileDestinationConfig, FileFormat, FileMode};
 pub(crate) use http::template as http_template;
 pub use http::{HttpDestination, HttpDestinationConfig};
@@ -123,6 +126,9 @@ pub enum DestinationConfig {
     Mysql(MysqlDestinationConfig),
     /// An HTTP API; objects are what its paths name (`{object}`).
     Http(Box<HttpDestinationConfig>),
+    /// Delta Lake tables in a folder or an object-store prefix; objects are table folders
+    /// (the `delta` feature).
+    Delta(DeltaDestinationConfig),
 }
 
 impl DestinationConfig {
@@ -134,6 +140,7 @@ impl DestinationConfig {
             DestinationConfig::Postgres(_) => "postgres",
             DestinationConfig::Mysql(_) => "mysql",
             DestinationConfig::Http(_) => "http",
+            DestinationConfig::Delta(_) => "delta",
         }
     }
 
@@ -145,6 +152,7 @@ impl DestinationConfig {
             DestinationConfig::Postgres(c) => c.validate(),
             DestinationConfig::Mysql(c) => c.validate(),
             DestinationConfig::Http(c) => c.validate(),
+            DestinationConfig::Delta(c) => c.validate(),
         }
     }
 
@@ -157,6 +165,11 @@ impl DestinationConfig {
                     .into(),
             ],
             DestinationConfig::Http(c) => c.lookup_problems(object),
+            DestinationConfig::Delta(_) => vec![
+                "a Delta destination has no records to look values up in; join the table \
+                 that holds them in the model instead"
+                    .into(),
+            ],
             _ => self.validate_object(object),
         }
     }
@@ -169,6 +182,7 @@ impl DestinationConfig {
             DestinationConfig::Postgres(_) => postgres::validate_object(object),
             DestinationConfig::Mysql(_) => mysql::validate_object(object),
             DestinationConfig::Http(_) => http::validate_object(object),
+            DestinationConfig::Delta(_) => delta::validate_object(object),
         }
     }
 }
@@ -181,6 +195,7 @@ pub fn build(name: &str, config: &DestinationConfig, project_dir: &Path) -> Arc<
         DestinationConfig::Postgres(c) => Arc::new(PostgresDestination::new(name, c)),
         DestinationConfig::Mysql(c) => Arc::new(MysqlDestination::new(name, c)),
         DestinationConfig::Http(c) => Arc::new(HttpDestination::new(name, c)),
+        DestinationConfig::Delta(c) => Arc::new(DeltaDestination::new(name, c, project_dir)),
     }
 }
 
@@ -188,6 +203,8 @@ pub fn build(name: &str, config: &DestinationConfig, project_dir: &Path) -> Arc<
 #[derive(Clone)]
 pub struct WriteTarget {
     pub sync: String,
+    /// The run's id (a Delta commit records it).
+    pub run_id: String,
     pub object: String,
     /// The key fields, in destination names (more than one for a composite key); the first
     /// fields of `schema`.

@@ -13,8 +13,14 @@
 //! can be repeated exactly. Files are read through the same object store as every other
 //! location (credentials from the environment); filters on partition columns prune files and
 //! filters on others reach the Parquet scan.
+//!
+//! A table with Change Data Feed (`delta.enableChangeDataFeed = true`) offers its changes
+//! (see `change_feed`): a sync that reads the source reads only the changes since the version
+//! its last run read, deletes included. `change_feed = false` reads the whole table every run.
 
 use std::path::{Path, PathBuf};
+#[cfg(feature = "delta")]
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
@@ -32,6 +38,14 @@ pub struct DeltaSourceConfig {
     pub version: Option<u64>,
     /// Read the table as of this moment (RFC 3339): the last version committed at or before it.
     pub timestamp: Option<String>,
+    /// Read only the changes since a sync's last run when the table records them (its Change
+    /// Data Feed); `false` reads the whole table and diffs it. Default true.
+    #[serde(default = "yes")]
+    pub change_feed: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl DeltaSourceConfig {
@@ -168,7 +182,97 @@ impl Source for DeltaSource {
             version = table.version(),
             "Delta table opened"
         );
-        Ok(super::Registration::default())
+        let change_feed = match table.version() {
+            Some(version) if self.config.change_feed => Some(Arc::new(feed::DeltaFeed {
+                table,
+                version,
+                display: location.display.clone(),
+            })
+                as Arc<dyn super::change_feed::ChangeFeed>),
+            _ => None,
+        };
+        Ok(super::Registration {
+            change_feed,
+            ..Default::default()
+        })
+    }
+}
+
+#[cfg(feature = "delta")]
+mod feed {
+    use async_trait::async_trait;
+    use datafusion::prelude::{DataFrame, SessionContext};
+    use deltalake_core::{DeltaTable, DeltaTableError};
+
+    use crate::sources::change_feed::ChangeFeed;
+
+    /// A Delta table's Change Data Feed, read through deltalake's CDF table provider.
+    pub(super) struct DeltaFeed {
+        pub table: DeltaTable,
+        pub version: u64,
+        pub display: String,
+    }
+
+    impl std::fmt::Debug for DeltaFeed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("DeltaFeed")
+                .field("table", &self.display)
+                .field("version", &self.version)
+                .finish()
+        }
+    }
+
+    /// Whether a table's properties turn its Change Data Feed on.
+    fn enabled(table: &DeltaTable) -> bool {
+        table.snapshot().is_ok_and(|s| {
+            s.metadata()
+                .configuration()
+                .get("delta.enableChangeDataFeed")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        })
+    }
+
+    #[async_trait]
+    impl ChangeFeed for DeltaFeed {
+        fn version(&self) -> u64 {
+            self.version
+        }
+
+        async fn changes(&self, ctx: &SessionContext, since: u64) -> Result<DataFrame, String> {
+            use deltalake_core::delta_datafusion::DeltaCdfTableProvider;
+            if !enabled(&self.table) {
+                return Err(format!(
+                    "Delta table {} does not record its changes (its property \
+                     delta.enableChangeDataFeed is not true)",
+                    self.display
+                ));
+            }
+            let builder = self
+                .table
+                .clone()
+                .scan_cdf()
+                .with_starting_version(since + 1)
+                .with_ending_version(self.version);
+            // The versions' log entries are read now, so that a range the feed does not cover
+            // is found before the run reads anything.
+            let why = |e: DeltaTableError| match e {
+                DeltaTableError::ChangeDataNotEnabled { version }
+                | DeltaTableError::ChangeDataNotRecorded { version, .. } => format!(
+                    "Delta table {} did not record its changes at version {version}",
+                    self.display
+                ),
+                DeltaTableError::InvalidVersion(v) => format!(
+                    "the log of Delta table {} no longer has version {v} (log retention \
+                     removed it)",
+                    self.display
+                ),
+                e => format!("Delta table {}: {e}", self.display),
+            };
+            builder.build(&ctx.state(), None).await.map_err(why)?;
+            let provider = DeltaCdfTableProvider::try_new(builder).map_err(why)?;
+            ctx.read_table(std::sync::Arc::new(provider))
+                .map_err(|e| format!("Delta table {}: {e}", self.display))
+        }
     }
 }
 
@@ -177,7 +281,7 @@ impl Source for DeltaSource {
 /// built itself (credentials from the environment), so the plain log store serves every scheme:
 /// it reads a table's log through that store, which is all a source does.
 #[cfg(feature = "delta")]
-fn register_log_stores() {
+pub(crate) fn register_log_stores() {
     use std::sync::{Arc, Once};
 
     use deltalake_core::DeltaResult;

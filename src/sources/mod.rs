@@ -1,6 +1,7 @@
 //! Sources: named tables that models read. Each kind lives in its own file and implements
 //! [`Source`]; [`build`] is the one place that lists them.
 
+pub mod change_feed;
 mod database;
 mod dbt;
 mod delta;
@@ -22,6 +23,8 @@ pub use database::{
 };
 pub use dbt::DbtSourceConfig;
 pub use delta::DeltaSourceConfig;
+#[cfg(feature = "delta")]
+pub(crate) use delta::register_log_stores as register_delta_log_stores;
 pub use file::{CsvSourceConfig, FileSource, ParquetSourceConfig, sweep_clean_copies};
 
 /// Errors from registering or reading a source.
@@ -118,6 +121,9 @@ pub struct Registration {
     /// What the user should know about the source that does not stop it (a dbt model the
     /// warehouse lacks); `check` shows them.
     pub warnings: Vec<String>,
+    /// The source's changes between versions, when it records them (a Delta table with
+    /// Change Data Feed): a sync reading the source reads only what changed since its last run.
+    pub change_feed: Option<Arc<dyn change_feed::ChangeFeed>>,
 }
 
 /// A source registers itself as a table of a session.

@@ -86,6 +86,12 @@ pub struct Manifest {
     /// next run overlays what the source reported after it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<u64>,
+    /// For a sync reading a source that records its changes (a Delta table with Change Data
+    /// Feed): the source's version this state is up to date with; the next run reads the
+    /// changes after it. None when the run left something to read again (an invalid or
+    /// rejected row), or the source has no versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_version: Option<u64>,
     /// The snapshot file's size in bytes: a torn (truncated) snapshot is detected by it.
     #[serde(default)]
     pub snapshot_bytes: Option<u64>,

@@ -887,6 +887,7 @@ mod tests {
             destination_fingerprint: None,
             fields: None,
             upstream: None,
+            source_version: None,
             deltas: Vec::new(),
             snapshot_bytes: None,
             counts: None,

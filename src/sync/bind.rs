@@ -259,6 +259,8 @@ async fn adopt_locked(
             None => Some(prepared.fields.clone()),
         },
         upstream: previous.and_then(|p| p.upstream),
+        // What the destination holds is not known to be any version of the source.
+        source_version: None,
         snapshot_bytes: None,
         counts: None,
         checksum: None,

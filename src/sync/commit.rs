@@ -8,16 +8,20 @@ use super::{Prepared, SyncError, SyncRef, failpoint};
 use crate::history::RunCounts;
 use crate::state::{FORMAT_VERSION, Manifest, SyncLock, Watermark};
 
+/// How far a state is up to date with what the sync reads: the cursor's watermark, and the
+/// version of a source with a change feed.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct UpTo {
+    pub watermark: Option<Watermark>,
+    pub source_version: Option<u64>,
+}
+
 /// Whether committing would record nothing `previous` does not (the run sent nothing, got no
 /// late rejections and wrote no intents: the caller knows): same watermark, mapping,
-/// destination, key type, upstream and format, no intents of earlier runs to fold in, no whole
+/// destination, key type, upstream, source version and format, no intents of earlier runs to fold in, no whole
 /// read. Not when `previous` is older than the newest version (that one was damaged): the next
 /// commit must put an intact version above it.
-pub(super) fn changes_nothing(
-    prepared: &Prepared,
-    previous: &Manifest,
-    watermark: Option<&Watermark>,
-) -> bool {
+pub(super) fn changes_nothing(prepared: &Prepared, previous: &Manifest, up_to: &UpTo) -> bool {
     prepared.target.version == previous.version + 1
         && !prepared.rescan
         && prepared.pending.is_empty()
@@ -25,7 +29,8 @@ pub(super) fn changes_nothing(
         && prepared.reported == 0
         && previous.fields.as_deref() == Some(prepared.fields.as_str())
         && previous.upstream == prepared.upstream
-        && previous.watermark.as_ref() == watermark
+        && previous.watermark == up_to.watermark
+        && previous.source_version == up_to.source_version
         && previous.format == FORMAT_VERSION
         && previous.key_type == prepared.key_type.to_string()
         && previous.destination_fingerprint.as_deref() == Some(prepared.fingerprint.as_str())
@@ -36,7 +41,7 @@ pub(super) async fn commit(
     sync: &SyncRef<'_>,
     prepared: &Prepared,
     next: NextState,
-    watermark: Option<Watermark>,
+    up_to: UpTo,
     counts: &RunCounts,
     lock: &SyncLock,
     intents: Option<IntentLog>,
@@ -55,10 +60,11 @@ pub(super) async fn commit(
         behavior: config.behavior.to_string(),
         key: config.key.stored(),
         key_type: prepared.key_type.to_string(),
-        watermark,
+        watermark: up_to.watermark,
         destination_fingerprint: Some(prepared.fingerprint.clone()),
         fields: Some(prepared.fields.clone()),
         upstream: prepared.upstream,
+        source_version: up_to.source_version,
         deltas: next.deltas,
         counts: Some(counts.clone()),
         // Filled in by the commit.

@@ -7,6 +7,7 @@ use arrow::datatypes::Int8Type;
 use datafusion::prelude::DataFrame;
 
 use super::map::{FIELDS, fields_type};
+use super::read::Scope;
 use super::{SyncError, SyncRef, engine};
 
 const DIFF_SQL: &str = include_str!("../../sql/diff.sql");
@@ -27,17 +28,27 @@ pub(super) const PREV_KEY: &str = "__bf_prev_key";
 pub(super) const PREV_FIELDS: &str = "__bf_prev_fields";
 /// The diff of `bf_mapped` (the mapped model rows) with `bf_prev` (the state it compares
 /// with), as a plan. A run that reads the whole model finds gone keys with a full join; a cursor
-/// run reads only part of it, so it cannot, and joins the other way (see the SQL). When
-/// `bf_prev` holds the destination's keys rather than a state (`foreign`), a key missing from
-/// the model is [`UNOWNED`], not gone.
-pub(super) async fn plan(sync: &SyncRef<'_>, foreign: bool) -> Result<DataFrame, SyncError> {
-    // A test run (a sample of the model) cannot tell which keys are gone either. A run for
-    // given keys reads the whole model for them, and the state of those keys only: it can.
-    let reads_part = sync.config.cursor.is_some() && sync.options.only_keys.is_none();
-    let from = if reads_part || sync.options.sample.is_some() {
-        "model m LEFT JOIN bf_prev p ON m.__bf_key = p.__bf_key"
-    } else {
-        "bf_prev p FULL JOIN model m ON m.__bf_key = p.__bf_key"
+/// run reads only part of it, so it cannot, and joins the other way (see the SQL). A run that
+/// reads a change feed compares only the keys it touched (changed or deleted) with the state,
+/// with a full join: a deleted key the state holds is gone. When `bf_prev` holds the
+/// destination's keys rather than a state (`foreign`), a key missing from the model is
+/// [`UNOWNED`], not gone.
+pub(super) async fn plan(
+    sync: &SyncRef<'_>,
+    scope: Scope,
+    foreign: bool,
+) -> Result<DataFrame, SyncError> {
+    let from = match scope {
+        Scope::Part => "model m LEFT JOIN bf_prev p ON m.__bf_key = p.__bf_key",
+        Scope::Whole => "bf_prev p FULL JOIN model m ON m.__bf_key = p.__bf_key",
+        // The touched keys (few) are the build side; the state streams through.
+        Scope::Changes => {
+            "(SELECT s.* FROM (SELECT DISTINCT __bf_key FROM \
+               (SELECT __bf_key FROM bf_mapped UNION ALL SELECT __bf_key FROM bf_deleted) k \
+               WHERE __bf_key IS NOT NULL) t \
+             JOIN bf_prev s ON s.__bf_key = t.__bf_key) p \
+             FULL JOIN model m ON m.__bf_key = p.__bf_key"
+        }
     };
     let gone = if foreign { UNOWNED } else { GONE };
     sync.ctx

@@ -11,6 +11,7 @@
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 
+use super::read::Scope;
 use super::{SyncError, SyncRef, engine};
 use crate::behavior::Behavior;
 use crate::config::DeleteLimit;
@@ -49,18 +50,29 @@ pub(super) fn tripped(sync: &SyncRef<'_>, deletes: u64, in_sync: u64) -> Option<
 
 /// The records in sync (the state's keys, with those of interrupted runs) and how many of
 /// them the model no longer has: the deletes a mirror's run would make. One pass over the
-/// state and the model's keys.
-pub(super) async fn count(sync: &SyncRef<'_>) -> Result<(u64, u64), SyncError> {
+/// state and the model's keys; for a run that reads a change feed, the deleted keys the state
+/// holds and the changed rows lack.
+pub(super) async fn count(sync: &SyncRef<'_>, scope: Scope) -> Result<(u64, u64), SyncError> {
     let df_err = engine(sync.name, "guard");
-    let batches = sync
-        .ctx
-        .sql(
+    let sql = match scope {
+        Scope::Changes => {
+            "SELECT (SELECT CAST(count(*) AS BIGINT) FROM bf_prev) AS in_sync, \
+                    CAST(count(*) AS BIGINT) AS deletes \
+             FROM (SELECT DISTINCT __bf_key FROM bf_deleted) d \
+             JOIN bf_prev p ON p.__bf_key = d.__bf_key \
+             LEFT ANTI JOIN bf_mapped m ON m.__bf_key = d.__bf_key"
+        }
+        Scope::Whole | Scope::Part => {
             "SELECT CAST(count(*) AS BIGINT) AS in_sync, \
                     CAST(count(*) FILTER (WHERE m.__bf_model_key IS NULL) AS BIGINT) AS deletes \
              FROM bf_prev p \
              LEFT JOIN (SELECT DISTINCT __bf_key AS __bf_model_key FROM bf_mapped) m \
-               ON p.__bf_key = m.__bf_model_key",
-        )
+               ON p.__bf_key = m.__bf_model_key"
+        }
+    };
+    let batches = sync
+        .ctx
+        .sql(sql)
         .await
         .map_err(&df_err)?
         .collect()

@@ -22,6 +22,7 @@
 
 mod apply;
 mod bind;
+mod changes;
 mod commit;
 mod diff;
 mod error;
@@ -143,6 +144,7 @@ impl SyncRef<'_> {
         let config = self.config;
         WriteTarget {
             sync: self.name.to_string(),
+            run_id: self.run_id.clone(),
             object: config.object.clone(),
             key: config.key.destinations(),
             schema,
@@ -185,6 +187,10 @@ pub(crate) struct Prepared {
     covered: Vec<String>,
     /// For a sync with an upstream hook: the upstream version it reads.
     upstream: Option<u64>,
+    /// How much of the model the run reads (see [`read::Scope`]).
+    scope: read::Scope,
+    /// For a sync reading a source with a change feed: the source's version the run reads.
+    source_version: Option<u64>,
     /// For a sync with an upstream hook: how many records the destination reported since it
     /// last ran (they change the state even when nothing is sent).
     reported: u64,
@@ -205,8 +211,8 @@ const CYCLE_TABLES: [&str; 8] = [
 ];
 
 fn clear_cycle_tables(ctx: &SessionContext) {
-    for t in CYCLE_TABLES {
-        let _ = ctx.deregister_table(t);
+    for t in CYCLE_TABLES.iter().chain(&changes::TABLES) {
+        let _ = ctx.deregister_table(*t);
     }
 }
 
@@ -232,7 +238,7 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
             "the upstream's state is older than the last run: reading all of it again"
         );
     }
-    let mapped = map::map(config, read.relation).map_err(|p| SyncError::Mapping {
+    let mapped = map::map(config, read.relation.clone()).map_err(|p| SyncError::Mapping {
         sync: name.to_string(),
         problems: p.0,
     })?;
@@ -263,9 +269,55 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
             "the field mapping changed: reading the whole model once"
         );
     }
+    // A source that records its changes: after a first whole read, only what changed since
+    // the version the state is up to date with (see `changes`).
+    let source_version = read.feed.as_ref().map(|f| f.version());
+    let since = previous.as_ref().and_then(|p| p.source_version);
+    let changes = match (&read.feed, since) {
+        (Some(feed), Some(since))
+            if !rescan
+                && config.cursor.is_none()
+                && intents.pending.is_empty()
+                && intents.damaged.is_empty()
+                && since <= feed.version() =>
+        {
+            match changes::read(sync, feed.as_ref(), since, &read.relation).await? {
+                Ok(c) => Some(c),
+                Err(why) => {
+                    tracing::warn!(sync = name, "{why}: reading the whole table");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let scope = if changes.is_some() {
+        read::Scope::Changes
+    } else if (config.cursor.is_some() && sync.options.only_keys.is_none())
+        || sync.options.sample.is_some()
+    {
+        // A test run (a sample of the model) cannot tell which keys are gone either. A run
+        // for given keys reads the whole model for them, and the state of those keys only:
+        // it can.
+        read::Scope::Part
+    } else {
+        read::Scope::Whole
+    };
+    let model = match changes {
+        Some(changes) => {
+            changes::register_deleted(sync, changes.deleted, &key_type)?;
+            map::map(config, changes.rows)
+                .map_err(|p| SyncError::Mapping {
+                    sync: name.to_string(),
+                    problems: p.0,
+                })?
+                .df
+        }
+        None => mapped.df,
+    };
     let rows = read::incremental(
         sync,
-        mapped.df,
+        model,
         read.cursor_type.as_ref(),
         previous.as_ref(),
         rescan,
@@ -366,7 +418,7 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
         foreign,
     )
     .await?;
-    let diff = diff::plan(sync, compares_with_destination).await?;
+    let diff = diff::plan(sync, scope, compares_with_destination).await?;
     // Per-field hashes of the rows sent, before lookups replace values.
     let diff = match field_hashes {
         Some(hashes) => diff::with_field_hashes(diff, hashes).map_err(&df_err)?,
@@ -391,6 +443,8 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
         pending: intents.pending.into_iter().chain(intents.damaged).collect(),
         covered: intents.covered,
         upstream,
+        scope,
+        source_version,
         reported: reported_rows,
     })
 }
@@ -726,11 +780,17 @@ async fn locked_cycle(
     let partial = sync.options.partial();
     // Deletes a source's unreadable rows hold back are not made, nor a test run's; a run for
     // given keys deletes only those: nothing to guard then.
+    let scope = prepared.scope;
     let pending_guard = match prepared.previous.as_ref() {
         Some(previous) if !hold_deletes && !partial && guard::applies(sync, previous) => {
+            // A run that reads a change feed sees only the keys it touched: the records in
+            // sync are the state's.
+            let state_rows = (scope == read::Scope::Changes).then_some(previous.rows);
             Some(apply::PendingGuard {
-                verdict: Box::new(move |deletes, in_sync| guard::tripped(sync, deletes, in_sync)),
-                count: Box::pin(guard::count(sync)),
+                verdict: Box::new(move |deletes, in_sync| {
+                    guard::tripped(sync, deletes, state_rows.unwrap_or(in_sync))
+                }),
+                count: Box::pin(guard::count(sync, scope)),
             })
         }
         _ => None,
@@ -873,6 +933,26 @@ async fn locked_cycle(
             !finished.rejected.is_empty(),
         )
     };
+    // The source's version the state is now up to date with: none when the run left rows to
+    // read again (invalid or rejected ones are read again until they are fixed, as with a
+    // cursor), and the stored one for a run that read part of the model on purpose.
+    let source_version = if partial {
+        prepared.previous.as_ref().and_then(|p| p.source_version)
+    } else if tally.counts.invalid > 0 || tally.counts.rejected > 0 {
+        if prepared.source_version.is_some() {
+            tracing::info!(
+                sync = name,
+                "invalid or rejected rows: the next run reads the whole source again"
+            );
+        }
+        None
+    } else {
+        prepared.source_version
+    };
+    let up_to = commit::UpTo {
+        watermark,
+        source_version,
+    };
     // A run that changed nothing commits nothing: the state stays the version it was (the run
     // is in history all the same).
     let wrote_intents = intents.as_ref().is_some_and(|i| !i.files.is_empty());
@@ -881,7 +961,7 @@ async fn locked_cycle(
         && sent_rows == 0
         && finished.rejected.is_empty()
         && !wrote_intents
-        && commit::changes_nothing(&prepared, previous, watermark.as_ref())
+        && commit::changes_nothing(&prepared, previous, &up_to)
     {
         if let Err(e) = project.state.delete(&sent_rel).await {
             tracing::debug!(sync = name, error = %e, "could not remove an empty sent file");
@@ -911,16 +991,8 @@ async fn locked_cycle(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "snapshot written"
     );
-    let committed = commit::commit(
-        sync,
-        &prepared,
-        next,
-        watermark,
-        &tally.counts,
-        lock,
-        intents,
-    )
-    .await?;
+    let committed =
+        commit::commit(sync, &prepared, next, up_to, &tally.counts, lock, intents).await?;
     record_log::expire(sync).await;
     Ok(committed)
 }

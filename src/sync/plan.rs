@@ -52,7 +52,7 @@ pub async fn plan(
         // What the guard would say of a run.
         let guarded = match (&prepared.previous, super::guard::limit(&sync)) {
             (Some(_), Some(_)) if !hold_deletes => {
-                let (in_sync, deletes) = super::guard::count(&sync).await?;
+                let (in_sync, deletes) = super::guard::count(&sync, prepared.scope).await?;
                 super::guard::tripped(&sync, deletes, in_sync)
             }
             _ => None,

@@ -11,6 +11,18 @@ use super::upstream::{UpstreamRead, Upstreams};
 use super::{SyncError, SyncRef, engine, watermark};
 use crate::state::Manifest;
 
+/// How much of the model a run reads, which decides what the diff can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Every row: a key in state that the model lacks is gone.
+    Whole,
+    /// Some rows (those past a cursor's watermark, or a test run's sample): no key is gone.
+    Part,
+    /// The rows a source's change feed says changed since the state's version, and the keys it
+    /// says were deleted (`bf_deleted`, see `changes`): only those keys are compared.
+    Changes,
+}
+
 /// What a run reads.
 pub(super) struct Read {
     pub relation: DataFrame,
@@ -19,6 +31,9 @@ pub(super) struct Read {
     pub cursor_type: Option<DataType>,
     /// The upstream registration, for a sync whose relation is made by a hook.
     pub upstream: Option<Box<dyn UpstreamRead>>,
+    /// The change feed of the source the sync reads, when it reads one that records its
+    /// changes (see `changes`).
+    pub feed: Option<std::sync::Arc<dyn crate::sources::change_feed::ChangeFeed>>,
 }
 
 /// The sync's `from`, registered by its upstream hook first when it has one.
@@ -54,10 +69,12 @@ pub(super) async fn relation(sync: &SyncRef<'_>) -> Result<Read, SyncError> {
             .ok()
             .map(|f| f.data_type().clone())
     });
+    let feed = crate::sources::change_feed::ChangeFeeds::of(sync.ctx, from);
     Ok(Read {
         relation,
         cursor_type,
         upstream,
+        feed,
     })
 }
 

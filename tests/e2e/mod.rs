@@ -6,6 +6,10 @@ mod crash;
 mod dbt;
 #[cfg(feature = "delta")]
 mod delta;
+#[cfg(feature = "delta")]
+mod delta_destination;
+#[cfg(feature = "delta")]
+mod delta_feed;
 mod errors;
 mod files;
 mod fuzz_corpus;

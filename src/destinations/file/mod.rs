@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 pub use format::FileFormat;
+pub(super) use format::fields_with_op;
 
 use super::{Destination, DestinationError, ObjectWriter, WriteTarget};
 use crate::storage::Location;

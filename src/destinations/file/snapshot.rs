@@ -25,7 +25,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{Int8Array, RecordBatch, new_null_array};
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::common::config::TableParquetOptions;
@@ -48,7 +48,7 @@ use crate::destinations::{
 };
 use crate::storage::Location;
 
-const OP: &str = "__bf_op";
+use crate::destinations::staging::{OP, Staging};
 const CHANGE_PREFIX: &str = "__bf_c_";
 
 /// The object being written: everything `finish` needs once staging is closed.
@@ -64,13 +64,8 @@ struct FileObject {
 /// Stages a run's changes locally, then rewrites the object in `finish`.
 pub(super) struct FileWriter {
     object: FileObject,
-    staged_schema: SchemaRef,
-    staging: Option<ArrowWriter<std::fs::File>>,
-    staged_rows: usize,
-    /// Staged rows per operation code (index = `WriteOp::code`).
-    staged_ops: [usize; 6],
     // Dropped (and removed) last.
-    _staging_dir: tempfile::TempDir,
+    staging: Staging,
 }
 
 impl FileWriter {
@@ -82,20 +77,7 @@ impl FileWriter {
         location: Location,
         store: Arc<dyn ObjectStore>,
     ) -> Result<FileWriter, String> {
-        let staging_dir = tempfile::tempdir()
-            .map_err(|e| format!("cannot create a local staging folder: {e}"))?;
-        let fields = super::format::fields_with_op(target, OP, DataType::Int8);
-        let staged_schema = Arc::new(Schema::new(fields));
-        let staged_path = staging_dir.path().join("changes.parquet");
-        let file = std::fs::File::create(&staged_path).map_err(|e| format!("staging file: {e}"))?;
-        // Written once and read once, locally: no dictionaries, no compression (the profile
-        // of a 10-million-row load showed dictionary interning as its largest cost).
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_dictionary_enabled(false)
-            .set_compression(parquet::basic::Compression::UNCOMPRESSED)
-            .build();
-        let staging = ArrowWriter::try_new(file, staged_schema.clone(), Some(props))
-            .map_err(|e| format!("staging file: {e}"))?;
+        let staging = Staging::open(target)?;
         Ok(FileWriter {
             object: FileObject {
                 destination: destination.to_string(),
@@ -103,13 +85,9 @@ impl FileWriter {
                 target: target.clone(),
                 location,
                 store,
-                staged_path,
+                staged_path: staging.path.clone(),
             },
-            staged_schema,
-            staging: Some(staging),
-            staged_rows: 0,
-            staged_ops: [0; 6],
-            _staging_dir: staging_dir,
+            staging,
         })
     }
 }
@@ -700,42 +678,16 @@ impl ObjectWriter for FileWriter {
         op: WriteOp,
         batch: RecordBatch,
     ) -> Result<BatchOutcome, DestinationError> {
-        let rows = batch.num_rows();
-        let mut columns = Vec::with_capacity(self.staged_schema.fields().len());
-        for field in self.staged_schema.fields() {
-            if field.name() == OP {
-                columns.push(Arc::new(Int8Array::from(vec![op.code(); rows])) as _);
-            } else {
-                match batch.column_by_name(field.name()) {
-                    Some(c) => columns.push(c.clone()),
-                    None => columns.push(new_null_array(field.data_type(), rows)),
-                }
-            }
-        }
-        let object = &self.object;
-        let staged = RecordBatch::try_new(self.staged_schema.clone(), columns)
-            .map_err(|e| object.fail(e))?;
-        let Some(writer) = self.staging.as_mut() else {
-            return Err(object.fail("write after finish (this is a bug in backflow)"));
-        };
-        writer.write(&staged).map_err(|e| object.fail(e))?;
-        self.staged_rows += rows;
-        self.staged_ops[op.code() as usize] += rows;
+        self.staging
+            .push(op, &batch)
+            .map_err(|e| self.object.fail(e))?;
         Ok(BatchOutcome::default())
     }
 
     async fn finish(self: Box<Self>) -> Result<FinishOutcome, DestinationError> {
-        let FileWriter {
-            object,
-            staging,
-            staged_rows,
-            staged_ops,
-            _staging_dir,
-            ..
-        } = *self;
-        if let Some(w) = staging {
-            w.close().map_err(|e| object.fail(e))?;
-        }
+        let FileWriter { object, staging } = *self;
+        let staging = staging.close().map_err(|e| object.fail(e))?;
+        let (staged_rows, staged_ops) = (staging.rows, staging.ops);
         let ctx = SessionContext::new_with_config_rt(
             object.target.engine.clone(),
             object.target.runtime.clone(),
@@ -764,7 +716,7 @@ impl ObjectWriter for FileWriter {
         };
         let merged = object.merged(&ctx, has_existing).await?;
         object.write_object(&ctx, merged, read_at).await?;
-        drop(_staging_dir);
+        drop(staging);
         Ok(FinishOutcome {
             rejected,
             skipped,

@@ -1,0 +1,413 @@
+//! A Delta table's change data feed as a sync's incremental read: a mirror that reads only the
+//! changes ends exactly where one that diffs the whole table does, over rounds of random
+//! merges, updates, deletes, appends, overwrites and compactions written by the `deltalake`
+//! Python package; and the delete guard counts a feed's deletes against every record in sync.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use proptest::prelude::*;
+
+use super::delta::DELTA_ENV;
+use crate::common::{Fixture, sqlite_rows};
+
+/// A deltalake writer that takes one command per line (JSON) and prints the table's version
+/// after it, so that twenty commits cost one Python start.
+const SERVER: &str = r#"
+import sys, json
+import pyarrow as pa
+from deltalake import write_deltalake, DeltaTable
+path = sys.argv[1]
+schema = pa.schema([("id", pa.int64()), ("name", pa.string()), ("n", pa.int64())])
+def table(rows):
+    return pa.table({"id": [r[0] for r in rows], "name": [r[1] for r in rows],
+                     "n": [r[2] for r in rows]}, schema=schema)
+for line in sys.stdin:
+    c = json.loads(line)
+    op = c["op"]
+    if op == "create":
+        write_deltalake(path, table(c["rows"]), configuration=c.get("configuration"))
+    elif op == "merge":
+        (DeltaTable(path).merge(table(c["rows"]), "t.id = s.id", source_alias="s", target_alias="t")
+            .when_matched_update_all().when_not_matched_insert_all().execute())
+    elif op == "delete":
+        DeltaTable(path).delete("id IN (%s)" % ",".join(str(i) for i in c["ids"]))
+    elif op == "update":
+        DeltaTable(path).update(updates={"n": "n + 1"}, predicate="id %% 3 = %d" % c["rest"])
+    elif op == "append":
+        write_deltalake(path, table(c["rows"]), mode="append")
+    elif op == "overwrite":
+        write_deltalake(path, table(c["rows"]), mode="overwrite")
+    elif op == "compact":
+        DeltaTable(path).optimize.compact()
+    elif op == "properties":
+        DeltaTable(path).alter.set_table_properties(c["properties"])
+    print(DeltaTable(path).version(), flush=True)
+"#;
+
+/// The writer process.
+struct Writer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Writer {
+    /// None when there is no deltalake package (skipped; a failure under CI=true).
+    fn start(path: &std::path::Path) -> Option<Writer> {
+        let python = std::env::var(DELTA_ENV).unwrap_or_else(|_| "python3".into());
+        let probe = Command::new(&python)
+            .args(["-c", "import deltalake"])
+            .output();
+        if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("the deltalake Python package is needed and CI=true ({python}: {probe:?})");
+            }
+            eprintln!("SKIPPED: {python} has no deltalake (set {DELTA_ENV})");
+            return None;
+        }
+        let mut child = Command::new(&python)
+            .args(["-c", SERVER, path.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Some(Writer {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// Send one command; the table's version after it.
+    fn send(&mut self, command: serde_json::Value) -> u64 {
+        writeln!(self.stdin, "{command}").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("the writer failed on {command} (see its stderr)"))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+type Row = (Option<String>, i64);
+
+/// One round of changes to the table.
+#[derive(Debug, Clone)]
+enum Op {
+    Merge(Vec<(i64, Row)>),
+    Delete(Vec<i64>),
+    /// `n + 1` where `id % 3 = rest`.
+    Update(i64),
+    Append(Vec<Row>),
+    Overwrite(Vec<(i64, Row)>),
+    Compact,
+}
+
+fn row() -> impl Strategy<Value = Row> {
+    (
+        proptest::option::of(prop::sample::select(vec!["a", "", "Zoë ✓", "b c", "a'b"])),
+        prop_oneof![any::<i64>(), -3i64..3],
+    )
+        .prop_map(|(name, n)| (name.map(str::to_string), n))
+}
+
+fn keyed_rows(min: usize, max: usize) -> impl Strategy<Value = Vec<(i64, Row)>> {
+    proptest::collection::btree_map(0i64..40, row(), min..max).prop_map(|m| m.into_iter().collect())
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => keyed_rows(1, 8).prop_map(Op::Merge),
+        3 => proptest::collection::btree_set(0i64..40, 1..6).prop_map(|s| Op::Delete(s.into_iter().collect())),
+        2 => (0i64..3).prop_map(Op::Update),
+        2 => proptest::collection::vec(row(), 1..4).prop_map(Op::Append),
+        1 => keyed_rows(0, 30).prop_map(Op::Overwrite),
+        1 => Just(Op::Compact),
+    ]
+}
+
+fn json_rows(rows: &[(i64, Row)]) -> serde_json::Value {
+    rows.iter()
+        .map(|(id, (name, n))| serde_json::json!([id, name, n]))
+        .collect()
+}
+
+/// The table as the naive model has it after `op` (appended rows take ids from 1000 up).
+fn apply(model: &mut BTreeMap<i64, Row>, op: &Op, next_id: &mut i64) -> serde_json::Value {
+    match op {
+        Op::Merge(rows) => {
+            model.extend(rows.iter().cloned());
+            serde_json::json!({"op": "merge", "rows": json_rows(rows)})
+        }
+        Op::Delete(ids) => {
+            for id in ids {
+                model.remove(id);
+            }
+            serde_json::json!({"op": "delete", "ids": ids})
+        }
+        Op::Update(rest) => {
+            for (id, (_, n)) in model.iter_mut() {
+                if id % 3 == *rest {
+                    *n = n.wrapping_add(1);
+                }
+            }
+            serde_json::json!({"op": "update", "rest": rest})
+        }
+        Op::Append(rows) => {
+            let keyed: Vec<(i64, Row)> = rows
+                .iter()
+                .map(|r| {
+                    *next_id += 1;
+                    (*next_id, r.clone())
+                })
+                .collect();
+            model.extend(keyed.iter().cloned());
+            serde_json::json!({"op": "append", "rows": json_rows(&keyed)})
+        }
+        Op::Overwrite(rows) => {
+            *model = rows.iter().cloned().collect();
+            serde_json::json!({"op": "overwrite", "rows": json_rows(rows)})
+        }
+        Op::Compact => serde_json::json!({"op": "compact"}),
+    }
+}
+
+const PROJECT: &str = r#"
+[sources.feed]
+type = "delta"
+path = "lake/t"
+
+[sources.full]
+type = "delta"
+path = "lake/t"
+change_feed = false
+
+[destinations.app]
+type = "sqlite"
+path = "out/app.db"
+
+[syncs.feed]
+from = "feed"
+to = "app"
+object = "by_feed"
+behavior = "mirror"
+key = "id"
+max_deletes = "100%"
+
+[syncs.full]
+from = "full"
+to = "app"
+object = "by_diff"
+behavior = "mirror"
+key = "id"
+max_deletes = "100%"
+"#;
+
+fn run(f: &Fixture, sync: &str) -> serde_json::Value {
+    let out = f.command(&["run", sync, "--json"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+fn destination(f: &Fixture, object: &str) -> BTreeMap<i64, (String, String)> {
+    sqlite_rows(&f.path().join("out/app.db"), object)
+        .into_iter()
+        .map(|r| {
+            (
+                r["id"].parse().unwrap(),
+                (r["name"].clone(), r["n"].clone()),
+            )
+        })
+        .collect()
+}
+
+fn expected(model: &BTreeMap<i64, Row>) -> BTreeMap<i64, (String, String)> {
+    model
+        .iter()
+        .map(|(id, (name, n))| {
+            (
+                *id,
+                (name.clone().unwrap_or_else(|| "NULL".into()), n.to_string()),
+            )
+        })
+        .collect()
+}
+
+fn rounds(initial: Vec<(i64, Row)>, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let f = Fixture::new();
+    f.write("backflow.toml", PROJECT);
+    std::fs::create_dir_all(f.path().join("lake")).unwrap();
+    let Some(mut writer) = Writer::start(&f.path().join("lake/t")) else {
+        return Ok(());
+    };
+    let mut model: BTreeMap<i64, Row> = initial.iter().cloned().collect();
+    let mut next_id = 1000;
+    writer.send(serde_json::json!({
+        "op": "create",
+        "rows": json_rows(&initial),
+        "configuration": {"delta.enableChangeDataFeed": "true"},
+    }));
+    let mut changes_read = 0u64;
+    let mut whole_reads = 0u64;
+    for (round, op) in std::iter::once(None)
+        .chain(ops.iter().map(Some))
+        .enumerate()
+    {
+        if let Some(op) = op {
+            writer.send(apply(&mut model, op, &mut next_id));
+        }
+        let by_feed = run(&f, "feed");
+        let by_diff = run(&f, "full");
+        let want = expected(&model);
+        prop_assert_eq!(
+            &destination(&f, "by_diff"),
+            &want,
+            "the full diff, round {} ({:?})",
+            round,
+            op
+        );
+        prop_assert_eq!(
+            &destination(&f, "by_feed"),
+            &want,
+            "the change feed, round {} ({:?})",
+            round,
+            op
+        );
+        for k in ["created", "updated", "deleted", "invalid"] {
+            prop_assert_eq!(
+                &by_feed[k],
+                &by_diff[k],
+                "{} in round {} ({:?})",
+                k,
+                round,
+                op
+            );
+        }
+        // The feed's run read only what changed; the full one every row.
+        prop_assert_eq!(by_diff["read"].as_u64(), Some(model.len() as u64));
+        let read = by_feed["read"].as_u64().unwrap_or(0);
+        if round > 0 {
+            changes_read += read;
+            whole_reads += model.len() as u64;
+            if !matches!(op, Some(Op::Overwrite(_)) | Some(Op::Update(_))) {
+                let touched = match op {
+                    Some(Op::Merge(r)) => r.len(),
+                    Some(Op::Append(r)) => r.len(),
+                    _ => 0,
+                } as u64;
+                prop_assert!(
+                    read <= touched,
+                    "round {} read {} rows for {:?}",
+                    round,
+                    read,
+                    op
+                );
+            }
+        }
+    }
+    prop_assert!(
+        whole_reads == 0 || changes_read < whole_reads,
+        "the feed read {changes_read} rows where the full diff read {whole_reads}"
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Twenty rounds of random changes: the mirror that reads the change feed and the one that
+    /// diffs the whole table leave the same destination, equal to the naive model, with the
+    /// same counts of creates, updates and deletes.
+    #[test]
+    fn a_mirror_reading_the_change_feed_ends_like_a_full_diff(
+        initial in keyed_rows(0, 30),
+        ops in proptest::collection::vec(op(), 20),
+    ) {
+        rounds(initial, ops)?;
+    }
+}
+
+/// The delete guard of a mirror reading a feed: the deletes are the feed's, the records in sync
+/// all of the state's (not only the keys the run touched). A table without the feed is read
+/// whole.
+#[test]
+fn the_delete_guard_counts_a_feeds_deletes_against_every_record_in_sync() {
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        r#"
+[sources.t]
+type = "delta"
+path = "lake/t"
+
+[destinations.app]
+type = "sqlite"
+path = "out/app.db"
+
+[syncs.t]
+from = "t"
+to = "app"
+object = "t"
+behavior = "mirror"
+key = "id"
+"#,
+    );
+    std::fs::create_dir_all(f.path().join("lake")).unwrap();
+    let Some(mut writer) = Writer::start(&f.path().join("lake/t")) else {
+        return;
+    };
+    let rows: Vec<(i64, Row)> = (0..10).map(|i| (i, (Some(format!("r{i}")), i))).collect();
+    // Created without the feed: the second run reads the whole table.
+    writer.send(serde_json::json!({"op": "create", "rows": json_rows(&rows)}));
+    assert_eq!(run(&f, "t")["created"], 10);
+    writer.send(serde_json::json!({"op": "delete", "ids": [0]}));
+    let r = run(&f, "t");
+    assert_eq!(
+        (r["deleted"].as_u64(), r["read"].as_u64()),
+        (Some(1), Some(9)),
+        "{r}"
+    );
+
+    // The feed turned on, then one delete read from it: 1 of 9 is within the default half.
+    writer.send(serde_json::json!({"op": "properties", "properties": {"delta.enableChangeDataFeed": "true"}}));
+    writer.send(serde_json::json!({"op": "delete", "ids": [1]}));
+    let r = run(&f, "t");
+    assert_eq!(
+        (r["deleted"].as_u64(), r["read"].as_u64()),
+        (Some(1), Some(0)),
+        "{r}"
+    );
+
+    // Six of eight: over the limit, refused, nothing deleted.
+    writer.send(serde_json::json!({"op": "delete", "ids": [2, 3, 4, 5, 6, 7]}));
+    let (code, out, err) = f.cli(&["run", "t", "--json"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        (out.clone() + &err).contains("would delete 6 of the 8 records"),
+        "{out}\n{err}"
+    );
+    assert_eq!(sqlite_rows(&f.path().join("out/app.db"), "t").len(), 8);
+    let (code, out, err) = f.cli(&["run", "t", "--allow-deletes", "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let left: Vec<String> = sqlite_rows(&f.path().join("out/app.db"), "t")
+        .into_iter()
+        .map(|r| r["id"].clone())
+        .collect();
+    assert_eq!(left, vec!["8", "9"]);
+}
