@@ -8,12 +8,13 @@ use std::process::Command;
 
 use super::delta::DELTA_ENV;
 use crate::common::Fixture;
+use crate::common::s3::S3Server;
 
 /// Reads a Delta table: its rows (values as text), its history (newest first) and version.
 const READER: &str = r#"
 import sys, json, os
 from deltalake import DeltaTable
-dt = DeltaTable(sys.argv[1])
+dt = DeltaTable(sys.argv[1], storage_options=json.loads(sys.argv[2]) if len(sys.argv) > 2 else None)
 def text(v):
     return None if v is None else str(v)
 print(json.dumps({
@@ -44,14 +45,21 @@ fn python() -> Option<String> {
 
 /// The table at `path`: rows, history (newest first), version.
 fn read(python: &str, path: &std::path::Path) -> serde_json::Value {
-    let out = Command::new(python)
-        .args(["-c", READER, path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    read_at(python, path.to_str().unwrap(), None)
+}
+
+/// The table at `url`, with deltalake's storage options `opts`.
+fn read_at(python: &str, url: &str, opts: Option<serde_json::Value>) -> serde_json::Value {
+    let mut args = vec!["-c".to_string(), READER.to_string(), url.to_string()];
+    if let Some(o) = opts {
+        args.push(o.to_string());
+    }
+    let path = url;
+    let out = Command::new(python).args(&args).output().unwrap();
     assert!(
         out.status.success(),
         "reading {}: {}",
-        path.display(),
+        path,
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
@@ -394,4 +402,75 @@ key = "ID"
         .collect();
     rows.sort();
     assert_eq!(rows, vec!["1|Ada L.|a|x", "3|Cy|c|z"]);
+}
+
+/// A Delta table in an S3 bucket (moto), written with the environment's credentials: the
+/// commits are conditional writes, and another reader sees the merge.
+#[tokio::test]
+async fn a_delta_table_in_an_s3_bucket_is_merged_into() {
+    let Some(python) = python() else { return };
+    let Some(s3) = S3Server::start("lake-out").await else {
+        return;
+    };
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        &format!(
+            r#"
+[sources.people]
+type = "csv"
+path = "people.csv"
+
+[destinations.lake]
+type = "delta"
+path = "{}"
+
+[syncs.mirror]
+from = "people"
+to = "lake"
+object = "people"
+behavior = "mirror"
+key = "id"
+"#,
+            s3.url("tables")
+        ),
+    );
+    let run = |f: &Fixture| {
+        let mut c = f.command(&["run", "--json"]);
+        for (k, v) in s3.env() {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()
+    };
+    f.write("people.csv", V1);
+    run(&f);
+    f.write("people.csv", V2);
+    let r = run(&f);
+    assert_eq!(
+        (
+            r["created"].as_u64(),
+            r["updated"].as_u64(),
+            r["deleted"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{r}"
+    );
+    let mut opts = serde_json::Map::new();
+    for (k, v) in s3.env() {
+        opts.insert(k.into(), v.into());
+    }
+    opts.insert("AWS_ALLOW_HTTP".into(), "true".into());
+    let table = read_at(&python, &s3.url("tables/people"), Some(opts.into()));
+    assert_eq!(
+        pairs(&table),
+        vec![(1, s("Ada L.")), (3, s("Cy")), (4, s("Di"))]
+    );
+    assert_eq!(table["version"], 1);
 }
