@@ -120,6 +120,22 @@ impl Destination for DeltaDestination {
         }
     }
 
+    /// The table's keys: what a sync without state compares with, and what `state adopt` takes
+    /// over.
+    #[cfg(feature = "delta")]
+    fn keys(&self, target: &WriteTarget) -> Option<super::KeyStream> {
+        let (this, target) = (self.clone(), target.clone());
+        Some(super::key_stream(move |tx| async move {
+            let location = this.location(&target.object)?;
+            let object = writer::DeltaObject {
+                destination: this.name.clone(),
+                target,
+                location,
+            };
+            object.send_keys(tx).await
+        }))
+    }
+
     #[cfg(not(feature = "delta"))]
     async fn open(&self, target: &WriteTarget) -> Result<Box<dyn ObjectWriter>, DestinationError> {
         self.refuse(target)?;
@@ -236,6 +252,23 @@ mod writer {
                 Err(DeltaTableError::NotATable(_)) => Ok(None),
                 Err(e) => Err(self.fail(e)),
             }
+        }
+
+        /// The keys of the table's records, as text, to `tx` (none when there is no table).
+        pub(super) async fn send_keys(
+            &self,
+            tx: crate::destinations::KeySender,
+        ) -> Result<(), DestinationError> {
+            let ctx = deltalake_core::delta_datafusion::DeltaSessionContext::with_runtime_env(
+                self.target.runtime.clone(),
+            )
+            .into_inner();
+            let Some(table) = self.table(&ctx).await? else {
+                return Ok(());
+            };
+            let provider = table.table_provider().await.map_err(|e| self.fail(e))?;
+            let records = ctx.read_table(provider).map_err(|e| self.fail(e))?;
+            crate::destinations::send_keys(records, &self.target.key, &tx, |e| self.fail(e)).await
         }
 
         /// The commit properties of this run's commit.

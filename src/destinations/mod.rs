@@ -463,6 +463,63 @@ where
     Box::pin(futures::stream::once(start).flatten())
 }
 
+/// Send the keys of the records in `records` (a destination object read as a table) to `tx`
+/// as text chunks (see [`Destination::keys`]): NULL keys left out, none when the table lacks a
+/// key column (it holds no record of this sync).
+pub(crate) async fn send_keys(
+    records: datafusion::prelude::DataFrame,
+    key: &[String],
+    tx: &KeySender,
+    fail: impl Fn(String) -> DestinationError,
+) -> Result<(), DestinationError> {
+    use arrow::datatypes::DataType;
+    use datafusion::prelude::{Expr, ident, lit};
+    use futures::StreamExt;
+    if key
+        .iter()
+        .any(|k| records.schema().field_with_unqualified_name(k).is_err())
+    {
+        return Ok(());
+    }
+    let complete = key
+        .iter()
+        .map(|k| ident(k).is_not_null())
+        .reduce(Expr::and)
+        .unwrap_or(lit(true));
+    let mut stream = records
+        .select(
+            key.iter()
+                .map(|k| datafusion::logical_expr::cast(ident(k), DataType::Utf8).alias(k))
+                .collect::<Vec<_>>(),
+        )
+        .and_then(|df| df.filter(complete))
+        .map_err(|e| fail(e.to_string()))?
+        .execute_stream()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| fail(e.to_string()))?;
+        let mut chunk = Vec::with_capacity(key.len());
+        for column in batch.columns() {
+            let column =
+                arrow::compute::cast(column, &DataType::Utf8).map_err(|e| fail(e.to_string()))?;
+            let Some(texts) = column.as_any().downcast_ref::<arrow::array::StringArray>() else {
+                return Err(fail("a key column did not read as text".into()));
+            };
+            chunk.push(
+                texts
+                    .iter()
+                    .map(|t| t.unwrap_or_default().to_string())
+                    .collect::<Vec<_>>(),
+            );
+        }
+        if batch.num_rows() > 0 && tx.send(Ok(chunk)).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Writes one object during one run.
 #[async_trait]
 pub trait ObjectWriter: Send {

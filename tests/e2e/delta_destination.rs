@@ -474,3 +474,35 @@ key = "id"
     );
     assert_eq!(table["version"], 1);
 }
+
+/// A sync without state compares with the table's keys: records already there are updates,
+/// one the model lacks is left alone (unowned) until `state adopt` takes the table over.
+#[test]
+fn a_mirror_that_lost_its_state_reads_the_tables_keys_and_adopts_them() {
+    let Some(python) = python() else { return };
+    let f = Fixture::new();
+    project(&f, &["mirror"]);
+    f.write("people.csv", V1);
+    run_json(&f, &["run", "--json"]);
+    std::fs::remove_dir_all(f.path().join(".backflow")).unwrap();
+    f.write("people.csv", V2);
+    let r = run_json(&f, &["run", "--json"]);
+    assert_eq!(
+        (
+            r["created"].as_u64(),
+            r["updated"].as_u64(),
+            r["deleted"].as_u64(),
+            r["unowned"].as_u64()
+        ),
+        (Some(1), Some(2), Some(0), Some(1)),
+        "{r}"
+    );
+    let (code, out, err) = f.cli(&["state", "adopt", "mirror"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let r = run_json(&f, &["run", "--json"]);
+    assert_eq!(r["deleted"].as_u64(), Some(1), "{r}");
+    assert_eq!(
+        pairs(&read(&python, &f.path().join("lake/mirror"))),
+        vec![(1, s("Ada L.")), (3, s("Cy")), (4, s("Di"))]
+    );
+}

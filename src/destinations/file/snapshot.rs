@@ -114,57 +114,8 @@ pub(super) async fn existing_keys(
     if object.register_existing_at(&ctx).await?.is_none() {
         return Ok(());
     }
-    let key = &target.key;
-    let mut stream = ctx
-        .table("bf_existing")
-        .await
-        .and_then(|df| {
-            if key
-                .iter()
-                .any(|k| df.schema().field_with_unqualified_name(k).is_err())
-            {
-                // A file without the key columns holds no record of this sync.
-                return df
-                    .limit(0, Some(0))?
-                    .select(key.iter().map(|k| lit("").alias(k)).collect::<Vec<_>>());
-            }
-            let complete = key
-                .iter()
-                .map(|k| ident(k).is_not_null())
-                .reduce(Expr::and)
-                .unwrap_or(lit(true));
-            df.select(
-                key.iter()
-                    .map(|k| cast(ident(k), DataType::Utf8).alias(k))
-                    .collect::<Vec<_>>(),
-            )?
-            .filter(complete)
-        })
-        .map_err(|e| object.fail(e))?
-        .execute_stream()
-        .await
-        .map_err(|e| object.fail(e))?;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| object.fail(e))?;
-        let mut chunk = Vec::with_capacity(key.len());
-        for column in batch.columns() {
-            let column =
-                arrow::compute::cast(column, &DataType::Utf8).map_err(|e| object.fail(e))?;
-            let Some(texts) = column.as_any().downcast_ref::<arrow::array::StringArray>() else {
-                return Err(object.fail("a key column did not read as text"));
-            };
-            chunk.push(
-                texts
-                    .iter()
-                    .map(|t| t.unwrap_or_default().to_string())
-                    .collect::<Vec<_>>(),
-            );
-        }
-        if batch.num_rows() > 0 && tx.send(Ok(chunk)).await.is_err() {
-            break;
-        }
-    }
-    Ok(())
+    let existing = ctx.table("bf_existing").await.map_err(|e| object.fail(e))?;
+    crate::destinations::send_keys(existing, &target.key, &tx, |e| object.fail(e)).await
 }
 
 impl FileObject {
