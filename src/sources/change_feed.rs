@@ -21,6 +21,10 @@ pub trait ChangeFeed: Send + Sync + std::fmt::Debug {
     /// The version the session reads (the table as a run sees it).
     fn version(&self) -> u64;
 
+    /// What tells this table from another one later put at the same place (a Delta table's
+    /// id): versions of different tables are not comparable.
+    fn table_id(&self) -> String;
+
     /// The rows that changed after version `since`, up to [`ChangeFeed::version`]: the table's
     /// columns plus [`CHANGE_TYPE`] and [`COMMIT_VERSION`] (others may follow). `Err` says why
     /// the table cannot tell (its feed was off for part of that range, or the log of those

@@ -238,6 +238,13 @@ mod feed {
             self.version
         }
 
+        fn table_id(&self) -> String {
+            self.table
+                .snapshot()
+                .map(|s| s.metadata().id().to_string())
+                .unwrap_or_default()
+        }
+
         async fn changes(&self, ctx: &SessionContext, since: u64) -> Result<DataFrame, String> {
             use deltalake_core::delta_datafusion::DeltaCdfTableProvider;
             if !enabled(&self.table) {

@@ -50,6 +50,15 @@ pub struct Watermark {
     pub value: String,
 }
 
+/// The version of a source with a change feed that a state is up to date with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SourceVersion {
+    /// The table's identity (a Delta table's id): a table replaced by another under the same
+    /// path starts over, whatever its version numbers.
+    pub table: String,
+    pub version: u64,
+}
+
 /// One committed version of a sync's state. Stored as JSON in `_manifests/`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -91,7 +100,7 @@ pub struct Manifest {
     /// changes after it. None when the run left something to read again (an invalid or
     /// rejected row), or the source has no versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_version: Option<u64>,
+    pub source_version: Option<SourceVersion>,
     /// The snapshot file's size in bytes: a torn (truncated) snapshot is detected by it.
     #[serde(default)]
     pub snapshot_bytes: Option<u64>,

@@ -13,7 +13,7 @@ use crate::state::{FORMAT_VERSION, Manifest, SyncLock, Watermark};
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct UpTo {
     pub watermark: Option<Watermark>,
-    pub source_version: Option<u64>,
+    pub source_version: Option<crate::state::SourceVersion>,
 }
 
 /// Whether committing would record nothing `previous` does not (the run sent nothing, got no

@@ -190,7 +190,7 @@ pub(crate) struct Prepared {
     /// How much of the model the run reads (see [`read::Scope`]).
     scope: read::Scope,
     /// For a sync reading a source with a change feed: the source's version the run reads.
-    source_version: Option<u64>,
+    source_version: Option<crate::state::SourceVersion>,
     /// For a sync with an upstream hook: how many records the destination reported since it
     /// last ran (they change the state even when nothing is sent).
     reported: u64,
@@ -271,8 +271,24 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
     }
     // A source that records its changes: after a first whole read, only what changed since
     // the version the state is up to date with (see `changes`).
-    let source_version = read.feed.as_ref().map(|f| f.version());
-    let since = previous.as_ref().and_then(|p| p.source_version);
+    let source_version = read.feed.as_ref().map(|f| crate::state::SourceVersion {
+        table: f.table_id(),
+        version: f.version(),
+    });
+    let since = match (
+        previous.as_ref().and_then(|p| p.source_version.as_ref()),
+        &source_version,
+    ) {
+        (Some(before), Some(now)) if before.table == now.table => Some(before.version),
+        (Some(_), Some(_)) => {
+            tracing::warn!(
+                sync = name,
+                "the table was replaced by another under the same path: reading all of it"
+            );
+            None
+        }
+        _ => None,
+    };
     let changes = match (&read.feed, since) {
         (Some(feed), Some(since))
             if !rescan
@@ -937,7 +953,10 @@ async fn locked_cycle(
     // read again (invalid or rejected ones are read again until they are fixed, as with a
     // cursor), and the stored one for a run that read part of the model on purpose.
     let source_version = if partial {
-        prepared.previous.as_ref().and_then(|p| p.source_version)
+        prepared
+            .previous
+            .as_ref()
+            .and_then(|p| p.source_version.clone())
     } else if tally.counts.invalid > 0 || tally.counts.rejected > 0 {
         if prepared.source_version.is_some() {
             tracing::info!(
@@ -947,7 +966,7 @@ async fn locked_cycle(
         }
         None
     } else {
-        prepared.source_version
+        prepared.source_version.clone()
     };
     let up_to = commit::UpTo {
         watermark,

@@ -411,3 +411,40 @@ key = "id"
         .collect();
     assert_eq!(left, vec!["8", "9"]);
 }
+
+/// A table replaced by another at the same path (removed and written again) is not read from
+/// its feed, whatever its versions: the new table's versions say nothing about the old one's.
+#[test]
+fn a_table_replaced_under_the_same_path_is_read_whole() {
+    let f = Fixture::new();
+    f.write("backflow.toml", PROJECT);
+    std::fs::create_dir_all(f.path().join("lake")).unwrap();
+    let rows = |ids: std::ops::Range<i64>| -> Vec<(i64, Row)> {
+        ids.map(|i| (i, (Some(format!("r{i}")), i))).collect()
+    };
+    let with_feed = serde_json::json!({"delta.enableChangeDataFeed": "true"});
+    {
+        let Some(mut writer) = Writer::start(&f.path().join("lake/t")) else {
+            return;
+        };
+        writer.send(serde_json::json!({"op": "create", "rows": json_rows(&rows(0..5)), "configuration": with_feed}));
+    }
+    assert_eq!(run(&f, "feed")["created"], 5);
+    std::fs::remove_dir_all(f.path().join("lake/t")).unwrap();
+    let mut writer = Writer::start(&f.path().join("lake/t")).unwrap();
+    writer.send(serde_json::json!({"op": "create", "rows": json_rows(&rows(10..13)), "configuration": with_feed}));
+    writer.send(serde_json::json!({"op": "append", "rows": [[13, "r13", 13]]}));
+    writer.send(serde_json::json!({"op": "append", "rows": [[14, "r14", 14]]}));
+    let r = run(&f, "feed");
+    assert_eq!(
+        (
+            r["created"].as_u64(),
+            r["deleted"].as_u64(),
+            r["read"].as_u64()
+        ),
+        (Some(5), Some(5), Some(5)),
+        "{r}"
+    );
+    let ids: Vec<i64> = destination(&f, "by_feed").into_keys().collect();
+    assert_eq!(ids, vec![10, 11, 12, 13, 14]);
+}
