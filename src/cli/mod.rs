@@ -433,10 +433,14 @@ pub fn main() -> ExitCode {
 
 /// Logs go to stderr; a server logs its runs by default, a command only its warnings.
 fn init_logging(verbose: u8, quiet: bool, format: LogFormat, serving: bool) {
+    // deltalake warns of its own metrics and of a session it falls back from: not the user's
+    // business.
     let default = match (quiet, verbose, serving) {
         (true, _, _) => "error",
-        (false, 0, false) => "warn",
-        (false, 0, true) | (false, 1, _) => "info,datafusion=warn,sqlparser=warn",
+        (false, 0, false) => "warn,deltalake_core=error",
+        (false, 0, true) | (false, 1, _) => {
+            "info,datafusion=warn,sqlparser=warn,deltalake_core=error"
+        }
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -83,6 +83,21 @@ impl DeltaDestination {
         Ok(location)
     }
 
+    /// A local table folder must be one a run can create files in (not under a file).
+    fn writable(&self, target: &WriteTarget) -> Result<crate::storage::Location, DestinationError> {
+        let location = self.location(&target.object)?;
+        if let Some(dir) = &location.local
+            && let Err(reason) = super::local_writable(&dir.join("_delta_log"))
+        {
+            return Err(DestinationError::Unwritable {
+                destination: self.name.clone(),
+                location: location.display.clone(),
+                reason,
+            });
+        }
+        Ok(location)
+    }
+
     /// What a Delta destination cannot do for `target`, found before any write.
     fn refuse(&self, target: &WriteTarget) -> Result<(), DestinationError> {
         if target.partial_updates {
@@ -109,7 +124,7 @@ impl DeltaDestination {
 impl Destination for DeltaDestination {
     async fn check(&self, target: &WriteTarget) -> Result<(), DestinationError> {
         self.refuse(target)?;
-        self.location(&target.object)?;
+        self.writable(target)?;
         Ok(())
     }
 
@@ -149,7 +164,7 @@ impl Destination for DeltaDestination {
     #[cfg(feature = "delta")]
     async fn open(&self, target: &WriteTarget) -> Result<Box<dyn ObjectWriter>, DestinationError> {
         self.refuse(target)?;
-        let location = self.location(&target.object)?;
+        let location = self.writable(target)?;
         let staging =
             super::staging::Staging::open(target).map_err(|reason| DestinationError::Write {
                 destination: self.name.clone(),
@@ -173,8 +188,10 @@ mod writer {
     use std::sync::Arc;
 
     use arrow::array::RecordBatch;
+    use arrow::datatypes::DataType;
     use async_trait::async_trait;
     use datafusion::common::{Column, JoinType, ScalarValue};
+    use datafusion::logical_expr::cast;
     use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, ident, lit};
     use deltalake_core::kernel::Action;
     use deltalake_core::kernel::transaction::CommitProperties;
@@ -305,7 +322,15 @@ mod writer {
                 .schema
                 .fields()
                 .iter()
-                .map(|f| ident(f.name()))
+                .map(|f| match f.data_type() {
+                    // Delta tables hold timestamps in UTC: the same instants, labelled so.
+                    DataType::Timestamp(unit, Some(tz)) if !is_utc(tz) => cast(
+                        ident(f.name()),
+                        DataType::Timestamp(*unit, Some("UTC".into())),
+                    )
+                    .alias(f.name()),
+                    _ => ident(f.name()),
+                })
                 .collect();
             if keep_op {
                 columns.push(ident(OP));
@@ -315,6 +340,43 @@ mod writer {
                 .and_then(|s| s.filter(ident(OP).in_list(codes, false)))
                 .and_then(|s| s.select(columns))
                 .map_err(|e| self.fail(e))
+        }
+
+        /// Refuse, before anything is written, a field whose values the table's column of the
+        /// same name would hold as another type (text into a boolean column, a decimal into
+        /// one with fewer decimal places): deltalake would cast them.
+        fn check_types(&self, table: &DeltaTable) -> Result<(), DestinationError> {
+            let schema = table
+                .snapshot()
+                .map_err(|e| self.fail(e))?
+                .snapshot()
+                .arrow_schema();
+            let mut problems = Vec::new();
+            for field in self.target.schema.fields() {
+                let Ok(column) = schema.field_with_name(field.name()) else {
+                    continue;
+                };
+                let (ours, theirs) = (kind(field.data_type()), kind(column.data_type()));
+                if ours != theirs {
+                    problems.push(format!(
+                        "field \"{}\" is {} but the table's column is {}",
+                        field.name(),
+                        field.data_type(),
+                        column.data_type()
+                    ));
+                }
+            }
+            if problems.is_empty() {
+                return Ok(());
+            }
+            Err(DestinationError::incompatible(
+                &self.destination,
+                &self.target,
+                format!(
+                    "{}; cast the field in a model to the column's type, or write to a new table",
+                    problems.join("; ")
+                ),
+            ))
         }
 
         /// The keys of the staged rows of `op` that the table has (`Semi`) or lacks (`Anti`).
@@ -547,6 +609,22 @@ mod writer {
         }
     }
 
+    /// Whether a time zone names UTC.
+    fn is_utc(tz: &str) -> bool {
+        matches!(tz, "UTC" | "utc" | "+00:00" | "Z" | "Etc/UTC")
+    }
+
+    /// A type as the table holds it, for comparing a field with a column: timestamps by
+    /// whether they have a time zone (Delta stores microseconds; any zone becomes UTC), the
+    /// rest by family (`hash::type_family`: integers, strings, a decimal's scale, ...).
+    fn kind(t: &DataType) -> String {
+        match t {
+            DataType::Timestamp(_, Some(_)) => "timestamp with time zone".into(),
+            DataType::Timestamp(_, None) => "timestamp".into(),
+            t => crate::hash::type_family(t),
+        }
+    }
+
     /// Column `name` of relation `relation`, as it is (no parsing, no case folding).
     fn column(relation: &str, name: &str) -> Expr {
         Expr::Column(Column::new(Some(relation), name))
@@ -585,6 +663,9 @@ mod writer {
             .await
             .map_err(|e| object.fail(e))?;
             let existing = object.table(&ctx).await?;
+            if let Some(table) = &existing {
+                object.check_types(table)?;
+            }
             let rejected = object
                 .missing_updates(&ctx, existing.as_ref(), &staged)
                 .await?;

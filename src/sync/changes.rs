@@ -1,40 +1,54 @@
 //! The change-feed read. A sync that reads a source which records its changes (a Delta table
 //! with Change Data Feed, see `sources::change_feed`) reads, after a first whole read, only the
 //! changes made since the version its state is up to date with: the diff then compares just
-//! the keys those changes touch with the state ([`Scope::Changes`]), and a mirror learns of a
+//! the keys those changes settle with the state ([`Scope::Changes`]), and a mirror learns of a
 //! delete from the feed instead of from a full comparison.
 //!
-//! Of a key's changes only its last version's count (a key changed three times is sent once,
-//! as it is now), and an update's preimage is left out. What that version inserted or updated
-//! is the key's row (`bf_mapped`, through the map stage like any row: two rows one version
-//! inserted under one key are a duplicate key, as in a whole read); a key that version only
-//! deleted is in `bf_deleted`. As plans (`sql` below): a window `MAX(_commit_version)` per key
-//! over the feed, and two filters of it.
+//! The feed is read as row counts, not as a story in order: every row a change added (an
+//! insert, an update's postimage) counts +1 for its key and row hash, every row it removed (a
+//! delete, an update's preimage) −1, and the row the state holds for a touched key +1. What is
+//! left with a positive count per key is what the table holds now:
+//! - nothing: the key is gone (`bf_deleted`; an update that changed a key leaves its old key
+//!   here);
+//! - the state's own row: nothing changed for the key (it was changed and changed back);
+//! - one row from the feed: the key's row now (`bf_mapped`, mapped like any row).
 //!
-//! The whole table is read instead when the feed cannot cover the range (it was off for part of
-//! it, or log retention removed the versions), after an interrupted run (its intents name keys
-//! the feed may not), and when the run reads everything anyway (a full resync, a new mapping).
+//! A key left with two rows or more (a table holding a key twice), or a count below zero (a
+//! removed row the state never had), is something the feed alone cannot settle: the run reads
+//! the whole table instead, which reports duplicates as a whole read does. So does a feed that
+//! cannot cover the range (it was off for part of it, log retention removed the versions, a
+//! vacuum removed its files), a run after an interrupted one (its intents may name keys the
+//! feed does not), and a run that reads everything anyway (a full resync, a new mapping). All
+//! of it is plans: two aggregates over the mapped feed and the touched keys' state, one check
+//! that reads a count per problem, and a window that keeps one row per key.
 //!
 //! [`Scope::Changes`]: super::read::Scope::Changes
 
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
 use datafusion::prelude::{DataFrame, ident, lit};
 
+use super::map::{HASH, KEY};
 use super::{SyncError, SyncRef, engine};
-use crate::sources::change_feed::{CHANGE_TYPE, COMMIT_VERSION, ChangeFeed};
+use crate::sources::change_feed::{CHANGE_TYPE, ChangeFeed};
 
-/// A key's changes in the feed, with the last version that changed it (`__bf_last`).
-const LAST_CHANGES: &str = "bf_last_changes";
-/// The feed as read.
-const FEED: &str = "bf_feed";
+/// The mapped rows the feed added (with the model's columns), and the key and hash of those it
+/// removed.
+const ADDED: &str = "bf_feed_added";
+const REMOVED: &str = "bf_feed_removed";
+/// Per key and row hash: the count left (`__bf_n`) and whether the state holds that row.
+const NET: &str = "bf_feed_net";
+/// Per touched key: rows left (`__bf_total`), the lowest count, whether the state's row is left.
+const KEYS: &str = "bf_feed_keys";
 /// Tables this stage registers (cleared with the cycle's).
-pub(super) const TABLES: [&str; 3] = [FEED, LAST_CHANGES, "bf_deleted"];
+pub(super) const TABLES: [&str; 5] = [ADDED, REMOVED, NET, KEYS, "bf_deleted"];
 
-/// What changed in the source since the state's version.
-pub(super) struct Changes {
-    /// The rows inserted or updated (the source's columns): the rows the run reads.
-    pub rows: DataFrame,
-    /// The deleted rows' key columns (the source's names).
-    pub deleted: DataFrame,
+/// What a change feed says changed, as rows of the source (its columns).
+pub(super) struct Feed {
+    /// The rows changes added (inserts, updates' postimages).
+    pub added: DataFrame,
+    /// The rows changes removed (deletes, updates' preimages).
+    pub removed: DataFrame,
 }
 
 /// The changes of `feed` after version `since` (with `relation`, the source as it is now, for
@@ -44,105 +58,161 @@ pub(super) async fn read(
     feed: &dyn ChangeFeed,
     since: u64,
     relation: &DataFrame,
-) -> Result<Result<Changes, String>, SyncError> {
+) -> Result<Result<Feed, String>, SyncError> {
     let df_err = engine(sync.name, "read changes");
-    let ctx = sync.ctx;
-    let columns: Vec<String> = relation
+    let columns: Vec<_> = relation
         .schema()
         .fields()
         .iter()
-        .map(|f| f.name().clone())
+        .map(|f| ident(f.name()))
         .collect();
-    let keys: Vec<String> = sync.config.key.sources().map(str::to_string).collect();
     if since == feed.version() {
-        // Nothing changed: no rows, no deletes.
+        // Nothing changed.
         let none = relation.clone().filter(lit(false)).map_err(&df_err)?;
-        let deleted = none
-            .clone()
-            .select(keys.iter().map(ident).collect::<Vec<_>>())
-            .map_err(&df_err)?;
-        return Ok(Ok(Changes {
-            rows: none,
-            deleted,
+        return Ok(Ok(Feed {
+            added: none.clone(),
+            removed: none,
         }));
     }
-    let changes = match feed.changes(ctx, since).await {
+    let changes = match feed.changes(sync.ctx, since).await {
         Ok(c) => c,
         Err(why) => return Ok(Err(why)),
     };
-    ctx.register_table(FEED, changes.into_view())
-        .map_err(&df_err)?;
-    let partition = keys
-        .iter()
-        .map(|k| quoted(k))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let last = ctx
-        .sql(&format!(
-            "SELECT *, MAX({version}) OVER (PARTITION BY {partition}) AS __bf_last \
-             FROM {FEED} WHERE {kind} <> 'update_preimage'",
-            version = quoted(COMMIT_VERSION),
-            kind = quoted(CHANGE_TYPE),
-        ))
-        .await
-        .map_err(&df_err)?
-        .filter(ident(COMMIT_VERSION).eq(ident("__bf_last")))
-        .map_err(&df_err)?;
-    ctx.register_table(LAST_CHANGES, last.into_view())
-        .map_err(&df_err)?;
-    let last = ctx.table(LAST_CHANGES).await.map_err(&df_err)?;
-    let rows = last
+    let kind = |kinds: [&str; 2]| ident(CHANGE_TYPE).in_list(kinds.map(lit).to_vec(), false);
+    let added = changes
         .clone()
-        .filter(ident(CHANGE_TYPE).not_eq(lit("delete")))
-        .and_then(|r| r.select(columns.iter().map(ident).collect::<Vec<_>>()))
+        .filter(kind(["insert", "update_postimage"]))
+        .and_then(|a| a.select(columns.clone()))
         .map_err(&df_err)?;
-    let deleted = last
-        .filter(ident(CHANGE_TYPE).eq(lit("delete")))
-        .and_then(|d| d.select(keys.iter().map(ident).collect::<Vec<_>>()))
+    let removed = changes
+        .filter(kind(["delete", "update_preimage"]))
+        .and_then(|r| r.select(columns))
         .map_err(&df_err)?;
-    Ok(Ok(Changes { rows, deleted }))
+    Ok(Ok(Feed { added, removed }))
 }
 
-/// The deleted keys as the state holds them (`__bf_key`, of `key_type`), registered as
-/// `bf_deleted` for the diff and the delete guard.
-pub(super) fn register_deleted(
-    sync: &SyncRef<'_>,
-    deleted: DataFrame,
-    key_type: &arrow::datatypes::DataType,
-) -> Result<(), SyncError> {
-    use datafusion::logical_expr::cast;
+/// Register the key and row hash of the rows the feed removed (`removed`, mapped, its key of
+/// the state's type).
+pub(super) fn register_removed(sync: &SyncRef<'_>, removed: DataFrame) -> Result<(), SyncError> {
     let df_err = engine(sync.name, "read changes");
-    let parts = sync.config.key.parts();
-    let named = deleted
-        .select(
-            parts
-                .iter()
-                .map(|p| ident(&p.source).alias(&p.destination))
-                .collect::<Vec<_>>(),
-        )
-        .map_err(&df_err)?;
-    let key = crate::keys::key_expr(&sync.config.key.destinations());
-    let keys = named
-        .select(vec![cast(key, key_type.clone()).alias(super::map::KEY)])
+    let keyed = removed
+        .select(vec![ident(KEY), ident(HASH)])
         .map_err(&df_err)?;
     sync.ctx
-        .register_table("bf_deleted", keys.into_view())
+        .register_table(REMOVED, keyed.into_view())
         .map_err(&df_err)?;
     Ok(())
 }
 
-/// An SQL identifier for a column name as it is.
-fn quoted(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::quoted;
-
-    #[test]
-    fn identifiers_keep_their_case_and_quotes() {
-        assert_eq!(quoted("Id"), "\"Id\"");
-        assert_eq!(quoted("a\"b"), "\"a\"\"b\"");
+/// With `bf_mapped` holding the mapped rows the feed added and `bf_prev` the state: count what
+/// is left per key, and replace `bf_mapped` with the rows that settle a key and register
+/// `bf_deleted` (keys left with no row). `Err` says why the feed cannot settle every key (the
+/// caller reads the whole table instead); nothing is replaced then.
+pub(super) async fn settle(sync: &SyncRef<'_>) -> Result<Result<(), String>, SyncError> {
+    let df_err = engine(sync.name, "read changes");
+    let ctx = sync.ctx;
+    let added = ctx.table("bf_mapped").await.map_err(&df_err)?;
+    let columns: Vec<_> = added
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| ident(f.name()))
+        .collect();
+    ctx.register_table(ADDED, added.into_view())
+        .map_err(&df_err)?;
+    let net = ctx
+        .sql(&format!(
+            "WITH touched AS ( \
+               SELECT DISTINCT __bf_key FROM ( \
+                 SELECT __bf_key FROM {ADDED} UNION ALL SELECT __bf_key FROM {REMOVED}) k \
+               WHERE __bf_key IS NOT NULL), \
+             counted AS ( \
+               SELECT __bf_key, __bf_hash, CAST(1 AS BIGINT) AS w, CAST(0 AS BIGINT) AS st \
+               FROM {ADDED} WHERE __bf_key IS NOT NULL \
+               UNION ALL \
+               SELECT __bf_key, __bf_hash, CAST(-1 AS BIGINT), CAST(0 AS BIGINT) \
+               FROM {REMOVED} WHERE __bf_key IS NOT NULL \
+               UNION ALL \
+               SELECT p.__bf_key, p.__bf_hash, CAST(1 AS BIGINT), CAST(1 AS BIGINT) \
+               FROM touched t JOIN bf_prev p ON p.__bf_key = t.__bf_key) \
+             SELECT __bf_key, __bf_hash, SUM(w) AS __bf_n, MAX(st) AS __bf_st \
+             FROM counted GROUP BY __bf_key, __bf_hash"
+        ))
+        .await
+        .map_err(&df_err)?;
+    ctx.register_table(NET, net.into_view()).map_err(&df_err)?;
+    let keys = ctx
+        .sql(&format!(
+            "SELECT __bf_key, \
+                    SUM(CASE WHEN __bf_n > 0 THEN __bf_n ELSE 0 END) AS __bf_total, \
+                    MIN(__bf_n) AS __bf_least, \
+                    MAX(CASE WHEN __bf_n > 0 THEN __bf_st ELSE 0 END) AS __bf_kept \
+             FROM {NET} GROUP BY __bf_key"
+        ))
+        .await
+        .map_err(&df_err)?;
+    ctx.register_table(KEYS, keys.into_view())
+        .map_err(&df_err)?;
+    // The check reads the feed: a file it names that is gone (a vacuum) shows up here, and
+    // the run reads the whole table instead.
+    let check = ctx
+        .sql(&format!(
+            "SELECT CAST(count(*) FILTER (WHERE __bf_total > 1) AS BIGINT), \
+                    CAST(count(*) FILTER (WHERE __bf_least < 0) AS BIGINT) \
+             FROM {KEYS}"
+        ))
+        .await
+        .map_err(&df_err)?;
+    let counts = match check.collect().await {
+        Ok(b) => b,
+        Err(e) => return Ok(Err(format!("the change data feed cannot be read: {e}"))),
+    };
+    let count = |column: usize| {
+        counts
+            .first()
+            .and_then(|b| b.column(column).as_primitive_opt::<Int64Type>())
+            .map_or(0, |a| a.value(0))
+    };
+    let (twice, unknown) = (count(0), count(1));
+    if twice > 0 {
+        return Ok(Err(format!(
+            "the change data feed leaves {twice} key(s) with more than one row (the table \
+             holds a key twice)"
+        )));
     }
+    if unknown > 0 {
+        return Ok(Err(format!(
+            "the change data feed removes rows of {unknown} key(s) that the state does not hold"
+        )));
+    }
+    // One row per key left with a row from the feed (rows with a NULL key are kept: they are
+    // invalid, as in a whole read).
+    let settled = ctx
+        .sql(&format!(
+            "SELECT a.*, ROW_NUMBER() OVER (PARTITION BY a.__bf_key) AS __bf_nth \
+             FROM {ADDED} a \
+             JOIN {NET} n ON n.__bf_key = a.__bf_key AND n.__bf_hash = a.__bf_hash \
+             JOIN {KEYS} k ON k.__bf_key = a.__bf_key \
+             WHERE n.__bf_n > 0 AND k.__bf_total = 1 AND k.__bf_kept = 0"
+        ))
+        .await
+        .and_then(|s| s.filter(ident("__bf_nth").eq(lit(1u64))))
+        .and_then(|s| s.select(columns.clone()))
+        .map_err(&df_err)?;
+    let invalid = ctx
+        .table(ADDED)
+        .await
+        .and_then(|a| a.filter(ident(KEY).is_null()))
+        .map_err(&df_err)?;
+    let rows = settled.union(invalid).map_err(&df_err)?;
+    let deleted = ctx
+        .sql(&format!("SELECT __bf_key FROM {KEYS} WHERE __bf_total = 0"))
+        .await
+        .map_err(&df_err)?;
+    let _ = ctx.deregister_table("bf_mapped");
+    ctx.register_table("bf_mapped", rows.into_view())
+        .map_err(&df_err)?;
+    ctx.register_table("bf_deleted", deleted.into_view())
+        .map_err(&df_err)?;
+    Ok(Ok(()))
 }

@@ -189,6 +189,8 @@ pub(crate) struct Prepared {
     upstream: Option<u64>,
     /// How much of the model the run reads (see [`read::Scope`]).
     scope: read::Scope,
+    /// What the run tells the user besides its counts (see [`Tally::notes`]).
+    notes: Vec<String>,
     /// For a sync reading a source with a change feed: the source's version the run reads.
     source_version: Option<crate::state::SourceVersion>,
     /// For a sync with an upstream hook: how many records the destination reported since it
@@ -271,6 +273,7 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
     }
     // A source that records its changes: after a first whole read, only what changed since
     // the version the state is up to date with (see `changes`).
+    let mut notes = Vec::new();
     let source_version = read.feed.as_ref().map(|f| crate::state::SourceVersion {
         table: f.table_id(),
         version: f.version(),
@@ -281,15 +284,14 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
     ) {
         (Some(before), Some(now)) if before.table == now.table => Some(before.version),
         (Some(_), Some(_)) => {
-            tracing::warn!(
-                sync = name,
-                "the table was replaced by another under the same path: reading all of it"
+            notes.push(
+                "the table was replaced by another under the same path: it was read whole".into(),
             );
             None
         }
         _ => None,
     };
-    let changes = match (&read.feed, since) {
+    let feed = match (&read.feed, since) {
         (Some(feed), Some(since))
             if !rescan
                 && config.cursor.is_none()
@@ -300,14 +302,14 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
             match changes::read(sync, feed.as_ref(), since, &read.relation).await? {
                 Ok(c) => Some(c),
                 Err(why) => {
-                    tracing::warn!(sync = name, "{why}: reading the whole table");
+                    notes.push(format!("{why}: the whole table was read"));
                     None
                 }
             }
         }
         _ => None,
     };
-    let scope = if changes.is_some() {
+    let mut scope = if feed.is_some() {
         read::Scope::Changes
     } else if (config.cursor.is_some() && sync.options.only_keys.is_none())
         || sync.options.sample.is_some()
@@ -319,17 +321,19 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
     } else {
         read::Scope::Whole
     };
-    let model = match changes {
-        Some(changes) => {
-            changes::register_deleted(sync, changes.deleted, &key_type)?;
-            map::map(config, changes.rows)
-                .map_err(|p| SyncError::Mapping {
-                    sync: name.to_string(),
-                    problems: p.0,
-                })?
-                .df
+    let map_err = |p: map::MappingProblems| SyncError::Mapping {
+        sync: name.to_string(),
+        problems: p.0,
+    };
+    let whole = mapped.df;
+    let model = match feed {
+        Some(feed) => {
+            let removed = map::map(config, feed.removed).map_err(map_err)?.df;
+            let removed = with_key_type(removed, config, &key_type).map_err(&df_err)?;
+            changes::register_removed(sync, removed)?;
+            map::map(config, feed.added).map_err(map_err)?.df
         }
-        None => mapped.df,
+        None => whole.clone(),
     };
     let rows = read::incremental(
         sync,
@@ -434,6 +438,17 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
         foreign,
     )
     .await?;
+    if scope == read::Scope::Changes
+        && let Err(why) = changes::settle(sync).await?
+    {
+        // The feed cannot settle every key: the whole table is read instead.
+        notes.push(format!("{why}: the whole table was read"));
+        let _ = ctx.deregister_table("bf_mapped");
+        let rows = with_key_type(whole, config, &key_type).map_err(&df_err)?;
+        ctx.register_table("bf_mapped", rows.into_view())
+            .map_err(&df_err)?;
+        scope = read::Scope::Whole;
+    }
     let diff = diff::plan(sync, scope, compares_with_destination).await?;
     // Per-field hashes of the rows sent, before lookups replace values.
     let diff = match field_hashes {
@@ -460,6 +475,7 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
         covered: intents.covered,
         upstream,
         scope,
+        notes,
         source_version,
         reported: reported_rows,
     })
@@ -693,6 +709,7 @@ pub async fn run(
     let finished = now_ms();
     let warnings: Vec<String> = {
         let mut w = report::warnings(name, sync.config.behavior, &tally.counts);
+        w.extend(tally.notes.iter().cloned());
         if let Some(Sample::Keys(keys)) = &sync.options.sample {
             let n = sync.config.key.parts().len();
             let missing: Vec<&str> = keys
@@ -791,6 +808,10 @@ async fn locked_cycle(
     let (project, name, config) = (sync.project, sync.name, sync.config);
     let mut prepared = prepare(sync).await?;
     prepared.target.progress = progress.clone();
+    for note in &prepared.notes {
+        tracing::info!(sync = name, "{note}");
+    }
+    tally.notes.extend(prepared.notes.iter().cloned());
     let hold_deletes = project.quarantined(&config.from).0 > 0;
     let sampled = sync.options.sample.is_some();
     let partial = sync.options.partial();

@@ -105,6 +105,9 @@ pub struct Tally {
     pub samples: Vec<SampleRecord>,
     /// A test run's records as sent (see [`SentRecord`]).
     pub sent: Vec<SentRecord>,
+    /// What the run tells the user besides its counts (a change feed it could not use), shown
+    /// with its warnings.
+    pub notes: Vec<String>,
     invalid_sampled: usize,
     rejected_sampled: usize,
 }

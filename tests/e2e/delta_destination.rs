@@ -506,3 +506,52 @@ fn a_mirror_that_lost_its_state_reads_the_tables_keys_and_adopts_them() {
         vec![(1, s("Ada L.")), (3, s("Cy")), (4, s("Di"))]
     );
 }
+
+/// A field whose values the table's column would hold as another type (found by a hostile
+/// test: an append cast the text '0' and '1' into a boolean column) is refused before anything
+/// is written, naming the field and both types. A table folder under a file is refused too.
+#[test]
+fn a_field_of_another_type_than_the_column_is_refused_before_writing() {
+    let Some(python) = python() else { return };
+    let f = Fixture::new();
+    project(&f, &["mirror", "append_only"]);
+    f.write("people.csv", "id,name\n1,true\n2,false\n");
+    run_json(&f, &["run", "mirror", "--json"]);
+    run_json(&f, &["run", "append_only", "--json"]);
+    f.write("people.csv", "id,name\n1,0\n2,1\n");
+    for sync in ["mirror", "append_only"] {
+        let (code, out, err) = f.cli(&["run", sync, "--json"]);
+        assert_ne!(code, 0, "{out}");
+        assert!(
+            out.contains(r#"field \"name\" is Int64 but the table's column is Boolean"#),
+            "{out}\n{err}"
+        );
+        let rows = read(&python, &f.path().join("lake").join(sync))["rows"].clone();
+        assert_eq!(rows.as_array().unwrap().len(), 2, "{sync}: {rows}");
+    }
+
+    std::fs::write(f.path().join("blocked"), "a file").unwrap();
+    f.write(
+        "backflow.toml",
+        r#"
+[sources.people]
+type = "csv"
+path = "people.csv"
+
+[destinations.lake]
+type = "delta"
+path = "blocked"
+
+[syncs.s]
+from = "people"
+to = "lake"
+object = "t"
+behavior = "upsert"
+key = "id"
+"#,
+    );
+    let (code, out, err) = f.cli(&["run", "--json"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("is not a folder"), "{out}\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
