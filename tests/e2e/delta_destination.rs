@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use super::delta::DELTA_ENV;
+use super::delta::python;
 use crate::common::Fixture;
 use crate::common::s3::S3Server;
 
@@ -26,22 +26,6 @@ sys.stdout.flush()
 # (deltalake's threads can abort the interpreter's exit: leave at once.)
 os._exit(0)
 "#;
-
-fn python() -> Option<String> {
-    let python = std::env::var(DELTA_ENV).unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python)
-        .args(["-c", "import deltalake"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(python);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("the deltalake Python package is needed and CI=true ({python})");
-    }
-    eprintln!("SKIPPED: {python} has no deltalake (set {DELTA_ENV})");
-    None
-}
 
 /// The table at `path`: rows, history (newest first), version.
 fn read(python: &str, path: &std::path::Path) -> serde_json::Value {
@@ -83,14 +67,7 @@ fn pairs(table: &serde_json::Value) -> Vec<(i64, String)> {
 }
 
 fn run_json(f: &Fixture, args: &[&str]) -> serde_json::Value {
-    let out = f.command(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap()
+    super::delta::run_json(f, args, &[])
 }
 
 const V1: &str = "id,name\n1,Ada\n2,Bob\n3,Cy\n";
@@ -114,6 +91,15 @@ path = "lake"
         ));
     }
     f.write("backflow.toml", &toml);
+}
+
+/// A run's (created, updated, deleted).
+fn cud(r: &serde_json::Value) -> (Option<u64>, Option<u64>, Option<u64>) {
+    (
+        r["created"].as_u64(),
+        r["updated"].as_u64(),
+        r["deleted"].as_u64(),
+    )
 }
 
 fn s(v: &str) -> String {
@@ -310,11 +296,7 @@ fn crash_at_every_step(behavior: &str, expected: Vec<(i64, String)>) {
         assert_eq!(pairs(&table), expected, "{behavior}, killed at {point}");
         let r = run_json(&f, &["run", "--json"]);
         assert_eq!(
-            (
-                r["created"].as_u64(),
-                r["updated"].as_u64(),
-                r["deleted"].as_u64()
-            ),
+            cud(&r),
             (Some(0), Some(0), Some(0)),
             "{behavior}, killed at {point}: {r}"
         );
@@ -376,15 +358,7 @@ key = "ID"
         "ID,First Name,select,it's\n1,Ada L.,a,x\n3,Cy,c,z\n",
     );
     let r = run_json(&f, &["run", "--json"]);
-    assert_eq!(
-        (
-            r["created"].as_u64(),
-            r["updated"].as_u64(),
-            r["deleted"].as_u64()
-        ),
-        (Some(1), Some(1), Some(1)),
-        "{r}"
-    );
+    assert_eq!(cud(&r), (Some(1), Some(1), Some(1)), "{r}");
     let table = read(&python, &f.path().join("lake/people"));
     let mut rows: Vec<String> = table["rows"]
         .as_array()
@@ -435,33 +409,13 @@ key = "id"
             s3.url("tables")
         ),
     );
-    let run = |f: &Fixture| {
-        let mut c = f.command(&["run", "--json"]);
-        for (k, v) in s3.env() {
-            c.env(k, v);
-        }
-        let out = c.output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()
-    };
+    let env = s3.env();
+    let run = |f: &Fixture| super::delta::run_json(f, &["run", "--json"], &env);
     f.write("people.csv", V1);
     run(&f);
     f.write("people.csv", V2);
     let r = run(&f);
-    assert_eq!(
-        (
-            r["created"].as_u64(),
-            r["updated"].as_u64(),
-            r["deleted"].as_u64()
-        ),
-        (Some(1), Some(1), Some(1)),
-        "{r}"
-    );
+    assert_eq!(cud(&r), (Some(1), Some(1), Some(1)), "{r}");
     let mut opts = serde_json::Map::new();
     for (k, v) in s3.env() {
         opts.insert(k.into(), v.into());

@@ -9,7 +9,6 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use proptest::prelude::*;
 
-use super::delta::DELTA_ENV;
 use crate::common::{Fixture, sqlite_rows};
 
 /// A deltalake writer that takes one command per line (JSON) and prints the table's version
@@ -64,17 +63,7 @@ struct Writer {
 impl Writer {
     /// None when there is no deltalake package (skipped; a failure under CI=true).
     fn start(path: &std::path::Path) -> Option<Writer> {
-        let python = std::env::var(DELTA_ENV).unwrap_or_else(|_| "python3".into());
-        let probe = Command::new(&python)
-            .args(["-c", "import deltalake"])
-            .output();
-        if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("the deltalake Python package is needed and CI=true ({python}: {probe:?})");
-            }
-            eprintln!("SKIPPED: {python} has no deltalake (set {DELTA_ENV})");
-            return None;
-        }
+        let python = super::delta::python()?;
         let mut child = Command::new(&python)
             .args(["-c", SERVER, path.to_str().unwrap()])
             .stdin(Stdio::piped())
@@ -233,14 +222,7 @@ max_deletes = "100%"
 "#;
 
 fn run(f: &Fixture, sync: &str) -> serde_json::Value {
-    let out = f.command(&["run", sync, "--json"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap()
+    super::delta::run_json(f, &["run", sync, "--json"], &[])
 }
 
 fn destination(f: &Fixture, object: &str) -> BTreeMap<i64, (String, String)> {
