@@ -31,6 +31,7 @@ use datafusion::prelude::{DataFrame, ident, lit};
 use super::map::{HASH, KEY};
 use super::{SyncError, SyncRef, engine};
 use crate::sources::change_feed::{CHANGE_TYPE, ChangeFeed};
+use crate::state::{Manifest, SourceVersion};
 
 /// The mapped rows the feed added (with the model's columns), and the key and hash of those it
 /// removed.
@@ -51,9 +52,69 @@ pub(super) struct Feed {
     pub removed: DataFrame,
 }
 
+/// What a run makes of its source's change feed.
+pub(super) struct Opened {
+    /// The changes to read (None: the whole table is read).
+    pub feed: Option<Feed>,
+    /// The source's version the run reads (None without a feed).
+    pub source_version: Option<SourceVersion>,
+    /// Why the feed was not read when it could have been, for the run's warnings.
+    pub notes: Vec<String>,
+}
+
+/// The changes of `feed` since the version the state `previous` is up to date with, unless
+/// the run reads the whole table anyway (`whole`: a full resync, a new mapping, a cursor, an
+/// interrupted run's intents) or the feed cannot tell them.
+pub(super) async fn open(
+    sync: &SyncRef<'_>,
+    feed: Option<&dyn ChangeFeed>,
+    relation: &DataFrame,
+    previous: Option<&Manifest>,
+    whole: bool,
+) -> Result<Opened, SyncError> {
+    let mut opened = Opened {
+        feed: None,
+        source_version: None,
+        notes: Vec::new(),
+    };
+    let Some(feed) = feed else {
+        return Ok(opened);
+    };
+    let now = SourceVersion {
+        table: feed.table_id(),
+        version: feed.version(),
+    };
+    let before = previous.and_then(|p| p.source_version.clone());
+    opened.source_version = Some(now.clone());
+    let Some(before) = before.filter(|_| !whole) else {
+        return Ok(opened);
+    };
+    if before.table != now.table {
+        opened.notes.push(
+            "the table was replaced by another under the same path: it was read whole".into(),
+        );
+        return Ok(opened);
+    }
+    if before.version > now.version {
+        opened.notes.push(format!(
+            "the state is up to date with version {} of the table, which is now at version {} \
+             (pinned with `version` or `timestamp` to an older one): it was read whole",
+            before.version, now.version
+        ));
+        return Ok(opened);
+    }
+    match read(sync, feed, before.version, relation).await? {
+        Ok(f) => opened.feed = Some(f),
+        Err(why) => opened
+            .notes
+            .push(format!("{why}: the whole table was read")),
+    }
+    Ok(opened)
+}
+
 /// The changes of `feed` after version `since` (with `relation`, the source as it is now, for
 /// its columns), or why the feed cannot tell them: the caller then reads the whole table.
-pub(super) async fn read(
+async fn read(
     sync: &SyncRef<'_>,
     feed: &dyn ChangeFeed,
     since: u64,

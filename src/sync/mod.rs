@@ -273,42 +273,21 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
     }
     // A source that records its changes: after a first whole read, only what changed since
     // the version the state is up to date with (see `changes`).
-    let mut notes = Vec::new();
-    let source_version = read.feed.as_ref().map(|f| crate::state::SourceVersion {
-        table: f.table_id(),
-        version: f.version(),
-    });
-    let since = match (
-        previous.as_ref().and_then(|p| p.source_version.as_ref()),
-        &source_version,
-    ) {
-        (Some(before), Some(now)) if before.table == now.table => Some(before.version),
-        (Some(_), Some(_)) => {
-            notes.push(
-                "the table was replaced by another under the same path: it was read whole".into(),
-            );
-            None
-        }
-        _ => None,
-    };
-    let feed = match (&read.feed, since) {
-        (Some(feed), Some(since))
-            if !rescan
-                && config.cursor.is_none()
-                && intents.pending.is_empty()
-                && intents.damaged.is_empty()
-                && since <= feed.version() =>
-        {
-            match changes::read(sync, feed.as_ref(), since, &read.relation).await? {
-                Ok(c) => Some(c),
-                Err(why) => {
-                    notes.push(format!("{why}: the whole table was read"));
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
+    let changes::Opened {
+        feed,
+        source_version,
+        mut notes,
+    } = changes::open(
+        sync,
+        read.feed.as_deref(),
+        &read.relation,
+        previous.as_ref(),
+        rescan
+            || config.cursor.is_some()
+            || !intents.pending.is_empty()
+            || !intents.damaged.is_empty(),
+    )
+    .await?;
     let mut scope = if feed.is_some() {
         read::Scope::Changes
     } else if (config.cursor.is_some() && sync.options.only_keys.is_none())
