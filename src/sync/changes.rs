@@ -26,6 +26,7 @@
 
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
+use datafusion::functions_aggregate::expr_fn::first_value;
 use datafusion::prelude::{DataFrame, ident, lit};
 
 use super::map::{HASH, KEY};
@@ -84,9 +85,19 @@ pub(super) async fn open(
         table: feed.table_id(),
         version: feed.version(),
     };
-    let before = previous.and_then(|p| p.source_version.clone());
     opened.source_version = Some(now.clone());
-    let Some(before) = before.filter(|_| !whole) else {
+    if whole {
+        return Ok(opened);
+    }
+    let Some(previous) = previous else {
+        return Ok(opened);
+    };
+    let Some(before) = previous.source_version.clone() else {
+        opened.notes.push(
+            "the last run read part of the table, or left invalid or rejected rows (they are \
+             read again until fixed): the whole table was read"
+                .into(),
+        );
         return Ok(opened);
     };
     if before.table != now.table {
@@ -237,27 +248,38 @@ pub(super) async fn settle(sync: &SyncRef<'_>) -> Result<Result<(), String>, Syn
     let (twice, unknown) = (count(0), count(1));
     if twice > 0 {
         return Ok(Err(format!(
-            "the change data feed leaves {twice} key(s) with more than one row (the table \
-             holds a key twice)"
+            "the change data feed and the state leave {twice} key(s) with more than one row \
+             (the table holds a key twice, or the state keeps a record the table deleted, as \
+             upsert, create-only and append-only syncs do)"
         )));
     }
     if unknown > 0 {
         return Ok(Err(format!(
-            "the change data feed removes rows of {unknown} key(s) that the state does not hold"
+            "the change data feed removes rows of {unknown} key(s) that the state does not \
+             hold as they were (a create-only sync keeps the first row it sent)"
         )));
     }
-    // One row per key left with a row from the feed (rows with a NULL key are kept: they are
-    // invalid, as in a whole read).
-    let settled = ctx
+    // One row per key left with a row from the feed: the rows added under that key and hash
+    // are the same mapped values (a row added twice and removed once), so any one of them is it.
+    // (Rows with a NULL key are kept: they are invalid, as in a whole read.)
+    let candidates = ctx
         .sql(&format!(
-            "SELECT a.*, ROW_NUMBER() OVER (PARTITION BY a.__bf_key) AS __bf_nth \
-             FROM {ADDED} a \
+            "SELECT a.* FROM {ADDED} a \
              JOIN {NET} n ON n.__bf_key = a.__bf_key AND n.__bf_hash = a.__bf_hash \
              JOIN {KEYS} k ON k.__bf_key = a.__bf_key \
              WHERE n.__bf_n > 0 AND k.__bf_total = 1 AND k.__bf_kept = 0"
         ))
         .await
-        .and_then(|s| s.filter(ident("__bf_nth").eq(lit(1u64))))
+        .map_err(&df_err)?;
+    let values = candidates
+        .schema()
+        .fields()
+        .iter()
+        .filter(|f| f.name() != KEY)
+        .map(|f| first_value(ident(f.name()), vec![]).alias(f.name()))
+        .collect::<Vec<_>>();
+    let settled = candidates
+        .aggregate(vec![ident(KEY)], values)
         .and_then(|s| s.select(columns.clone()))
         .map_err(&df_err)?;
     let invalid = ctx

@@ -951,17 +951,13 @@ async fn locked_cycle(
     };
     // The source's version the state is now up to date with: none when the run left rows to
     // read again (invalid or rejected ones are read again until they are fixed, as with a
-    // cursor), and the stored one for a run that read part of the model on purpose.
-    let source_version = if partial {
-        prepared
-            .previous
-            .as_ref()
-            .and_then(|p| p.source_version.clone())
-    } else if tally.counts.invalid > 0 || tally.counts.rejected > 0 {
+    // cursor), or read part of the model on purpose (the rows it sent are past the version
+    // the state had).
+    let source_version = if partial || tally.counts.invalid > 0 || tally.counts.rejected > 0 {
         if prepared.source_version.is_some() {
             tracing::info!(
                 sync = name,
-                "invalid or rejected rows: the next run reads the whole source again"
+                "a partial run, or invalid or rejected rows: the next run reads the whole source"
             );
         }
         None
