@@ -42,8 +42,43 @@ const REMOVED: &str = "bf_feed_removed";
 const NET: &str = "bf_feed_net";
 /// Per touched key: rows left (`__bf_total`), the lowest count, whether the state's row is left.
 const KEYS: &str = "bf_feed_keys";
+/// The keys the feed touched, and the state's rows of them (what the diff compares with).
+const TOUCHED: &str = "bf_feed_touched";
+pub(super) const PREV: &str = "bf_prev_touched";
 /// Tables this stage registers (cleared with the cycle's).
-pub(super) const TABLES: [&str; 5] = [ADDED, REMOVED, NET, KEYS, "bf_deleted"];
+pub(super) const TABLES: [&str; 7] = [ADDED, REMOVED, NET, KEYS, TOUCHED, PREV, "bf_deleted"];
+
+/// The result of `sql`, kept in memory (a table as large as the changes, not the model).
+async fn kept(
+    ctx: &datafusion::prelude::SessionContext,
+    sql: &str,
+) -> datafusion::error::Result<Vec<arrow::array::RecordBatch>> {
+    let df = ctx.sql(sql).await?;
+    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await?;
+    // (An empty result still has its schema.)
+    Ok(if batches.is_empty() {
+        vec![arrow::array::RecordBatch::new_empty(schema)]
+    } else {
+        batches
+    })
+}
+
+/// Register batches `kept` as table `name`.
+fn register_kept(
+    ctx: &datafusion::prelude::SessionContext,
+    name: &str,
+    batches: Vec<arrow::array::RecordBatch>,
+) -> datafusion::error::Result<()> {
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
+    let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+    let _ = ctx.deregister_table(name);
+    ctx.register_table(name, std::sync::Arc::new(table))?;
+    Ok(())
+}
 
 /// What a change feed says changed, as rows of the source (its columns).
 pub(super) struct Feed {
@@ -180,7 +215,10 @@ pub(super) fn register_removed(sync: &SyncRef<'_>, removed: DataFrame) -> Result
 /// is left per key, and replace `bf_mapped` with the rows that settle a key and register
 /// `bf_deleted` (keys left with no row). `Err` says why the feed cannot settle every key (the
 /// caller reads the whole table instead); nothing is replaced then.
-pub(super) async fn settle(sync: &SyncRef<'_>) -> Result<Result<(), String>, SyncError> {
+pub(super) async fn settle(
+    sync: &SyncRef<'_>,
+    state_rows: u64,
+) -> Result<Result<(), String>, SyncError> {
     let df_err = engine(sync.name, "read changes");
     let ctx = sync.ctx;
     let added = ctx.table("bf_mapped").await.map_err(&df_err)?;
@@ -192,21 +230,48 @@ pub(super) async fn settle(sync: &SyncRef<'_>) -> Result<Result<(), String>, Syn
         .collect();
     ctx.register_table(ADDED, added.into_view())
         .map_err(&df_err)?;
+    // The keys the feed touched, and their rows in the state, are read once and kept (as
+    // many as the changes): every later step, the diff too, joins with them rather than with
+    // the whole state. Reading the keys reads the feed: a file it names that is gone (a
+    // vacuum) shows up here, and the run reads the whole table instead.
+    let touched = match kept(
+        ctx,
+        &format!(
+            "SELECT DISTINCT __bf_key FROM ( \
+               SELECT __bf_key FROM {ADDED} UNION ALL SELECT __bf_key FROM {REMOVED}) k \
+             WHERE __bf_key IS NOT NULL"
+        ),
+    )
+    .await
+    {
+        Ok(t) => t,
+        Err(e) => return Ok(Err(format!("the change data feed cannot be read: {e}"))),
+    };
+    let touched_rows: usize = touched.iter().map(|b| b.num_rows()).sum();
+    if touched_rows as u64 > state_rows / 2 && touched_rows > 10_000 {
+        return Ok(Err(format!(
+            "the change data feed touches {touched_rows} keys, more than half of the {state_rows} \
+             in sync (reading the whole table costs less)"
+        )));
+    }
+    register_kept(ctx, TOUCHED, touched).map_err(&df_err)?;
+    let prev = kept(
+        ctx,
+        &format!("SELECT p.* FROM {TOUCHED} t JOIN bf_prev p ON p.__bf_key = t.__bf_key"),
+    )
+    .await
+    .map_err(&df_err)?;
+    register_kept(ctx, PREV, prev).map_err(&df_err)?;
     let net = ctx
         .sql(&format!(
-            "WITH touched AS ( \
-               SELECT DISTINCT __bf_key FROM ( \
-                 SELECT __bf_key FROM {ADDED} UNION ALL SELECT __bf_key FROM {REMOVED}) k \
-               WHERE __bf_key IS NOT NULL), \
-             counted AS ( \
+            "WITH counted AS ( \
                SELECT __bf_key, __bf_hash, CAST(1 AS BIGINT) AS w, CAST(0 AS BIGINT) AS st \
                FROM {ADDED} WHERE __bf_key IS NOT NULL \
                UNION ALL \
                SELECT __bf_key, __bf_hash, CAST(-1 AS BIGINT), CAST(0 AS BIGINT) \
                FROM {REMOVED} WHERE __bf_key IS NOT NULL \
                UNION ALL \
-               SELECT p.__bf_key, p.__bf_hash, CAST(1 AS BIGINT), CAST(1 AS BIGINT) \
-               FROM touched t JOIN bf_prev p ON p.__bf_key = t.__bf_key) \
+               SELECT __bf_key, __bf_hash, CAST(1 AS BIGINT), CAST(1 AS BIGINT) FROM {PREV}) \
              SELECT __bf_key, __bf_hash, SUM(w) AS __bf_n, MAX(st) AS __bf_st \
              FROM counted GROUP BY __bf_key, __bf_hash"
         ))

@@ -41,12 +41,13 @@ pub(super) async fn plan(
     let from = match scope {
         Scope::Part => "model m LEFT JOIN bf_prev p ON m.__bf_key = p.__bf_key",
         Scope::Whole => "bf_prev p FULL JOIN model m ON m.__bf_key = p.__bf_key",
-        // The touched keys (few) are the build side; the state streams through.
+        // The state's rows of the keys the feed touched (`changes::PREV`, kept in memory:
+        // as many as the changes), of those keys the feed settles.
         Scope::Changes => {
             "(SELECT s.* FROM (SELECT DISTINCT __bf_key FROM \
                (SELECT __bf_key FROM bf_mapped UNION ALL SELECT __bf_key FROM bf_deleted) k \
                WHERE __bf_key IS NOT NULL) t \
-             JOIN bf_prev s ON s.__bf_key = t.__bf_key) p \
+             JOIN bf_prev_touched s ON s.__bf_key = t.__bf_key) p \
              FULL JOIN model m ON m.__bf_key = p.__bf_key"
         }
     };

@@ -418,7 +418,7 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
     )
     .await?;
     if scope == read::Scope::Changes
-        && let Err(why) = changes::settle(sync).await?
+        && let Err(why) = changes::settle(sync, previous.as_ref().map_or(0, |p| p.rows)).await?
     {
         // The feed cannot settle every key: the whole table is read instead.
         notes.push(format!("{why}: the whole table was read"));
