@@ -22,7 +22,6 @@
 //! existing file has that the sync no longer sends are kept, never dropped. A run with no
 //! changes does not touch the file.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -58,7 +57,6 @@ struct FileObject {
     target: WriteTarget,
     location: Location,
     store: Arc<dyn ObjectStore>,
-    staged_path: PathBuf,
 }
 
 /// Stages a run's changes locally, then rewrites the object in `finish`.
@@ -85,7 +83,6 @@ impl FileWriter {
                 target: target.clone(),
                 location,
                 store,
-                staged_path: staging.path.clone(),
             },
             staging,
         })
@@ -108,7 +105,6 @@ pub(super) async fn existing_keys(
         target: target.clone(),
         location,
         store,
-        staged_path: PathBuf::new(),
     };
     let ctx = SessionContext::new_with_config_rt(target.engine.clone(), target.runtime.clone());
     if object.register_existing_at(&ctx).await?.is_none() {
@@ -638,29 +634,28 @@ impl ObjectWriter for FileWriter {
     async fn finish(self: Box<Self>) -> Result<FinishOutcome, DestinationError> {
         let FileWriter { object, staging } = *self;
         let staging = staging.close().map_err(|e| object.fail(e))?;
-        let (staged_rows, staged_ops) = (staging.rows, staging.ops);
         let ctx = SessionContext::new_with_config_rt(
             object.target.engine.clone(),
             object.target.runtime.clone(),
         );
         let read_at = object.register_existing_at(&ctx).await?;
         let has_existing = read_at.is_some();
-        if staged_rows == 0 && has_existing {
+        if staging.rows == 0 && has_existing {
             return Ok(FinishOutcome::default());
         }
         ctx.register_parquet(
             "bf_changes",
-            &object.staged_path.display().to_string(),
+            &staging.path.display().to_string(),
             ParquetReadOptions::default(),
         )
         .await
         .map_err(|e| object.fail(e))?;
-        let rejected = if staged_ops[WriteOp::Update.code() as usize] > 0 {
+        let rejected = if staging.count(WriteOp::Update) > 0 {
             object.missing_updates(&ctx, has_existing).await?
         } else {
             Vec::new()
         };
-        let skipped = if has_existing && staged_ops[WriteOp::Create.code() as usize] > 0 {
+        let skipped = if has_existing && staging.count(WriteOp::Create) > 0 {
             object.existing_creates(&ctx).await?
         } else {
             0
