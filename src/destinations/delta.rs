@@ -190,14 +190,13 @@ mod writer {
     use arrow::array::RecordBatch;
     use arrow::datatypes::DataType;
     use async_trait::async_trait;
-    use datafusion::common::{Column, JoinType, ScalarValue};
+    use datafusion::common::{Column, JoinType};
     use datafusion::logical_expr::cast;
     use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, ident, lit};
     use deltalake_core::kernel::Action;
     use deltalake_core::kernel::transaction::CommitProperties;
     use deltalake_core::logstore::get_actions;
     use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError};
-    use futures::StreamExt;
 
     use crate::destinations::staging::{OP, Staged, Staging};
     use crate::destinations::{
@@ -240,11 +239,9 @@ mod writer {
             format!("backflow:{}", self.target.sync)
         }
 
-        /// The table, or None when there is none yet.
-        async fn table(
-            &self,
-            ctx: &SessionContext,
-        ) -> Result<Option<DeltaTable>, DestinationError> {
+        /// The table at the location, through the object store registered in `ctx`, not read
+        /// yet (a new table is written through it).
+        fn unloaded(&self, ctx: &SessionContext) -> Result<DeltaTable, DestinationError> {
             let store =
                 self.location
                     .register(ctx)
@@ -254,16 +251,23 @@ mod writer {
                     })?;
             crate::sources::register_delta_log_stores();
             let url = self.location.url.clone();
-            let builder = DeltaTableBuilder::from_url(url.clone())
-                .map_err(|e| self.fail(e))?
-                .with_storage_backend(store, url);
+            DeltaTableBuilder::from_url(url.clone())
+                .and_then(|b| b.with_storage_backend(store, url).build())
+                .map_err(|e| self.fail(e))
+        }
+
+        /// The table, or None when there is none yet.
+        async fn table(
+            &self,
+            ctx: &SessionContext,
+        ) -> Result<Option<DeltaTable>, DestinationError> {
             // (A local folder that does not exist yet holds no table.)
             if let Some(dir) = &self.location.local
                 && !dir.exists()
             {
                 return Ok(None);
             }
-            let mut table = builder.build().map_err(|e| self.fail(e))?;
+            let mut table = self.unloaded(ctx)?;
             match table.load().await {
                 Ok(()) => Ok(Some(table)),
                 Err(DeltaTableError::NotATable(_)) => Ok(None),
@@ -427,25 +431,13 @@ mod writer {
                 }
                 None => self.staged(ctx, &[WriteOp::Update], false).await?,
             };
-            let missing = missing
-                .select(vec![crate::keys::key_expr(&self.target.key)])
-                .map_err(|e| self.fail(e))?;
-            let mut out = Vec::new();
-            let mut stream = missing.execute_stream().await.map_err(|e| self.fail(e))?;
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(|e| self.fail(e))?;
-                for row in 0..batch.num_rows() {
-                    let key = ScalarValue::try_from_array(batch.column(0), row)
-                        .map_err(|e| self.fail(e))?;
-                    out.push(LateRejection {
-                        key,
-                        reason: "no record with this key in the Delta table (update-only never \
-                                 creates records)"
-                            .into(),
-                    });
-                }
-            }
-            Ok(out)
+            crate::destinations::late_rejections(
+                missing,
+                &self.target.key,
+                "no record with this key in the Delta table (update-only never creates records)",
+                |e| self.fail(e),
+            )
+            .await
         }
 
         /// The rows an earlier attempt at this state version added to the table, when one
@@ -689,18 +681,7 @@ mod writer {
                     == 0 => {}
                 None => {
                     // A new table: the first commit writes the rows that insert.
-                    let table = {
-                        let store = object.location.register(&ctx).map_err(|source| {
-                            DestinationError::Storage {
-                                destination: object.destination.clone(),
-                                source,
-                            }
-                        })?;
-                        let url = object.location.url.clone();
-                        DeltaTableBuilder::from_url(url.clone())
-                            .and_then(|b| b.with_storage_backend(store, url).build())
-                            .map_err(|e| object.fail(e))?
-                    };
+                    let table = object.unloaded(&ctx)?;
                     let rows = object
                         .staged(
                             &ctx,

@@ -463,6 +463,38 @@ where
     Box::pin(futures::stream::once(start).flatten())
 }
 
+/// Late rejections, one per row of `keys` (the key fields of staged rows, in destination
+/// names), each with `reason`: what a destination that applies a run at once reports of the
+/// updates whose record it lacks. The keys as the sync's state holds them (a composite key's
+/// struct).
+pub(crate) async fn late_rejections(
+    keys: datafusion::prelude::DataFrame,
+    key: &[String],
+    reason: &str,
+    fail: impl Fn(String) -> DestinationError,
+) -> Result<Vec<LateRejection>, DestinationError> {
+    use futures::StreamExt;
+    let mut stream = keys
+        .select(vec![crate::keys::key_expr(key)])
+        .map_err(|e| fail(e.to_string()))?
+        .execute_stream()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let mut out = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| fail(e.to_string()))?;
+        for row in 0..batch.num_rows() {
+            let key = ScalarValue::try_from_array(batch.column(0), row)
+                .map_err(|e| fail(e.to_string()))?;
+            out.push(LateRejection {
+                key,
+                reason: reason.to_string(),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Send the keys of the records in `records` (a destination object read as a table) to `tx`
 /// as text chunks (see [`Destination::keys`]): NULL keys left out, none when the table lacks a
 /// key column (it holds no record of this sync).

@@ -12,8 +12,6 @@ use datafusion::prelude::{DataFrame, SessionContext};
 /// The column a change feed names each change's kind in: `insert`, `update_preimage`,
 /// `update_postimage` or `delete`.
 pub const CHANGE_TYPE: &str = "_change_type";
-/// The column a change feed gives each change's table version in (an integer).
-pub const COMMIT_VERSION: &str = "_commit_version";
 
 /// A table whose changes between two of its versions can be read.
 #[async_trait]
@@ -26,7 +24,7 @@ pub trait ChangeFeed: Send + Sync + std::fmt::Debug {
     fn table_id(&self) -> String;
 
     /// The rows that changed after version `since`, up to [`ChangeFeed::version`]: the table's
-    /// columns plus [`CHANGE_TYPE`] and [`COMMIT_VERSION`] (others may follow). `Err` says why
+    /// columns plus [`CHANGE_TYPE`] (others may follow). `Err` says why
     /// the table cannot tell (its feed was off for part of that range, or the log of those
     /// versions is gone): the caller reads the whole table instead.
     async fn changes(&self, ctx: &SessionContext, since: u64) -> Result<DataFrame, String>;

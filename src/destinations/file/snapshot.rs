@@ -431,24 +431,13 @@ impl FileObject {
         } else {
             self.staged_keys(ctx, WriteOp::Update).await?
         };
-        // One key column, as the sync's state holds keys (a composite key's struct).
-        let missing = missing
-            .select(vec![crate::keys::key_expr(&self.target.key)])
-            .map_err(|e| self.fail(e))?;
-        let mut out = Vec::new();
-        let mut stream = missing.execute_stream().await.map_err(|e| self.fail(e))?;
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| self.fail(e))?;
-            for row in 0..batch.num_rows() {
-                let key =
-                    ScalarValue::try_from_array(batch.column(0), row).map_err(|e| self.fail(e))?;
-                out.push(LateRejection {
-                    key,
-                    reason: "no record with this key in the destination file (update-only never creates records)".into(),
-                });
-            }
-        }
-        Ok(out)
+        crate::destinations::late_rejections(
+            missing,
+            &self.target.key,
+            "no record with this key in the destination file (update-only never creates records)",
+            |e| self.fail(e),
+        )
+        .await
     }
 
     /// How many staged creates found their key already in the file (they are left alone).
