@@ -60,7 +60,7 @@ impl<'de> Deserialize<'de> for TableSelection {
 }
 
 impl TableSelection {
-    fn validate(&self) -> Vec<String> {
+    pub(super) fn validate(&self) -> Vec<String> {
         match self {
             TableSelection::All => vec![],
             TableSelection::List(l) if l.is_empty() => {
@@ -338,7 +338,7 @@ fn add(
 }
 
 /// An error with its causes, `a: b: c`.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut m = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -5,6 +5,7 @@ pub mod change_feed;
 mod database;
 mod dbt;
 mod delta;
+mod duckdb;
 mod fetch;
 mod file;
 pub mod postgres;
@@ -25,6 +26,7 @@ pub use dbt::DbtSourceConfig;
 pub use delta::DeltaSourceConfig;
 #[cfg(feature = "delta")]
 pub(crate) use delta::register_log_stores as register_delta_log_stores;
+pub use duckdb::DuckdbSourceConfig;
 pub use file::{CsvSourceConfig, FileSource, ParquetSourceConfig, sweep_clean_copies};
 
 /// Errors from registering or reading a source.
@@ -79,6 +81,8 @@ pub enum SourceConfig {
     Dbt(DbtSourceConfig),
     /// A Delta Lake table: its folder, local or in an object store (the `delta` feature).
     Delta(DeltaSourceConfig),
+    /// Tables of a DuckDB database file; in models, `SOURCE.table` (the `duckdb` feature).
+    Duckdb(DuckdbSourceConfig),
 }
 
 impl SourceConfig {
@@ -92,6 +96,7 @@ impl SourceConfig {
             SourceConfig::Sqlite(c) => c.validate(),
             SourceConfig::Dbt(c) => c.validate(),
             SourceConfig::Delta(c) => c.validate(),
+            SourceConfig::Duckdb(c) => c.validate(),
         }
     }
 
@@ -106,6 +111,7 @@ impl SourceConfig {
             SourceConfig::Postgres(c) => Some(&c.tables),
             SourceConfig::Mysql(c) => Some(&c.tables),
             SourceConfig::Sqlite(c) => Some(&c.tables),
+            SourceConfig::Duckdb(c) => Some(&c.tables),
         }
     }
 }
@@ -144,5 +150,6 @@ pub fn build(config: &SourceConfig, project_dir: &Path) -> Arc<dyn Source> {
         SourceConfig::Sqlite(c) => Arc::new(DatabaseSource::sqlite(c.clone(), project_dir)),
         SourceConfig::Dbt(c) => Arc::new(dbt::DbtSource::new(c.clone(), project_dir)),
         SourceConfig::Delta(c) => Arc::new(delta::DeltaSource::new(c.clone(), project_dir)),
+        SourceConfig::Duckdb(c) => Arc::new(duckdb::DuckdbSource::new(c.clone(), project_dir)),
     }
 }

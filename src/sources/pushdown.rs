@@ -20,6 +20,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -36,17 +37,45 @@ use datafusion::physical_plan::filter_pushdown::{
     ChildPushdownResult, FilterPushdownPhase, FilterPushdownPropagation, PushedDown,
 };
 use datafusion::physical_plan::metrics::MetricsSet;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::StreamExt;
 
 /// A provider whose filters with risky text literals stay in DataFusion.
 #[derive(Debug)]
 pub struct SafeFilters {
     inner: Arc<dyn TableProvider>,
+    check: Option<Arc<dyn BatchCheck>>,
+}
+
+/// What a source checks of every batch its provider reads (values the database's Arrow form
+/// cannot carry exactly): an error stops the read.
+pub trait BatchCheck: Send + Sync + std::fmt::Debug {
+    /// `first_row`: the number of rows the scan read before this batch.
+    fn check(&self, batch: &RecordBatch, first_row: u64) -> Result<()>;
 }
 
 impl SafeFilters {
     pub fn wrap(inner: Arc<dyn TableProvider>) -> Arc<dyn TableProvider> {
-        Arc::new(SafeFilters { inner })
+        Arc::new(SafeFilters { inner, check: None })
+    }
+
+    /// As [`SafeFilters::wrap`], with every batch read passed through `check`.
+    pub fn wrap_checked(
+        inner: Arc<dyn TableProvider>,
+        check: Arc<dyn BatchCheck>,
+    ) -> Arc<dyn TableProvider> {
+        Arc::new(SafeFilters {
+            inner,
+            check: Some(check),
+        })
+    }
+
+    fn scan_node(&self, inner: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+        Arc::new(SafeScan {
+            inner,
+            check: self.check.clone(),
+        })
     }
 }
 
@@ -129,14 +158,14 @@ impl TableProvider for SafeFilters {
                 .inner
                 .scan(state, Some(&vec![0]), &filters, limit)
                 .await?;
-            let scan: Arc<dyn ExecutionPlan> = Arc::new(SafeScan { inner: scan });
+            let scan = self.scan_node(scan);
             let none: Vec<datafusion::physical_plan::projection::ProjectionExpr> = Vec::new();
             return Ok(Arc::new(
                 datafusion::physical_plan::projection::ProjectionExec::try_new(none, scan)?,
             ));
         }
         let scan = self.inner.scan(state, projection, &filters, limit).await?;
-        Ok(Arc::new(SafeScan { inner: scan }))
+        Ok(self.scan_node(scan))
     }
 
     fn supports_filters_pushdown(
@@ -181,6 +210,7 @@ fn physical_literals_are_plain(e: &Arc<dyn PhysicalExpr>) -> bool {
 #[derive(Debug)]
 struct SafeScan {
     inner: Arc<dyn ExecutionPlan>,
+    check: Option<Arc<dyn BatchCheck>>,
 }
 
 impl DisplayAs for SafeScan {
@@ -221,7 +251,19 @@ impl ExecutionPlan for SafeScan {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        self.inner.execute(partition, context)
+        let stream = self.inner.execute(partition, context)?;
+        let Some(check) = self.check.clone() else {
+            return Ok(stream);
+        };
+        let schema = stream.schema();
+        let mut seen = 0u64;
+        let checked = stream.map(move |batch| {
+            let batch = batch?;
+            check.check(&batch, seen)?;
+            seen += batch.num_rows() as u64;
+            Ok(batch)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, checked)))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -239,9 +281,12 @@ impl ExecutionPlan for SafeScan {
     }
 
     fn with_fetch(&self, limit: Option<usize>) -> Option<Arc<dyn ExecutionPlan>> {
-        self.inner
-            .with_fetch(limit)
-            .map(|inner| Arc::new(SafeScan { inner }) as Arc<dyn ExecutionPlan>)
+        self.inner.with_fetch(limit).map(|inner| {
+            Arc::new(SafeScan {
+                inner,
+                check: self.check.clone(),
+            }) as Arc<dyn ExecutionPlan>
+        })
     }
 
     fn fetch(&self) -> Option<usize> {
@@ -282,7 +327,10 @@ impl ExecutionPlan for SafeScan {
             .collect();
         let mut out = FilterPushdownPropagation::with_parent_pushdown_result(filters);
         if let Some(inner) = answer.updated_node {
-            out = out.with_updated_node(Arc::new(SafeScan { inner }) as Arc<dyn ExecutionPlan>);
+            out = out.with_updated_node(Arc::new(SafeScan {
+                inner,
+                check: self.check.clone(),
+            }) as Arc<dyn ExecutionPlan>);
         }
         Ok(out)
     }

@@ -10,6 +10,8 @@ mod delta;
 mod delta_destination;
 #[cfg(feature = "delta")]
 mod delta_feed;
+#[cfg(feature = "duckdb")]
+mod duckdb;
 mod errors;
 mod files;
 mod fuzz_corpus;
