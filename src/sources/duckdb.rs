@@ -119,6 +119,15 @@ impl Source for DuckdbSource {
         use datafusion_table_providers_duckdb::DuckDBTableFactory;
 
         let path = self.path.clone();
+        if path.exists() && !path.is_file() {
+            return Err(SourceError::Other {
+                name: name.to_string(),
+                reason: format!(
+                    "{} is not a file; `path` names a DuckDB database file",
+                    path.display()
+                ),
+            });
+        }
         if !path.is_file() {
             return Err(SourceError::Missing {
                 name: name.to_string(),
@@ -155,9 +164,9 @@ impl Source for DuckdbSource {
             });
             let provided = match inexact.first() {
                 Some((column, data_type)) => Err(format!(
-                    "column \"{column}\" is of type {data_type}, which DuckDB cannot hand over \
-                     exactly (its Arrow form {}); read the table through a view in the file that \
-                     casts that column (to VARCHAR, say), or leave the table out of `tables`",
+                    "column \"{column}\" is of type {data_type}, which {}; read the table \
+                     through a view in the file that casts that column (to VARCHAR, say), or \
+                     leave the table out of `tables`",
                     lossy(data_type)
                 )),
                 None => factory
@@ -218,11 +227,16 @@ fn open(
     String,
 > {
     use datafusion_table_providers_duckdb::conn::DuckDbConnection;
-    use datafusion_table_providers_duckdb::pool::DuckDbConnectionPool;
+    use datafusion_table_providers_duckdb::pool::DuckDbConnectionPoolBuilder;
 
-    let pool =
-        DuckDbConnectionPool::new_file(&path.to_string_lossy(), &duckdb::AccessMode::ReadOnly)
-            .map_err(|e| opening(&super::database::chain(e.as_ref())))?;
+    // A file's views run as DuckDB runs them; none of them makes DuckDB fetch an extension
+    // from the network (a view over an SQLite file would, by default).
+    let pool = DuckDbConnectionPoolBuilder::file(&path.to_string_lossy())
+        .with_access_mode(duckdb::AccessMode::ReadOnly)
+        .with_instance_setup_query("SET autoinstall_known_extensions = false")
+        .with_instance_setup_query("SET autoload_known_extensions = false")
+        .build()
+        .map_err(|e| opening(&super::database::chain(e.as_ref())))?;
     let mut boxed = std::sync::Arc::new(pool.clone())
         .connect_sync()
         .map_err(|e| opening(&super::database::chain(e.as_ref())))?;
@@ -265,28 +279,39 @@ fn open(
             list.clone()
         }
     };
-    let mut columns = conn
+    // Every column of the schema at once (one query per table costs a scan of the catalog
+    // each: a schema of thousands of tables would take minutes).
+    let mut columns: std::collections::HashMap<String, Vec<(String, String)>> = Default::default();
+    let mut stmt = conn
         .prepare(
-            "SELECT column_name, data_type FROM duckdb_columns() \
-             WHERE database_name = current_database() AND schema_name = ? AND table_name = ? \
-             ORDER BY column_index",
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() \
+             WHERE database_name = current_database() AND schema_name = ? \
+             ORDER BY table_name, column_index",
         )
         .map_err(|e| e.to_string())?;
-    let mut tables = Vec::with_capacity(names.len());
-    for name in names {
-        let inexact = columns
-            .query_map([schema, name.as_str()], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|(_, data_type)| !lossy(data_type).is_empty())
-            .collect();
-        tables.push(Table { name, inexact });
-    }
-    drop(columns);
+    let rows = stmt
+        .query_map([schema], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| e.to_string())?;
     drop(stmt);
+    for (table, column, data_type) in rows {
+        if !lossy(&data_type).is_empty() {
+            columns.entry(table).or_default().push((column, data_type));
+        }
+    }
+    let tables = names
+        .into_iter()
+        .map(|name| Table {
+            inexact: columns.remove(&name).unwrap_or_default(),
+            name,
+        })
+        .collect();
     drop(boxed);
     Ok((pool, tables))
 }
@@ -299,17 +324,34 @@ struct Table {
 }
 
 #[cfg(feature = "duckdb")]
-/// How DuckDB's Arrow form changes values of `data_type` (a DuckDB type as `duckdb_columns()`
-/// prints it, nested ones included), or "" when it carries them exactly.
+/// How values of `data_type` (a DuckDB type as `duckdb_columns()` prints it, nested ones
+/// included) would fail to arrive as they are, or "" when they arrive exactly.
 fn lossy(data_type: &str) -> &'static str {
-    if data_type.contains("TIME WITH TIME ZONE") || data_type.contains("TIMETZ") {
-        return "drops the offset";
+    // Names of struct fields ("...") and enum values ('...') are not types.
+    let mut bare = String::with_capacity(data_type.len());
+    let mut quote = None;
+    for c in data_type.chars() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, c) => bare.push(c),
+            _ => {}
+        }
     }
-    for word in data_type.split(|c: char| !c.is_ascii_alphanumeric() && c != '_') {
+    if bare.contains("TIME WITH TIME ZONE") || bare.contains("TIMETZ") {
+        return "loses its offset on its way to Arrow";
+    }
+    for word in bare.split(|c: char| !c.is_ascii_alphanumeric() && c != '_') {
         match word {
-            "UHUGEINT" => return "wraps values above 2^127 around",
-            "BIGNUM" | "VARINT" => return "is DuckDB's internal bytes",
-            "BIT" | "BITSTRING" => return "is DuckDB's internal bytes",
+            "ENUM" => return "the DuckDB provider cannot read",
+            "UNION" => {
+                return "arrives in a form backflow's destinations cannot hold (a NULL reads as \
+                        a value)";
+            }
+            "UHUGEINT" => return "wraps around above 2^127 on its way to Arrow",
+            "BIGNUM" | "VARINT" | "BIT" | "BITSTRING" => {
+                return "arrives as DuckDB's internal bytes";
+            }
             _ => {}
         }
     }
@@ -334,76 +376,27 @@ impl super::pushdown::BatchCheck for ExactValues {
         batch: &arrow::array::RecordBatch,
         first_row: u64,
     ) -> datafusion::error::Result<()> {
-        use arrow::array::{Array, AsArray};
-        use arrow::datatypes::{DataType, Date32Type, Int64Type, TimeUnit};
         for (i, field) in batch.schema().fields().iter().enumerate() {
-            let column = batch.column(i);
-            let found = match field.data_type() {
-                DataType::Date32 => column
-                    .as_primitive::<Date32Type>()
-                    .iter()
-                    .position(|v| v.is_some_and(|d| d == i32::MAX || d == -i32::MAX))
-                    .map(|row| (row, "date")),
-                DataType::Timestamp(unit, _) => {
-                    let raw = arrow::compute::cast(column, &DataType::Int64)?;
-                    let kind = match unit {
-                        TimeUnit::Nanosecond => "timestamp (ns)",
-                        _ => "timestamp",
-                    };
-                    raw.as_primitive::<Int64Type>()
-                        .iter()
-                        .position(|v| v.is_some_and(|t| t == i64::MAX || t == -i64::MAX))
-                        .map(|row| (row, kind))
-                }
-                DataType::Decimal128(precision, scale) => {
-                    // A HUGEINT arrives as decimal(38, 0) whatever its digits: one of 39
-                    // digits would lose one on its way out.
-                    let values = column.as_primitive::<arrow::datatypes::Decimal128Type>();
-                    if values.validate_decimal_precision(*precision).is_ok() {
-                        None
-                    } else if let Some(row) = (0..values.len()).find(|&r| {
-                        values.is_valid(r)
-                            && !<arrow::datatypes::Decimal128Type as arrow::datatypes::DecimalType>::is_valid_decimal_precision(
-                                values.value(r),
-                                *precision,
-                            )
-                    }) {
-                        return Err(datafusion::error::DataFusionError::Execution(format!(
-                            "source \"{}\", table {}, column \"{}\", row {} of the read: {} has \
-                             more than {precision} digits, the most an Arrow decimal holds. The \
-                             value cannot be read exactly, so nothing was synced; read the table \
-                             through a view that casts the column to VARCHAR",
-                            self.source,
-                            self.table,
-                            field.name(),
-                            first_row + row as u64 + 1,
-                            decimal_text(values.value(row), *scale),
-                        )));
-                    } else {
-                        None
-                    }
-                }
-                _ => None,
+            let Some((row, what)) = first_inexact(batch.column(i).as_ref()) else {
+                continue;
             };
-            if let Some((row, kind)) = found {
-                let sign = if column.is_valid(row) && is_negative(column, row) {
-                    "-"
-                } else {
-                    ""
-                };
-                return Err(datafusion::error::DataFusionError::Execution(format!(
-                    "source \"{}\", table {}, column \"{}\", row {} of the read: the {kind} \
-                     {sign}infinity has no Arrow equivalent. The value cannot be read exactly, so \
-                     nothing was synced; read the table through a view that replaces it (e.g. \
-                     CASE WHEN isinf(\"{}\") THEN NULL ELSE \"{}\" END)",
-                    self.source,
-                    self.table,
-                    field.name(),
-                    first_row + row as u64 + 1,
-                    field.name(),
-                    field.name(),
-                )));
-            }
+            let inside = if field.data_type().is_nested() {
+                " (inside it)"
+            } else {
+                ""
+            };
+            return Err(datafusion::error::DataFusionError::Execution(format!(
+                "source \"{}\", table {}, column \"{}\", row {} of the read{inside}: {what}. \
+                 The value cannot be read exactly, so nothing was synced; read the table through \
+                 a view that replaces it (e.g. CASE WHEN isinf(\"{}\") THEN NULL ELSE \"{}\" END) \
+                 or casts the column to VARCHAR",
+                self.source,
+                self.table,
+                field.name(),
+                first_row + row as u64 + 1,
+                field.name(),
+                field.name(),
+            )));
         }
         Ok(())
     }
@@ -425,15 +418,129 @@ fn decimal_text(value: i128, scale: i8) -> String {
     }
 }
 
+/// The first value of `array` (its index) that DuckDB handed over in a form that is not its
+/// own, and what is wrong with it; nested arrays are searched through, their index mapped back
+/// to the row holding the value.
 #[cfg(feature = "duckdb")]
-/// Whether the date or timestamp at `row` is below zero.
-fn is_negative(column: &arrow::array::ArrayRef, row: usize) -> bool {
+fn first_inexact(array: &dyn arrow::array::Array) -> Option<(usize, String)> {
     use arrow::array::AsArray;
-    use arrow::datatypes::{DataType, Date32Type, Int64Type};
-    match column.data_type() {
-        DataType::Date32 => column.as_primitive::<Date32Type>().value(row) < 0,
-        _ => arrow::compute::cast(&column.slice(row, 1), &DataType::Int64)
-            .is_ok_and(|v| v.as_primitive::<Int64Type>().value(0) < 0),
+    use arrow::datatypes::{
+        DataType, Date32Type, Decimal128Type, DecimalType, Int64Type, Time64MicrosecondType,
+        Time64NanosecondType, TimeUnit,
+    };
+    // The row of a list's `offsets` whose range holds child index `child`.
+    fn row_of<O: Copy + Into<i64>>(offsets: &[O], child: usize) -> usize {
+        let child = child as i64;
+        offsets
+            .partition_point(|o| (*o).into() <= child)
+            .saturating_sub(1)
+    }
+    let position = |bad: &dyn Fn(usize) -> Option<String>| {
+        (0..array.len())
+            .filter(|&r| array.is_valid(r))
+            .find_map(|r| bad(r).map(|what| (r, what)))
+    };
+    match array.data_type() {
+        DataType::Date32 => {
+            let a = array.as_primitive::<Date32Type>();
+            position(&|r| {
+                let days = a.value(r);
+                match days {
+                    i32::MAX => Some("the date infinity has no Arrow equivalent".into()),
+                    d if d == -i32::MAX => {
+                        Some("the date -infinity has no Arrow equivalent".into())
+                    }
+                    d => chrono::NaiveDate::from_num_days_from_ce_opt(d.saturating_add(719_163))
+                        .is_none()
+                        .then(|| {
+                            format!(
+                                "the date {d} days from 1970-01-01 is past the years \
+                                 backflow can write (-262143 to 262142)"
+                            )
+                        }),
+                }
+            })
+        }
+        DataType::Timestamp(unit, _) => {
+            let raw = arrow::compute::cast(array, &DataType::Int64).ok()?;
+            let a = raw.as_primitive::<Int64Type>();
+            position(&|r| {
+                let v = a.value(r);
+                let in_range = match unit {
+                    TimeUnit::Second => chrono::DateTime::from_timestamp(v, 0).is_some(),
+                    TimeUnit::Millisecond => chrono::DateTime::from_timestamp_millis(v).is_some(),
+                    TimeUnit::Microsecond => chrono::DateTime::from_timestamp_micros(v).is_some(),
+                    TimeUnit::Nanosecond => true,
+                };
+                match v {
+                    i64::MAX => Some("the timestamp infinity has no Arrow equivalent".into()),
+                    v if v == -i64::MAX => {
+                        Some("the timestamp -infinity has no Arrow equivalent".into())
+                    }
+                    _ if !in_range => Some(
+                        "the timestamp is past the years backflow can write (-262143 to 262142)"
+                            .into(),
+                    ),
+                    _ => None,
+                }
+            })
+        }
+        DataType::Time64(TimeUnit::Microsecond) => {
+            let a = array.as_primitive::<Time64MicrosecondType>();
+            position(&|r| {
+                (!(0..86_400_000_000).contains(&a.value(r)))
+                    .then(|| "the time 24:00:00 has no Arrow equivalent".into())
+            })
+        }
+        DataType::Time64(TimeUnit::Nanosecond) => {
+            let a = array.as_primitive::<Time64NanosecondType>();
+            position(&|r| {
+                (!(0..86_400_000_000_000).contains(&a.value(r)))
+                    .then(|| "the time 24:00:00 has no Arrow equivalent".into())
+            })
+        }
+        DataType::Decimal128(precision, scale) => {
+            // A HUGEINT arrives as decimal(38, 0) whatever its digits: one of 39 would lose
+            // one on its way out.
+            let a = array.as_primitive::<Decimal128Type>();
+            if a.validate_decimal_precision(*precision).is_ok() {
+                return None;
+            }
+            position(&|r| {
+                (!Decimal128Type::is_valid_decimal_precision(a.value(r), *precision)).then(|| {
+                    format!(
+                        "{} has more than {precision} digits, the most an Arrow decimal holds",
+                        decimal_text(a.value(r), *scale)
+                    )
+                })
+            })
+        }
+        DataType::List(_) => {
+            let a = array.as_list::<i32>();
+            let (child, what) = first_inexact(a.values().as_ref())?;
+            Some((row_of(a.value_offsets(), child), what))
+        }
+        DataType::LargeList(_) => {
+            let a = array.as_list::<i64>();
+            let (child, what) = first_inexact(a.values().as_ref())?;
+            Some((row_of(a.value_offsets(), child), what))
+        }
+        DataType::FixedSizeList(_, size) => {
+            let a = array.as_fixed_size_list();
+            let (child, what) = first_inexact(a.values().as_ref())?;
+            Some((child / (*size).max(1) as usize, what))
+        }
+        DataType::Map(_, _) => {
+            let a = array.as_map();
+            let (child, what) = first_inexact(a.entries())?;
+            Some((row_of(a.value_offsets(), child), what))
+        }
+        DataType::Struct(_) => array
+            .as_struct()
+            .columns()
+            .iter()
+            .find_map(|c| first_inexact(c.as_ref())),
+        _ => None,
     }
 }
 
@@ -512,6 +619,8 @@ mod tests {
             "STRUCT(a INTEGER, b TIME WITH TIME ZONE)",
             "UHUGEINT[]",
             "MAP(VARCHAR, BIT)",
+            "ENUM('a', 'b')",
+            "UNION(n INTEGER, s VARCHAR)",
         ] {
             assert!(!lossy(t).is_empty(), "{t}");
         }
@@ -524,6 +633,7 @@ mod tests {
             "VARCHAR",
             "BLOB",
             "STRUCT(\"bits\" INTEGER)",
+            "STRUCT(\"BIT\" INTEGER, \"UNION\" VARCHAR)",
             "INTEGER[]",
         ] {
             assert!(lossy(t).is_empty(), "{t}");

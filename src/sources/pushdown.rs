@@ -9,13 +9,16 @@
 //! statement text. Such values come from outside (keys pushed to `backflow serve`, `--keys`,
 //! ids and positions read from the data), so a filter comparing with a text that holds a
 //! quote, a backslash or a NUL is applied by DataFusion after the scan instead: the same rows,
-//! never different SQL.
+//! never different SQL. So is one comparing with a NaN or an infinite float (a cursor that
+//! reached one), which the unparser prints as `inf`, a column name.
 //!
 //! Filters reach the providers twice: as the logical filters of a scan (see
 //! [`SafeFilters::supports_filters_pushdown`]) and, after planning, as physical filters a
 //! parent offers their scan node (DataFusion's physical filter pushdown, which the providers'
 //! `SqlExec` turns into SQL too): [`SafeScan`] wraps that node and offers it only plain
-//! filters. It also keeps sorts out of the SQL text (DataFusion sorts).
+//! filters. It also keeps sorts out of the SQL text (DataFusion sorts). A source may also pass
+//! every batch its provider reads through a [`BatchCheck`] (DuckDB's: values whose Arrow form
+//! is not their own).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -61,6 +64,7 @@ impl SafeFilters {
     }
 
     /// As [`SafeFilters::wrap`], with every batch read passed through `check`.
+    #[cfg_attr(not(feature = "duckdb"), allow(dead_code))]
     pub fn wrap_checked(
         inner: Arc<dyn TableProvider>,
         check: Arc<dyn BatchCheck>,
@@ -104,6 +108,10 @@ pub fn literals_are_plain(e: &Expr) -> bool {
                 | ScalarValue::LargeBinary(Some(_))
                 | ScalarValue::BinaryView(Some(_))
                 | ScalarValue::FixedSizeBinary(_, Some(_)) => Some("\\"),
+                // NaN and infinities have no literal in SQL (they print as a column name).
+                ScalarValue::Float64(Some(f)) if !f.is_finite() => Some("\\"),
+                ScalarValue::Float32(Some(f)) if !f.is_finite() => Some("\\"),
+                ScalarValue::Float16(Some(f)) if !f.is_finite() => Some("\\"),
                 _ => None,
             };
             if text.is_some_and(|t| !plain(t)) {
@@ -354,5 +362,9 @@ mod tests {
             assert!(literals_are_plain(&col("id").eq(lit(fine))), "{fine:?}");
         }
         assert!(literals_are_plain(&col("n").gt(lit(5i64))));
+        assert!(literals_are_plain(&col("x").gt_eq(lit(1.5f64))));
+        for odd in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert!(!literals_are_plain(&col("x").gt_eq(lit(odd))), "{odd}");
+        }
     }
 }

@@ -473,11 +473,76 @@ fn values_duckdb_cannot_hand_over_exactly_are_never_sent_changed() {
     let e = format!("{out}{err}");
     assert!(e.contains("\"ends\"") && e.contains("-infinity"), "{e}");
 
+    // Inside lists, structs and maps too; and dates past the years a date can be written in.
+    duck(
+        &file,
+        "CREATE TABLE nested (id INTEGER, s STRUCT(h HUGEINT), l TIMESTAMP[], m MAP(VARCHAR, DATE));
+         INSERT INTO nested VALUES (1, {'h': 1}, [TIMESTAMP '2026-01-01'], MAP {'k': DATE '2026-01-01'}),
+                                   (2, {'h': 2}, [TIMESTAMP '2026-01-01', '-infinity'], MAP {'k': DATE '2026-01-01'});
+         CREATE TABLE far (id INTEGER, d DATE);
+         INSERT INTO far VALUES (1, DATE '2026-01-01'), (2, DATE '262143-01-01');",
+    );
+    shop_to_sqlite(&f, "tables = [\"nested\"]", &sync("nested"));
+    let (code, out, err) = f.cli(&["run"]);
+    assert_ne!(code, 0, "{out}{err}");
+    let e = format!("{out}{err}");
+    assert!(
+        e.contains("\"l\"") && e.contains("row 2") && e.contains("-infinity"),
+        "{e}"
+    );
+    duck(
+        &file,
+        "UPDATE nested SET l = [], s = {'h': 170141183460469231731687303715884105727} WHERE id = 2;",
+    );
+    let (code, out, err) = f.cli(&["run"]);
+    assert_ne!(code, 0, "{out}{err}");
+    let e = format!("{out}{err}");
+    assert!(
+        e.contains("\"s\"") && e.contains("row 2") && e.contains("digits"),
+        "{e}"
+    );
+    duck(
+        &file,
+        "UPDATE nested SET m = MAP {'k': 'infinity'::DATE}, s = {'h': 2} WHERE id = 2;",
+    );
+    let (code, out, err) = f.cli(&["run"]);
+    assert_ne!(code, 0, "{out}{err}");
+    let e = format!("{out}{err}");
+    assert!(
+        e.contains("\"m\"") && e.contains("row 2") && e.contains("infinity"),
+        "{e}"
+    );
+    shop_to_sqlite(&f, "tables = [\"far\"]", &sync("far"));
+    let (code, out, err) = f.cli(&["run"]);
+    assert_ne!(code, 0, "{out}{err}");
+    let e = format!("{out}{err}");
+    assert!(
+        e.contains("\"d\"") && e.contains("row 2") && e.contains("262142"),
+        "{e}"
+    );
+
     shop_to_sqlite(&f, "tables = [\"meetings\"]", &sync("meetings"));
     let (code, out, err) = f.cli(&["check"]);
     assert_ne!(code, 0, "{out}{err}");
     let e = format!("{out}{err}");
     assert!(e.contains("\"starts\"") && e.contains("offset"), "{e}");
+    for (table, ddl) in [
+        (
+            "moods",
+            "CREATE TABLE moods (id INTEGER, mood ENUM('ok', 'BIT'))",
+        ),
+        (
+            "tagged",
+            "CREATE TABLE tagged (id INTEGER, v UNION(n INTEGER, s VARCHAR))",
+        ),
+    ] {
+        duck(&file, ddl);
+        shop_to_sqlite(&f, &format!("tables = [\"{table}\"]"), &sync(table));
+        let (code, out, err) = f.cli(&["check"]);
+        assert_ne!(code, 0, "{out}{err}");
+        let e = format!("{out}{err}");
+        assert!(e.contains(table) && e.contains("VARCHAR"), "{e}");
+    }
 
     shop_to_sqlite(&f, "tables = [\"totals\"]", &sync("totals"));
     let (code, out, err) = f.cli(&["run"]);
@@ -510,4 +575,27 @@ fn values_duckdb_cannot_hand_over_exactly_are_never_sent_changed() {
             )
         ]
     );
+}
+
+/// A float cursor that reaches an infinity keeps working: the filter comparing with it stays
+/// out of the SQL (it would print as a column named `inf`).
+#[tokio::test]
+async fn a_float_cursor_at_infinity_keeps_reading() {
+    let f = Fixture::new();
+    let file = f.path().join("shop.duckdb");
+    duck(
+        &file,
+        "CREATE TABLE scores (id INTEGER, score DOUBLE);
+         INSERT INTO scores VALUES (1, 1.5), (2, 'inf');",
+    );
+    shop_to_sqlite(
+        &f,
+        "tables = \"*\"",
+        "[syncs.scores]\nfrom = \"shop.scores\"\nto = \"app\"\nobject = \"scores\"\nbehavior = \"upsert\"\nkey = \"id\"\ncursor = \"score\"\n",
+    );
+    let r = f.run_ok("scores").await;
+    assert_eq!(r.counts.created, 2, "{r:?}");
+    duck(&file, "UPDATE scores SET id = 3 WHERE id = 2;");
+    let r = f.run_ok("scores").await;
+    assert_eq!((r.counts.read, r.counts.created), (1, 1), "{r:?}");
 }
