@@ -37,11 +37,26 @@ pub fn json_values(array: &ArrayRef) -> Result<Vec<Option<String>>, ArrowError> 
         w.write(&batch)?;
         w.finish()?;
     }
+    // Each line is `{"v":<value>}`, or `{}` for NULL. The value's text is cut out as the writer
+    // wrote it: parsing it back would turn its numbers into floats (a decimal(38,10) or a big
+    // integer inside a struct would lose digits).
     let mut out = Vec::with_capacity(array.len());
     for line in buf.split(|b| *b == b'\n').take(array.len()) {
-        let v: serde_json::Value =
-            serde_json::from_slice(line).map_err(|e| ArrowError::JsonError(e.to_string()))?;
-        out.push(v.get("v").filter(|v| !v.is_null()).map(|v| v.to_string()));
+        let line = std::str::from_utf8(line).map_err(|e| ArrowError::JsonError(e.to_string()))?;
+        let value = match line
+            .strip_prefix("{\"v\":")
+            .and_then(|t| t.strip_suffix('}'))
+        {
+            Some("null") => None,
+            Some(v) => Some(v.to_string()),
+            None if line == "{}" => None,
+            None => {
+                return Err(ArrowError::JsonError(format!(
+                    "unexpected JSON line from the writer: {line}"
+                )));
+            }
+        };
+        out.push(value);
     }
     Ok(out)
 }
@@ -199,6 +214,44 @@ mod tests {
     use super::*;
     use arrow::array::{BooleanArray, Int64Array, ListArray, StringArray};
     use arrow::datatypes::Int32Type;
+
+    #[test]
+    fn nested_values_keep_every_digit() {
+        use arrow::array::{Decimal128Array, StructArray};
+        let decimals = Decimal128Array::from(vec![
+            Some(123_456_789_012_345_678_901_234_567_891_i128),
+            None,
+        ])
+        .with_precision_and_scale(38, 10)
+        .unwrap();
+        let big = Int64Array::from(vec![Some(i64::MIN), Some(9_007_199_254_740_993)]);
+        let s: ArrayRef = Arc::new(StructArray::from(vec![
+            (
+                Arc::new(Field::new("d", DataType::Decimal128(38, 10), true)),
+                Arc::new(decimals) as ArrayRef,
+            ),
+            (
+                Arc::new(Field::new("n", DataType::Int64, true)),
+                Arc::new(big) as ArrayRef,
+            ),
+        ]));
+        let got = json_values(&s).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Some(r#"{"d":12345678901234567890.1234567891,"n":-9223372036854775808}"#.into()),
+                Some(r#"{"n":9007199254740993}"#.into()),
+            ]
+        );
+        let list: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Int32Type, _, _>(vec![
+            Some(vec![Some(1), None]),
+            None,
+        ]));
+        assert_eq!(
+            json_values(&list).unwrap(),
+            vec![Some("[1,null]".into()), None]
+        );
+    }
 
     #[test]
     fn copy_text_escapes_and_nulls() {

@@ -59,16 +59,17 @@ async fn a_duckdb_file_syncs_exactly_and_reads_past_the_watermark_in_duckdb() {
 CREATE TABLE customers (
     id BIGINT PRIMARY KEY, name VARCHAR, amount DECIMAL(38, 10), small SMALLINT, big BIGINT,
     ratio DOUBLE, vip BOOLEAN, born DATE, seen TIMESTAMP, seen_tz TIMESTAMPTZ, note VARCHAR,
-    updated_at TIMESTAMP NOT NULL);
+    updated_at TIMESTAMP NOT NULL, extra STRUCT(d DECIMAL(38, 10), n BIGINT));
 INSERT INTO customers VALUES
  (1, 'Ada', 1.5, -32768, 9223372036854775807, 0.1, true, DATE '2024-02-29',
   TIMESTAMP '2026-01-02 03:04:05.123456', TIMESTAMPTZ '2026-01-02 03:04:05.654321+00',
-  'it''s "quoted" \ back', TIMESTAMP '2026-01-01 00:00:00'),
+  'it''s "quoted" \ back', TIMESTAMP '2026-01-01 00:00:00',
+  {'d': 1234567890123456789012345678.0123456789, 'n': 9007199254740993}),
  (2, 'Zoë ✓', 1234567890123456789012345678.0123456789, 32767, -9223372036854775808,
   -1e300, false, DATE '0001-01-01', TIMESTAMP '0001-01-01 00:00:00',
-  TIMESTAMPTZ '9999-12-31 23:59:59.999999+00', '', TIMESTAMP '2026-01-01 00:00:01'),
+  TIMESTAMPTZ '9999-12-31 23:59:59.999999+00', '', TIMESTAMP '2026-01-01 00:00:01', NULL),
  (3, NULL, -0.0000000001, NULL, NULL, NULL, NULL, DATE '9999-12-31',
-  TIMESTAMP '9999-12-31 23:59:59.999999', NULL, NULL, TIMESTAMP '2026-01-01 00:00:02');
+  TIMESTAMP '9999-12-31 23:59:59.999999', NULL, NULL, TIMESTAMP '2026-01-01 00:00:02', NULL);
 CREATE TABLE ignored (x INTEGER);
 "#,
     );
@@ -76,8 +77,8 @@ CREATE TABLE ignored (x INTEGER);
     let r = f.run_ok("customers").await;
     assert_eq!(r.counts.created, 3, "{r:?}");
     let q = format!(
-        "SELECT id, name, amount, small, big, ratio, vip, born, seen, seen_tz AT TIME ZONE 'UTC', note \
-         FROM {schema}.customers"
+        "SELECT id, name, amount, small, big, ratio, vip, born, seen, seen_tz AT TIME ZONE 'UTC', note, \
+         extra::text FROM {schema}.customers"
     );
     let expected = vec![
         row(&[
@@ -92,6 +93,8 @@ CREATE TABLE ignored (x INTEGER);
             "2026-01-02 03:04:05.123456",
             "2026-01-02 03:04:05.654321",
             "it's \"quoted\" \\ back",
+            // Nested values keep every digit (jsonb).
+            r#"{"d": 1234567890123456789012345678.0123456789, "n": 9007199254740993}"#,
         ]),
         row(&[
             "2",
@@ -105,6 +108,7 @@ CREATE TABLE ignored (x INTEGER);
             "0001-01-01 00:00:00",
             "9999-12-31 23:59:59.999999",
             "",
+            "NULL",
         ]),
         row(&[
             "3",
@@ -116,6 +120,7 @@ CREATE TABLE ignored (x INTEGER);
             "NULL",
             "9999-12-31",
             "9999-12-31 23:59:59.999999",
+            "NULL",
             "NULL",
             "NULL",
         ]),
