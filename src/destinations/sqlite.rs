@@ -432,7 +432,18 @@ impl ObjectWriter for SqliteWriter {
                     .filter_map(|k| columns.iter().position(|c| c == k))
                     .collect();
                 for row in 0..batch.num_rows() {
-                    let values: Vec<Value> = cells.iter().map(|c| c.value(row)).collect();
+                    let values = match cells
+                        .iter()
+                        .map(|c| c.value(row))
+                        .collect::<Result<Vec<Value>, String>>()
+                    {
+                        Ok(values) => values,
+                        // A value SQLite cannot hold as it is: the row, not a changed value.
+                        Err(reason) => {
+                            outcome.rejected.push(Rejection { row, reason });
+                            continue;
+                        }
+                    };
                     match stmt.execute(params_from_iter(values.iter())) {
                         Ok(0) if op == WriteOp::Update => outcome.rejected.push(Rejection {
                             row,
@@ -502,7 +513,8 @@ impl Cells {
         })
     }
 
-    fn value(&self, row: usize) -> Value {
+    /// The value at `row` as SQLite holds it, or why it cannot hold it exactly.
+    fn value(&self, row: usize) -> Result<Value, String> {
         let array = match self {
             Cells::Int(a)
             | Cells::UInt(a)
@@ -513,15 +525,16 @@ impl Cells {
             | Cells::Formatted(a) => a,
         };
         if array.is_null(row) {
-            return Value::Null;
+            return Ok(Value::Null);
         }
-        match self {
+        Ok(match self {
             Cells::Int(a) => Value::Integer(a.as_primitive::<Int64Type>().value(row)),
             Cells::UInt(a) => {
                 let v = a.as_primitive::<UInt64Type>().value(row);
-                i64::try_from(v)
-                    .map(Value::Integer)
-                    .unwrap_or_else(|_| Value::Text(v.to_string()))
+                // (As text in an INTEGER column SQLite would store it as a rounded REAL.)
+                Value::Integer(i64::try_from(v).map_err(|_| {
+                    format!("{v} is past the largest integer SQLite holds (2^63 - 1)")
+                })?)
             }
             Cells::Real(a) => Value::Real(a.as_primitive::<Float64Type>().value(row)),
             Cells::Bool(a) => Value::Integer(i64::from(a.as_boolean().value(row))),
@@ -529,11 +542,37 @@ impl Cells {
             Cells::Blob(a) => Value::Blob(a.as_binary::<i64>().value(row).to_vec()),
             Cells::Formatted(a) => {
                 let options = FormatOptions::default();
-                match ArrayFormatter::try_new(a.as_ref(), &options) {
-                    Ok(f) => Value::Text(f.value(row).to_string()),
-                    Err(_) => Value::Null,
-                }
+                let text = ArrayFormatter::try_new(a.as_ref(), &options)
+                    .and_then(|f| f.value(row).try_to_string())
+                    .map_err(|e| format!("the value cannot be written as text: {e}"))?;
+                Value::Text(text)
             }
-        }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Date32Array, UInt64Array};
+    use rusqlite::types::Value;
+
+    use super::Cells;
+
+    /// A value SQLite cannot hold as it is rejects its row, never a changed value.
+    #[test]
+    fn values_sqlite_cannot_hold_are_refused_not_changed() {
+        let big: ArrayRef = Arc::new(UInt64Array::from(vec![u64::MAX, 7]));
+        let cells = Cells::new(&big).unwrap();
+        assert!(cells.value(0).unwrap_err().contains("18446744073709551615"));
+        assert_eq!(cells.value(1).unwrap(), Value::Integer(7));
+
+        // A date past chrono's years (DuckDB and Parquet can hold them) was written as the
+        // text "ERROR: Cast error: ...".
+        let far: ArrayRef = Arc::new(Date32Array::from(vec![i32::MAX - 1, 0]));
+        let cells = Cells::new(&far).unwrap();
+        assert!(cells.value(0).unwrap_err().contains("cannot be written"));
+        assert_eq!(cells.value(1).unwrap(), Value::Text("1970-01-01".into()));
     }
 }
