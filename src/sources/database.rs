@@ -176,12 +176,7 @@ impl DatabaseSource {
         }
     }
     pub fn sqlite(c: SqliteSourceConfig, project_dir: &Path) -> Self {
-        let p = Path::new(&c.path);
-        let path = if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            project_dir.join(p)
-        };
+        let path = super::project_path(&c.path, project_dir);
         DatabaseSource {
             kind: Kind::Sqlite(c, path),
         }

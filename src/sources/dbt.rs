@@ -230,12 +230,7 @@ pub struct DbtSource {
 
 impl DbtSource {
     pub fn new(config: DbtSourceConfig, project_dir: &Path) -> Self {
-        let p = Path::new(&config.manifest);
-        let manifest = if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            project_dir.join(p)
-        };
+        let manifest = super::project_path(&config.manifest, project_dir);
         DbtSource { config, manifest }
     }
 

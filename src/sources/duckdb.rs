@@ -81,12 +81,7 @@ pub struct DuckdbSource {
 
 impl DuckdbSource {
     pub fn new(config: DuckdbSourceConfig, project_dir: &Path) -> Self {
-        let p = Path::new(&config.path);
-        let path = if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            project_dir.join(p)
-        };
+        let path = super::project_path(&config.path, project_dir);
         DuckdbSource { config, path }
     }
 }

@@ -140,6 +140,16 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     -> Result<Registration, SourceError>;
 }
 
+/// A source's local `path` as written in its settings: relative to the project folder.
+fn project_path(path: &str, project_dir: &Path) -> std::path::PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        project_dir.join(p)
+    }
+}
+
 /// Build the source declared by `config`; relative paths resolve against `project_dir`.
 pub fn build(config: &SourceConfig, project_dir: &Path) -> Arc<dyn Source> {
     match config {

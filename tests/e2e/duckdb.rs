@@ -14,6 +14,13 @@ fn duck(path: &Path, sql: &str) {
     conn.execute_batch(sql).unwrap();
 }
 
+/// `backflow COMMAND` in `f`, which must fail: what it printed.
+fn failed_run(f: &Fixture, command: &str) -> String {
+    let (code, out, err) = f.cli(&[command]);
+    assert_ne!(code, 0, "{out}{err}");
+    format!("{out}{err}")
+}
+
 fn shop_to_pg(f: &Fixture, schema: &str, sync: &str) {
     f.write(
         "backflow.toml",
@@ -255,14 +262,9 @@ key = "Item ID"
 fn a_source_that_cannot_be_read_says_why() {
     let f = Fixture::new();
     let sync = "[syncs.s]\nfrom = \"shop.customers\"\nto = \"app\"\nobject = \"c\"\nbehavior = \"upsert\"\nkey = \"id\"\n";
-    let error = |f: &Fixture| {
-        let (code, out, err) = f.cli(&["run"]);
-        assert_ne!(code, 0, "{out}{err}");
-        format!("{out}{err}")
-    };
 
     shop_to_sqlite(&f, "tables = \"*\"", sync);
-    let e = error(&f);
+    let e = failed_run(&f, "run");
     assert!(
         e.contains("shop.duckdb") && e.contains("does not exist"),
         "{e}"
@@ -279,21 +281,21 @@ fn a_source_that_cannot_be_read_says_why() {
         "tables = [\"customer\"]",
         &sync.replace("shop.customers", "shop.customer"),
     );
-    let e = error(&f);
+    let e = failed_run(&f, "run");
     assert!(
         e.contains("\"customer\" does not exist") && e.contains("customers, orders"),
         "{e}"
     );
 
     shop_to_sqlite(&f, "schema = \"sales\"\ntables = \"*\"", sync);
-    let e = error(&f);
+    let e = failed_run(&f, "run");
     assert!(
         e.contains("\"sales\" has no tables") && e.contains("crm, main"),
         "{e}"
     );
 
     shop_to_sqlite(&f, "tables = [\"customers\"]", sync);
-    let e = error(&f);
+    let e = failed_run(&f, "run");
     assert!(
         e.contains("customers") && e.contains("tags") && e.contains("cast"),
         "{e}"
@@ -332,7 +334,7 @@ fn a_source_that_cannot_be_read_says_why() {
     writer
         .execute_batch("INSERT INTO orders VALUES (1)")
         .unwrap();
-    let e = error(&f);
+    let e = failed_run(&f, "run");
     assert!(e.contains("lock") && e.contains("copy of the file"), "{e}");
     drop(writer);
     let (code, out, err) = f.cli(&["run"]);
@@ -340,7 +342,7 @@ fn a_source_that_cannot_be_read_says_why() {
     assert_eq!(f.sqlite("out/app.db", "c").len(), 1);
 
     f.write("shop.duckdb", "id,name\n1,Ada\n");
-    let e = error(&f);
+    let e = failed_run(&f, "run");
     assert!(e.contains("shop.duckdb") && e.contains("DuckDB"), "{e}");
 }
 
@@ -460,9 +462,7 @@ fn values_duckdb_cannot_hand_over_exactly_are_never_sent_changed() {
         )
     };
     shop_to_sqlite(&f, "tables = [\"plans\"]", &sync("plans"));
-    let (code, out, err) = f.cli(&["run"]);
-    assert_ne!(code, 0, "{out}{err}");
-    let e = format!("{out}{err}");
+    let e = failed_run(&f, "run");
     assert!(
         e.contains("\"valid_to\"") && e.contains("row 2") && e.contains("infinity"),
         "{e}"
@@ -473,9 +473,7 @@ fn values_duckdb_cannot_hand_over_exactly_are_never_sent_changed() {
         &file,
         "UPDATE plans SET valid_to = DATE '2040-01-01', ends = '-infinity' WHERE id = 2;",
     );
-    let (code, out, err) = f.cli(&["run"]);
-    assert_ne!(code, 0, "{out}{err}");
-    let e = format!("{out}{err}");
+    let e = failed_run(&f, "run");
     assert!(e.contains("\"ends\"") && e.contains("-infinity"), "{e}");
 
     // Inside lists, structs and maps too; and dates past the years a date can be written in.
@@ -488,9 +486,7 @@ fn values_duckdb_cannot_hand_over_exactly_are_never_sent_changed() {
          INSERT INTO far VALUES (1, DATE '2026-01-01'), (2, DATE '262143-01-01');",
     );
     shop_to_sqlite(&f, "tables = [\"nested\"]", &sync("nested"));
-    let (code, out, err) = f.cli(&["run"]);
-    assert_ne!(code, 0, "{out}{err}");
-    let e = format!("{out}{err}");
+    let e = failed_run(&f, "run");
     assert!(
         e.contains("\"l\"") && e.contains("row 2") && e.contains("-infinity"),
         "{e}"
@@ -499,9 +495,7 @@ fn values_duckdb_cannot_hand_over_exactly_are_never_sent_changed() {
         &file,
         "UPDATE nested SET l = [], s = {'h': 170141183460469231731687303715884105727} WHERE id = 2;",
     );
-    let (code, out, err) = f.cli(&["run"]);
-    assert_ne!(code, 0, "{out}{err}");
-    let e = format!("{out}{err}");
+    let e = failed_run(&f, "run");
     assert!(
         e.contains("\"s\"") && e.contains("row 2") && e.contains("digits"),
         "{e}"
@@ -510,26 +504,20 @@ fn values_duckdb_cannot_hand_over_exactly_are_never_sent_changed() {
         &file,
         "UPDATE nested SET m = MAP {'k': 'infinity'::DATE}, s = {'h': 2} WHERE id = 2;",
     );
-    let (code, out, err) = f.cli(&["run"]);
-    assert_ne!(code, 0, "{out}{err}");
-    let e = format!("{out}{err}");
+    let e = failed_run(&f, "run");
     assert!(
         e.contains("\"m\"") && e.contains("row 2") && e.contains("infinity"),
         "{e}"
     );
     shop_to_sqlite(&f, "tables = [\"far\"]", &sync("far"));
-    let (code, out, err) = f.cli(&["run"]);
-    assert_ne!(code, 0, "{out}{err}");
-    let e = format!("{out}{err}");
+    let e = failed_run(&f, "run");
     assert!(
         e.contains("\"d\"") && e.contains("row 2") && e.contains("262142"),
         "{e}"
     );
 
     shop_to_sqlite(&f, "tables = [\"meetings\"]", &sync("meetings"));
-    let (code, out, err) = f.cli(&["check"]);
-    assert_ne!(code, 0, "{out}{err}");
-    let e = format!("{out}{err}");
+    let e = failed_run(&f, "check");
     assert!(e.contains("\"starts\"") && e.contains("offset"), "{e}");
     for (table, ddl) in [
         (
@@ -543,16 +531,12 @@ fn values_duckdb_cannot_hand_over_exactly_are_never_sent_changed() {
     ] {
         duck(&file, ddl);
         shop_to_sqlite(&f, &format!("tables = [\"{table}\"]"), &sync(table));
-        let (code, out, err) = f.cli(&["check"]);
-        assert_ne!(code, 0, "{out}{err}");
-        let e = format!("{out}{err}");
+        let e = failed_run(&f, "check");
         assert!(e.contains(table) && e.contains("VARCHAR"), "{e}");
     }
 
     shop_to_sqlite(&f, "tables = [\"totals\"]", &sync("totals"));
-    let (code, out, err) = f.cli(&["run"]);
-    assert_ne!(code, 0, "{out}{err}");
-    let e = format!("{out}{err}");
+    let e = failed_run(&f, "run");
     assert!(
         e.contains("\"total\"")
             && e.contains("row 1")
