@@ -48,36 +48,17 @@ pub(super) const PREV: &str = "bf_prev_touched";
 /// Tables this stage registers (cleared with the cycle's).
 pub(super) const TABLES: [&str; 7] = [ADDED, REMOVED, NET, KEYS, TOUCHED, PREV, "bf_deleted"];
 
-/// The result of `sql`, kept in memory (a table as large as the changes, not the model).
-async fn kept(
-    ctx: &datafusion::prelude::SessionContext,
-    sql: &str,
-) -> datafusion::error::Result<Vec<arrow::array::RecordBatch>> {
-    let df = ctx.sql(sql).await?;
-    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await?;
-    // (An empty result still has its schema.)
-    Ok(if batches.is_empty() {
-        vec![arrow::array::RecordBatch::new_empty(schema)]
-    } else {
-        batches
-    })
-}
-
-/// Register batches `kept` as table `name`.
-fn register_kept(
+/// The result of `sql`, computed once and kept in memory (`DataFrame::cache`: a table as
+/// large as the changes, not the model), registered as table `name`.
+async fn keep(
     ctx: &datafusion::prelude::SessionContext,
     name: &str,
-    batches: Vec<arrow::array::RecordBatch>,
-) -> datafusion::error::Result<()> {
-    let schema = batches
-        .first()
-        .map(|b| b.schema())
-        .unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
-    let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+    sql: &str,
+) -> datafusion::error::Result<DataFrame> {
+    let kept = ctx.sql(sql).await?.cache().await?;
     let _ = ctx.deregister_table(name);
-    ctx.register_table(name, std::sync::Arc::new(table))?;
-    Ok(())
+    ctx.register_table(name, kept.clone().into_view())?;
+    Ok(kept)
 }
 
 /// What a change feed says changed, as rows of the source (its columns).
@@ -234,8 +215,9 @@ pub(super) async fn settle(
     // many as the changes): every later step, the diff too, joins with them rather than with
     // the whole state. Reading the keys reads the feed: a file it names that is gone (a
     // vacuum) shows up here, and the run reads the whole table instead.
-    let touched = match kept(
+    let touched = match keep(
         ctx,
+        TOUCHED,
         &format!(
             "SELECT DISTINCT __bf_key FROM ( \
                SELECT __bf_key FROM {ADDED} UNION ALL SELECT __bf_key FROM {REMOVED}) k \
@@ -247,21 +229,20 @@ pub(super) async fn settle(
         Ok(t) => t,
         Err(e) => return Ok(Err(format!("the change data feed cannot be read: {e}"))),
     };
-    let touched_rows: usize = touched.iter().map(|b| b.num_rows()).sum();
+    let touched_rows = touched.count().await.map_err(&df_err)?;
     if touched_rows as u64 > state_rows / 2 && touched_rows > 10_000 {
         return Ok(Err(format!(
             "the change data feed touches {touched_rows} keys, more than half of the {state_rows} \
              in sync (reading the whole table costs less)"
         )));
     }
-    register_kept(ctx, TOUCHED, touched).map_err(&df_err)?;
-    let prev = kept(
+    keep(
         ctx,
+        PREV,
         &format!("SELECT p.* FROM {TOUCHED} t JOIN bf_prev p ON p.__bf_key = t.__bf_key"),
     )
     .await
     .map_err(&df_err)?;
-    register_kept(ctx, PREV, prev).map_err(&df_err)?;
     let net = ctx
         .sql(&format!(
             "WITH counted AS ( \
