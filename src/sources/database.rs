@@ -294,23 +294,12 @@ impl Source for DatabaseSource {
                 }
             }
         }
-        let catalog = ctx
-            .catalog("datafusion")
-            .ok_or_else(|| SourceError::Other {
-                name: name.to_string(),
-                reason: "the session has no default catalog".into(),
-            })?;
-        catalog
-            .register_schema(name, schema)
-            .map_err(|e| SourceError::Other {
-                name: name.to_string(),
-                reason: e.to_string(),
-            })?;
+        super::register_schema(ctx, name, schema)?;
         Ok(super::Registration::default())
     }
 }
 
-fn add(
+pub(super) fn add(
     schema: &MemorySchemaProvider,
     source: &str,
     table: &str,

@@ -339,12 +339,7 @@ impl Source for DbtSource {
                 Err(e) => return Err(e.into()),
             }
         }
-        let catalog = ctx
-            .catalog("datafusion")
-            .ok_or_else(|| other("the session has no default catalog".into()))?;
-        catalog
-            .register_schema(name, schema)
-            .map_err(|e| other(e.to_string()))?;
+        super::register_schema(ctx, name, schema)?;
         tracing::info!(
             source = name,
             manifest = shown.as_str(),

@@ -109,7 +109,7 @@ impl Source for DuckdbSource {
     ) -> Result<super::Registration, SourceError> {
         use std::sync::Arc;
 
-        use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
+        use datafusion::catalog::MemorySchemaProvider;
         use datafusion::common::TableReference;
         use datafusion_table_providers_duckdb::DuckDBTableFactory;
 
@@ -185,20 +185,9 @@ impl Source for DuckdbSource {
                     });
                 }
             };
-            schema
-                .register_table(table.clone(), provider)
-                .map_err(|e| SourceError::Table {
-                    name: name.to_string(),
-                    table: table.clone(),
-                    reason: e.to_string(),
-                })?;
+            super::database::add(&schema, name, &table, Ok(provider), |m| m.to_string())?;
         }
-        let catalog = ctx
-            .catalog("datafusion")
-            .ok_or_else(|| other("the session has no default catalog".into()))?;
-        catalog
-            .register_schema(name, schema)
-            .map_err(|e| other(e.to_string()))?;
+        super::register_schema(ctx, name, schema)?;
         Ok(super::Registration {
             warnings,
             ..Default::default()

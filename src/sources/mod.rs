@@ -140,6 +140,25 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     -> Result<Registration, SourceError>;
 }
 
+/// Register a database source's tables as the SQL schema `name` (`name.table` in models).
+fn register_schema(
+    ctx: &SessionContext,
+    name: &str,
+    schema: Arc<dyn datafusion::catalog::SchemaProvider>,
+) -> Result<(), SourceError> {
+    let other = |reason: String| SourceError::Other {
+        name: name.to_string(),
+        reason,
+    };
+    let catalog = ctx
+        .catalog("datafusion")
+        .ok_or_else(|| other("the session has no default catalog".into()))?;
+    catalog
+        .register_schema(name, schema)
+        .map_err(|e| other(e.to_string()))?;
+    Ok(())
+}
+
 /// A source's local `path` as written in its settings: relative to the project folder.
 fn project_path(path: &str, project_dir: &Path) -> std::path::PathBuf {
     let p = Path::new(path);

@@ -221,6 +221,33 @@ key = "id"
 max_deletes = "100%"
 "#;
 
+/// A project mirroring the Delta table `lake/t` into SQLite (sync and object `t`, key `id`),
+/// with `extra` after the sync.
+fn mirror_of_t(f: &Fixture, extra: &str) {
+    f.write(
+        "backflow.toml",
+        &format!(
+            r#"
+[sources.t]
+type = "delta"
+path = "lake/t"
+
+[destinations.app]
+type = "sqlite"
+path = "out/app.db"
+
+[syncs.t]
+from = "t"
+to = "app"
+object = "t"
+behavior = "mirror"
+key = "id"
+{extra}"#
+        ),
+    );
+    std::fs::create_dir_all(f.path().join("lake")).unwrap();
+}
+
 fn run(f: &Fixture, sync: &str) -> serde_json::Value {
     super::delta::run_json(f, &["run", sync, "--json"], &[])
 }
@@ -350,26 +377,7 @@ proptest! {
 #[test]
 fn the_delete_guard_counts_a_feeds_deletes_against_every_record_in_sync() {
     let f = Fixture::new();
-    f.write(
-        "backflow.toml",
-        r#"
-[sources.t]
-type = "delta"
-path = "lake/t"
-
-[destinations.app]
-type = "sqlite"
-path = "out/app.db"
-
-[syncs.t]
-from = "t"
-to = "app"
-object = "t"
-behavior = "mirror"
-key = "id"
-"#,
-    );
-    std::fs::create_dir_all(f.path().join("lake")).unwrap();
+    mirror_of_t(&f, "");
     let Some(mut writer) = Writer::start(&f.path().join("lake/t")) else {
         return;
     };
@@ -523,29 +531,7 @@ fn a_key_written_twice_and_a_vacuumed_feed_are_read_whole() {
 #[test]
 fn a_sync_of_the_key_alone_reads_the_feed() {
     let f = Fixture::new();
-    f.write(
-        "backflow.toml",
-        r#"
-[sources.t]
-type = "delta"
-path = "lake/t"
-
-[destinations.app]
-type = "sqlite"
-path = "out/app.db"
-
-[syncs.t]
-from = "t"
-to = "app"
-object = "t"
-behavior = "mirror"
-key = "id"
-
-[syncs.t.fields]
-exclude = ["name", "n"]
-"#,
-    );
-    std::fs::create_dir_all(f.path().join("lake")).unwrap();
+    mirror_of_t(&f, "[syncs.t.fields]\nexclude = [\"name\", \"n\"]\n");
     let Some(mut writer) = Writer::start(&f.path().join("lake/t")) else {
         return;
     };
