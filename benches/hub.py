@@ -3,6 +3,11 @@
 match rule on the normalised email, priority authority over three fields.
 
     python3 benches/hub.py --backflow target/release/backflow [--records 1000000] [--runs 3]
+        [--baseline OTHER_BACKFLOW] [--duckdb PYTHON_WITH_DUCKDB]
+
+`--baseline` runs another build (an earlier commit) alternately on the same data and reports
+backflow / baseline; `--duckdb` also times `benches/hub_baseline.sql`, the same unify as one
+DuckDB script, on the initial files.
 
 Each source has a watermark (`updated_at`, distinct per record), so an incremental cycle reads
 only what changed.
@@ -116,37 +121,106 @@ def run(binary, project):
     return seconds, int(done.stderr.strip().splitlines()[-1]) / 1024
 
 
+def run_duckdb(python, files_dir):
+    """benches/hub_baseline.sql over a copy of the sources; (seconds, peak MiB)."""
+    work = tempfile.mkdtemp(prefix="bf-hub-duckdb-")
+    try:
+        for name in ("a.csv", "b.csv", "c.csv"):
+            shutil.copy(os.path.join(files_dir, name), work)
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hub_baseline.sql")
+        code = (
+            "import duckdb, sys; c = duckdb.connect(); "
+            "c.execute(open(sys.argv[1]).read())"
+        )
+        started = time.monotonic()
+        done = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", python, "-c", code, script],
+            cwd=work,
+            capture_output=True,
+            text=True,
+        )
+        seconds = time.monotonic() - started
+        if done.returncode != 0:
+            sys.exit(f"duckdb failed:\n{done.stdout}\n{done.stderr}")
+        return seconds, int(done.stderr.strip().splitlines()[-1]) / 1024
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def cycles(binary, data, n, round_):
+    """initial, incremental (1% of a), no change: (seconds, peak MiB) each."""
+    project = tempfile.mkdtemp(prefix="bf-hub-")
+    try:
+        for name in ("a.csv", "b.csv", "c.csv"):
+            shutil.copy(os.path.join(data, name), project)
+        with open(os.path.join(project, "backflow.toml"), "w") as f:
+            f.write(PROJECT.format(batch=3 * n + 1))
+        initial = run(binary, project)
+        change_a(project, n, round_=round_)
+        incremental = run(binary, project)
+        none = run(binary, project)
+        return [initial, incremental, none]
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--backflow", default="target/release/backflow")
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--baseline",
+        help="another backflow binary (an earlier build), run alternately on the same data",
+    )
+    ap.add_argument(
+        "--duckdb",
+        metavar="PYTHON",
+        help="a Python with the duckdb module: also time benches/hub_baseline.sql on the initial files",
+    )
     args = ap.parse_args()
     n = args.records
     data = tempfile.mkdtemp(prefix="bf-hub-data-")
     write_sources(data, n)
-    results = {"initial": [], "incremental (1% of a)": [], "no change": []}
+    names = ["initial", "incremental (1% of a)", "no change"]
+    binaries = {"backflow": args.backflow}
+    if args.baseline:
+        binaries["baseline"] = args.baseline
+    results = {b: [[] for _ in names] for b in binaries}
+    duck = []
     try:
         for r in range(args.runs):
-            project = tempfile.mkdtemp(prefix="bf-hub-")
-            for name in ("a.csv", "b.csv", "c.csv"):
-                shutil.copy(os.path.join(data, name), project)
-            with open(os.path.join(project, "backflow.toml"), "w") as f:
-                f.write(PROJECT.format(batch=3 * n + 1))
-            results["initial"].append(run(args.backflow, project))
-            change_a(project, n, round_=2 + r)
-            results["incremental (1% of a)"].append(run(args.backflow, project))
-            results["no change"].append(run(args.backflow, project))
-            shutil.rmtree(project, ignore_errors=True)
+            for b, binary in binaries.items():
+                for i, m in enumerate(cycles(binary, data, n, 2 + r)):
+                    results[b][i].append(m)
+            if args.duckdb:
+                duck.append(run_duckdb(args.duckdb, data))
     finally:
         shutil.rmtree(data, ignore_errors=True)
+    med = lambda rs: statistics.median(x[0] for x in rs)
+    peak = lambda rs: max(x[1] for x in rs)
     print(f"3 sources x {n} records, {args.runs} runs (median; peak RSS max)")
-    print("| cycle | time (s) | peak RSS (MiB) |")
-    print("|---|---:|---:|")
-    for name, rs in results.items():
-        t = statistics.median(x[0] for x in rs)
-        m = max(x[1] for x in rs)
-        print(f"| {name} | {t:.2f} | {m:.0f} |")
+    head = "| cycle | backflow s | peak MiB | / its initial |"
+    rule = "|---|---:|---:|---:|"
+    if args.baseline:
+        head += " baseline s | baseline peak MiB | backflow / baseline |"
+        rule += "---:|---:|---:|"
+    print(head)
+    print(rule)
+    first = med(results["backflow"][0])
+    for i, name in enumerate(names):
+        t = med(results["backflow"][i])
+        line = f"| {name} | {t:.2f} | {peak(results['backflow'][i]):.0f} | {t / first:.3f} |"
+        if args.baseline:
+            bt = med(results["baseline"][i])
+            line += f" {bt:.2f} | {peak(results['baseline'][i]):.0f} | {t / bt:.2f} |"
+        print(line)
+    if duck:
+        d = med(duck)
+        print(
+            f"\nDuckDB script (benches/hub_baseline.sql) on the initial files: {d:.2f} s, "
+            f"peak {peak(duck):.0f} MiB; backflow initial / DuckDB = {first / d:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -320,6 +320,9 @@ pub struct BatchOutcome {
     /// Rows of an update whose record the destination had lost, and which it created instead
     /// (an HTTP update endpoint's `missing = "create"`): counted as created.
     pub created: usize,
+    /// Rows created with an id the destination chose (row, the id as text): an HTTP create
+    /// endpoint's `result_id`. A hub write-back that creates records links them by it.
+    pub assigned: Vec<(usize, String)>,
 }
 
 impl BatchOutcome {
@@ -329,6 +332,11 @@ impl BatchOutcome {
         for r in &mut self.rejected {
             if let Some(row) = rows.get(r.row) {
                 r.row = *row;
+            }
+        }
+        for (r, _) in &mut self.assigned {
+            if let Some(row) = rows.get(*r) {
+                *r = *row;
             }
         }
         self

@@ -579,11 +579,11 @@ pub async fn count(
 
 /// Per source: `bf_hub_delta_<source>`, the contributions of this cycle's records (their
 /// values, when each field last changed, their golden id), and `bf_hub_contrib_now_<source>`,
-/// every contribution as of this cycle (before merges). Returns how many records are new or
-/// differ from what their source reported before (values or golden record).
-pub async fn deltas(cycle: &Cycle<'_>) -> Result<u64, HubError> {
+/// every contribution as of this cycle (before merges). Returns, per source, how many records
+/// are new or differ from what their source reported before (values or golden record).
+pub async fn deltas(cycle: &Cycle<'_>) -> Result<indexmap::IndexMap<String, u64>, HubError> {
     let v = cycle.version;
-    let mut changed = 0;
+    let mut changed = indexmap::IndexMap::new();
     for source in cycle.entity.sources.keys() {
         let mapped = mapped_fields(cycle.entity, source);
         let mut cols = vec![
@@ -681,7 +681,7 @@ pub async fn deltas(cycle: &Cycle<'_>) -> Result<u64, HubError> {
                 .map(|f| format!("(d.{0} IS DISTINCT FROM o.{0})", q(f))),
         )
         .collect();
-        changed += cycle
+        let n = cycle
             .count(
                 "attach",
                 &format!(
@@ -692,6 +692,7 @@ pub async fn deltas(cycle: &Cycle<'_>) -> Result<u64, HubError> {
                 ),
             )
             .await?;
+        changed.insert(source.clone(), n);
     }
     Ok(changed)
 }

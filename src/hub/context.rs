@@ -35,6 +35,9 @@ pub struct Cycle<'a> {
     /// Sources that create records whose `create_id` or `filter` could not be evaluated in
     /// this cycle: no record is linked for them to create (see create.rs).
     pub(super) no_creates: Mutex<std::collections::BTreeSet<String>>,
+    /// Journal files of ids destinations gave created records that this cycle folds into
+    /// the ID map (see assigned.rs): removed once it commits.
+    pub(super) assigned_files: Mutex<Vec<String>>,
 }
 
 /// Table names of a cycle.

@@ -14,10 +14,12 @@ use super::state::{self, HubManifest, SourceState, StateFile};
 use super::{CycleOutcome, HubError, SourceCounts, failpoint};
 use crate::history::SampleRecord;
 use crate::project::Project;
-use crate::state::{Chain, FORMAT_VERSION};
+use crate::state::{Chain, FORMAT_VERSION, Versioned};
 
 pub use super::context::Cycle;
-use super::context::{APART_OLD, ATTACHED, GOLDEN_NEXT, OVER, contrib_old, golden_old, incoming};
+use super::context::{
+    APART_OLD, ATTACHED, GOLDEN_NEXT, OVER, REMAP, REMOVED, contrib_old, golden_old, incoming,
+};
 
 /// How a cycle treats the state (see `--full-resync`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -68,6 +70,7 @@ pub(super) async fn run(
         dry_run: options.dry_run,
         tables: Mutex::new(Vec::new()),
         no_creates: Mutex::new(BTreeSet::new()),
+        assigned_files: Mutex::new(Vec::new()),
     };
     let result = stages(&cycle, &chain, options, skip, samples, lock).await;
     cycle.clear();
@@ -122,6 +125,8 @@ async fn stages(
     let mut reads: IndexMap<String, SourceRead> = IndexMap::new();
     // Whether some source can have deleted records this cycle.
     let mut may_delete = false;
+    // Records created under a stand-in id whose destination's id this cycle links.
+    let mut folded = 0u64;
     let mut outcome = CycleOutcome {
         version: cycle.version,
         ..Default::default()
@@ -165,6 +170,14 @@ async fn stages(
         let old = state::read_aligned(&project.state, cycle.ctx, &files, &old_schema)
             .await
             .map_err(cycle.engine("state"))?;
+        // Records created under a stand-in id take the id their destination gave them.
+        let old = if config.writeback.as_ref().is_some_and(|w| w.create) {
+            let (old, n) = super::assigned::fold(cycle, source, old, &id_type).await?;
+            folded += n;
+            old
+        } else {
+            old
+        };
         cycle.register("state", &contrib_old(source), old)?;
 
         let raw_table = format!("bf_hub_raw_{source}");
@@ -326,11 +339,12 @@ async fn stages(
         .into_iter()
         .filter_map(|s| reads.get(&s).map(|r| (s, r.id_type.clone())))
         .collect();
-    let waiting = if creating.is_empty() {
-        0
-    } else {
-        super::create::waiting(cycle, &creating).await?
-    };
+    let waiting = folded
+        + if creating.is_empty() {
+            0
+        } else {
+            super::create::waiting(cycle, &creating).await?
+        };
     if unmoved
         && nothing_read
         && waiting == 0
@@ -345,7 +359,8 @@ async fn stages(
     super::quarantine::register_decision(cycle, options.resolution).await?;
     super::attach::attach(cycle, &reads, options.resolution).await?;
     super::attach::count(cycle, &mut outcome.sources).await?;
-    let mut changed = super::attach::deltas(cycle).await? + removed;
+    let changes = super::attach::deltas(cycle).await?;
+    let mut changed = changes.values().sum::<u64>() + removed;
     let mut quarantines = IndexMap::new();
     let ambiguous = super::quarantine::ambiguous(cycle).await?;
     for (source, read) in &reads {
@@ -400,32 +415,34 @@ async fn stages(
     let merges = super::merge::run(cycle).await?;
     failpoint!("hub_after_merge", name);
 
-    // the next state
-    let golden_rel = format!("{}/golden.parquet", cycle.data_dir);
-    let next_golden = cycle
-        .sql(
-            "state",
-            &format!(
-                "SELECT o.* FROM {OVER} v RIGHT ANTI JOIN {} o ON o.golden_id = v.golden_id \
-                 UNION ALL SELECT * FROM {OVER}",
-                golden_old()
-            ),
-        )
-        .await?;
-    let golden_rows = cycle
-        .materialize(
-            "state",
-            next_golden,
-            "golden.parquet",
-            GOLDEN_NEXT,
-            Some(state::golden_schema(entity)),
-        )
-        .await?
-        .rows;
+    // the next state: the golden records this cycle changed, as a layer over the committed
+    // ones (or, once the layers grow, every golden record written again)
+    let (golden, golden_deltas) = next_golden(cycle).await?;
     let mut sources = IndexMap::new();
     for (source, read) in &reads {
-        let contributions =
-            super::merge::write_contributions(cycle, source, &read.id_type, merges > 0).await?;
+        let before = previous.as_ref().and_then(|m| m.sources.get(source));
+        let unchanged = match before {
+            Some(b) if b.id_type == read.id_type.to_string() && options.resolution.is_none() => {
+                contributions_unchanged(cycle, source, &changes, merges > 0).await?
+            }
+            _ => false,
+        };
+        let contributions = match (unchanged, before) {
+            // Nothing of the source's ID map changed: its file stays.
+            (true, Some(b)) => {
+                cycle.register(
+                    "state",
+                    &super::context::contrib_next(source),
+                    cycle
+                        .sql("state", &format!("SELECT * FROM {}", contrib_old(source)))
+                        .await?,
+                )?;
+                b.contributions.clone()
+            }
+            _ => {
+                super::merge::write_contributions(cycle, source, &read.id_type, merges > 0).await?
+            }
+        };
         sources.insert(
             source.clone(),
             SourceState {
@@ -469,11 +486,8 @@ async fn stages(
         run_id: cycle.run_id.to_string(),
         committed_at: chrono::Utc::now().to_rfc3339(),
         next_golden_id: next_golden_id.max(previous.as_ref().map_or(1, |m| m.next_golden_id)),
-        golden: StateFile {
-            path: golden_rel,
-            rows: golden_rows,
-            bytes: None,
-        },
+        golden,
+        golden_deltas,
         sources,
         log,
         apart: super::merge::write_apart(cycle, options.resolution, merges > 0).await?,
@@ -484,8 +498,149 @@ async fn stages(
     project.state.commit_in(chain, &manifest).await?;
     outcome.version = cycle.version;
     failpoint!("hub_after_commit", name);
+    super::assigned::consumed(cycle).await;
+    remove_scratch(cycle, &manifest).await;
     project.state.vacuum_in::<HubManifest>(chain).await;
     super::log::vacuum(project, chain).await;
     outcome.committed = true;
     Ok(outcome)
+}
+
+/// Golden-record layers kept before they are folded into one file again: at most this many,
+/// holding at most a tenth as many rows as the whole (or any share, while they hold no more
+/// than [`SMALL_LAYERS`] rows: small entities layer too, and reading that is cheap).
+const GOLDEN_LAYERS: usize = 8;
+const SMALL_LAYERS: u64 = 1024;
+
+/// Write the next golden records and register them as `GOLDEN_NEXT`: this cycle's changed
+/// ones (`OVER`) as a new layer over the committed ones, so that a cycle writes in
+/// proportion to what it changed; or every golden record in one file, on the first cycle and
+/// once the layers hold too many rows or files (reading them would cost more than writing
+/// the whole). Returns the manifest's `golden` and `golden_deltas`.
+async fn next_golden(cycle: &Cycle<'_>) -> Result<(StateFile, Vec<StateFile>), HubError> {
+    let schema = state::golden_schema(cycle.entity);
+    let changed = cycle
+        .count("state", &format!("SELECT COUNT(*) FROM {OVER}"))
+        .await?;
+    if let Some(p) = &cycle.previous {
+        if changed == 0 {
+            // (A cycle that only linked ids, say: the golden records stay as they are.)
+            let same = cycle
+                .sql("state", &format!("SELECT * FROM {}", golden_old()))
+                .await?;
+            cycle.register("state", GOLDEN_NEXT, same)?;
+            return Ok((p.golden.clone(), p.golden_deltas.clone()));
+        }
+        let layered: u64 = p.golden_deltas.iter().map(|d| d.rows).sum::<u64>() + changed;
+        let fits = layered <= SMALL_LAYERS || layered.saturating_mul(10) <= p.golden.rows;
+        if p.golden_deltas.len() < GOLDEN_LAYERS && fits {
+            let over = cycle.sql("state", &format!("SELECT * FROM {OVER}")).await?;
+            let delta = cycle
+                .materialize(
+                    "state",
+                    over,
+                    "golden-delta.parquet",
+                    "bf_hub_golden_delta",
+                    Some(schema.clone()),
+                )
+                .await?;
+            let mut deltas = p.golden_deltas.clone();
+            deltas.push(delta);
+            let mut layers = vec![&p.golden];
+            layers.extend(&deltas);
+            let next = state::read_layered(
+                &cycle.project.state,
+                cycle.ctx,
+                &layers,
+                &schema,
+                state::GOLDEN_ID,
+            )
+            .await
+            .map_err(cycle.engine("state"))?;
+            cycle.register("state", GOLDEN_NEXT, next)?;
+            return Ok((p.golden.clone(), deltas));
+        }
+    }
+    let next = cycle
+        .sql(
+            "state",
+            &format!(
+                "SELECT o.* FROM {OVER} v RIGHT ANTI JOIN {} o ON o.golden_id = v.golden_id \
+                 UNION ALL SELECT * FROM {OVER}",
+                golden_old()
+            ),
+        )
+        .await?;
+    let golden = cycle
+        .materialize("state", next, "golden.parquet", GOLDEN_NEXT, Some(schema))
+        .await?;
+    Ok((golden, Vec::new()))
+}
+
+/// Whether a source's ID map is the same after this cycle as before it, so that its file
+/// can stay: none of its records changed (`changes`: per source, from the attach stage) or
+/// left, none is linked to a golden record merged away, and it creates no records (links
+/// for records to create come and go with the golden records).
+async fn contributions_unchanged(
+    cycle: &Cycle<'_>,
+    source: &str,
+    changes: &IndexMap<String, u64>,
+    merged: bool,
+) -> Result<bool, HubError> {
+    if changes.get(source).copied().unwrap_or(0) > 0
+        || super::create::sources(cycle).iter().any(|s| s == source)
+    {
+        return Ok(false);
+    }
+    let left = cycle
+        .count(
+            "state",
+            &format!(
+                "SELECT COUNT(*) FROM {REMOVED} WHERE __bf_source = {}",
+                super::sql::lit(source)
+            ),
+        )
+        .await?;
+    if left > 0 {
+        return Ok(false);
+    }
+    if merged {
+        let remapped = cycle
+            .count(
+                "state",
+                &format!(
+                    "SELECT COUNT(*) FROM {} c JOIN {REMAP} m ON m.__bf_loser = c.{}",
+                    super::context::contrib_now(source),
+                    state::LINK
+                ),
+            )
+            .await?;
+        if remapped > 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// After a commit: remove the files of this cycle's data folder that the manifest does not
+/// name (what the stages read and computed on the way), so that a folder kept for its
+/// golden-record layer keeps only that. Best effort.
+async fn remove_scratch(cycle: &Cycle<'_>, manifest: &HubManifest) {
+    let mut named = manifest.clone();
+    let keep: BTreeSet<String> = named
+        .files_mut()
+        .into_iter()
+        .map(|(f, _)| f.to_string())
+        .collect();
+    let Ok(files) = cycle.project.state.list_files(&cycle.data_dir).await else {
+        return;
+    };
+    for f in files {
+        let rel = format!("{}/{f}", cycle.data_dir);
+        if !keep.contains(&rel)
+            && let Err(e) = cycle.project.state.delete(&rel).await
+        {
+            tracing::debug!(entity = cycle.name, error = %e, file = rel, "could not remove a scratch file");
+        }
+    }
 }

@@ -110,6 +110,20 @@ pub async fn write(cycle: &Cycle<'_>) -> Result<(StateFile, LogCounts), HubError
             old = contrib_old(source),
         ));
     }
+    // Records created under a stand-in id, linked now by the id their destination gave.
+    for source in cycle.entity.sources.keys() {
+        let folded = super::assigned::folded_table(source);
+        if cycle.ctx.table_exist(folded.as_str()).unwrap_or(false) {
+            parts.push(format!(
+                "SELECT {head}, f.golden_id, 'link', CAST(NULL AS VARCHAR),
+                        CAST(f.golden_id AS VARCHAR), CAST(f.golden_id AS VARCHAR), {src},
+                        f.sid_text, {how} || ' (created as ' || f.stand_in || ')'
+                 FROM {folded} f",
+                src = lit(source),
+                how = lit(super::assigned::ASSIGNED),
+            ));
+        }
+    }
     let df = cycle.sql("log", &parts.join("\nUNION ALL\n")).await?;
     let rel = format!(
         "{}/v{v:020}-{}.parquet",

@@ -29,6 +29,7 @@
 //! Nothing moves until the manifest commits: a crash anywhere leaves the previous version, and
 //! the next run reads the same records again (at-least-once) and computes the same result.
 
+mod assigned;
 mod attach;
 mod authority;
 mod context;
@@ -462,8 +463,13 @@ pub async fn golden_table(
     manifest: Option<&HubManifest>,
 ) -> datafusion::error::Result<datafusion::prelude::DataFrame> {
     let entity = &project.config.entities[name];
-    let files: Vec<&state::StateFile> = manifest.map(|m| vec![&m.golden]).unwrap_or_default();
-    state::read_aligned(&project.state, ctx, &files, &state::golden_schema(entity)).await
+    let schema = state::golden_schema(entity);
+    let Some(m) = manifest else {
+        return state::read_aligned(&project.state, ctx, &[], &schema).await;
+    };
+    let mut layers = vec![&m.golden];
+    layers.extend(&m.golden_deltas);
+    state::read_layered(&project.state, ctx, &layers, &schema, state::GOLDEN_ID).await
 }
 
 /// Validate an entity against the real schemas of its sources (reads metadata, writes

@@ -151,7 +151,12 @@ pub struct HubManifest {
     pub committed_at: String,
     /// The id the next new golden record gets.
     pub next_golden_id: i64,
+    /// Every golden record, as of the cycle that last wrote them all.
     pub golden: StateFile,
+    /// The golden records each later cycle changed, oldest first: a record's newest row wins
+    /// (see `hub::golden_table`). Folded into `golden` when they grow (see `cycle.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub golden_deltas: Vec<StateFile>,
     pub sources: IndexMap<String, SourceState>,
     /// The transaction log, oldest first.
     pub log: Vec<StateFile>,
@@ -175,6 +180,9 @@ impl Versioned for HubManifest {
     }
     fn files_mut(&mut self) -> Vec<(&str, &mut Option<u64>)> {
         let mut files = vec![(self.golden.path.as_str(), &mut self.golden.bytes)];
+        for d in &mut self.golden_deltas {
+            files.push((d.path.as_str(), &mut d.bytes));
+        }
         for s in self.sources.values_mut() {
             files.push((s.contributions.path.as_str(), &mut s.contributions.bytes));
             if let Some(q) = &mut s.quarantine {
@@ -296,6 +304,50 @@ pub async fn read_aligned(
         .read_parquet(urls, ParquetReadOptions::default())
         .await?;
     align(df, schema)
+}
+
+/// A table kept as layers (`layers`: the oldest first, each a file in `schema`'s columns):
+/// for each `key`, the row of the newest layer that has it. A layer holds only the rows that
+/// changed since the one before it, so a cycle writes what it changed, not the whole table.
+pub async fn read_layered(
+    store: &StateStore,
+    ctx: &SessionContext,
+    layers: &[&StateFile],
+    schema: &SchemaRef,
+    key: &str,
+) -> datafusion::error::Result<DataFrame> {
+    const LATER: &str = "__bf_later_key";
+    let mut out: Option<DataFrame> = None;
+    // Keys of the layers newer than the one at hand.
+    let mut later: Option<DataFrame> = None;
+    for (i, layer) in layers.iter().enumerate().rev() {
+        let df = read_aligned(store, ctx, &[*layer], schema).await?;
+        let kept = match &later {
+            None => df.clone(),
+            Some(keys) => df.clone().join(
+                keys.clone(),
+                datafusion::common::JoinType::LeftAnti,
+                &[key],
+                &[LATER],
+                None,
+            )?,
+        };
+        out = Some(match out {
+            None => kept,
+            Some(o) => o.union(kept)?,
+        });
+        if i > 0 {
+            let keys = df.select(vec![ident(key).alias(LATER)])?;
+            later = Some(match later {
+                None => keys,
+                Some(k) => k.union(keys)?,
+            });
+        }
+    }
+    match out {
+        Some(df) => Ok(df),
+        None => read_aligned(store, ctx, &[], schema).await,
+    }
 }
 
 /// `df` projected onto `schema` (see [`read_aligned`]).

@@ -58,6 +58,21 @@ impl Upstream for Writeback {
             registered,
         }))
     }
+
+    /// The ids an API gave the records a create write-back made, kept for the hub's next
+    /// cycle (see `assigned.rs`).
+    async fn assigned(
+        &self,
+        project: &Project,
+        _sync: &str,
+        ids: Vec<(String, String)>,
+    ) -> Result<(), UpstreamError> {
+        if self.link.kind != LinkKind::Create {
+            return Ok(());
+        }
+        super::assigned::record(project, &self.link.entity, &self.link.source, ids).await?;
+        Ok(())
+    }
 }
 
 struct WritebackRead {
@@ -162,10 +177,15 @@ async fn register(
     // has reported them (a record it has not got yet cannot be updated).
     let pending = super::create::pending();
     let contributions = match link.kind {
-        LinkKind::Create => contributions.filter(pending),
-        LinkKind::Update | LinkKind::Retired => contributions.filter(!pending),
-    }
-    .map_err(engine)?;
+        // (Records an API gave its own id are created: they wait for the source's report.)
+        LinkKind::Create => {
+            let waiting = contributions
+                .filter(pending.and(ident(state::LINKED_BY).eq(lit(super::create::CREATED))))
+                .map_err(engine)?;
+            super::assigned::not_created(project, ctx, &link.entity, &link.source, waiting).await?
+        }
+        LinkKind::Update | LinkKind::Retired => contributions.filter(!pending).map_err(engine)?,
+    };
     let links = contributions
         .select(vec![
             ident(state::SID),

@@ -869,7 +869,9 @@ async fn locked_cycle(
         outbox
     };
     let mut log = record_log::RecordLog::open(sync, now_ms())?;
+    let hook = Upstreams::of(sync.ctx, name);
     let outbox = outbox
+        .assigning(hook.as_deref().map(|h| (h, project)))
         .logging_to(log.as_mut())
         .resolving(prepared.resolver.as_mut());
     let applied = apply::apply(

@@ -27,6 +27,18 @@ pub trait Upstream: Send + Sync + std::fmt::Debug {
         project: &Project,
         ctx: &SessionContext,
     ) -> Result<Box<dyn UpstreamRead>, UpstreamError>;
+
+    /// Keep the ids the destination gave records this sync created (`(key, id)`, both as
+    /// text), before the sync's state records them as sent: called after each destination
+    /// batch that reported some. Default: they are not needed.
+    async fn assigned(
+        &self,
+        _project: &Project,
+        _sync: &str,
+        _ids: Vec<(String, String)>,
+    ) -> Result<(), UpstreamError> {
+        Ok(())
+    }
 }
 
 /// One registration of an upstream relation: the version it was made from, and what the

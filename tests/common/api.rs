@@ -9,7 +9,8 @@
 //!   `id`: the fields sent replace those stored, others are kept; per-record errors by index,
 //!   or the whole batch refused with 400 in [`BatchErrors::WholeBatch`] mode), `PUT /{key}`
 //!   (replaces the record), `PATCH /{key}` (updates the fields sent; 404 when there is none),
-//!   `DELETE /{key}`, `POST` (create), `POST /delete` (`{"ids": [...]}`) and `POST /append`
+//!   `DELETE /{key}`, `POST` (create; a record sent without `id` gets one, a number, in the
+//!   answer's `id`), `POST /delete` (`{"ids": [...]}`) and `POST /append`
 //!   (`{"records": [...]}` added to the object's event log, [`ApiState::logs`]);
 //! - HubSpot's CRM objects batch API under `/crm/v3/objects/{object}` (`batch/upsert`,
 //!   `batch/update`, `batch/create`, and `GET ?limit=1`), with its body and error shapes.
@@ -565,6 +566,20 @@ fn route(req: &Req, state: &Mutex<ApiState>, f: &Faults) -> Resp {
             }
             let r = if let Some(m) = invalid_email(&body) {
                 resp(422, json!({"message": m}))
+            } else if body.get("id").is_none_or(Value::is_null) {
+                // No id sent: the API gives the record one (a number), as most APIs do.
+                s.next_id += 1;
+                let id = 1000 + s.next_id;
+                let mut record = body.clone();
+                record["id"] = json!(id);
+                s.objects
+                    .entry(object.to_string())
+                    .or_default()
+                    .insert(id.to_string(), record);
+                *s.creates
+                    .entry((object.to_string(), id.to_string()))
+                    .or_default() += 1;
+                resp(201, json!({"id": id, "created": true}))
             } else {
                 let key = key_text(&body["id"]);
                 let m = s.objects.entry(object.to_string()).or_default();

@@ -1153,3 +1153,125 @@ async fn person_run(f: &Fixture, full_resync: bool) -> backflow::hub::HubReport 
     assert_eq!(r.status, RunStatus::Succeeded, "{r:?}");
     r
 }
+
+/// The live golden records of `person` as `email|name`, read from a fresh session.
+async fn person_lines(f: &Fixture) -> Vec<String> {
+    let project = f.load().unwrap();
+    let ctx = project.session().await.unwrap();
+    lines(
+        &ctx.sql("SELECT email, name FROM person ORDER BY email")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_writes_the_golden_records_and_id_maps_it_changed_not_all_of_them() {
+    let entity = r#"
+[entities.person]
+fields = { email = "text", name = "text" }
+match = [["email"]]
+
+[entities.person.sources.a]
+from = "a"
+id = "id"
+fields = { email = "email", name = "name" }
+
+[entities.person.sources.b]
+from = "b"
+id = "id"
+fields = { email = "email", name = "name" }
+"#;
+    let people = |names: &dyn Fn(usize) -> String, n: usize| {
+        let mut csv = "id,email,name\n".to_string();
+        for i in 0..n {
+            csv.push_str(&format!("{i},p{i}@x.io,{}\n", names(i)));
+        }
+        csv
+    };
+    let f = Fixture::new();
+    csv_entity(&f, entity);
+    f.write("a.csv", &people(&|i| format!("A{i}"), 3000));
+    f.write("b.csv", &people(&|i| format!("B{i}"), 1500));
+    person_run(&f, false).await;
+    let manifest = |f: &Fixture| {
+        let project = f.load().unwrap();
+        async move {
+            backflow::hub::latest(&project, "person")
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let first = manifest(&f).await;
+    assert!(first.golden_deltas.is_empty());
+    assert_eq!(first.golden.rows, 3000);
+
+    // Each later cycle changes a few records of `a`: a layer of those golden records only,
+    // and `b`'s ID map file stays as it was. The ninth layer folds them all into one file.
+    let mut edited = std::collections::BTreeMap::new();
+    for round in 1..=10usize {
+        for k in 0..3 {
+            edited.insert(round * 7 + k, format!("R{round}"));
+        }
+        f.write(
+            "a.csv",
+            &people(
+                &|i| edited.get(&i).cloned().unwrap_or(format!("A{i}")),
+                3000,
+            ),
+        );
+        let before = manifest(&f).await;
+        person_run(&f, false).await;
+        let after = manifest(&f).await;
+        assert_eq!(
+            after.sources["b"].contributions,
+            before.sources["b"].contributions
+        );
+        assert_ne!(
+            after.sources["a"].contributions,
+            before.sources["a"].contributions
+        );
+        if round < 9 {
+            assert_eq!(after.golden_deltas.len(), round, "round {round}");
+            assert_eq!(after.golden, first.golden);
+            assert_eq!(after.golden_deltas.last().unwrap().rows, 3, "round {round}");
+        } else {
+            assert_eq!(after.golden_deltas.len(), round - 9, "round {round}");
+        }
+        // The version's data folder keeps only the files its manifest names.
+        let project = f.load().unwrap();
+        let dir = after
+            .golden_deltas
+            .last()
+            .map_or(&after.golden.path, |d| &d.path);
+        let dir = dir.rsplit_once('/').unwrap().0;
+        let mut named = after.clone();
+        let named: Vec<String> = backflow::state::Versioned::files_mut(&mut named)
+            .into_iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        for file in project.state.list_files(dir).await.unwrap() {
+            let rel = format!("{dir}/{file}");
+            assert!(named.contains(&rel), "round {round}: {rel} is left over");
+        }
+    }
+    // The layered golden records are those a fresh hub makes of the same files.
+    let layered = person_lines(&f).await;
+    let fresh = Fixture::new();
+    csv_entity(&fresh, entity);
+    for file in ["a.csv", "b.csv"] {
+        fresh.write(file, &std::fs::read_to_string(f.path().join(file)).unwrap());
+    }
+    person_run(&fresh, false).await;
+    assert_eq!(layered, person_lines(&fresh).await);
+    assert_eq!(layered.len(), 3000);
+    assert!(
+        layered.contains(&"p70@x.io|R10".to_string()),
+        "{:?}",
+        &layered[..5]
+    );
+}

@@ -158,6 +158,11 @@ pub struct EndpointConfig {
     /// `[409]`). An upsert or a mirror then updates it; a create-only sync leaves it
     /// (`skipped`). Never retried.
     pub exists: Option<Vec<u16>>,
+    /// On the create endpoint: where the answer gives the id the API assigned the new record,
+    /// e.g. `"id"`: in the answer itself for a per-record endpoint, in each of `results` for a
+    /// batch one (matched to its record by `result_match` and `result_field`). A hub write-back
+    /// that creates records (`writeback.create`) links the source's record by this id.
+    pub result_id: Option<String>,
 }
 
 /// `missing` on an update endpoint.
@@ -347,6 +352,11 @@ impl HttpDestinationConfig {
         }
         for (name, e) in endpoints {
             p.extend(e.problems().into_iter().map(|m| format!("{name}: {m}")));
+            if e.result_id.is_some() && name != "create" {
+                p.push(format!(
+                    "{name}: result_id is read from the answers to creates only: move it to [create]"
+                ));
+            }
         }
         p
     }
@@ -479,6 +489,20 @@ impl EndpointConfig {
                 _ => p.push(format!(
                     "{name}_match and {name}_field need {name}s (where the response lists them)"
                 )),
+            }
+        }
+        if let Some(id) = &self.result_id {
+            if id.trim().is_empty() {
+                p.push(
+                    "result_id is empty: give the path of the id in the answer, e.g. \"id\"".into(),
+                );
+            }
+            if !self.is_per_record() && (self.results.is_none() || self.result_match.is_none()) {
+                p.push(
+                    "result_id on a batch endpoint needs results, result_match and result_field: \
+                     how the answer lists its records, and how each names its record"
+                        .into(),
+                );
             }
         }
         if self.error_message.is_some() && self.errors.is_none() {

@@ -57,6 +57,7 @@ pub(super) fn apply(user: &HttpDestinationConfig) -> HttpDestinationConfig {
         lookup: None,
         missing: None,
         exists: None,
+        result_id: None,
     };
     c.upsert.get_or_insert_with(|| endpoint("upsert", &keyed));
     c.update.get_or_insert_with(|| endpoint("update", &keyed));

@@ -325,6 +325,8 @@ enum Reply {
     Done {
         rejected: Vec<(usize, String)>,
         skipped: usize,
+        /// Created records and the ids the API gave them (see `result_id`).
+        assigned: Vec<(usize, String)>,
     },
     /// The request failed as a whole: split it (a single record is rejected with the reason).
     Split(String),
@@ -388,6 +390,7 @@ impl Shared {
             let part = part.map_err(|Fatal(reason)| fail(reason))?;
             outcome.rejected.extend(part.rejected);
             outcome.skipped += part.skipped;
+            outcome.assigned.extend(part.assigned);
         }
         outcome.rejected.sort_by_key(|r| r.row);
         Ok(outcome)
@@ -422,8 +425,13 @@ impl Shared {
         let mut stack = vec![rows];
         while let Some(rows) = stack.pop() {
             match self.request(op, records, &rows).await? {
-                Reply::Done { rejected, skipped } => {
+                Reply::Done {
+                    rejected,
+                    skipped,
+                    assigned,
+                } => {
                     outcome.skipped += skipped;
+                    outcome.assigned.extend(assigned);
                     outcome
                         .rejected
                         .extend(rejected.into_iter().map(|(row, reason)| Rejection {
@@ -492,6 +500,7 @@ impl Shared {
                 return Ok(Reply::Done {
                     rejected: unsettled,
                     skipped: 0,
+                    assigned: vec![],
                 });
             }
         }
@@ -509,9 +518,14 @@ impl Shared {
             Reply::Done {
                 mut rejected,
                 skipped,
+                assigned,
             } => {
                 rejected.extend(unsettled);
-                Reply::Done { rejected, skipped }
+                Reply::Done {
+                    rejected,
+                    skipped,
+                    assigned,
+                }
             }
             other => other,
         })
@@ -778,10 +792,12 @@ impl Shared {
             404 if op == WriteOp::Delete && single => Ok(Reply::Done {
                 rejected: vec![],
                 skipped: 0,
+                assigned: vec![],
             }),
             404 if op == WriteOp::Update && single => Ok(Reply::Done {
                 rejected: vec![(rows[0], NO_RECORD_FOR_UPDATE.to_string())],
                 skipped: 0,
+                assigned: vec![],
             }),
             s if op == WriteOp::Create
                 && rows.len() == 1
@@ -790,6 +806,7 @@ impl Shared {
                 Ok(Reply::Done {
                     rejected: vec![(rows[0], RECORD_EXISTS.to_string())],
                     skipped: 0,
+                    assigned: vec![],
                 })
             }
             _ => Ok(Reply::Split(message())),
@@ -846,6 +863,7 @@ impl ObjectWriter for HttpWriter {
                 if other == WriteOp::Create {
                     outcome.created += rows.len() - second.rejected.len();
                 }
+                outcome.assigned.extend(second.assigned);
                 outcome.rejected.extend(second.rejected);
                 outcome.rejected.sort_by_key(|r| r.row);
             }

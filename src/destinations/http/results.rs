@@ -21,22 +21,35 @@ pub(super) fn read_results(
     rows: &[usize],
     body: &str,
 ) -> Reply {
-    let done = |rejected| Reply::Done {
+    let done = |rejected, assigned| Reply::Done {
         rejected,
         skipped: 0,
+        assigned,
     };
-    if endpoint.errors.is_none() && endpoint.results.is_none() {
-        return done(vec![]);
+    let id_path = endpoint
+        .result_id
+        .as_deref()
+        .filter(|_| op == WriteOp::Create);
+    if endpoint.errors.is_none() && endpoint.results.is_none() && id_path.is_none() {
+        return done(vec![], vec![]);
     }
     let json: Value = match serde_json::from_str(body) {
         Ok(v) => v,
         Err(_) if body.trim().is_empty() && endpoint.results.is_none() => Value::Null,
+        // The records were created: rejected, they would be created again.
+        Err(e) if id_path.is_some() && endpoint.errors.is_none() && endpoint.results.is_none() => {
+            tracing::warn!(
+                answer = truncate(body, 200),
+                "the API took the create, but its answer is not JSON ({e}): the ids it gave are unknown"
+            );
+            Value::Null
+        }
         Err(e) => {
             let reason = format!(
                 "the API took the request, but its answer is not the JSON expected ({e}), so which records it applied is unknown: {}",
                 truncate(body, 200)
             );
-            return done(rows.iter().map(|r| (*r, reason.clone())).collect());
+            return done(rows.iter().map(|r| (*r, reason.clone())).collect(), vec![]);
         }
     };
     // Each record of the request, by how the API may name it.
@@ -118,7 +131,66 @@ pub(super) fn read_results(
             }
         }
     }
-    done(rejected)
+    let assigned = match id_path {
+        Some(path) => {
+            let refused: HashSet<usize> = rejected.iter().map(|(r, _)| *r).collect();
+            assigned_ids(endpoint, path, &json, rows, &locate, &refused, records)
+        }
+        None => Vec::new(),
+    };
+    done(rejected, assigned)
+}
+
+/// The ids the API gave the records it created: at `path` in the answer (a per-record
+/// request), or in each of the answer's results, located by `result_match`. A created record
+/// whose id the answer does not give is left without one, with a warning (rejecting it would
+/// create it again).
+fn assigned_ids(
+    endpoint: &EndpointConfig,
+    path: &str,
+    json: &Value,
+    rows: &[usize],
+    locate: &dyn Fn(Match, &Value) -> Option<usize>,
+    refused: &HashSet<usize>,
+    records: &[Record],
+) -> Vec<(usize, String)> {
+    let id_of = |v: &Value| {
+        template::lookup(v, path)
+            .into_iter()
+            .find(|id| !id.is_null())
+            .map(template::text)
+            .filter(|id| !id.is_empty())
+    };
+    let mut ids: Vec<(usize, String)> = Vec::new();
+    if endpoint.is_per_record() {
+        if let (Some(row), Some(id)) = (rows.first(), id_of(json)) {
+            ids.push((*row, id));
+        }
+    } else if let (Some(list), Some(how), Some(field)) = (
+        &endpoint.results,
+        endpoint.result_match,
+        &endpoint.result_field,
+    ) {
+        for result in template::lookup(json, list) {
+            let row = template::lookup(result, field)
+                .into_iter()
+                .find_map(|v| locate(how, v));
+            if let (Some(row), Some(id)) = (row, id_of(result)) {
+                ids.push((row, id));
+            }
+        }
+    }
+    ids.retain(|(row, _)| !refused.contains(row));
+    for row in rows {
+        if !refused.contains(row) && !ids.iter().any(|(r, _)| r == row) {
+            tracing::warn!(
+                key = template::text(&records[*row].key),
+                result_id = path,
+                "the API created the record, but its answer gives no id at result_id"
+            );
+        }
+    }
+    ids
 }
 
 pub(super) const AMBIGUOUS: &str =
@@ -327,6 +399,81 @@ mod tests {
         assert_eq!(amb, vec![0, 1]);
     }
 
+    /// What a create answer says of the ids the API gave: (row, id) pairs and rejected rows.
+    fn created(
+        endpoint: &EndpointConfig,
+        rows: &[usize],
+        body: &str,
+    ) -> (Vec<(usize, String)>, Vec<usize>) {
+        let recs = records(4);
+        match read_results(WriteOp::Create, endpoint, &recs, rows, body) {
+            Reply::Done {
+                rejected, assigned, ..
+            } => (assigned, rejected.into_iter().map(|(r, _)| r).collect()),
+            Reply::Split(m) => panic!("split: {m}"),
+        }
+    }
+
+    #[test]
+    fn a_create_answer_gives_the_ids_the_api_assigned() {
+        // One record per request: the id is in the answer itself, a number or a text.
+        let single = EndpointConfig {
+            path: "/x".into(),
+            per_record: true,
+            result_id: Some("data.id".into()),
+            ..EndpointConfig::default()
+        };
+        assert_eq!(
+            created(&single, &[2], r#"{"data": {"id": 9007199254740993}}"#),
+            (vec![(2, "9007199254740993".to_string())], vec![])
+        );
+        assert_eq!(
+            created(&single, &[1], r#"{"data": {"id": "c-7"}}"#),
+            (vec![(1, "c-7".to_string())], vec![])
+        );
+        // No id, a null one, or an answer that is not JSON: created, without an id (sending
+        // it again would create it twice).
+        for body in [
+            r#"{"data": {}}"#,
+            r#"{"data": {"id": null}}"#,
+            "Created",
+            "",
+        ] {
+            assert_eq!(created(&single, &[0], body), (vec![], vec![]), "{body}");
+        }
+        // Batches: each result names its record (here by position) and its id; a refused
+        // record gets none.
+        let batch = EndpointConfig {
+            path: "/x/batch".into(),
+            errors: Some("errors".into()),
+            error_match: Some(Match::Index),
+            error_field: Some("index".into()),
+            results: Some("results".into()),
+            result_match: Some(Match::Index),
+            result_field: Some("index".into()),
+            result_id: Some("id".into()),
+            ..EndpointConfig::default()
+        };
+        let body = r#"{"results": [{"index": 2, "id": 30}, {"index": 0, "id": 10}, {"index": 1, "id": 20}],
+                       "errors": [{"index": 1, "message": "bad"}]}"#;
+        let (mut ids, rejected) = created(&batch, &[3, 1, 0], body);
+        ids.sort();
+        assert_eq!(ids, vec![(0, "30".to_string()), (3, "10".to_string())]);
+        assert_eq!(rejected, vec![1]);
+        // Other operations read no ids.
+        let recs = records(4);
+        let Reply::Done { assigned, .. } = read_results(
+            WriteOp::Upsert,
+            &single,
+            &recs,
+            &[0],
+            r#"{"data": {"id": 5}}"#,
+        ) else {
+            panic!("split")
+        };
+        assert!(assigned.is_empty());
+    }
+
     proptest! {
         /// Whatever a 2xx answer says, every record of the request is either rejected once or
         /// accepted, and (with `results`) accepted only when the answer confirms it and names
@@ -357,7 +504,9 @@ mod tests {
                     })).collect::<Vec<_>>(),
                 }).to_string()
             };
-            let Reply::Done { rejected, skipped } =
+            let Reply::Done {
+                rejected, skipped, ..
+            } =
                 read_results(WriteOp::Upsert, &ep, &all, &rows, &body)
             else {
                 panic!("a 2xx answer is never split");
