@@ -108,17 +108,20 @@ def change_a(dir, n, share=0.01, round_=2):
                 f.write(f"{i},person{i}@example.com,Person {i},+1555{i:07d},{plans[i % 4]},{i + 1}\n")
 
 
-def run(binary, project):
+def timed(cmd, cwd=None):
+    """Run `cmd` under /usr/bin/time: (wall seconds, peak RSS MiB)."""
     started = time.monotonic()
     done = subprocess.run(
-        ["/usr/bin/time", "-f", "%M", binary, "run", "--project", project, "--quiet"],
-        capture_output=True,
-        text=True,
+        ["/usr/bin/time", "-f", "%M", *cmd], cwd=cwd, capture_output=True, text=True
     )
     seconds = time.monotonic() - started
     if done.returncode != 0:
-        sys.exit(f"backflow failed:\n{done.stdout}\n{done.stderr}")
+        sys.exit(f"{cmd[0]} failed:\n{done.stdout}\n{done.stderr}")
     return seconds, int(done.stderr.strip().splitlines()[-1]) / 1024
+
+
+def run(binary, project):
+    return timed([binary, "run", "--project", project, "--quiet"])
 
 
 def run_duckdb(python, files_dir):
@@ -132,17 +135,7 @@ def run_duckdb(python, files_dir):
             "import duckdb, sys; c = duckdb.connect(); "
             "c.execute(open(sys.argv[1]).read())"
         )
-        started = time.monotonic()
-        done = subprocess.run(
-            ["/usr/bin/time", "-f", "%M", python, "-c", code, script],
-            cwd=work,
-            capture_output=True,
-            text=True,
-        )
-        seconds = time.monotonic() - started
-        if done.returncode != 0:
-            sys.exit(f"duckdb failed:\n{done.stdout}\n{done.stderr}")
-        return seconds, int(done.stderr.strip().splitlines()[-1]) / 1024
+        return timed([python, "-c", code, script], cwd=work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

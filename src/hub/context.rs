@@ -71,6 +71,16 @@ pub const REMOVED: &str = "bf_hub_removed";
 /// source that lost one (`__bf_lost_<field>`), and why (`__bf_reason`).
 pub const LOST: &str = "bf_hub_lost";
 pub const OVER: &str = "bf_hub_over";
+/// SQL of every golden record as this cycle has it so far: the committed ones, each replaced
+/// by its row in `OVER` when the cycle changed it.
+pub fn golden_with_over() -> String {
+    format!(
+        "SELECT o.* FROM {OVER} v RIGHT ANTI JOIN {} o ON o.golden_id = v.golden_id \
+         UNION ALL SELECT * FROM {OVER}",
+        golden_old()
+    )
+}
+
 /// Every golden record after this cycle (as committed).
 pub const GOLDEN_NEXT: &str = "bf_hub_golden_next";
 /// Pairs of golden records kept apart, as committed (see `state::apart_schema`).

@@ -562,14 +562,7 @@ async fn next_golden(cycle: &Cycle<'_>) -> Result<(StateFile, Vec<StateFile>), H
         }
     }
     let next = cycle
-        .sql(
-            "state",
-            &format!(
-                "SELECT o.* FROM {OVER} v RIGHT ANTI JOIN {} o ON o.golden_id = v.golden_id \
-                 UNION ALL SELECT * FROM {OVER}",
-                golden_old()
-            ),
-        )
+        .sql("state", &super::context::golden_with_over())
         .await?;
     let golden = cycle
         .materialize("state", next, "golden.parquet", GOLDEN_NEXT, Some(schema))

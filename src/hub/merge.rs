@@ -15,7 +15,7 @@
 
 use super::HubError;
 use super::context::{
-    APART_OLD, ATTACHED, Cycle, GOLDEN_NEXT, OVER, REMAP, contrib_next, contrib_now, golden_old,
+    APART_OLD, ATTACHED, Cycle, GOLDEN_NEXT, OVER, REMAP, contrib_next, contrib_now,
 };
 use super::sql::{lit, norm, q, rank_case};
 use super::state::{self, StateFile, src_col};
@@ -48,14 +48,7 @@ pub async fn run(cycle: &Cycle<'_>) -> Result<u64, HubError> {
         > 0;
     for (r, rule) in entity.merge_rules().iter().enumerate() {
         let live = cycle
-            .sql(
-                "merge",
-                &format!(
-                    "SELECT o.* FROM {OVER} v RIGHT ANTI JOIN {} o ON o.golden_id = v.golden_id \
-                     UNION ALL SELECT * FROM {OVER}",
-                    golden_old()
-                ),
-            )
+            .sql("merge", &super::context::golden_with_over())
             .await?;
         cycle.register("merge", LIVE, live)?;
         if entity.merge.winner == WinnerRule::Priority {
