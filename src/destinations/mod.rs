@@ -230,7 +230,19 @@ pub struct WriteTarget {
     /// if it comes back (a hub write-back's creates: a record linked again after its source
     /// deleted it is created again).
     pub forget_gone: bool,
+    /// Where the ids a destination gives the records it creates go, as each answer arrives
+    /// (an HTTP create endpoint's `result_id`): a hub write-back that creates records keeps
+    /// them, before anything else happens, to link them (see `hub::assigned`).
+    pub assigned: Option<AssignedIds>,
 }
+
+/// Keeps `(key, id)` pairs (both as text) of records a destination created with ids of its
+/// own; an error stops the run.
+pub type AssignedIds = Arc<
+    dyn Fn(Vec<(String, String)>) -> futures::future::BoxFuture<'static, Result<(), String>>
+        + Send
+        + Sync,
+>;
 
 impl WriteTarget {
     /// The key as messages name it: `email`, or `["account_id","email"]`.
@@ -320,9 +332,6 @@ pub struct BatchOutcome {
     /// Rows of an update whose record the destination had lost, and which it created instead
     /// (an HTTP update endpoint's `missing = "create"`): counted as created.
     pub created: usize,
-    /// Rows created with an id the destination chose (row, the id as text): an HTTP create
-    /// endpoint's `result_id`. A hub write-back that creates records links them by it.
-    pub assigned: Vec<(usize, String)>,
 }
 
 impl BatchOutcome {
@@ -332,11 +341,6 @@ impl BatchOutcome {
         for r in &mut self.rejected {
             if let Some(row) = rows.get(r.row) {
                 r.row = *row;
-            }
-        }
-        for (r, _) in &mut self.assigned {
-            if let Some(row) = rows.get(*r) {
-                *r = *row;
             }
         }
         self

@@ -35,6 +35,9 @@ use crate::project::Project;
 
 /// How a record created under a stand-in id is linked once its API id is known.
 pub const ASSIGNED: &str = "created (write-back), id given by the destination";
+/// How it stays linked when that id cannot be linked (see [`fold`]): by its stand-in, never
+/// created again, until the source reports a record of its golden record.
+pub const UNLINKED: &str = "created (write-back), the destination's id could not be linked";
 
 const STAND_IN: &str = "stand_in";
 const ID: &str = "id";
@@ -51,11 +54,15 @@ fn journal_table(source: &str) -> String {
 pub fn folded_table(source: &str) -> String {
     format!("bf_hub_folded_{source}")
 }
+/// Records whose id the destination gave to a record it created: they left it.
+pub fn displaced_table(source: &str) -> String {
+    format!("bf_hub_displaced_{source}")
+}
 
 /// Write down the ids the destination gave records created for `entity` in `source` (stand-in
 /// id → the API's id, both as text). The file is durable when this returns.
 pub async fn record(
-    project: &Project,
+    state: &crate::state::StateStore,
     entity: &str,
     source: &str,
     ids: Vec<(String, String)>,
@@ -98,7 +105,7 @@ pub async fn record(
         dir(entity, source),
         uuid::Uuid::new_v4().simple()
     );
-    project.state.put_new(&rel, bytes).await?;
+    state.put_new(&rel, bytes).await?;
     Ok(())
 }
 
@@ -168,8 +175,27 @@ pub async fn fold(
     cycle.register("state", &jt, ids)?;
     cycle.register("state", &st, stored.clone())?;
     let (sid, read, by, link) = (state::SID, state::READ_SEQ, state::LINKED_BY, state::LINK);
+    // An id can be linked when it is of the source's id type and the journal gives it to one
+    // record only. A record of the source that has it already is gone from the destination,
+    // which gave its id to the record it just created (an API that reuses the ids of deleted
+    // records, read through an export that still has the old one): its link leaves.
+    let usable = format!("bf_hub_assigned_usable_{source}");
+    let checked = cycle
+        .sql(
+            "state",
+            &format!(
+                "SELECT j.{STAND_IN}, j.api_id, \
+                        CASE WHEN j.typed_id IS NOT NULL AND d.typed_id IS NULL \
+                        THEN j.typed_id END AS usable_id \
+                 FROM {jt} j \
+                 LEFT JOIN (SELECT typed_id FROM {jt} WHERE typed_id IS NOT NULL \
+                            GROUP BY typed_id HAVING COUNT(*) > 1) d ON d.typed_id = j.typed_id"
+            ),
+        )
+        .await?;
+    cycle.register("state", &usable, checked)?;
     let joined = format!(
-        "FROM {st} c LEFT JOIN {jt} a ON CAST(c.{sid} AS VARCHAR) = a.{STAND_IN} \
+        "FROM {st} c LEFT JOIN {usable} a ON CAST(c.{sid} AS VARCHAR) = a.{STAND_IN} \
            AND c.{read} IS NULL AND c.{by} = {created}",
         created = lit(super::create::CREATED)
     );
@@ -177,7 +203,7 @@ pub async fn fold(
         .count(
             "state",
             &format!(
-                "SELECT COUNT(*) {joined} WHERE a.{STAND_IN} IS NOT NULL AND a.typed_id IS NULL"
+                "SELECT COUNT(*) {joined} WHERE a.{STAND_IN} IS NOT NULL AND a.usable_id IS NULL"
             ),
         )
         .await?;
@@ -187,10 +213,11 @@ pub async fn fold(
             source,
             records = unusable,
             id_type = %id_type,
-            "the destination gave created records ids that are not of the source's id type: they stay linked by the id they were created under"
+            "the destination gave created records ids that cannot be linked (not of the source's id type, or one id to two records): they stay linked by the id they were created under, are not created again, and are matched by the match rules once the source reports them"
         );
     }
-    let hit = "a.typed_id IS NOT NULL";
+    let hit = "a.usable_id IS NOT NULL";
+    let folded_now = format!("a.{STAND_IN} IS NOT NULL");
     let columns: Vec<String> = stored
         .schema()
         .fields()
@@ -198,26 +225,54 @@ pub async fn fold(
         .map(|f| {
             let n = f.name();
             if n == sid {
-                format!("CASE WHEN {hit} THEN a.typed_id ELSE c.{sid} END AS {sid}")
+                format!("CASE WHEN {hit} THEN a.usable_id ELSE c.{sid} END AS {sid}")
             } else if n == by {
                 format!(
-                    "CASE WHEN {hit} THEN {} ELSE c.{by} END AS {by}",
-                    lit(ASSIGNED)
+                    "CASE WHEN {hit} THEN {} WHEN {folded_now} THEN {} ELSE c.{by} END AS {by}",
+                    lit(ASSIGNED),
+                    lit(UNLINKED)
                 )
             } else {
                 format!("c.{}", q(n))
             }
         })
         .collect();
+    // The ids linked now, and the records that had them before.
+    let taking = format!(
+        "SELECT a.usable_id {joined} WHERE {hit}",
+        joined = joined.replacen("LEFT JOIN", "JOIN", 1)
+    );
     let folded = cycle
-        .sql("state", &format!("SELECT {} {joined}", columns.join(", ")))
+        .sql(
+            "state",
+            &format!(
+                "SELECT {} {joined} LEFT JOIN ({taking}) x ON x.usable_id = c.{sid} \
+                 WHERE x.usable_id IS NULL OR a.{STAND_IN} IS NOT NULL",
+                columns.join(", ")
+            ),
+        )
         .await?;
+    let displaced = cycle
+        .sql(
+            "state",
+            &format!(
+                "SELECT CAST(c.{sid} AS VARCHAR) AS sid_text, c.{link} AS golden_id \
+                 FROM {st} c JOIN ({taking}) x ON x.usable_id = c.{sid}"
+            ),
+        )
+        .await?;
+    cycle.register("state", &displaced_table(source), displaced)?;
     let now = cycle
         .sql(
             "state",
             &format!(
-                "SELECT CAST(a.typed_id AS VARCHAR) AS sid_text, c.{link} AS golden_id, \
-                        a.{STAND_IN} AS stand_in {joined} WHERE {hit}"
+                "SELECT CAST(COALESCE(a.usable_id, c.{sid}) AS VARCHAR) AS sid_text, \
+                        c.{link} AS golden_id, \
+                        CASE WHEN {hit} THEN {assigned} || ' (created as ' || a.{STAND_IN} || ')' \
+                             ELSE {unlinked} || ' (the destination gave ' || a.api_id || ')' END AS how \
+                 {joined} WHERE {folded_now}",
+                assigned = lit(ASSIGNED),
+                unlinked = lit(UNLINKED),
             ),
         )
         .await?;

@@ -117,10 +117,15 @@ pub async fn write(cycle: &Cycle<'_>) -> Result<(StateFile, LogCounts), HubError
             parts.push(format!(
                 "SELECT {head}, f.golden_id, 'link', CAST(NULL AS VARCHAR),
                         CAST(f.golden_id AS VARCHAR), CAST(f.golden_id AS VARCHAR), {src},
-                        f.sid_text, {how} || ' (created as ' || f.stand_in || ')'
-                 FROM {folded} f",
+                        f.sid_text, f.how
+                 FROM {folded} f
+                 UNION ALL
+                 SELECT {head}, d.golden_id, 'unlink', CAST(NULL AS VARCHAR),
+                        CAST(d.golden_id AS VARCHAR), CAST(NULL AS VARCHAR), {src}, d.sid_text,
+                        'the destination gave its id to a record it created: it is gone there'
+                 FROM {displaced} d",
                 src = lit(source),
-                how = lit(super::assigned::ASSIGNED),
+                displaced = super::assigned::displaced_table(source),
             ));
         }
     }

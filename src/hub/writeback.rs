@@ -59,19 +59,21 @@ impl Upstream for Writeback {
         }))
     }
 
-    /// The ids an API gave the records a create write-back made, kept for the hub's next
-    /// cycle (see `assigned.rs`).
-    async fn assigned(
-        &self,
-        project: &Project,
-        _sync: &str,
-        ids: Vec<(String, String)>,
-    ) -> Result<(), UpstreamError> {
+    /// The ids an API gives the records a create write-back makes, kept for the hub's next
+    /// cycle as each answer arrives (see `assigned.rs`).
+    fn assigned_ids(&self, project: &Project) -> Option<crate::destinations::AssignedIds> {
         if self.link.kind != LinkKind::Create {
-            return Ok(());
+            return None;
         }
-        super::assigned::record(project, &self.link.entity, &self.link.source, ids).await?;
-        Ok(())
+        let (state, link) = (project.state.clone(), self.link.clone());
+        Some(std::sync::Arc::new(move |ids| {
+            let (state, link) = (state.clone(), link.clone());
+            Box::pin(async move {
+                super::assigned::record(&state, &link.entity, &link.source, ids)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }))
     }
 }
 

@@ -243,8 +243,6 @@ pub(super) struct Outbox<'a> {
     rows: usize,
     /// Keep each record sent, with the destination's answer (test runs).
     show_sent: bool,
-    /// Where the ids a destination gives created records go (a hub write-back that creates).
-    assigning: Option<(&'a dyn super::Upstream, &'a crate::project::Project)>,
     /// Where each record sent is logged, when the sync keeps a record log.
     log: Option<&'a mut super::record_log::RecordLog>,
     /// `send = "changed"`: updates carry only the fields whose hashes differ from the state's
@@ -299,7 +297,6 @@ impl<'a> Outbox<'a> {
             buffered: [Vec::new(), Vec::new(), Vec::new()],
             rows: 0,
             show_sent: false,
-            assigning: None,
             log: None,
             changed_fields: None,
             resolver: None,
@@ -309,16 +306,6 @@ impl<'a> Outbox<'a> {
     /// Find lookup fields by request before rows are sent (see `lookup`).
     pub fn resolving(mut self, resolver: Option<&'a mut super::lookup::Resolver>) -> Self {
         self.resolver = resolver;
-        self
-    }
-
-    /// Hand the ids a destination gives created records to `hook` (see
-    /// [`super::Upstream::assigned`]).
-    pub fn assigning(
-        mut self,
-        hook: Option<(&'a dyn super::Upstream, &'a crate::project::Project)>,
-    ) -> Self {
-        self.assigning = hook;
         self
     }
 
@@ -442,19 +429,6 @@ impl<'a> Outbox<'a> {
                 log.record(sync, &keys).await?;
             }
             let outcome = write_except(sync, &mut *self.writer, op, &view, failed).await?;
-            if let (false, Some((hook, project))) = (outcome.assigned.is_empty(), self.assigning) {
-                let ids: Vec<(String, String)> = outcome
-                    .assigned
-                    .iter()
-                    .filter_map(|(row, id)| Some((cell_text(&keys, *row)?, id.clone())))
-                    .collect();
-                hook.assigned(project, sync, ids)
-                    .await
-                    .map_err(|source| SyncError::Upstream {
-                        sync: sync.to_string(),
-                        source,
-                    })?;
-            }
             skipped = outcome.skipped;
             created = outcome.created;
             for r in &outcome.rejected {

@@ -159,6 +159,7 @@ impl SyncRef<'_> {
                 .hub
                 .as_ref()
                 .is_some_and(|l| l.kind == crate::config::entity::LinkKind::Create),
+            assigned: Upstreams::of(self.ctx, self.name).and_then(|u| u.assigned_ids(self.project)),
         }
     }
 }
@@ -869,9 +870,7 @@ async fn locked_cycle(
         outbox
     };
     let mut log = record_log::RecordLog::open(sync, now_ms())?;
-    let hook = Upstreams::of(sync.ctx, name);
     let outbox = outbox
-        .assigning(hook.as_deref().map(|h| (h, project)))
         .logging_to(log.as_mut())
         .resolving(prepared.resolver.as_mut());
     let applied = apply::apply(

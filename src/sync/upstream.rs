@@ -28,16 +28,10 @@ pub trait Upstream: Send + Sync + std::fmt::Debug {
         ctx: &SessionContext,
     ) -> Result<Box<dyn UpstreamRead>, UpstreamError>;
 
-    /// Keep the ids the destination gave records this sync created (`(key, id)`, both as
-    /// text), before the sync's state records them as sent: called after each destination
-    /// batch that reported some. Default: they are not needed.
-    async fn assigned(
-        &self,
-        _project: &Project,
-        _sync: &str,
-        _ids: Vec<(String, String)>,
-    ) -> Result<(), UpstreamError> {
-        Ok(())
+    /// Where the ids a destination gives records this sync creates are kept, as each answer
+    /// arrives (see [`crate::destinations::WriteTarget::assigned`]). Default: nowhere.
+    fn assigned_ids(&self, _project: &Project) -> Option<crate::destinations::AssignedIds> {
+        None
     }
 }
 

@@ -115,7 +115,7 @@ pub struct ApiState {
     idempotent: HashMap<String, (u16, String)>,
     accepted_at: Vec<Instant>,
     rng: u64,
-    next_id: u64,
+    pub next_id: u64,
 }
 
 pub struct FakeApi {
@@ -168,6 +168,11 @@ impl FakeApi {
 
     pub fn set_faults(&self, faults: Faults) {
         *self.faults.lock().unwrap() = faults;
+    }
+
+    /// The faults in force, to change them from another task while requests arrive.
+    pub fn faults_handle(&self) -> Arc<Mutex<Faults>> {
+        self.faults.clone()
     }
 
     /// The records of one object, by key.

@@ -738,3 +738,136 @@ async fn a_crash_anywhere_around_an_api_given_id_creates_nothing_twice() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_the_api_gives_twice_is_never_linked_to_two_records() {
+    const E: &str = "guest";
+    let api = FakeApi::start(Faults::default()).await;
+    let f = Fixture::new();
+    assigned_project(&f, &api.url(), E);
+    run_all(&f, &api).await;
+    run_all(&f, &api).await;
+    // Cy's record leaves the API, whose next id is then Cy's again (json-server gives the
+    // largest id + 1), while the export the hub reads still has Cy there.
+    let cy = {
+        let mut s = api.state.lock().unwrap();
+        let m = s.objects.get_mut("contacts").unwrap();
+        let cy = m
+            .iter()
+            .find(|(_, r)| r["email"] == "c@x.io")
+            .map(|(k, _)| k.clone())
+            .unwrap();
+        m.remove(&cy);
+        s.next_id = cy.parse::<u64>().unwrap() - 1001;
+        cy
+    };
+    f.write(
+        "app.csv",
+        "id,email,name\n1,a@x.io,Ann\n2,b@x.io,Bob\n3,c@x.io,Cy\n4,ops@internal.io,Ops\n5,d@x.io,Di\n",
+    );
+    let stale = std::fs::read(f.path().join("api_contacts.csv")).unwrap();
+    run_all(&f, &api).await;
+    assert_eq!(api_records(&api).0.iter().filter(|r| r.0 == cy).count(), 1);
+    // The next cycle reads the stale export, where Cy's id is still Cy's: the API's answer is
+    // newer, so Di's record takes the id and Cy's link leaves.
+    std::fs::write(f.path().join("api_contacts.csv"), &stale).unwrap();
+    run_all(&f, &api).await;
+    for _ in 0..3 {
+        run_all(&f, &api).await;
+    }
+    let project = f.load().unwrap();
+    let ctx = project.session().await.unwrap();
+    let manifest = backflow::hub::latest(&project, E).await.unwrap().unwrap();
+    // One row per id in the source's ID map.
+    let map = &manifest.sources["api"].contributions;
+    let ids = ctx
+        .read_parquet(project.state.table_url(&map.path), Default::default())
+        .await
+        .unwrap();
+    let rows = ids.clone().count().await.unwrap();
+    let distinct = ids
+        .select_columns(&["__bf_sid"])
+        .unwrap()
+        .distinct()
+        .unwrap()
+        .count()
+        .await
+        .unwrap();
+    assert_eq!(rows, distinct);
+    assert!(rows <= 5, "{rows}");
+    // Cy's record, gone from the API, is created again; Di's is the one with Cy's old id.
+    assert_eq!(
+        api_people(&api),
+        ["a@x.io|Ann", "b@x.io|Bob", "c@x.io|Cy", "d@x.io|Di"]
+    );
+    let di = api_records(&api)
+        .0
+        .into_iter()
+        .find(|r| r.1 == "d@x.io")
+        .unwrap();
+    assert_eq!(di.0, cy);
+    assert_eq!(golden_ever(&f, E).await, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_of_records_created_before_the_api_goes_down_are_kept() {
+    const E: &str = "visitor";
+    let api = FakeApi::start(Faults {
+        ignore_idempotency: true,
+        latency: std::time::Duration::from_millis(30),
+        ..Faults::default()
+    })
+    .await;
+    let f = Fixture::new();
+    assigned_project(&f, &api.url(), E);
+    let mut csv = "id,email,name\n".to_string();
+    for i in 0..40 {
+        csv.push_str(&format!("{i},p{i}@x.io,P{i}\n"));
+    }
+    f.write("app.csv", &csv);
+    // The API goes down once it has created some of the records (one destination batch).
+    let state = api.state.clone();
+    let url = api.url();
+    let watcher = {
+        let api_faults = api.faults_handle();
+        tokio::spawn(async move {
+            loop {
+                if state.lock().unwrap().creates.len() >= 10 {
+                    api_faults.lock().unwrap().down_status = Some(503);
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let project = f.load().unwrap();
+    let ctx = project.session().await.unwrap();
+    for target in project.select_targets(&[]).unwrap() {
+        if let RunTarget::Entity(name) = target {
+            backflow::hub::run(&project, &ctx, &name, Default::default()).await;
+        }
+    }
+    let r = backflow::sync::run(
+        &project,
+        &ctx,
+        &format!("{E}-to-api-create"),
+        RunOptions::default(),
+        std::sync::Arc::new(NoProgress),
+    )
+    .await;
+    assert_eq!(r.status, RunStatus::Failed, "{r:?} ({url})");
+    watcher.await.unwrap();
+    let created = api_people(&api).len();
+    assert!((10..40).contains(&created), "{created}");
+    api.set_faults(Faults {
+        ignore_idempotency: true,
+        ..Faults::default()
+    });
+    export(&f, &api_records(&api));
+    for _ in 0..3 {
+        run_all(&f, &api).await;
+    }
+    assert_eq!(api_people(&api).len(), 40);
+    assert!(creates_per_key(&api).iter().all(|n| *n == 1));
+    assert_eq!(golden_ever(&f, E).await, 40);
+}

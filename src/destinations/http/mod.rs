@@ -390,7 +390,6 @@ impl Shared {
             let part = part.map_err(|Fatal(reason)| fail(reason))?;
             outcome.rejected.extend(part.rejected);
             outcome.skipped += part.skipped;
-            outcome.assigned.extend(part.assigned);
         }
         outcome.rejected.sort_by_key(|r| r.row);
         Ok(outcome)
@@ -431,7 +430,19 @@ impl Shared {
                     assigned,
                 } => {
                     outcome.skipped += skipped;
-                    outcome.assigned.extend(assigned);
+                    // Kept before anything else happens: a run stopped by a later request
+                    // must not lose the ids of records created by this one.
+                    if let (Some(keep), false) = (&self.target.assigned, assigned.is_empty()) {
+                        let ids = assigned
+                            .iter()
+                            .map(|(row, id)| (template::text(&records[*row].key), id.clone()))
+                            .collect();
+                        keep(ids).await.map_err(|e| {
+                            Fatal(format!(
+                                "the API created records, but the ids it gave them could not be kept: {e}"
+                            ))
+                        })?;
+                    }
                     outcome
                         .rejected
                         .extend(rejected.into_iter().map(|(row, reason)| Rejection {
@@ -863,7 +874,6 @@ impl ObjectWriter for HttpWriter {
                 if other == WriteOp::Create {
                     outcome.created += rows.len() - second.rejected.len();
                 }
-                outcome.assigned.extend(second.assigned);
                 outcome.rejected.extend(second.rejected);
                 outcome.rejected.sort_by_key(|r| r.row);
             }
