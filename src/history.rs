@@ -8,12 +8,11 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StructArray, UInt64Array};
 use arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 use serde_arrow::schema::{SchemaLike, TracingOptions};
 
-use crate::state::{StateError, StateStore, writer_properties};
+use crate::state::{StateError, StateStore};
 
 /// At most this many invalid and this many rejected records are kept per run.
 pub const SAMPLE_LIMIT: usize = 100;
@@ -274,14 +273,6 @@ fn from_batch<T: for<'de> Deserialize<'de>>(
     serde_arrow::from_record_batch(&nested).map_err(|e| ArrowError::ExternalError(Box::new(e)))
 }
 
-fn to_parquet(batch: &RecordBatch) -> Result<Vec<u8>, parquet::errors::ParquetError> {
-    let mut buf = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(writer_properties()))?;
-    w.write(batch)?;
-    w.close()?;
-    Ok(buf)
-}
-
 fn file_name(run: &RunRecord) -> String {
     format!("{:013}-{}.parquet", run.started_at_ms, run.run_id)
 }
@@ -513,7 +504,7 @@ fn encode<T: Serialize + for<'de> Deserialize<'de>>(
     rows: &[T],
 ) -> Result<Vec<u8>, parquet::errors::ParquetError> {
     let batch = to_batch(&stored_fields::<T>()?, rows)?;
-    to_parquet(&batch)
+    crate::state::parquet_bytes(&batch)
 }
 
 /// The rows of a batch of a stored row type's file, whoever wrote it (see [`conform`]).

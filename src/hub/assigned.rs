@@ -81,31 +81,26 @@ pub async fn record(
         message,
     };
     let batch = RecordBatch::try_new(
-        schema.clone(),
+        schema,
         vec![
             Arc::new(StringArray::from(stand_ins)),
             Arc::new(StringArray::from(api_ids)),
         ],
     )
     .map_err(|e| problem(format!("cannot keep the ids the destination gave: {e}")))?;
-    let write_err = |e: parquet::errors::ParquetError| {
-        problem(format!("cannot keep the ids the destination gave: {e}"))
-    };
-    let mut bytes = Vec::new();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(
-        &mut bytes,
-        schema,
-        Some(crate::state::writer_properties()),
-    )
-    .map_err(write_err)?;
-    writer.write(&batch).map_err(write_err)?;
-    writer.close().map_err(write_err)?;
+    let bytes = crate::state::parquet_bytes(&batch)
+        .map_err(|e| problem(format!("cannot keep the ids the destination gave: {e}")))?;
     let rel = format!(
         "{}/{}.parquet",
         dir(entity, source),
         uuid::Uuid::new_v4().simple()
     );
-    state.put_new(&rel, bytes).await?;
+    if let Err(e) = state.put_new(&rel, bytes).await {
+        // A file that did not arrive whole would stop every later cycle from reading the
+        // journal: it goes, and the run fails (its records are created again).
+        let _ = state.delete(&rel).await;
+        return Err(e.into());
+    }
     Ok(())
 }
 

@@ -818,6 +818,19 @@ impl StateStore {
     }
 }
 
+/// One batch as the bytes of a whole Parquet file (small state files written in one step:
+/// history records, intents, ids a destination gave).
+pub fn parquet_bytes(
+    batch: &arrow::array::RecordBatch,
+) -> std::result::Result<Vec<u8>, parquet::errors::ParquetError> {
+    let mut buf = Vec::new();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), Some(writer_properties()))?;
+    w.write(batch)?;
+    w.close()?;
+    Ok(buf)
+}
+
 /// The schema a plan's rows are stored in: string views as plain strings, every column
 /// nullable (a file's schema must not depend on how a plan happened to read its inputs).
 pub fn storage_schema(schema: &arrow::datatypes::Schema) -> SchemaRef {

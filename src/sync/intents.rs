@@ -67,15 +67,7 @@ impl IntentLog {
         };
         let batch =
             RecordBatch::try_new(schema.clone(), vec![keys.clone()]).map_err(|e| err(e.into()))?;
-        let mut buf = Vec::new();
-        let mut w = parquet::arrow::ArrowWriter::try_new(
-            &mut buf,
-            schema,
-            Some(crate::state::writer_properties()),
-        )
-        .map_err(err)?;
-        w.write(&batch).map_err(err)?;
-        w.close().map_err(err)?;
+        let buf = crate::state::parquet_bytes(&batch).map_err(err)?;
         if let Err(e) = self.store.put_new(&rel, buf).await {
             // Nothing of this batch was sent: an intent that did not arrive whole announces
             // nothing, and must not be read by the next run.
