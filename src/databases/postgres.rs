@@ -153,12 +153,6 @@ impl PgUrl {
             server: self.server(),
             reason: self.redact(&reason),
         };
-        let tls = native_tls::TlsConnector::builder()
-            .danger_accept_invalid_certs(self.sslmode != "verify-full")
-            .danger_accept_invalid_hostnames(self.sslmode != "verify-full")
-            .build()
-            .map_err(|e| fail(e.to_string()))?;
-        let tls = postgres_native_tls::MakeTlsConnector::new(tls);
         // tokio-postgres bounds only the TCP connect by `connect_timeout`; a server that accepts
         // the connection and never answers the startup or TLS handshake would hang here.
         let wait = self
@@ -166,7 +160,23 @@ impl PgUrl {
             .get_connect_timeout()
             .copied()
             .unwrap_or(std::time::Duration::from_secs(15));
-        let (client, connection) = tokio::time::timeout(wait, self.config.connect(tls))
+        let connecting = async {
+            if self.sslmode == "disable" {
+                // No TLS connector either: building one loads the system's certificates
+                // (tens of milliseconds, per connection).
+                return Ok(spawn_connection(
+                    self.config.connect(tokio_postgres::NoTls).await?,
+                ));
+            }
+            let tls = native_tls::TlsConnector::builder()
+                .danger_accept_invalid_certs(self.sslmode != "verify-full")
+                .danger_accept_invalid_hostnames(self.sslmode != "verify-full")
+                .build()
+                .map_err(Setup)?;
+            let tls = postgres_native_tls::MakeTlsConnector::new(tls);
+            Ok::<Client, ConnectFailure>(spawn_connection(self.config.connect(tls).await?))
+        };
+        let client = tokio::time::timeout(wait, connecting)
             .await
             .map_err(|_| {
                 fail(format!(
@@ -175,12 +185,10 @@ impl PgUrl {
                     humantime::format_duration(wait)
                 ))
             })?
-            .map_err(|e| fail(message(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("postgres connection closed: {e}");
-            }
-        });
+            .map_err(|e| match e {
+                Setup(e) => fail(e.to_string()),
+                Connect(e) => fail(message(&e)),
+            })?;
         Ok(client)
     }
 
@@ -277,6 +285,35 @@ pub fn is_row_error(e: &tokio_postgres::Error) -> bool {
     // 22: data exception, 23: integrity constraint violation, 54000: program limit (index row
     // too big), P0001: raised by a trigger.
     code.starts_with("22") || code.starts_with("23") || code == "54000" || code == "P0001"
+}
+
+/// Why a connection could not be opened: the TLS connector, or the server.
+enum ConnectFailure {
+    Setup(native_tls::Error),
+    Connect(tokio_postgres::Error),
+}
+use ConnectFailure::{Connect, Setup};
+
+impl From<tokio_postgres::Error> for ConnectFailure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Connect(e)
+    }
+}
+
+/// The client of a new connection, whose I/O runs on a background task.
+fn spawn_connection<S, T>(
+    (client, connection): (Client, tokio_postgres::Connection<S, T>),
+) -> Client
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("postgres connection closed: {e}");
+        }
+    });
+    client
 }
 
 /// Quote an identifier.

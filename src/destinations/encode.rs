@@ -118,6 +118,7 @@ pub struct EncodedRows {
 }
 
 impl EncodedRows {
+    #[cfg(test)]
     pub fn rows(&self, rows: std::ops::Range<usize>) -> &[u8] {
         &self.data[self.offsets[rows.start]..self.offsets[rows.end]]
     }
@@ -133,8 +134,8 @@ impl CopyEncoder {
         Ok(CopyEncoder { columns })
     }
 
-    /// Every row, each prefixed by its index and a tab.
-    pub fn encode(&self, rows: usize) -> Result<EncodedRows, ArrowError> {
+    /// Every row; `numbered`: each prefixed by its index and a tab.
+    pub fn encode(&self, rows: usize, numbered: bool) -> Result<EncodedRows, ArrowError> {
         let formatters = self
             .columns
             .iter()
@@ -148,9 +149,13 @@ impl CopyEncoder {
         let mut scratch = String::new();
         for row in 0..rows {
             offsets.push(out.len());
-            out.extend_from_slice(row.to_string().as_bytes());
+            if numbered {
+                let _ = std::io::Write::write_fmt(&mut out, format_args!("{row}"));
+            }
             for (i, col) in self.columns.iter().enumerate() {
-                out.push(b'\t');
+                if numbered || i > 0 {
+                    out.push(b'\t');
+                }
                 if col.is_null(row) {
                     out.extend_from_slice(b"\\N");
                     continue;
@@ -275,7 +280,9 @@ mod tests {
             ("d", Arc::new(list)),
         ])
         .unwrap();
-        let enc = CopyEncoder::new(&batch).unwrap().encode(2).unwrap();
+        let plain = CopyEncoder::new(&batch).unwrap().encode(2, false).unwrap();
+        assert_eq!(plain.rows(1..2), b"\\N\t-1\t\\N\t\\N\n");
+        let enc = CopyEncoder::new(&batch).unwrap().encode(2, true).unwrap();
         assert_eq!(enc.rows(1..2), b"1\t\\N\t-1\t\\N\t\\N\n");
         assert_eq!(
             String::from_utf8(enc.data).unwrap(),

@@ -623,6 +623,81 @@ async fn no_transaction_holds_more_than_one_destination_batch() {
     }
 }
 
+/// Rows go in COPY's binary format where the table's column types match the fields' (here:
+/// every column), into the empty table and through the staging table: a value the column
+/// refuses (too long for its `varchar(3)`) rejects only its row, with the server's message,
+/// and every other value arrives exactly (compared as PostgreSQL's own text), NaN, infinities,
+/// negative zero, year 1 and 9999, the smallest and largest integers included.
+#[tokio::test]
+async fn binary_copies_reject_only_the_rows_the_table_refuses() {
+    let Some(pg) = db::postgres().await else {
+        return;
+    };
+    let schema = "bf_e2e_pg_binary";
+    db::pg_schema(&pg, schema).await;
+    let types = "code varchar(3), n numeric(12,4), f double precision, r real, b boolean, \
+                 d date, ts timestamp, tstz timestamptz, tm time, raw bytea, small smallint, \
+                 i integer, big bigint, t text";
+    let code = |len: &str| types.replace("varchar(3)", len);
+    pg.batch_execute(&format!(
+        "CREATE TABLE {schema}.src (id bigint PRIMARY KEY, {});
+         CREATE TABLE {schema}.dst (id bigint PRIMARY KEY, {types});
+         INSERT INTO {schema}.src VALUES
+           (1, 'ok', 12345678.1234, 'NaN', '-Infinity', true, '0001-01-01',
+            '0001-01-01 00:00:00', '9999-12-31 23:59:59.999999+00', '23:59:59.999999',
+            '\\x00ff', -32768, 2147483647, -9223372036854775808, 'tab\there'),
+           (2, 'toolong', -0.0001, '-0', 'Infinity', false, '9999-12-31',
+            '1999-12-31 23:59:59.999999', '2000-01-01 00:00:00+00', '00:00:00', '', 32767,
+            -2147483648, 9223372036854775807, 'ünïcode ✓ \\ back'),
+           (3, 'a\tb', 0, 1.5e-300, 3.4e38, NULL, '1970-01-01', '2262-04-12 00:00:00.000001',
+            '1969-12-31 23:59:59.999999+00', NULL, NULL, 0, 0, 0, ''),
+           (4, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);",
+        code("varchar(10)")
+    ))
+    .await
+    .unwrap();
+    let columns = "id, code, n, f, r, b, d, ts, tstz, tm, raw, small, i, big, t";
+    let f = Fixture::new();
+    f.write(
+        "backflow.toml",
+        &copy_project(schema, "src", "").replace("object = \"src_copy\"", "object = \"dst\""),
+    );
+    let r = f.run_with(&["copy"], Default::default()).await.remove(0);
+    assert_eq!((r.counts.created, r.counts.rejected), (3, 1), "{r:?}");
+    let refused: Vec<_> = r
+        .samples
+        .iter()
+        .map(|s| (s.key.clone(), s.reason.clone()))
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0.as_deref(), Some("2"));
+    assert!(refused[0].1.contains("too long"), "{refused:?}");
+    let text =
+        |t: &str, filter: &str| format!("{} {filter} ORDER BY id", as_text(schema, t, columns));
+    assert_eq!(
+        pg_rows(&pg, &text("dst", "")).await,
+        pg_rows(&pg, &text("src", "WHERE id <> 2")).await
+    );
+
+    // Through the staging table: the refused row fixed, another changed.
+    pg.batch_execute(&format!(
+        "UPDATE {schema}.src SET code = 'abc' WHERE id = 2;
+         UPDATE {schema}.src SET n = -99999999.9999, t = 'x\\y', tm = '12:34:56.5' WHERE id = 3;"
+    ))
+    .await
+    .unwrap();
+    let r = f.run_ok("copy").await;
+    assert_eq!(
+        (r.counts.created, r.counts.updated, r.counts.rejected),
+        (1, 1, 0),
+        "{r:?}"
+    );
+    assert_eq!(
+        pg_rows(&pg, &text("dst", "")).await,
+        pg_rows(&pg, &text("src", "")).await
+    );
+}
+
 /// A random row of the property test below: each value may be NULL.
 #[derive(Debug, Clone)]
 struct RandomRow {

@@ -15,6 +15,7 @@
 //! bisected so that the refused rows become rejections with PostgreSQL's message and the rest
 //! still land.
 
+mod copy;
 mod schema;
 mod writer;
 
@@ -205,7 +206,15 @@ impl Destination for PostgresDestination {
         let url = self.url()?;
         let client = self.connect(&url).await?;
         let empty = self.prepare(&url, &client, target).await?;
+        let types = self
+            .columns(&url, &client, target)
+            .await?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (c.name, c.typname))
+            .collect();
         Ok(Box::new(writer::PostgresWriter {
+            types,
             direct: empty,
             destination: self.name.clone(),
             table: qualified(&self.config.schema, &target.object),

@@ -6,11 +6,11 @@ use bytes::Bytes;
 use futures::SinkExt;
 use tokio_postgres::Client;
 
+use super::copy::Encoded;
 use super::schema::*;
 use super::*;
 use crate::databases::postgres::{self as pg, PgUrl, quote};
 use crate::databases::{Attempt, Bisect};
-use crate::destinations::encode::{CopyEncoder, EncodedRows};
 use crate::destinations::{
     BatchOutcome, DestinationError, FinishOutcome, ObjectWriter, Rejection, WriteOp, WriteTarget,
 };
@@ -25,6 +25,9 @@ pub(super) struct PostgresWriter {
     pub target: WriteTarget,
     pub url: PgUrl,
     pub client: Client,
+    /// The table's column types (`pg_type.typname`) by column name: where they match the
+    /// fields' exactly, rows go in COPY's binary format (see `copy`).
+    pub types: std::collections::HashMap<String, String>,
 }
 
 impl PostgresWriter {
@@ -93,27 +96,24 @@ impl PostgresWriter {
         }
     }
 
-    /// COPY rows `range` straight into the table, in one transaction. `Ok(None)` when a row
-    /// collided with one already in the table (nothing was written).
+    fn encode(&self, batch: &RecordBatch, numbered: bool) -> Result<Encoded, DestinationError> {
+        Encoded::new(batch, &self.types, numbered).map_err(|e| self.fail(e.to_string()))
+    }
+
+    /// COPY `messages` (rows without their row numbers) straight into the table, in one
+    /// transaction. `Ok(None)` when a row collided with one already in the table (nothing
+    /// was written).
     async fn attempt_direct(
         &mut self,
         copy: &str,
-        encoded: &EncodedRows,
-        rows: std::ops::Range<usize>,
+        messages: Vec<Bytes>,
     ) -> Result<Option<Attempt<BatchOutcome>>, tokio_postgres::Error> {
-        // The encoded rows start with their row number, which the table has no column for.
-        let mut data = Vec::with_capacity(encoded.rows(rows.clone()).len());
-        for row in rows.clone() {
-            let line = encoded.rows(row..row + 1);
-            let start = line.iter().position(|b| *b == b'\t').map_or(0, |p| p + 1);
-            data.extend_from_slice(&line[start..]);
-        }
         let tx = self.client.transaction().await?;
         let result: Result<(), tokio_postgres::Error> = async {
             let sink = tx.copy_in::<_, Bytes>(copy).await?;
             futures::pin_mut!(sink);
-            for part in data.chunks(COPY_CHUNK) {
-                sink.send(Bytes::copy_from_slice(part)).await?;
+            for message in messages {
+                sink.feed(message).await?;
             }
             sink.finish().await?;
             Ok(())
@@ -143,15 +143,15 @@ impl PostgresWriter {
         copy: &str,
         statement: &str,
         missing: &str,
-        data: &[u8],
+        messages: Vec<Bytes>,
         rows: std::ops::Range<usize>,
     ) -> Result<Attempt<BatchOutcome>, tokio_postgres::Error> {
         let tx = self.client.transaction().await?;
         let result: Result<BatchOutcome, tokio_postgres::Error> = async {
             let sink = tx.copy_in::<_, Bytes>(copy).await?;
             futures::pin_mut!(sink);
-            for part in data.chunks(COPY_CHUNK) {
-                sink.send(Bytes::copy_from_slice(part)).await?;
+            for message in messages {
+                sink.feed(message).await?;
             }
             sink.finish().await?;
             let mut applied = BatchOutcome::default();
@@ -193,19 +193,11 @@ impl ObjectWriter for PostgresWriter {
         batch: RecordBatch,
     ) -> Result<BatchOutcome, DestinationError> {
         let columns = crate::destinations::column_names(&batch);
-        let encoded = CopyEncoder::new(&batch)
-            .and_then(|e| e.encode(batch.num_rows()))
-            .map_err(|e| self.fail(e.to_string()))?;
-        let copy = format!(
-            "COPY {} ({}, {}) FROM STDIN",
-            quote(STAGE),
-            quote(ROW),
-            columns
-                .iter()
-                .map(|c| quote(c))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let column_list = columns
+            .iter()
+            .map(|c| quote(c))
+            .collect::<Vec<_>>()
+            .join(", ");
         let statement = self.statement(op, &columns);
         let same_key = self.same_key();
         let missing = format!(
@@ -217,19 +209,25 @@ impl ObjectWriter for PostgresWriter {
         let mut bisect = Bisect::new(batch.num_rows());
         let mut applied = Vec::new();
         let direct_op = matches!(op, WriteOp::Upsert | WriteOp::Create | WriteOp::Append);
-        let direct_copy = format!(
-            "COPY {} ({}) FROM STDIN",
-            self.table,
-            columns
-                .iter()
-                .map(|c| quote(c))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        // Encoded when first needed: without row numbers for the table, with them for the
+        // staging table.
+        let mut direct: Option<Encoded> = None;
+        let mut staged: Option<Encoded> = None;
         while let Some(rows) = bisect.next_range() {
             if self.direct && direct_op {
+                let encoded = match direct.take() {
+                    Some(e) => e,
+                    None => self.encode(&batch, false)?,
+                };
+                let copy = format!(
+                    "COPY {} ({column_list}) FROM STDIN{}",
+                    self.table,
+                    encoded.options()
+                );
+                let messages = encoded.messages(rows.clone(), COPY_CHUNK);
+                direct = Some(encoded);
                 match self
-                    .attempt_direct(&direct_copy, &encoded, rows.clone())
+                    .attempt_direct(&copy, messages)
                     .await
                     .map_err(|e| self.fail(pg::message(&e)))?
                 {
@@ -245,9 +243,20 @@ impl ObjectWriter for PostgresWriter {
                     None => self.direct = false,
                 }
             }
-            let data = encoded.rows(rows.clone());
+            let encoded = match staged.take() {
+                Some(e) => e,
+                None => self.encode(&batch, true)?,
+            };
+            let copy = format!(
+                "COPY {} ({}, {column_list}) FROM STDIN{}",
+                quote(STAGE),
+                quote(ROW),
+                encoded.options()
+            );
+            let messages = encoded.messages(rows.clone(), COPY_CHUNK);
+            staged = Some(encoded);
             match self
-                .attempt(op, &copy, &statement, &missing, data, rows.clone())
+                .attempt(op, &copy, &statement, &missing, messages, rows.clone())
                 .await
                 .map_err(|e| self.fail(pg::message(&e)))?
             {
