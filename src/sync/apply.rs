@@ -8,6 +8,7 @@ use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, UInt64Array};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Schema};
 use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchReceiverStream;
 use futures::StreamExt;
 
 use super::diff::{
@@ -528,9 +529,30 @@ impl<'a> Outbox<'a> {
     }
 }
 
+/// Diff batches computed ahead while the destination writes the ones before them.
+const PREFETCH_BATCHES: usize = 4;
+
+/// `stream` driven by a task of its own, up to [`PREFETCH_BATCHES`] ahead of its reader: the
+/// diff (reading the model, hashing, joining with the state) goes on while the destination
+/// takes a batch, instead of waiting for it. Dropping the stream stops the task.
+fn prefetched(stream: SendableRecordBatchStream) -> SendableRecordBatchStream {
+    let mut builder = RecordBatchReceiverStream::builder(stream.schema(), PREFETCH_BATCHES);
+    let tx = builder.tx();
+    builder.spawn(async move {
+        let mut stream = stream;
+        while let Some(batch) = stream.next().await {
+            if tx.send(batch).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    });
+    builder.build()
+}
+
 /// Send the diff to the destination through `outbox`. Returns the cursor values seen.
 pub(super) async fn apply(
-    mut stream: SendableRecordBatchStream,
+    stream: SendableRecordBatchStream,
     mut outbox: Outbox<'_>,
     cursor_type: Option<&DataType>,
     tally: &mut Tally,
@@ -544,6 +566,7 @@ pub(super) async fn apply(
         outbox.guards,
     );
     let df_err = engine(sync, "diff");
+    let mut stream = prefetched(stream);
     let mut cursors = Cursors::new(cursor_type).map_err(&df_err)?;
     let mut processed = 0u64;
     let mut held = 0u64;
