@@ -124,6 +124,12 @@ impl Client {
                 }
                 (start, p.1)
             };
+            // Only when there is something to wait for: a sleep, even until now, lasts until
+            // the timer's next tick (a millisecond), which was most of a request's time
+            // against a fast API.
+            if start <= Instant::now() {
+                return;
+            }
             tokio::time::sleep_until(start).await;
             // A pause asked for while this request waited moves it back.
             let paused_now = self.pacing.lock().map(|p| p.1).unwrap_or(paused_until);
@@ -398,6 +404,21 @@ mod tests {
             vec![],
         )
         .unwrap()
+    }
+
+    /// Without a rate limit or a pause, a request starts at once: its wait is over at the
+    /// first poll, where a timer (even one due now) would wait for the next tick.
+    #[tokio::test]
+    async fn nothing_to_wait_for_waits_for_nothing() {
+        use futures::FutureExt;
+        let c = client();
+        for _ in 0..100 {
+            assert!(c.wait_for_slot().now_or_never().is_some());
+        }
+        // A rate limit spaces starts: the second waits.
+        let c = paced(Some(1.0));
+        assert!(c.wait_for_slot().now_or_never().is_some());
+        assert!(c.wait_for_slot().now_or_never().is_none());
     }
 
     #[tokio::test]
