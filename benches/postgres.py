@@ -62,6 +62,8 @@ def same_tables(schema):
 
 def backflow(project):
     env = dict(os.environ, BENCH_PG_URL=URL)
+    # Each timed load starts from a clean checkpoint (no dirty buffers of an earlier one).
+    psql("CHECKPOINT")
     t, out = timed([BIN, "run", "s", "--json", "--project", project], env)
     report = json.loads(out.strip().splitlines()[-1])
     if report["status"] != "succeeded":
@@ -131,6 +133,7 @@ key = "id"
     # psql \copy
     base = URL.replace("?sslmode=disable", "")
     psql(f"CREATE TABLE {SCHEMA}.copied ({COLUMNS})")
+    psql("CHECKPOINT")
     d_init, _ = timed(["psql", base, "-q", "-v", "ON_ERROR_STOP=1", "-c",
                        f"\\copy {SCHEMA}.copied FROM '{csv1}' CSV HEADER"])
     script = f"""
@@ -147,6 +150,7 @@ COMMIT;
 """
     sp = os.path.join(work, "incremental.sql")
     open(sp, "w").write(script)
+    psql("CHECKPOINT")
     d_incr, _ = timed(["psql", base, "-q", "-v", "ON_ERROR_STOP=1", "-f", sp])
 
     # Both tables must hold v2.

@@ -7,7 +7,10 @@ For each model size: generate v1 and v2 (generate.py), then time four scenarios 
 release binary (`backflow run` on a Parquet model into a Parquet file destination, once in
 each mode: `snapshot`, where the file holds the object's full contents and is rewritten, and
 `changes`, where each run writes only the changes it sent, as the DuckDB script does) and the
-same diff as one DuckDB script (baseline.sql) on the same files:
+same diff as one DuckDB script (baseline.sql) on the same files. Against `snapshot` mode the
+script also rewrites the object the same way (baseline_snapshot.sql: the previous object's
+untouched rows and the changed and new ones, as one zstd Parquet file, skipped when nothing
+changed), so that like is compared with like:
 
   initial      v1, no state: every row is new
   incremental  v2 on top of v1's state (mirror: 1% changed, 0.5% deleted, 0.5% new)
@@ -35,6 +38,7 @@ from generate import generate  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "backflow")
 BASELINE = open(os.path.join(ROOT, "benches", "baseline.sql")).read()
+SNAPSHOT = open(os.path.join(ROOT, "benches", "baseline_snapshot.sql")).read()
 
 
 def measured(cmd, cwd=None):
@@ -81,7 +85,9 @@ def backflow_run(project, sync):
     return peak_child_rss_mib(go)
 
 
-def duckdb_run(model, state, changes, next_state, where="", join="FULL", cursor=False):
+def duckdb_run(model, state, changes, next_state, where="", join="FULL", cursor=False, snapshot=None):
+    """The diff script; with `snapshot` = (previous object, next object), the object is
+    rewritten too (when something changed)."""
     if cursor:
         next_sel = (
             f"SELECT s.id, s.h FROM read_parquet('{state}') s ANTI JOIN m ON s.id = m.id "
@@ -98,7 +104,15 @@ def duckdb_run(model, state, changes, next_state, where="", join="FULL", cursor=
         import duckdb
 
         start = time.perf_counter()
-        duckdb.connect().execute(sql)
+        con = duckdb.connect()
+        con.execute(sql)
+        if snapshot:
+            prev, nxt = snapshot
+            changed = con.execute(f"SELECT count(*) FROM read_parquet('{changes}')").fetchone()[0]
+            if changed:
+                con.execute(SNAPSHOT.format(object=prev, changes=changes, next_object=nxt))
+            else:
+                shutil.copyfile(prev, nxt)
         return {"seconds": time.perf_counter() - start}
 
     return peak_child_rss_mib(go)
@@ -173,17 +187,28 @@ def bench(rows, data_dir, modes, memory_limit=None):
         f"COPY (SELECT CAST(NULL AS BIGINT) AS id, CAST(NULL AS UBIGINT) AS h WHERE false) TO '{empty}' (FORMAT parquet)"
     )
     p = lambda name: os.path.join(work, name)  # noqa: E731
-    d_initial = duckdb_run(v1, empty, p("d_changes1.parquet"), p("d_state1.parquet"))
-    d_incr = duckdb_run(v2, p("d_state1.parquet"), p("d_changes2.parquet"), p("d_state2.parquet"))
-    d_same = duckdb_run(v2, p("d_state2.parquet"), p("d_changes3.parquet"), p("d_state3.parquet"))
-    d_cursor = duckdb_run(
-        v2, p("d_state1.parquet"), p("d_changes4.parquet"), p("d_state4.parquet"),
-        where="WHERE updated_at >= (SELECT max(updated_at) FROM read_parquet('" + v1 + "'))",
-        join="LEFT", cursor=True,
-    )
+    cursor_filter = "WHERE updated_at >= (SELECT max(updated_at) FROM read_parquet('" + v1 + "'))"
+    baselines = {}
+    for mode in modes:
+        # In snapshot mode the object is rewritten too: o0 (empty) → o1 → o2 → o3; the cursor
+        # run starts from o1.
+        o = (lambda i: (p(f"d_object{i - 1}.parquet" if i != 4 else "d_object1.parquet"), p(f"d_object{i}.parquet"))) \
+            if mode == "snapshot" else (lambda i: None)
+        if mode == "snapshot":
+            duckdb.connect().execute(
+                f"COPY (SELECT * FROM read_parquet('{v1}') WHERE false) TO '{p('d_object0.parquet')}' (FORMAT parquet)"
+            )
+        baselines[mode] = (
+            duckdb_run(v1, empty, p("d_changes1.parquet"), p("d_state1.parquet"), snapshot=o(1)),
+            duckdb_run(v2, p("d_state1.parquet"), p("d_changes2.parquet"), p("d_state2.parquet"), snapshot=o(2)),
+            duckdb_run(v2, p("d_state2.parquet"), p("d_changes3.parquet"), p("d_state3.parquet"), snapshot=o(3)),
+            duckdb_run(v2, p("d_state1.parquet"), p("d_changes4.parquet"), p("d_state4.parquet"),
+                       where=cursor_filter, join="LEFT", cursor=True, snapshot=o(4)),
+        )
 
     model_rows = {"initial": rows, "incremental": rows, "no-change": rows, "cursor": rows}
     for mode, (b_initial, b_incr, b_same, b_cursor) in runs.items():
+        d_initial, d_incr, d_same, d_cursor = baselines[mode]
         for name, b, d in [
             ("initial", b_initial, d_initial),
             ("incremental", b_incr, d_incr),
