@@ -245,6 +245,15 @@ pub type AssignedIds = Arc<
 >;
 
 impl WriteTarget {
+    /// The field whose values are all different in the object: the key, when it is one field
+    /// and the behavior keeps one record per key (append-only keeps every version).
+    pub fn distinct_field(&self) -> Option<&str> {
+        match self.key.as_slice() {
+            [one] if self.behavior != crate::behavior::Behavior::AppendOnly => Some(one),
+            _ => None,
+        }
+    }
+
     /// The key as messages name it: `email`, or `["account_id","email"]`.
     pub fn key_label(&self) -> String {
         crate::keys::stored_key(&self.key)

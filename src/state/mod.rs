@@ -870,11 +870,17 @@ pub fn writer_properties() -> WriterProperties {
     b.build()
 }
 
-/// Parquet settings for destination files: zstd, dictionaries where they pay off.
-pub fn file_writer_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .build()
+/// Parquet settings for destination files: zstd, dictionaries where they pay off; none for
+/// the key field of a one-field key (`distinct`), whose values are all different: a
+/// dictionary there only costs time (interning every value until the page limit gives up).
+pub fn file_writer_properties(distinct: Option<&str>) -> WriterProperties {
+    let mut b =
+        WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default()));
+    if let Some(column) = distinct {
+        b = b
+            .set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from(column), false);
+    }
+    b.build()
 }
 
 #[cfg(test)]

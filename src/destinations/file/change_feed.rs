@@ -110,7 +110,9 @@ impl ChangeFeedWriter {
                 AsyncArrowWriter::try_new(
                     out,
                     self.schema.clone(),
-                    Some(crate::state::file_writer_properties()),
+                    Some(crate::state::file_writer_properties(
+                        self.target.distinct_field(),
+                    )),
                 )
                 .map_err(|e| self.fail(e))?,
             )),

@@ -475,6 +475,16 @@ impl FileObject {
             };
             let mut options = TableParquetOptions::default();
             options.global.compression = Some("zstd(1)".into());
+            // (No dictionary for a one-field key: see `file_writer_properties`.)
+            if let Some(key) = self.target.distinct_field() {
+                options.column_specific_options.insert(
+                    key.to_string(),
+                    datafusion::common::config::ParquetColumnOptions {
+                        dictionary_enabled: Some(false),
+                        ..Default::default()
+                    },
+                );
+            }
             df.write_parquet(
                 &url,
                 DataFrameWriteOptions::new().with_single_file_output(true),
@@ -517,7 +527,7 @@ impl FileObject {
         let mut stream = df.execute_stream().await.map_err(|e| self.fail(e))?;
         let mut bytes = Vec::new();
         if self.format == FileFormat::Parquet {
-            let props = crate::state::file_writer_properties();
+            let props = crate::state::file_writer_properties(self.target.distinct_field());
             let mut w =
                 ArrowWriter::try_new(&mut bytes, schema, Some(props)).map_err(|e| self.fail(e))?;
             while let Some(batch) = stream.next().await {
