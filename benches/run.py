@@ -190,10 +190,13 @@ def bench(rows, data_dir, modes, memory_limit=None):
     cursor_filter = "WHERE updated_at >= (SELECT max(updated_at) FROM read_parquet('" + v1 + "'))"
     baselines = {}
     for mode in modes:
-        # In snapshot mode the object is rewritten too: o0 (empty) → o1 → o2 → o3; the cursor
-        # run starts from o1.
-        o = (lambda i: (p(f"d_object{i - 1}.parquet" if i != 4 else "d_object1.parquet"), p(f"d_object{i}.parquet"))) \
-            if mode == "snapshot" else (lambda i: None)
+        def o(i):
+            """In snapshot mode the object is rewritten too: o0 (empty) → o1 → o2 → o3; the
+            cursor run (4) starts from o1."""
+            if mode != "snapshot":
+                return None
+            return p(f"d_object{1 if i == 4 else i - 1}.parquet"), p(f"d_object{i}.parquet")
+
         if mode == "snapshot":
             duckdb.connect().execute(
                 f"COPY (SELECT * FROM read_parquet('{v1}') WHERE false) TO '{p('d_object0.parquet')}' (FORMAT parquet)"

@@ -6,9 +6,10 @@
 //! binary form is the column type's own (an `int8` column gets a big-endian 64-bit integer,
 //! a `timestamp` column microseconds since 2000-01-01): a value the column cannot hold is
 //! refused by the server exactly as its text would be (a date out of range, a string too long
-//! for a `varchar(n)`), and the batch is split to find it. Any other pair of types (a decimal,
-//! an integer into a `numeric` or `text` column, nanosecond timestamps, which the server would
-//! round) goes as text, for the whole batch: a COPY has one format.
+//! for a `varchar(n)`), and the batch is split to find it. Any other pair of types (an
+//! integer into a `text` column, a float into a `numeric` one, a decimal wider than 128 bits,
+//! nanosecond timestamps, which the server would round) goes as text, for the whole batch: a
+//! COPY has one format.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -109,8 +110,8 @@ enum Wire {
     Timestamp(ArrayRef),
     /// Microseconds since midnight.
     Time(ArrayRef),
-    /// Decimals (and integers) as base-10000 digits, with the field's scale.
-    Numeric(ArrayRef, i8),
+    /// Decimals (and integers) as base-10000 digits, at the array's scale.
+    Numeric(ArrayRef),
 }
 
 /// The binary form of every column, or None when one has none (the batch goes as text).
@@ -165,10 +166,10 @@ fn binary_columns(
                 }
             }
             (Decimal32(_, s) | Decimal64(_, s) | Decimal128(_, s), "numeric") if *s >= 0 => {
-                Wire::Numeric(cast(array, &Decimal128(38, *s))?, *s)
+                Wire::Numeric(cast(array, &Decimal128(38, *s))?)
             }
             (Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64, "numeric") => {
-                Wire::Numeric(cast(array, &Decimal128(38, 0))?, 0)
+                Wire::Numeric(cast(array, &Decimal128(38, 0))?)
             }
             (Time32(_) | Time64(TimeUnit::Microsecond), "time") => {
                 Wire::Time(cast(array, &Time64(TimeUnit::Microsecond))?)
@@ -233,7 +234,7 @@ fn write_value(column: &Wire, row: usize, out: &mut Vec<u8>) -> Option<()> {
         | Wire::Date(a)
         | Wire::Timestamp(a)
         | Wire::Time(a)
-        | Wire::Numeric(a, _) => Some(a),
+        | Wire::Numeric(a) => Some(a),
     };
     if array.is_some_and(|a| a.is_null(row)) {
         out.extend_from_slice(&NULL);
@@ -273,9 +274,9 @@ fn write_value(column: &Wire, row: usize, out: &mut Vec<u8>) -> Option<()> {
                 .value(row)
                 .to_be_bytes(),
         ),
-        Wire::Numeric(a, scale) => {
-            let value = a.as_primitive::<Decimal128Type>().value(row);
-            varlen(out, &[], &numeric(value, *scale)?)?
+        Wire::Numeric(a) => {
+            let decimals = a.as_primitive::<Decimal128Type>();
+            varlen(out, &[], &numeric(decimals.value(row), decimals.scale())?)?
         }
     }
     Some(())

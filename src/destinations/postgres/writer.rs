@@ -109,16 +109,7 @@ impl PostgresWriter {
         messages: Vec<Bytes>,
     ) -> Result<Option<Attempt<BatchOutcome>>, tokio_postgres::Error> {
         let tx = self.client.transaction().await?;
-        let result: Result<(), tokio_postgres::Error> = async {
-            let sink = tx.copy_in::<_, Bytes>(copy).await?;
-            futures::pin_mut!(sink);
-            for message in messages {
-                sink.feed(message).await?;
-            }
-            sink.finish().await?;
-            Ok(())
-        }
-        .await;
+        let result = copy_in(&tx, copy, messages).await;
         match result {
             Ok(()) => {
                 tx.commit().await?;
@@ -148,12 +139,7 @@ impl PostgresWriter {
     ) -> Result<Attempt<BatchOutcome>, tokio_postgres::Error> {
         let tx = self.client.transaction().await?;
         let result: Result<BatchOutcome, tokio_postgres::Error> = async {
-            let sink = tx.copy_in::<_, Bytes>(copy).await?;
-            futures::pin_mut!(sink);
-            for message in messages {
-                sink.feed(message).await?;
-            }
-            sink.finish().await?;
+            copy_in(&tx, copy, messages).await?;
             let mut applied = BatchOutcome::default();
             if op == WriteOp::Update {
                 for r in tx.query(missing, &[]).await? {
@@ -183,6 +169,21 @@ impl PostgresWriter {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Run the `COPY … FROM STDIN` statement `copy` with the data `messages`, in `tx`.
+async fn copy_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    copy: &str,
+    messages: Vec<Bytes>,
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx.copy_in::<_, Bytes>(copy).await?;
+    futures::pin_mut!(sink);
+    for message in messages {
+        sink.feed(message).await?;
+    }
+    sink.finish().await?;
+    Ok(())
 }
 
 #[async_trait]
