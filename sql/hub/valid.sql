@@ -11,12 +11,23 @@
 -- sql/hub/invalid.sql, as is a latest version with a value of the wrong type. An id read twice
 -- at different watermarks is one record that changed while it was being read: the later
 -- version is taken.
+--
+-- Most ids are read once: those are taken as they are (an anti join against the ids read
+-- more than once, a hash aggregate), and only the ids read more than once go through the
+-- windows that pick their latest version (a window partitioned by id costs per partition).
+WITH dup AS (
+    SELECT __bf_sid AS __bf_dup FROM {input}
+    WHERE __bf_sid IS NOT NULL GROUP BY __bf_sid HAVING COUNT(*) > 1
+)
+SELECT * EXCEPT (__bf_bad)
+FROM {input} i LEFT ANTI JOIN dup d ON d.__bf_dup = i.__bf_sid
+WHERE i.__bf_sid IS NOT NULL AND (i.__bf_bad = '' OR i.__bf_deleted)
+UNION ALL
 SELECT * EXCEPT (__bf_rn, __bf_ties, __bf_bad)
 FROM (
     SELECT *,
            ROW_NUMBER() OVER (PARTITION BY __bf_sid ORDER BY __bf_wm DESC NULLS LAST) AS __bf_rn,
            COUNT(*) OVER (PARTITION BY __bf_sid, __bf_wm) AS __bf_ties
-    FROM {input}
-    WHERE __bf_sid IS NOT NULL
+    FROM {input} i LEFT SEMI JOIN dup d ON d.__bf_dup = i.__bf_sid
 )
 WHERE __bf_rn = 1 AND __bf_ties = 1 AND (__bf_bad = '' OR __bf_deleted)

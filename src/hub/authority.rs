@@ -20,9 +20,9 @@ use super::context::{
     ATTACHED, Cycle, LOST, OVER, REMOVED, contrib_now, contrib_old, delta, golden_old,
 };
 use super::deletes::lost_col;
-use super::sql::{lit, lit_list, null_of, q, rank_case};
+use super::sql::{lit, lit_list, null_of, q};
 use super::state::{self, at_col, mapped_fields, src_col};
-use crate::config::entity::AuthorityRule;
+use crate::config::entity::{AuthorityRule, EntityConfig};
 
 const CANDIDATES: &str = "bf_hub_candidates";
 
@@ -105,47 +105,7 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
     let df = cycle.sql("authority", &parts.join("\nUNION ALL\n")).await?;
     cycle.register("authority", CANDIDATES, df)?;
 
-    // One aggregate per field (and one for the source it came from).
-    let mut aggs = Vec::new();
-    for (f, t) in &types {
-        let a = entity.authority(f);
-        let sources: Vec<String> = a
-            .order
-            .iter()
-            .filter(|s| mapped_fields(entity, s).contains(f))
-            .cloned()
-            .collect();
-        if sources.is_empty() {
-            aggs.push(format!("{} AS {}", null_of(t), q(f)));
-            aggs.push(format!("CAST(NULL AS VARCHAR) AS {}", q(&src_col(f))));
-            continue;
-        }
-        let rank = rank_case("__bf_source", &sources);
-        let at = q(&at_col(f));
-        let order = match a.rule {
-            AuthorityRule::Recent => format!("{at} DESC NULLS LAST, {rank}, __bf_sid_text"),
-            AuthorityRule::Priority | AuthorityRule::FirstNonNull => {
-                format!("{rank}, {at} DESC NULLS LAST, __bf_sid_text")
-            }
-        };
-        let mut filter = format!("__bf_source IN ({})", lit_list(&sources));
-        if !a.null_overwrites {
-            filter.push_str(&format!(" AND {} IS NOT NULL", q(f)));
-        }
-        aggs.push(format!(
-            "first_value({} ORDER BY {order}) FILTER (WHERE {filter}) AS {}",
-            q(f),
-            q(f)
-        ));
-        aggs.push(format!(
-            "first_value(__bf_source ORDER BY {order}) FILTER (WHERE {filter}) AS {}",
-            q(&src_col(f))
-        ));
-    }
-    let authority = format!(
-        "SELECT __bf_golden_id AS golden_id, {} FROM {CANDIDATES} GROUP BY __bf_golden_id",
-        aggs.join(",\n  ")
-    );
+    let authority = decide_sql(entity, &types);
 
     // Which fields of each golden record a source changed in this cycle (a record newly
     // linked brings all of its fields): only those are decided again, so a value stays as it
@@ -277,4 +237,158 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
         )
         .await?;
     Ok(over.rows.saturating_sub(changed))
+}
+
+/// The values authority decides for every golden record in `CANDIDATES`: `golden_id`, then
+/// per field its value and the source it came from (`__bf_src__<field>`).
+///
+/// In two steps, both hash aggregates:
+/// 1. one row per golden record and source: a source's only record as it is, or, when several
+///    of its records are linked to the golden record, per field the value of the most recently
+///    changed one (ties: by id) among those with a value (any, when NULL overwrites);
+/// 2. one row per golden record: each source's row side by side (`MAX` of the one value), and
+///    per field the first source in the field's order that has a value — or, under `recent`,
+///    the one whose value changed last (ties: that order).
+///
+/// (Ordered `first_value` over every candidate does the same in one step, but keeps each
+/// group's ordering values as scalars: several times slower on a first load.)
+fn decide_sql(entity: &EntityConfig, types: &[(String, arrow::datatypes::DataType)]) -> String {
+    let contributors: Vec<String> = entity.contributors().map(|(n, _)| n.clone()).collect();
+    // Whether a source's record counts for a field: it has a value, or NULL overwrites.
+    let counts = |f: &str| -> Option<String> {
+        (!entity.authority(f).null_overwrites).then(|| format!("{} IS NOT NULL", q(f)))
+    };
+    // Step 1, for the golden records some source has several records linked to.
+    let mut firsts = Vec::new();
+    for (f, _) in types {
+        let at = q(&at_col(f));
+        let order = format!("{at} DESC NULLS LAST, __bf_sid_text");
+        let filter = counts(f)
+            .map(|c| format!(" FILTER (WHERE {c})"))
+            .unwrap_or_default();
+        firsts.push(format!(
+            "first_value({0} ORDER BY {order}){filter} AS {0}",
+            q(f)
+        ));
+        firsts.push(format!(
+            "first_value({at} ORDER BY {order}){filter} AS {at}"
+        ));
+    }
+    let columns: Vec<String> = types
+        .iter()
+        .flat_map(|(f, _)| [q(f), q(&at_col(f))])
+        .collect();
+    let one = format!(
+        "WITH several AS (
+            SELECT __bf_golden_id AS __bf_sg, __bf_source AS __bf_ss FROM {CANDIDATES}
+            GROUP BY __bf_golden_id, __bf_source HAVING COUNT(*) > 1
+         )
+         SELECT c.__bf_golden_id, c.__bf_source, {plain}
+         FROM {CANDIDATES} c LEFT ANTI JOIN several s
+           ON s.__bf_sg = c.__bf_golden_id AND s.__bf_ss = c.__bf_source
+         UNION ALL
+         SELECT c.__bf_golden_id, c.__bf_source, {firsts}
+         FROM {CANDIDATES} c LEFT SEMI JOIN several s
+           ON s.__bf_sg = c.__bf_golden_id AND s.__bf_ss = c.__bf_source
+         GROUP BY c.__bf_golden_id, c.__bf_source",
+        plain = columns
+            .iter()
+            .map(|c| format!("c.{c}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        firsts = firsts.join(", "),
+    );
+    // Step 2: each source's value (and when it changed) side by side.
+    let mut sides = Vec::new();
+    for (j, s) in contributors.iter().enumerate() {
+        sides.push(format!("bool_or(__bf_source = {}) AS __bf_h{j}", lit(s)));
+    }
+    let mut picks = Vec::new();
+    for (i, (f, t)) in types.iter().enumerate() {
+        let a = entity.authority(f);
+        let sources: Vec<(usize, &String)> = a
+            .order
+            .iter()
+            .filter(|s| mapped_fields(entity, s).contains(f))
+            .filter_map(|s| contributors.iter().position(|c| c == s).map(|j| (j, s)))
+            .collect();
+        if sources.is_empty() {
+            picks.push(format!("{} AS {}", null_of(t), q(f)));
+            picks.push(format!("CAST(NULL AS VARCHAR) AS {}", q(&src_col(f))));
+            continue;
+        }
+        for (j, s) in &sources {
+            sides.push(format!(
+                "MAX(CASE WHEN __bf_source = {src} THEN {f} END) AS __bf_v{i}_{j}",
+                src = lit(s),
+                f = q(f)
+            ));
+            if a.rule == AuthorityRule::Recent {
+                sides.push(format!(
+                    "MAX(CASE WHEN __bf_source = {src} THEN {at} END) AS __bf_a{i}_{j}",
+                    src = lit(s),
+                    at = q(&at_col(f))
+                ));
+            }
+        }
+        // Whether source j's row counts for the field.
+        let counts = |j: usize| -> String {
+            if a.null_overwrites {
+                format!("__bf_h{j}")
+            } else {
+                format!("(__bf_v{i}_{j} IS NOT NULL)")
+            }
+        };
+        // The sources in the order they are chosen in: the first that counts (and, under
+        // `recent`, changed last) wins.
+        let conditions: Vec<(String, &String, usize)> = match a.rule {
+            AuthorityRule::Priority | AuthorityRule::FirstNonNull => {
+                sources.iter().map(|(j, s)| (counts(*j), *s, *j)).collect()
+            }
+            AuthorityRule::Recent => {
+                let latest = format!(
+                    "greatest({})",
+                    sources
+                        .iter()
+                        .map(|(j, _)| format!("CASE WHEN {} THEN __bf_a{i}_{j} END", counts(*j)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                // A value whose change time is unknown comes after every known one.
+                sources
+                    .iter()
+                    .map(|(j, s)| {
+                        (
+                            format!("{} AND __bf_a{i}_{j} = {latest}", counts(*j)),
+                            *s,
+                            *j,
+                        )
+                    })
+                    .chain(
+                        sources
+                            .iter()
+                            .map(|(j, s)| (format!("{} AND {latest} IS NULL", counts(*j)), *s, *j)),
+                    )
+                    .collect()
+            }
+        };
+        let value = conditions
+            .iter()
+            .map(|(c, _, j)| format!("WHEN {c} THEN __bf_v{i}_{j}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let source = conditions
+            .iter()
+            .map(|(c, s, _)| format!("WHEN {c} THEN {}", lit(s)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        picks.push(format!("CASE {value} END AS {}", q(f)));
+        picks.push(format!("CASE {source} END AS {}", q(&src_col(f))));
+    }
+    format!(
+        "SELECT __bf_golden_id AS golden_id, {picks}
+         FROM (SELECT __bf_golden_id, {sides} FROM ({one}) GROUP BY __bf_golden_id)",
+        picks = picks.join(",\n  "),
+        sides = sides.join(",\n  "),
+    )
 }
