@@ -24,7 +24,14 @@ use super::sql::{lit, lit_list, null_of, q};
 use super::state::{self, at_col, mapped_fields, src_col};
 use crate::config::entity::{AuthorityRule, EntityConfig};
 
+/// Every source's candidates: the contributions linked to a touched golden record.
 const CANDIDATES: &str = "bf_hub_candidates";
+/// The golden records this cycle touched: `__bf_golden_id`.
+const TOUCHED: &str = "bf_hub_touched";
+/// One source's candidates (in the shape of `CANDIDATES`).
+fn candidates(source: &str) -> String {
+    format!("bf_hub_candidates_{source}")
+}
 
 /// Compute `bf_hub_over` (written as `over-0.parquet`): the touched golden records with their
 /// new values. Returns how many of them did not change.
@@ -62,6 +69,11 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
          WHERE __bf_golden_id IS NOT NULL AND __bf_source IN ({list})",
         list = lit_list(&contributors)
     );
+    // (Written once: every source's candidates are read from it more than once.)
+    let touched = cycle.sql("authority", &touched).await?;
+    cycle
+        .materialize("authority", touched, "touched.parquet", TOUCHED, None)
+        .await?;
     super::deletes::lost(cycle, &contributors).await?;
     let types: Vec<(String, arrow::datatypes::DataType)> = entity
         .field_types()
@@ -94,18 +106,25 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
                 )
             });
         }
-        parts.push(format!(
-            // (A record linked for its source to create has reported no value yet.)
-            "SELECT {} FROM ({touched}) t JOIN {} c ON c.__bf_golden_id = t.__bf_golden_id \
-             WHERE c.__bf_read_seq IS NOT NULL",
-            cols.join(", "),
-            contrib_now(source)
-        ));
+        let df = cycle
+            .sql(
+                "authority",
+                &format!(
+                    // (A record linked for its source to create has reported no value yet.)
+                    "SELECT {} FROM {TOUCHED} t JOIN {} c ON c.__bf_golden_id = t.__bf_golden_id \
+                     WHERE c.__bf_read_seq IS NOT NULL",
+                    cols.join(", "),
+                    contrib_now(source)
+                ),
+            )
+            .await?;
+        cycle.register("authority", &candidates(source), df)?;
+        parts.push(format!("SELECT * FROM {}", candidates(source)));
     }
     let df = cycle.sql("authority", &parts.join("\nUNION ALL\n")).await?;
     cycle.register("authority", CANDIDATES, df)?;
 
-    let authority = decide_sql(entity, &types);
+    let authority = decide_sql(entity, &types, &contributors);
 
     // Which fields of each golden record a source changed in this cycle (a record newly
     // linked brings all of its fields): only those are decided again, so a value stays as it
@@ -239,72 +258,64 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
     Ok(over.rows.saturating_sub(changed))
 }
 
-/// The values authority decides for every golden record in `CANDIDATES`: `golden_id`, then
-/// per field its value and the source it came from (`__bf_src__<field>`).
+/// The values authority decides for every golden record a source's candidates link to:
+/// `golden_id`, then per field its value and the source it came from (`__bf_src__<field>`).
 ///
-/// In two steps, both hash aggregates:
-/// 1. one row per golden record and source: a source's only record as it is, or, when several
-///    of its records are linked to the golden record, per field the value of the most recently
-///    changed one (ties: by id) among those with a value (any, when NULL overwrites);
-/// 2. one row per golden record: each source's row side by side (`MAX` of the one value), and
-///    per field the first source in the field's order that has a value — or, under `recent`,
-///    the one whose value changed last (ties: that order).
-///
-/// (Ordered `first_value` over every candidate does the same in one step, but keeps each
-/// group's ordering values as scalars: several times slower on a first load.)
-fn decide_sql(entity: &EntityConfig, types: &[(String, arrow::datatypes::DataType)]) -> String {
-    let contributors: Vec<String> = entity.contributors().map(|(n, _)| n.clone()).collect();
+/// 1. Per source, one row per golden record: the source's only record linked to it as it is,
+///    or, when several are, per field the value of the most recently changed one (ties: by id)
+///    among those with a value (any, when NULL overwrites). An ordered `first_value`, only for
+///    those golden records (it keeps each group's ordering values as scalars: slow for many).
+/// 2. Those rows side by side (a left join per source on the touched golden records), and per
+///    field the first source in the field's order that has a value — or, under `recent`, the
+///    one whose value changed last (ties: that order).
+fn decide_sql(
+    entity: &EntityConfig,
+    types: &[(String, arrow::datatypes::DataType)],
+    contributors: &[String],
+) -> String {
     // Whether a source's record counts for a field: it has a value, or NULL overwrites.
     let counts = |f: &str| -> Option<String> {
         (!entity.authority(f).null_overwrites).then(|| format!("{} IS NOT NULL", q(f)))
     };
-    // Step 1, for the golden records some source has several records linked to.
-    let mut firsts = Vec::new();
-    for (f, _) in types {
-        let at = q(&at_col(f));
-        let order = format!("{at} DESC NULLS LAST, __bf_sid_text");
-        let filter = counts(f)
-            .map(|c| format!(" FILTER (WHERE {c})"))
-            .unwrap_or_default();
-        firsts.push(format!(
-            "first_value({0} ORDER BY {order}){filter} AS {0}",
-            q(f)
+    let mut joins = Vec::new();
+    for (j, source) in contributors.iter().enumerate() {
+        let mapped = mapped_fields(entity, source);
+        let mut plain = Vec::new();
+        let mut firsts = Vec::new();
+        for (f, _) in types.iter().filter(|(f, _)| mapped.contains(f)) {
+            let at = q(&at_col(f));
+            let order = format!("{at} DESC NULLS LAST, __bf_sid_text");
+            let filter = counts(f)
+                .map(|c| format!(" FILTER (WHERE {c})"))
+                .unwrap_or_default();
+            plain.push(format!("c.{0}, c.{at}", q(f)));
+            firsts.push(format!(
+                "first_value({0} ORDER BY {order}){filter} AS {0}, \
+                 first_value({at} ORDER BY {order}){filter} AS {at}",
+                q(f)
+            ));
+        }
+        let sep = if plain.is_empty() { "" } else { ", " };
+        joins.push(format!(
+            "LEFT JOIN (
+               WITH several AS (
+                 SELECT __bf_golden_id AS __bf_sg FROM {cand}
+                 GROUP BY __bf_golden_id HAVING COUNT(*) > 1
+               )
+               SELECT c.__bf_golden_id{sep}{plain}
+               FROM {cand} c LEFT ANTI JOIN several s ON s.__bf_sg = c.__bf_golden_id
+               UNION ALL
+               SELECT c.__bf_golden_id{sep}{firsts}
+               FROM {cand} c LEFT SEMI JOIN several s ON s.__bf_sg = c.__bf_golden_id
+               GROUP BY c.__bf_golden_id
+             ) s{j} ON s{j}.__bf_golden_id = t.__bf_golden_id",
+            cand = candidates(source),
+            plain = plain.join(", "),
+            firsts = firsts.join(", "),
         ));
-        firsts.push(format!(
-            "first_value({at} ORDER BY {order}){filter} AS {at}"
-        ));
-    }
-    let columns: Vec<String> = types
-        .iter()
-        .flat_map(|(f, _)| [q(f), q(&at_col(f))])
-        .collect();
-    let one = format!(
-        "WITH several AS (
-            SELECT __bf_golden_id AS __bf_sg, __bf_source AS __bf_ss FROM {CANDIDATES}
-            GROUP BY __bf_golden_id, __bf_source HAVING COUNT(*) > 1
-         )
-         SELECT c.__bf_golden_id, c.__bf_source, {plain}
-         FROM {CANDIDATES} c LEFT ANTI JOIN several s
-           ON s.__bf_sg = c.__bf_golden_id AND s.__bf_ss = c.__bf_source
-         UNION ALL
-         SELECT c.__bf_golden_id, c.__bf_source, {firsts}
-         FROM {CANDIDATES} c LEFT SEMI JOIN several s
-           ON s.__bf_sg = c.__bf_golden_id AND s.__bf_ss = c.__bf_source
-         GROUP BY c.__bf_golden_id, c.__bf_source",
-        plain = columns
-            .iter()
-            .map(|c| format!("c.{c}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        firsts = firsts.join(", "),
-    );
-    // Step 2: each source's value (and when it changed) side by side.
-    let mut sides = Vec::new();
-    for (j, s) in contributors.iter().enumerate() {
-        sides.push(format!("bool_or(__bf_source = {}) AS __bf_h{j}", lit(s)));
     }
     let mut picks = Vec::new();
-    for (i, (f, t)) in types.iter().enumerate() {
+    for (f, t) in types {
         let a = entity.authority(f);
         let sources: Vec<(usize, &String)> = a
             .order
@@ -317,26 +328,14 @@ fn decide_sql(entity: &EntityConfig, types: &[(String, arrow::datatypes::DataTyp
             picks.push(format!("CAST(NULL AS VARCHAR) AS {}", q(&src_col(f))));
             continue;
         }
-        for (j, s) in &sources {
-            sides.push(format!(
-                "MAX(CASE WHEN __bf_source = {src} THEN {f} END) AS __bf_v{i}_{j}",
-                src = lit(s),
-                f = q(f)
-            ));
-            if a.rule == AuthorityRule::Recent {
-                sides.push(format!(
-                    "MAX(CASE WHEN __bf_source = {src} THEN {at} END) AS __bf_a{i}_{j}",
-                    src = lit(s),
-                    at = q(&at_col(f))
-                ));
-            }
-        }
+        let value = |j: usize| format!("s{j}.{}", q(f));
+        let at = |j: usize| format!("s{j}.{}", q(&at_col(f)));
         // Whether source j's row counts for the field.
         let counts = |j: usize| -> String {
             if a.null_overwrites {
-                format!("__bf_h{j}")
+                format!("(s{j}.__bf_golden_id IS NOT NULL)")
             } else {
-                format!("(__bf_v{i}_{j} IS NOT NULL)")
+                format!("({} IS NOT NULL)", value(j))
             }
         };
         // The sources in the order they are chosen in: the first that counts (and, under
@@ -350,20 +349,14 @@ fn decide_sql(entity: &EntityConfig, types: &[(String, arrow::datatypes::DataTyp
                     "greatest({})",
                     sources
                         .iter()
-                        .map(|(j, _)| format!("CASE WHEN {} THEN __bf_a{i}_{j} END", counts(*j)))
+                        .map(|(j, _)| format!("CASE WHEN {} THEN {} END", counts(*j), at(*j)))
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
                 // A value whose change time is unknown comes after every known one.
                 sources
                     .iter()
-                    .map(|(j, s)| {
-                        (
-                            format!("{} AND __bf_a{i}_{j} = {latest}", counts(*j)),
-                            *s,
-                            *j,
-                        )
-                    })
+                    .map(|(j, s)| (format!("{} AND {} = {latest}", counts(*j), at(*j)), *s, *j))
                     .chain(
                         sources
                             .iter()
@@ -372,9 +365,9 @@ fn decide_sql(entity: &EntityConfig, types: &[(String, arrow::datatypes::DataTyp
                     .collect()
             }
         };
-        let value = conditions
+        let chosen = conditions
             .iter()
-            .map(|(c, _, j)| format!("WHEN {c} THEN __bf_v{i}_{j}"))
+            .map(|(c, _, j)| format!("WHEN {c} THEN {}", value(*j)))
             .collect::<Vec<_>>()
             .join(" ");
         let source = conditions
@@ -382,13 +375,24 @@ fn decide_sql(entity: &EntityConfig, types: &[(String, arrow::datatypes::DataTyp
             .map(|(c, s, _)| format!("WHEN {c} THEN {}", lit(s)))
             .collect::<Vec<_>>()
             .join(" ");
-        picks.push(format!("CASE {value} END AS {}", q(f)));
+        picks.push(format!("CASE {chosen} END AS {}", q(f)));
         picks.push(format!("CASE {source} END AS {}", q(&src_col(f))));
     }
+    let any = (0..contributors.len())
+        .map(|j| format!("s{j}.__bf_golden_id IS NOT NULL"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
     format!(
-        "SELECT __bf_golden_id AS golden_id, {picks}
-         FROM (SELECT __bf_golden_id, {sides} FROM ({one}) GROUP BY __bf_golden_id)",
+        "SELECT t.__bf_golden_id AS golden_id, {picks}
+         FROM {TOUCHED} t
+         {joins}
+         WHERE {any}",
         picks = picks.join(",\n  "),
-        sides = sides.join(",\n  "),
+        joins = joins.join("\n  "),
+        any = if any.is_empty() {
+            "FALSE".to_string()
+        } else {
+            any
+        },
     )
 }
