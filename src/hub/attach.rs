@@ -343,10 +343,11 @@ async fn join_similar_new_records(cycle: &Cycle<'_>) -> Result<(), HubError> {
 fn attach_sql(cycle: &Cycle<'_>) -> String {
     let rules = &cycle.entity.match_rules;
     let next = cycle.previous.as_ref().map_or(1, |m| m.next_golden_id);
-    let mut ctes = vec![format!(
+    let live = format!(
         "live AS (SELECT * FROM {} WHERE __bf_merged_into IS NULL AND __bf_retired_at IS NULL)",
         golden_old()
-    )];
+    );
+    let mut ctes = Vec::new();
     let mut joins = Vec::new();
     let mut found = Vec::new();
     let mut how = vec![
@@ -404,14 +405,40 @@ m{r} AS (
             .map(|f| format!("{} IS NOT NULL", norm(&q(f))))
             .collect::<Vec<_>>()
             .join(" AND ");
-        let group_by = (0..rule.len())
-            .map(|i| format!("__bf_k{i}"))
+        // Only the live golden records with the values of a record to match are grouped (a
+        // join from those values: when every record read is known by id, none is).
+        let complete = rule
+            .iter()
+            .map(|f| format!("{} IS NOT NULL", norm(&format!("i.{}", q(f)))))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let wanted = rule
+            .iter()
+            .enumerate()
+            .map(|(i, f)| format!("{} AS __bf_k{i}", norm(&format!("i.{}", q(f)))))
             .collect::<Vec<_>>()
             .join(", ");
+        let same = (0..rule.len())
+            .map(|i| format!("w.__bf_k{i} = l.__bf_k{i}"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let l_keys = (0..rule.len())
+            .map(|i| format!("l.__bf_k{i}"))
+            .collect::<Vec<_>>();
         ctes.push(format!(
-            "m{r} AS (SELECT {group_by}, MIN(golden_id) AS __bf_g, COUNT(*) AS __bf_n FROM \
-             (SELECT golden_id, {keys} FROM live WHERE {not_null}) GROUP BY {group_by})",
-            keys = keys.join(", ")
+            "want{r} AS (SELECT DISTINCT {wanted} FROM linked i \
+             WHERE i.__bf_lid IS NULL AND i.__bf_action IS NULL AND {complete}),
+m{r} AS (SELECT {l_named}, MIN(l.golden_id) AS __bf_g, COUNT(*) AS __bf_n \
+             FROM want{r} w JOIN (SELECT golden_id, {keys} FROM live WHERE {not_null}) l ON {same} \
+             GROUP BY {l_group})",
+            keys = keys.join(", "),
+            l_named = l_keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| format!("{k} AS __bf_k{i}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            l_group = l_keys.join(", "),
         ));
         let on = rule
             .iter()
@@ -426,11 +453,6 @@ m{r} AS (
             "WHEN m{r}.__bf_g IS NOT NULL THEN {}",
             lit(&rule_name(rule))
         ));
-        let complete = rule
-            .iter()
-            .map(|f| format!("{} IS NOT NULL", norm(&format!("i.{}", q(f)))))
-            .collect::<Vec<_>>()
-            .join(" AND ");
         let values: Vec<String> = rule.iter().map(|f| norm(&format!("i.{}", q(f)))).collect();
         group.push(format!(
             "WHEN {complete} THEN {}",
@@ -478,7 +500,7 @@ m{r} AS (
         format!("CASE {group_rule} END")
     };
     format!(
-        "WITH {ctes},
+        "WITH {live},
 linked AS (
     -- The ID map's golden record (set aside for a record being unmerged) and a decision.
     SELECT i.*, d.__bf_action, d.__bf_to,
@@ -487,6 +509,7 @@ linked AS (
     LEFT JOIN {LINKS_OLD} l ON l.__bf_source = i.__bf_source AND l.__bf_sid_text = i.__bf_sid_text
     LEFT JOIN {DECISION} d ON d.__bf_source = i.__bf_source AND d.__bf_sid_text = i.__bf_sid_text
 ),
+{ctes}
 {fuzzy}
 found AS (
     SELECT i.__bf_source, i.__bf_sid_text, i.__bf_contributes, i.__bf_read, i.__bf_action,
@@ -518,7 +541,7 @@ FROM found f LEFT JOIN groups g ON g.__bf_group = f.__bf_group",
         unmerge = lit(UNMERGE),
         unmerged = lit(UNMERGED),
         candidates = candidates.join(" "),
-        ctes = ctes.join(",\n"),
+        ctes = ctes.iter().map(|c| format!("{c},")).collect::<Vec<_>>().join("\n"),
         rank = super::sql::rank_case(
             "__bf_source",
             &cycle.entity.sources.keys().cloned().collect::<Vec<_>>()
