@@ -188,20 +188,22 @@ fn dups_sql(cycle: &Cycle<'_>, rule: &[String], apart: bool) -> String {
         ),
     };
     let plain_keys = keys.join(", ");
-    // Only keys two or more live records share can make a group (`multi`, a hash aggregate):
-    // the windows, which cost per partition, see only those.
+    // Only the keys of this cycle's records that two or more live records share make a group
+    // (`multi`, a hash aggregate): the windows, which cost per partition, see only those.
     let raw = format!(
         "(WITH keyed AS (
             SELECT l.*, {key_exprs} FROM {LIVE} l
             WHERE l.{merged} IS NULL AND l.{retired_at} IS NULL AND {not_null}
          ),
-         multi AS (SELECT {plain_keys} FROM keyed GROUP BY {plain_keys} HAVING COUNT(*) > 1),
          keys AS (
             SELECT DISTINCT {k_keys} FROM {OVER} v JOIN keyed k ON k.golden_id = v.golden_id
-            JOIN multi u ON {multi_on}
             WHERE v.{merged} IS NULL
          ),
-         members AS (SELECT k.* FROM keys s JOIN keyed k ON {on})
+         multi AS (
+            SELECT {multi_keys} FROM keys s JOIN keyed k ON {on}
+            GROUP BY {k_keys} HAVING COUNT(*) > 1
+         ),
+         members AS (SELECT k.* FROM multi s JOIN keyed k ON {on})
          SELECT * FROM (
             SELECT m.*,
                    COUNT(*) OVER (PARTITION BY {partition}) AS __bf_n,
@@ -219,11 +221,11 @@ fn dups_sql(cycle: &Cycle<'_>, rule: &[String], apart: bool) -> String {
             .collect::<Vec<_>>()
             .join(", "),
         on = on.join(" AND "),
-        multi_on = keys
+        multi_keys = keys
             .iter()
-            .map(|k| format!("u.{k} = k.{k}"))
+            .map(|k| format!("k.{k} AS {k}"))
             .collect::<Vec<_>>()
-            .join(" AND "),
+            .join(", "),
     );
     if !apart {
         return format!("SELECT * FROM {raw}");
