@@ -178,15 +178,14 @@ pub fn templates(data: &[u8]) {
     use crate::destinations::http_template as t;
     let text = String::from_utf8_lossy(data);
     let (template, value) = text.split_once('\u{1}').unwrap_or(("/items/{key}", &text));
-    let record = t::Record {
-        fields: serde_json::Map::from_iter([(
+    let record = t::Record::with_fields(
+        serde_json::Map::from_iter([(
             "id".to_string(),
             serde_json::Value::String(value.to_string()),
         )]),
-        key: serde_json::Value::String(value.to_string()),
-        idempotency_key: "k".into(),
-        api_id: None,
-    };
+        serde_json::Value::String(value.to_string()),
+        "k".into(),
+    );
     let ids = vec!["id".to_string()];
     let ctx = t::Context {
         key: &ids,

@@ -502,9 +502,10 @@ impl Shared {
             }
             owned = found_rows
                 .iter()
-                .map(|r| Record {
-                    api_id: ids.get(r).cloned(),
-                    ..records[*r].clone()
+                .map(|r| {
+                    let mut record = records[*r].clone();
+                    record.api_id = ids.get(r).cloned();
+                    record
                 })
                 .collect();
             if found_rows.is_empty() {
@@ -685,6 +686,9 @@ impl Shared {
         };
         let url = format!("{}{path}", self.base_url);
         let body = endpoint.record_template(op).map(|t| {
+            if template::is_fields(&t) {
+                return template::fields_body(recs, single.is_some(), endpoint.wrap.as_deref());
+            }
             let payload = match single {
                 Some(r) => template::render(&t, r, &ctx),
                 None => Value::Array(recs.iter().map(|r| template::render(&t, r, &ctx)).collect()),

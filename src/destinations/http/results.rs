@@ -316,11 +316,12 @@ mod tests {
 
     fn records(n: usize) -> Vec<Record> {
         (0..n)
-            .map(|i| Record {
-                fields: serde_json::Map::new(),
-                key: json!(format!("k{i}")),
-                idempotency_key: format!("t{i}"),
-                api_id: None,
+            .map(|i| {
+                Record::with_fields(
+                    serde_json::Map::new(),
+                    json!(format!("k{i}")),
+                    format!("t{i}"),
+                )
             })
             .collect()
     }
@@ -543,12 +544,7 @@ mod tests {
         fn any_key_stays_in_its_segment(key in any::<String>()) {
             let ids = vec!["id".to_string()];
             let ctx = Context { key: &ids, object: "people" };
-            let r = Record {
-                fields: serde_json::Map::new(),
-                key: json!(key.clone()),
-                idempotency_key: String::new(),
-                api_id: None,
-            };
+            let r = Record::with_fields(serde_json::Map::new(), json!(key.clone()), String::new());
             match template::render_path("/v1/{object}/{key}/tags", Some(&r), &ctx) {
                 Ok(p) => {
                     let segment = p

@@ -48,14 +48,93 @@ pub struct Scope<'a> {
 /// One record of a batch, ready to be rendered.
 #[derive(Debug, Clone)]
 pub struct Record {
-    /// Field name → value (NULLs included, as JSON null).
-    pub fields: Map<String, Value>,
+    /// Field name → value (NULLs included, as JSON null), parsed from `json` when a template
+    /// first needs it: the default `{fields}` body is `json` itself.
+    fields: std::sync::OnceLock<Map<String, Value>>,
     /// The key's value.
     pub key: Value,
     /// [`idempotency_key`] of this record.
     pub idempotency_key: String,
     /// The API's own id for the record, when an endpoint looks it up first.
     pub api_id: Option<Value>,
+    /// The record as Arrow's JSON writer wrote it (the same object as `fields`, in the model's
+    /// column order): the body of the default `{fields}` template, sent as it is.
+    pub json: Box<str>,
+}
+
+impl Record {
+    /// A record of the given fields (its JSON text is theirs).
+    pub fn with_fields(fields: Map<String, Value>, key: Value, idempotency_key: String) -> Self {
+        Record {
+            json: Value::Object(fields.clone()).to_string().into(),
+            fields: fields.into(),
+            key,
+            idempotency_key,
+            api_id: None,
+        }
+    }
+
+    /// Field name → value (NULLs included, as JSON null).
+    pub fn fields(&self) -> &Map<String, Value> {
+        // `json` was read whole once already (see `records`): it parses.
+        self.fields
+            .get_or_init(|| serde_json::from_str(&self.json).unwrap_or_default())
+    }
+}
+
+/// The values of the fields `names` in a JSON object (NULL for one it lacks), read without
+/// building the others.
+struct Pick<'a>(&'a [String]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Pick<'_> {
+    type Value = Vec<Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<Value>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Pick<'_> {
+    type Value = Vec<Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Vec<Value>, A::Error> {
+        let mut out = vec![Value::Null; self.0.len()];
+        while let Some(name) = m.next_key::<Name<'de>>()? {
+            match self.0.iter().position(|p| *p == *name.0) {
+                Some(i) => out[i] = m.next_value()?,
+                None => {
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// An object's field name, borrowed from the text unless it has escapes.
+struct Name<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// What a template is rendered with, besides the record.
@@ -83,24 +162,25 @@ pub fn records(
     }
     let mut out = Vec::with_capacity(batch.num_rows());
     for line in buf.split(|b| *b == b'\n').take(batch.num_rows()) {
-        let fields: Map<String, Value> =
-            serde_json::from_slice(line).map_err(|e| ArrowError::JsonError(e.to_string()))?;
+        let json = std::str::from_utf8(line).map_err(|e| ArrowError::JsonError(e.to_string()))?;
+        // The whole object is read (and so checked) here; only the key's values are kept.
+        let mut reader = serde_json::Deserializer::from_str(json);
+        let values = serde::de::DeserializeSeed::deserialize(Pick(key), &mut reader)
+            .and_then(|v| reader.end().map(|()| v))
+            .map_err(|e| ArrowError::JsonError(e.to_string()))?;
         // A composite key is the object of its fields.
-        let key = match key {
-            [one] => fields.get(one).cloned().unwrap_or(Value::Null),
-            parts => Value::Object(
-                parts
-                    .iter()
-                    .map(|p| (p.clone(), fields.get(p).cloned().unwrap_or(Value::Null)))
-                    .collect(),
-            ),
+        let key = match (key, values.as_slice()) {
+            ([_], [one]) => one.clone(),
+            (parts, values) => {
+                Value::Object(parts.iter().cloned().zip(values.iter().cloned()).collect())
+            }
         };
-        let idempotency_key = idempotency_key(scope, line);
         out.push(Record {
-            fields,
+            fields: std::sync::OnceLock::new(),
             key,
-            idempotency_key,
+            idempotency_key: idempotency_key(scope, line),
             api_id: None,
+            json: json.into(),
         });
     }
     Ok(out)
@@ -210,9 +290,9 @@ fn resolve(name: &str, record: &Record, ctx: &Context) -> Option<Value> {
         None => (name, false),
     };
     let v = match base {
-        "fields" => Value::Object(record.fields.clone()),
+        "fields" => Value::Object(record.fields().clone()),
         "fields_without_key" => {
-            let mut m = record.fields.clone();
+            let mut m = record.fields().clone();
             for k in ctx.key {
                 m.remove(k);
             }
@@ -224,7 +304,7 @@ fn resolve(name: &str, record: &Record, ctx: &Context) -> Option<Value> {
         "object" => Value::String(ctx.object.to_string()),
         "idempotency_key" => Value::String(record.idempotency_key.clone()),
         "api_id" => record.api_id.clone()?,
-        other => record.fields.get(other.strip_prefix("field.")?)?.clone(),
+        other => record.fields().get(other.strip_prefix("field.")?)?.clone(),
     };
     Some(if as_text {
         match v {
@@ -254,6 +334,41 @@ pub fn wrapped(payload: Value, wrap: Option<&str>, extra: Option<Value>) -> Valu
         }
         None => payload,
     }
+}
+
+/// Whether `template` is the default one, `"{fields}"`: every field of the record, as it is.
+pub fn is_fields(template: &Value) -> bool {
+    matches!(template, Value::String(s) if s == "{fields}")
+}
+
+/// The body of the `{fields}` template without building JSON values: each record's own JSON
+/// text (one record for a per-record request, an array of them otherwise), under `wrap` when
+/// set. The same JSON as [`render`] and [`wrapped`] give, only not re-parsed and re-written.
+pub fn fields_body(records: &[&Record], single: bool, wrap: Option<&str>) -> Vec<u8> {
+    let size: usize = records.iter().map(|r| r.json.len() + 1).sum();
+    let mut out = Vec::with_capacity(size + 2 + wrap.map_or(0, |w| w.len() + 6));
+    if let Some(name) = wrap {
+        out.push(b'{');
+        out.extend_from_slice(Value::String(name.to_string()).to_string().as_bytes());
+        out.push(b':');
+    }
+    match (single, records) {
+        (true, [one]) => out.extend_from_slice(one.json.as_bytes()),
+        _ => {
+            out.push(b'[');
+            for (i, r) in records.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(r.json.as_bytes());
+            }
+            out.push(b']');
+        }
+    }
+    if wrap.is_some() {
+        out.push(b'}');
+    }
+    out
 }
 
 /// Fill `template` with one record.
@@ -385,12 +500,11 @@ mod tests {
 
     fn record() -> Record {
         let fields = json!({"id": 7, "email": "a@b.co", "name": null});
-        Record {
-            fields: fields.as_object().cloned().unwrap_or_default(),
-            key: json!(7),
-            idempotency_key: "abc".into(),
-            api_id: None,
-        }
+        Record::with_fields(
+            fields.as_object().cloned().unwrap_or_default(),
+            json!(7),
+            "abc".into(),
+        )
     }
 
     #[test]
@@ -497,8 +611,75 @@ mod tests {
         };
         let r = records(&batch, &["id".to_string()], &scope).unwrap();
         assert_eq!(r[0].key, json!(9_007_199_254_740_993i64));
-        assert_eq!(r[0].fields["big"], json!("12345678901.234567890123456789"));
-        assert_eq!(r[0].fields["small"], json!(10.5));
+        assert_eq!(
+            r[0].fields()["big"],
+            json!("12345678901.234567890123456789")
+        );
+        assert_eq!(r[0].fields()["small"], json!(10.5));
+    }
+
+    #[test]
+    fn fields_body_is_the_rendered_template() {
+        use arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray};
+        use arrow::datatypes::{DataType, Field, Schema};
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("score", DataType::Float64, true),
+            Field::new("ok", DataType::Boolean, true),
+        ]);
+        let batch = RecordBatch::try_new(
+            std::sync::Arc::new(schema),
+            vec![
+                std::sync::Arc::new(Int64Array::from(vec![i64::MAX, i64::MIN, 0])),
+                std::sync::Arc::new(StringArray::from(vec![
+                    Some("quote \" back \\ line\n tab\t \u{1} é 😀"),
+                    None,
+                    Some(""),
+                ])),
+                std::sync::Arc::new(Float64Array::from(vec![Some(0.1), Some(-1e300), None])),
+                std::sync::Arc::new(BooleanArray::from(vec![Some(true), None, Some(false)])),
+            ],
+        )
+        .unwrap();
+        let scope = Scope {
+            sync: "s",
+            object: "o",
+            op: "upsert",
+            version: 1,
+        };
+        let ids = vec!["id".to_string()];
+        let ctx = Context {
+            key: &ids,
+            object: "o",
+        };
+        let r = records(&batch, &ids, &scope).unwrap();
+        let all: Vec<&Record> = r.iter().collect();
+        let t = json!("{fields}");
+        assert!(is_fields(&t));
+        assert!(!is_fields(&json!("{fields_without_key}")));
+        let parse = |b: Vec<u8>| serde_json::from_slice::<Value>(&b).unwrap();
+        for wrap in [None, Some("in \"quotes\"")] {
+            let each = Value::Array(all.iter().map(|x| render(&t, x, &ctx)).collect());
+            assert_eq!(
+                parse(fields_body(&all, false, wrap)),
+                wrapped(each, wrap, None)
+            );
+            assert_eq!(
+                parse(fields_body(&all[1..2], true, wrap)),
+                wrapped(render(&t, all[1], &ctx), wrap, None)
+            );
+        }
+        assert_eq!(parse(fields_body(&[], false, None)), json!([]));
+        // Only the key is read up front; the fields when a template asks.
+        assert_eq!(r[0].key, json!(i64::MAX));
+        assert_eq!(r[1].fields()["name"], Value::Null);
+        assert_eq!(r[2].fields()["ok"], json!(false));
+        let composite = records(&batch, &["ok".to_string(), "id".to_string()], &scope).unwrap();
+        assert_eq!(composite[0].key, json!({"id": i64::MAX, "ok": true}));
+        assert_eq!(composite[1].key, json!({"id": i64::MIN, "ok": null}));
+        let missing = records(&batch, &["nope".to_string()], &scope).unwrap();
+        assert_eq!(missing[0].key, Value::Null);
     }
 
     #[test]
