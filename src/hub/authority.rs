@@ -331,7 +331,7 @@ fn decide_sql(
         let value = |j: usize| format!("s{j}.{}", q(f));
         let at = |j: usize| format!("s{j}.{}", q(&at_col(f)));
         // Whether source j's row counts for the field.
-        let counts = |j: usize| -> String {
+        let chosen_if = |j: usize| -> String {
             if a.null_overwrites {
                 format!("(s{j}.__bf_golden_id IS NOT NULL)")
             } else {
@@ -341,26 +341,33 @@ fn decide_sql(
         // The sources in the order they are chosen in: the first that counts (and, under
         // `recent`, changed last) wins.
         let conditions: Vec<(String, &String, usize)> = match a.rule {
-            AuthorityRule::Priority | AuthorityRule::FirstNonNull => {
-                sources.iter().map(|(j, s)| (counts(*j), *s, *j)).collect()
-            }
+            AuthorityRule::Priority | AuthorityRule::FirstNonNull => sources
+                .iter()
+                .map(|(j, s)| (chosen_if(*j), *s, *j))
+                .collect(),
             AuthorityRule::Recent => {
                 let latest = format!(
                     "greatest({})",
                     sources
                         .iter()
-                        .map(|(j, _)| format!("CASE WHEN {} THEN {} END", counts(*j), at(*j)))
+                        .map(|(j, _)| format!("CASE WHEN {} THEN {} END", chosen_if(*j), at(*j)))
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
                 // A value whose change time is unknown comes after every known one.
                 sources
                     .iter()
-                    .map(|(j, s)| (format!("{} AND {} = {latest}", counts(*j), at(*j)), *s, *j))
+                    .map(|(j, s)| {
+                        (
+                            format!("{} AND {} = {latest}", chosen_if(*j), at(*j)),
+                            *s,
+                            *j,
+                        )
+                    })
                     .chain(
-                        sources
-                            .iter()
-                            .map(|(j, s)| (format!("{} AND {latest} IS NULL", counts(*j)), *s, *j)),
+                        sources.iter().map(|(j, s)| {
+                            (format!("{} AND {latest} IS NULL", chosen_if(*j)), *s, *j)
+                        }),
                     )
                     .collect()
             }
