@@ -2,17 +2,13 @@
 -- Output: __bf_invalid_id (the id as read), __bf_reason, then the record's columns.
 --
 -- As in valid.sql, an id read once is judged on its own (its NULL id, or a value of the wrong
--- type), and only the ids read more than once go through the windows.
-WITH dup AS (
-    SELECT __bf_sid AS __bf_dup FROM {input}
-    WHERE __bf_sid IS NOT NULL GROUP BY __bf_sid HAVING COUNT(*) > 1
-)
+-- type), and only the ids read more than once ({dup}, as in valid.sql) go through the windows.
 SELECT i.__bf_sid AS __bf_invalid_id,
        CASE WHEN i.__bf_sid IS NULL THEN 'the id is NULL'
             ELSE 'field(s) ' || i.__bf_bad || ' cannot be read as the entity''s type; the record is not taken'
        END AS __bf_reason,
        *
-FROM {input} i LEFT ANTI JOIN dup d ON d.__bf_dup = i.__bf_sid
+FROM {input} i LEFT ANTI JOIN {dup} d ON d.__bf_dup = i.__bf_sid
 WHERE i.__bf_sid IS NULL OR (i.__bf_bad <> '' AND NOT i.__bf_deleted)
 UNION ALL
 SELECT __bf_sid AS __bf_invalid_id,
@@ -24,6 +20,6 @@ FROM (
     SELECT *,
            COUNT(*) OVER (PARTITION BY __bf_sid, __bf_wm) AS __bf_ties,
            MAX(__bf_wm) OVER (PARTITION BY __bf_sid) AS __bf_latest
-    FROM {input} i LEFT SEMI JOIN dup d ON d.__bf_dup = i.__bf_sid
+    FROM {input} i LEFT SEMI JOIN {dup} d ON d.__bf_dup = i.__bf_sid
 )
 WHERE (__bf_wm IS NOT DISTINCT FROM __bf_latest) AND (__bf_ties > 1 OR (__bf_bad <> '' AND NOT __bf_deleted))

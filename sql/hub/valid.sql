@@ -13,14 +13,14 @@
 -- version is taken.
 --
 -- Most ids are read once: those are taken as they are (an anti join against the ids read
--- more than once, a hash aggregate), and only the ids read more than once go through the
--- windows that pick their latest version (a window partitioned by id costs per partition).
-WITH dup AS (
-    SELECT __bf_sid AS __bf_dup FROM {input}
-    WHERE __bf_sid IS NOT NULL GROUP BY __bf_sid HAVING COUNT(*) > 1
-)
+-- more than once), and only the ids read more than once go through the windows that pick
+-- their latest version (a window partitioned by id costs per partition).
+--
+-- Input {dup}: the ids read more than once (__bf_dup), written once per read by
+-- src/hub/read.rs (`dup_sql`), since this query runs again in every stage that reads the
+-- source's records.
 SELECT * EXCEPT (__bf_bad)
-FROM {input} i LEFT ANTI JOIN dup d ON d.__bf_dup = i.__bf_sid
+FROM {input} i LEFT ANTI JOIN {dup} d ON d.__bf_dup = i.__bf_sid
 WHERE i.__bf_sid IS NOT NULL AND (i.__bf_bad = '' OR i.__bf_deleted)
 UNION ALL
 SELECT * EXCEPT (__bf_rn, __bf_ties, __bf_bad)
@@ -28,6 +28,6 @@ FROM (
     SELECT *,
            ROW_NUMBER() OVER (PARTITION BY __bf_sid ORDER BY __bf_wm DESC NULLS LAST) AS __bf_rn,
            COUNT(*) OVER (PARTITION BY __bf_sid, __bf_wm) AS __bf_ties
-    FROM {input} i LEFT SEMI JOIN dup d ON d.__bf_dup = i.__bf_sid
+    FROM {input} i LEFT SEMI JOIN {dup} d ON d.__bf_dup = i.__bf_sid
 )
 WHERE __bf_rn = 1 AND __bf_ties = 1 AND (__bf_bad = '' OR __bf_deleted)

@@ -254,6 +254,18 @@ async fn stages(
                 .map(|p| state::Position { drained: true, ..p }),
         };
         let table = incoming(source);
+        // The ids read more than once, found once: validation runs again in every stage that
+        // reads this source's records.
+        let dup = cycle.sql("read", &read::dup_sql(&raw_table)).await?;
+        cycle
+            .materialize(
+                "read",
+                dup,
+                &format!("dup-{source}.parquet"),
+                &read::dup_table(&raw_table),
+                None,
+            )
+            .await?;
         let (valid, invalid) = read::validate(cycle.ctx, &raw_table, source, samples)
             .await
             .map_err(cycle.engine("read"))?;

@@ -382,18 +382,41 @@ pub async fn last_position(
 
 /// The invalid records of the read registered as `raw` (see sql/hub/invalid.sql).
 pub fn invalid_sql(raw: &str) -> String {
-    INVALID_SQL.replace("{input}", raw)
+    INVALID_SQL
+        .replace("{input}", raw)
+        .replace("{dup}", &dup_table(raw))
+}
+
+/// The table of the ids read more than once in the read registered as `raw` (see
+/// `sql/hub/valid.sql`), registered by the caller from [`dup_sql`].
+pub fn dup_table(raw: &str) -> String {
+    format!("{raw}_dup")
+}
+
+/// The ids read more than once in the read registered as `raw`.
+pub fn dup_sql(raw: &str) -> String {
+    format!(
+        "SELECT __bf_sid AS __bf_dup FROM {raw} \
+         WHERE __bf_sid IS NOT NULL GROUP BY __bf_sid HAVING COUNT(*) > 1"
+    )
 }
 
 /// The valid records of the read registered as `raw` (an id, and one record per id — the
-/// latest by watermark), and the number of invalid ones, sampled into `samples`.
+/// latest by watermark), and the number of invalid ones, sampled into `samples`. The ids read
+/// more than once must be registered as [`dup_table`] first.
 pub async fn validate(
     ctx: &SessionContext,
     raw: &str,
     source: &str,
     samples: &mut Vec<SampleRecord>,
 ) -> datafusion::error::Result<(DataFrame, u64)> {
-    let valid = ctx.sql(&VALID_SQL.replace("{input}", raw)).await?;
+    let valid = ctx
+        .sql(
+            &VALID_SQL
+                .replace("{input}", raw)
+                .replace("{dup}", &dup_table(raw)),
+        )
+        .await?;
     let invalid_sql = invalid_sql(raw);
     let count = ctx
         .sql(&format!("SELECT COUNT(*) AS n FROM ({invalid_sql})"))
