@@ -603,12 +603,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let scope = Scope {
-            sync: "s",
-            object: "o",
-            op: "upsert",
-            version: 1,
-        };
+        let scope = upsert_scope();
         let r = records(&batch, &["id".to_string()], &scope).unwrap();
         assert_eq!(r[0].key, json!(9_007_199_254_740_993i64));
         assert_eq!(
@@ -616,6 +611,15 @@ mod tests {
             json!("12345678901.234567890123456789")
         );
         assert_eq!(r[0].fields()["small"], json!(10.5));
+    }
+
+    fn upsert_scope() -> Scope<'static> {
+        Scope {
+            sync: "s",
+            object: "o",
+            op: "upsert",
+            version: 1,
+        }
     }
 
     #[test]
@@ -642,12 +646,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let scope = Scope {
-            sync: "s",
-            object: "o",
-            op: "upsert",
-            version: 1,
-        };
+        let scope = upsert_scope();
         let ids = vec!["id".to_string()];
         let ctx = Context {
             key: &ids,
