@@ -189,15 +189,17 @@ fn dups_sql(cycle: &Cycle<'_>, rule: &[String], apart: bool) -> String {
     };
     let plain_keys = keys.join(", ");
     // Only the keys of this cycle's records that two or more live records share make a group
-    // (`multi`, a hash aggregate): the windows, which cost per partition, see only those.
+    // (`multi`, a hash aggregate): the windows, which cost per partition, see only those. A
+    // record this cycle changed is live as its row in OVER (LIVE is the old golden records
+    // with OVER over them): its keys are read from there, not from every live record.
     let raw = format!(
         "(WITH keyed AS (
             SELECT l.*, {key_exprs} FROM {LIVE} l
             WHERE l.{merged} IS NULL AND l.{retired_at} IS NULL AND {not_null}
          ),
          keys AS (
-            SELECT DISTINCT {k_keys} FROM {OVER} v JOIN keyed k ON k.golden_id = v.golden_id
-            WHERE v.{merged} IS NULL
+            SELECT DISTINCT {key_exprs} FROM {OVER} l
+            WHERE l.{merged} IS NULL AND l.{retired_at} IS NULL AND {not_null}
          ),
          multi AS (
             SELECT {multi_keys} FROM keys s JOIN keyed k ON {on}
