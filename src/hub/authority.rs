@@ -118,11 +118,33 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
                 ),
             )
             .await?;
-        cycle.register("authority", &candidates(source), df)?;
-        parts.push(format!("SELECT * FROM {}", candidates(source)));
+        parts.push(df);
     }
-    let df = cycle.sql("authority", &parts.join("\nUNION ALL\n")).await?;
-    cycle.register("authority", CANDIDATES, df)?;
+    // Written once: the decision reads each source's candidates four times over, and each
+    // read would otherwise scan all of the source's contributions again.
+    let mut parts = parts.into_iter();
+    let mut all = parts.next().ok_or_else(|| HubError::Settings {
+        entity: cycle.name.to_string(),
+        message: "an entity needs at least one contributing source".into(),
+    })?;
+    for part in parts {
+        all = all.union(part).map_err(cycle.engine("authority"))?;
+    }
+    cycle
+        .materialize("authority", all, "candidates.parquet", CANDIDATES, None)
+        .await?;
+    for source in &contributors {
+        let df = cycle
+            .sql(
+                "authority",
+                &format!(
+                    "SELECT * FROM {CANDIDATES} WHERE __bf_source = {}",
+                    lit(source)
+                ),
+            )
+            .await?;
+        cycle.register("authority", &candidates(source), df)?;
+    }
 
     let authority = decide_sql(entity, &types, &contributors);
 
