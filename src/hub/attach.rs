@@ -28,6 +28,9 @@ use crate::config::entity::{FuzzyRule, MatchRule};
 
 const INCOMING: &str = "bf_hub_incoming";
 const LINKS_OLD: &str = "bf_hub_links_old";
+/// The records of `INCOMING` with the golden record the ID map has for them (`__bf_lid`: none
+/// for a record being unmerged) and a decision of `hub resolve` (`__bf_action`, `__bf_to`).
+const LINKED: &str = "bf_hub_linked";
 
 /// An exact rule's name in the ID map and the log: `match: email` or `match: name, phone`.
 pub fn rule_name(rule: &[String]) -> String {
@@ -178,6 +181,37 @@ pub async fn attach(
     cycle.register("attach", INCOMING, df)?;
     let df = cycle.sql("attach", &links.join("\nUNION ALL\n")).await?;
     cycle.register("attach", LINKS_OLD, df)?;
+
+    // Each record with its golden record in the ID map and a decision. The attach query reads
+    // it once per match rule and again for the result, and each read would scan the whole ID
+    // map again: once there is an ID map, it is written once. (Before, there is nothing to
+    // scan, and writing every record of a first cycle costs more than reading them again.)
+    let df = cycle
+        .sql(
+            "attach",
+            &format!(
+                "SELECT i.*, d.__bf_action, d.__bf_to,
+                        CASE WHEN d.__bf_action = {unmerge} THEN NULL ELSE l.__bf_golden_id END AS __bf_lid
+                 FROM {INCOMING} i
+                 LEFT JOIN {LINKS_OLD} l ON l.__bf_source = i.__bf_source AND l.__bf_sid_text = i.__bf_sid_text
+                 LEFT JOIN {DECISION} d ON d.__bf_source = i.__bf_source AND d.__bf_sid_text = i.__bf_sid_text",
+                unmerge = lit(UNMERGE),
+            ),
+        )
+        .await?;
+    let known: u64 = cycle
+        .previous
+        .iter()
+        .flat_map(|m| m.sources.values())
+        .map(|s| s.contributions.rows)
+        .sum();
+    if known > 0 {
+        cycle
+            .materialize("attach", df, "linked.parquet", LINKED, None)
+            .await?;
+    } else {
+        cycle.register("attach", LINKED, df)?;
+    }
 
     let sql = attach_sql(cycle);
     let df = cycle.sql("attach", &sql).await?;
@@ -501,14 +535,7 @@ m{r} AS (SELECT {l_named}, MIN(l.golden_id) AS __bf_g, COUNT(*) AS __bf_n \
     };
     format!(
         "WITH {live},
-linked AS (
-    -- The ID map's golden record (set aside for a record being unmerged) and a decision.
-    SELECT i.*, d.__bf_action, d.__bf_to,
-           CASE WHEN d.__bf_action = {unmerge} THEN NULL ELSE l.__bf_golden_id END AS __bf_lid
-    FROM {INCOMING} i
-    LEFT JOIN {LINKS_OLD} l ON l.__bf_source = i.__bf_source AND l.__bf_sid_text = i.__bf_sid_text
-    LEFT JOIN {DECISION} d ON d.__bf_source = i.__bf_source AND d.__bf_sid_text = i.__bf_sid_text
-),
+linked AS (SELECT * FROM {LINKED}),
 {ctes}
 {fuzzy}
 found AS (
