@@ -199,13 +199,7 @@ pub async fn attach(
             ),
         )
         .await?;
-    let known: u64 = cycle
-        .previous
-        .iter()
-        .flat_map(|m| m.sources.values())
-        .map(|s| s.contributions.rows)
-        .sum();
-    if known > 0 {
+    if cycle.has_id_map() {
         cycle
             .materialize("attach", df, "linked.parquet", LINKED, None)
             .await?;

@@ -120,8 +120,9 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
             .await?;
         parts.push(df);
     }
-    // Written once: the decision reads each source's candidates four times over, and each
-    // read would otherwise scan all of the source's contributions again.
+    // The decision reads each source's candidates four times over, and each read would scan
+    // all of the source's committed contributions again: once there are any, the candidates
+    // are written once.
     let mut parts = parts.into_iter();
     let mut all = parts.next().ok_or_else(|| HubError::Settings {
         entity: cycle.name.to_string(),
@@ -130,9 +131,13 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
     for part in parts {
         all = all.union(part).map_err(cycle.engine("authority"))?;
     }
-    cycle
-        .materialize("authority", all, "candidates.parquet", CANDIDATES, None)
-        .await?;
+    if cycle.has_id_map() {
+        cycle
+            .materialize("authority", all, "candidates.parquet", CANDIDATES, None)
+            .await?;
+    } else {
+        cycle.register("authority", CANDIDATES, all)?;
+    }
     for source in &contributors {
         let df = cycle
             .sql(

@@ -156,6 +156,16 @@ impl Cycle<'_> {
         self.register(stage, table, df)
     }
 
+    /// Whether the committed state links any source record to a golden record. Until it does,
+    /// a stage's view over this cycle's records is cheaper read again than written once: there
+    /// is no ID map or committed contribution to scan with it.
+    pub fn has_id_map(&self) -> bool {
+        self.previous
+            .iter()
+            .flat_map(|m| m.sources.values())
+            .any(|s| s.contributions.rows > 0)
+    }
+
     /// The cycle's clock as a SQL timestamp.
     pub fn now_sql(&self) -> String {
         super::sql::cast_to(&self.now_us.to_string(), &state::timestamp_type())
