@@ -199,13 +199,9 @@ pub async fn attach(
             ),
         )
         .await?;
-    if cycle.has_id_map() {
-        cycle
-            .materialize("attach", df, "linked.parquet", LINKED, None)
-            .await?;
-    } else {
-        cycle.register("attach", LINKED, df)?;
-    }
+    cycle
+        .materialize_with_id_map("attach", df, "linked.parquet", LINKED)
+        .await?;
 
     let sql = attach_sql(cycle);
     let df = cycle.sql("attach", &sql).await?;

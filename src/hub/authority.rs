@@ -131,13 +131,9 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
     for part in parts {
         all = all.union(part).map_err(cycle.engine("authority"))?;
     }
-    if cycle.has_id_map() {
-        cycle
-            .materialize("authority", all, "candidates.parquet", CANDIDATES, None)
-            .await?;
-    } else {
-        cycle.register("authority", CANDIDATES, all)?;
-    }
+    cycle
+        .materialize_with_id_map("authority", all, "candidates.parquet", CANDIDATES)
+        .await?;
     for source in &contributors {
         let df = cycle
             .sql(

@@ -166,6 +166,24 @@ impl Cycle<'_> {
             .any(|s| s.contributions.rows > 0)
     }
 
+    /// Register `df` as `table`: written to `file` first once there is a committed ID map (a
+    /// relation later stages read several times, each read a scan of the committed state),
+    /// left a view before (see [`Cycle::has_id_map`]).
+    pub async fn materialize_with_id_map(
+        &self,
+        stage: &'static str,
+        df: DataFrame,
+        file: &str,
+        table: &str,
+    ) -> Result<(), HubError> {
+        if self.has_id_map() {
+            self.materialize(stage, df, file, table, None).await?;
+            Ok(())
+        } else {
+            self.register(stage, table, df)
+        }
+    }
+
     /// The cycle's clock as a SQL timestamp.
     pub fn now_sql(&self) -> String {
         super::sql::cast_to(&self.now_us.to_string(), &state::timestamp_type())
