@@ -177,8 +177,9 @@ impl Cycle<'_> {
         table: &str,
     ) -> Result<(), HubError> {
         if self.has_id_map() {
-            self.materialize(stage, df, file, table, None).await?;
-            Ok(())
+            self.materialize(stage, df, file, table, None)
+                .await
+                .map(|_| ())
         } else {
             self.register(stage, table, df)
         }

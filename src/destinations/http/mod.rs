@@ -693,11 +693,9 @@ impl Shared {
                 Some(r) => template::render(&t, r, &ctx),
                 None => Value::Array(recs.iter().map(|r| template::render(&t, r, &ctx)).collect()),
             };
-            let payload = match &endpoint.wrap {
-                Some(name) => serde_json::json!({ name: payload }),
-                None => payload,
-            };
-            payload.to_string().into_bytes()
+            template::wrapped(payload, endpoint.wrap.as_deref(), None)
+                .to_string()
+                .into_bytes()
         });
         let idempotency_key = (op != WriteOp::Delete).then(|| match single {
             Some(r) => r.idempotency_key.clone(),
