@@ -440,7 +440,7 @@ async fn prepare(sync: &SyncRef<'_>) -> Result<Prepared, SyncError> {
     target.schema = lookup::with_types(&target.schema, &lookups.types);
     target.creates_and_updates = destination.creates_and_updates();
     Ok(Prepared {
-        diff: lookups.diff,
+        diff: diff::with_join_sides(lookups.diff, scope, compares_with_destination),
         resolver: lookups.resolver,
         target,
         key_type,
