@@ -147,6 +147,13 @@ impl Bisect {
         }
     }
 
+    /// Try `range` again as it is (it was rolled back for a reason other than its rows).
+    pub fn again(&mut self, range: Range<usize>) {
+        if !range.is_empty() {
+            self.todo.push(range);
+        }
+    }
+
     /// The rows refused, by index, with the database's message.
     pub fn into_refused(mut self) -> Vec<(usize, String)> {
         self.refused.sort_by_key(|(row, _)| *row);

@@ -698,6 +698,96 @@ async fn binary_copies_reject_only_the_rows_the_table_refuses() {
     );
 }
 
+/// An initial load goes in as two COPY streams at once (two connections, each half of a batch
+/// in its own transaction). A value the table refuses rejects only its row, in either half.
+/// Two pairs of rows share an email the table holds unique, one of each pair in each half and
+/// crossing, so that the two streams may wait on each other until PostgreSQL breaks the
+/// deadlock: the run still succeeds, and only one row of each pair is refused.
+#[tokio::test]
+async fn an_initial_load_in_two_streams_rejects_only_refused_rows() {
+    let Some(pg) = db::postgres().await else {
+        return;
+    };
+    let schema = "bf_e2e_pg_two_streams";
+    db::pg_schema(&pg, schema).await;
+    pg.batch_execute(&format!(
+        "CREATE TABLE {schema}.people (id text PRIMARY KEY, email text UNIQUE, \
+           name varchar(8), plan text);"
+    ))
+    .await
+    .unwrap();
+    let f = Fixture::new();
+    csv_to_pg(&f, schema, &sync("people", "people", "mirror"));
+    let rows = 12_000;
+    let mut csv = String::from("id,email,name,plan\n");
+    for i in 0..rows {
+        // Rows 100 and 9,000 hold a name too long for varchar(8).
+        let name = if i == 100 || i == 9_000 {
+            "much too long"
+        } else {
+            "Ada"
+        };
+        let email = match i {
+            1 | 11_999 => "dup1@x.io".to_string(),
+            5_999 | 6_001 => "dup2@x.io".to_string(),
+            _ => format!("p{i}@x.io"),
+        };
+        csv.push_str(&format!("r{i:05},{email},{name},pro\n"));
+    }
+    f.write("people.csv", &csv);
+    let r = f.run_ok("people").await;
+    assert_eq!(
+        (r.counts.created, r.counts.rejected),
+        (rows - 4, 4),
+        "{r:?}"
+    );
+    let refused: Vec<String> = r.samples.iter().filter_map(|s| s.key.clone()).collect();
+    for key in ["r00100", "r09000"] {
+        assert!(refused.iter().any(|k| k == key), "{refused:?}");
+    }
+    let one_of = |a: &str, b: &str| refused.iter().filter(|k| *k == a || *k == b).count();
+    assert_eq!(
+        (one_of("r00001", "r11999"), one_of("r05999", "r06001")),
+        (1, 1)
+    );
+    let one = |sql: String| {
+        let pg = &pg;
+        async move { pg_rows(pg, &sql).await[0][0].clone() }
+    };
+    assert_eq!(
+        one(format!(
+            "SELECT count(*) FROM {schema}.people WHERE name = 'Ada' AND plan = 'pro'"
+        ))
+        .await,
+        (rows - 4).to_string()
+    );
+    // The next run has nothing new to send (the refused rows are refused again).
+    let r = f.run_ok("people").await;
+    assert_eq!((r.counts.created, r.counts.rejected), (0, 4), "{r:?}");
+
+    // Without refused rows: each destination batch is two transactions of half its rows.
+    let clean = Fixture::new();
+    csv_to_pg(&clean, schema, &sync("people", "clean", "mirror"));
+    let mut csv = String::from("id,email,name,plan\n");
+    for i in 0..rows {
+        csv.push_str(&format!("r{i:05},p{i}@x.io,Ada,pro\n"));
+    }
+    clean.write("people.csv", &csv);
+    let r = clean.run_ok("people").await;
+    assert_eq!((r.counts.created, r.counts.rejected), (rows, 0), "{r:?}");
+    let sizes: Vec<usize> = pg_rows(
+        &pg,
+        &format!("SELECT count(*)::text FROM {schema}.clean GROUP BY xmin::text"),
+    )
+    .await
+    .iter()
+    .map(|r| r[0].parse().unwrap())
+    .collect();
+    // (One stream would have written the 12,000 rows, one destination batch, at once.)
+    assert_eq!(sizes.iter().sum::<usize>(), rows, "{sizes:?}");
+    assert!(sizes.iter().all(|n| *n <= rows / 2), "{sizes:?}");
+}
+
 /// A random row of the property test below: each value may be NULL.
 #[derive(Debug, Clone)]
 struct RandomRow {

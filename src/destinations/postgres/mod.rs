@@ -11,7 +11,10 @@
 //! (`INSERT … ON CONFLICT (key) DO UPDATE`, `UPDATE … FROM`, `DELETE … USING`), all in one
 //! transaction. Into a table that was empty when the run began (an initial load), creates,
 //! appends and upserts are COPY'd straight into the table instead, about twice as fast; the
-//! first row that collides with a record already there switches the run back to staging. When PostgreSQL refuses a row (a value, a constraint, a trigger), the batch is
+//! first row that collides with a record already there switches the run back to staging. Such
+//! a load sends each batch as two COPY streams, on two connections, each half in its own
+//! transaction, so that two server processes insert at once (a 1M-row load took about 0.82 of
+//! the time of one stream; see the README). When PostgreSQL refuses a row (a value, a constraint, a trigger), the batch is
 //! bisected so that the refused rows become rejections with PostgreSQL's message and the rest
 //! still land.
 
@@ -206,6 +209,12 @@ impl Destination for PostgresDestination {
         let url = self.url()?;
         let client = self.connect(&url).await?;
         let empty = self.prepare(&url, &client, target).await?;
+        // A second connection for an initial load's second COPY stream.
+        let peer = if empty {
+            Some(self.connect(&url).await?)
+        } else {
+            None
+        };
         let types = self
             .columns(&url, &client, target)
             .await?
@@ -221,6 +230,7 @@ impl Destination for PostgresDestination {
             target: target.clone(),
             url,
             client,
+            peer,
         }))
     }
 }

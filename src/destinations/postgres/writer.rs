@@ -25,6 +25,10 @@ pub(super) struct PostgresWriter {
     pub target: WriteTarget,
     pub url: PgUrl,
     pub client: Client,
+    /// A second connection while the table was empty: each batch of at least
+    /// [`TWO_STREAMS_ROWS`] rows goes straight in as two COPY streams at once, one per
+    /// connection (two server processes insert, instead of one).
+    pub peer: Option<Client>,
     /// The table's column types (`pg_type.typname`) by column name: where they match the
     /// fields' exactly, rows go in COPY's binary format (see `copy`).
     pub types: std::collections::HashMap<String, String>,
@@ -100,31 +104,44 @@ impl PostgresWriter {
         Encoded::new(batch, &self.types, numbered).map_err(|e| self.fail(e.to_string()))
     }
 
-    /// COPY `messages` (rows without their row numbers) straight into the table, in one
-    /// transaction. `Ok(None)` when a row collided with one already in the table (nothing
-    /// was written).
-    async fn attempt_direct(
+    /// The rows of `batch` (an operation that may go straight in) as two COPY streams at once,
+    /// each half of the rows in its own transaction on its own connection. What cannot go
+    /// straight in is left to `bisect`: a half with a refused row is split, a half that
+    /// collided with a record already there is tried again through the staging table.
+    async fn two_streams(
         &mut self,
+        encoded: &Encoded,
         copy: &str,
-        messages: Vec<Bytes>,
-    ) -> Result<Option<Attempt<BatchOutcome>>, tokio_postgres::Error> {
-        let tx = self.client.transaction().await?;
-        let result = copy_in(&tx, copy, messages).await;
-        match result {
-            Ok(()) => {
-                tx.commit().await?;
-                Ok(Some(Attempt::Done(BatchOutcome::default())))
+        bisect: &mut Bisect,
+        applied: &mut Vec<BatchOutcome>,
+    ) -> Result<(), DestinationError> {
+        let Some(peer) = self.peer.as_mut() else {
+            return Ok(());
+        };
+        let Some(all) = bisect.next_range() else {
+            return Ok(());
+        };
+        let mid = all.start + all.len() / 2;
+        let (low, high) = (all.start..mid, mid..all.end);
+        let (a, b) = tokio::join!(
+            copy_direct(
+                &mut self.client,
+                copy,
+                encoded.messages(low.clone(), COPY_CHUNK)
+            ),
+            copy_direct(peer, copy, encoded.messages(high.clone(), COPY_CHUNK)),
+        );
+        for (rows, result) in [(high, b), (low, a)] {
+            match result.map_err(|e| self.fail(pg::message(&e)))? {
+                Some(Attempt::Done(a)) => applied.push(a),
+                Some(Attempt::RowError(message)) => bisect.refused(rows, message),
+                None => {
+                    self.direct = false;
+                    bisect.again(rows);
+                }
             }
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                tx.rollback().await?;
-                Ok(None)
-            }
-            Err(e) if pg::is_row_error(&e) => {
-                tx.rollback().await?;
-                Ok(Some(Attempt::RowError(pg::message(&e))))
-            }
-            Err(e) => Err(e),
         }
+        Ok(())
     }
 
     /// Apply rows `range` in one transaction.
@@ -171,6 +188,41 @@ impl PostgresWriter {
     }
 }
 
+/// Batches of at least this many rows go into an empty table as two COPY streams.
+const TWO_STREAMS_ROWS: usize = 4096;
+
+/// COPY `messages` (rows without their row numbers) straight into the table, in one
+/// transaction on `client`. `Ok(None)` when nothing was written because a row collided with
+/// one already in the table, or with one the other stream was writing (a unique violation, or
+/// a deadlock between the two streams, which PostgreSQL breaks by aborting one).
+async fn copy_direct(
+    client: &mut Client,
+    copy: &str,
+    messages: Vec<Bytes>,
+) -> Result<Option<Attempt<BatchOutcome>>, tokio_postgres::Error> {
+    use tokio_postgres::error::SqlState;
+    let tx = client.transaction().await?;
+    let result = copy_in(&tx, copy, messages).await;
+    match result {
+        Ok(()) => {
+            tx.commit().await?;
+            Ok(Some(Attempt::Done(BatchOutcome::default())))
+        }
+        Err(e)
+            if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+                || e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) =>
+        {
+            tx.rollback().await?;
+            Ok(None)
+        }
+        Err(e) if pg::is_row_error(&e) => {
+            tx.rollback().await?;
+            Ok(Some(Attempt::RowError(pg::message(&e))))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Run the `COPY … FROM STDIN` statement `copy` with the data `messages`, in `tx`.
 async fn copy_in(
     tx: &tokio_postgres::Transaction<'_>,
@@ -214,6 +266,17 @@ impl ObjectWriter for PostgresWriter {
         // staging table.
         let mut direct: Option<Encoded> = None;
         let mut staged: Option<Encoded> = None;
+        if self.direct && direct_op && self.peer.is_some() && batch.num_rows() >= TWO_STREAMS_ROWS {
+            let encoded = self.encode(&batch, false)?;
+            let copy = format!(
+                "COPY {} ({column_list}) FROM STDIN{}",
+                self.table,
+                encoded.options()
+            );
+            self.two_streams(&encoded, &copy, &mut bisect, &mut applied)
+                .await?;
+            direct = Some(encoded);
+        }
         while let Some(rows) = bisect.next_range() {
             if self.direct && direct_op {
                 let encoded = match direct.take() {
@@ -227,8 +290,7 @@ impl ObjectWriter for PostgresWriter {
                 );
                 let messages = encoded.messages(rows.clone(), COPY_CHUNK);
                 direct = Some(encoded);
-                match self
-                    .attempt_direct(&copy, messages)
+                match copy_direct(&mut self.client, &copy, messages)
                     .await
                     .map_err(|e| self.fail(pg::message(&e)))?
                 {
