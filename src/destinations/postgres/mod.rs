@@ -110,7 +110,10 @@ impl PostgresDestination {
     /// A connection whose statements wait at most `lock_timeout` for a lock and run at most
     /// `statement_timeout`, so that a table locked by another session or a stuck statement
     /// fails the run instead of hanging it.
-    async fn connect(&self, url: &PgUrl) -> Result<tokio_postgres::Client, DestinationError> {
+    pub(super) async fn connect(
+        &self,
+        url: &PgUrl,
+    ) -> Result<tokio_postgres::Client, DestinationError> {
         let client = url.connect().await.map_err(|e| self.db(e))?;
         let ms = |d: std::time::Duration| d.as_millis().min(i32::MAX as u128);
         let lock = databases::wait_setting(
@@ -209,11 +212,13 @@ impl Destination for PostgresDestination {
         let url = self.url()?;
         let client = self.connect(&url).await?;
         let empty = self.prepare(&url, &client, target).await?;
-        // A second connection for an initial load's second COPY stream.
+        // The second COPY stream of an initial load connects when the first batch comes,
+        // after the diff has read what it needed (the destination's keys, for a sync without
+        // state, on a connection of its own).
         let peer = if empty {
-            Some(self.connect(&url).await?)
+            writer::Peer::Unopened(self.clone())
         } else {
-            None
+            writer::Peer::None
         };
         let types = self
             .columns(&url, &client, target)

@@ -28,13 +28,39 @@ pub(super) struct PostgresWriter {
     /// A second connection while the table was empty: each batch of at least
     /// [`TWO_STREAMS_ROWS`] rows goes straight in as two COPY streams at once, one per
     /// connection (two server processes insert, instead of one).
-    pub peer: Option<Client>,
+    pub peer: Peer,
     /// The table's column types (`pg_type.typname`) by column name: where they match the
     /// fields' exactly, rows go in COPY's binary format (see `copy`).
     pub types: std::collections::HashMap<String, String>,
 }
 
+/// The second connection of an initial load.
+pub(super) enum Peer {
+    /// Not connected yet: it connects for the first batch that goes in as two streams.
+    Unopened(PostgresDestination),
+    Open(Client),
+    /// Not wanted (the table was not empty), or it could not connect: one stream.
+    None,
+}
+
 impl PostgresWriter {
+    /// Connect the second connection if it is not yet. When it cannot connect (the server
+    /// refuses one more connection, say), the load goes on as one stream.
+    async fn open_peer(&mut self) {
+        if let Peer::Unopened(destination) = &self.peer {
+            self.peer = match destination.connect(&self.url).await {
+                Ok(client) => Peer::Open(client),
+                Err(e) => {
+                    tracing::warn!(
+                        "{e}: the initial load of {} goes in as one COPY stream",
+                        self.target.object
+                    );
+                    Peer::None
+                }
+            };
+        }
+    }
+
     fn fail(&self, reason: String) -> DestinationError {
         DestinationError::Write {
             destination: self.destination.clone(),
@@ -115,7 +141,8 @@ impl PostgresWriter {
         bisect: &mut Bisect,
         applied: &mut Vec<BatchOutcome>,
     ) -> Result<(), DestinationError> {
-        let Some(peer) = self.peer.as_mut() else {
+        self.open_peer().await;
+        let Peer::Open(peer) = &mut self.peer else {
             return Ok(());
         };
         let Some(all) = bisect.next_range() else {
@@ -266,7 +293,11 @@ impl ObjectWriter for PostgresWriter {
         // staging table.
         let mut direct: Option<Encoded> = None;
         let mut staged: Option<Encoded> = None;
-        if self.direct && direct_op && self.peer.is_some() && batch.num_rows() >= TWO_STREAMS_ROWS {
+        if self.direct
+            && direct_op
+            && !matches!(self.peer, Peer::None)
+            && batch.num_rows() >= TWO_STREAMS_ROWS
+        {
             let encoded = self.encode(&batch, false)?;
             let copy = format!(
                 "COPY {} ({column_list}) FROM STDIN{}",
