@@ -775,7 +775,7 @@ async fn an_initial_load_in_two_streams_rejects_only_refused_rows() {
     clean.write("people.csv", &csv);
     let r = clean.run_ok("people").await;
     assert_eq!((r.counts.created, r.counts.rejected), (rows, 0), "{r:?}");
-    let sizes: Vec<usize> = pg_rows(
+    let sizes: Vec<u64> = pg_rows(
         &pg,
         &format!("SELECT count(*)::text FROM {schema}.clean GROUP BY xmin::text"),
     )
@@ -784,7 +784,7 @@ async fn an_initial_load_in_two_streams_rejects_only_refused_rows() {
     .map(|r| r[0].parse().unwrap())
     .collect();
     // (One stream would have written the 12,000 rows, one destination batch, at once.)
-    assert_eq!(sizes.iter().sum::<usize>(), rows, "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<u64>(), rows, "{sizes:?}");
     assert!(sizes.iter().all(|n| *n <= rows / 2), "{sizes:?}");
 }
 
