@@ -72,8 +72,8 @@ const COLLECT_BUILD_BYTES: usize = 512 << 20;
 /// partition of the model probes it as it is read (DataFusion's `CollectLeft`), instead of
 /// both sides being repartitioned by key. The model's rows are wide, and repartitioning them
 /// (a copy of every row into its partition's batch) cost more than building the narrow side
-/// on one thread: on this project's 2-core machine a 1M-row mirror run into a file took about
-/// 0.85 of the time (README, Performance). A larger state keeps DataFusion's partitioned join.
+/// on one thread: on this project's 2-core machine a 1M-row incremental mirror run into a file
+/// took about 0.8 of the time (README, Performance). A larger state keeps DataFusion's partitioned join.
 ///
 /// Only where the left side is the sync's own state (`Whole` and `Changes` scopes, not
 /// `foreign`), whose size the statistics tell. With join reordering on, a left side of unknown

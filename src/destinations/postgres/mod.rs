@@ -12,7 +12,7 @@
 //! transaction. Into a table that was empty when the run began (an initial load), creates,
 //! appends and upserts are COPY'd straight into the table instead, about twice as fast; the
 //! first row that collides with a record already there switches the run back to staging. Such
-//! a load sends each batch as two COPY streams, on two connections, each half in its own
+//! a load sends each batch of 4,096 rows or more as two COPY streams, on two connections, each half in its own
 //! transaction, so that two server processes insert at once (a 1M-row load took about 0.82 of
 //! the time of one stream; see the README). When PostgreSQL refuses a row (a value, a constraint, a trigger), the batch is
 //! bisected so that the refused rows become rejections with PostgreSQL's message and the rest
