@@ -6,6 +6,7 @@
 //! behind the traits in [`destinations`]; all state and run history is Parquet under the state
 //! path ([`state`], [`history`]).
 
+pub mod background_writer;
 pub mod behavior;
 pub mod cli;
 pub mod config;

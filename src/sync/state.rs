@@ -12,8 +12,6 @@ use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::cast;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, ident, lit};
-use object_store::buffered::BufWriter;
-use parquet::arrow::AsyncArrowWriter;
 
 use super::intents::Intents;
 use super::map::{FIELDS, HASH, KEY, fields_type};
@@ -393,7 +391,8 @@ pub struct SentWriter {
     /// Keys written that leave the state (deleted, forgotten).
     pub left_keys: u64,
     store: StateStore,
-    writer: AsyncArrowWriter<BufWriter>,
+    /// Encoded on a task of its own, overlapping the diff (see `background_writer`).
+    writer: crate::background_writer::BackgroundWriter,
     schema: SchemaRef,
     rel: String,
     rows: u64,
@@ -420,7 +419,9 @@ impl SentWriter {
             new_keys: 0,
             left_keys: 0,
             store: store.clone(),
-            writer: store.parquet_writer(rel, schema.clone())?,
+            writer: crate::background_writer::BackgroundWriter::spawn(
+                store.parquet_writer(rel, schema.clone())?,
+            ),
             schema,
             rel: rel.to_string(),
             rows: 0,
@@ -445,8 +446,11 @@ impl SentWriter {
         columns.push(Arc::new(keep_col.finish()));
         let batch =
             RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| self.err(e.into()))?;
-        self.writer.write(&batch).await.map_err(|e| self.err(e))?;
-        self.rows += batch.num_rows() as u64;
+        let n = batch.num_rows() as u64;
+        if let Err(e) = self.writer.write(batch).await {
+            return Err(self.err(e));
+        }
+        self.rows += n;
         Ok(())
     }
 

@@ -27,6 +27,7 @@ use parquet::arrow::AsyncArrowWriter;
 use tokio::io::AsyncWriteExt;
 
 use super::format::FileFormat;
+use crate::background_writer::BackgroundWriter;
 use crate::destinations::{
     BatchOutcome, DestinationError, FinishOutcome, ObjectWriter, WriteOp, WriteTarget,
 };
@@ -60,8 +61,12 @@ pub async fn newest_version(
 }
 
 enum Sink {
-    Parquet(Box<AsyncArrowWriter<BufWriter>>),
-    Text { out: Box<BufWriter>, header: bool },
+    /// Encoded on a task of its own, overlapping the diff (see `background_writer`).
+    Parquet(BackgroundWriter),
+    Text {
+        out: Box<BufWriter>,
+        header: bool,
+    },
 }
 
 /// Streams a run's changes into its file.
@@ -106,7 +111,7 @@ impl ChangeFeedWriter {
     fn open_sink(&self) -> Result<Sink, DestinationError> {
         let out = BufWriter::new(self.store.clone(), self.path.clone());
         Ok(match self.format {
-            FileFormat::Parquet => Sink::Parquet(Box::new(
+            FileFormat::Parquet => Sink::Parquet(BackgroundWriter::spawn(
                 AsyncArrowWriter::try_new(
                     out,
                     self.schema.clone(),
@@ -160,7 +165,7 @@ impl ObjectWriter for ChangeFeedWriter {
             reason: e,
         };
         match self.sink.as_mut() {
-            Some(Sink::Parquet(w)) => w.write(&batch).await.map_err(|e| failed(e.to_string()))?,
+            Some(Sink::Parquet(w)) => w.write(batch).await.map_err(|e| failed(e.to_string()))?,
             Some(Sink::Text { out, header }) => {
                 let mut buf = Vec::new();
                 match format {
