@@ -206,7 +206,7 @@ mod tests {
         let b = batch(0, 1000);
         // Small row groups: every write flushes one, so the sink is written during `write`.
         let props = parquet::file::properties::WriterProperties::builder()
-            .set_max_row_group_size(1000)
+            .set_max_row_group_row_count(Some(1000))
             .build();
         let writer = AsyncArrowWriter::try_new(sink.clone(), b.schema(), Some(props))
             .unwrap_or_else(|e| panic!("{e}"));
