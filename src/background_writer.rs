@@ -73,24 +73,24 @@ impl BackgroundWriter {
         if self.tx.send(Message::Close).await.is_err() {
             return Err(self.stopped().await);
         }
+        // Told to close: the task's own result is the file's.
         match self.task.take() {
             Some(task) => joined(task.await),
-            None => Err(ParquetError::General(
-                "the Parquet writer stopped before the file was finished".into(),
-            )),
+            None => Err(stopped_early()),
         }
     }
 
     /// Why the task stopped before it was told to close.
     async fn stopped(&mut self) -> ParquetError {
-        let stopped = || {
-            ParquetError::General("the Parquet writer stopped before the file was finished".into())
-        };
         match self.task.take() {
-            Some(task) => joined(task.await).err().unwrap_or_else(stopped),
-            None => stopped(),
+            Some(task) => joined(task.await).err().unwrap_or_else(stopped_early),
+            None => stopped_early(),
         }
     }
+}
+
+fn stopped_early() -> ParquetError {
+    ParquetError::General("the Parquet writer stopped before the file was finished".into())
 }
 
 fn joined(
@@ -193,7 +193,14 @@ mod tests {
         let mut w = BackgroundWriter::spawn(writer);
         w.write(b).await.unwrap_or_else(|e| panic!("{e}"));
         drop(w);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // The task has ended once it has dropped its writer, and with it its sink's clone.
+        for _ in 0..1000 {
+            if Arc::strong_count(&sink.bytes) == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(Arc::strong_count(&sink.bytes), 1, "the task did not end");
         assert!(!sink.completed.load(std::sync::atomic::Ordering::SeqCst));
     }
 

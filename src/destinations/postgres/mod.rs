@@ -6,17 +6,18 @@
 //! zone never in one without); fields it lacks are added as columns, and a unique index is
 //! created on the key when there is none, because `ON CONFLICT` needs one.
 //!
-//! Each batch takes the fast path: its rows are COPY'd (text format) into a temporary staging
-//! table with the target's column types, then one set-based statement applies them
+//! Each batch takes the fast path: its rows are COPY'd (in PostgreSQL's binary format when every
+//! field has an exact binary form for its column's type, as text otherwise: see `copy`) into a
+//! temporary staging table with the target's column types, then one set-based statement applies them
 //! (`INSERT … ON CONFLICT (key) DO UPDATE`, `UPDATE … FROM`, `DELETE … USING`), all in one
 //! transaction. Into a table that was empty when the run began (an initial load), creates,
 //! appends and upserts are COPY'd straight into the table instead, about twice as fast; the
 //! first row that collides with a record already there switches the run back to staging. Such
-//! a load sends each batch of 4,096 rows or more as two COPY streams, on two connections, each half in its own
-//! transaction, so that two server processes insert at once (a 1M-row load took about 0.82 of
-//! the time of one stream; see the README). When PostgreSQL refuses a row (a value, a constraint, a trigger), the batch is
-//! bisected so that the refused rows become rejections with PostgreSQL's message and the rest
-//! still land.
+//! a load sends each batch of 4,096 rows or more as two COPY streams, on two connections, each
+//! half in its own transaction, so that two server processes insert at once (a 1M-row load
+//! took about 0.81 of the time of one stream; see the README). When PostgreSQL refuses a row
+//! (a value, a constraint, a trigger), the batch is bisected so that the refused rows become
+//! rejections with PostgreSQL's message and the rest still land.
 
 mod copy;
 mod schema;
