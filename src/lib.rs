@@ -24,6 +24,7 @@ pub mod keys;
 pub mod memory;
 pub mod models;
 pub mod names;
+pub mod parallel_writer;
 pub mod progress;
 pub mod project;
 pub mod schedule;

@@ -575,8 +575,17 @@ impl StateStore {
             source,
         };
         let schema = schema.unwrap_or_else(|| storage_schema(plan.schema().as_arrow()));
-        let mut writer = self.parquet_writer(rel, schema.clone())?;
-        let mut stream = plan.execute_stream().await.map_err(plan_err)?;
+        // Its columns encoded side by side: a cheap plan leaves encoding as the whole stage.
+        let mut writer = crate::parallel_writer::ParallelWriter::try_new(
+            BufWriter::new(self.store.clone(), self.path(rel)),
+            schema.clone(),
+            writer_properties(),
+        )
+        .map_err(parquet_err)?;
+        let task = std::sync::Arc::new(plan.task_ctx());
+        let physical = plan.create_physical_plan().await.map_err(plan_err)?;
+        let mut stream =
+            datafusion::physical_plan::execute_stream(physical.clone(), task).map_err(plan_err)?;
         let mut rows = 0u64;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(plan_err)?;
@@ -595,6 +604,15 @@ impl StateStore {
             writer.write(&batch).await.map_err(parquet_err)?;
         }
         writer.close().await.map_err(parquet_err)?;
+        // Where a state file's time went (`RUST_LOG=backflow::state=trace`).
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let shown = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+                physical.as_ref(),
+            )
+            .indent(true)
+            .to_string();
+            tracing::trace!(path = rel, plan = %shown, "state file written");
+        }
         self.verify(rel, None).await?;
         Ok(rows)
     }
