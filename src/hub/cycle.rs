@@ -149,9 +149,12 @@ async fn stages(
         let ids = options
             .only_ids
             .map(|by_source| by_source.get(source).map_or(&[][..], Vec::as_slice));
+        // A read after the position is tried whole first (see `read::Window::Whole`), unless
+        // the last read was cut at a batch: then there is likely more than a batch to read.
         let window = match ids {
             Some(ids) => read::Window::Ids(ids),
-            None => read::Window::After(from),
+            None if from.is_some_and(|p| !p.drained) => read::Window::After(from),
+            None => read::Window::Whole(from),
         };
         let mut stored = before.and_then(|b| b.id_type.parse::<arrow::datatypes::DataType>().ok());
         if let Some(t) = super::create::empty_id_type(cycle, source, &relation).await? {
@@ -186,7 +189,7 @@ async fn stages(
         } else {
             plan
         };
-        let raw = cycle
+        let mut raw = cycle
             .materialize(
                 "read",
                 plan,
@@ -195,6 +198,26 @@ async fn stages(
                 None,
             )
             .await?;
+        // More records than a batch: the batch is the first of them, in order.
+        if matches!(window, read::Window::Whole(_)) && raw.rows > entity.batch_size() as u64 {
+            let (sorted, _) = read::plan(
+                &context,
+                relation.clone(),
+                source,
+                config,
+                read::Window::After(from),
+                stored.as_ref(),
+            )?;
+            raw = cycle
+                .materialize(
+                    "read",
+                    sorted,
+                    &format!("in-{source}-batch.parquet"),
+                    &raw_table,
+                    None,
+                )
+                .await?;
+        }
         // A read of given ids is whole, however many they are.
         let full = ids.is_none() && raw.rows >= entity.batch_size() as u64;
         let last = read::last_position(cycle.ctx, &raw_table, config.watermark.is_some(), !full)
@@ -202,7 +225,6 @@ async fn stages(
             .map_err(cycle.engine("read"))?;
         // A batch cut inside a group of records with the same watermark and id takes the
         // whole group (an id twice at one watermark is invalid: all of it must be seen).
-        let mut raw = raw;
         if let (true, Some(last)) = (full, &last) {
             let (group, _) = read::plan(
                 &context,

@@ -69,6 +69,12 @@ pub async fn relation(
 pub enum Window<'a> {
     /// At most `batch_size`, in order, after this position (from the start when None).
     After(Option<&'a Position>),
+    /// The records of `After`, in no order, up to one more than `batch_size`: a read that
+    /// returns no more than `batch_size` is the whole window and needs no sort. (A sort with
+    /// a limit is a top-k heap in DataFusion, one owned row per record: for a limit of
+    /// millions, far slower than reading unsorted. Only a window larger than a batch is read
+    /// again as `After`.)
+    Whole(Option<&'a Position>),
     /// Every record with exactly this position's watermark and id (a batch that ended
     /// inside a group of such records takes all of them).
     At(&'a Position),
@@ -232,13 +238,13 @@ pub fn plan(
     let df_err = |e: datafusion::error::DataFusionError| problem(e.to_string());
     let mut df = ctx_relation;
     match window {
-        Window::After(None) => {}
+        Window::After(None) | Window::Whole(None) => {}
         // A watermark column with no values (a file of a header only): only records with a
         // NULL watermark, read from the start, could be there; none is past the position.
-        Window::After(Some(_)) if wm_type == Some(DataType::Null) => {
+        Window::After(Some(_)) | Window::Whole(Some(_)) if wm_type == Some(DataType::Null) => {
             df = df.filter(lit(false)).map_err(df_err)?;
         }
-        Window::After(Some(pos)) => {
+        Window::After(Some(pos)) | Window::Whole(Some(pos)) => {
             let filter = past(pos, source, &id_type, wm_type.as_ref()).map_err(&problem)?;
             df = df.filter(filter).map_err(df_err)?;
         }
@@ -269,6 +275,13 @@ pub fn plan(
                 .map_err(df_err)?;
             return Ok((df, id_type));
         }
+    }
+    if let Window::Whole(_) = window {
+        let df = df
+            .limit(0, Some(entity.batch_size().saturating_add(1)))
+            .and_then(|df| df.select(exprs))
+            .map_err(df_err)?;
+        return Ok((df, id_type));
     }
     let mut order = Vec::new();
     if let Some(w) = &source.watermark {
