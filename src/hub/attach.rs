@@ -540,6 +540,8 @@ found AS (
 ),
 groups AS (
     -- New golden ids in the order of the sources, then of the records' ids, then of the keys.
+    -- (Joined to the records as the build side of the join: one short row per new golden
+    -- record, where the records with all their columns would take several times the memory.)
     SELECT __bf_group, {next} - 1 + ROW_NUMBER() OVER (ORDER BY __bf_first_rank, __bf_first_id, __bf_group) AS __bf_new_id
     FROM (SELECT __bf_group, MIN({rank}) AS __bf_first_rank, MIN(__bf_sid_text) AS __bf_first_id
           FROM found WHERE __bf_found IS NULL AND __bf_contributes GROUP BY __bf_group)
@@ -553,7 +555,7 @@ SELECT f.__bf_source, f.__bf_sid_text, f.__bf_read,
             WHEN g.__bf_new_id IS NOT NULL THEN f.__bf_group_rule
        END AS __bf_linked_by,
        f.__bf_how AS __bf_rule, f.__bf_n
-FROM found f LEFT JOIN groups g ON g.__bf_group = f.__bf_group",
+FROM groups g RIGHT JOIN found f ON g.__bf_group = f.__bf_group",
         quarantined = lit(QUARANTINED),
         unmerge = lit(UNMERGE),
         unmerged = lit(UNMERGED),

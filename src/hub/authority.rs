@@ -16,9 +16,7 @@
 //! until a source changes that field.
 
 use super::HubError;
-use super::context::{
-    ATTACHED, Cycle, LOST, OVER, REMOVED, contrib_now, contrib_old, delta, golden_old,
-};
+use super::context::{ATTACHED, Cycle, LOST, OVER, REMOVED, contrib_now, contrib_old, delta};
 use super::deletes::lost_col;
 use super::sql::{lit, lit_list, null_of, q};
 use super::state::{self, at_col, mapped_fields, src_col};
@@ -71,9 +69,10 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
     );
     // (Written once: every source's candidates are read from it more than once.)
     let touched = cycle.sql("authority", &touched).await?;
-    cycle
+    let touched_rows = cycle
         .materialize("authority", touched, "touched.parquet", TOUCHED, None)
-        .await?;
+        .await?
+        .rows;
     super::deletes::lost(cycle, &contributors).await?;
     let types: Vec<(String, arrow::datatypes::DataType)> = entity
         .field_types()
@@ -228,6 +227,8 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
         .chain(types.iter().map(|(f, _)| format!("x.{}", q(&src_col(f)))))
         .collect();
     let now = cycle.now_sql();
+    // (The narrow sides, `LOST` and the touched fields, are the build sides of their joins:
+    // see `decide_sql`.)
     let sql = format!(
         "SELECT x.golden_id, {fields},
                 COALESCE(x.__bf_old_created_seq, {v}) AS {created_seq},
@@ -241,9 +242,11 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
                    o.golden_id AS __bf_old_id, o.{created_seq} AS __bf_old_created_seq,
                    o.{seq} AS __bf_old_seq, o.{created_at} AS __bf_old_created_at,
                    o.{updated_at} AS __bf_old_updated_at
-            FROM ({authority}) n LEFT JOIN {golden} o ON o.golden_id = n.golden_id
-            LEFT JOIN ({touched_fields}) t ON t.__bf_golden_id = n.golden_id
-            LEFT JOIN {LOST} l ON l.__bf_golden_id = n.golden_id
+            FROM {LOST} l RIGHT JOIN (
+                ({touched_fields}) t RIGHT JOIN (
+                    {beside}
+                ) ON t.__bf_golden_id = n.golden_id
+            ) ON l.__bf_golden_id = n.golden_id
          ) x
          UNION ALL
          {retired}",
@@ -260,9 +263,9 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
         created_at = state::CREATED_AT,
         updated_at = state::UPDATED_AT,
         merged_into = state::MERGED_INTO,
-        golden = golden_old(),
+        beside = cycle.beside_golden_old(&format!("({authority})"), touched_rows),
     );
-    let df = cycle.sql("authority", &sql).await?;
+    let df = cycle.sql_as_written("authority", &sql).await?;
     let over = cycle
         .materialize(
             "authority",
@@ -300,7 +303,11 @@ fn decide_sql(
     let counts = |f: &str| -> Option<String> {
         (!entity.authority(f).null_overwrites).then(|| format!("{} IS NOT NULL", q(f)))
     };
-    let mut joins = Vec::new();
+    // The touched golden records with each source's row beside them: `TOUCHED t`, then per
+    // source `s{j} RIGHT JOIN (…)`, so that every hash join builds on one source's rows and
+    // streams the growing row of the sides already joined (a left join would build on that
+    // wide side, copying it whole).
+    let mut joined = format!("{TOUCHED} t");
     for (j, source) in contributors.iter().enumerate() {
         let mapped = mapped_fields(entity, source);
         let mut plain = Vec::new();
@@ -319,23 +326,28 @@ fn decide_sql(
             ));
         }
         let sep = if plain.is_empty() { "" } else { ", " };
-        joins.push(format!(
-            "LEFT JOIN (
+        joined = format!(
+            "(
                WITH several AS (
                  SELECT __bf_golden_id AS __bf_sg FROM {cand}
                  GROUP BY __bf_golden_id HAVING COUNT(*) > 1
                )
                SELECT c.__bf_golden_id{sep}{plain}
-               FROM {cand} c LEFT ANTI JOIN several s ON s.__bf_sg = c.__bf_golden_id
+               FROM several s RIGHT ANTI JOIN {cand} c ON s.__bf_sg = c.__bf_golden_id
                UNION ALL
                SELECT c.__bf_golden_id{sep}{firsts}
-               FROM {cand} c LEFT SEMI JOIN several s ON s.__bf_sg = c.__bf_golden_id
+               FROM several s RIGHT SEMI JOIN {cand} c ON s.__bf_sg = c.__bf_golden_id
                GROUP BY c.__bf_golden_id
-             ) s{j} ON s{j}.__bf_golden_id = t.__bf_golden_id",
+             ) s{j} RIGHT JOIN {inner} ON s{j}.__bf_golden_id = t.__bf_golden_id",
             cand = candidates(source),
             plain = plain.join(", "),
             firsts = firsts.join(", "),
-        ));
+            inner = if j == 0 {
+                joined
+            } else {
+                format!("({joined})")
+            },
+        );
     }
     let mut picks = Vec::new();
     for (f, t) in types {
@@ -414,11 +426,9 @@ fn decide_sql(
         .join(" OR ");
     format!(
         "SELECT t.__bf_golden_id AS golden_id, {picks}
-         FROM {TOUCHED} t
-         {joins}
+         FROM {joined}
          WHERE {any}",
         picks = picks.join(",\n  "),
-        joins = joins.join("\n  "),
         any = if any.is_empty() {
             "FALSE".to_string()
         } else {

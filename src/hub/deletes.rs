@@ -282,6 +282,9 @@ pub fn lost_col(field: &str) -> String {
 /// The golden records retired this cycle, in the golden table's columns: those that lost a
 /// contributing record and have no contributor left (`candidates` holds every contribution
 /// of a touched golden record), live until now.
+///
+/// (Planned as written, as part of the authority's query: the few golden records that lost a
+/// record are the build side of the join with every committed one.)
 pub fn retired_sql(cycle: &Cycle<'_>, candidates: &str) -> String {
     let q = super::sql::q;
     let fields: Vec<String> = cycle
@@ -302,7 +305,7 @@ pub fn retired_sql(cycle: &Cycle<'_>, candidates: &str) -> String {
         "SELECT o.golden_id, {fields}, o.{created_seq}, {v} AS {seq}, o.{created_at}, \
                 {now} AS {updated_at}, o.{merged}, {now} AS {retired_at}, \
                 'its last source record was deleted (' || l.__bf_reason || ')' AS {reason}
-         FROM {old} o JOIN {lost} l ON l.__bf_golden_id = o.golden_id
+         FROM {lost} l JOIN {old} o ON l.__bf_golden_id = o.golden_id
          WHERE o.{merged} IS NULL AND o.{retired_at} IS NULL
            AND NOT EXISTS (SELECT 1 FROM {candidates} c WHERE c.__bf_golden_id = o.golden_id)",
         fields = fields.join(", "),
