@@ -100,7 +100,7 @@ fn joined(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use arrow::array::{Int64Array, StringArray};
@@ -130,10 +130,10 @@ mod tests {
     /// Collects what is written into a shared buffer; fails every write after `fail_after`
     /// bytes when set.
     #[derive(Clone, Default)]
-    struct Shared {
-        bytes: Arc<std::sync::Mutex<Vec<u8>>>,
-        completed: Arc<std::sync::atomic::AtomicBool>,
-        fail_after: Option<usize>,
+    pub(crate) struct Shared {
+        pub(crate) bytes: Arc<std::sync::Mutex<Vec<u8>>>,
+        pub(crate) completed: Arc<std::sync::atomic::AtomicBool>,
+        pub(crate) fail_after: Option<usize>,
     }
 
     impl AsyncFileWriter for Shared {

@@ -237,7 +237,6 @@ mod tests {
 
     use arrow::array::{Int64Array, ListArray, StringArray};
     use arrow::datatypes::{DataType, Field, Int64Type, Schema};
-    use futures::future::BoxFuture;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     use super::*;
@@ -275,33 +274,9 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Collects what is written; fails every write after `fail_after` bytes when set.
-    #[derive(Clone, Default)]
-    struct Shared {
-        bytes: Arc<std::sync::Mutex<Vec<u8>>>,
-        completed: Arc<std::sync::atomic::AtomicBool>,
-        fail_after: Option<usize>,
-    }
-
-    impl AsyncFileWriter for Shared {
-        fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
-            Box::pin(async move {
-                let mut b = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
-                if self.fail_after.is_some_and(|n| b.len() + bs.len() > n) {
-                    return Err(ParquetError::General("disk full".into()));
-                }
-                b.extend_from_slice(&bs);
-                Ok(())
-            })
-        }
-        fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
-            Box::pin(async move {
-                self.completed
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
-                Ok(())
-            })
-        }
-    }
+    // The sink the background writer's tests use: collects what is written, fails every
+    // write after `fail_after` bytes when set.
+    use crate::background_writer::tests::Shared;
 
     fn properties(rows: usize) -> WriterProperties {
         WriterProperties::builder()
