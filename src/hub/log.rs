@@ -13,7 +13,7 @@
 //! folds them into one file every [`COMPACT_AT`] cycles.
 
 use super::HubError;
-use super::context::{Cycle, OVER, REMOVED, contrib_next, contrib_old};
+use super::context::{Cycle, OVER, REMOVED, contrib_next, contrib_old, golden_old};
 use super::sql::{lit, q};
 use super::state::{self, HubManifest, StateFile, log_schema};
 use crate::project::Project;
@@ -47,38 +47,36 @@ pub async fn write(cycle: &Cycle<'_>) -> Result<(StateFile, LogCounts), HubError
         now = cycle.now_sql()
     );
     let merged = state::MERGED_INTO;
-    // Each part below reads the changed golden records beside the committed ones.
-    let over_rows = cycle
-        .count("log", &format!("SELECT COUNT(*) FROM {OVER}"))
-        .await?;
-    let beside = cycle.beside_golden_old(OVER, over_rows);
     let mut parts = vec![format!(
         "SELECT {head}, n.golden_id, 'create' AS op, CAST(NULL AS VARCHAR) AS field,
                 CAST(NULL AS VARCHAR) AS old_value, CAST(NULL AS VARCHAR) AS new_value,
                 CAST(NULL AS VARCHAR) AS source, CAST(NULL AS VARCHAR) AS source_id,
                 CAST(NULL AS VARCHAR) AS detail
-         FROM {beside}
-         WHERE o.golden_id IS NULL"
+         FROM {OVER} n LEFT JOIN {old} o ON o.golden_id = n.golden_id
+         WHERE o.golden_id IS NULL",
+        old = golden_old()
     )];
     for f in cycle.entity.fields.keys() {
         let fq = q(f);
         parts.push(format!(
             "SELECT {head}, n.golden_id, 'set', {name}, CAST(o.{fq} AS VARCHAR), CAST(n.{fq} AS VARCHAR),
                     n.{src}, CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR)
-             FROM {beside}
+             FROM {OVER} n LEFT JOIN {old} o ON o.golden_id = n.golden_id
              WHERE n.{merged} IS NULL
                AND ((o.golden_id IS NULL AND n.{fq} IS NOT NULL)
                     OR (o.golden_id IS NOT NULL AND (n.{fq} IS DISTINCT FROM o.{fq})))",
             name = lit(f),
-            src = q(&state::src_col(f))
+            src = q(&state::src_col(f)),
+            old = golden_old()
         ));
     }
     parts.push(format!(
         "SELECT {head}, n.golden_id, 'merge', CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR),
                 CAST(n.{merged} AS VARCHAR), CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR),
                 CAST(NULL AS VARCHAR)
-         FROM {beside}
-         WHERE n.{merged} IS NOT NULL AND o.{merged} IS NULL"
+         FROM {OVER} n LEFT JOIN {old} o ON o.golden_id = n.golden_id
+         WHERE n.{merged} IS NOT NULL AND o.{merged} IS NULL",
+        old = golden_old()
     ));
     parts.push(format!(
         "SELECT {head}, r.__bf_golden_id, 'unlink', CAST(NULL AS VARCHAR),
@@ -90,8 +88,9 @@ pub async fn write(cycle: &Cycle<'_>) -> Result<(StateFile, LogCounts), HubError
         "SELECT {head}, n.golden_id, 'retire', CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR),
                 CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR),
                 n.{reason}
-         FROM {beside}
+         FROM {OVER} n LEFT JOIN {old} o ON o.golden_id = n.golden_id
          WHERE n.{retired} IS NOT NULL AND o.{retired} IS NULL",
+        old = golden_old(),
         retired = state::RETIRED_AT,
         reason = state::RETIRED_REASON,
     ));
