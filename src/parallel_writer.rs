@@ -18,8 +18,6 @@
 //!
 //! [`close`]: ParallelWriter::close
 
-use std::collections::VecDeque;
-
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
@@ -37,9 +35,6 @@ use tokio::task::JoinHandle;
 
 /// Leaf arrays handed to a column's task and not yet encoded.
 const QUEUED_PER_COLUMN: usize = 2;
-/// Row groups whose columns may still be encoding while the next one is fed (none: see the
-/// module documentation).
-const FINISHING_ROW_GROUPS: usize = 0;
 
 type ColumnTask = JoinHandle<Result<ArrowColumnChunk, ParquetError>>;
 
@@ -60,7 +55,6 @@ pub struct ParallelWriter<W: AsyncFileWriter> {
     max_rows: usize,
     started: usize,
     current: Option<RowGroup>,
-    finishing: VecDeque<Vec<ColumnTask>>,
 }
 
 impl<W: AsyncFileWriter> ParallelWriter<W> {
@@ -86,7 +80,6 @@ impl<W: AsyncFileWriter> ParallelWriter<W> {
             max_rows,
             started: 0,
             current: None,
-            finishing: VecDeque::new(),
         })
     }
 
@@ -117,9 +110,6 @@ impl<W: AsyncFileWriter> ParallelWriter<W> {
             && group.rows > 0
         {
             self.end(group).await?;
-        }
-        while let Some(tasks) = self.finishing.pop_front() {
-            self.append(tasks).await?;
         }
         self.file.finish()?;
         self.flush().await?;
@@ -161,20 +151,11 @@ impl<W: AsyncFileWriter> ParallelWriter<W> {
         Ok(group)
     }
 
-    /// The row group is full: its columns finish encoding while the next one is fed.
-    async fn end(&mut self, mut group: RowGroup) -> Result<(), ParquetError> {
-        group.senders.clear();
-        self.finishing.push_back(group.tasks);
-        while self.finishing.len() > FINISHING_ROW_GROUPS {
-            if let Some(tasks) = self.finishing.pop_front() {
-                self.append(tasks).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Put a finished row group's column chunks into the file, in column order.
-    async fn append(&mut self, tasks: Vec<ColumnTask>) -> Result<(), ParquetError> {
+    /// The row group is complete: its columns finish encoding (their senders dropped), and
+    /// their chunks go into the file in column order.
+    async fn end(&mut self, group: RowGroup) -> Result<(), ParquetError> {
+        let RowGroup { senders, tasks, .. } = group;
+        drop(senders);
         let mut chunks = Vec::with_capacity(tasks.len());
         for task in tasks {
             chunks.push(joined(task.await)?);
