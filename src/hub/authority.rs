@@ -16,7 +16,9 @@
 //! until a source changes that field.
 
 use super::HubError;
-use super::context::{ATTACHED, Cycle, LOST, OVER, REMOVED, contrib_now, contrib_old, delta};
+use super::context::{
+    ATTACHED, Cycle, LOST, OVER, REMOVED, contrib_now, contrib_old, delta, golden_old,
+};
 use super::deletes::lost_col;
 use super::sql::{lit, lit_list, null_of, q};
 use super::state::{self, at_col, mapped_fields, src_col};
@@ -69,10 +71,9 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
     );
     // (Written once: every source's candidates are read from it more than once.)
     let touched = cycle.sql("authority", &touched).await?;
-    let touched_rows = cycle
+    cycle
         .materialize("authority", touched, "touched.parquet", TOUCHED, None)
-        .await?
-        .rows;
+        .await?;
     super::deletes::lost(cycle, &contributors).await?;
     let types: Vec<(String, arrow::datatypes::DataType)> = entity
         .field_types()
@@ -244,7 +245,7 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
                    o.{updated_at} AS __bf_old_updated_at
             FROM {LOST} l RIGHT JOIN (
                 ({touched_fields}) t RIGHT JOIN (
-                    {beside}
+                    ({authority}) n LEFT JOIN {golden} o ON o.golden_id = n.golden_id
                 ) ON t.__bf_golden_id = n.golden_id
             ) ON l.__bf_golden_id = n.golden_id
          ) x
@@ -263,7 +264,7 @@ pub async fn run(cycle: &Cycle<'_>, full_resync: bool) -> Result<u64, HubError> 
         created_at = state::CREATED_AT,
         updated_at = state::UPDATED_AT,
         merged_into = state::MERGED_INTO,
-        beside = cycle.beside_golden_old(&format!("({authority})"), touched_rows),
+        golden = golden_old(),
     );
     let df = cycle.sql_as_written("authority", &sql).await?;
     let over = cycle

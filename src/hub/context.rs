@@ -105,7 +105,7 @@ impl Cycle<'_> {
     /// Plan `text` with its joins as written: each hash join builds on its first side.
     /// DataFusion may otherwise swap the sides by its size estimates, which it cannot make for
     /// the joins and aggregates this cycle's plans are built of (and then may build on the
-    /// wide side: see [`Cycle::beside_golden_old`]).
+    /// wide side, which a hash join copies whole).
     pub async fn sql_as_written(
         &self,
         stage: &'static str,
@@ -179,28 +179,6 @@ impl Cycle<'_> {
             .iter()
             .flat_map(|m| m.sources.values())
             .any(|s| s.contributions.rows > 0)
-    }
-
-    /// How many rows the committed golden records (`golden_old()`) have at most: those of its
-    /// base file and of its layers.
-    pub fn golden_old_rows(&self) -> u64 {
-        self.previous.as_ref().map_or(0, |m| {
-            m.golden.rows + m.golden_deltas.iter().map(|d| d.rows).sum::<u64>()
-        })
-    }
-
-    /// `FROM` text: the relation `n` (SQL of about `n_rows` rows with a `golden_id`) with each
-    /// row's committed golden record `o` beside it (a left join). A hash join builds on its
-    /// first side and copies it whole, so the smaller side goes first: the committed golden
-    /// records when they are fewer (none, on a first cycle), else `n` (a few records touched
-    /// among many committed ones).
-    pub fn beside_golden_old(&self, n: &str, n_rows: u64) -> String {
-        let golden = golden_old();
-        if self.golden_old_rows() < n_rows {
-            format!("{golden} o RIGHT JOIN {n} n ON o.golden_id = n.golden_id")
-        } else {
-            format!("{n} n LEFT JOIN {golden} o ON o.golden_id = n.golden_id")
-        }
     }
 
     /// Register `df` as `table`: written to `file` first once there is a committed ID map (a
